@@ -1,0 +1,297 @@
+/**
+ * Distributed `get_markets`: split a batch by code, place each code on its rendezvous home among
+ * the eligible workers (so a code meets the same worker's cache batch after batch), run the
+ * shares in parallel, re-send what failed for an upstream reason, and merge in input order.
+ *
+ * @module
+ */
+
+import { isCandidate, offers, rendezvousOrder } from "./balancer.ts";
+import type { Dispatcher, Peer } from "./dispatcher.ts";
+import { RETRIABLE_RESULT_CODES } from "./dispatcher.ts";
+import { ErrorCode, ProtocolError } from "./errors.ts";
+
+/** The command name of a batch. */
+export const BATCH_COMMAND = "get_markets";
+
+/** A batch answer's `data`, exactly as the original's distributed format. */
+export interface BatchData {
+  results: unknown[];
+  summary: { total: number; success: number; failed: number };
+  distributed: {
+    workers_used: number;
+    elapsed_time: number;
+    errors: string[] | null;
+  };
+}
+
+/** Options for {@linkcode runBatch}. */
+export interface BatchOptions {
+  deadline: number;
+  signal?: AbortSignal;
+  /** How many rounds an item may be re-sent after an upstream failure. @default 2 */
+  maxRetryRounds?: number;
+  /** Called whenever the count of finished items grows. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+/** Reads a batch's `data`: a list, or `{"markets": [...]}`. */
+export function readBatchItems(data: unknown, maxItems: number): unknown[] {
+  const items = Array.isArray(data)
+    ? data
+    : typeof data === "object" && data !== null &&
+        Array.isArray((data as { markets?: unknown }).markets)
+    ? (data as { markets: unknown[] }).markets
+    : undefined;
+  if (!items) {
+    throw new ProtocolError(
+      ErrorCode.INVALID_DATA,
+      "Field 'data' of get_markets must be a list of market params or {\"markets\": [...]}",
+    );
+  }
+  if (items.length > maxItems) {
+    throw new ProtocolError(
+      ErrorCode.BATCH_TOO_LARGE,
+      `Batch too large: ${items.length} items (limit ${maxItems})`,
+    );
+  }
+  return items;
+}
+
+function itemError(
+  item: unknown,
+  error: string,
+  code: string,
+  retriable = false,
+) {
+  const c = typeof item === "object" && item !== null
+    ? (item as { code?: unknown }).code
+    : undefined;
+  return {
+    success: false,
+    code: typeof c === "string" ? c : null,
+    error,
+    error_code: code,
+    retriable,
+  };
+}
+
+function isRetriableFailure(result: unknown): boolean {
+  if (typeof result !== "object" || result === null) return false;
+  const r = result as Record<string, unknown>;
+  return r.success === false &&
+    (r.retriable === true || RETRIABLE_RESULT_CODES.has(String(r.error_code)));
+}
+
+/**
+ * Assigns each code group to a worker: its rendezvous home unless that worker already holds more
+ * than its fair share (bounded-load hashing), so one worker cannot end up with a long tail.
+ */
+export function assignGroups(
+  groups: ReadonlyMap<string, number[]>,
+  workers: readonly Peer[],
+  totalItems: number,
+): Map<string, number[]> {
+  const shares = new Map<string, number[]>();
+  const load = new Map<string, number>();
+  const totalWeight = workers.reduce((s, w) => s + w.weight, 0);
+  // 15% headroom over the exact share keeps most codes at home while bounding the largest share.
+  const capOf = (w: Peer) =>
+    Math.ceil((totalItems * w.weight / totalWeight) * 1.15) + 1;
+  for (const [code, indexes] of groups) {
+    const order = rendezvousOrder(
+      code,
+      workers.map((w) => ({ id: w.id, weight: w.weight, w })),
+    );
+    const home = order.find((o) =>
+      (load.get(o.id) ?? 0) + indexes.length <= capOf(o.w)
+    ) ??
+      order[0];
+    load.set(home.id, (load.get(home.id) ?? 0) + indexes.length);
+    const share = shares.get(home.id) ?? [];
+    share.push(...indexes);
+    shares.set(home.id, share);
+  }
+  return shares;
+}
+
+/** Runs a distributed batch over the dispatcher's workers. */
+export async function runBatch(
+  dispatcher: Dispatcher,
+  items: readonly unknown[],
+  options: BatchOptions,
+): Promise<{ data: BatchData; workersUsed: number }> {
+  const started = dispatcher.clock.now();
+  const results: unknown[] = new Array(items.length);
+  const errors: string[] = [];
+  const used = new Set<string>();
+  const avoid = new Set<string>();
+  let done = 0;
+  const inProgress = new Map<string, number>();
+  const report = () => {
+    let partial = 0;
+    for (const n of inProgress.values()) partial += n;
+    options.onProgress?.(Math.min(done + partial, items.length), items.length);
+  };
+  const finish = (index: number, result: unknown) => {
+    results[index] = result;
+    done++;
+  };
+
+  let pending: number[] = [];
+  items.forEach((item, i) => {
+    if (typeof item !== "object" || item === null || Array.isArray(item)) {
+      finish(
+        i,
+        itemError(
+          item,
+          `Market params must be an object: got ${
+            Array.isArray(item) ? "array" : String(item)
+          }`,
+          "INVALID_PARAMS",
+        ),
+      );
+    } else pending.push(i);
+  });
+
+  const maxRounds = 1 + (options.maxRetryRounds ?? 2);
+  for (let round = 0; round < maxRounds && pending.length > 0; round++) {
+    const all = dispatcher.registry.all().filter((w) =>
+      offers(w, BATCH_COMMAND) && !w.draining && w.healthy
+    );
+    let eligible = all.filter((w) => !avoid.has(w.id) && !w.blocked);
+    if (eligible.length === 0) eligible = all.filter((w) => !avoid.has(w.id));
+    if (eligible.length === 0) {
+      const why = round === 0
+        ? "No available workers"
+        : "No other worker could take the items";
+      for (const i of pending) {
+        finish(
+          i,
+          itemError(
+            items[i],
+            why,
+            round === 0 ? ErrorCode.NO_WORKERS : ErrorCode.WORKER_LOST,
+          ),
+        );
+      }
+      pending = [];
+      break;
+    }
+    const groups = new Map<string, number[]>();
+    for (const i of pending) {
+      const code = String((items[i] as { code?: unknown }).code ?? "");
+      const g = groups.get(code);
+      if (g) g.push(i);
+      else groups.set(code, [i]);
+    }
+    const shares = assignGroups(groups, eligible, pending.length);
+    const retry: number[] = [];
+    await Promise.all([...shares].map(async ([workerId, indexes]) => {
+      // Spill order: home first, then whoever else is free, by least load.
+      const preferred = [
+        workerId,
+        ...eligible.filter((w) =>
+          w.id !== workerId && isCandidate(w, BATCH_COMMAND)
+        )
+          .sort((a, b) => a.inFlight / a.weight - b.inFlight / b.weight).map((
+            w,
+          ) => w.id),
+      ];
+      const key = `${round}:${workerId}`;
+      const outcome = await dispatcher.submit(
+        BATCH_COMMAND,
+        indexes.map((i) => items[i]),
+        {
+          deadline: options.deadline,
+          preferred,
+          exclude: avoid,
+          signal: options.signal,
+          onProgress: ({ done: d }) => {
+            inProgress.set(key, Math.min(d, indexes.length));
+            report();
+          },
+        },
+      );
+      inProgress.delete(key);
+      if (!outcome.ok) {
+        errors.push(
+          `${indexes.length} items failed${
+            outcome.worker ? ` on worker ${outcome.worker.id}` : ""
+          }: ${outcome.error.message}`,
+        );
+        for (const i of indexes) {
+          finish(
+            i,
+            itemError(items[i], outcome.error.message, outcome.error.code),
+          );
+        }
+        report();
+        return;
+      }
+      const worker = outcome.worker;
+      used.add(worker.id);
+      const list = outcome.result;
+      if (!Array.isArray(list) || list.length !== indexes.length) {
+        const got = Array.isArray(list)
+          ? `${list.length} results`
+          : typeof list;
+        const message =
+          `Worker ${worker.id} answered ${got} for ${indexes.length} items`;
+        errors.push(message);
+        for (const i of indexes) {
+          finish(i, itemError(items[i], message, ErrorCode.WORKER_ERROR));
+        }
+        report();
+        return;
+      }
+      let blocked = 0;
+      list.forEach((result, k) => {
+        const i = indexes[k];
+        if (isRetriableFailure(result) && round + 1 < maxRounds) {
+          blocked++;
+          retry.push(i);
+          results[i] = result;
+        } else {
+          finish(i, annotate(result, worker.id));
+        }
+      });
+      if (blocked > 0) {
+        // Steer this batch (and, for a while, others) around a worker whose upstream pushes back.
+        avoid.add(worker.id);
+        worker.blockedUntil = dispatcher.clock.now() + 60_000;
+        errors.push(
+          `${blocked} items re-sent: upstream of worker ${worker.id} failed`,
+        );
+      }
+      report();
+    }));
+    pending = retry.sort((a, b) => a - b);
+  }
+  for (const i of pending) finish(i, results[i]);
+
+  const success = results.filter((r) =>
+    typeof r === "object" && r !== null &&
+    (r as { success?: unknown }).success === true
+  ).length;
+  return {
+    workersUsed: used.size,
+    data: {
+      results,
+      summary: { total: items.length, success, failed: items.length - success },
+      distributed: {
+        workers_used: used.size,
+        elapsed_time: Math.round((dispatcher.clock.now() - started) / 10) / 100,
+        errors: errors.length > 0 ? errors : null,
+      },
+    },
+  };
+}
+
+function annotate(result: unknown, workerId: string): unknown {
+  if (typeof result !== "object" || result === null || Array.isArray(result)) {
+    return result;
+  }
+  if ("processed_by" in result) return result;
+  return { ...result, processed_by: workerId };
+}

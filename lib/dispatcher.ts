@@ -1,0 +1,526 @@
+/**
+ * The dispatcher: places jobs on workers through the balancer, queues them when every worker
+ * that offers the action is busy, enforces deadlines, and moves a job to another worker when its
+ * worker goes away. It never touches sockets: a worker is a {@linkcode Peer} with a `send`.
+ *
+ * @module
+ */
+
+import { Balancer, isCandidate, offers, type Strategy } from "./balancer.ts";
+import {
+  ErrorCode,
+  NoWorkersError,
+  RequestTimeoutError,
+  ServerBusyError,
+  SwitchyardError,
+  WorkerError,
+} from "./errors.ts";
+import { messageId } from "./_id.ts";
+import { encodeEnvelope, MessageType, type ResponseData } from "./protocol.ts";
+import {
+  type Clock,
+  LocalRegistry,
+  WorkerRecord,
+  type WorkerRegistry,
+} from "./registry.ts";
+import { logger } from "./log.ts";
+
+const log = logger("dispatch");
+
+/** Error codes a worker may report for a request that is not the worker's fault. */
+const CALLER_FAULT_CODES = new Set([
+  "INVALID_PARAMS",
+  "INVALID_DATA",
+  "UNKNOWN_ACTION",
+  "UNKNOWN_CODE",
+]);
+
+/** Result codes that say "try another worker": the upstream behind this worker failed. */
+export const RETRIABLE_RESULT_CODES: ReadonlySet<string> = new Set([
+  "UPSTREAM_BLOCKED",
+  "UPSTREAM_UNAVAILABLE",
+]);
+
+/** How a job ended. */
+export type Outcome =
+  | { ok: true; result: unknown; worker: Peer; attempts: number }
+  | { ok: false; error: SwitchyardError; worker?: Peer; attempts: number };
+
+/** Per-job choices. */
+export interface SubmitOptions {
+  /** Absolute deadline in ms on the dispatcher's clock. */
+  deadline: number;
+  /** Whether the job may run again on another worker after its worker vanished. @default true */
+  retriable?: boolean;
+  /** Run on this worker only (console `send`). */
+  only?: string;
+  /** Try these workers first, in order, when they can take the job (batch affinity). */
+  preferred?: readonly string[];
+  /** Never run on these workers. */
+  exclude?: Iterable<string>;
+  /** Ends the job early: the requester went away. */
+  signal?: AbortSignal;
+  /** Called with a worker's progress reports for this job. */
+  onProgress?: (progress: { done: number; total?: number }) => void;
+}
+
+/** A unit of work in the dispatcher. */
+export interface Job {
+  readonly command: string;
+  readonly params: unknown;
+  readonly deadline: number;
+  readonly retriable: boolean;
+  readonly only?: string;
+  readonly preferred?: readonly string[];
+  readonly excluded: Set<string>;
+  readonly onProgress?: SubmitOptions["onProgress"];
+  attempts: number;
+  worker?: Peer;
+  msgId?: string;
+  startedAt: number;
+  lastError?: SwitchyardError;
+  done: boolean;
+  settle(outcome: Outcome): void;
+}
+
+/** A bounded set that forgets its oldest members: ids of requests that ended without an answer. */
+class RecentIds {
+  #ids = new Set<string>();
+  constructor(readonly limit: number) {}
+  add(id: string): void {
+    this.#ids.add(id);
+    if (this.#ids.size > this.limit) {
+      this.#ids.delete(this.#ids.values().next().value!);
+    }
+  }
+  has(id: string): boolean {
+    return this.#ids.has(id);
+  }
+}
+
+/** A connected worker as the dispatcher sees it. */
+export class Peer extends WorkerRecord {
+  /** Jobs dispatched to this worker, by envelope `msg_id`. */
+  readonly jobs = new Map<string, Job>();
+  /** Requests this worker no longer owns (deadline passed, moved away), for late-answer logs. */
+  readonly abandoned = new RecentIds(1024);
+  readonly send: (frame: string) => void;
+
+  constructor(
+    id: string,
+    address: string,
+    send: (frame: string) => void,
+    options: { clock: Clock; defaultConcurrency: number },
+  ) {
+    super(id, address, options);
+    this.send = send;
+  }
+}
+
+/** Options for {@linkcode Dispatcher}. */
+export interface DispatcherOptions {
+  /** @default "least_loaded" */
+  strategy?: Strategy;
+  /** The most jobs waiting for a free worker; past it, submits fail with `Server busy`. @default 1000 */
+  maxQueue?: number;
+  /** How many workers one job may try when workers vanish under it. @default 3 */
+  maxAttempts?: number;
+  /** Actions never re-run on another worker (they are not safe to repeat). @default [] */
+  nonRetriableActions?: Iterable<string>;
+  /** @default the wall clock */
+  clock?: Clock;
+  /** Random source for the balancer. @default Math.random */
+  random?: () => number;
+  /** @default a new in-process registry */
+  registry?: WorkerRegistry<Peer>;
+}
+
+/** Places jobs on workers; see the module doc. */
+export class Dispatcher {
+  readonly registry: WorkerRegistry<Peer>;
+  readonly clock: Clock;
+  readonly balancer: Balancer;
+  readonly maxQueue: number;
+  readonly maxAttempts: number;
+  #queue: Job[] = [];
+  #nonRetriable: Set<string>;
+  #timers = new Set<ReturnType<typeof setTimeout>>();
+
+  constructor(options: DispatcherOptions = {}) {
+    this.registry = options.registry ?? new LocalRegistry<Peer>();
+    this.clock = options.clock ?? { now: () => Date.now() };
+    this.balancer = new Balancer(options.strategy, { random: options.random });
+    this.maxQueue = options.maxQueue ?? 1000;
+    this.maxAttempts = options.maxAttempts ?? 3;
+    this.#nonRetriable = new Set(options.nonRetriableActions ?? []);
+  }
+
+  /** Jobs waiting for a worker. */
+  get queued(): number {
+    return this.#queue.length;
+  }
+
+  /** Jobs running on workers. */
+  get running(): number {
+    let n = 0;
+    for (const w of this.registry.all()) n += w.jobs.size;
+    return n;
+  }
+
+  /** Runs `command` with `params` on a worker; resolves once, never rejects. */
+  submit(
+    command: string,
+    params: unknown,
+    options: SubmitOptions,
+  ): Promise<Outcome> {
+    const { promise, resolve } = Promise.withResolvers<Outcome>();
+    const signal = options.signal;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const onAbort = () =>
+      this.#cancel(job, ErrorCode.CANCELLED, "Request cancelled");
+    const job: Job = {
+      command,
+      params,
+      deadline: options.deadline,
+      retriable: (options.retriable ?? true) &&
+        !this.#nonRetriable.has(command),
+      only: options.only,
+      preferred: options.preferred,
+      excluded: new Set(options.exclude ?? []),
+      onProgress: options.onProgress,
+      attempts: 0,
+      startedAt: this.clock.now(),
+      done: false,
+      settle: (outcome) => {
+        if (job.done) return;
+        job.done = true;
+        if (timer !== undefined) {
+          clearTimeout(timer);
+          this.#timers.delete(timer);
+        }
+        signal?.removeEventListener("abort", onAbort);
+        resolve(outcome);
+      },
+    };
+    if (signal?.aborted) {
+      job.settle({
+        ok: false,
+        error: new SwitchyardError(ErrorCode.CANCELLED, "Request cancelled"),
+        attempts: 0,
+      });
+      return promise;
+    }
+    signal?.addEventListener("abort", onAbort, { once: true });
+    const delay = Math.max(0, options.deadline - this.clock.now());
+    const t = setTimeout(() => {
+      this.#timers.delete(t);
+      this.#expire(job);
+    }, delay);
+    timer = t;
+    this.#timers.add(t);
+    this.#place(job, false);
+    return promise;
+  }
+
+  /** Takes a worker's `response`; returns false when no job of this worker waits for it. */
+  complete(worker: Peer, response: ResponseData): boolean {
+    const job = worker.jobs.get(response.request_id);
+    if (!job) {
+      if (worker.abandoned.has(response.request_id)) {
+        log.info("Dropped a late answer from worker {worker} for {msgId}", {
+          worker: worker.id,
+          msgId: response.request_id,
+        });
+        return true;
+      }
+      return false;
+    }
+    this.#release(worker, job);
+    const elapsed = this.clock.now() - job.startedAt;
+    if (!response.success) {
+      const code = response.error_code ?? ErrorCode.WORKER_ERROR;
+      if (!CALLER_FAULT_CODES.has(code)) worker.recordFailure();
+      else worker.recordSuccess(elapsed);
+      job.settle({
+        ok: false,
+        error: new WorkerError(
+          response.error ?? "Worker reported failure",
+          code as ErrorCode,
+        ),
+        worker,
+        attempts: job.attempts,
+      });
+    } else if (this.#upstreamFailed(response.result) && this.#mayRetry(job)) {
+      // The worker is fine but its upstream is not: count it against the worker's score and
+      // give another worker (another IP address) a chance.
+      worker.recordFailure();
+      job.excluded.add(worker.id);
+      job.lastError = new WorkerError(
+        String(
+          (response.result as { error?: unknown }).error ?? "Upstream blocked",
+        ),
+        ErrorCode.WORKER_ERROR,
+      );
+      if (this.#hasOtherWorker(job)) this.#place(job, true);
+      else {job.settle({
+          ok: true,
+          result: response.result,
+          worker,
+          attempts: job.attempts,
+        });}
+    } else {
+      worker.recordSuccess(elapsed);
+      job.settle({
+        ok: true,
+        result: response.result,
+        worker,
+        attempts: job.attempts,
+      });
+    }
+    this.pump();
+    return true;
+  }
+
+  /** Forwards a worker's progress report to the job's listener. */
+  progress(worker: Peer, msgId: string, done: number, total?: number): void {
+    worker.jobs.get(msgId)?.onProgress?.({ done, total });
+  }
+
+  /** A worker left: its jobs move to other workers or fail with a clear error. */
+  workerLost(worker: Peer, reason: string): void {
+    this.registry.remove(worker.id);
+    const orphans = [...worker.jobs.values()];
+    for (const job of orphans) {
+      this.#release(worker, job);
+      job.excluded.add(worker.id);
+      job.lastError = new WorkerError(
+        `Worker '${worker.id}' disconnected before answering: ${reason}`,
+        ErrorCode.WORKER_LOST,
+      );
+      if (this.#mayRetry(job) && this.#hasOtherWorker(job)) {
+        log.info(
+          "Re-dispatching {command} after worker {worker} left (attempt {attempt})",
+          {
+            command: job.command,
+            worker: worker.id,
+            attempt: job.attempts + 1,
+          },
+        );
+        this.#place(job, true);
+      } else {
+        job.settle({
+          ok: false,
+          error: job.lastError,
+          worker,
+          attempts: job.attempts,
+        });
+      }
+    }
+    // Jobs queued for this worker alone can never run now.
+    for (const job of [...this.#queue]) {
+      if (job.only === worker.id) this.#fail(job, new NoWorkersError());
+    }
+    this.pump();
+  }
+
+  /** Places queued jobs on workers that have room; call whenever capacity may have appeared. */
+  pump(): void {
+    if (this.#queue.length === 0) return;
+    const waiting = this.#queue;
+    this.#queue = [];
+    for (let i = 0; i < waiting.length; i++) {
+      const job = waiting[i];
+      if (job.done) continue;
+      if (!this.#anyRoom()) {
+        this.#queue.push(...waiting.slice(i).filter((j) => !j.done));
+        return;
+      }
+      const worker = this.#choose(job);
+      if (worker) this.#send(job, worker);
+      else if (this.#offering(job).length === 0) {
+        this.#fail(job, this.#noWorkers(job));
+      } else this.#queue.push(job);
+    }
+  }
+
+  /** Fails every waiting and running job, e.g. when the server shuts down. */
+  failAll(error: SwitchyardError): void {
+    for (const job of this.#queue.splice(0)) {
+      job.settle({ ok: false, error, attempts: job.attempts });
+    }
+    for (const worker of this.registry.all()) {
+      for (const job of [...worker.jobs.values()]) {
+        this.#release(worker, job);
+        job.settle({ ok: false, error, worker, attempts: job.attempts });
+      }
+    }
+  }
+
+  /** Stops every timer; pending jobs are left as they are (call failAll first). */
+  close(): void {
+    for (const t of this.#timers) clearTimeout(t);
+    this.#timers.clear();
+  }
+
+  #upstreamFailed(result: unknown): boolean {
+    if (
+      typeof result !== "object" || result === null || Array.isArray(result)
+    ) return false;
+    const r = result as Record<string, unknown>;
+    return r.success === false &&
+      (r.retriable === true ||
+        RETRIABLE_RESULT_CODES.has(String(r.error_code)));
+  }
+
+  #mayRetry(job: Job): boolean {
+    return job.retriable && job.only === undefined &&
+      job.attempts < this.maxAttempts &&
+      this.clock.now() < job.deadline;
+  }
+
+  #offering(job: Job): Peer[] {
+    if (job.only !== undefined) {
+      const w = this.registry.get(job.only);
+      return w && offers(w, job.command) ? [w] : [];
+    }
+    return this.registry.all().filter((w) =>
+      offers(w, job.command) && !job.excluded.has(w.id)
+    );
+  }
+
+  #hasOtherWorker(job: Job): boolean {
+    return this.#offering(job).length > 0;
+  }
+
+  #anyRoom(): boolean {
+    for (const w of this.registry.all()) {
+      if (w.healthy && !w.draining && w.inFlight < w.maxConcurrency) {
+        return true;
+      }
+    }
+    return false;
+  }
+
+  #choose(job: Job): Peer | undefined {
+    const offering = this.#offering(job);
+    if (job.preferred) {
+      for (const id of job.preferred) {
+        const w = offering.find((o) => o.id === id);
+        if (w && isCandidate(w, job.command)) return w;
+      }
+    }
+    return this.balancer.pick(offering, job.command);
+  }
+
+  #noWorkers(job: Job): SwitchyardError {
+    if (job.lastError) return job.lastError;
+    const anyOffers = this.registry.all().some((w) => offers(w, job.command));
+    return new NoWorkersError(
+      this.registry.size === 0 || anyOffers || job.only !== undefined
+        ? ErrorCode.NO_WORKERS
+        : ErrorCode.UNKNOWN_COMMAND,
+    );
+  }
+
+  #place(job: Job, front: boolean): void {
+    const worker = this.#choose(job);
+    if (worker) return this.#send(job, worker);
+    if (this.#offering(job).length === 0) {
+      return this.#fail(job, this.#noWorkers(job));
+    }
+    if (!front && this.#queue.length >= this.maxQueue) {
+      return this.#fail(
+        job,
+        new ServerBusyError(
+          `Server busy: ${this.#queue.length} requests already wait for a worker (limit ${this.maxQueue})`,
+        ),
+      );
+    }
+    // A job coming back from a lost worker has waited already: it goes first.
+    if (front) this.#queue.unshift(job);
+    else this.#queue.push(job);
+  }
+
+  #send(job: Job, worker: Peer): void {
+    const msgId = messageId();
+    job.msgId = msgId;
+    job.worker = worker;
+    job.attempts++;
+    job.startedAt = this.clock.now();
+    worker.jobs.set(msgId, job);
+    worker.inFlight++;
+    try {
+      worker.send(
+        encodeEnvelope(MessageType.REQUEST, {
+          action: job.command,
+          params: job.params,
+        }, msgId),
+      );
+    } catch (error) {
+      // The socket died under us; the close handler will call workerLost() for the rest.
+      log.warn("Sending to worker {worker} failed: {error}", {
+        worker: worker.id,
+        error,
+      });
+      this.#release(worker, job);
+      job.excluded.add(worker.id);
+      this.#place(job, true);
+    }
+  }
+
+  #release(worker: Peer, job: Job): void {
+    if (job.msgId && worker.jobs.delete(job.msgId)) worker.inFlight--;
+    job.worker = undefined;
+  }
+
+  #fail(job: Job, error: SwitchyardError): void {
+    const i = this.#queue.indexOf(job);
+    if (i >= 0) this.#queue.splice(i, 1);
+    job.settle({ ok: false, error, attempts: job.attempts });
+  }
+
+  #cancel(job: Job, code: ErrorCode, message: string): void {
+    if (job.done) return;
+    const worker = job.worker;
+    if (worker && job.msgId) {
+      this.#release(worker, job);
+      worker.abandoned.add(job.msgId);
+      this.#tell(worker, job.msgId, message);
+    }
+    this.#fail(job, new SwitchyardError(code, message));
+    this.pump();
+  }
+
+  #expire(job: Job): void {
+    if (job.done) return;
+    const worker = job.worker;
+    if (worker && job.msgId) {
+      // A worker that sits on a request past its deadline looks slow and unreliable from now on.
+      worker.recordFailure();
+      worker.ewmaMs = Math.max(
+        worker.ewmaMs ?? 0,
+        this.clock.now() - job.startedAt,
+      );
+      this.#release(worker, job);
+      worker.abandoned.add(job.msgId);
+      this.#tell(worker, job.msgId, "Deadline passed");
+      log.warn("Request {msgId} ({command}) timed out on worker {worker}", {
+        msgId: job.msgId,
+        command: job.command,
+        worker: worker.id,
+      });
+    }
+    this.#fail(job, new RequestTimeoutError());
+    this.pump();
+  }
+
+  #tell(worker: Peer, msgId: string, reason: string): void {
+    try {
+      worker.send(
+        encodeEnvelope(MessageType.CANCEL, { request_id: msgId, reason }),
+      );
+    } catch {
+      // The worker is going away; nothing to cancel.
+    }
+  }
+}

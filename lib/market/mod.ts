@@ -1,0 +1,66 @@
+/**
+ * Chinese market data (ETF, stock and index K-lines) for Switchyard workers.
+ *
+ * A {@linkcode MarketService} validates `get_market` params, asks its providers in fallback
+ * order (Eastmoney, Tencent, a CSV folder, synthetic demo data), caches whole histories and
+ * slices them per request, and stays polite to each upstream host: a rate limit, bounded
+ * concurrency, retries with jittered back-off and a circuit breaker. Failed items carry an
+ * `error_code` and a `retriable` flag so the broker knows whether another worker may succeed.
+ *
+ * @example
+ * ```ts
+ * import { createMarketService } from "./mod.ts";
+ * const market = createMarketService({ providers: ["demo"] });
+ * const handlers = market.actions();
+ * const result = await handlers.get_market(
+ *   { symbol_type: "etf", code: "510300", start_date: "2024-01-01", end_date: "2024-01-05" },
+ *   { signal: new AbortController().signal, requestId: "example" },
+ * );
+ * console.assert((result as { success: boolean }).success);
+ * market.close();
+ * ```
+ *
+ * @module
+ */
+
+export { createMarketService } from "./service.ts";
+export { validateMarketParams } from "./params.ts";
+export { secidFor } from "./secid.ts";
+export { aggregateBars } from "./aggregate.ts";
+export { parseProviderList, PROVIDER_NAMES } from "./providers.ts";
+export { isEntryFresh } from "./cache.ts";
+export { parseCsvBars } from "./csv.ts";
+export { systemClock } from "./clock.ts";
+export {
+  isRetriable,
+  MarketParamsError,
+  RETRIABLE_ERROR_CODES,
+  UnknownCodeError,
+  UpstreamBlockedError,
+  UpstreamUnavailableError,
+} from "./errors.ts";
+
+export type {
+  MarketService,
+  MarketServiceOptions,
+  MarketStats,
+} from "./service.ts";
+export type { ValidateMarketParamsOptions } from "./params.ts";
+export type { BreakerOptions } from "./host_gate.ts";
+export type { CacheEntry } from "./cache.ts";
+export type { Clock } from "./clock.ts";
+export type { MarketError } from "./errors.ts";
+export type {
+  Adjust,
+  Bar,
+  MarketErrorCode,
+  MarketFailure,
+  MarketParams,
+  MarketProvider,
+  MarketResult,
+  MarketSuccess,
+  Period,
+  Series,
+  SeriesQuery,
+  SymbolType,
+} from "./types.ts";

@@ -1,0 +1,52 @@
+/**
+ * Eastmoney's `secid`: `<market>.<code>`, where the market number depends on the exchange and,
+ * for codes that exist twice (000001 is Ping An Bank and the Shanghai Composite), on the kind.
+ *
+ * @module
+ */
+
+import { UnknownCodeError } from "./errors.ts";
+import type { SymbolType } from "./types.ts";
+
+/**
+ * The Eastmoney `secid` of a code: market `1` for Shanghai, `0` for Shenzhen and Beijing, `2`
+ * for CSI indexes (93xxxx, 95xxxx).
+ *
+ * @throws {UnknownCodeError} when no exchange issues codes of that shape for that kind.
+ *
+ * @example
+ * ```ts
+ * import { secidFor } from "./secid.ts";
+ * console.assert(secidFor("stock", "000001") === "0.000001"); // Ping An Bank
+ * console.assert(secidFor("index", "000001") === "1.000001"); // Shanghai Composite
+ * ```
+ */
+export function secidFor(symbolType: SymbolType, code: string): string {
+  const market = marketOf(symbolType, code);
+  if (market === undefined) {
+    throw new UnknownCodeError(
+      `Unknown ${symbolType} code "${code}": no exchange uses it`,
+    );
+  }
+  return `${market}.${code}`;
+}
+
+function marketOf(symbolType: SymbolType, code: string): number | undefined {
+  if (!/^\d{6}$/.test(code)) return undefined;
+  switch (symbolType) {
+    case "etf":
+      if (code.startsWith("5")) return 1; // Shanghai funds 51/56/58
+      if (code.startsWith("1")) return 0; // Shenzhen funds 15/16
+      return undefined;
+    case "stock":
+      if (code.startsWith("6") || code.startsWith("900")) return 1; // Shanghai A and B
+      if (/^[0234]|^8|^92/.test(code)) return 0; // Shenzhen 0/2/3, Beijing 4/8/920
+      return undefined;
+    case "index":
+      if (code.startsWith("000")) return 1; // SSE indexes
+      if (code.startsWith("399")) return 0; // SZSE indexes
+      if (code.startsWith("899")) return 0; // BSE indexes
+      if (code.startsWith("93") || code.startsWith("95")) return 2; // CSI indexes
+      return undefined;
+  }
+}

@@ -1,0 +1,382 @@
+/**
+ * The market service: validation, provider fallback, cache, single-flight and the
+ * `get_market` / `get_markets` actions a worker registers.
+ *
+ * @module
+ */
+
+import { getLogger } from "@logtape/logtape";
+import type { ActionHandler } from "../action.ts";
+import {
+  type CacheEntry,
+  cacheKey,
+  isEntryFresh,
+  SeriesCache,
+} from "./cache.ts";
+import { type Clock, systemClock } from "./clock.ts";
+import {
+  isMarketError,
+  isRetriable,
+  MarketParamsError,
+  UpstreamBlockedError,
+  UpstreamUnavailableError,
+} from "./errors.ts";
+import { type BreakerOptions, HostGate } from "./host_gate.ts";
+import { validateMarketParams } from "./params.ts";
+import { createProvider } from "./providers.ts";
+import { shanghaiDate } from "./_dates.ts";
+import { mapLimit } from "./_semaphore.ts";
+import type {
+  Adjust,
+  MarketErrorCode,
+  MarketFailure,
+  MarketParams,
+  MarketProvider,
+  MarketResult,
+} from "./types.ts";
+
+const logger = getLogger(["switchyard", "market"]);
+
+/** Options for {@linkcode createMarketService}. */
+export interface MarketServiceOptions {
+  /** Provider names in fallback order (see `parseProviderList`). @default ["eastmoney"] */
+  providers?: string[];
+  /** Eastmoney base URL. @default "https://push2his.eastmoney.com" */
+  eastmoneyUrl?: string;
+  /** Tencent base URL. @default "https://web.ifzq.gtimg.cn" */
+  tencentUrl?: string;
+  /** Folder of CSV files; required when `providers` contains `csv`. */
+  csvDir?: string | URL;
+  /** Folder for the on-disk cache; memory only when unset. */
+  cacheDir?: string;
+  /** Series kept in the memory cache. @default 256 */
+  cacheEntries?: number;
+  /** Requests per second per upstream host, with jitter; `0` disables. @default 1 */
+  rateLimit?: number;
+  /** Requests in flight per upstream host. @default 2 */
+  hostConcurrency?: number;
+  /** Retries after a failed attempt (network error, HTTP 5xx/429). @default 2 */
+  retries?: number;
+  /** Upper bound of the first retry delay in ms, doubling per retry. @default 500 */
+  retryBaseMs?: number;
+  /** Per-attempt timeout in ms. @default 20000 */
+  timeoutMs?: number;
+  /** Circuit-breaker thresholds per host. @default { threshold: 3, coolDownMs: 60000 } */
+  breaker?: BreakerOptions;
+  /** `get_markets` items run at once. @default 4 */
+  itemConcurrency?: number;
+  /** `adjust` when a request omits it. @default "qfq" */
+  defaultAdjust?: Adjust;
+  /** Time source for limits, back-off, cool-down, cache expiry and "today". @default systemClock */
+  clock?: Clock;
+  /** Random source in [0, 1) for jitter. @default Math.random */
+  random?: () => number;
+  /** The fetch implementation. @default globalThis.fetch */
+  fetch?: typeof fetch;
+}
+
+/** Counters for benchmarks and health pages. */
+export interface MarketStats {
+  /** Requests answered from the cache. */
+  hits: number;
+  /** Requests that needed a provider. */
+  misses: number;
+  /** Series loads started at providers (one per single-flight group). */
+  upstreamCalls: number;
+  /** HTTP requests sent, retries and pages included. */
+  httpRequests: number;
+  /** Series in the memory cache. */
+  cacheEntries: number;
+}
+
+/** A market-data service, the backend of the `get_market` and `get_markets` actions. */
+export interface MarketService {
+  /** One series. Never rejects for bad params or upstream trouble; rejects only when aborted. */
+  getMarket(params: unknown, signal?: AbortSignal): Promise<MarketResult>;
+  /** Many series, results in input order; accepts a list or `{ markets: [...] }`. */
+  getMarkets(list: unknown, signal?: AbortSignal): Promise<MarketResult[]>;
+  /** The `get_market` and `get_markets` action handlers. */
+  actions(): Record<string, ActionHandler>;
+  /** Names of providers whose host breaker is open now (for heartbeats). */
+  blockedSources(): string[];
+  /** Cache and upstream counters. */
+  stats(): MarketStats;
+  /** Cancels loads in flight; later calls fail as `UPSTREAM_UNAVAILABLE`. */
+  close(): void;
+}
+
+interface Flight {
+  promise: Promise<CacheEntry>;
+  controller: AbortController;
+  waiters: number;
+}
+
+/**
+ * Creates a market service.
+ *
+ * @throws {TypeError} for an unknown provider name, or `csv` without `csvDir`.
+ *
+ * @example
+ * ```ts
+ * import { createMarketService } from "./service.ts";
+ * const market = createMarketService({ providers: ["demo"] });
+ * const result = await market.getMarket({ symbol_type: "etf", code: "510300", start_date: "2024-01-01", end_date: "2024-01-31" });
+ * console.assert(result.success && result.source === "demo" && result.data.length === 23);
+ * market.close();
+ * ```
+ */
+export function createMarketService(
+  options: MarketServiceOptions = {},
+): MarketService {
+  const clock = options.clock ?? systemClock;
+  const gates = new Map<string, HostGate>();
+  function gateFor(host: string): HostGate {
+    let gate = gates.get(host);
+    if (gate === undefined) {
+      gate = new HostGate(host, {
+        rateLimit: options.rateLimit,
+        concurrency: options.hostConcurrency,
+        retries: options.retries,
+        retryBaseMs: options.retryBaseMs,
+        timeoutMs: options.timeoutMs,
+        breaker: options.breaker,
+        clock,
+        random: options.random,
+        fetch: options.fetch,
+      });
+      gates.set(host, gate);
+    }
+    return gate;
+  }
+  const providers = (options.providers ?? ["eastmoney"]).map((name) =>
+    createProvider(name, {
+      eastmoneyUrl: options.eastmoneyUrl,
+      tencentUrl: options.tencentUrl,
+      csvDir: options.csvDir,
+      gateFor,
+      clock,
+    })
+  );
+  if (providers.length === 0) {
+    throw new TypeError("Invalid providers []: expected at least one");
+  }
+  const cache = new SeriesCache({
+    entries: options.cacheEntries,
+    dir: options.cacheDir,
+  });
+  const flights = new Map<string, Flight>();
+  const itemConcurrency = options.itemConcurrency ?? 4;
+  const counters = { hits: 0, misses: 0, upstreamCalls: 0 };
+  let closed = false;
+
+  function load(
+    provider: MarketProvider,
+    key: string,
+    p: MarketParams,
+  ): Flight {
+    let flight = flights.get(key);
+    if (flight !== undefined) return flight;
+    const controller = new AbortController();
+    const promise = (async () => {
+      counters.upstreamCalls++;
+      const fetchedAt = clock.now();
+      const series = await provider.fetchSeries({
+        symbolType: p.symbol_type,
+        code: p.code,
+        period: p.period,
+        adjust: p.adjust,
+      }, controller.signal);
+      const entry: CacheEntry = { key, fetchedAt, adjust: p.adjust, ...series };
+      if (provider.host !== undefined) {
+        await cache.set(entry).catch((error) => {
+          logger.warn("Cannot write market cache entry {key}: {error}", {
+            key,
+            error,
+          });
+        });
+      }
+      return entry;
+    })();
+    flight = { promise, controller, waiters: 0 };
+    flights.set(key, flight);
+    const self = flight;
+    promise.catch(() => {}).finally(() => {
+      if (flights.get(key) === self) flights.delete(key);
+    });
+    return flight;
+  }
+
+  function join(flight: Flight, signal: AbortSignal): Promise<CacheEntry> {
+    if (signal.aborted) return Promise.reject(signal.reason);
+    flight.waiters++;
+    return new Promise((resolve, reject) => {
+      // One caller giving up must not cancel the load for the others; the last one does.
+      const onAbort = () => {
+        if (--flight.waiters === 0) flight.controller.abort(signal.reason);
+        reject(signal.reason);
+      };
+      signal.addEventListener("abort", onAbort, { once: true });
+      flight.promise.then(resolve, reject).finally(() => {
+        signal.removeEventListener("abort", onAbort);
+      });
+    });
+  }
+
+  async function getMarket(
+    params: unknown,
+    signal: AbortSignal = new AbortController().signal,
+  ): Promise<MarketResult> {
+    const code = typeof (params as { code?: unknown })?.code === "string"
+      ? (params as { code: string }).code
+      : "";
+    let p: MarketParams;
+    try {
+      p = validateMarketParams(params, {
+        today: shanghaiDate(clock.now()),
+        defaultAdjust: options.defaultAdjust,
+      });
+    } catch (error) {
+      return failure(code, error);
+    }
+    if (closed) {
+      return failure(
+        code,
+        new UpstreamUnavailableError("", "Market service is closed"),
+      );
+    }
+    let lastError: unknown;
+    let missed = false;
+    for (const provider of providers) {
+      const key = cacheKey(
+        provider.name,
+        p.symbol_type,
+        p.code,
+        p.period,
+        p.adjust,
+      );
+      if (provider.host !== undefined) {
+        const entry = await cache.get(key);
+        if (
+          entry !== undefined && isEntryFresh(entry, p.end_date, clock.now())
+        ) {
+          counters.hits++;
+          return success(p, entry, true);
+        }
+      }
+      if (!missed) counters.misses++;
+      missed = true;
+      try {
+        return success(p, await join(load(provider, key, p), signal), false);
+      } catch (error) {
+        if (signal.aborted) throw signal.reason;
+        if (
+          !(error instanceof UpstreamBlockedError ||
+            error instanceof UpstreamUnavailableError)
+        ) {
+          return failure(p.code, error);
+        }
+        logger.info("Provider {provider} failed for {code}: {message}", {
+          provider: provider.name,
+          code: p.code,
+          message: error.message,
+        });
+        lastError = error;
+      }
+    }
+    return failure(p.code, lastError);
+  }
+
+  async function getMarkets(
+    list: unknown,
+    signal: AbortSignal = new AbortController().signal,
+  ): Promise<MarketResult[]> {
+    const items = Array.isArray(list)
+      ? list
+      : Array.isArray((list as { markets?: unknown })?.markets)
+      ? (list as { markets: unknown[] }).markets
+      : undefined;
+    if (items === undefined) {
+      throw new MarketParamsError(
+        `Invalid get_markets params ${
+          JSON.stringify(list)?.slice(0, 60)
+        }: expected a list of market params or {"markets": [...]}`,
+      );
+    }
+    return await mapLimit(
+      items,
+      itemConcurrency,
+      (item) => getMarket(item, signal),
+    );
+  }
+
+  return {
+    getMarket,
+    getMarkets,
+    actions: () => ({
+      get_market: (params, ctx) => getMarket(params, ctx.signal),
+      get_markets: (params, ctx) => getMarkets(params, ctx.signal),
+    }),
+    blockedSources: () =>
+      providers.filter((p) =>
+        p.host !== undefined && gates.get(p.host)?.state === "open"
+      )
+        .map((p) => p.name),
+    stats: () => ({
+      ...counters,
+      httpRequests: [...gates.values()].reduce(
+        (sum, gate) => sum + gate.requests,
+        0,
+      ),
+      cacheEntries: cache.size,
+    }),
+    close: () => {
+      closed = true;
+      for (const flight of flights.values()) {
+        flight.controller.abort(
+          new UpstreamUnavailableError("", "Market service is closed"),
+        );
+      }
+    },
+  };
+}
+
+function success(
+  p: MarketParams,
+  entry: CacheEntry,
+  cached: boolean,
+): MarketResult {
+  return {
+    success: true,
+    code: p.code,
+    name: entry.name,
+    symbol_type: p.symbol_type,
+    period: p.period,
+    adjust: p.adjust,
+    source: entry.source,
+    cached,
+    data: entry.bars
+      .filter((bar) => bar.date >= p.start_date && bar.date <= p.end_date)
+      .map((bar) => ({ ...bar })),
+  };
+}
+
+/** The item error object for `error`. */
+function failure(code: string, error: unknown): MarketFailure {
+  let errorCode: MarketErrorCode = "INTERNAL_ERROR";
+  let message = error instanceof Error ? error.message : String(error);
+  if (isMarketError(error)) errorCode = error.errorCode;
+  else {
+    logger.error("Unexpected market error for {code}: {error}", {
+      code,
+      error,
+    });
+    message = `Internal error: ${message}`;
+  }
+  return {
+    success: false,
+    code,
+    error: message,
+    error_code: errorCode,
+    retriable: isRetriable(errorCode),
+  };
+}

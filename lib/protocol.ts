@@ -1,0 +1,301 @@
+/**
+ * Wire formats: the worker-port envelope and the requester-port request and answer, exactly as
+ * the original system defined them, plus additive fields.
+ *
+ * @module
+ */
+
+import { ErrorCode, ProtocolError } from "./errors.ts";
+import { messageId } from "./_id.ts";
+
+/** The envelope types of the worker protocol. Peers ignore types they do not know. */
+export const MessageType = {
+  CONNECT: "connect",
+  DISCONNECT: "disconnect",
+  HEARTBEAT: "heartbeat",
+  ERROR: "error",
+  REQUEST: "request",
+  RESPONSE: "response",
+  NOTIFICATION: "notification",
+  CUSTOM: "custom",
+  /** Additive: a worker reports how far a long request has come. */
+  PROGRESS: "progress",
+  /** Additive: the server tells a worker to stop working on a request. */
+  CANCEL: "cancel",
+} as const;
+
+/** A worker-protocol envelope. */
+export interface Envelope<T = unknown> {
+  type: string;
+  msg_id: string;
+  timestamp: number;
+  data: T;
+}
+
+/** `request.data`. */
+export interface RequestData {
+  action: string;
+  params: unknown;
+}
+
+/** `response.data`. */
+export interface ResponseData {
+  request_id: string;
+  success: boolean;
+  result: unknown;
+  error: string | null;
+  /** Additive: a machine-readable code for `error`. */
+  error_code?: string;
+}
+
+/** A request from the requester port, after validation. */
+export interface RequesterRequest {
+  request_id: string;
+  /** Whether the server made up `request_id` because the frame had none. */
+  assignedId: boolean;
+  command: string;
+  data: unknown;
+  /** Seconds, when the frame gave one. */
+  timeout?: number;
+  progress: boolean;
+}
+
+/** An answer on the requester port. */
+export interface RequesterAnswer {
+  request_id: string | null;
+  success: boolean;
+  data: unknown;
+  error: string | null;
+  processed_by: string | null;
+  error_code?: string;
+  elapsed_ms?: number;
+  attempts?: number;
+  [extra: string]: unknown;
+}
+
+/** Unix seconds with a fraction, as the original stamps envelopes. */
+export function unixSeconds(ms: number = Date.now()): number {
+  return Math.round(ms) / 1000;
+}
+
+/** Serializes an envelope of `type` with a fresh `msg_id` unless one is given. */
+export function encodeEnvelope(
+  type: string,
+  data: unknown,
+  msgId: string = messageId(),
+): string {
+  return JSON.stringify({
+    type,
+    msg_id: msgId,
+    timestamp: unixSeconds(),
+    data,
+  });
+}
+
+function describe(value: unknown): string {
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "array";
+  return typeof value;
+}
+
+/** Parses JSON text, mapping every failure (including absurd nesting) to a ProtocolError. */
+export function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch (error) {
+    const detail = error instanceof Error ? error.message : String(error);
+    throw new ProtocolError(
+      ErrorCode.INVALID_JSON,
+      `Cannot parse frame as JSON: ${detail}`,
+      { cause: error },
+    );
+  }
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value);
+}
+
+/** Reads a worker-port frame. Missing `msg_id`/`timestamp`/`data` are tolerated; `type` is not. */
+export function decodeEnvelope(text: string): Envelope {
+  const value = parseJson(text);
+  if (!isObject(value)) {
+    throw new ProtocolError(
+      ErrorCode.INVALID_FRAME,
+      `Frame must be a JSON object: got ${describe(value)}`,
+    );
+  }
+  const { type, msg_id, timestamp, data } = value;
+  if (typeof type !== "string" || type === "") {
+    throw new ProtocolError(
+      ErrorCode.INVALID_FIELD,
+      `Field 'type' must be a non-empty string: got ${describe(type)}`,
+    );
+  }
+  if (msg_id !== undefined && typeof msg_id !== "string") {
+    throw new ProtocolError(
+      ErrorCode.INVALID_FIELD,
+      `Field 'msg_id' must be a string: got ${describe(msg_id)}`,
+    );
+  }
+  return {
+    type,
+    msg_id: msg_id ?? "",
+    timestamp: typeof timestamp === "number" ? timestamp : unixSeconds(),
+    data: data === undefined ? {} : data,
+  };
+}
+
+/** Validates `request.data` of a worker-protocol request. */
+export function readRequestData(data: unknown): RequestData {
+  if (!isObject(data)) {
+    throw new ProtocolError(
+      ErrorCode.INVALID_FIELD,
+      `Field 'data' of a request must be an object: got ${describe(data)}`,
+    );
+  }
+  if (typeof data.action !== "string" || data.action === "") {
+    throw new ProtocolError(
+      ErrorCode.INVALID_FIELD,
+      `Field 'data.action' must be a non-empty string: got ${
+        describe(data.action)
+      }`,
+    );
+  }
+  return { action: data.action, params: data.params ?? {} };
+}
+
+/** Validates `response.data` of a worker-protocol response. */
+export function readResponseData(data: unknown): ResponseData {
+  if (!isObject(data)) {
+    throw new ProtocolError(
+      ErrorCode.INVALID_FIELD,
+      `Field 'data' of a response must be an object: got ${describe(data)}`,
+    );
+  }
+  if (typeof data.request_id !== "string" || data.request_id === "") {
+    throw new ProtocolError(
+      ErrorCode.INVALID_FIELD,
+      `Field 'data.request_id' must be a non-empty string: got ${
+        describe(data.request_id)
+      }`,
+    );
+  }
+  // The original omits `success` on some paths; an error text alone still means failure.
+  const success = typeof data.success === "boolean"
+    ? data.success
+    : data.error === undefined || data.error === null;
+  const error = data.error === undefined || data.error === null
+    ? null
+    : String(data.error);
+  return {
+    request_id: data.request_id,
+    success,
+    result: data.result ?? null,
+    error,
+    error_code: typeof data.error_code === "string"
+      ? data.error_code
+      : undefined,
+  };
+}
+
+/** Limits applied while reading a requester frame. */
+export interface RequesterLimits {
+  /** The largest `timeout` a requester may ask for, in seconds. @default 300 */
+  maxTimeoutSeconds?: number;
+}
+
+/**
+ * Reads a requester-port frame. Throws a ProtocolError that carries the frame's `request_id`
+ * whenever it could be read, so the error answer reaches the right waiter.
+ */
+export function parseRequesterFrame(
+  text: string,
+  limits: RequesterLimits = {},
+): RequesterRequest {
+  const value = parseJson(text);
+  if (!isObject(value)) {
+    throw new ProtocolError(
+      ErrorCode.INVALID_FRAME,
+      `Request must be a JSON object: got ${describe(value)}`,
+    );
+  }
+  const rawId = value.request_id;
+  let requestId: string | undefined;
+  if (typeof rawId === "string" && rawId !== "") requestId = rawId;
+  else if (typeof rawId === "number" && Number.isFinite(rawId)) {
+    requestId = String(rawId);
+  } else if (rawId !== undefined && rawId !== null) {
+    throw new ProtocolError(
+      ErrorCode.INVALID_FIELD,
+      `Field 'request_id' must be a non-empty string: got ${describe(rawId)}`,
+    );
+  }
+  if (requestId !== undefined && requestId.length > 200) {
+    throw new ProtocolError(
+      ErrorCode.INVALID_FIELD,
+      `Field 'request_id' is too long: ${requestId.length} characters (limit 200)`,
+    );
+  }
+  const fail = (code: ErrorCode, message: string): never => {
+    throw new ProtocolError(code, message, { requestId });
+  };
+  const { command, timeout, progress } = value;
+  if (command === undefined) {
+    fail(ErrorCode.INVALID_FIELD, "Field 'command' is missing");
+  }
+  if (typeof command !== "string" || command.trim() === "") {
+    fail(
+      ErrorCode.INVALID_FIELD,
+      `Field 'command' must be a non-empty string: got ${describe(command)}`,
+    );
+  }
+  const maxTimeout = limits.maxTimeoutSeconds ?? 300;
+  if (
+    timeout !== undefined && timeout !== null &&
+    (typeof timeout !== "number" || !Number.isFinite(timeout) || timeout <= 0)
+  ) {
+    fail(
+      ErrorCode.INVALID_FIELD,
+      `Field 'timeout' must be a positive number of seconds: got ${
+        JSON.stringify(timeout)
+      }`,
+    );
+  }
+  if (
+    progress !== undefined && progress !== null && typeof progress !== "boolean"
+  ) {
+    fail(
+      ErrorCode.INVALID_FIELD,
+      `Field 'progress' must be a boolean: got ${describe(progress)}`,
+    );
+  }
+  return {
+    request_id: requestId ?? crypto.randomUUID(),
+    assignedId: requestId === undefined,
+    command: (command as string).trim(),
+    data: value.data === undefined || value.data === null ? {} : value.data,
+    timeout: typeof timeout === "number"
+      ? Math.min(timeout, maxTimeout)
+      : undefined,
+    progress: progress === true,
+  };
+}
+
+/** Builds a failed answer. */
+export function failureAnswer(
+  requestId: string | null,
+  error: string,
+  code: string,
+  extra: Partial<RequesterAnswer> = {},
+): RequesterAnswer {
+  return {
+    request_id: requestId,
+    success: false,
+    data: null,
+    error,
+    processed_by: null,
+    error_code: code,
+    ...extra,
+  };
+}

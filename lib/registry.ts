@@ -1,0 +1,217 @@
+/**
+ * The worker registry: who is connected, what each offers, and how each has been doing. The
+ * broker talks to it through {@linkcode WorkerRegistry} so that a cluster-backed registry can
+ * replace this in-process one.
+ *
+ * @module
+ */
+
+import type { WorkerLoad } from "./balancer.ts";
+
+/** A clock in ms; inject one in tests. */
+export interface Clock {
+  now(): number;
+}
+
+/** The wall clock. */
+export const systemClock: Clock = { now: () => Date.now() };
+
+/** What a worker says of itself in its `connect` frame. */
+export interface WorkerRegistration {
+  name?: string;
+  weight?: number;
+  max_concurrency?: number;
+  actions?: string[];
+  version?: string;
+  host?: unknown;
+}
+
+/** A worker as `get_client_info`, `/health` and the console show it. */
+export interface WorkerInfo {
+  client_id: string;
+  name: string;
+  address: string;
+  weight: number;
+  max_concurrency: number;
+  actions: string[] | null;
+  version: string | null;
+  host: unknown;
+  in_flight: number;
+  served: number;
+  failures: number;
+  latency_ms: number | null;
+  healthy: boolean;
+  draining: boolean;
+  registered: boolean;
+  blocked_sources: string[];
+  connected_since: string;
+  last_seen: string;
+}
+
+// The smoothing factors: a response-time average that follows a change within ~5 requests, and a
+// failure rate that halves every 30 s without failures so that a recovered worker wins traffic back.
+const LATENCY_ALPHA = 0.3;
+const FAILURE_ALPHA = 0.25;
+const FAILURE_HALF_LIFE_MS = 30_000;
+
+/** One connected worker: its registration, its live load and its record. */
+export class WorkerRecord implements WorkerLoad {
+  readonly id: string;
+  readonly address: string;
+  readonly connectedAt: number;
+  name: string;
+  weight = 1;
+  maxConcurrency: number;
+  actions: ReadonlySet<string> | null = null;
+  version: string | null = null;
+  host: unknown = null;
+  registered = false;
+  draining = false;
+  unhealthy = false;
+  /** Sources whose upstream the worker reported blocked, or that answered blocked recently. */
+  blockedSources: string[] = [];
+  blockedUntil = 0;
+  inFlight = 0;
+  served = 0;
+  failures = 0;
+  ewmaMs: number | undefined;
+  lastSeen: number;
+  /** Whether the worker ever sent a heartbeat; only those are judged by heartbeat silence. */
+  heartbeats = false;
+  #failureRate = 0;
+  #failureAt = 0;
+  #clock: Clock;
+
+  constructor(
+    id: string,
+    address: string,
+    options: { clock: Clock; defaultConcurrency: number },
+  ) {
+    this.id = id;
+    this.address = address;
+    this.name = id;
+    this.#clock = options.clock;
+    this.connectedAt = this.lastSeen = options.clock.now();
+    this.maxConcurrency = options.defaultConcurrency;
+  }
+
+  get healthy(): boolean {
+    return !this.unhealthy;
+  }
+
+  get failureRate(): number {
+    if (this.#failureRate === 0) return 0;
+    const elapsed = this.#clock.now() - this.#failureAt;
+    return this.#failureRate * 0.5 ** (elapsed / FAILURE_HALF_LIFE_MS);
+  }
+
+  /** Whether the worker should be steered around for market work now. */
+  get blocked(): boolean {
+    return this.blockedSources.length > 0 ||
+      this.blockedUntil > this.#clock.now();
+  }
+
+  /** Applies a `connect` frame's data, ignoring fields of the wrong type. */
+  register(data: WorkerRegistration, maxConcurrencyCap: number): void {
+    this.registered = true;
+    if (typeof data.name === "string" && data.name.trim() !== "") {
+      this.name = data.name.trim().slice(0, 100);
+    }
+    if (
+      typeof data.weight === "number" && data.weight > 0 &&
+      Number.isFinite(data.weight)
+    ) {
+      this.weight = Math.min(data.weight, 1000);
+    }
+    if (Number.isInteger(data.max_concurrency) && data.max_concurrency! > 0) {
+      this.maxConcurrency = Math.min(data.max_concurrency!, maxConcurrencyCap);
+    }
+    if (Array.isArray(data.actions)) {
+      this.actions = new Set(data.actions.filter((a) => typeof a === "string"));
+    }
+    if (typeof data.version === "string") {
+      this.version = data.version.slice(0, 100);
+    }
+    if (data.host !== undefined) this.host = data.host;
+  }
+
+  recordSuccess(elapsedMs: number): void {
+    this.served++;
+    this.ewmaMs = this.ewmaMs === undefined
+      ? elapsedMs
+      : this.ewmaMs + LATENCY_ALPHA * (elapsedMs - this.ewmaMs);
+    if (this.#failureRate > 0) this.#decayInto(0);
+  }
+
+  recordFailure(): void {
+    this.served++;
+    this.failures++;
+    this.#decayInto(1);
+  }
+
+  #decayInto(sample: number): void {
+    const current = this.failureRate;
+    this.#failureRate = current + FAILURE_ALPHA * (sample - current);
+    this.#failureAt = this.#clock.now();
+  }
+
+  info(): WorkerInfo {
+    return {
+      client_id: this.id,
+      name: this.name,
+      address: this.address,
+      weight: this.weight,
+      max_concurrency: this.maxConcurrency,
+      actions: this.actions === null ? null : [...this.actions],
+      version: this.version,
+      host: this.host,
+      in_flight: this.inFlight,
+      served: this.served,
+      failures: this.failures,
+      latency_ms: this.ewmaMs === undefined
+        ? null
+        : Math.round(this.ewmaMs * 10) / 10,
+      healthy: this.healthy,
+      draining: this.draining,
+      registered: this.registered,
+      blocked_sources: this.blockedSources,
+      connected_since: new Date(this.connectedAt).toISOString(),
+      last_seen: new Date(this.lastSeen).toISOString(),
+    };
+  }
+}
+
+/** The seam between the broker and where workers are kept. */
+export interface WorkerRegistry<W extends WorkerRecord = WorkerRecord> {
+  add(worker: W): void;
+  remove(id: string): boolean;
+  get(id: string): W | undefined;
+  all(): W[];
+  readonly size: number;
+}
+
+/** The in-process registry. */
+export class LocalRegistry<W extends WorkerRecord = WorkerRecord>
+  implements WorkerRegistry<W> {
+  #workers = new Map<string, W>();
+
+  add(worker: W): void {
+    this.#workers.set(worker.id, worker);
+  }
+
+  remove(id: string): boolean {
+    return this.#workers.delete(id);
+  }
+
+  get(id: string): W | undefined {
+    return this.#workers.get(id);
+  }
+
+  all(): W[] {
+    return [...this.#workers.values()];
+  }
+
+  get size(): number {
+    return this.#workers.size;
+  }
+}

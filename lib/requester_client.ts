@@ -1,0 +1,193 @@
+/**
+ * The requester client: many requests in flight on one connection, answers matched by
+ * `request_id`.
+ *
+ * @module
+ */
+
+import { type ConnectOptions, messageText, openSocket } from "./_connect.ts";
+import { ConnectionClosedError, RequestTimeoutError } from "./errors.ts";
+import type { RequesterAnswer } from "./protocol.ts";
+import type { WebSocket } from "./_ws.ts";
+
+/** Options for {@linkcode RequesterClient}. */
+export interface RequesterClientOptions extends ConnectOptions {
+  /** Default `timeout` sent with each request, in seconds; the server's default when unset. */
+  timeout?: number;
+  /** Extra time the client waits beyond a request's timeout before giving up itself, in ms. @default 5000 */
+  graceMs?: number;
+}
+
+/** Per-request choices for {@linkcode RequesterClient.request}. */
+export interface RequestOptions {
+  /** Seconds the server may take; sent as the request's `timeout`. */
+  timeout?: number;
+  /** Abandons the wait (the server's answer, when it comes, is dropped). */
+  signal?: AbortSignal;
+  /** Asks for progress frames and receives them here (batches). */
+  onProgress?: (progress: { done: number; total?: number }) => void;
+  /** Use this `request_id` instead of a fresh UUID. */
+  requestId?: string;
+}
+
+interface Pending {
+  resolve(answer: RequesterAnswer): void;
+  reject(error: unknown): void;
+  onProgress?: RequestOptions["onProgress"];
+}
+
+/**
+ * A connection to the requester port.
+ *
+ * @example
+ * ```ts ignore
+ * const client = new RequesterClient("ws://localhost:8766");
+ * await client.connect();
+ * const answer = await client.request("get_time");
+ * console.log(answer.success, answer.data, answer.processed_by);
+ * await client.close();
+ * ```
+ */
+export class RequesterClient {
+  readonly url: string;
+  #options: RequesterClientOptions;
+  #socket: WebSocket | undefined;
+  #pending = new Map<string, Pending>();
+  #closed: Promise<void> | undefined;
+
+  constructor(url: string, options: RequesterClientOptions = {}) {
+    this.url = url;
+    this.#options = options;
+  }
+
+  /** Whether the connection is open. */
+  get connected(): boolean {
+    return this.#socket?.readyState === 1;
+  }
+
+  /** Requests waiting for an answer. */
+  get inFlight(): number {
+    return this.#pending.size;
+  }
+
+  /** Opens the connection; call again after a drop to reconnect. */
+  async connect(signal?: AbortSignal): Promise<void> {
+    if (this.connected) return;
+    const socket = await openSocket(this.url, this.#options, signal);
+    this.#socket = socket;
+    const closed = Promise.withResolvers<void>();
+    this.#closed = closed.promise;
+    socket.on("message", (data: unknown) => this.#onMessage(messageText(data)));
+    socket.on("error", () => {});
+    socket.on("close", (code: number) => {
+      if (this.#socket === socket) this.#socket = undefined;
+      const error = new ConnectionClosedError(
+        `Connection to ${this.url} closed (code ${code}) before the answer came`,
+      );
+      for (const pending of this.#pending.values()) pending.reject(error);
+      this.#pending.clear();
+      closed.resolve();
+    });
+  }
+
+  #onMessage(text: string): void {
+    let message: Record<string, unknown>;
+    try {
+      message = JSON.parse(text);
+    } catch {
+      return;
+    }
+    const id = message?.request_id;
+    if (typeof id !== "string") return;
+    const pending = this.#pending.get(id);
+    if (!pending) return;
+    if ("progress" in message && !("success" in message)) {
+      pending.onProgress?.(
+        message.progress as { done: number; total?: number },
+      );
+      return;
+    }
+    this.#pending.delete(id);
+    pending.resolve(message as unknown as RequesterAnswer);
+  }
+
+  /**
+   * Sends `command` with `data` and resolves with the server's answer, whether it succeeded or
+   * not (check `answer.success`). Rejects only when no answer can come: connection lost,
+   * aborted, or no word within the timeout plus a grace period.
+   */
+  request(
+    command: string,
+    data: unknown = {},
+    options: RequestOptions = {},
+  ): Promise<RequesterAnswer> {
+    const socket = this.#socket;
+    if (!socket || socket.readyState !== 1) {
+      return Promise.reject(
+        new ConnectionClosedError(`Not connected to ${this.url}`),
+      );
+    }
+    if (options.signal?.aborted) return Promise.reject(options.signal.reason);
+    const requestId = options.requestId ?? crypto.randomUUID();
+    if (this.#pending.has(requestId)) {
+      return Promise.reject(
+        new RangeError(`Request id '${requestId}' is already in flight`),
+      );
+    }
+    const timeout = options.timeout ?? this.#options.timeout;
+    const frame: Record<string, unknown> = {
+      request_id: requestId,
+      command,
+      data,
+    };
+    if (timeout !== undefined) frame.timeout = timeout;
+    if (options.onProgress) frame.progress = true;
+    const { promise, resolve, reject } = Promise.withResolvers<
+      RequesterAnswer
+    >();
+    // The server answers every request by its deadline; this only guards against a server that
+    // vanished without closing the connection.
+    const waitMs = (timeout ?? 300) * 1000 + (this.#options.graceMs ?? 5000);
+    const timer = setTimeout(() => {
+      if (this.#pending.delete(requestId)) {
+        reject(
+          new RequestTimeoutError(
+            `No answer to '${command}' within ${waitMs} ms`,
+          ),
+        );
+      }
+    }, waitMs);
+    const onAbort = () => {
+      if (this.#pending.delete(requestId)) reject(options.signal!.reason);
+    };
+    options.signal?.addEventListener("abort", onAbort, { once: true });
+    const done = () => {
+      clearTimeout(timer);
+      options.signal?.removeEventListener("abort", onAbort);
+    };
+    this.#pending.set(requestId, {
+      resolve: (answer) => {
+        done();
+        resolve(answer);
+      },
+      reject: (error) => {
+        done();
+        reject(error);
+      },
+      onProgress: options.onProgress,
+    });
+    socket.send(JSON.stringify(frame));
+    return promise;
+  }
+
+  /** Closes the connection; requests still in flight reject with a ConnectionClosedError. */
+  async close(): Promise<void> {
+    const socket = this.#socket;
+    if (socket && socket.readyState <= 1) {
+      socket.close(1000, "Requester closing");
+      const t = setTimeout(() => socket.terminate(), 2000);
+      await this.#closed;
+      clearTimeout(t);
+    }
+  }
+}

@@ -1,0 +1,78 @@
+/**
+ * Actions the server itself answers: requested by workers over the worker port, or run from the
+ * server console.
+ *
+ * @module
+ */
+
+import type { ActionHandler } from "./action.ts";
+import type { WorkerInfo } from "./registry.ts";
+
+/** `YYYY-MM-DD HH:MM:SS` in the process's local time zone, as the original prints it. */
+export function formatLocalTime(date: Date = new Date()): string {
+  const p = (n: number) => String(n).padStart(2, "0");
+  return `${date.getFullYear()}-${p(date.getMonth() + 1)}-${
+    p(date.getDate())
+  } ` +
+    `${p(date.getHours())}:${p(date.getMinutes())}:${p(date.getSeconds())}`;
+}
+
+const OPERATIONS: Record<string, (a: number, b: number) => number> = {
+  "+": (a, b) => a + b,
+  "-": (a, b) => a - b,
+  "*": (a, b) => a * b,
+  "/": (a, b) => a / b,
+  "**": (a, b) => a ** b,
+  "%": (a, b) => a % b,
+};
+
+function operand(params: Record<string, unknown>, name: "a" | "b"): number {
+  const value = params[name];
+  if (typeof value !== "number" || !Number.isFinite(value)) {
+    throw new TypeError(
+      `Operand '${name}' must be a finite number: got ${
+        JSON.stringify(value) ?? "undefined"
+      }`,
+    );
+  }
+  return value;
+}
+
+/** `calculate`: `{a, b, op}` with `op` one of `+ - * / ** %`. Never evaluates strings. */
+export function calculate(params: unknown): number {
+  if (typeof params !== "object" || params === null || Array.isArray(params)) {
+    throw new TypeError(
+      'Params must be an object such as {"a": 10, "b": 20, "op": "+"}',
+    );
+  }
+  const p = params as Record<string, unknown>;
+  const a = operand(p, "a");
+  const b = operand(p, "b");
+  const op = p.op ?? "+";
+  if (typeof op !== "string" || !Object.hasOwn(OPERATIONS, op)) {
+    throw new RangeError(
+      `Unknown operator ${JSON.stringify(op)}: expected one of ${
+        Object.keys(OPERATIONS).join(" ")
+      }`,
+    );
+  }
+  if ((op === "/" || op === "%") && b === 0) {
+    throw new RangeError("Division by zero");
+  }
+  const result = OPERATIONS[op](a, b);
+  if (!Number.isFinite(result)) {
+    throw new RangeError(`Result is not a finite number: ${a} ${op} ${b}`);
+  }
+  return result;
+}
+
+/** The built-in server actions, bound to a function that lists the workers. */
+export function serverActions(
+  listWorkers: () => WorkerInfo[],
+): Record<string, ActionHandler> {
+  return {
+    get_time: () => formatLocalTime(),
+    get_client_info: () => listWorkers(),
+    calculate: (params) => calculate(params),
+  };
+}

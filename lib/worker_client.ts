@@ -1,0 +1,484 @@
+/**
+ * The worker: connects to the server's worker port, registers its actions, serves requests,
+ * sends heartbeats, and reconnects forever with backoff when the connection drops.
+ *
+ * @module
+ */
+
+import type { ActionContext, ActionHandler } from "./action.ts";
+import { Backoff, type BackoffOptions, sleep } from "./backoff.ts";
+import { type ConnectOptions, messageText, openSocket } from "./_connect.ts";
+import { ErrorCode, RequestTimeoutError, WorkerError } from "./errors.ts";
+import { messageId } from "./_id.ts";
+import { logger } from "./log.ts";
+import {
+  decodeEnvelope,
+  encodeEnvelope,
+  type Envelope,
+  MessageType,
+  readRequestData,
+  readResponseData,
+} from "./protocol.ts";
+import { builtinWorkerActions } from "./system_info.ts";
+import type { WebSocket } from "./_ws.ts";
+
+const log = logger("worker");
+
+/** The version a worker reports when it registers. */
+export const WORKER_VERSION = "0.1.0";
+
+/** A handler for a message type the worker does not know by itself. */
+export type WorkerMessageHandler = (
+  envelope: Envelope,
+  worker: Worker,
+) => void | Promise<void>;
+
+/** Options for {@linkcode Worker}. */
+export interface WorkerOptions extends ConnectOptions {
+  /** The worker port's URL, such as `ws://server:8765`. */
+  url: string;
+  /** A name for logs and `list`; also the worker's key for batch affinity. @default the hostname */
+  name?: string;
+  /** Relative capacity for the balancer. @default 1 */
+  weight?: number;
+  /** Requests the server may send at once. @default 8 */
+  concurrency?: number;
+  /** Reconnect schedule. @default initial 500 ms, cap 30 s */
+  backoff?: BackoffOptions;
+  /** A connection that lasted this long resets the backoff, in ms. @default 10000 */
+  stableAfterMs?: number;
+  /** Heartbeat interval until the server names one, in ms. @default 10000 */
+  heartbeatIntervalMs?: number;
+  /** Extra fields for each heartbeat, such as `blocked_sources`. */
+  heartbeatData?: () => Record<string, unknown>;
+  /** How long `stop()` lets in-flight work finish, in ms. @default 10000 */
+  graceMs?: number;
+}
+
+/** What `status()` reports. */
+export interface WorkerStatus {
+  connected: boolean;
+  client_id: string | null;
+  url: string;
+  name: string;
+  in_flight: number;
+  served: number;
+  failed: number;
+  connects: number;
+  actions: string[];
+}
+
+function defaultName(): string {
+  try {
+    return `${Deno.hostname()}-${Deno.pid}`;
+  } catch {
+    return `worker-${Deno.pid}`;
+  }
+}
+
+function errorCode(error: unknown): string {
+  const code = (error as { code?: unknown })?.code;
+  if (typeof code === "string" && /^[A-Z_]+$/.test(code)) return code;
+  if (error instanceof TypeError || error instanceof RangeError) {
+    return "INVALID_PARAMS";
+  }
+  return ErrorCode.WORKER_ERROR;
+}
+
+/** A worker process's connection to the server; see the module doc. */
+export class Worker {
+  readonly url: string;
+  readonly name: string;
+  #options: WorkerOptions;
+  #actions = new Map<string, ActionHandler>();
+  #handlers = new Map<string, WorkerMessageHandler>();
+  #socket: WebSocket | undefined;
+  #clientId: string | null = null;
+  #running = new Map<string, AbortController>();
+  #asks = new Map<string, PromiseWithResolvers<unknown>>();
+  #served = 0;
+  #failed = 0;
+  #connects = 0;
+  #stopping = false;
+  #stop = new AbortController();
+  #loop: Promise<void> | undefined;
+  #idle: PromiseWithResolvers<void> | undefined;
+  #connectedListeners = new Set<(clientId: string) => void>();
+
+  constructor(options: WorkerOptions) {
+    this.#options = options;
+    this.url = options.url;
+    this.name = options.name ?? defaultName();
+    for (const [name, handler] of Object.entries(builtinWorkerActions())) {
+      this.#actions.set(name, handler);
+    }
+  }
+
+  /** Adds (or replaces) an action by name. Re-registers with the server when connected. */
+  registerAction(name: string, handler: ActionHandler): this {
+    this.#actions.set(name, handler);
+    if (this.#socket?.readyState === 1) this.#register();
+    return this;
+  }
+
+  /** Handles a message type the worker would otherwise ignore. */
+  onMessage(type: string, handler: WorkerMessageHandler): this {
+    this.#handlers.set(type, handler);
+    return this;
+  }
+
+  /** Calls `listener` with the new `client_id` after each (re)connect. */
+  onConnected(listener: (clientId: string) => void): () => void {
+    this.#connectedListeners.add(listener);
+    return () => this.#connectedListeners.delete(listener);
+  }
+
+  status(): WorkerStatus {
+    return {
+      connected: this.#socket?.readyState === 1,
+      client_id: this.#clientId,
+      url: this.url,
+      name: this.name,
+      in_flight: this.#running.size,
+      served: this.#served,
+      failed: this.#failed,
+      connects: this.#connects,
+      actions: [...this.#actions.keys()],
+    };
+  }
+
+  /** Connects and keeps reconnecting until `stop()`; resolves once stopped. */
+  start(): Promise<void> {
+    this.#loop ??= this.#run();
+    return this.#loop;
+  }
+
+  /** Resolves after the next successful registration (or now, when connected). */
+  ready(): Promise<string> {
+    if (this.#clientId && this.#socket?.readyState === 1) {
+      return Promise.resolve(this.#clientId);
+    }
+    return new Promise((resolve) => {
+      const off = this.onConnected((id) => {
+        off();
+        resolve(id);
+      });
+    });
+  }
+
+  async #run(): Promise<void> {
+    const backoff = new Backoff({
+      initialMs: 500,
+      maxMs: 30_000,
+      ...this.#options.backoff,
+    });
+    const stableAfter = this.#options.stableAfterMs ?? 10_000;
+    while (!this.#stopping) {
+      const opened = Date.now();
+      try {
+        await this.#session();
+      } catch (error) {
+        if (this.#stopping) break;
+        log.warn("{error}", { error: (error as Error).message });
+      }
+      if (this.#stopping) break;
+      if (Date.now() - opened >= stableAfter) backoff.reset();
+      const delay = backoff.next();
+      log.info("Reconnecting to {url} in {delay} ms", { url: this.url, delay });
+      try {
+        await sleep(delay, this.#stop.signal);
+      } catch {
+        break;
+      }
+    }
+  }
+
+  /** One connection's life: resolves when it closes. */
+  async #session(): Promise<void> {
+    const socket = await openSocket(this.url, this.#options, this.#stop.signal);
+    this.#socket = socket;
+    this.#connects++;
+    let interval = this.#options.heartbeatIntervalMs ?? 10_000;
+    let lastHeard = Date.now();
+    const closed = Promise.withResolvers<void>();
+    let beat: ReturnType<typeof setInterval> | undefined;
+    const startHeartbeat = () => {
+      clearInterval(beat);
+      beat = setInterval(() => {
+        // A server silent for three intervals is gone even if TCP has not noticed.
+        if (Date.now() - lastHeard > 3 * interval) {
+          log.warn("No word from the server for {s} s: reconnecting", {
+            s: Math.round((Date.now() - lastHeard) / 1000),
+          });
+          socket.terminate();
+          return;
+        }
+        this.#send(MessageType.HEARTBEAT, {
+          status: "alive",
+          in_flight: this.#running.size,
+          served: this.#served,
+          ...this.#options.heartbeatData?.(),
+        });
+      }, interval);
+    };
+    socket.on("message", (data: unknown) => {
+      lastHeard = Date.now();
+      const text = messageText(data);
+      let envelope: Envelope;
+      try {
+        envelope = decodeEnvelope(text);
+      } catch (error) {
+        log.warn("Bad frame from the server: {message}", {
+          message: (error as Error).message,
+        });
+        return;
+      }
+      if (envelope.type === MessageType.CONNECT) {
+        const d = envelope.data as {
+          client_id?: unknown;
+          heartbeat_interval?: unknown;
+        };
+        if (
+          typeof d.heartbeat_interval === "number" && d.heartbeat_interval > 0
+        ) {
+          interval = d.heartbeat_interval * 1000;
+        }
+        this.#clientId = typeof d.client_id === "string" ? d.client_id : null;
+        this.#register();
+        startHeartbeat();
+        log.info("Connected to {url} as {id} ({name})", {
+          url: this.url,
+          id: this.#clientId,
+          name: this.name,
+        });
+        for (const listener of this.#connectedListeners) {
+          listener(this.#clientId ?? "");
+        }
+        return;
+      }
+      this.#onEnvelope(envelope);
+    });
+    socket.on("pong", () => lastHeard = Date.now());
+    socket.on("ping", () => lastHeard = Date.now());
+    socket.on("close", (code: number, reason: Uint8Array) => {
+      clearInterval(beat);
+      this.#socket = undefined;
+      // Requests the server asked for are re-sent elsewhere by the server; stop working on them.
+      for (const controller of this.#running.values()) {
+        controller.abort(
+          new WorkerError(
+            "Connection to the server closed",
+            ErrorCode.CANCELLED,
+          ),
+        );
+      }
+      for (const ask of this.#asks.values()) {
+        ask.reject(
+          new WorkerError(
+            "Connection to the server closed",
+            ErrorCode.CONNECTION_CLOSED,
+          ),
+        );
+      }
+      this.#asks.clear();
+      if (!this.#stopping) {
+        log.warn("Connection closed (code {code}{reason})", {
+          code,
+          reason: reason?.length ? `: ${new TextDecoder().decode(reason)}` : "",
+        });
+      }
+      closed.resolve();
+    });
+    socket.on(
+      "error",
+      (error: Error) =>
+        log.debug("Socket error: {message}", { message: error.message }),
+    );
+    await closed.promise;
+  }
+
+  #register(): void {
+    this.#send(MessageType.CONNECT, {
+      name: this.name,
+      weight: this.#options.weight ?? 1,
+      max_concurrency: this.#options.concurrency ?? 8,
+      actions: [...this.#actions.keys()],
+      version: WORKER_VERSION,
+      host: {
+        hostname: (() => {
+          try {
+            return Deno.hostname();
+          } catch {
+            return null;
+          }
+        })(),
+        pid: Deno.pid,
+        os: Deno.build.os,
+        runtime: `deno ${Deno.version.deno}`,
+      },
+    });
+  }
+
+  #send(type: string, data: unknown, msgId?: string): boolean {
+    const socket = this.#socket;
+    if (!socket || socket.readyState !== 1) return false;
+    socket.send(encodeEnvelope(type, data, msgId));
+    return true;
+  }
+
+  #onEnvelope(envelope: Envelope): void {
+    switch (envelope.type) {
+      case MessageType.REQUEST:
+        return void this.#serve(envelope);
+      case MessageType.RESPONSE: {
+        try {
+          const response = readResponseData(envelope.data);
+          const ask = this.#asks.get(response.request_id);
+          if (!ask) return;
+          this.#asks.delete(response.request_id);
+          if (response.success) ask.resolve(response.result);
+          else {
+            ask.reject(
+              new WorkerError(
+                response.error ?? "Request failed",
+                (response.error_code ?? ErrorCode.WORKER_ERROR) as ErrorCode,
+              ),
+            );
+          }
+        } catch (error) {
+          log.warn("Bad response from the server: {message}", {
+            message: (error as Error).message,
+          });
+        }
+        return;
+      }
+      case MessageType.CANCEL: {
+        const id = (envelope.data as { request_id?: unknown })?.request_id;
+        if (typeof id === "string") {
+          this.#running.get(id)?.abort(
+            new WorkerError("Cancelled by the server", ErrorCode.CANCELLED),
+          );
+        }
+        return;
+      }
+      case MessageType.HEARTBEAT:
+        return;
+      case MessageType.NOTIFICATION:
+        log.info("Notification from the server: {message}", {
+          message: (envelope.data as { message?: unknown })?.message,
+        });
+        break;
+      case MessageType.ERROR:
+        log.warn("The server reported an error: {data}", {
+          data: envelope.data,
+        });
+        break;
+    }
+    const handler = this.#handlers.get(envelope.type);
+    if (handler) {
+      Promise.resolve(handler(envelope, this)).catch((error) =>
+        log.error("Handler for {type} failed: {error}", {
+          type: envelope.type,
+          error,
+        })
+      );
+    } else if (
+      envelope.type !== MessageType.NOTIFICATION &&
+      envelope.type !== MessageType.ERROR
+    ) {
+      log.debug("Ignored a {type} frame", { type: envelope.type });
+    }
+  }
+
+  async #serve(envelope: Envelope): Promise<void> {
+    const msgId = envelope.msg_id;
+    const controller = new AbortController();
+    this.#running.set(msgId, controller);
+    let reply: Record<string, unknown>;
+    try {
+      const { action, params } = readRequestData(envelope.data);
+      const handler = this.#actions.get(action);
+      if (!handler) {
+        throw Object.assign(
+          new Error(
+            `Unknown action '${action}': this worker offers ${
+              [...this.#actions.keys()].join(", ")
+            }`,
+          ),
+          { code: ErrorCode.UNKNOWN_ACTION },
+        );
+      }
+      const ctx: ActionContext = {
+        signal: AbortSignal.any([controller.signal, this.#stop.signal]),
+        requestId: msgId,
+        progress: (done, total) =>
+          this.#send(MessageType.PROGRESS, { request_id: msgId, done, total }),
+      };
+      const result = await handler(params, ctx);
+      reply = { success: true, result: result ?? null, error: null };
+      this.#served++;
+    } catch (error) {
+      this.#failed++;
+      reply = {
+        success: false,
+        result: null,
+        error: error instanceof Error ? error.message : String(error),
+        error_code: errorCode(error),
+      };
+    } finally {
+      this.#running.delete(msgId);
+      if (this.#running.size === 0) this.#idle?.resolve();
+    }
+    if (controller.signal.aborted) return;
+    this.#send(MessageType.RESPONSE, { request_id: msgId, ...reply });
+  }
+
+  /** Asks the server to run one of its actions (console `request`). */
+  request(
+    action: string,
+    params: unknown = {},
+    timeoutMs = 30_000,
+  ): Promise<unknown> {
+    const msgId = messageId();
+    const ask = Promise.withResolvers<unknown>();
+    if (!this.#send(MessageType.REQUEST, { action, params }, msgId)) {
+      return Promise.reject(
+        new WorkerError(
+          "Not connected to the server",
+          ErrorCode.CONNECTION_CLOSED,
+        ),
+      );
+    }
+    this.#asks.set(msgId, ask);
+    const timer = setTimeout(() => {
+      if (this.#asks.delete(msgId)) ask.reject(new RequestTimeoutError());
+    }, timeoutMs);
+    return ask.promise.finally(() => clearTimeout(timer));
+  }
+
+  /**
+   * Leaves gracefully: tells the server (`disconnect`), lets in-flight work finish for up to
+   * `graceMs`, then closes and stops reconnecting.
+   */
+  async stop(graceMs: number = this.#options.graceMs ?? 10_000): Promise<void> {
+    if (this.#stopping) return await this.#loop;
+    this.#stopping = true;
+    this.#send(MessageType.DISCONNECT, { reason: "shutting down" });
+    if (this.#running.size > 0) {
+      this.#idle = Promise.withResolvers();
+      const timer = setTimeout(() => this.#idle?.resolve(), graceMs);
+      await this.#idle.promise;
+      clearTimeout(timer);
+    }
+    this.#stop.abort(new WorkerError("Worker stopped", ErrorCode.CANCELLED));
+    const socket = this.#socket;
+    if (socket && socket.readyState <= 1) {
+      const closed = new Promise((resolve) => socket.once("close", resolve));
+      socket.close(1000, "Worker stopping");
+      const t = setTimeout(() => socket.terminate(), 2000);
+      await closed;
+      clearTimeout(t);
+    }
+    await this.#loop;
+  }
+}

@@ -1,0 +1,674 @@
+/**
+ * A fake Eastmoney (and Tencent) K-line server for tests, end-to-end tests and the bench.
+ *
+ * It speaks plain HTTP/1.1 from a raw TCP listener on 127.0.0.1, so it can also misbehave the
+ * way a banning host does: reset the connection, answer `klines: []`, HTTP 503/429, `data: null`
+ * or an HTML page, for the next N calls or for some codes. Data comes from the real fixtures in
+ * `../../shared/fixtures/market/` (510300 unadjusted and qfq, 159915) and, with
+ * `synthetic: true`, from deterministic made-up bars for any other plausible code.
+ *
+ * @module
+ */
+
+/** Where the market fixtures live: `shared/` sits next to the repository. */
+export const FIXTURES_DIR: URL = new URL(
+  "../../shared/fixtures/market/",
+  import.meta.url,
+);
+
+/** Whether the fixture folder is present (it is absent on users' clones). */
+export function fixturesAvailable(): boolean {
+  try {
+    return Deno.statSync(new URL("etf_510300_daily_qfq.csv", FIXTURES_DIR))
+      .isFile;
+  } catch {
+    return false;
+  }
+}
+
+/** Ways the fake can misbehave. */
+export type FakeFailMode =
+  | "reset"
+  | "empty"
+  | "http503"
+  | "http429"
+  | "null"
+  | "html";
+
+/** A failure rule: which requests misbehave, how, and how many times. */
+export interface FakeFailure {
+  /** How to misbehave. */
+  mode: FakeFailMode;
+  /** How many matching requests fail before the rule is spent. @default Infinity */
+  times?: number;
+  /** Only requests for these codes. @default every code */
+  codes?: string[];
+  /** Only requests to this API. @default both */
+  api?: FakeApi;
+}
+
+/** The two APIs the fake serves. */
+export type FakeApi = "eastmoney" | "tencent";
+
+/** One request the fake received. */
+export interface FakeRequest {
+  /** Which API was called. */
+  api: FakeApi;
+  /** The six-digit code asked for (empty when unreadable). */
+  code: string;
+  /** The full request URL. */
+  url: URL;
+}
+
+/** Options for {@linkcode startFakeEastmoney}. */
+export interface FakeEastmoneyOptions {
+  /** Serve made-up bars for any plausible code besides the fixtures. @default false */
+  synthetic?: boolean;
+  /** Last date of synthetic bars (they start 2015-01-05). @default "2026-03-20" */
+  syntheticEnd?: string;
+  /** Codes that answer `data: null` even when synthetic. @default [] */
+  unknownCodes?: string[];
+  /** Delay before every answer, in ms. @default 0 */
+  latencyMs?: number;
+  /** Misbehave on every request in this way. */
+  failMode?: FakeFailMode;
+  /** Failure rules, checked in order (see {@linkcode FakeEastmoney.fail}). */
+  failures?: FakeFailure[];
+  /** Decides per request; wins over rules. Return `undefined` to answer normally. */
+  hook?: (request: FakeRequest) => FakeFailMode | undefined;
+}
+
+/** A running fake server. */
+export interface FakeEastmoney {
+  /** Base URL, e.g. `http://127.0.0.1:41234`; use for both `eastmoneyUrl` and `tencentUrl`. */
+  readonly url: string;
+  /** Requests received so far, both APIs. */
+  readonly calls: number;
+  /** Every request received, in order. */
+  readonly requests: readonly FakeRequest[];
+  /** Requests received for `code`, optionally for one API only. */
+  callsFor(code: string, api?: FakeApi): number;
+  /** Adds a failure rule. */
+  fail(failure: FakeFailure): void;
+  /** Removes every failure rule and the `failMode`. */
+  clearFailures(): void;
+  /** Closes open connections and the listener. */
+  close(): Promise<void>;
+  /** Same as `close()`, for `await using`. */
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+/** Starts the fake on 127.0.0.1, on a free port. */
+export function startFakeEastmoney(
+  options: FakeEastmoneyOptions = {},
+): Promise<FakeEastmoney> {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const url = `http://127.0.0.1:${listener.addr.port}`;
+  const shutdown = new AbortController();
+  const conns = new Set<Deno.Conn>();
+  const tasks = new Set<Promise<void>>();
+  const requests: FakeRequest[] = [];
+  let rules: { rule: FakeFailure; left: number }[] = [];
+  let failMode = options.failMode;
+  for (const rule of options.failures ?? []) addRule(rule);
+
+  function addRule(rule: FakeFailure): void {
+    rules.push({ rule, left: rule.times ?? Infinity });
+  }
+
+  function failureFor(request: FakeRequest): FakeFailMode | undefined {
+    const hooked = options.hook?.(request);
+    if (hooked !== undefined) return hooked;
+    for (const entry of rules) {
+      const { rule } = entry;
+      if (entry.left <= 0) continue;
+      if (rule.api !== undefined && rule.api !== request.api) continue;
+      if (rule.codes !== undefined && !rule.codes.includes(request.code)) {
+        continue;
+      }
+      entry.left--;
+      return rule.mode;
+    }
+    return failMode;
+  }
+
+  async function handle(conn: Deno.Conn): Promise<void> {
+    try {
+      const head = await readHead(conn);
+      if (head === undefined) return;
+      const target = /^GET (\S+) HTTP\/1\.[01]$/.exec(head.split("\r\n")[0]);
+      if (options.latencyMs) await delay(options.latencyMs, shutdown.signal);
+      if (target === null) {
+        return await writeResponse(conn, 405, "text/plain", "Only GET");
+      }
+      const requestUrl = new URL(target[1], url);
+      const api: FakeApi | undefined =
+        requestUrl.pathname === "/api/qt/stock/kline/get"
+          ? "eastmoney"
+          : requestUrl.pathname === "/appstock/app/fqkline/get"
+          ? "tencent"
+          : undefined;
+      if (api === undefined) {
+        return await writeResponse(conn, 404, "text/plain", "Not found");
+      }
+      const code = api === "eastmoney"
+        ? (requestUrl.searchParams.get("secid") ?? "").split(".")[1] ?? ""
+        : (requestUrl.searchParams.get("param") ?? "").slice(2, 8);
+      const request = { api, code, url: requestUrl };
+      requests.push(request);
+      const mode = failureFor(request);
+      if (mode === "reset") return; // closing without a byte is what a banning host does
+      if (mode === "http503" || mode === "http429") {
+        return await writeResponse(
+          conn,
+          mode === "http503" ? 503 : 429,
+          "text/plain",
+          "busy",
+        );
+      }
+      if (mode === "html") {
+        return await writeResponse(
+          conn,
+          200,
+          "text/html",
+          "<html><body>验证</body></html>",
+        );
+      }
+      const body = api === "eastmoney"
+        ? eastmoneyAnswer(requestUrl, mode, options)
+        : tencentAnswer(requestUrl, mode, options);
+      await writeResponse(
+        conn,
+        200,
+        "application/json; charset=utf-8",
+        JSON.stringify(body),
+      );
+    } catch {
+      // The client went away or the server is closing: nothing to answer.
+    } finally {
+      try {
+        conn.close();
+      } catch {
+        // already closed
+      }
+    }
+  }
+
+  const accepting = (async () => {
+    try {
+      for await (const conn of listener) {
+        conns.add(conn);
+        const task: Promise<void> = handle(conn).finally(() => {
+          conns.delete(conn);
+          tasks.delete(task);
+        });
+        tasks.add(task);
+      }
+    } catch {
+      // listener closed
+    }
+  })();
+
+  let closing: Promise<void> | undefined;
+  function close(): Promise<void> {
+    closing ??= (async () => {
+      shutdown.abort();
+      listener.close();
+      for (const conn of conns) {
+        try {
+          conn.close();
+        } catch {
+          // already closed
+        }
+      }
+      await accepting;
+      await Promise.all(tasks);
+    })();
+    return closing;
+  }
+
+  return Promise.resolve({
+    url,
+    get calls() {
+      return requests.length;
+    },
+    requests,
+    callsFor: (code: string, api?: FakeApi) =>
+      requests.filter((r) =>
+        r.code === code && (api === undefined || r.api === api)
+      ).length,
+    fail: addRule,
+    clearFailures: () => {
+      rules = [];
+      failMode = undefined;
+    },
+    close,
+    [Symbol.asyncDispose]: close,
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP plumbing
+
+async function readHead(conn: Deno.Conn): Promise<string | undefined> {
+  const buffer = new Uint8Array(16_384);
+  let text = "";
+  while (!text.includes("\r\n\r\n")) {
+    const n = await conn.read(buffer);
+    if (n === null) return undefined;
+    text += new TextDecoder().decode(buffer.subarray(0, n));
+    if (text.length > 65_536) return undefined;
+  }
+  return text.slice(0, text.indexOf("\r\n\r\n"));
+}
+
+async function writeResponse(
+  conn: Deno.Conn,
+  status: number,
+  contentType: string,
+  body: string,
+): Promise<void> {
+  const payload = new TextEncoder().encode(body);
+  const reason = {
+    200: "OK",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    429: "Too Many Requests",
+    503: "Service Unavailable",
+  }[status] ?? "Status";
+  const head = new TextEncoder().encode(
+    `HTTP/1.1 ${status} ${reason}\r\nContent-Type: ${contentType}\r\n` +
+      `Content-Length: ${payload.length}\r\nConnection: close\r\n\r\n`,
+  );
+  const all = new Uint8Array(head.length + payload.length);
+  all.set(head);
+  all.set(payload, head.length);
+  let written = 0;
+  while (written < all.length) {
+    written += await conn.write(all.subarray(written));
+  }
+}
+
+function delay(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal.aborted) return reject(signal.reason);
+    const timer = setTimeout(() => {
+      signal.removeEventListener("abort", onAbort);
+      resolve();
+    }, ms);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal.reason);
+    };
+    signal.addEventListener("abort", onAbort, { once: true });
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Data
+
+/** A daily row as the fake holds it; optional fields are unknown. */
+interface Row {
+  date: string;
+  open: number;
+  close: number;
+  high: number;
+  low: number;
+  volume: number;
+  amount: number;
+  amplitude?: number;
+  pct?: number;
+  change?: number;
+  turnover?: number;
+}
+
+/** A series: rows plus the close before the first row (Eastmoney's `preKPrice`). */
+interface FakeSeries {
+  name: string;
+  decimal: number;
+  preK: number;
+  rows: Row[];
+}
+
+const FIXTURE_NAMES: Record<string, string> = {
+  "1.510300": "沪深300ETF华泰柏瑞",
+  "0.159915": "创业板ETF易方达",
+};
+const seriesCache = new Map<string, FakeSeries | null>();
+
+/** The fake's daily series for a secid and `fqt`, or `undefined` for an unknown secid. */
+function seriesFor(
+  secid: string,
+  fqt: number,
+  options: FakeEastmoneyOptions,
+): FakeSeries | undefined {
+  const [market, code] = secid.split(".");
+  if (!/^[012]$/.test(market ?? "") || !/^\d{6}$/.test(code ?? "")) {
+    return undefined;
+  }
+  if (options.unknownCodes?.includes(code)) return undefined;
+  const cacheKey = `${secid}|${fqt}|${
+    options.synthetic ? options.syntheticEnd ?? "" : "-"
+  }`;
+  if (!seriesCache.has(cacheKey)) {
+    seriesCache.set(cacheKey, buildSeries(secid, fqt, options) ?? null);
+  }
+  return seriesCache.get(cacheKey) ?? undefined;
+}
+
+function buildSeries(
+  secid: string,
+  fqt: number,
+  options: FakeEastmoneyOptions,
+): FakeSeries | undefined {
+  if (secid in FIXTURE_NAMES && fixturesAvailable()) {
+    return fixtureSeries(secid, fqt);
+  }
+  if (!options.synthetic || !plausible(secid)) return undefined;
+  return syntheticSeries(secid, options.syntheticEnd ?? "2026-03-20");
+}
+
+/** Whether an exchange uses `code` under that market number (so `0.510300` is not). */
+function plausible(secid: string): boolean {
+  const [market, code] = secid.split(".");
+  if (market === "1") return /^[569]|^000/.test(code);
+  if (market === "0") return /^[0-48]|^92|^399/.test(code);
+  return /^9[35]/.test(code);
+}
+
+function fixtureSeries(secid: string, fqt: number): FakeSeries {
+  const name = FIXTURE_NAMES[secid];
+  if (secid === "0.159915") {
+    // 159915 has paid no dividends: every adjustment equals the raw prices.
+    const rows = readFixture("etf_159915_daily_qfq.csv");
+    return withDerived({ name, decimal: 3, preK: rows[0].open, rows });
+  }
+  const none = readFixture("etf_510300_daily_none_11cols.csv");
+  const nonePreK = round(none[0].close - none[0].change!, 3);
+  if (fqt === 0) return { name, decimal: 3, preK: nonePreK, rows: none };
+  const qfq = readFixture("etf_510300_daily_qfq.csv");
+  const turnover = new Map(none.map((r) => [r.date, r.turnover]));
+  // qfq subtracts the later dividends; hfq adds the earlier ones, i.e. qfq + all dividends.
+  const offset = fqt === 2 ? round(none[0].close - qfq[0].close, 3) : 0;
+  const rows = qfq.map((r) => ({
+    ...r,
+    open: round(r.open + offset, 3),
+    close: round(r.close + offset, 3),
+    high: round(r.high + offset, 3),
+    low: round(r.low + offset, 3),
+    turnover: turnover.get(r.date),
+  }));
+  const preK = round(nonePreK - (none[0].close - qfq[0].close) + offset, 3);
+  return withDerived({ name, decimal: 3, preK, rows });
+}
+
+/** Fills amplitude, pct and change from the previous close, as Eastmoney computes them. */
+function withDerived(series: FakeSeries): FakeSeries {
+  let previous = series.preK;
+  for (const row of series.rows) {
+    row.amplitude = round((row.high - row.low) / previous * 100, 2);
+    row.pct = round((row.close - previous) / previous * 100, 2);
+    row.change = round(row.close - previous, series.decimal);
+    previous = row.close;
+  }
+  return series;
+}
+
+function readFixture(file: string): Row[] {
+  const lines = Deno.readTextFileSync(new URL(file, FIXTURES_DIR)).trim().split(
+    /\r?\n/,
+  );
+  const eleven = lines[0].startsWith("日期");
+  return lines.slice(1).map((line) => {
+    const c = line.split(",");
+    const row: Row = {
+      date: c[0],
+      open: +c[1],
+      close: +c[2],
+      high: +c[3],
+      low: +c[4],
+      volume: +c[5],
+      amount: +c[6],
+    };
+    if (eleven) {
+      row.amplitude = +c[7];
+      row.pct = +c[8];
+      row.change = +c[9];
+      row.turnover = +c[10];
+    }
+    return row;
+  });
+}
+
+function syntheticSeries(secid: string, end: string): FakeSeries {
+  const code = secid.slice(2);
+  const decimal = /^[15]/.test(code) && secid !== "1.000001" ? 3 : 2;
+  let seed = 2166136261;
+  for (const ch of secid) {
+    seed = Math.imul(seed ^ ch.charCodeAt(0), 16777619) >>> 0;
+  }
+  const random = () => {
+    seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0;
+    return seed / 4294967296;
+  };
+  let previous = round(
+    decimal === 3 ? 1 + random() * 3 : 5 + random() * 50,
+    decimal,
+  );
+  const preK = previous;
+  const rows: Row[] = [];
+  for (let t = Date.UTC(2015, 0, 5); t <= Date.parse(end); t += 86_400_000) {
+    const weekday = new Date(t).getUTCDay();
+    if (weekday === 0 || weekday === 6) continue;
+    const open = round(previous * (1 + (random() - 0.5) * 0.01), decimal);
+    const close = round(previous * (1 + (random() - 0.5) * 0.04), decimal);
+    const high = round(Math.max(open, close) * (1 + random() * 0.01), decimal);
+    const low = round(Math.min(open, close) * (1 - random() * 0.01), decimal);
+    const volume = Math.round(50_000 + random() * 2_000_000);
+    rows.push({
+      date: new Date(t).toISOString().slice(0, 10),
+      open,
+      close,
+      high,
+      low,
+      volume,
+      amount: round(volume * 100 * (open + close) / 2, 0),
+      turnover: round(random() * 3, 2),
+    });
+    previous = close;
+  }
+  return withDerived({ name: `合成证券${code}`, decimal, preK, rows });
+}
+
+/** Weekly (ISO weeks) or monthly rows from daily ones, dated by the last trading day. */
+function aggregate(series: FakeSeries, unit: "week" | "month"): FakeSeries {
+  const keyOf = (date: string) => {
+    if (unit === "month") return date.slice(0, 7);
+    const day = Date.parse(date) / 86_400_000;
+    const monday = day - (new Date(date).getUTCDay() + 6) % 7;
+    return String(monday);
+  };
+  const groups = new Map<string, Row[]>();
+  for (const row of series.rows) {
+    const key = keyOf(row.date);
+    if (!groups.has(key)) groups.set(key, []);
+    groups.get(key)!.push(row);
+  }
+  const rows = [...groups.values()].map((g): Row => ({
+    date: g[g.length - 1].date,
+    open: g[0].open,
+    close: g[g.length - 1].close,
+    high: Math.max(...g.map((r) => r.high)),
+    low: Math.min(...g.map((r) => r.low)),
+    volume: g.reduce((s, r) => s + r.volume, 0),
+    amount: g.reduce((s, r) => s + r.amount, 0),
+    turnover: g.every((r) => r.turnover !== undefined)
+      ? g.reduce((s, r) => s + r.turnover!, 0)
+      : undefined,
+  }));
+  return withDerived({ ...series, rows });
+}
+
+function eastmoneyAnswer(
+  requestUrl: URL,
+  mode: FakeFailMode | undefined,
+  options: FakeEastmoneyOptions,
+): unknown {
+  const q = requestUrl.searchParams;
+  const secid = q.get("secid") ?? "";
+  const envelope = { rc: 0, rt: 17, svr: 181669, lt: 1, full: 0, dlmkts: "" };
+  const daily = mode === "null"
+    ? undefined
+    : seriesFor(secid, Number(q.get("fqt") ?? 0), options);
+  if (daily === undefined) return { ...envelope, data: null };
+  const klt = q.get("klt") ?? "101";
+  const series = klt === "102"
+    ? aggregate(daily, "week")
+    : klt === "103"
+    ? aggregate(daily, "month")
+    : daily;
+  const beg = dateParam(q.get("beg"), "0000-00-00");
+  const end = dateParam(q.get("end"), "9999-99-99");
+  const first = series.rows.findIndex((r) => r.date >= beg);
+  const rows = first < 0
+    ? []
+    : series.rows.slice(first).filter((r) => r.date <= end);
+  const preK = first > 0 ? series.rows[first - 1].close : series.preK;
+  const d = series.decimal;
+  const klines = mode === "empty" ? [] : rows.map((r) =>
+    [
+      r.date,
+      r.open.toFixed(d),
+      r.close.toFixed(d),
+      r.high.toFixed(d),
+      r.low.toFixed(d),
+      String(Math.round(r.volume)),
+      r.amount.toFixed(d),
+      r.amplitude?.toFixed(2) ?? "-",
+      r.pct?.toFixed(2) ?? "-",
+      r.change?.toFixed(d) ?? "-",
+      r.turnover?.toFixed(2) ?? "-",
+    ].join(",")
+  );
+  const [market, code] = secid.split(".");
+  return {
+    ...envelope,
+    data: {
+      code,
+      market: Number(market),
+      name: series.name,
+      decimal: d,
+      dktotal: series.rows.length,
+      preKPrice: Number(preK.toFixed(d)),
+      klines,
+    },
+  };
+}
+
+function tencentAnswer(
+  requestUrl: URL,
+  mode: FakeFailMode | undefined,
+  options: FakeEastmoneyOptions,
+): unknown {
+  const [
+    symbol = "",
+    unit = "day",
+    start = "",
+    end = "",
+    count = "640",
+    fq = "",
+  ] = (requestUrl.searchParams.get("param") ?? "").split(",");
+  const market = symbol.startsWith("sh")
+    ? "1"
+    : /^(sz|bj)/.test(symbol)
+    ? "0"
+    : "";
+  const fqt = fq === "qfq" ? 1 : fq === "hfq" ? 2 : 0;
+  const daily = mode === "null"
+    ? undefined
+    : seriesFor(`${market}.${symbol.slice(2)}`, fqt, options);
+  if (daily === undefined) return { code: 0, msg: "", data: {} };
+  const series = unit === "week"
+    ? aggregate(daily, "week")
+    : unit === "month"
+    ? aggregate(daily, "month")
+    : daily;
+  const d = series.decimal;
+  const rows = mode === "empty"
+    ? []
+    : series.rows.filter((r) =>
+      (!start || r.date >= start) && (!end || r.date <= end)
+    )
+      .slice(-Number(count))
+      .map((r) => [
+        r.date,
+        r.open.toFixed(d),
+        r.close.toFixed(d),
+        r.high.toFixed(d),
+        r.low.toFixed(d),
+        r.volume.toFixed(3),
+      ]);
+  const last = series.rows[series.rows.length - 1];
+  return {
+    code: 0,
+    msg: "",
+    data: {
+      [symbol]: {
+        [`${fq}${unit}`]: rows,
+        qt: {
+          [symbol]: ["1", series.name, symbol.slice(2), last.close.toFixed(d)],
+        },
+        version: "17",
+      },
+    },
+  };
+}
+
+/** `YYYYMMDD` (or `0`) to `YYYY-MM-DD`. */
+function dateParam(text: string | null, fallback: string): string {
+  if (text === null || !/^\d{8}$/.test(text)) return fallback;
+  return `${text.slice(0, 4)}-${text.slice(4, 6)}-${text.slice(6, 8)}`;
+}
+
+function round(value: number, digits: number): number {
+  const factor = 10 ** digits;
+  return Math.round(value * factor) / factor;
+}
+
+// ---------------------------------------------------------------------------------------------
+// A clock for tests
+
+/** A manual clock: `sleep()` moves time forward at once and records the delay. */
+export interface ManualClock {
+  /** Current time, epoch ms; tests may set it. */
+  time: number;
+  /** Every delay asked of `sleep()`, in order. */
+  readonly sleeps: number[];
+  /** Epoch ms. */
+  now(): number;
+  /** Advances time by `ms` and resolves on the next microtask; honours `signal`. */
+  sleep(ms: number, signal?: AbortSignal): Promise<void>;
+  /** Moves time forward by `ms`. */
+  advance(ms: number): void;
+}
+
+/** Creates a {@linkcode ManualClock} starting at `start` (ISO text or epoch ms). */
+export function manualClock(
+  start: string | number = "2026-03-23T08:00:00Z",
+): ManualClock {
+  const clock: ManualClock = {
+    time: typeof start === "number" ? start : Date.parse(start),
+    sleeps: [],
+    now: () => clock.time,
+    sleep: async (ms, signal) => {
+      if (signal?.aborted) throw signal.reason;
+      clock.sleeps.push(ms);
+      clock.time += Math.max(0, ms);
+      await Promise.resolve();
+    },
+    advance: (ms) => {
+      clock.time += ms;
+    },
+  };
+  return clock;
+}
