@@ -175,7 +175,7 @@ export class Dispatcher {
   ): Promise<Outcome> {
     const { promise, resolve } = Promise.withResolvers<Outcome>();
     const signal = options.signal;
-    let timer: ReturnType<typeof setTimeout> | undefined;
+    const expiry: { timer?: ReturnType<typeof setTimeout> } = {};
     const onAbort = () =>
       this.#cancel(job, ErrorCode.CANCELLED, "Request cancelled");
     const job: Job = {
@@ -194,9 +194,9 @@ export class Dispatcher {
       settle: (outcome) => {
         if (job.done) return;
         job.done = true;
-        if (timer !== undefined) {
-          clearTimeout(timer);
-          this.#timers.delete(timer);
+        if (expiry.timer !== undefined) {
+          clearTimeout(expiry.timer);
+          this.#timers.delete(expiry.timer);
         }
         signal?.removeEventListener("abort", onAbort);
         resolve(outcome);
@@ -216,7 +216,7 @@ export class Dispatcher {
       this.#timers.delete(t);
       this.#expire(job);
     }, delay);
-    timer = t;
+    expiry.timer = t;
     this.#timers.add(t);
     this.#place(job, false);
     return promise;
