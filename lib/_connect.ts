@@ -12,10 +12,15 @@ export interface ConnectOptions {
   handshakeTimeoutMs?: number;
 }
 
-/** Opens a `ws` client socket and resolves once it is open; rejects with a clear reason. */
+/**
+ * Opens a `ws` client socket and resolves once it is open; rejects with a clear reason.
+ * `onMessage` is attached before the handshake ends: a server may send its first frame in the
+ * same packet as the handshake answer, and `ws` emits it before an awaiting caller resumes.
+ */
 export function openSocket(
   url: string,
-  options: ConnectOptions = {},
+  options: ConnectOptions,
+  onMessage: (text: string) => void,
   signal?: AbortSignal,
 ): Promise<WebSocket> {
   const init: ClientOptions = {
@@ -28,6 +33,7 @@ export function openSocket(
   }
   if (options.ca) init.ca = options.ca;
   const socket = new WebSocket(url, init);
+  socket.on("message", (data: unknown) => onMessage(messageText(data)));
   return new Promise((resolve, reject) => {
     const onAbort = () => {
       cleanup();

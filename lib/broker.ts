@@ -824,9 +824,18 @@ export class Broker {
 
   /** Sends a notification to every worker; returns how many got it. */
   broadcast(message: string): number {
-    const frame = encodeEnvelope(MessageType.NOTIFICATION, { message });
+    return this.sendMessage(MessageType.NOTIFICATION, { message });
+  }
+
+  /**
+   * Sends an envelope of any type (a custom one too) to one worker, or to all when `clientId`
+   * is omitted; returns how many got it.
+   */
+  sendMessage(type: string, data: unknown, clientId?: string): number {
+    const frame = encodeEnvelope(type, data);
     let n = 0;
-    for (const socket of this.#sockets.values()) {
+    for (const [id, socket] of this.#sockets) {
+      if (clientId !== undefined && id !== clientId) continue;
       if (socket.readyState === WebSocket.OPEN) {
         socket.send(frame);
         n++;

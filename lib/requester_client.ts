@@ -5,7 +5,7 @@
  * @module
  */
 
-import { type ConnectOptions, messageText, openSocket } from "./_connect.ts";
+import { type ConnectOptions, openSocket } from "./_connect.ts";
 import { ConnectionClosedError, RequestTimeoutError } from "./errors.ts";
 import type { RequesterAnswer } from "./protocol.ts";
 import type { WebSocket } from "./_ws.ts";
@@ -73,11 +73,15 @@ export class RequesterClient {
   /** Opens the connection; call again after a drop to reconnect. */
   async connect(signal?: AbortSignal): Promise<void> {
     if (this.connected) return;
-    const socket = await openSocket(this.url, this.#options, signal);
+    const socket = await openSocket(
+      this.url,
+      this.#options,
+      (text) => this.#onMessage(text),
+      signal,
+    );
     this.#socket = socket;
     const closed = Promise.withResolvers<void>();
     this.#closed = closed.promise;
-    socket.on("message", (data: unknown) => this.#onMessage(messageText(data)));
     socket.on("error", () => {});
     socket.on("close", (code: number) => {
       if (this.#socket === socket) this.#socket = undefined;

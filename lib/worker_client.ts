@@ -7,7 +7,7 @@
 
 import type { ActionContext, ActionHandler } from "./action.ts";
 import { Backoff, type BackoffOptions, sleep } from "./backoff.ts";
-import { type ConnectOptions, messageText, openSocket } from "./_connect.ts";
+import { type ConnectOptions, openSocket } from "./_connect.ts";
 import { ErrorCode, RequestTimeoutError, WorkerError } from "./errors.ts";
 import { messageId } from "./_id.ts";
 import { logger } from "./log.ts";
@@ -195,7 +195,15 @@ export class Worker {
 
   /** One connection's life: resolves when it closes. */
   async #session(): Promise<void> {
-    const socket = await openSocket(this.url, this.#options, this.#stop.signal);
+    // Frames that arrive before this session's handler is in place wait here.
+    const early: string[] = [];
+    let onText = (text: string) => void early.push(text);
+    const socket = await openSocket(
+      this.url,
+      this.#options,
+      (text) => onText(text),
+      this.#stop.signal,
+    );
     this.#socket = socket;
     this.#connects++;
     let interval = this.#options.heartbeatIntervalMs ?? 10_000;
@@ -221,9 +229,8 @@ export class Worker {
         });
       }, interval);
     };
-    socket.on("message", (data: unknown) => {
+    onText = (text) => {
       lastHeard = Date.now();
-      const text = messageText(data);
       let envelope: Envelope;
       try {
         envelope = decodeEnvelope(text);
@@ -257,7 +264,8 @@ export class Worker {
         return;
       }
       this.#onEnvelope(envelope);
-    });
+    };
+    for (const text of early.splice(0)) onText(text);
     socket.on("pong", () => lastHeard = Date.now());
     socket.on("ping", () => lastHeard = Date.now());
     socket.on("close", (code: number, reason: Uint8Array) => {

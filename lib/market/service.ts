@@ -94,7 +94,11 @@ export interface MarketService {
   /** One series. Never rejects for bad params or upstream trouble; rejects only when aborted. */
   getMarket(params: unknown, signal?: AbortSignal): Promise<MarketResult>;
   /** Many series, results in input order; accepts a list or `{ markets: [...] }`. */
-  getMarkets(list: unknown, signal?: AbortSignal): Promise<MarketResult[]>;
+  getMarkets(
+    list: unknown,
+    signal?: AbortSignal,
+    onProgress?: (done: number, total: number) => void,
+  ): Promise<MarketResult[]>;
   /** The `get_market` and `get_markets` action handlers. */
   actions(): Record<string, ActionHandler>;
   /** Names of providers whose host breaker is open now (for heartbeats). */
@@ -289,6 +293,7 @@ export function createMarketService(
   async function getMarkets(
     list: unknown,
     signal: AbortSignal = new AbortController().signal,
+    onProgress?: (done: number, total: number) => void,
   ): Promise<MarketResult[]> {
     const items = Array.isArray(list)
       ? list
@@ -302,11 +307,12 @@ export function createMarketService(
         }: expected a list of market params or {"markets": [...]}`,
       );
     }
-    return await mapLimit(
-      items,
-      itemConcurrency,
-      (item) => getMarket(item, signal),
-    );
+    let done = 0;
+    return await mapLimit(items, itemConcurrency, async (item) => {
+      const result = await getMarket(item, signal);
+      onProgress?.(++done, items.length);
+      return result;
+    });
   }
 
   return {
@@ -314,7 +320,8 @@ export function createMarketService(
     getMarkets,
     actions: () => ({
       get_market: (params, ctx) => getMarket(params, ctx.signal),
-      get_markets: (params, ctx) => getMarkets(params, ctx.signal),
+      get_markets: (params, ctx) =>
+        getMarkets(params, ctx.signal, ctx.progress),
     }),
     blockedSources: () =>
       providers.filter((p) =>

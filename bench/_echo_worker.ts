@@ -1,0 +1,54 @@
+/**
+ * Bench helper: a lib `Worker` with an `echo` action (`{size}` → a string of `size` bytes) and,
+ * with `--eastmoney URL`, the market actions against that upstream. Prints `{"ready":true}` once
+ * registered, stops on SIGTERM.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { Worker } from "../lib/worker_client.ts";
+import { createMarketService } from "../lib/market/mod.ts";
+import { payload, requestedSize } from "./_payload.ts";
+
+if (import.meta.main) {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      url: { type: "string" },
+      name: { type: "string" },
+      concurrency: { type: "string", default: "32" },
+      eastmoney: { type: "string" },
+      "rate-limit": { type: "string", default: "20" },
+    },
+  });
+  if (!values.url) throw new TypeError("Missing --url");
+  const worker = new Worker({
+    url: values.url,
+    name: values.name,
+    concurrency: Number(values.concurrency),
+    backoff: { initialMs: 100, maxMs: 1000 },
+  });
+  worker.registerAction("echo", (params) => payload(requestedSize(params)));
+  const market = values.eastmoney
+    ? createMarketService({
+      providers: ["eastmoney"],
+      eastmoneyUrl: values.eastmoney,
+      rateLimit: Number(values["rate-limit"]),
+      hostConcurrency: 2,
+    })
+    : undefined;
+  for (const [name, handler] of Object.entries(market?.actions() ?? {})) {
+    worker.registerAction(name, handler);
+  }
+  const stop = async () => {
+    await worker.stop(1000);
+    market?.close();
+    Deno.exit(0);
+  };
+  Deno.addSignalListener("SIGTERM", stop);
+  Deno.addSignalListener("SIGINT", stop);
+  void worker.start();
+  await worker.ready();
+  console.log(JSON.stringify({ ready: true, name: worker.name }));
+}

@@ -1,0 +1,150 @@
+/**
+ * The closed-loop load generator: C connections, each keeping W requests in flight, for T
+ * seconds. Frames are requester-style (`{request_id, command, data}`) and answers are matched by
+ * `request_id`, so the same harness loads the broker and the one-hop echo server.
+ *
+ * @module
+ */
+
+import { openSocket } from "../lib/_connect.ts";
+import { type LoadSummary, summarize } from "./_stats.ts";
+
+/** Which WebSocket client implementation sends the frames. */
+export type ClientKind = "ws" | "deno";
+
+/** Options for {@linkcode runLoad}. */
+export interface LoadOptions {
+  /** Requester-port (or echo) URL. */
+  url: string;
+  /** Connections. */
+  connections: number;
+  /** Requests in flight per connection. */
+  inFlight: number;
+  /** Measured seconds (after the warm-up). */
+  seconds: number;
+  /** Seconds of load before measuring. @default min(1, seconds / 5) */
+  warmupSeconds?: number;
+  /** The command of every request. */
+  command: string;
+  /** The `data` of every request. */
+  data: unknown;
+  /** npm `ws` (TCP_NODELAY) or Deno's built-in client. @default "ws" */
+  client?: ClientKind;
+}
+
+/** What a load measured. */
+export interface LoadResult extends LoadSummary {
+  /** Answers with `success: false`. */
+  errors: number;
+  /** Requests still unanswered 5 s after the load stopped. */
+  unanswered: number;
+  /** Mean answer frame size in bytes. */
+  replyBytes: number;
+  /** Request frame size in bytes. */
+  requestBytes: number;
+}
+
+interface Conn {
+  send(text: string): void;
+  onText(listener: (text: string) => void): void;
+  close(): void;
+}
+
+const decoder = new TextDecoder();
+
+async function openConn(url: string, kind: ClientKind): Promise<Conn> {
+  if (kind === "ws") {
+    const socket = await openSocket(url);
+    return {
+      send: (text) => socket.send(text),
+      onText: (listener) =>
+        socket.on(
+          "message",
+          (data: Uint8Array) => listener(decoder.decode(data)),
+        ),
+      close: () => socket.terminate(),
+    };
+  }
+  const socket = new globalThis.WebSocket(url);
+  await new Promise<void>((resolve, reject) => {
+    socket.onopen = () => resolve();
+    socket.onerror = () => reject(new Error(`Cannot connect to ${url}`));
+  });
+  return {
+    send: (text) => socket.send(text),
+    onText: (listener) => socket.onmessage = (e) => listener(String(e.data)),
+    close: () => socket.close(),
+  };
+}
+
+/** Runs one closed-loop load and summarises the answers received in the measured window. */
+export async function runLoad(options: LoadOptions): Promise<LoadResult> {
+  const warmupMs = 1000 *
+    (options.warmupSeconds ?? Math.min(1, options.seconds / 5));
+  const conns = await Promise.all(
+    Array.from(
+      { length: options.connections },
+      () => openConn(options.url, options.client ?? "ws"),
+    ),
+  );
+  const body = JSON.stringify({ command: options.command, data: options.data });
+  const frameFor = (id: string) => `{"request_id":"${id}",${body.slice(1)}`;
+  const latencies: number[] = [];
+  let errors = 0;
+  let replyBytes = 0;
+  let outstanding = 0;
+  let seq = 0;
+  let sending = true;
+  const start = performance.now();
+  const from = start + warmupMs;
+  const until = from + options.seconds * 1000;
+  const drained = Promise.withResolvers<void>();
+
+  conns.forEach((conn, c) => {
+    const sentAt = new Map<string, number>();
+    const send = () => {
+      const id = `${c}-${seq++}`;
+      sentAt.set(id, performance.now());
+      outstanding++;
+      conn.send(frameFor(id));
+    };
+    conn.onText((text) => {
+      const now = performance.now();
+      const answer = JSON.parse(text) as {
+        request_id: string;
+        success?: boolean;
+      };
+      const t0 = sentAt.get(answer.request_id);
+      if (t0 === undefined) return;
+      sentAt.delete(answer.request_id);
+      outstanding--;
+      if (t0 >= from && now <= until) {
+        latencies.push(now - t0);
+        replyBytes += text.length;
+        if (answer.success !== true) errors++;
+      }
+      if (sending && now < until) send();
+      else if (outstanding === 0) drained.resolve();
+    });
+    for (let i = 0; i < options.inFlight; i++) send();
+  });
+
+  await new Promise((resolve) =>
+    setTimeout(resolve, until - performance.now())
+  );
+  sending = false;
+  if (outstanding > 0) {
+    const t = setTimeout(drained.resolve, 5000);
+    await drained.promise;
+    clearTimeout(t);
+  }
+  for (const conn of conns) conn.close();
+  const summary = summarize(latencies, until - from);
+  return {
+    ...summary,
+    errors,
+    unanswered: outstanding,
+    replyBytes: summary.count ? replyBytes / summary.count : 0,
+    requestBytes: frameFor(`${options.connections - 1}-${seq}`).length,
+  };
+}

@@ -1,0 +1,27 @@
+/**
+ * Bench helper: a Switchyard server on 127.0.0.1 with ports picked by the OS. Prints
+ * `{"ready":true,"port":…,"requesterPort":…}` on stdout, closes on SIGTERM.
+ *
+ * @module
+ */
+
+import { startServer } from "../lib/server.ts";
+
+if (import.meta.main) {
+  const server = startServer({
+    host: "127.0.0.1",
+    port: 0,
+    requesterPort: 0,
+  });
+  const stop = async () => {
+    await server.close();
+    Deno.exit(0);
+  };
+  Deno.addSignalListener("SIGTERM", stop);
+  Deno.addSignalListener("SIGINT", stop);
+  console.log(JSON.stringify({
+    ready: true,
+    port: server.port,
+    requesterPort: server.requesterPort,
+  }));
+}

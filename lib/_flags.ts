@@ -1,0 +1,68 @@
+// Helpers shared by the entry programs' flag parsing.
+
+/** A flag value that is not acceptable; the program prints it on one line and exits 2. */
+export class FlagError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "FlagError";
+  }
+}
+
+/** Parses a number flag within bounds. */
+export function numberFlag(
+  name: string,
+  value: string | undefined,
+  fallback: number,
+  { min = 0, integer = false }: { min?: number; integer?: boolean } = {},
+): number {
+  if (value === undefined) return fallback;
+  const n = Number(value);
+  if (
+    value.trim() === "" || !Number.isFinite(n) || n < min ||
+    (integer && !Number.isInteger(n))
+  ) {
+    throw new FlagError(
+      `Invalid --${name} '${value}': expected ${
+        integer ? "an integer" : "a number"
+      } ≥ ${min}`,
+    );
+  }
+  return n;
+}
+
+/** Parses a port number (0 picks a free port). */
+export function portFlag(
+  name: string,
+  value: string | undefined,
+  fallback: number,
+): number {
+  const port = numberFlag(name, value, fallback, { integer: true });
+  if (port > 65535) {
+    throw new FlagError(`Invalid --${name} '${value}': ports go up to 65535`);
+  }
+  return port;
+}
+
+/** Reads a file named by a flag, with the flag in the error. */
+export function readFlagFile(
+  name: string,
+  path: string | undefined,
+): string | undefined {
+  if (path === undefined) return undefined;
+  try {
+    return Deno.readTextFileSync(path);
+  } catch (error) {
+    throw new FlagError(
+      `Cannot read --${name} '${path}': ${(error as Error).message}`,
+    );
+  }
+}
+
+/** Reads an environment variable when permitted, else undefined. */
+export function env(name: string): string | undefined {
+  try {
+    return Deno.env.get(name) || undefined;
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,107 @@
+/**
+ * Switchyard: a WebSocket broker that routes requests to a pool of workers, with Chinese market
+ * data (ETF, stock and index K-lines) as its flagship workload.
+ *
+ * The pieces: {@linkcode startServer} (or {@linkcode Broker} for your own listeners), a
+ * {@linkcode Worker} that serves actions, a {@linkcode RequesterClient} that sends commands, and
+ * {@linkcode createMarketService} for the market-data actions.
+ *
+ * @example A server, a worker with a custom action, and a requester, all in one process
+ * ```ts
+ * import { RequesterClient, startServer, Worker } from "./mod.ts";
+ *
+ * const server = startServer({ host: "127.0.0.1", port: 0, requesterPort: 0, sweepIntervalMs: 0 });
+ * const worker = new Worker({ url: server.workerUrl, name: "doc" });
+ * worker.registerAction("double", (params) => (params as { n: number }).n * 2);
+ * const running = worker.start();
+ * await worker.ready();
+ *
+ * const client = new RequesterClient(server.requesterUrl);
+ * await client.connect();
+ * const answer = await client.request("double", { n: 21 });
+ * if (answer.data !== 42) throw new Error("unexpected answer");
+ *
+ * await client.close();
+ * await worker.stop();
+ * await running;
+ * await server.close();
+ * ```
+ *
+ * @module
+ */
+
+export { startServer } from "./server.ts";
+export { Broker, VERSION } from "./broker.ts";
+export { Worker, WORKER_VERSION } from "./worker_client.ts";
+export { RequesterClient } from "./requester_client.ts";
+export {
+  Balancer,
+  loadScore,
+  rendezvousOrder,
+  STRATEGIES,
+} from "./balancer.ts";
+export { Backoff } from "./backoff.ts";
+export { Dispatcher } from "./dispatcher.ts";
+export { LocalRegistry } from "./registry.ts";
+export { calculate } from "./server_actions.ts";
+export {
+  ConnectionClosedError,
+  ErrorCode,
+  NO_WORKERS_TEXT,
+  NoWorkersError,
+  ProtocolError,
+  RequestTimeoutError,
+  ServerBusyError,
+  SwitchyardError,
+  TIMEOUT_TEXT,
+  UnauthorizedError,
+  WorkerError,
+} from "./errors.ts";
+export {
+  decodeEnvelope,
+  encodeEnvelope,
+  MessageType,
+  parseRequesterFrame,
+} from "./protocol.ts";
+export { setupLogging } from "./log.ts";
+export { createMarketService, parseProviderList } from "./market/mod.ts";
+
+export type { ActionContext, ActionHandler } from "./action.ts";
+export type { RunningServer, ServerOptions } from "./server.ts";
+export type { BrokerOptions, BrokerStats, MessageHandler } from "./broker.ts";
+export type {
+  WorkerMessageHandler,
+  WorkerOptions,
+  WorkerStatus,
+} from "./worker_client.ts";
+export type {
+  RequesterClientOptions,
+  RequestOptions,
+} from "./requester_client.ts";
+export type { BalancerOptions, Strategy, WorkerLoad } from "./balancer.ts";
+export type { BackoffOptions } from "./backoff.ts";
+export type {
+  DispatcherOptions,
+  Outcome,
+  SubmitOptions,
+} from "./dispatcher.ts";
+export type {
+  Clock,
+  WorkerInfo,
+  WorkerRegistration,
+  WorkerRegistry,
+} from "./registry.ts";
+export type {
+  Envelope,
+  RequesterAnswer,
+  RequesterRequest,
+  ResponseData,
+} from "./protocol.ts";
+export type { LoggingOptions } from "./log.ts";
+export type { ConnectOptions } from "./_connect.ts";
+export type {
+  MarketParams,
+  MarketResult,
+  MarketService,
+  MarketServiceOptions,
+} from "./market/mod.ts";

@@ -1,0 +1,204 @@
+/**
+ * `deno task start` — the Switchyard server: a worker port, a requester port, and an operator
+ * console.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { STRATEGIES, type Strategy } from "./lib/balancer.ts";
+import { readLines, serverCommand } from "./lib/console.ts";
+import {
+  env,
+  FlagError,
+  numberFlag,
+  portFlag,
+  readFlagFile,
+} from "./lib/_flags.ts";
+import { logger, setupLogging } from "./lib/log.ts";
+import { type ServerOptions, startServer } from "./lib/server.ts";
+
+const USAGE = `Usage: deno task start [options]
+
+Options:
+  --host HOST              interface to listen on (default 0.0.0.0)
+  --port N                 worker port; 0 picks a free one (default 8765)
+  --requester-port N       requester port; 0 picks a free one (default 8766)
+  --strategy NAME          ${STRATEGIES.join(" | ")} (default least_loaded)
+  --timeout S              default request deadline in seconds (default 30)
+  --max-timeout S          largest deadline a requester may ask for (default 300)
+  --heartbeat-interval S   heartbeat interval told to workers (default 10)
+  --cleanup-interval S     drop a worker silent this long (default 60)
+  --max-queue N            requests waiting for a free worker (default 1000)
+  --max-attempts N         workers one request may try on failover (default 3)
+  --max-in-flight N        requests in flight per requester connection (default 1000)
+  --max-frame BYTES        largest requester frame (default 1048576)
+  --max-worker-frame BYTES largest worker frame (default 67108864)
+  --max-batch N            items in one get_markets batch (default 10000)
+  --max-connections N      connections per port (default 10000)
+  --non-retriable LIST     actions never re-run after a worker vanished (comma list)
+  --worker-token T         token workers must present (or SWITCHYARD_WORKER_TOKEN)
+  --requester-token T      token requesters must present (or SWITCHYARD_REQUESTER_TOKEN)
+  --cert FILE --key FILE   serve wss:// and https:// with this PEM certificate and key
+  --grace S                on SIGTERM/SIGINT, let in-flight work finish this long (default 10)
+  --console                read console commands from stdin even when it is not a terminal
+  --no-console             never read stdin
+  --log-level LEVEL        trace | debug | info | warning | error (default info)
+  --log-format FORMAT      text | json (default text)
+  -h, --help               this text
+`;
+
+function options(
+  args: string[],
+): ServerOptions & { console?: boolean; grace: number } {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      host: { type: "string" },
+      port: { type: "string" },
+      "requester-port": { type: "string" },
+      strategy: { type: "string" },
+      timeout: { type: "string" },
+      "max-timeout": { type: "string" },
+      "heartbeat-interval": { type: "string" },
+      "cleanup-interval": { type: "string" },
+      "max-queue": { type: "string" },
+      "max-attempts": { type: "string" },
+      "max-in-flight": { type: "string" },
+      "max-frame": { type: "string" },
+      "max-worker-frame": { type: "string" },
+      "max-batch": { type: "string" },
+      "max-connections": { type: "string" },
+      "non-retriable": { type: "string" },
+      "worker-token": { type: "string" },
+      "requester-token": { type: "string" },
+      cert: { type: "string" },
+      key: { type: "string" },
+      grace: { type: "string" },
+      console: { type: "boolean" },
+      "no-console": { type: "boolean" },
+      "log-level": { type: "string" },
+      "log-format": { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    console.log(USAGE);
+    Deno.exit(0);
+  }
+  if (positionals.length > 0) {
+    throw new FlagError(`Unexpected argument '${positionals[0]}': see --help`);
+  }
+  const strategy = values.strategy ?? "least_loaded";
+  if (!STRATEGIES.includes(strategy as Strategy)) {
+    throw new FlagError(
+      `Invalid --strategy '${strategy}': expected one of ${
+        STRATEGIES.join(", ")
+      }`,
+    );
+  }
+  const format = values["log-format"] ?? "text";
+  if (format !== "text" && format !== "json") {
+    throw new FlagError(
+      `Invalid --log-format '${format}': expected text or json`,
+    );
+  }
+  if (Boolean(values.cert) !== Boolean(values.key)) {
+    throw new FlagError("--cert and --key go together: give both or neither");
+  }
+  setupLogging({ level: values["log-level"] ?? "info", format });
+  const seconds = (name: string, fallback: number) =>
+    numberFlag(
+      name,
+      values[name as keyof typeof values] as string | undefined,
+      fallback,
+      {
+        min: 0.001,
+      },
+    ) * 1000;
+  const count = (name: string, fallback: number) =>
+    numberFlag(
+      name,
+      values[name as keyof typeof values] as string | undefined,
+      fallback,
+      {
+        min: 1,
+        integer: true,
+      },
+    );
+  const heartbeatIntervalMs = seconds("heartbeat-interval", 10);
+  return {
+    host: values.host ?? "0.0.0.0",
+    port: portFlag("port", values.port, 8765),
+    requesterPort: portFlag("requester-port", values["requester-port"], 8766),
+    strategy: strategy as Strategy,
+    timeoutMs: seconds("timeout", 30),
+    maxTimeoutMs: seconds("max-timeout", 300),
+    heartbeatIntervalMs,
+    cleanupIntervalMs: seconds("cleanup-interval", 60),
+    maxQueue: count("max-queue", 1000),
+    maxAttempts: count("max-attempts", 3),
+    maxInFlightPerConnection: count("max-in-flight", 1000),
+    maxRequesterFrameBytes: count("max-frame", 1024 * 1024),
+    maxWorkerFrameBytes: count("max-worker-frame", 64 * 1024 * 1024),
+    maxBatchItems: count("max-batch", 10_000),
+    maxConnections: count("max-connections", 10_000),
+    nonRetriableActions: values["non-retriable"]?.split(",").map((s) =>
+      s.trim()
+    ).filter(Boolean),
+    workerToken: values["worker-token"] ?? env("SWITCHYARD_WORKER_TOKEN"),
+    requesterToken: values["requester-token"] ??
+      env("SWITCHYARD_REQUESTER_TOKEN"),
+    cert: readFlagFile("cert", values.cert),
+    key: readFlagFile("key", values.key),
+    grace: seconds("grace", 10),
+    console: values["no-console"] ? false : values.console,
+  };
+}
+
+async function main(): Promise<void> {
+  let opts;
+  try {
+    opts = options(Deno.args);
+  } catch (error) {
+    console.error(`server: ${(error as Error).message}`);
+    Deno.exit(2);
+  }
+  const log = logger("server");
+  let server;
+  try {
+    server = startServer(opts);
+  } catch (error) {
+    console.error(`server: cannot listen: ${(error as Error).message}`);
+    Deno.exit(1);
+  }
+  let stopping = false;
+  const stop = async (why: string) => {
+    if (stopping) {
+      log.warn("Second stop request: exiting now");
+      Deno.exit(1);
+    }
+    stopping = true;
+    log.info("{why}: draining for up to {s} s", { why, s: opts.grace / 1000 });
+    await server.drain(opts.grace);
+    log.info("Stopped");
+    Deno.exit(0);
+  };
+  Deno.addSignalListener("SIGINT", () => void stop("SIGINT"));
+  Deno.addSignalListener("SIGTERM", () => void stop("SIGTERM"));
+
+  const interactive = opts.console ?? Deno.stdin.isTerminal();
+  if (interactive) {
+    const write = (text: string) => console.log(text);
+    write("Console ready: type 'help' for commands");
+    for await (const line of readLines(Deno.stdin.readable)) {
+      if (await serverCommand(server.broker, line, write) === "quit") break;
+    }
+    // stdin ended or `quit`: a console user is done with the server.
+    await stop("Console quit");
+  }
+  await server.finished;
+}
+
+if (import.meta.main) await main();

@@ -1,0 +1,241 @@
+/**
+ * Shared test helpers: a seeded PRNG, bounded polling, a server on port 0, real workers, and a
+ * scripted raw WebSocket peer (for misbehaving workers and requesters).
+ *
+ * @module
+ */
+
+import type { ActionHandler } from "../lib/action.ts";
+import {
+  type RunningServer,
+  type ServerOptions,
+  startServer,
+} from "../lib/server.ts";
+import { Worker, type WorkerOptions } from "../lib/worker_client.ts";
+import { WebSocket } from "../lib/_ws.ts";
+
+/** mulberry32: a tiny seeded PRNG in [0, 1). */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return function next() {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Polls `condition` every 10 ms until it holds; throws after `timeoutMs`. */
+export async function waitFor(
+  condition: () => boolean,
+  message = "condition",
+  timeoutMs = 3000,
+): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > until) {
+      throw new Error(`Timed out after ${timeoutMs} ms waiting for ${message}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+/** A server on 127.0.0.1 with both ports picked by the system and no background sweeper. */
+export function startTestServer(options: ServerOptions = {}): RunningServer {
+  return startServer({
+    host: "127.0.0.1",
+    port: 0,
+    requesterPort: 0,
+    sweepIntervalMs: 0,
+    ...options,
+  });
+}
+
+/** Options for {@linkcode startWorker}. */
+export interface TestWorkerOptions extends Partial<WorkerOptions> {
+  actions?: Record<string, ActionHandler>;
+}
+
+/** Starts a real Worker and resolves once the server has its registration. */
+export async function startWorker(
+  server: RunningServer,
+  options: TestWorkerOptions = {},
+): Promise<Worker> {
+  const { actions = {}, ...rest } = options;
+  const worker = new Worker({
+    url: server.workerUrl,
+    name: "test-worker",
+    backoff: { initialMs: 10, maxMs: 50 },
+    graceMs: 2000,
+    ...rest,
+  });
+  for (const [name, handler] of Object.entries(actions)) {
+    worker.registerAction(name, handler);
+  }
+  const ready = worker.ready();
+  void worker.start();
+  const id = await ready;
+  await waitFor(
+    () =>
+      server.broker.workers().some((w) => w.client_id === id && w.registered),
+    `worker ${id} to register`,
+  );
+  return worker;
+}
+
+/** The server-side id of a started worker. */
+export function idOf(worker: Worker): string {
+  const id = worker.status().client_id;
+  if (!id) throw new Error("Worker is not connected");
+  return id;
+}
+
+// deno-lint-ignore no-explicit-any
+export type Frame = any;
+
+/** A scripted peer on a raw `ws` socket: sends anything, reads every frame it gets. */
+export class RawPeer {
+  readonly socket: WebSocket;
+  /** Every frame received, parsed when it was JSON, in order. */
+  readonly received: Frame[] = [];
+  readonly closed: Promise<{ code: number; reason: string }>;
+  #unread: Frame[] = [];
+  #waiters: { match: (f: Frame) => boolean; resolve: (f: Frame) => void }[] =
+    [];
+
+  private constructor(socket: WebSocket) {
+    this.socket = socket;
+    const closed = Promise.withResolvers<{ code: number; reason: string }>();
+    this.closed = closed.promise;
+    socket.on("message", (data: Uint8Array, isBinary: boolean) => {
+      const text = new TextDecoder().decode(data);
+      let frame: Frame = text;
+      if (!isBinary) {
+        try {
+          frame = JSON.parse(text);
+        } catch {
+          // Kept as text.
+        }
+      }
+      this.received.push(frame);
+      const i = this.#waiters.findIndex((w) => w.match(frame));
+      if (i >= 0) this.#waiters.splice(i, 1)[0].resolve(frame);
+      else this.#unread.push(frame);
+    });
+    socket.on("error", () => {});
+    socket.on("close", (code: number, reason: Uint8Array) => {
+      closed.resolve({ code, reason: new TextDecoder().decode(reason) });
+    });
+  }
+
+  /** Opens a connection; `headers` for tokens. */
+  static open(url: string, headers?: Record<string, string>): Promise<RawPeer> {
+    const socket = new WebSocket(url, { headers, perMessageDeflate: false });
+    const peer = new RawPeer(socket);
+    return new Promise((resolve, reject) => {
+      socket.once("open", () => resolve(peer));
+      socket.once("error", reject);
+    });
+  }
+
+  /** Sends `frame` as JSON text, or as is when it is a string or bytes. */
+  send(frame: unknown): void {
+    if (typeof frame === "string" || frame instanceof Uint8Array) {
+      this.socket.send(frame);
+    } else this.socket.send(JSON.stringify(frame));
+  }
+
+  /** Sends a worker-protocol envelope. */
+  sendEnvelope(type: string, data: unknown, msgId = crypto.randomUUID()): void {
+    this.send({ type, msg_id: msgId, timestamp: Date.now() / 1000, data });
+  }
+
+  /** The first unread frame that matches, waiting up to `timeoutMs` for it. */
+  next(
+    match: (frame: Frame) => boolean = () => true,
+    timeoutMs = 3000,
+  ): Promise<Frame> {
+    const i = this.#unread.findIndex(match);
+    if (i >= 0) return Promise.resolve(this.#unread.splice(i, 1)[0]);
+    return new Promise((resolve, reject) => {
+      const waiter = {
+        match,
+        resolve: (frame: Frame) => {
+          clearTimeout(timer);
+          resolve(frame);
+        },
+      };
+      const timer = setTimeout(() => {
+        this.#waiters.splice(this.#waiters.indexOf(waiter), 1);
+        reject(new Error(`No matching frame within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.#waiters.push(waiter);
+    });
+  }
+
+  /** The answer to requester request `id`. */
+  answer(id: string | null): Promise<Frame> {
+    return this.next((f) => f?.request_id === id && "success" in f);
+  }
+
+  /** The next envelope of `type`. */
+  envelope(type: string): Promise<Frame> {
+    return this.next((f) => f?.type === type);
+  }
+
+  /** Frames received but not yet taken by `next`. */
+  get unread(): readonly Frame[] {
+    return this.#unread;
+  }
+
+  async close(): Promise<void> {
+    if (this.socket.readyState <= 1) this.socket.close(1000, "test done");
+    const t = setTimeout(() => this.socket.terminate(), 1000);
+    await this.closed;
+    clearTimeout(t);
+  }
+}
+
+/**
+ * A raw worker: connects, reads the server's `connect`, and registers with `registration`
+ * unless it is `false`. Resolves once the server knows it.
+ */
+export async function openRawWorker(
+  server: RunningServer,
+  registration: Record<string, unknown> | false = {},
+): Promise<{ peer: RawPeer; id: string }> {
+  const peer = await RawPeer.open(server.workerUrl);
+  const hello = await peer.envelope("connect");
+  const id = hello.data.client_id as string;
+  if (registration !== false) {
+    peer.sendEnvelope("connect", { name: "raw", ...registration });
+    await waitFor(
+      () =>
+        server.broker.workers().some((w) => w.client_id === id && w.registered),
+      `raw worker ${id} to register`,
+    );
+  } else {
+    await waitFor(
+      () => server.broker.workers().some((w) => w.client_id === id),
+      `raw worker ${id} to appear`,
+    );
+  }
+  return { peer, id };
+}
+
+/** Answers a worker-protocol `request` envelope on a raw worker. */
+export function respond(
+  peer: RawPeer,
+  request: Frame,
+  result: unknown,
+  extra: Record<string, unknown> = {},
+): void {
+  peer.sendEnvelope("response", {
+    request_id: request.msg_id,
+    success: true,
+    result,
+    error: null,
+    ...extra,
+  });
+}

@@ -1,0 +1,196 @@
+/**
+ * `deno task worker` — a Switchyard worker: connects to the server's worker port and serves
+ * `get_time`, `get_system_info`, `get_market` and `get_markets`.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { readLines, workerCommand } from "./lib/console.ts";
+import {
+  env,
+  FlagError,
+  numberFlag,
+  portFlag,
+  readFlagFile,
+} from "./lib/_flags.ts";
+import { logger, setupLogging } from "./lib/log.ts";
+import { createMarketService, parseProviderList } from "./lib/market/mod.ts";
+import { Worker } from "./lib/worker_client.ts";
+
+const USAGE = `Usage: deno task worker [HOST] [PORT] [options]
+
+Connects to the server's worker port (default localhost 8765) and serves requests.
+
+Options:
+  --url URL               worker port URL instead of HOST PORT (ws:// or wss://)
+  --name NAME             name shown by the server (default hostname-pid)
+  --weight W              relative capacity for the balancer (default 1)
+  --concurrency N         requests served at once (default 8)
+  --token T               worker token (or SWITCHYARD_WORKER_TOKEN)
+  --ca FILE               CA certificate (PEM) to trust for wss://
+  --max-backoff S         longest wait between reconnects (default 30)
+  --grace S               on SIGTERM/SIGINT, finish in-flight work this long (default 10)
+  --provider LIST         market data sources, a fallback chain (default eastmoney):
+                          eastmoney, tencent, csv, demo — e.g. eastmoney,tencent
+  --eastmoney-url URL     Eastmoney base URL (default https://push2his.eastmoney.com)
+  --tencent-url URL       Tencent base URL (default https://web.ifzq.gtimg.cn)
+  --csv-dir DIR           directory of <code>.csv files for the csv provider
+  --cache-dir DIR         keep fetched series on disk across restarts
+  --rate-limit R          upstream requests per second per host (default 1; 0 = no limit)
+  --console               read console commands from stdin even when it is not a terminal
+  --no-console            never read stdin
+  --log-level LEVEL       trace | debug | info | warning | error (default info)
+  --log-format FORMAT     text | json (default text)
+  -h, --help              this text
+`;
+
+function parse(args: string[]) {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      url: { type: "string" },
+      name: { type: "string" },
+      weight: { type: "string" },
+      concurrency: { type: "string" },
+      token: { type: "string" },
+      ca: { type: "string" },
+      "max-backoff": { type: "string" },
+      grace: { type: "string" },
+      provider: { type: "string" },
+      "eastmoney-url": { type: "string" },
+      "tencent-url": { type: "string" },
+      "csv-dir": { type: "string" },
+      "cache-dir": { type: "string" },
+      "rate-limit": { type: "string" },
+      console: { type: "boolean" },
+      "no-console": { type: "boolean" },
+      "log-level": { type: "string" },
+      "log-format": { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    console.log(USAGE);
+    Deno.exit(0);
+  }
+  if (positionals.length > 2) {
+    throw new FlagError(`Unexpected argument '${positionals[2]}': see --help`);
+  }
+  const format = values["log-format"] ?? "text";
+  if (format !== "text" && format !== "json") {
+    throw new FlagError(
+      `Invalid --log-format '${format}': expected text or json`,
+    );
+  }
+  let url = values.url;
+  if (url === undefined) {
+    const host = positionals[0] ?? "localhost";
+    const port = portFlag("port", positionals[1], 8765);
+    url = `ws://${host.includes(":") ? `[${host}]` : host}:${port}`;
+  } else if (positionals.length > 0) {
+    throw new FlagError("Give either --url or HOST PORT, not both");
+  }
+  if (!/^wss?:\/\//.test(url)) {
+    throw new FlagError(
+      `Invalid --url '${url}': expected ws://host:port or wss://host:port`,
+    );
+  }
+  let providers: string[];
+  try {
+    providers = parseProviderList(values.provider ?? "eastmoney");
+  } catch (error) {
+    throw new FlagError(`Invalid --provider: ${(error as Error).message}`);
+  }
+  if (providers.includes("csv") && !values["csv-dir"]) {
+    throw new FlagError("--provider csv needs --csv-dir DIR");
+  }
+  return {
+    url,
+    values,
+    format: format as "text" | "json",
+    providers,
+    weight: numberFlag("weight", values.weight, 1, { min: 0.001 }),
+    concurrency: numberFlag("concurrency", values.concurrency, 8, {
+      min: 1,
+      integer: true,
+    }),
+    maxBackoffMs:
+      numberFlag("max-backoff", values["max-backoff"], 30, { min: 1 }) * 1000,
+    graceMs: numberFlag("grace", values.grace, 10) * 1000,
+    rateLimit: numberFlag("rate-limit", values["rate-limit"], 1),
+    ca: readFlagFile("ca", values.ca),
+  };
+}
+
+async function main(): Promise<void> {
+  let flags;
+  try {
+    flags = parse(Deno.args);
+  } catch (error) {
+    console.error(`worker: ${(error as Error).message}`);
+    Deno.exit(2);
+  }
+  const { values } = flags;
+  setupLogging({ level: values["log-level"] ?? "info", format: flags.format });
+  const log = logger("worker");
+  const market = createMarketService({
+    providers: flags.providers,
+    eastmoneyUrl: values["eastmoney-url"],
+    tencentUrl: values["tencent-url"],
+    csvDir: values["csv-dir"],
+    cacheDir: values["cache-dir"],
+    rateLimit: flags.rateLimit,
+    itemConcurrency: Math.max(flags.concurrency, 4),
+  });
+  const worker = new Worker({
+    url: flags.url,
+    name: values.name,
+    weight: flags.weight,
+    concurrency: flags.concurrency,
+    token: values.token ?? env("SWITCHYARD_WORKER_TOKEN"),
+    ca: flags.ca,
+    backoff: { maxMs: flags.maxBackoffMs },
+    graceMs: flags.graceMs,
+    heartbeatData: () => ({ blocked_sources: market.blockedSources() }),
+  });
+  for (const [name, handler] of Object.entries(market.actions())) {
+    worker.registerAction(name, handler);
+  }
+  log.info("Worker {name} serving market data from {providers}", {
+    name: worker.name,
+    providers: flags.providers.join(" → "),
+  });
+
+  let stopping = false;
+  const stop = async (why: string) => {
+    if (stopping) Deno.exit(1);
+    stopping = true;
+    log.info("{why}: finishing in-flight work (up to {s} s)", {
+      why,
+      s: flags.graceMs / 1000,
+    });
+    await worker.stop(flags.graceMs);
+    market.close();
+    Deno.exit(0);
+  };
+  Deno.addSignalListener("SIGINT", () => void stop("SIGINT"));
+  Deno.addSignalListener("SIGTERM", () => void stop("SIGTERM"));
+
+  const running = worker.start();
+  const interactive = values["no-console"]
+    ? false
+    : values.console ?? Deno.stdin.isTerminal();
+  if (interactive) {
+    const write = (text: string) => console.log(text);
+    write("Console ready: type 'help' for commands");
+    for await (const line of readLines(Deno.stdin.readable)) {
+      if (await workerCommand(worker, line, write) === "quit") break;
+    }
+    await stop("Console quit");
+  }
+  await running;
+}
+
+if (import.meta.main) await main();
