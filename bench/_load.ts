@@ -6,7 +6,7 @@
  * @module
  */
 
-import { openSocket } from "../lib/_connect.ts";
+import { WebSocket } from "../lib/_ws.ts";
 import { type LoadSummary, summarize } from "./_stats.ts";
 
 /** Which WebSocket client implementation sends the frames. */
@@ -54,7 +54,11 @@ const decoder = new TextDecoder();
 
 async function openConn(url: string, kind: ClientKind): Promise<Conn> {
   if (kind === "ws") {
-    const socket = await openSocket(url);
+    const socket = new WebSocket(url, { perMessageDeflate: false });
+    await new Promise<void>((resolve, reject) => {
+      socket.once("open", () => resolve());
+      socket.once("error", reject);
+    });
     return {
       send: (text) => socket.send(text),
       onText: (listener) =>

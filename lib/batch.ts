@@ -98,19 +98,24 @@ export function assignGroups(
   // 15% headroom over the exact share keeps most codes at home while bounding the largest share.
   const capOf = (w: Peer) =>
     Math.ceil((totalItems * w.weight / totalWeight) * 1.15) + 1;
+  // Hash on the worker's name, which survives reconnects (its client_id does not), unless two
+  // workers share a name.
+  const names = new Map<string, number>();
+  for (const w of workers) names.set(w.name, (names.get(w.name) ?? 0) + 1);
+  const keyed = workers.map((w) => ({
+    id: names.get(w.name) === 1 ? w.name : `${w.name}#${w.id}`,
+    weight: w.weight,
+    w,
+  }));
   for (const [code, indexes] of groups) {
-    const order = rendezvousOrder(
-      code,
-      workers.map((w) => ({ id: w.id, weight: w.weight, w })),
-    );
+    const order = rendezvousOrder(code, keyed);
     const home = order.find((o) =>
-      (load.get(o.id) ?? 0) + indexes.length <= capOf(o.w)
-    ) ??
-      order[0];
-    load.set(home.id, (load.get(home.id) ?? 0) + indexes.length);
-    const share = shares.get(home.id) ?? [];
+      (load.get(o.w.id) ?? 0) + indexes.length <= capOf(o.w)
+    ) ?? order[0];
+    load.set(home.w.id, (load.get(home.w.id) ?? 0) + indexes.length);
+    const share = shares.get(home.w.id) ?? [];
     share.push(...indexes);
-    shares.set(home.id, share);
+    shares.set(home.w.id, share);
   }
   return shares;
 }

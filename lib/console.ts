@@ -56,7 +56,7 @@ export async function serverCommand(
   line: string,
   write: (text: string) => void,
 ): Promise<ConsoleResult> {
-  const [command = "", ...args] = line.trim().split(/\s+/);
+  const [command = ""] = line.trim().split(/\s+/);
   switch (command) {
     case "":
       return "continue";

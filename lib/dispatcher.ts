@@ -84,7 +84,7 @@ export interface Job {
 }
 
 /** A bounded set that forgets its oldest members: ids of requests that ended without an answer. */
-class RecentIds {
+export class RecentIds {
   #ids = new Set<string>();
   constructor(readonly limit: number) {}
   add(id: string): void {
@@ -101,9 +101,9 @@ class RecentIds {
 /** A connected worker as the dispatcher sees it. */
 export class Peer extends WorkerRecord {
   /** Jobs dispatched to this worker, by envelope `msg_id`. */
-  readonly jobs = new Map<string, Job>();
+  readonly jobs: Map<string, Job> = new Map();
   /** Requests this worker no longer owns (deadline passed, moved away), for late-answer logs. */
-  readonly abandoned = new RecentIds(1024);
+  readonly abandoned: RecentIds = new RecentIds(1024);
   readonly send: (frame: string) => void;
 
   constructor(
@@ -316,9 +316,13 @@ export class Dispatcher {
         });
       }
     }
-    // Jobs queued for this worker alone can never run now.
+    // Jobs queued for this worker alone, or that no remaining worker offers, can never run now;
+    // pump() would keep them waiting until their deadline when no worker has room.
     for (const job of [...this.#queue]) {
       if (job.only === worker.id) this.#fail(job, new NoWorkersError());
+      else if (this.#offering(job).length === 0) {
+        this.#fail(job, this.#noWorkers(job));
+      }
     }
     this.pump();
   }

@@ -41,14 +41,20 @@ export async function waitFor(
   }
 }
 
+/** A running server that closes itself at the end of an `await using` scope. */
+export type TestServer = RunningServer & AsyncDisposable;
+
 /** A server on 127.0.0.1 with both ports picked by the system and no background sweeper. */
-export function startTestServer(options: ServerOptions = {}): RunningServer {
-  return startServer({
+export function startTestServer(options: ServerOptions = {}): TestServer {
+  const server = startServer({
     host: "127.0.0.1",
     port: 0,
     requesterPort: 0,
     sweepIntervalMs: 0,
     ...options,
+  });
+  return Object.assign(server, {
+    [Symbol.asyncDispose]: () => server.close(),
   });
 }
 

@@ -1,0 +1,16 @@
+import { runLoad } from "/work/main/bench/_load.ts";
+const srv = new Deno.Command(Deno.execPath(), { args: ["run", "-A", "/work/main/bench/_server.ts"], stdout: "piped", stderr: "inherit" }).spawn();
+const reader = srv.stdout.pipeThrough(new TextDecoderStream()).getReader();
+const info = JSON.parse((await reader.read()).value!.split("\n")[0]);
+const ws = [1,2].map((i) => new Deno.Command(Deno.execPath(), { args: ["run", "-A", "/work/main/bench/_echo_worker.ts", "--url", `ws://127.0.0.1:${info.port}`, "--name", `w${i}`], stdout: "null" }).spawn());
+await new Promise((r) => setTimeout(r, 1500));
+const cpu = (pid: number) => { const f = Deno.readTextFileSync(`/proc/${pid}/stat`).split(") ")[1].split(" "); return (Number(f[11]) + Number(f[12])) / 100; };
+const pids = { client: Deno.pid, server: srv.pid, w1: ws[0].pid, w2: ws[1].pid };
+const before = Object.fromEntries(Object.entries(pids).map(([k, p]) => [k, cpu(p)]));
+const t0 = performance.now();
+const r = await runLoad({ url: `ws://127.0.0.1:${info.requesterPort}`, connections: 4, inFlight: 16, seconds: 6, command: "echo", data: { size: 16 } });
+const el = (performance.now() - t0) / 1000;
+console.log(r.rps, r.p50, Object.fromEntries(Object.entries(pids).map(([k, p]) => [k, ((cpu(p) - before[k]) / el * 100).toFixed(0) + "%"])));
+srv.kill("SIGTERM"); await srv.status;
+for (const w of ws) w.kill("SIGTERM");
+await Promise.all(ws.map((w) => w.status));

@@ -1,0 +1,107 @@
+/**
+ * Switchyard benchmark: `deno task bench [--seconds T] [--section core|batch|soak|all]
+ * [--json] [--strict]`. Sections default to `core,batch`; `soak` runs only when asked.
+ * Progress goes to stderr, tables (or one JSON document) to stdout. PASS/FAIL lines are
+ * informational: the exit code is 0 unless `--strict` and a target was missed.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { coreTable, runCore } from "./core.ts";
+import { batchTable, runBatchBench } from "./batch.ts";
+import { runSoak, soakTable } from "./soak.ts";
+import { type Check, checkLine } from "./_stats.ts";
+
+const SECTIONS = ["core", "batch", "soak"] as const;
+type Section = typeof SECTIONS[number];
+
+const USAGE = `Usage: deno task bench [options]
+
+  --seconds T      measured seconds per core row (default 10) or soak length (default 60)
+  --section LIST   core, batch, soak or all, comma-separated (default core,batch)
+  --json           print one JSON document instead of tables
+  --strict         exit 1 when a target is missed
+  --help           show this help`;
+
+function parseSections(text: string): Section[] {
+  const names = text.split(",").map((s) => s.trim()).filter(Boolean);
+  if (names.includes("all")) return [...SECTIONS];
+  for (const name of names) {
+    if (!(SECTIONS as readonly string[]).includes(name)) {
+      throw new RangeError(
+        `Unknown section '${name}': expected core, batch, soak or all`,
+      );
+    }
+  }
+  return names as Section[];
+}
+
+async function main(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      seconds: { type: "string" },
+      section: { type: "string", default: "core,batch" },
+      json: { type: "boolean", default: false },
+      strict: { type: "boolean", default: false },
+      help: { type: "boolean", default: false },
+    },
+  });
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  const seconds = values.seconds === undefined
+    ? undefined
+    : Number(values.seconds);
+  if (seconds !== undefined && !(seconds > 0)) {
+    throw new RangeError(
+      `Invalid --seconds '${values.seconds}': expected a positive number`,
+    );
+  }
+  const sections = parseSections(values.section);
+  const log = (line: string) => console.error(line);
+  const out: Record<string, unknown> = {
+    deno: Deno.version.deno,
+    cpus: navigator.hardwareConcurrency,
+  };
+  const checks: Check[] = [];
+  const print = (title: string, text: string) => {
+    if (!values.json) console.log(`\n== ${title} ==\n${text}`);
+  };
+  if (sections.includes("core")) {
+    const core = await runCore({ seconds: seconds ?? 10, log });
+    out.core = core;
+    checks.push(...core.checks);
+    print(`core (${seconds ?? 10} s per row)`, coreTable(core.rows));
+  }
+  if (sections.includes("batch")) {
+    const batch = await runBatchBench({ log });
+    out.batch = batch;
+    checks.push(...batch.checks);
+    print(
+      `batch (${batch.items} symbols, upstream +20 ms, 20 req/s per worker)`,
+      batchTable(batch),
+    );
+  }
+  if (sections.includes("soak")) {
+    const soak = await runSoak({ seconds: seconds ?? 60, log });
+    out.soak = soak;
+    checks.push(...soak.checks);
+    print(`soak (${soak.seconds} s, worker churn)`, soakTable(soak));
+  }
+  out.checks = checks;
+  if (values.json) console.log(JSON.stringify(out, null, 2));
+  else console.log(`\n${checks.map(checkLine).join("\n")}`);
+  return values.strict && checks.some((c) => !c.pass) ? 1 : 0;
+}
+
+if (import.meta.main) {
+  try {
+    Deno.exit(await main(Deno.args));
+  } catch (error) {
+    console.error(`bench: ${(error as Error).message}`);
+    Deno.exit(2);
+  }
+}

@@ -1,0 +1,165 @@
+// Real programs as subprocesses, for end-to-end tests.
+
+const ROOT = new URL("../", import.meta.url);
+const PERMISSIONS = [
+  "--allow-net",
+  "--allow-read",
+  "--allow-write",
+  "--allow-env",
+  "--allow-sys",
+];
+
+/** A running program whose stderr is collected line by line. */
+export class Program {
+  readonly child: Deno.ChildProcess;
+  readonly lines: string[] = [];
+  readonly exited: Promise<Deno.CommandStatus>;
+  #waiters = new Set<
+    { pattern: RegExp; resolve: (m: RegExpMatchArray) => void }
+  >();
+  #drained: Promise<void>;
+
+  constructor(script: string, args: string[]) {
+    this.child = new Deno.Command(Deno.execPath(), {
+      args: ["run", ...PERMISSIONS, new URL(script, ROOT).pathname, ...args],
+      cwd: ROOT.pathname,
+      stdin: "null",
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).spawn();
+    this.#drained = Promise.all([
+      this.#collect(this.child.stderr),
+      this.#collect(this.child.stdout),
+    ]).then(() => {});
+    this.exited = this.child.status;
+  }
+
+  async #collect(stream: ReadableStream<Uint8Array>): Promise<void> {
+    let buffer = "";
+    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
+      buffer += chunk;
+      let i: number;
+      while ((i = buffer.indexOf("\n")) >= 0) {
+        const line = buffer.slice(0, i);
+        buffer = buffer.slice(i + 1);
+        this.lines.push(line);
+        for (const w of this.#waiters) {
+          const m = line.match(w.pattern);
+          if (m) {
+            this.#waiters.delete(w);
+            w.resolve(m);
+          }
+        }
+      }
+    }
+  }
+
+  /** Resolves with the first line (past or future) matching `pattern`. */
+  waitFor(pattern: RegExp, timeoutMs = 20_000): Promise<RegExpMatchArray> {
+    for (const line of this.lines) {
+      const m = line.match(pattern);
+      if (m) return Promise.resolve(m);
+    }
+    return new Promise((resolve, reject) => {
+      const waiter = {
+        pattern,
+        resolve: (m: RegExpMatchArray) => {
+          clearTimeout(timer);
+          resolve(m);
+        },
+      };
+      const timer = setTimeout(() => {
+        this.#waiters.delete(waiter);
+        reject(
+          new Error(
+            `No line matching ${pattern} within ${timeoutMs} ms:\n${
+              this.lines.join("\n")
+            }`,
+          ),
+        );
+      }, timeoutMs);
+      this.#waiters.add(waiter);
+    });
+  }
+
+  kill(signal: Deno.Signal = "SIGTERM"): void {
+    try {
+      this.child.kill(signal);
+    } catch {
+      // Already gone.
+    }
+  }
+
+  /** Waits for exit and for both output streams to end. */
+  async done(): Promise<Deno.CommandStatus> {
+    const status = await this.exited;
+    await this.#drained;
+    return status;
+  }
+
+  /** Kills (if needed) and waits. */
+  async stop(signal: Deno.Signal = "SIGKILL"): Promise<Deno.CommandStatus> {
+    this.kill(signal);
+    return await this.done();
+  }
+}
+
+/** Starts `server.ts` on free loopback ports and resolves with its ports once it listens. */
+export async function startServerProgram(
+  args: string[] = [],
+): Promise<{ program: Program; workerPort: number; requesterPort: number }> {
+  const program = new Program("server.ts", [
+    "--host",
+    "127.0.0.1",
+    "--port",
+    "0",
+    "--requester-port",
+    "0",
+    "--no-console",
+    ...args,
+  ]);
+  const w = await program.waitFor(
+    /Worker port listening on wss?:\/\/[^:]+:(\d+)/,
+  );
+  const r = await program.waitFor(
+    /Requester port listening on wss?:\/\/[^:]+:(\d+)/,
+  );
+  return { program, workerPort: Number(w[1]), requesterPort: Number(r[1]) };
+}
+
+/** Runs a program to completion and returns its exit code and output. */
+export async function runProgram(
+  script: string,
+  args: string[],
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["run", ...PERMISSIONS, new URL(script, ROOT).pathname, ...args],
+    cwd: ROOT.pathname,
+    stdin: "null",
+    env: { NO_COLOR: "1" },
+  }).output();
+  const decoder = new TextDecoder();
+  return {
+    code: out.code,
+    stdout: decoder.decode(out.stdout),
+    stderr: decoder.decode(out.stderr),
+  };
+}
+
+/** Polls the server's `/health` until `predicate` holds. */
+export async function waitForHealth(
+  port: number,
+  predicate: (health: Record<string, number | string>) => boolean,
+  timeoutMs = 20_000,
+): Promise<Record<string, number | string>> {
+  const until = Date.now() + timeoutMs;
+  let last: Record<string, number | string> = {};
+  while (Date.now() < until) {
+    const res = await fetch(`http://127.0.0.1:${port}/health`);
+    last = await res.json();
+    if (predicate(last)) return last;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(`Health never matched: ${JSON.stringify(last)}`);
+}

@@ -1,0 +1,184 @@
+// The three programs as subprocesses, talking over real sockets.
+
+import assert from "node:assert/strict";
+import { RequesterClient } from "../lib/mod.ts";
+import { startFakeEastmoney } from "./_fake_eastmoney.ts";
+import {
+  Program,
+  runProgram,
+  startServerProgram,
+  waitForHealth,
+} from "./_procs.ts";
+
+Deno.test("e2e - server, two workers and the requester CLI serve commands and stop cleanly", async () => {
+  const server = await startServerProgram();
+  const url = `ws://127.0.0.1:${server.workerPort}`;
+  const workers = ["one", "two"].map((name) =>
+    new Program("worker.ts", [
+      "--url",
+      url,
+      "--name",
+      name,
+      "--provider",
+      "demo",
+      "--no-console",
+    ])
+  );
+  try {
+    await waitForHealth(server.workerPort, (h) => h.workers === 2);
+    const host = ["127.0.0.1", String(server.requesterPort)];
+
+    const time = await runProgram("requester.ts", [...host, "get_time"]);
+    assert.equal(time.code, 0, time.stderr);
+    const answer = JSON.parse(time.stdout);
+    assert.equal(answer.success, true);
+    assert.match(answer.data, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/);
+    assert.match(answer.processed_by, /^[a-z0-9]{6}$/);
+
+    const batch = await runProgram("requester.ts", [
+      ...host,
+      "--compact",
+      "get_markets",
+      JSON.stringify([
+        {
+          symbol_type: "etf",
+          code: "510300",
+          start_date: "2025-01-01",
+          end_date: "2025-01-31",
+        },
+        { symbol_type: "etf", code: "12345" },
+        {
+          symbol_type: "index",
+          code: "000300",
+          start_date: "2025-01-01",
+          end_date: "2025-01-31",
+        },
+      ]),
+    ]);
+    assert.equal(batch.code, 0, batch.stderr);
+    const data = JSON.parse(batch.stdout).data;
+    assert.deepEqual(data.summary, { total: 3, success: 2, failed: 1 });
+    assert.deepEqual(data.results.map((r: { code: string }) => r.code), [
+      "510300",
+      "12345",
+      "000300",
+    ]);
+    assert.equal(data.results[1].error_code, "INVALID_PARAMS");
+
+    const unknown = await runProgram("requester.ts", [
+      ...host,
+      "no_such_command",
+    ]);
+    assert.equal(unknown.code, 1);
+    assert.equal(JSON.parse(unknown.stdout).success, false);
+
+    const badFlag = await runProgram("requester.ts", [
+      ...host,
+      "--timeout",
+      "soon",
+      "get_time",
+    ]);
+    assert.equal(badFlag.code, 2);
+    assert.match(badFlag.stderr, /Invalid --timeout 'soon'/);
+
+    const badJson = await runProgram("requester.ts", [
+      ...host,
+      "get_market",
+      "{oops",
+    ]);
+    assert.equal(badJson.code, 2);
+    assert.match(badJson.stderr, /Cannot parse json-data/);
+
+    // A worker stops gracefully on SIGTERM and the server notices.
+    workers[0].kill("SIGTERM");
+    assert.equal((await workers[0].done()).code, 0);
+    await waitForHealth(server.workerPort, (h) => h.workers === 1);
+
+    server.program.kill("SIGTERM");
+    assert.equal((await server.program.done()).code, 0);
+  } finally {
+    await Promise.all(workers.map((w) => w.stop()));
+    await server.program.stop();
+  }
+});
+
+Deno.test("e2e - bad flags exit 2 with a one-line reason", async () => {
+  for (
+    const [script, args, pattern] of [
+      ["server.ts", ["--port", "99999"], /Invalid --port '99999'/],
+      ["server.ts", ["--strategy", "fastest"], /Invalid --strategy 'fastest'/],
+      ["worker.ts", ["--provider", "yahoo"], /Invalid --provider/],
+      ["worker.ts", ["--concurrency", "0"], /Invalid --concurrency '0'/],
+    ] as const
+  ) {
+    const out = await runProgram(script, [...args]);
+    assert.equal(out.code, 2, `${script} ${args.join(" ")}: ${out.stderr}`);
+    assert.match(out.stderr, pattern);
+    assert.equal(out.stderr.trim().split("\n").length, 1, out.stderr);
+  }
+});
+
+Deno.test("e2e - a batch of 120 items over 3 worker processes survives a worker killed mid-batch", async () => {
+  await using upstream = await startFakeEastmoney({
+    synthetic: true,
+    latencyMs: 40,
+  });
+  const server = await startServerProgram();
+  const url = `ws://127.0.0.1:${server.workerPort}`;
+  const workers = [0, 1, 2].map((i) =>
+    new Program("worker.ts", [
+      "--url",
+      url,
+      "--name",
+      `w${i}`,
+      "--eastmoney-url",
+      upstream.url,
+      "--rate-limit",
+      "0",
+      "--no-console",
+    ])
+  );
+  const client = new RequesterClient(`ws://127.0.0.1:${server.requesterPort}`);
+  try {
+    await waitForHealth(server.workerPort, (h) => h.workers === 3);
+    await client.connect();
+    const prefixes = ["510", "512", "159", "588"];
+    const items = Array.from({ length: 120 }, (_, i) => ({
+      symbol_type: "etf",
+      code: `${prefixes[i % 4]}${String(100 + i).padStart(3, "0")}`,
+      start_date: "2025-01-01",
+      end_date: "2025-03-31",
+    }));
+    let killed = false;
+    const answer = await client.request("get_markets", items, {
+      timeout: 60,
+      onProgress: ({ done }) => {
+        if (!killed && done >= 10) {
+          killed = true;
+          workers[1].kill("SIGKILL");
+        }
+      },
+    });
+    assert.equal(
+      killed,
+      true,
+      "the batch ended before a worker could be killed",
+    );
+    assert.equal(answer.success, true, answer.error ?? "");
+    const data = answer.data as {
+      results: { success: boolean; code: string; data: unknown[] }[];
+      summary: { total: number; success: number; failed: number };
+    };
+    assert.equal(data.results.length, items.length);
+    data.results.forEach((r, i) => {
+      assert.equal(r.code, items[i].code, `item ${i} out of order`);
+      assert.equal(r.success, true, JSON.stringify(r));
+      assert.ok(r.data.length > 0);
+    });
+    assert.deepEqual(data.summary, { total: 120, success: 120, failed: 0 });
+  } finally {
+    await client.close();
+    await Promise.all(workers.map((w) => w.stop()));
+    await server.program.stop();
+  }
+});
