@@ -30,6 +30,7 @@ Options:
   --heartbeat-interval S   heartbeat interval told to workers (default 10)
   --cleanup-interval S     drop a worker silent this long (default 60)
   --max-queue N            requests waiting for a free worker (default 1000)
+  --queue-timeout S        longest wait for a free worker before "Server busy" (default: deadline)
   --max-attempts N         workers one request may try on failover (default 3)
   --max-in-flight N        requests in flight per requester connection (default 1000)
   --max-frame BYTES        largest requester frame (default 1048576)
@@ -64,6 +65,7 @@ function options(
       "heartbeat-interval": { type: "string" },
       "cleanup-interval": { type: "string" },
       "max-queue": { type: "string" },
+      "queue-timeout": { type: "string" },
       "max-attempts": { type: "string" },
       "max-in-flight": { type: "string" },
       "max-frame": { type: "string" },
@@ -138,6 +140,9 @@ function options(
     heartbeatIntervalMs,
     cleanupIntervalMs: seconds("cleanup-interval", 60),
     maxQueue: count("max-queue", 1000),
+    queueTimeoutMs: values["queue-timeout"] === undefined
+      ? undefined
+      : seconds("queue-timeout", 0),
     maxAttempts: count("max-attempts", 3),
     maxInFlightPerConnection: count("max-in-flight", 1000),
     maxRequesterFrameBytes: count("max-frame", 1024 * 1024),

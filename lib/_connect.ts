@@ -33,6 +33,9 @@ export function openSocket(
   }
   if (options.ca) init.ca = options.ca;
   const socket = new WebSocket(url, init);
+  // terminate() during the handshake (refused, aborted) makes `ws` emit one more "error" after
+  // cleanup() removed ours; unheard, it would crash the process.
+  socket.on("error", () => {});
   socket.on("message", (data: unknown) => onMessage(messageText(data)));
   return new Promise((resolve, reject) => {
     const onAbort = () => {

@@ -71,6 +71,8 @@ export interface BrokerOptions {
   maxQueue?: number;
   /** Workers one request may try when workers vanish under it. @default 3 */
   maxAttempts?: number;
+  /** The longest a request may wait for a free worker before `Server busy`, in ms. @default its deadline */
+  queueTimeoutMs?: number;
   /** Requests in flight on one requester connection. @default 1000 */
   maxInFlightPerConnection?: number;
   /** Largest requester frame, in bytes. @default 1048576 */
@@ -154,6 +156,7 @@ export class Broker {
       | "random"
       | "strategy"
       | "nonRetriableActions"
+      | "queueTimeoutMs"
     >
   >;
   #workerToken?: string;
@@ -198,6 +201,7 @@ export class Broker {
       strategy: options.strategy,
       maxQueue: this.#o.maxQueue,
       maxAttempts: this.#o.maxAttempts,
+      queueTimeoutMs: options.queueTimeoutMs,
       nonRetriableActions: options.nonRetriableActions,
       clock: this.clock,
       random: options.random,
@@ -409,6 +413,13 @@ export class Broker {
           );
         }
         worker.register(data as WorkerRegistration, 1024);
+        if (Array.isArray(data.non_retriable)) {
+          for (const action of data.non_retriable) {
+            if (typeof action === "string") {
+              this.dispatcher.markNonRetriable(action);
+            }
+          }
+        }
         log.info(
           "Worker {id} registered as {name} (weight {weight}, concurrency {max})",
           {
@@ -846,6 +857,7 @@ export class Broker {
 
   /** Judges worker health from heartbeat silence; runs on its own every `sweepIntervalMs`. */
   sweep(): void {
+    this.dispatcher.expireQueued();
     const now = this.clock.now();
     for (const worker of this.dispatcher.registry.all()) {
       if (!worker.heartbeats) continue;
@@ -900,8 +912,11 @@ export class Broker {
       if (socket.readyState === WebSocket.CLOSED) return;
       closing.push(
         new Promise<void>((resolve) => {
-          socket.addEventListener("close", () => resolve(), { once: true });
-          setTimeout(resolve, 1000);
+          const timer = setTimeout(resolve, 1000);
+          socket.addEventListener("close", () => {
+            clearTimeout(timer);
+            resolve();
+          }, { once: true });
         }),
       );
       try {

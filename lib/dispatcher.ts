@@ -78,6 +78,8 @@ export interface Job {
   worker?: Peer;
   msgId?: string;
   startedAt: number;
+  /** When the job last joined the queue. */
+  queuedAt?: number;
   lastError?: SwitchyardError;
   done: boolean;
   settle(outcome: Outcome): void;
@@ -127,6 +129,8 @@ export interface DispatcherOptions {
   maxAttempts?: number;
   /** Actions never re-run on another worker (they are not safe to repeat). @default [] */
   nonRetriableActions?: Iterable<string>;
+  /** The longest a job may wait in the queue before `Server busy`, in ms. @default its deadline */
+  queueTimeoutMs?: number;
   /** @default the wall clock */
   clock?: Clock;
   /** Random source for the balancer. @default Math.random */
@@ -142,6 +146,7 @@ export class Dispatcher {
   readonly balancer: Balancer;
   readonly maxQueue: number;
   readonly maxAttempts: number;
+  readonly queueTimeoutMs: number;
   #queue: Job[] = [];
   #nonRetriable: Set<string>;
   #timers = new Set<ReturnType<typeof setTimeout>>();
@@ -152,6 +157,7 @@ export class Dispatcher {
     this.balancer = new Balancer(options.strategy, { random: options.random });
     this.maxQueue = options.maxQueue ?? 1000;
     this.maxAttempts = options.maxAttempts ?? 3;
+    this.queueTimeoutMs = options.queueTimeoutMs ?? Infinity;
     this.#nonRetriable = new Set(options.nonRetriableActions ?? []);
   }
 
@@ -347,6 +353,31 @@ export class Dispatcher {
     }
   }
 
+  /** Marks an action as not safe to run twice (a worker said so when it registered). */
+  markNonRetriable(action: string): void {
+    this.#nonRetriable.add(action);
+  }
+
+  /** Fails jobs that waited in the queue longer than `queueTimeoutMs`; call periodically. */
+  expireQueued(): void {
+    if (this.queueTimeoutMs === Infinity || this.#queue.length === 0) return;
+    const now = this.clock.now();
+    for (const job of [...this.#queue]) {
+      if (
+        job.queuedAt !== undefined && now - job.queuedAt > this.queueTimeoutMs
+      ) {
+        this.#fail(
+          job,
+          new ServerBusyError(
+            `Server busy: no worker was free within ${
+              this.queueTimeoutMs / 1000
+            } s`,
+          ),
+        );
+      }
+    }
+  }
+
   /** Fails every waiting and running job, e.g. when the server shuts down. */
   failAll(error: SwitchyardError): void {
     for (const job of this.#queue.splice(0)) {
@@ -440,6 +471,7 @@ export class Dispatcher {
         ),
       );
     }
+    job.queuedAt ??= this.clock.now();
     // A job coming back from a lost worker has waited already: it goes first.
     if (front) this.#queue.unshift(job);
     else this.#queue.push(job);

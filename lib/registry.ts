@@ -22,6 +22,8 @@ export interface WorkerRegistration {
   weight?: number;
   max_concurrency?: number;
   actions?: string[];
+  /** Actions that must not run twice: never re-sent to another worker. */
+  non_retriable?: string[];
   version?: string;
   host?: unknown;
 }

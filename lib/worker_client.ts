@@ -92,6 +92,7 @@ export class Worker {
   #options: WorkerOptions;
   #actions = new Map<string, ActionHandler>();
   #handlers = new Map<string, WorkerMessageHandler>();
+  #nonRetriable = new Set<string>();
   #socket: WebSocket | undefined;
   #clientId: string | null = null;
   #running = new Map<string, AbortController>();
@@ -114,9 +115,19 @@ export class Worker {
     }
   }
 
-  /** Adds (or replaces) an action by name. Re-registers with the server when connected. */
-  registerAction(name: string, handler: ActionHandler): this {
+  /**
+   * Adds (or replaces) an action by name. Re-registers with the server when connected. An action
+   * with `retriable: false` is never re-sent to another worker when this one vanishes mid-request
+   * (use it for actions with side effects that must not happen twice).
+   */
+  registerAction(
+    name: string,
+    handler: ActionHandler,
+    options: { retriable?: boolean } = {},
+  ): this {
     this.#actions.set(name, handler);
+    if (options.retriable === false) this.#nonRetriable.add(name);
+    else this.#nonRetriable.delete(name);
     if (this.#socket?.readyState === 1) this.#register();
     return this;
   }
@@ -311,6 +322,7 @@ export class Worker {
       weight: this.#options.weight ?? 1,
       max_concurrency: this.#options.concurrency ?? 8,
       actions: [...this.#actions.keys()],
+      non_retriable: [...this.#nonRetriable],
       version: WORKER_VERSION,
       host: {
         hostname: (() => {
