@@ -117,7 +117,8 @@ function parse(args: string[]) {
       integer: true,
     }),
     maxBackoffMs:
-      numberFlag("max-backoff", values["max-backoff"], 30, { min: 1 }) * 1000,
+      numberFlag("max-backoff", values["max-backoff"], 30, { min: 0.05 }) *
+      1000,
     graceMs: numberFlag("grace", values.grace, 10) * 1000,
     rateLimit: numberFlag("rate-limit", values["rate-limit"], 1),
     ca: readFlagFile("ca", values.ca),
@@ -151,7 +152,10 @@ async function main(): Promise<void> {
     concurrency: flags.concurrency,
     token: values.token ?? env("SWITCHYARD_WORKER_TOKEN"),
     ca: flags.ca,
-    backoff: { maxMs: flags.maxBackoffMs },
+    backoff: {
+      initialMs: Math.min(500, flags.maxBackoffMs),
+      maxMs: flags.maxBackoffMs,
+    },
     graceMs: flags.graceMs,
     heartbeatData: () => ({ blocked_sources: market.blockedSources() }),
   });

@@ -19,6 +19,10 @@ export interface Helper {
 
 /** Set `BENCH_VERBOSE=1` to see the helpers' stderr (their logs). */
 const verbose = Deno.env.get("BENCH_VERBOSE") === "1";
+/** Extra `deno run` flags for every helper, e.g. `--cpu-prof --cpu-prof-dir=/tmp/prof`. */
+const extraFlags = (Deno.env.get("BENCH_DENO_FLAGS") ?? "").split(" ").filter(
+  Boolean,
+);
 
 /** Runs `script` (a file next to this module) with `args`; resolves once it reports ready. */
 export async function spawnHelper(
@@ -28,7 +32,7 @@ export async function spawnHelper(
 ): Promise<Helper> {
   const path = new URL(script, import.meta.url).pathname;
   const child = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", path, ...args],
+    args: ["run", "-A", ...extraFlags, path, ...args],
     stdin: "null",
     stdout: "piped",
     stderr: verbose ? "inherit" : "null",
@@ -87,12 +91,48 @@ export async function spawnHelper(
   };
 }
 
-/** Resident memory of process `pid` in MiB, from `/proc/<pid>/status`; NaN when unreadable. */
-export function rssMiB(pid: number): number {
+/**
+ * Resident memory of process `pid` in MiB (VmRSS from `/proc/<pid>/status`); NaN when
+ * unreadable. Read through `cat`: Deno allows reading another process's `/proc` entry only
+ * with `--allow-all`, and the bench task runs with `--allow-run` instead.
+ */
+export async function rssMiB(pid: number): Promise<number> {
   try {
-    const text = Deno.readTextFileSync(`/proc/${pid}/status`);
-    const match = /^VmRSS:\s+(\d+)\s+kB/m.exec(text);
+    const { stdout, success } = await new Deno.Command("cat", {
+      args: [`/proc/${pid}/status`],
+      stderr: "null",
+    }).output();
+    if (!success) return NaN;
+    const match = /^VmRSS:\s+(\d+)\s+kB/m.exec(
+      new TextDecoder().decode(stdout),
+    );
     return match ? Number(match[1]) / 1024 : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
+async function cpuTimes(): Promise<{ busy: number; total: number }> {
+  const { stdout } = await new Deno.Command("cat", { args: ["/proc/stat"] })
+    .output();
+  const fields = new TextDecoder().decode(stdout).split("\n")[0].trim().split(
+    /\s+/,
+  ).slice(1).map(Number);
+  const total = fields.reduce((s, n) => s + n, 0);
+  const idle = fields[3] + (fields[4] ?? 0);
+  return { busy: total - idle, total };
+}
+
+/**
+ * How busy the whole machine is over `ms`, as a percentage of all cores (0-100); NaN when
+ * `/proc/stat` is unreadable. Other programs' load skews every number the bench prints.
+ */
+export async function machineBusy(ms = 1000): Promise<number> {
+  try {
+    const a = await cpuTimes();
+    await new Promise((resolve) => setTimeout(resolve, ms));
+    const b = await cpuTimes();
+    return (b.busy - a.busy) / (b.total - a.total) * 100;
   } catch {
     return NaN;
   }

@@ -92,22 +92,10 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
     );
   };
   try {
-    log("core: one-hop echo baseline");
+    log("core: echo server, broker subprocess and 2 worker subprocesses");
     const echo = await spawnHelper("_echo_server.ts");
     helpers.push(echo);
     const echoUrl = `ws://127.0.0.1:${echo.info.port}`;
-    for (const [c, w] of LOADS) {
-      for (const size of [SMALL, LARGE]) {
-        await measure(
-          { target: "echo", connections: c, inFlight: w, size, client: "ws" },
-          echoUrl,
-          { size },
-        );
-      }
-    }
-    await echo.stop();
-
-    log("core: broker subprocess + 2 worker subprocesses");
     const server = await spawnHelper("_server.ts");
     helpers.push(server);
     const workerUrl = `ws://127.0.0.1:${server.info.port}`;
@@ -118,15 +106,25 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
       ),
     );
     helpers.push(...workers);
+    // Each broker row runs right after its echo row, so that load from other programs on the
+    // machine skews both sides of a ratio alike.
     for (const [c, w] of LOADS) {
       for (const size of [SMALL, LARGE]) {
-        await measure(
-          { target: "broker", connections: c, inFlight: w, size, client: "ws" },
-          requesterUrl,
-          { size },
-        );
+        for (
+          const [target, url] of [["echo", echoUrl], [
+            "broker",
+            requesterUrl,
+          ]] as const
+        ) {
+          await measure(
+            { target, connections: c, inFlight: w, size, client: "ws" },
+            url,
+            { size },
+          );
+        }
       }
     }
+    await echo.stop();
 
     log("core: Nagle guard, 2 KB requests at 1x1");
     const guardSeconds = Math.min(seconds, 3);

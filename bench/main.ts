@@ -11,7 +11,8 @@ import { parseArgs } from "node:util";
 import { coreTable, runCore } from "./core.ts";
 import { batchTable, runBatchBench } from "./batch.ts";
 import { runSoak, soakTable } from "./soak.ts";
-import { type Check, checkLine } from "./_stats.ts";
+import { machineBusy } from "./_spawn.ts";
+import { type Check, checkLine, fixed } from "./_stats.ts";
 
 const SECTIONS = ["core", "batch", "soak"] as const;
 type Section = typeof SECTIONS[number];
@@ -67,6 +68,14 @@ async function main(args: string[]): Promise<number> {
     cpus: navigator.hardwareConcurrency,
   };
   const checks: Check[] = [];
+  const busy = async (when: string) => {
+    const pct = await machineBusy();
+    (out.machineBusy as Record<string, number>)[when] = pct;
+    log(`machine busy ${when}: ${fixed(pct, 0)}% of all cores`);
+    return pct;
+  };
+  out.machineBusy = {};
+  const busyBefore = await busy("before");
   const print = (title: string, text: string) => {
     if (!values.json) console.log(`\n== ${title} ==\n${text}`);
   };
@@ -91,9 +100,19 @@ async function main(args: string[]): Promise<number> {
     checks.push(...soak.checks);
     print(`soak (${soak.seconds} s, worker churn)`, soakTable(soak));
   }
+  const busyAfter = await busy("after");
   out.checks = checks;
   if (values.json) console.log(JSON.stringify(out, null, 2));
-  else console.log(`\n${checks.map(checkLine).join("\n")}`);
+  else {
+    console.log(
+      `\nDeno ${Deno.version.deno}, ${navigator.hardwareConcurrency} CPUs; machine busy ${
+        fixed(busyBefore, 0)
+      }% before and ${
+        fixed(busyAfter, 0)
+      }% after the run (other programs skew the numbers)`,
+    );
+    console.log(checks.map(checkLine).join("\n"));
+  }
   return values.strict && checks.some((c) => !c.pass) ? 1 : 0;
 }
 

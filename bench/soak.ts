@@ -108,7 +108,7 @@ export async function runSoak(options: SoakOptions = {}): Promise<SoakReport> {
   let rssEnd = NaN;
   try {
     await client.connect();
-    rssStart = rssMiB(server.pid);
+    rssStart = await rssMiB(server.pid);
     log(`soak: ${seconds} s, server RSS ${fixed(rssStart, 1)} MiB at start`);
     const single = async () => {
       while (!stop.signal.aborted) {
@@ -182,7 +182,7 @@ export async function runSoak(options: SoakOptions = {}): Promise<SoakReport> {
     await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
     stop.abort();
     await Promise.all(loops);
-    rssEnd = rssMiB(server.pid);
+    rssEnd = await rssMiB(server.pid);
   } finally {
     stop.abort();
     await client.close();

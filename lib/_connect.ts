@@ -12,6 +12,11 @@ export interface ConnectOptions {
   handshakeTimeoutMs?: number;
 }
 
+/** `url` with the value of its `token` query parameter hidden, for logs and error messages. */
+export function redactUrl(url: string): string {
+  return url.replace(/([?&]token=)[^&#]*/gi, "$1***");
+}
+
 /**
  * Opens a `ws` client socket and resolves once it is open; rejects with a clear reason.
  * `onMessage` is attached before the handshake ends: a server may send its first frame in the
@@ -51,7 +56,7 @@ export function openSocket(
       cleanup();
       socket.terminate();
       reject(
-        new Error(`Cannot connect to ${url}: ${error.message}`, {
+        new Error(`Cannot connect to ${redactUrl(url)}: ${error.message}`, {
           cause: error,
         }),
       );
@@ -63,7 +68,7 @@ export function openSocket(
       const reason = status === 401
         ? "unauthorized (missing or wrong token)"
         : `HTTP ${status}`;
-      reject(new Error(`Cannot connect to ${url}: ${reason}`));
+      reject(new Error(`Cannot connect to ${redactUrl(url)}: ${reason}`));
     };
     const cleanup = () => {
       socket.off("open", onOpen);

@@ -120,6 +120,28 @@ export function assignGroups(
   return shares;
 }
 
+// A worker that vanishes takes its unfinished sub-batch with it and the sub-batch starts over
+// elsewhere, so large shares are cut into chunks: less work lost per failure, finer progress.
+const CHUNK_ITEMS = 25;
+
+/**
+ * Cuts a worker's share into chunks of about {@linkcode CHUNK_ITEMS}, but never more chunks than
+ * the worker has free slots: extra chunks would spill to other workers and lose cache affinity.
+ */
+export function chunkShare(indexes: number[], worker?: Peer): number[][] {
+  const free = worker
+    ? Math.max(1, worker.maxConcurrency - worker.inFlight)
+    : 1;
+  const count = Math.min(Math.ceil(indexes.length / CHUNK_ITEMS), free);
+  if (count <= 1) return [indexes];
+  const size = Math.ceil(indexes.length / count);
+  const chunks: number[][] = [];
+  for (let i = 0; i < indexes.length; i += size) {
+    chunks.push(indexes.slice(i, i + size));
+  }
+  return chunks;
+}
+
 /** Runs a distributed batch over the dispatcher's workers. */
 export async function runBatch(
   dispatcher: Dispatcher,
@@ -191,8 +213,16 @@ export async function runBatch(
       else groups.set(code, [i]);
     }
     const shares = assignGroups(groups, eligible, pending.length);
+    const chunks: [string, number[]][] = [];
+    for (const [workerId, indexes] of shares) {
+      for (
+        const chunk of chunkShare(indexes, dispatcher.registry.get(workerId))
+      ) {
+        chunks.push([workerId, chunk]);
+      }
+    }
     const retry: number[] = [];
-    await Promise.all([...shares].map(async ([workerId, indexes]) => {
+    await Promise.all(chunks.map(async ([workerId, indexes], c) => {
       // Spill order: home first, then whoever else is free, by least load.
       const preferred = [
         workerId,
@@ -203,7 +233,7 @@ export async function runBatch(
             w,
           ) => w.id),
       ];
-      const key = `${round}:${workerId}`;
+      const key = `${round}:${c}`;
       const outcome = await dispatcher.submit(
         BATCH_COMMAND,
         indexes.map((i) => items[i]),

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { type ConnectOptions, openSocket } from "./_connect.ts";
+import { type ConnectOptions, openSocket, redactUrl } from "./_connect.ts";
 import { ConnectionClosedError, RequestTimeoutError } from "./errors.ts";
 import type { RequesterAnswer } from "./protocol.ts";
 import type { WebSocket } from "./_ws.ts";
@@ -86,7 +86,9 @@ export class RequesterClient {
     socket.on("close", (code: number) => {
       if (this.#socket === socket) this.#socket = undefined;
       const error = new ConnectionClosedError(
-        `Connection to ${this.url} closed (code ${code}) before the answer came`,
+        `Connection to ${
+          redactUrl(this.url)
+        } closed (code ${code}) before the answer came`,
       );
       for (const pending of this.#pending.values()) pending.reject(error);
       this.#pending.clear();
@@ -128,7 +130,7 @@ export class RequesterClient {
     const socket = this.#socket;
     if (!socket || socket.readyState !== 1) {
       return Promise.reject(
-        new ConnectionClosedError(`Not connected to ${this.url}`),
+        new ConnectionClosedError(`Not connected to ${redactUrl(this.url)}`),
       );
     }
     if (options.signal?.aborted) return Promise.reject(options.signal.reason);
@@ -162,7 +164,10 @@ export class RequesterClient {
       }
     }, waitMs);
     const onAbort = () => {
-      if (this.#pending.delete(requestId)) reject(options.signal!.reason);
+      if (this.#pending.delete(requestId)) {
+        clearTimeout(timer);
+        reject(options.signal!.reason);
+      }
     };
     options.signal?.addEventListener("abort", onAbort, { once: true });
     const done = () => {

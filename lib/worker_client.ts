@@ -7,7 +7,7 @@
 
 import type { ActionContext, ActionHandler } from "./action.ts";
 import { Backoff, type BackoffOptions, sleep } from "./backoff.ts";
-import { type ConnectOptions, openSocket } from "./_connect.ts";
+import { type ConnectOptions, openSocket, redactUrl } from "./_connect.ts";
 import { ErrorCode, RequestTimeoutError, WorkerError } from "./errors.ts";
 import { messageId } from "./_id.ts";
 import { logger } from "./log.ts";
@@ -148,7 +148,7 @@ export class Worker {
     return {
       connected: this.#socket?.readyState === 1,
       client_id: this.#clientId,
-      url: this.url,
+      url: redactUrl(this.url),
       name: this.name,
       in_flight: this.#running.size,
       served: this.#served,
@@ -195,7 +195,10 @@ export class Worker {
       if (this.#stopping) break;
       if (Date.now() - opened >= stableAfter) backoff.reset();
       const delay = backoff.next();
-      log.info("Reconnecting to {url} in {delay} ms", { url: this.url, delay });
+      log.info("Reconnecting to {url} in {delay} ms", {
+        url: redactUrl(this.url),
+        delay,
+      });
       try {
         await sleep(delay, this.#stop.signal);
       } catch {
@@ -265,7 +268,7 @@ export class Worker {
         this.#register();
         startHeartbeat();
         log.info("Connected to {url} as {id} ({name})", {
-          url: this.url,
+          url: redactUrl(this.url),
           id: this.#clientId,
           name: this.name,
         });

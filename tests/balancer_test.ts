@@ -5,6 +5,7 @@ import {
   isCandidate,
   loadScore,
   rendezvousOrder,
+  type Strategy,
   type WorkerLoad,
 } from "../lib/balancer.ts";
 import { mulberry32 } from "./_helpers.ts";
@@ -47,9 +48,8 @@ Deno.test("balancer - pick() returns undefined for an empty pool", () => {
 });
 
 Deno.test("balancer - rejects an unknown strategy with a RangeError naming it", () => {
-  // deno-lint-ignore no-explicit-any
   assert.throws(
-    () => new Balancer("fastest" as any),
+    () => new Balancer("fastest" as Strategy),
     /Unknown strategy 'fastest'/,
   );
 });

@@ -18,7 +18,12 @@ import {
 
 Deno.test("broker - serves GET /health as JSON on both ports", async () => {
   await using server = startTestServer();
-  for (const [port, name] of [[server.port, "worker"], [server.requesterPort, "requester"]] as const) {
+  for (
+    const [port, name] of [[server.port, "worker"], [
+      server.requesterPort,
+      "requester",
+    ]] as const
+  ) {
     const res = await fetch(`http://127.0.0.1:${port}/health`);
     assert.equal(res.status, 200);
     assert.equal(res.headers.get("content-type"), "application/json");
@@ -33,7 +38,12 @@ Deno.test("broker - serves GET /health as JSON on both ports", async () => {
 Deno.test("broker - answers other plain HTTP with 426 Upgrade Required", async () => {
   await using server = startTestServer();
   for (const port of [server.port, server.requesterPort]) {
-    for (const [method, path] of [["GET", "/"], ["GET", "/nope"], ["POST", "/health"]]) {
+    for (
+      const [method, path] of [["GET", "/"], ["GET", "/nope"], [
+        "POST",
+        "/health",
+      ]]
+    ) {
       const res = await fetch(`http://127.0.0.1:${port}${path}`, { method });
       assert.equal(res.status, 426, `${method} ${path}`);
       assert.equal(res.headers.get("upgrade"), "websocket");
@@ -43,7 +53,10 @@ Deno.test("broker - answers other plain HTTP with 426 Upgrade Required", async (
 });
 
 Deno.test("broker - refuses a requester without the token with 401 and accepts the right one", async () => {
-  await using server = startTestServer({ requesterToken: "s3cret", workerToken: "w0rker" });
+  await using server = startTestServer({
+    requesterToken: "s3cret",
+    workerToken: "w0rker",
+  });
   const anonymous = new RequesterClient(server.requesterUrl);
   await assert.rejects(anonymous.connect(), /unauthorized/);
   const wrong = new RequesterClient(server.requesterUrl, { token: "nope" });
@@ -61,8 +74,13 @@ Deno.test("broker - refuses a requester without the token with 401 and accepts t
 Deno.test("broker - refuses a worker without the token with 401", async () => {
   await using server = startTestServer({ workerToken: "w0rker" });
   await assert.rejects(RawPeer.open(server.workerUrl), /401/);
-  await assert.rejects(RawPeer.open(server.workerUrl, { authorization: "Bearer wrong" }), /401/);
-  const ok = await RawPeer.open(server.workerUrl, { authorization: "Bearer w0rker" });
+  await assert.rejects(
+    RawPeer.open(server.workerUrl, { authorization: "Bearer wrong" }),
+    /401/,
+  );
+  const ok = await RawPeer.open(server.workerUrl, {
+    authorization: "Bearer w0rker",
+  });
   await ok.envelope("connect");
   await ok.close();
   assert.equal(server.broker.workers().length, 0);
@@ -110,17 +128,27 @@ Deno.test("broker - sweep() marks a silent worker unhealthy, then drops it after
 
 Deno.test("broker - sweep() leaves alone a worker that never sent a heartbeat", async () => {
   let now = 1_700_000_000_000;
-  await using server = startTestServer({ clock: { now: () => now }, heartbeatTimeoutMs: 100, cleanupIntervalMs: 200 });
+  await using server = startTestServer({
+    clock: { now: () => now },
+    heartbeatTimeoutMs: 100,
+    cleanupIntervalMs: 200,
+  });
   const { peer, id } = await openRawWorker(server);
   now += 60_000;
   server.broker.sweep();
-  assert.equal(server.broker.workers().find((w) => w.client_id === id)?.healthy, true);
+  assert.equal(
+    server.broker.workers().find((w) => w.client_id === id)?.healthy,
+    true,
+  );
   await peer.close();
 });
 
 Deno.test("broker - an unhealthy worker gets no new work until it is heard from", async () => {
   let now = 1_700_000_000_000;
-  await using server = startTestServer({ clock: { now: () => now }, heartbeatTimeoutMs: 3000 });
+  await using server = startTestServer({
+    clock: { now: () => now },
+    heartbeatTimeoutMs: 3000,
+  });
   const { peer, id } = await openRawWorker(server);
   peer.sendEnvelope("heartbeat", {});
   await peer.envelope("heartbeat");
@@ -129,7 +157,10 @@ Deno.test("broker - an unhealthy worker gets no new work until it is heard from"
   const client = new RequesterClient(server.requesterUrl);
   await client.connect();
   const answering = client.request("job", {}, { timeout: 5 });
-  await waitFor(() => server.broker.dispatcher.queued === 1, "the request to queue");
+  await waitFor(
+    () => server.broker.dispatcher.queued === 1,
+    "the request to queue",
+  );
   assert.equal(peer.received.filter((f) => f.type === "request").length, 0);
   peer.sendEnvelope("heartbeat", {});
   const request = await peer.envelope("request");
@@ -149,15 +180,23 @@ Deno.test("broker - a worker's graceful stop() sends disconnect, gets no new wor
     weight: 10,
     actions: { job: async () => (await gate.promise, "finished by leaving") },
   });
-  const staying = await startWorker(server, { name: "staying", actions: { job: () => "done by staying" } });
+  const staying = await startWorker(server, {
+    name: "staying",
+    actions: { job: () => "done by staying" },
+  });
   const leavingId = idOf(leaving);
   const client = new RequesterClient(server.requesterUrl);
   await client.connect();
   const first = client.request("job");
-  await waitFor(() => leaving.status().in_flight === 1, "the job to start on the heavier worker");
+  await waitFor(
+    () => leaving.status().in_flight === 1,
+    "the job to start on the heavier worker",
+  );
   const stopping = leaving.stop();
   await waitFor(
-    () => server.broker.workers().find((w) => w.client_id === leavingId)?.draining === true,
+    () =>
+      server.broker.workers().find((w) => w.client_id === leavingId)
+        ?.draining === true,
     "the server to see the worker draining",
   );
   const second = await client.request("job");
@@ -169,7 +208,10 @@ Deno.test("broker - a worker's graceful stop() sends disconnect, gets no new wor
   assert.equal(answer.data, "finished by leaving");
   assert.equal(answer.processed_by, leavingId);
   await stopping;
-  await waitFor(() => server.broker.workers().length === 1, "the stopped worker to be gone");
+  await waitFor(
+    () => server.broker.workers().length === 1,
+    "the stopped worker to be gone",
+  );
   await client.close();
   await staying.stop();
 });
@@ -177,7 +219,9 @@ Deno.test("broker - a worker's graceful stop() sends disconnect, gets no new wor
 Deno.test("broker - drain() refuses new requests with SHUTTING_DOWN and lets in-flight work finish", async () => {
   const server = startTestServer();
   const gate = Promise.withResolvers<void>();
-  const worker = await startWorker(server, { actions: { job: () => gate.promise.then(() => "finished") } });
+  const worker = await startWorker(server, {
+    actions: { job: () => gate.promise.then(() => "finished") },
+  });
   const peer = await RawPeer.open(server.requesterUrl);
   peer.send({ request_id: "a", command: "job" });
   await waitFor(() => server.broker.dispatcher.running === 1, "running");
@@ -199,17 +243,38 @@ Deno.test("broker - drain() refuses new requests with SHUTTING_DOWN and lets in-
 Deno.test("broker - answers a worker's requests for server actions", async () => {
   await using server = startTestServer();
   const worker = await startWorker(server, { name: "asker" });
-  assert.match(String(await worker.request("get_time")), /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/);
-  assert.equal(await worker.request("calculate", { a: 10, b: 20, op: "+" }), 30);
-  await assert.rejects(worker.request("calculate", { a: 1, b: 0, op: "/" }), /Division by zero/);
-  await assert.rejects(worker.request("calculate", { a: "1", b: 0 }), /must be a finite number/);
-  await assert.rejects(worker.request("rm_rf"), (e: Error & { code?: string }) => {
-    assert.match(e.message, /^Unknown action 'rm_rf': the server offers/);
-    assert.equal(e.code, "UNKNOWN_ACTION");
-    return true;
-  });
-  const info = await worker.request("get_client_info") as { name: string; client_id: string }[];
-  assert.deepEqual(info.map((w) => [w.client_id, w.name]), [[idOf(worker), "asker"]]);
+  assert.match(
+    String(await worker.request("get_time")),
+    /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/,
+  );
+  assert.equal(
+    await worker.request("calculate", { a: 10, b: 20, op: "+" }),
+    30,
+  );
+  await assert.rejects(
+    worker.request("calculate", { a: 1, b: 0, op: "/" }),
+    /Division by zero/,
+  );
+  await assert.rejects(
+    worker.request("calculate", { a: "1", b: 0 }),
+    /must be a finite number/,
+  );
+  await assert.rejects(
+    worker.request("rm_rf"),
+    (e: Error & { code?: string }) => {
+      assert.match(e.message, /^Unknown action 'rm_rf': the server offers/);
+      assert.equal(e.code, "UNKNOWN_ACTION");
+      return true;
+    },
+  );
+  const info = await worker.request("get_client_info") as {
+    name: string;
+    client_id: string;
+  }[];
+  assert.deepEqual(info.map((w) => [w.client_id, w.name]), [[
+    idOf(worker),
+    "asker",
+  ]]);
   await worker.stop();
 });
 
@@ -236,7 +301,9 @@ const requesterCases: RequesterCase[] = [
     name: `a frame that is ${["an array", "a number", "a string", "null"][i]}`,
     frame,
     requestId: null,
-    error: `Request must be a JSON object: got ${["array", "number", "string", "null"][i]}`,
+    error: `Request must be a JSON object: got ${
+      ["array", "number", "string", "null"][i]
+    }`,
     code: "INVALID_FRAME",
   }))),
   {
@@ -297,7 +364,11 @@ const requesterCases: RequesterCase[] = [
   },
   {
     name: "a frame over the size limit",
-    frame: JSON.stringify({ request_id: "r8", command: "get_time", data: "x".repeat(500) }),
+    frame: JSON.stringify({
+      request_id: "r8",
+      command: "get_time",
+      data: "x".repeat(500),
+    }),
     requestId: "r8",
     error: /^Frame too large: \d+ characters \(limit 200\)$/,
     code: "FRAME_TOO_LARGE",
@@ -339,14 +410,18 @@ async function requesterSetup(options: ServerOptions = {}) {
   };
 }
 
-function assertFailure(answer: Frame, expected: Omit<RequesterCase, "name" | "frame">) {
+function assertFailure(
+  answer: Frame,
+  expected: Omit<RequesterCase, "name" | "frame">,
+) {
   assert.equal(answer.success, false);
   assert.equal(answer.request_id, expected.requestId);
   assert.equal(answer.data, null);
   assert.equal(answer.processed_by, null);
   assert.equal(answer.error_code, expected.code);
-  if (typeof expected.error === "string") assert.equal(answer.error, expected.error);
-  else assert.match(answer.error, expected.error);
+  if (typeof expected.error === "string") {
+    assert.equal(answer.error, expected.error);
+  } else assert.match(answer.error, expected.error);
 }
 
 for (const c of requesterCases) {
@@ -368,7 +443,8 @@ Deno.test("broker - answers a duplicate request_id in flight and still answers t
   const duplicate = await setup.peer.answer("twin");
   assertFailure(duplicate, {
     requestId: "twin",
-    error: "Duplicate request_id 'twin': a request with this id is already in flight on this connection",
+    error:
+      "Duplicate request_id 'twin': a request with this id is already in flight on this connection",
     code: "DUPLICATE_REQUEST_ID",
   });
   await setup.stillWorks();
@@ -422,7 +498,10 @@ async function workerSetup(options: ServerOptions = {}) {
     client,
     /** The worker is still connected and serving. */
     async stillServes() {
-      assert.ok(server.broker.workers().some((w) => w.client_id === id), "still registered");
+      assert.ok(
+        server.broker.workers().some((w) => w.client_id === id),
+        "still registered",
+      );
       const answering = client.request("job", { ok: 1 });
       const request = await peer.envelope("request");
       respond(peer, request, "still here");
@@ -447,8 +526,18 @@ interface WorkerCase {
 }
 
 const workerCases: WorkerCase[] = [
-  { name: "a frame that is not JSON", frame: "hello?", code: "INVALID_JSON", error: /^Cannot parse frame as JSON: / },
-  { name: "a frame that is not an object", frame: "[1,2,3]", code: "INVALID_FRAME", error: "Frame must be a JSON object: got array" },
+  {
+    name: "a frame that is not JSON",
+    frame: "hello?",
+    code: "INVALID_JSON",
+    error: /^Cannot parse frame as JSON: /,
+  },
+  {
+    name: "a frame that is not an object",
+    frame: "[1,2,3]",
+    code: "INVALID_FRAME",
+    error: "Frame must be a JSON object: got array",
+  },
   {
     name: "a frame without a type",
     frame: '{"msg_id":"m1","data":{}}',
@@ -470,13 +559,21 @@ const workerCases: WorkerCase[] = [
   },
   {
     name: "a response for a request id nobody sent",
-    frame: JSON.stringify({ type: "response", msg_id: "r-1", data: { request_id: "msg_nope", success: true, result: 1 } }),
+    frame: JSON.stringify({
+      type: "response",
+      msg_id: "r-1",
+      data: { request_id: "msg_nope", success: true, result: 1 },
+    }),
     code: "UNKNOWN_REQUEST",
     error: "Unknown request id 'msg_nope': no request of yours waits for it",
   },
   {
     name: "a response whose request_id is not a string",
-    frame: JSON.stringify({ type: "response", msg_id: "r-2", data: { request_id: 17, success: true } }),
+    frame: JSON.stringify({
+      type: "response",
+      msg_id: "r-2",
+      data: { request_id: 17, success: true },
+    }),
     code: "INVALID_FIELD",
     error: "Field 'data.request_id' must be a non-empty string: got number",
   },
@@ -520,7 +617,10 @@ Deno.test("broker - ignores an unknown message type from a worker and keeps the 
 Deno.test("broker - hands a custom message type to its registered handler", async () => {
   const seen = Promise.withResolvers<[unknown, string]>();
   await using server = startTestServer({
-    messageHandlers: { telemetry: (envelope, worker) => seen.resolve([envelope.data, worker.client_id]) },
+    messageHandlers: {
+      telemetry: (envelope, worker) =>
+        seen.resolve([envelope.data, worker.client_id]),
+    },
   });
   const { peer, id } = await openRawWorker(server);
   peer.sendEnvelope("telemetry", { cpu: 0.5 });
@@ -539,7 +639,10 @@ Deno.test("broker - rejects a worker's response to another worker's request and 
   respond(meddler.peer, request, "stolen");
   const error = await meddler.peer.envelope("error");
   assert.equal(error.data.code, "UNKNOWN_REQUEST");
-  assert.equal(error.data.error, `Unknown request id '${request.msg_id}': no request of yours waits for it`);
+  assert.equal(
+    error.data.error,
+    `Unknown request id '${request.msg_id}': no request of yours waits for it`,
+  );
   respond(owner.peer, request, "genuine");
   const answer = await answering;
   assert.equal(answer.data, "genuine");

@@ -30,12 +30,21 @@ Deno.test("dispatcher - a worker that never registers still gets work", async ()
 
 Deno.test("dispatcher - routes a command only to workers that offer it", async () => {
   await using server = startTestServer();
-  const alpha = await startWorker(server, { name: "alpha", actions: { alpha: () => "from alpha" } });
-  const beta = await startWorker(server, { name: "beta", actions: { beta: () => "from beta" } });
+  const alpha = await startWorker(server, {
+    name: "alpha",
+    actions: { alpha: () => "from alpha" },
+  });
+  const beta = await startWorker(server, {
+    name: "beta",
+    actions: { beta: () => "from beta" },
+  });
   const client = new RequesterClient(server.requesterUrl);
   await client.connect();
   for (let i = 0; i < 5; i++) {
-    const [a, b] = await Promise.all([client.request("alpha"), client.request("beta")]);
+    const [a, b] = await Promise.all([
+      client.request("alpha"),
+      client.request("beta"),
+    ]);
     assert.equal(a.data, "from alpha");
     assert.equal(a.processed_by, idOf(alpha));
     assert.equal(b.data, "from beta");
@@ -77,7 +86,10 @@ Deno.test("dispatcher - matches many concurrent requests on one connection by re
   const client = new RequesterClient(server.requesterUrl);
   await client.connect();
   const answers = await Promise.all(
-    Array.from({ length: 50 }, (_, n) => client.request("echo", { n }, { requestId: `req-${n}` })),
+    Array.from(
+      { length: 50 },
+      (_, n) => client.request("echo", { n }, { requestId: `req-${n}` }),
+    ),
   );
   answers.forEach((answer, n) => {
     assert.equal(answer.request_id, `req-${n}`);
@@ -123,7 +135,10 @@ Deno.test("dispatcher - a per-request timeout answers Worker response timeout an
   respond(worker, next, "on time");
   const good = await requester.answer("next");
   assert.equal(good.data, "on time");
-  assert.deepEqual(requester.received.map((f) => f.request_id), ["slow", "next"]);
+  assert.deepEqual(requester.received.map((f) => f.request_id), [
+    "slow",
+    "next",
+  ]);
   assert.deepEqual(worker.unread.filter((f) => f.type === "error"), []);
   await requester.close();
   await worker.close();
@@ -132,8 +147,13 @@ Deno.test("dispatcher - a per-request timeout answers Worker response timeout an
 Deno.test("dispatcher - moves in-flight work to another worker when its worker disconnects", async () => {
   await using server = startTestServer();
   // The raw worker is heavier, so it gets the request first.
-  const { peer: doomed, id: doomedId } = await openRawWorker(server, { weight: 10 });
-  const survivor = await startWorker(server, { name: "survivor", actions: { job: (p) => ({ got: p }) } });
+  const { peer: doomed, id: doomedId } = await openRawWorker(server, {
+    weight: 10,
+  });
+  const survivor = await startWorker(server, {
+    name: "survivor",
+    actions: { job: (p) => ({ got: p }) },
+  });
   const client = new RequesterClient(server.requesterUrl);
   await client.connect();
   const answering = client.request("job", { x: 1 });
@@ -161,7 +181,10 @@ Deno.test("dispatcher - answers WORKER_LOST when the only worker disconnects wit
   const answer = await answering;
   assert.equal(answer.success, false);
   assert.equal(answer.error_code, "WORKER_LOST");
-  assert.match(answer.error!, new RegExp(`^Worker '${id}' disconnected before answering`));
+  assert.match(
+    answer.error!,
+    new RegExp(`^Worker '${id}' disconnected before answering`),
+  );
   assert.equal(answer.attempts, 1);
   await client.close();
 });
@@ -178,9 +201,13 @@ Deno.test("dispatcher - gives up with WORKER_LOST after maxAttempts workers vani
   for (let i = 0; i < 2; i++) {
     const holding = () =>
       [a, b, c].find((w) =>
-        !holders.includes(w) && w.peer.received.some((f) => f.type === "request")
+        !holders.includes(w) &&
+        w.peer.received.some((f) => f.type === "request")
       );
-    await waitFor(() => holding() !== undefined, `attempt ${i + 1} to reach a worker`);
+    await waitFor(
+      () => holding() !== undefined,
+      `attempt ${i + 1} to reach a worker`,
+    );
     const holder = holding()!;
     holders.push(holder);
     await holder.peer.close();
@@ -189,7 +216,10 @@ Deno.test("dispatcher - gives up with WORKER_LOST after maxAttempts workers vani
   assert.equal(answer.error_code, "WORKER_LOST");
   assert.equal(answer.attempts, 2);
   const spare = [a, b, c].find((w) => !holders.includes(w))!;
-  assert.equal(spare.peer.received.filter((f) => f.type === "request").length, 0);
+  assert.equal(
+    spare.peer.received.filter((f) => f.type === "request").length,
+    0,
+  );
   await client.close();
   await spare.peer.close();
 });
@@ -212,7 +242,10 @@ Deno.test("dispatcher - queues requests while every worker is at max_concurrency
   await client.connect();
   const first = client.request("hold");
   const second = client.request("hold");
-  await waitFor(() => gates.length === 1 && server.broker.dispatcher.queued === 1, "one running, one queued");
+  await waitFor(
+    () => gates.length === 1 && server.broker.dispatcher.queued === 1,
+    "one running, one queued",
+  );
   assert.equal(server.broker.stats().queued, 1);
   gates[0].resolve();
   assert.equal((await first).data, 1);
@@ -229,16 +262,27 @@ Deno.test("dispatcher - queues requests while every worker is at max_concurrency
 Deno.test("dispatcher - answers Server busy when the queue is full", async () => {
   await using server = startTestServer({ maxQueue: 1 });
   const gate = Promise.withResolvers<void>();
-  const worker = await startWorker(server, { concurrency: 1, actions: { hold: () => gate.promise.then(() => "ok") } });
+  const worker = await startWorker(server, {
+    concurrency: 1,
+    actions: { hold: () => gate.promise.then(() => "ok") },
+  });
   const client = new RequesterClient(server.requesterUrl);
   await client.connect();
   const running = client.request("hold");
-  await waitFor(() => server.broker.stats().in_flight === 1 && server.broker.dispatcher.running === 1, "running");
+  await waitFor(
+    () =>
+      server.broker.stats().in_flight === 1 &&
+      server.broker.dispatcher.running === 1,
+    "running",
+  );
   const queued = client.request("hold");
   await waitFor(() => server.broker.dispatcher.queued === 1, "queued");
   const refused = await client.request("hold");
   assert.equal(refused.success, false);
-  assert.match(refused.error!, /^Server busy: 1 requests already wait for a worker \(limit 1\)$/);
+  assert.match(
+    refused.error!,
+    /^Server busy: 1 requests already wait for a worker \(limit 1\)$/,
+  );
   assert.equal(refused.error_code, "BUSY");
   gate.resolve();
   assert.equal((await running).data, "ok");
@@ -250,7 +294,10 @@ Deno.test("dispatcher - answers Server busy when the queue is full", async () =>
 Deno.test("dispatcher - a queued request fails with No available workers when the last worker leaves", async () => {
   await using server = startTestServer();
   const gate = Promise.withResolvers<void>();
-  const worker = await startWorker(server, { concurrency: 1, actions: { hold: () => gate.promise.then(() => "done") } });
+  const worker = await startWorker(server, {
+    concurrency: 1,
+    actions: { hold: () => gate.promise.then(() => "done") },
+  });
   const client = new RequesterClient(server.requesterUrl);
   await client.connect();
   const running = client.request("hold", {}, { timeout: 10 });
@@ -258,7 +305,10 @@ Deno.test("dispatcher - a queued request fails with No available workers when th
   const queued = client.request("hold", {}, { timeout: 10 });
   await waitFor(() => server.broker.dispatcher.queued === 1, "queued");
   const stopping = worker.stop();
-  await waitFor(() => server.broker.workers()[0]?.draining === true, "draining");
+  await waitFor(
+    () => server.broker.workers()[0]?.draining === true,
+    "draining",
+  );
   gate.resolve();
   assert.equal((await running).data, "done");
   await stopping;

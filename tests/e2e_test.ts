@@ -146,8 +146,8 @@ Deno.test("e2e - a batch of 120 items over 3 worker processes survives a worker 
     const items = Array.from({ length: 120 }, (_, i) => ({
       symbol_type: "etf",
       code: `${prefixes[i % 4]}${String(100 + i).padStart(3, "0")}`,
-      start_date: "2025-01-01",
-      end_date: "2025-03-31",
+      start_date: "2015-01-01",
+      end_date: "2015-03-31",
     }));
     let killed = false;
     const answer = await client.request("get_markets", items, {

@@ -1,0 +1,200 @@
+// Tokens per port: who may connect where, and that a token never leaks into the logs.
+
+import assert from "node:assert/strict";
+import { resetSync } from "@logtape/logtape";
+import { setupLogging } from "../lib/log.ts";
+import { RequesterClient } from "../lib/requester_client.ts";
+import { Worker } from "../lib/worker_client.ts";
+import { RawPeer, startTestServer, startWorker, waitFor } from "./_helpers.ts";
+
+const WORKER_TOKEN = "wtok-3f9a1c-secret";
+const REQUESTER_TOKEN = "rtok-7b2e4d-secret";
+
+// What a browser or any WebSocket client sends to open a connection.
+const UPGRADE_HEADERS = {
+  upgrade: "websocket",
+  connection: "Upgrade",
+  "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+  "sec-websocket-version": "13",
+};
+
+function tokenServer() {
+  return startTestServer({
+    workerToken: WORKER_TOKEN,
+    requesterToken: REQUESTER_TOKEN,
+  });
+}
+
+/** The HTTP status the port gives a WebSocket handshake with `headers` (no upgrade happens). */
+async function handshakeStatus(
+  url: string,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; text: string; challenge: string | null }> {
+  const res = await fetch(url.replace(/^ws/, "http"), {
+    headers: { ...UPGRADE_HEADERS, ...headers },
+  });
+  const text = await res.text();
+  return {
+    status: res.status,
+    text,
+    challenge: res.headers.get("www-authenticate"),
+  };
+}
+
+Deno.test("auth - a handshake without a token gets HTTP 401 before the upgrade, on both ports", async () => {
+  await using server = tokenServer();
+  for (const url of [server.workerUrl, server.requesterUrl]) {
+    const res = await handshakeStatus(url);
+    assert.equal(res.status, 401, url);
+    assert.equal(res.challenge, "Bearer");
+    assert.match(res.text, /Unauthorized: missing or invalid token/);
+  }
+  assert.equal(server.broker.stats().workers, 0);
+  assert.equal(server.broker.stats().requesters, 0);
+});
+
+Deno.test("auth - wrong tokens and the other port's token are refused", async () => {
+  await using server = tokenServer();
+  const cases: [string, Record<string, string>][] = [
+    [server.workerUrl, { authorization: "Bearer nope" }],
+    [server.workerUrl, { authorization: `Bearer ${REQUESTER_TOKEN}` }],
+    [server.workerUrl, { authorization: `Basic ${WORKER_TOKEN}` }],
+    [server.workerUrl, { authorization: `Bearer ${WORKER_TOKEN}x` }],
+    [server.workerUrl, { authorization: "Bearer" }],
+    [`${server.workerUrl}/?token=`, {}],
+    [server.requesterUrl, { authorization: `Bearer ${WORKER_TOKEN}` }],
+    [`${server.requesterUrl}/?token=${WORKER_TOKEN}`, {}],
+    [`${server.requesterUrl}/?token=${REQUESTER_TOKEN.slice(0, -1)}`, {}],
+  ];
+  for (const [url, headers] of cases) {
+    const res = await handshakeStatus(url, headers);
+    assert.equal(res.status, 401, `${url} ${JSON.stringify(headers)}`);
+  }
+  // The clients say so in words.
+  const wrong = new RequesterClient(server.requesterUrl, {
+    token: WORKER_TOKEN,
+  });
+  await assert.rejects(
+    wrong.connect(),
+    /Cannot connect to ws:\/\/127\.0\.0\.1:\d+: unauthorized \(missing or wrong token\)/,
+  );
+  const none = new RequesterClient(server.requesterUrl);
+  await assert.rejects(none.connect(), /unauthorized/);
+  assert.equal(none.connected, false);
+});
+
+Deno.test("auth - a Bearer header and a ?token= query are both accepted", async () => {
+  await using server = tokenServer();
+  const worker = await startWorker(server, { token: WORKER_TOKEN });
+  const client = new RequesterClient(server.requesterUrl, {
+    token: REQUESTER_TOKEN,
+  });
+  const viaQuery = await RawPeer.open(
+    `${server.requesterUrl}/?token=${encodeURIComponent(REQUESTER_TOKEN)}`,
+  );
+  const workerViaQuery = await RawPeer.open(
+    `${server.workerUrl}/?token=${WORKER_TOKEN}`,
+  );
+  try {
+    await workerViaQuery.envelope("connect");
+    // Registered for an action nobody asks for, so get_time goes to the real worker.
+    workerViaQuery.sendEnvelope("connect", { name: "q", actions: ["noop"] });
+    await waitFor(() => server.broker.workers().length === 2);
+    await client.connect();
+    const answer = await client.request("get_time");
+    assert.equal(answer.success, true, answer.error ?? "");
+    viaQuery.send({ request_id: "q1", command: "get_time" });
+    const queried = await viaQuery.answer("q1");
+    assert.equal(queried.success, true, queried.error);
+    // Header checks are case-insensitive on the scheme, as RFC 6750 says.
+    const lower = await RawPeer.open(server.requesterUrl, {
+      authorization: `bearer ${REQUESTER_TOKEN}`,
+    });
+    lower.send({ request_id: "l1", command: "get_time" });
+    assert.equal((await lower.answer("l1")).success, true);
+    await lower.close();
+  } finally {
+    await viaQuery.close();
+    await workerViaQuery.close();
+    await client.close();
+    await worker.stop();
+  }
+});
+
+Deno.test("auth - /health answers without a token: it reveals only counts", async () => {
+  await using server = tokenServer();
+  for (const port of [server.port, server.requesterPort]) {
+    const res = await fetch(`http://127.0.0.1:${port}/health`);
+    assert.equal(res.status, 200);
+    const body = await res.json();
+    assert.equal(body.status, "ok");
+    assert.equal(JSON.stringify(body).includes("tok"), false);
+  }
+  // A plain GET elsewhere is not a way around the token either: it gets no socket.
+  const res = await fetch(`http://127.0.0.1:${server.requesterPort}/`);
+  assert.equal(res.status, 426);
+  await res.body?.cancel();
+});
+
+Deno.test("auth - tokens never appear in the logs, and a refused worker logs 'unauthorized'", async () => {
+  const lines: string[] = [];
+  setupLogging({ level: "debug", write: (line) => void lines.push(line) });
+  try {
+    await using server = tokenServer();
+    // A worker with the wrong token keeps retrying and says why.
+    const refused = new Worker({
+      url: server.workerUrl,
+      name: "refused",
+      token: `${WORKER_TOKEN}-old`,
+      backoff: { initialMs: 20, maxMs: 20 },
+    });
+    void refused.start();
+    await waitFor(
+      () => lines.some((l) => /unauthorized \(missing or wrong token\)/.test(l)),
+      "the refused worker's log line",
+    );
+    assert.equal(refused.status().connects, 0);
+    await refused.stop();
+
+    // Good peers, with the token in the header and in the query, do some work.
+    const worker = await startWorker(server, { token: WORKER_TOKEN });
+    const queryWorker = await startWorker(server, {
+      url: `${server.workerUrl}/?token=${WORKER_TOKEN}`,
+      name: "query-worker",
+    });
+    const client = new RequesterClient(server.requesterUrl, {
+      token: REQUESTER_TOKEN,
+    });
+    const queryClient = new RequesterClient(
+      `${server.requesterUrl}/?token=${REQUESTER_TOKEN}`,
+    );
+    try {
+      await client.connect();
+      await queryClient.connect();
+      assert.equal((await client.request("get_time")).success, true);
+      assert.equal((await queryClient.request("get_time")).success, true);
+      const bad = new RequesterClient(
+        `${server.requesterUrl}/?token=${REQUESTER_TOKEN}-wrong`,
+      );
+      await assert.rejects(bad.connect(), (error: Error) => {
+        assert.match(error.message, /unauthorized/);
+        assert.equal(error.message.includes(REQUESTER_TOKEN), false);
+        return true;
+      });
+    } finally {
+      await client.close();
+      await queryClient.close();
+      await worker.stop();
+      await queryWorker.stop();
+    }
+    assert.ok(lines.length > 10, `too few log lines: ${lines.length}`);
+    assert.ok(lines.some((l) => /Refused a worker connection/.test(l)));
+    for (const line of lines) {
+      assert.equal(line.includes(WORKER_TOKEN), false, line);
+      assert.equal(line.includes(REQUESTER_TOKEN), false, line);
+      assert.equal(line.includes("tok-"), false, line);
+    }
+  } finally {
+    resetSync();
+  }
+});

@@ -1,0 +1,392 @@
+import assert from "node:assert/strict";
+import type { ActionHandler } from "../lib/action.ts";
+import { createMarketService } from "../lib/market/mod.ts";
+import { RequesterClient } from "../lib/requester_client.ts";
+import type { ServerOptions } from "../lib/server.ts";
+import type { Worker } from "../lib/worker_client.ts";
+import {
+  type Frame,
+  idOf,
+  RawPeer,
+  startTestServer,
+  startWorker,
+  type TestServer,
+} from "./_helpers.ts";
+
+interface Item {
+  code: string;
+  symbol_type?: string;
+}
+
+/** A stub `get_markets`: one success per item, naming the worker that served it. */
+function stubMarkets(name: string, calls: Item[][] = []): ActionHandler {
+  return (params, ctx) => {
+    const items = params as Item[];
+    calls.push(items);
+    items.forEach((_, i) => ctx.progress?.(i + 1, items.length));
+    return items.map((item) => ({
+      success: true,
+      code: item.code,
+      name: `${name}:${item.code}`,
+      data: [],
+    }));
+  };
+}
+
+async function startPool(
+  server: TestServer,
+  handlers: ActionHandler[],
+): Promise<Worker[]> {
+  const workers: Worker[] = [];
+  for (const [i, handler] of handlers.entries()) {
+    workers.push(
+      await startWorker(server, {
+        name: `w${i}`,
+        actions: { get_markets: handler },
+      }),
+    );
+  }
+  return workers;
+}
+
+async function withPool(
+  handlers: ActionHandler[],
+  test: (
+    server: TestServer,
+    client: RequesterClient,
+    workers: Worker[],
+  ) => Promise<void>,
+  options: ServerOptions = {},
+) {
+  await using server = startTestServer(options);
+  const workers = await startPool(server, handlers);
+  const client = new RequesterClient(server.requesterUrl);
+  await client.connect();
+  try {
+    await test(server, client, workers);
+  } finally {
+    await client.close();
+    for (const worker of workers) await worker.stop();
+  }
+}
+
+const CODES = Array.from({ length: 30 }, (_, i) => String(510000 + i * 7));
+
+Deno.test("batch - spreads get_markets over workers and merges results in input order", async () => {
+  await withPool(
+    [stubMarkets("a"), stubMarkets("b"), stubMarkets("c")],
+    async (_server, client, workers) => {
+      const items = CODES.map((code) => ({ symbol_type: "etf", code }));
+      const answer = await client.request("get_markets", items);
+      assert.equal(answer.success, true);
+      assert.equal(answer.error, null);
+      const data = answer.data as {
+        results: { code: string; success: boolean; processed_by: string }[];
+        summary: unknown;
+        distributed: {
+          workers_used: number;
+          elapsed_time: number;
+          errors: unknown;
+        };
+      };
+      assert.deepEqual(data.results.map((r) => r.code), CODES);
+      assert.deepEqual(data.summary, { total: 30, success: 30, failed: 0 });
+      const used = new Set(data.results.map((r) => r.processed_by));
+      assert.equal(data.distributed.workers_used, used.size);
+      assert.equal(used.size, 3, "30 codes land on all three workers");
+      assert.equal(answer.processed_by, `distributed_${used.size}_workers`);
+      assert.equal(data.distributed.errors, null);
+      assert.equal(typeof data.distributed.elapsed_time, "number");
+      const ids = new Set(workers.map(idOf));
+      for (const id of used) assert.ok(ids.has(id));
+    },
+  );
+});
+
+Deno.test("batch - keeps every item of a code on the same worker, batch after batch", async () => {
+  await withPool(
+    [stubMarkets("a"), stubMarkets("b"), stubMarkets("c")],
+    async (_server, client) => {
+      const homes = async (codes: string[]) => {
+        const items = codes.flatMap((
+          code,
+        ) => [{ code, period: "daily" }, { code, period: "weekly" }]);
+        const answer = await client.request("get_markets", { markets: items });
+        const results =
+          (answer.data as { results: { code: string; processed_by: string }[] })
+            .results;
+        const home = new Map<string, string>();
+        for (const r of results) {
+          if (home.has(r.code)) {
+            assert.equal(
+              home.get(r.code),
+              r.processed_by,
+              `both items of ${r.code} together`,
+            );
+          }
+          home.set(r.code, r.processed_by);
+        }
+        return home;
+      };
+      const first = await homes(CODES);
+      const second = await homes(CODES);
+      for (const code of CODES) {
+        assert.equal(
+          second.get(code),
+          first.get(code),
+          code,
+        );
+      }
+    },
+  );
+});
+
+Deno.test("batch - accepts both a list and {markets: [...]}", async () => {
+  await withPool([stubMarkets("a")], async (_server, client) => {
+    const items = [{ code: "510300" }, { code: "159915" }];
+    const asList = await client.request("get_markets", items);
+    const asObject = await client.request("get_markets", { markets: items });
+    for (const answer of [asList, asObject]) {
+      assert.equal(answer.success, true);
+      assert.equal(answer.processed_by, "distributed_1_workers");
+      assert.deepEqual((answer.data as { summary: unknown }).summary, {
+        total: 2,
+        success: 2,
+        failed: 0,
+      });
+    }
+  });
+});
+
+Deno.test("batch - re-sends items that a worker's blocked upstream failed to another worker", async () => {
+  const blockedCalls: Item[][] = [];
+  const blocked: ActionHandler = (params) => {
+    blockedCalls.push(params as Item[]);
+    return (params as Item[]).map((item) => ({
+      success: false,
+      code: item.code,
+      error: "Upstream refused: HTTP 403",
+      error_code: "UPSTREAM_BLOCKED",
+      retriable: true,
+    }));
+  };
+  await withPool(
+    [blocked, stubMarkets("b"), stubMarkets("c")],
+    async (_server, client, workers) => {
+      const answer = await client.request(
+        "get_markets",
+        CODES.map((code) => ({ code })),
+      );
+      const data = answer.data as {
+        results: { code: string; success: boolean; processed_by: string }[];
+        summary: unknown;
+        distributed: { errors: string[] | null };
+      };
+      assert.ok(
+        blockedCalls.length > 0,
+        "the blocked worker got a share first",
+      );
+      assert.deepEqual(data.summary, { total: 30, success: 30, failed: 0 });
+      assert.deepEqual(data.results.map((r) => r.code), CODES);
+      const blockedId = idOf(workers[0]);
+      for (const r of data.results) assert.notEqual(r.processed_by, blockedId);
+      assert.ok(
+        data.distributed.errors?.some((e) =>
+          e.includes(`re-sent: upstream of worker ${blockedId}`)
+        ),
+      );
+    },
+  );
+});
+
+Deno.test("batch - sends progress frames only when the requester asks", async () => {
+  await withPool([stubMarkets("a"), stubMarkets("b")], async (server) => {
+    const peer = await RawPeer.open(server.requesterUrl);
+    const items = CODES.map((code) => ({ code }));
+    peer.send({ request_id: "quiet", command: "get_markets", data: items });
+    await peer.answer("quiet");
+    peer.send({
+      request_id: "loud",
+      command: "get_markets",
+      data: items,
+      progress: true,
+    });
+    const loud = await peer.answer("loud");
+    assert.equal(loud.success, true);
+    const frames: Frame[] = peer.received;
+    assert.deepEqual(
+      frames.filter((f) => f.request_id === "quiet").length,
+      1,
+      "one frame, the answer",
+    );
+    const progress = frames.filter((f) =>
+      f.request_id === "loud" && "progress" in f
+    );
+    assert.ok(progress.length >= 1);
+    for (const f of progress) {
+      assert.equal(f.progress.total, 30);
+      assert.ok(!("success" in f));
+    }
+    assert.deepEqual(progress.at(-1).progress, { done: 30, total: 30 });
+    assert.ok(
+      frames.indexOf(progress.at(-1)) < frames.indexOf(loud),
+      "progress comes before the answer",
+    );
+    await peer.close();
+  });
+});
+
+Deno.test("batch - RequesterClient delivers progress to onProgress", async () => {
+  await withPool([stubMarkets("a")], async (_server, client) => {
+    const seen: { done: number; total?: number }[] = [];
+    const answer = await client.request(
+      "get_markets",
+      CODES.map((code) => ({ code })),
+      {
+        onProgress: (p) => seen.push(p),
+      },
+    );
+    assert.equal(answer.success, true);
+    assert.deepEqual(seen.at(-1), { done: 30, total: 30 });
+  });
+});
+
+Deno.test("batch - answers BATCH_TOO_LARGE over the item limit", async () => {
+  await withPool([stubMarkets("a")], async (_server, client) => {
+    const answer = await client.request("get_markets", [{ code: "1" }, {
+      code: "2",
+    }, { code: "3" }]);
+    assert.equal(answer.success, false);
+    assert.equal(answer.error_code, "BATCH_TOO_LARGE");
+    assert.equal(answer.error, "Batch too large: 3 items (limit 2)");
+    assert.equal(
+      (await client.request("get_markets", [{ code: "1" }])).success,
+      true,
+      "connection still works",
+    );
+  }, { maxBatchItems: 2 });
+});
+
+Deno.test("batch - answers INVALID_DATA when data is neither a list nor {markets: [...]}", async () => {
+  await withPool([stubMarkets("a")], async (_server, client) => {
+    for (
+      const data of ["510300", { markets: "510300" }, { code: "510300" }, 5]
+    ) {
+      const answer = await client.request("get_markets", data);
+      assert.equal(answer.success, false, JSON.stringify(data));
+      assert.equal(answer.error_code, "INVALID_DATA");
+      assert.match(
+        answer.error!,
+        /^Field 'data' of get_markets must be a list/,
+      );
+    }
+  });
+});
+
+Deno.test("batch - an invalid item fails alone, not the batch", async () => {
+  await withPool([stubMarkets("a")], async (_server, client) => {
+    const answer = await client.request("get_markets", [
+      { code: "510300" },
+      42,
+      { code: "159915" },
+    ]);
+    assert.equal(answer.success, true);
+    const data = answer.data as {
+      results: { success: boolean; error_code?: string }[];
+      summary: unknown;
+    };
+    assert.deepEqual(data.results.map((r) => r.success), [true, false, true]);
+    assert.equal(data.results[1].error_code, "INVALID_PARAMS");
+    assert.deepEqual(data.summary, { total: 3, success: 2, failed: 1 });
+  });
+});
+
+Deno.test("batch - answers No available workers when no worker offers get_markets", async () => {
+  await using server = startTestServer();
+  const worker = await startWorker(server);
+  const client = new RequesterClient(server.requesterUrl);
+  await client.connect();
+  const answer = await client.request("get_markets", [{ code: "510300" }]);
+  assert.equal(answer.success, false);
+  assert.equal(answer.error, "No available workers");
+  assert.equal(answer.error_code, "NO_WORKERS");
+  await client.close();
+  await worker.stop();
+});
+
+Deno.test("batch - runs on three workers with the real market service on the demo provider", async () => {
+  const services = [0, 1, 2].map(() =>
+    createMarketService({ providers: ["demo"] })
+  );
+  await using server = startTestServer();
+  const workers: Worker[] = [];
+  for (const [i, service] of services.entries()) {
+    workers.push(
+      await startWorker(server, {
+        name: `demo${i}`,
+        actions: service.actions(),
+      }),
+    );
+  }
+  const client = new RequesterClient(server.requesterUrl);
+  await client.connect();
+  const items = [
+    {
+      symbol_type: "etf",
+      code: "510300",
+      period: "daily",
+      start_date: "2024-01-01",
+      end_date: "2024-01-31",
+      adjust: "qfq",
+    },
+    {
+      symbol_type: "stock",
+      code: "600519",
+      period: "weekly",
+      start_date: "2024-01-01",
+      end_date: "2024-03-31",
+    },
+    {
+      symbol_type: "index",
+      code: "000300",
+      period: "monthly",
+      start_date: "2023-01-01",
+      end_date: "2023-12-31",
+    },
+    {
+      symbol_type: "etf",
+      code: "159915",
+      period: "daily",
+      start_date: "2024-02-01",
+      end_date: "2024-02-29",
+    },
+    { symbol_type: "bond", code: "123456" },
+  ];
+  const answer = await client.request("get_markets", { markets: items });
+  assert.equal(answer.success, true);
+  const data = answer.data as {
+    results: {
+      success: boolean;
+      code: string;
+      data?: { date: string; close: number }[];
+      source?: string;
+    }[];
+    summary: { total: number; success: number; failed: number };
+  };
+  assert.deepEqual(data.results.map((r) => r.code), items.map((i) => i.code));
+  assert.deepEqual(data.summary, { total: 5, success: 4, failed: 1 });
+  for (const r of data.results.slice(0, 4)) {
+    assert.equal(r.success, true);
+    assert.ok(r.data!.length > 0, `${r.code} has bars`);
+    assert.equal(r.source, "demo");
+  }
+  assert.equal(
+    data.results[4].success,
+    false,
+    "an invalid symbol_type fails that item alone",
+  );
+  assert.match(answer.processed_by!, /^distributed_[1-3]_workers$/);
+  await client.close();
+  for (const worker of workers) await worker.stop();
+  for (const service of services) service.close();
+});

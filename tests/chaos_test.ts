@@ -1,0 +1,299 @@
+// Chaos: worker processes killed and restarted at random (fixed seed), the server restarted once,
+// a 300-item batch and a stream of single requests throughout. Every request must end with
+// exactly one correct answer, and nothing may hang.
+
+import assert from "node:assert/strict";
+import { WebSocket } from "../lib/_ws.ts";
+import { startFakeEastmoney } from "./_fake_eastmoney.ts";
+import { Program, startServerProgram, waitForHealth } from "./_procs.ts";
+
+function mulberry32(seed: number): () => number {
+  return () => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A raw requester that counts every answer per request_id, so duplicates would show. */
+class CountingRequester {
+  answers = new Map<string, Record<string, unknown>[]>();
+  #socket: WebSocket | undefined;
+  #waiting = new Map<
+    string,
+    (answer: Record<string, unknown> | undefined) => void
+  >();
+
+  constructor(readonly url: string) {}
+
+  async connect(): Promise<void> {
+    const socket = new WebSocket(this.url);
+    socket.on("message", (data: unknown) => {
+      const answer = JSON.parse(String(data));
+      if ("progress" in answer && !("success" in answer)) return;
+      const id = answer.request_id as string;
+      const list = this.answers.get(id) ?? [];
+      list.push(answer);
+      this.answers.set(id, list);
+      this.#waiting.get(id)?.(answer);
+      this.#waiting.delete(id);
+    });
+    socket.on("close", () => {
+      for (const done of this.#waiting.values()) done(undefined);
+      this.#waiting.clear();
+    });
+    socket.on("error", () => {});
+    await new Promise<void>((resolve, reject) => {
+      socket.once("open", () => resolve());
+      socket.once("error", reject);
+    });
+    this.#socket = socket;
+  }
+
+  get open(): boolean {
+    return this.#socket?.readyState === 1;
+  }
+
+  /** Sends and resolves with the answer, or undefined when the connection dropped first. */
+  send(
+    id: string,
+    command: string,
+    data: unknown,
+    timeout = 30,
+  ): Promise<Record<string, unknown> | undefined> {
+    if (!this.open) return Promise.resolve(undefined);
+    const { promise, resolve } = Promise.withResolvers<
+      Record<string, unknown> | undefined
+    >();
+    this.#waiting.set(id, resolve);
+    this.#socket!.send(
+      JSON.stringify({ request_id: id, command, data, timeout }),
+    );
+    return promise;
+  }
+
+  async close(): Promise<void> {
+    const socket = this.#socket;
+    if (!socket || socket.readyState === 3) return;
+    const closed = new Promise((r) => socket.once("close", r));
+    socket.close();
+    await closed;
+  }
+}
+
+const TRANSIENT = new Set(["SHUTTING_DOWN", "NO_WORKERS"]);
+
+Deno.test({
+  name: "chaos - workers killed at random and a server restart lose no request",
+  async fn() {
+    const random = mulberry32(20261127);
+    await using upstream = await startFakeEastmoney({
+      synthetic: true,
+      // A short history keeps the fake upstream's CPU out of the picture.
+      syntheticEnd: "2015-12-31",
+      latencyMs: 25,
+    });
+    const first = await startServerProgram([
+      "--max-attempts",
+      "8",
+      "--grace",
+      "20",
+    ]);
+    const { workerPort, requesterPort } = first;
+    let server = first.program;
+    const workerArgs = (i: number) => [
+      "--url",
+      `ws://127.0.0.1:${workerPort}`,
+      "--name",
+      `chaos-${i}`,
+      "--eastmoney-url",
+      upstream.url,
+      "--rate-limit",
+      "0",
+      "--max-backoff",
+      "0.5",
+      "--no-console",
+    ];
+    const workers: Program[] = [0, 1, 2, 3].map((i) =>
+      new Program("worker.ts", workerArgs(i))
+    );
+    const retired: Program[] = [];
+    const requesterUrl = `ws://127.0.0.1:${requesterPort}`;
+    const clients: CountingRequester[] = [];
+    let client = new CountingRequester(requesterUrl);
+    clients.push(client);
+    const reconnect = async () => {
+      for (let i = 0; i < 200 && !client.open; i++) {
+        try {
+          const next = new CountingRequester(requesterUrl);
+          await next.connect();
+          client = next;
+          clients.push(next);
+        } catch {
+          await sleep(25);
+        }
+      }
+    };
+    let kills = 0;
+    let retries = 0;
+    try {
+      await waitForHealth(workerPort, (h) => h.workers === 4);
+      await client.connect();
+
+      /** Sends one logical request until it gets a final answer; returns that answer. */
+      const call = async (id: string, command: string, data: unknown) => {
+        for (let attempt = 0; attempt < 50; attempt++) {
+          const answer = await client.send(
+            `${id}#${attempt}`,
+            command,
+            data,
+            60,
+          );
+          if (
+            answer &&
+            !(answer.success === false &&
+              TRANSIENT.has(String(answer.error_code)))
+          ) {
+            return answer;
+          }
+          retries++;
+          await reconnect();
+          await sleep(20);
+        }
+        throw new Error(`${id} never got a final answer`);
+      };
+
+      const code = (i: number) => `51${String(i % 10000).padStart(4, "0")}`;
+      const batchItems = (n: number, offset: number) =>
+        Array.from({ length: n }, (_, i) => ({
+          symbol_type: "etf",
+          code: code(offset + i),
+          start_date: "2015-01-01",
+          end_date: "2015-06-30",
+        }));
+
+      let running = true;
+      const singles: Promise<void>[] = [];
+      const stream = (async () => {
+        for (let n = 0; running && n < 400; n++) {
+          const i = Math.floor(random() * 500);
+          const id = `single-${n}`;
+          singles.push(
+            (async () => {
+              const market = random() < 0.7;
+              const answer = market
+                ? await call(id, "get_market", batchItems(1, i)[0])
+                : await call(id, "get_time", {});
+              assert.equal(
+                answer.success,
+                true,
+                `${id}: ${JSON.stringify(answer)}`,
+              );
+              if (market) {
+                const data = answer.data as { code: string; data: unknown[] };
+                assert.equal(data.code, code(i));
+                assert.ok(data.data.length > 0);
+              } else {assert.match(
+                  String(answer.data),
+                  /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/,
+                );}
+            })(),
+          );
+          await sleep(15);
+        }
+      })();
+
+      const chaos = (async () => {
+        while (running) {
+          await sleep(400 + random() * 400);
+          if (!running) break;
+          const i = Math.floor(random() * workers.length);
+          workers[i].kill("SIGKILL");
+          retired.push(workers[i]);
+          kills++;
+          await sleep(100 + random() * 200);
+          workers[i] = new Program("worker.ts", workerArgs(i));
+        }
+      })();
+
+      const checkBatch = (
+        answer: Record<string, unknown>,
+        items: { code: string }[],
+      ) => {
+        assert.equal(
+          answer.success,
+          true,
+          JSON.stringify(answer).slice(0, 500),
+        );
+        const data = answer.data as {
+          results: { success: boolean; code: string; error?: string }[];
+          summary: { total: number; success: number };
+        };
+        assert.equal(data.results.length, items.length);
+        data.results.forEach((r, k) => {
+          assert.equal(r.code, items[k].code, `item ${k} out of order`);
+          assert.equal(r.success, true, `item ${k}: ${r.error}`);
+        });
+        assert.equal(data.summary.success, items.length);
+      };
+
+      const t0 = Date.now();
+      const before = batchItems(300, 1000);
+      checkBatch(await call("batch-1", "get_markets", before), before);
+      const t1 = Date.now();
+
+      // Restart the server once: it drains, exits 0, and a new one takes the same ports.
+      server.kill("SIGTERM");
+      assert.equal((await server.done()).code, 0);
+      server = new Program("server.ts", [
+        "--host",
+        "127.0.0.1",
+        "--port",
+        String(workerPort),
+        "--requester-port",
+        String(requesterPort),
+        "--max-attempts",
+        "8",
+        "--no-console",
+      ]);
+      await server.waitFor(/Requester port listening/);
+      await reconnect();
+      const t2 = Date.now();
+
+      const after = batchItems(300, 2000);
+      checkBatch(await call("batch-2", "get_markets", after), after);
+
+      const t3 = Date.now();
+      console.log(
+        `batch 1 ${t1 - t0} ms, restart ${t2 - t1} ms, batch 2 ${t3 - t2} ms`,
+      );
+      running = false;
+      await Promise.all([stream, chaos]);
+      await Promise.all(singles);
+
+      // Exactly once: no request_id was ever answered twice on any connection.
+      for (const c of clients) {
+        for (const [id, list] of c.answers) {
+          assert.equal(list.length, 1, `${id} answered ${list.length} times`);
+        }
+      }
+      assert.ok(kills >= 3, `only ${kills} kills happened`);
+      console.log(
+        `chaos: ${singles.length} singles + 600 batch items, ${kills} kills, 1 server restart, ${retries} resends after connection loss`,
+      );
+    } finally {
+      if (Deno.env.get("CHAOS_LOG")) {
+        Deno.writeTextFileSync(
+          Deno.env.get("CHAOS_LOG")!,
+          server.lines.join("\n"),
+        );
+      }
+      for (const c of clients) await c.close();
+      await Promise.all([...workers, ...retired].map((w) => w.stop()));
+      await server.stop();
+    }
+  },
+});

@@ -1,0 +1,286 @@
+// TLS: a self-signed CA made with the openssl CLI, the server on wss:// and https://, clients that
+// trust the CA by `ca`, and clients that do not.
+
+import assert from "node:assert/strict";
+import { RequesterClient } from "../lib/requester_client.ts";
+import { startServer } from "../lib/server.ts";
+import { Worker } from "../lib/worker_client.ts";
+import { Program, runProgram, startServerProgram } from "./_procs.ts";
+import { waitFor } from "./_helpers.ts";
+
+interface Pki {
+  dir: string;
+  caFile: string;
+  certFile: string;
+  keyFile: string;
+  ca: string;
+  cert: string;
+  key: string;
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+async function openssl(args: string[], cwd: string): Promise<void> {
+  const out = await new Deno.Command("openssl", {
+    args,
+    cwd,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  if (!out.success) {
+    throw new Error(
+      `openssl ${args[0]} failed: ${new TextDecoder().decode(out.stderr)}`,
+    );
+  }
+}
+
+function hasOpenssl(): boolean {
+  try {
+    return new Deno.Command("openssl", {
+      args: ["version"],
+      stdout: "null",
+      stderr: "null",
+    }).outputSync().success;
+  } catch {
+    return false;
+  }
+}
+
+const OPENSSL = hasOpenssl();
+if (!OPENSSL) console.log("(skipped: openssl not found)");
+
+/** A CA, and a server certificate it signed for localhost and 127.0.0.1, in a temp dir. */
+async function makePki(): Promise<Pki> {
+  const dir = await Deno.makeTempDir({ prefix: "switchyard_tls_" });
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+  await openssl([
+    "req",
+    "-x509",
+    ...ec,
+    "-nodes",
+    "-keyout",
+    "ca.key",
+    "-out",
+    "ca.pem",
+    "-days",
+    "2",
+    "-subj",
+    "/CN=Switchyard Test CA",
+    "-addext",
+    "basicConstraints=critical,CA:TRUE",
+    "-addext",
+    "keyUsage=critical,keyCertSign,cRLSign",
+  ], dir);
+  await openssl([
+    "req",
+    ...ec,
+    "-nodes",
+    "-keyout",
+    "server.key",
+    "-out",
+    "server.csr",
+    "-subj",
+    "/CN=localhost",
+  ], dir);
+  await Deno.writeTextFile(
+    `${dir}/ext.cnf`,
+    "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n" +
+      "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+  );
+  await openssl([
+    "x509",
+    "-req",
+    "-in",
+    "server.csr",
+    "-CA",
+    "ca.pem",
+    "-CAkey",
+    "ca.key",
+    "-CAcreateserial",
+    "-out",
+    "server.pem",
+    "-days",
+    "2",
+    "-extfile",
+    "ext.cnf",
+  ], dir);
+  return {
+    dir,
+    caFile: `${dir}/ca.pem`,
+    certFile: `${dir}/server.pem`,
+    keyFile: `${dir}/server.key`,
+    ca: await Deno.readTextFile(`${dir}/ca.pem`),
+    cert: await Deno.readTextFile(`${dir}/server.pem`),
+    key: await Deno.readTextFile(`${dir}/server.key`),
+    [Symbol.asyncDispose]: () => Deno.remove(dir, { recursive: true }),
+  };
+}
+
+async function getHealth(
+  url: string,
+  ca: string,
+): Promise<Record<string, unknown>> {
+  using client = Deno.createHttpClient({ caCerts: [ca] });
+  const res = await fetch(url, { client });
+  assert.equal(res.status, 200);
+  return await res.json();
+}
+
+Deno.test({
+  name: "tls - a Worker and a RequesterClient round-trip over wss://localhost with `ca`",
+  ignore: !OPENSSL,
+  async fn() {
+    await using pki = await makePki();
+    const server = startServer({
+      host: "localhost",
+      port: 0,
+      requesterPort: 0,
+      sweepIntervalMs: 0,
+      cert: pki.cert,
+      key: pki.key,
+    });
+    const worker = new Worker({
+      url: `wss://localhost:${server.port}`,
+      name: "tls-worker",
+      ca: pki.ca,
+      backoff: { initialMs: 10, maxMs: 50 },
+    });
+    worker.registerAction("echo", (params) => params);
+    const client = new RequesterClient(
+      `wss://localhost:${server.requesterPort}`,
+      { ca: pki.ca },
+    );
+    try {
+      assert.match(server.workerUrl, /^wss:\/\/localhost:\d+$/);
+      const ready = worker.ready();
+      void worker.start();
+      await ready;
+      await waitFor(() => server.broker.workers().some((w) => w.registered));
+      await client.connect();
+      const answer = await client.request("echo", { text: "über TLS" });
+      assert.equal(answer.success, true, answer.error ?? "");
+      assert.deepEqual(answer.data, { text: "über TLS" });
+
+      for (const port of [server.port, server.requesterPort]) {
+        const health = await getHealth(
+          `https://localhost:${port}/health`,
+          pki.ca,
+        );
+        assert.equal(health.workers, 1);
+      }
+      // 127.0.0.1 is in the certificate too.
+      const byIp = await getHealth(
+        `https://127.0.0.1:${server.requesterPort}/health`,
+        pki.ca,
+      );
+      assert.equal(byIp.requesters, 1);
+    } finally {
+      await client.close();
+      await worker.stop();
+      await server.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "tls - without `ca` a client fails with a clear certificate error",
+  ignore: !OPENSSL,
+  async fn() {
+    await using pki = await makePki();
+    const server = startServer({
+      host: "localhost",
+      port: 0,
+      requesterPort: 0,
+      sweepIntervalMs: 0,
+      cert: pki.cert,
+      key: pki.key,
+    });
+    try {
+      const client = new RequesterClient(
+        `wss://localhost:${server.requesterPort}`,
+      );
+      await assert.rejects(
+        client.connect(),
+        /^Error: Cannot connect to wss:\/\/localhost:\d+: .*(certificate|issuer)/i,
+      );
+      // A plain ws:// client on a TLS port fails too, rather than hanging.
+      const plain = new RequesterClient(
+        `ws://localhost:${server.requesterPort}`,
+        { handshakeTimeoutMs: 2000 },
+      );
+      await assert.rejects(plain.connect(), /Cannot connect to ws:\/\//);
+      // fetch without the CA refuses the certificate as well.
+      await assert.rejects(
+        fetch(`https://localhost:${server.requesterPort}/health`),
+        TypeError,
+      );
+      assert.equal(server.broker.stats().requesters, 0);
+    } finally {
+      await server.close();
+    }
+  },
+});
+
+Deno.test({
+  name: "tls - the programs: server.ts --cert --key, worker.ts --ca, requester.ts --ca",
+  ignore: !OPENSSL,
+  async fn() {
+    await using pki = await makePki();
+    const server = await startServerProgram([
+      "--cert",
+      pki.certFile,
+      "--key",
+      pki.keyFile,
+    ]);
+    const worker = new Program("worker.ts", [
+      "--url",
+      `wss://localhost:${server.workerPort}`,
+      "--ca",
+      pki.caFile,
+      "--name",
+      "tls-program",
+      "--provider",
+      "demo",
+      "--no-console",
+    ]);
+    try {
+      const until = Date.now() + 20_000;
+      while (
+        (await getHealth(
+          `https://localhost:${server.workerPort}/health`,
+          pki.ca,
+        )).workers !== 1
+      ) {
+        assert.ok(Date.now() < until, worker.lines.join("\n"));
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      const out = await runProgram("requester.ts", [
+        "--url",
+        `wss://localhost:${server.requesterPort}`,
+        "--ca",
+        pki.caFile,
+        "--compact",
+        "get_time",
+      ]);
+      assert.equal(out.code, 0, out.stderr);
+      const answer = JSON.parse(out.stdout);
+      assert.equal(answer.success, true);
+      assert.match(answer.data, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/);
+
+      const untrusted = await runProgram("requester.ts", [
+        "--url",
+        `wss://localhost:${server.requesterPort}`,
+        "get_time",
+      ]);
+      assert.equal(untrusted.code, 2);
+      assert.match(untrusted.stderr, /Cannot connect to wss:\/\/localhost/);
+
+      worker.kill("SIGTERM");
+      assert.equal((await worker.done()).code, 0);
+      server.program.kill("SIGTERM");
+      assert.equal((await server.program.done()).code, 0);
+    } finally {
+      await worker.stop();
+      await server.program.stop();
+    }
+  },
+});
