@@ -36,6 +36,8 @@ export interface LoadOptions {
 export interface LoadResult extends LoadSummary {
   /** Answers with `success: false`. */
   errors: number;
+  /** Answers received in all, warm-up included. */
+  answers: number;
   /** Requests still unanswered 5 s after the load stopped. */
   unanswered: number;
   /** Mean answer frame size in bytes. */
@@ -98,6 +100,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
   let replyBytes = 0;
   let outstanding = 0;
   let seq = 0;
+  let answers = 0;
   let sending = true;
   const start = performance.now();
   const from = start + warmupMs;
@@ -122,6 +125,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
       if (t0 === undefined) return;
       sentAt.delete(answer.request_id);
       outstanding--;
+      answers++;
       if (t0 >= from && now <= until) {
         latencies.push(now - t0);
         replyBytes += text.length;
@@ -147,6 +151,7 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
   return {
     ...summary,
     errors,
+    answers,
     unanswered: outstanding,
     replyBytes: summary.count ? replyBytes / summary.count : 0,
     requestBytes: frameFor(`${options.connections - 1}-${seq}`).length,

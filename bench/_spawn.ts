@@ -137,3 +137,21 @@ export async function machineBusy(ms = 1000): Promise<number> {
     return NaN;
   }
 }
+
+/** CPU seconds (user + system) used so far by each of `pids`, from `/proc/<pid>/stat`. */
+export async function cpuSeconds(pids: number[]): Promise<number[]> {
+  try {
+    const { stdout } = await new Deno.Command("cat", {
+      args: pids.map((pid) => `/proc/${pid}/stat`),
+      stderr: "null",
+    }).output();
+    const lines = new TextDecoder().decode(stdout).trim().split("\n");
+    return pids.map((_, i) => {
+      // Fields after the `(comm)`: state is 0, utime 11, stime 12, in clock ticks (100 Hz).
+      const f = (lines[i] ?? "").split(") ")[1]?.split(" ") ?? [];
+      return (Number(f[11]) + Number(f[12])) / 100;
+    });
+  } catch {
+    return pids.map(() => NaN);
+  }
+}

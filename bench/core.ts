@@ -8,7 +8,7 @@
 
 import { startServer } from "../lib/server.ts";
 import { type ClientKind, type LoadResult, runLoad } from "./_load.ts";
-import { type Helper, spawnHelper } from "./_spawn.ts";
+import { cpuSeconds, type Helper, spawnHelper } from "./_spawn.ts";
 import { type Check, fixed, table } from "./_stats.ts";
 
 /** Options for {@linkcode runCore}. */
@@ -31,6 +31,8 @@ export interface CoreRow {
   /** Extra words for the row name. */
   note?: string;
   result: LoadResult;
+  /** CPU time per answer, in µs, of each process taking part (bench client included). */
+  cpuUs: Record<string, number>;
   /** Broker rows: req/s divided by the echo row's with the same load and size. */
   rpsRatio?: number;
   /** Broker rows: p50 divided by the echo row's. */
@@ -60,11 +62,14 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
   const helpers: Helper[] = [];
   let inproc: ReturnType<typeof startServer> | undefined;
   const measure = async (
-    row: Omit<CoreRow, "result" | "name">,
+    row: Omit<CoreRow, "result" | "name" | "cpuUs">,
     url: string,
     data: unknown,
+    procs: Record<string, number>,
     secs = seconds,
   ) => {
+    const names = Object.keys(procs);
+    const before = await cpuSeconds(Object.values(procs));
     const name = `${row.target} ${row.connections}x${row.inFlight} ${
       label(row.size)
     }${row.note ? ` ${row.note}` : ""}`;
@@ -77,11 +82,18 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
       data,
       client: row.client,
     });
+    const after = await cpuSeconds(Object.values(procs));
+    const cpuUs: Record<string, number> = {};
+    names.forEach((n, i) => {
+      const key = n.replace(/\d+$/, "");
+      cpuUs[key] = (cpuUs[key] ?? 0) +
+        (after[i] - before[i]) * 1e6 / result.answers;
+    });
     const echo = rows.find((r) =>
       r.target === "echo" && r.connections === row.connections &&
       r.inFlight === row.inFlight && r.size === row.size
     );
-    const full: CoreRow = { ...row, name, result };
+    const full: CoreRow = { ...row, name, result, cpuUs };
     if (echo && row.target !== "echo" && !row.note) {
       full.rpsRatio = result.rps / echo.result.rps;
       full.p50Ratio = result.p50 / echo.result.p50;
@@ -106,22 +118,29 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
       ),
     );
     helpers.push(...workers);
+    const echoProcs = { client: Deno.pid, echo: echo.pid };
+    const brokerProcs = {
+      client: Deno.pid,
+      server: server.pid,
+      worker1: workers[0].pid,
+      worker2: workers[1].pid,
+    };
     // Each broker row runs right after its echo row, so that load from other programs on the
     // machine skews both sides of a ratio alike.
     for (const [c, w] of LOADS) {
       for (const size of [SMALL, LARGE]) {
-        for (
-          const [target, url] of [["echo", echoUrl], [
-            "broker",
-            requesterUrl,
-          ]] as const
-        ) {
-          await measure(
-            { target, connections: c, inFlight: w, size, client: "ws" },
-            url,
-            { size },
-          );
-        }
+        await measure(
+          { target: "echo", connections: c, inFlight: w, size, client: "ws" },
+          echoUrl,
+          { size },
+          echoProcs,
+        );
+        await measure(
+          { target: "broker", connections: c, inFlight: w, size, client: "ws" },
+          requesterUrl,
+          { size },
+          brokerProcs,
+        );
       }
     }
     await echo.stop();
@@ -141,6 +160,7 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
         },
         requesterUrl,
         { size: SMALL, pad },
+        brokerProcs,
         guardSeconds,
       );
     }
@@ -169,6 +189,11 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
       },
       `ws://127.0.0.1:${inproc.requesterPort}`,
       { size: SMALL },
+      {
+        "client+server": Deno.pid,
+        worker1: inWorkers[0].pid,
+        worker2: inWorkers[1].pid,
+      },
     );
     await Promise.all(inWorkers.map((h) => h.stop()));
   } finally {
@@ -235,6 +260,7 @@ export function coreTable(rows: CoreRow[]): string {
       "p99 ms",
       "rps/echo",
       "p50/echo",
+      "CPU us/req",
       "errors",
     ],
     rows.map((r) => [
@@ -247,7 +273,21 @@ export function coreTable(rows: CoreRow[]): string {
       fixed(r.result.p99),
       r.rpsRatio === undefined ? "" : `${fixed(r.rpsRatio)}x`,
       r.p50Ratio === undefined ? "" : `${fixed(r.p50Ratio)}x`,
+      fixed(Object.values(r.cpuUs).reduce((a, b) => a + b, 0), 1),
       String(r.result.errors + r.result.unanswered),
+    ]),
+  );
+}
+
+/** CPU per answer by process: where a broker request's cost goes compared with one hop. */
+export function coreCpuTable(rows: CoreRow[]): string {
+  const names = ["client", "echo", "server", "client+server", "worker"];
+  return table(
+    ["row", ...names.map((n) => `${n} us`), "total us"],
+    rows.map((r) => [
+      r.name,
+      ...names.map((n) => fixed(r.cpuUs[n], 1)),
+      fixed(Object.values(r.cpuUs).reduce((a, b) => a + b, 0), 1),
     ]),
   );
 }

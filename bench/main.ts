@@ -8,7 +8,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { coreTable, runCore } from "./core.ts";
+import { coreCpuTable, coreTable, runCore } from "./core.ts";
 import { batchTable, runBatchBench } from "./batch.ts";
 import { runSoak, soakTable } from "./soak.ts";
 import { machineBusy } from "./_spawn.ts";
@@ -84,6 +84,10 @@ async function main(args: string[]): Promise<number> {
     out.core = core;
     checks.push(...core.checks);
     print(`core (${seconds ?? 10} s per row)`, coreTable(core.rows));
+    print(
+      "core: CPU per request by process (user + system, both workers summed)",
+      coreCpuTable(core.rows),
+    );
   }
   if (sections.includes("batch")) {
     const batch = await runBatchBench({ log });

@@ -441,6 +441,8 @@ export class Broker {
             typeof s === "string"
           )
             .slice(0, 20);
+          // The worker's own breakers speak for it: once they are all closed, so is our detour.
+          if (worker.blockedSources.length === 0) worker.blockedUntil = 0;
         }
         socket.send(encodeEnvelope(MessageType.HEARTBEAT, {
           status: "alive",

@@ -41,6 +41,12 @@ export const RETRIABLE_RESULT_CODES: ReadonlySet<string> = new Set([
   "UPSTREAM_UNAVAILABLE",
 ]);
 
+/** Actions that call an upstream market-data host, so a blocked upstream matters to them. */
+export const UPSTREAM_ACTIONS: ReadonlySet<string> = new Set([
+  "get_market",
+  "get_markets",
+]);
+
 /** How a job ended. */
 export type Outcome =
   | { ok: true; result: unknown; worker: Peer; attempts: number }
@@ -437,7 +443,13 @@ export class Dispatcher {
   }
 
   #choose(job: Job): Peer | undefined {
-    const offering = this.#offering(job);
+    let offering = this.#offering(job);
+    if (UPSTREAM_ACTIONS.has(job.command)) {
+      // Steer market work around workers whose upstream pushes back: waiting for a free worker
+      // with a working upstream beats a certain UPSTREAM_BLOCKED answer.
+      const open = offering.filter((w) => !w.blocked);
+      if (open.length > 0) offering = open;
+    }
     if (job.preferred) {
       for (const id of job.preferred) {
         const w = offering.find((o) => o.id === id);
