@@ -32,18 +32,53 @@ export interface LoadOptions {
   client?: ClientKind;
 }
 
-/** What a load measured. */
-export interface LoadResult extends LoadSummary {
-  /** Answers with `success: false`. */
+/** The raw measurements of one load. */
+export interface LoadRun {
+  /** Latencies (ms) of the answers received in the measured window. */
+  latencies: number[];
+  /** Length of the measured window, ms. */
+  measuredMs: number;
+  /** Answers with `success: false` in the window. */
   errors: number;
   /** Answers received in all, warm-up included. */
   answers: number;
   /** Requests still unanswered 5 s after the load stopped. */
   unanswered: number;
+  /** Bytes of the answers in the window. */
+  replyBytes: number;
+  /** Request frame size in bytes. */
+  requestBytes: number;
+}
+
+/** What one or more loads of the same kind measured. */
+export interface LoadResult extends LoadSummary {
+  /** Answers with `success: false`. */
+  errors: number;
+  /** Answers received in all, warm-ups included. */
+  answers: number;
+  /** Requests left unanswered. */
+  unanswered: number;
   /** Mean answer frame size in bytes. */
   replyBytes: number;
   /** Request frame size in bytes. */
   requestBytes: number;
+}
+
+/** Merges runs of the same load (time slices) into one result. */
+export function mergeRuns(runs: LoadRun[]): LoadResult {
+  const summary = summarize(
+    runs.flatMap((r) => r.latencies),
+    runs.reduce((s, r) => s + r.measuredMs, 0),
+  );
+  const sum = (f: (r: LoadRun) => number) => runs.reduce((s, r) => s + f(r), 0);
+  return {
+    ...summary,
+    errors: sum((r) => r.errors),
+    answers: sum((r) => r.answers),
+    unanswered: sum((r) => r.unanswered),
+    replyBytes: summary.count ? sum((r) => r.replyBytes) / summary.count : 0,
+    requestBytes: runs[0]?.requestBytes ?? 0,
+  };
 }
 
 interface Conn {
@@ -83,8 +118,8 @@ async function openConn(url: string, kind: ClientKind): Promise<Conn> {
   };
 }
 
-/** Runs one closed-loop load and summarises the answers received in the measured window. */
-export async function runLoad(options: LoadOptions): Promise<LoadResult> {
+/** Runs one closed-loop load and records the answers received in the measured window. */
+export async function runLoad(options: LoadOptions): Promise<LoadRun> {
   const warmupMs = 1000 *
     (options.warmupSeconds ?? Math.min(1, options.seconds / 5));
   const conns = await Promise.all(
@@ -147,13 +182,13 @@ export async function runLoad(options: LoadOptions): Promise<LoadResult> {
     clearTimeout(t);
   }
   for (const conn of conns) conn.close();
-  const summary = summarize(latencies, until - from);
   return {
-    ...summary,
+    latencies,
+    measuredMs: until - from,
     errors,
     answers,
     unanswered: outstanding,
-    replyBytes: summary.count ? replyBytes / summary.count : 0,
+    replyBytes,
     requestBytes: frameFor(`${options.connections - 1}-${seq}`).length,
   };
 }

@@ -7,7 +7,13 @@
  */
 
 import { startServer } from "../lib/server.ts";
-import { type ClientKind, type LoadResult, runLoad } from "./_load.ts";
+import {
+  type ClientKind,
+  type LoadResult,
+  type LoadRun,
+  mergeRuns,
+  runLoad,
+} from "./_load.ts";
 import { cpuSeconds, type Helper, spawnHelper } from "./_spawn.ts";
 import { type Check, fixed, table } from "./_stats.ts";
 
@@ -61,47 +67,62 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
   const rows: CoreRow[] = [];
   const helpers: Helper[] = [];
   let inproc: ReturnType<typeof startServer> | undefined;
-  const measure = async (
-    row: Omit<CoreRow, "result" | "name" | "cpuUs">,
-    url: string,
-    data: unknown,
-    procs: Record<string, number>,
-    secs = seconds,
-  ) => {
-    const names = Object.keys(procs);
-    const before = await cpuSeconds(Object.values(procs));
-    const name = `${row.target} ${row.connections}x${row.inFlight} ${
-      label(row.size)
-    }${row.note ? ` ${row.note}` : ""}`;
-    const result = await runLoad({
-      url,
-      connections: row.connections,
-      inFlight: row.inFlight,
-      seconds: secs,
-      command: "echo",
-      data,
-      client: row.client,
-    });
-    const after = await cpuSeconds(Object.values(procs));
-    const cpuUs: Record<string, number> = {};
-    names.forEach((n, i) => {
-      const key = n.replace(/\d+$/, "");
-      cpuUs[key] = (cpuUs[key] ?? 0) +
-        (after[i] - before[i]) * 1e6 / result.answers;
-    });
-    const echo = rows.find((r) =>
-      r.target === "echo" && r.connections === row.connections &&
-      r.inFlight === row.inFlight && r.size === row.size
-    );
-    const full: CoreRow = { ...row, name, result, cpuUs };
-    if (echo && row.target !== "echo" && !row.note) {
-      full.rpsRatio = result.rps / echo.result.rps;
-      full.p50Ratio = result.p50 / echo.result.p50;
+  /** One row to measure: what to load, and which processes' CPU to count. */
+  interface Spec {
+    row: Omit<CoreRow, "result" | "name" | "cpuUs">;
+    url: string;
+    data: unknown;
+    procs: Record<string, number>;
+  }
+  // Rows measured together run in alternating time slices, so that load from other programs
+  // on the machine skews both sides of a ratio alike.
+  const measure = async (specs: Spec[], secs = seconds, slices = 4) => {
+    const runs = specs.map((): LoadRun[] => []);
+    const cpu = specs.map((): Record<string, number> => ({}));
+    for (let k = 0; k < slices; k++) {
+      for (const [i, { row, url, data, procs }] of specs.entries()) {
+        const before = await cpuSeconds(Object.values(procs));
+        runs[i].push(
+          await runLoad({
+            url,
+            connections: row.connections,
+            inFlight: row.inFlight,
+            seconds: secs / slices,
+            warmupSeconds: 0.25,
+            command: "echo",
+            data,
+            client: row.client,
+          }),
+        );
+        const after = await cpuSeconds(Object.values(procs));
+        Object.keys(procs).forEach((name, j) => {
+          const key = name.replace(/\d+$/, "");
+          cpu[i][key] = (cpu[i][key] ?? 0) + after[j] - before[j];
+        });
+      }
     }
-    rows.push(full);
-    log(
-      `  ${name}: ${fixed(result.rps, 0)} req/s, p50 ${fixed(result.p50)} ms`,
-    );
+    for (const [i, { row }] of specs.entries()) {
+      const result = mergeRuns(runs[i]);
+      const cpuUs = Object.fromEntries(
+        Object.entries(cpu[i]).map(([k, v]) => [k, v * 1e6 / result.answers]),
+      );
+      const name = `${row.target} ${row.connections}x${row.inFlight} ${
+        label(row.size)
+      }${row.note ? ` ${row.note}` : ""}`;
+      const echo = rows.find((r) =>
+        r.target === "echo" && r.connections === row.connections &&
+        r.inFlight === row.inFlight && r.size === row.size
+      );
+      const full: CoreRow = { ...row, name, result, cpuUs };
+      if (echo && row.target !== "echo" && !row.note) {
+        full.rpsRatio = result.rps / echo.result.rps;
+        full.p50Ratio = result.p50 / echo.result.p50;
+      }
+      rows.push(full);
+      log(
+        `  ${name}: ${fixed(result.rps, 0)} req/s, p50 ${fixed(result.p50)} ms`,
+      );
+    }
   };
   try {
     log("core: echo server, broker subprocess and 2 worker subprocesses");
@@ -125,22 +146,40 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
       worker1: workers[0].pid,
       worker2: workers[1].pid,
     };
-    // Each broker row runs right after its echo row, so that load from other programs on the
-    // machine skews both sides of a ratio alike.
+    // Warm up the JIT of every process before measuring.
+    for (const url of [echoUrl, requesterUrl]) {
+      await runLoad({
+        url,
+        connections: 4,
+        inFlight: 16,
+        seconds: 1,
+        warmupSeconds: 0,
+        command: "echo",
+        data: { size: SMALL },
+      });
+    }
     for (const [c, w] of LOADS) {
       for (const size of [SMALL, LARGE]) {
-        await measure(
-          { target: "echo", connections: c, inFlight: w, size, client: "ws" },
-          echoUrl,
-          { size },
-          echoProcs,
-        );
-        await measure(
-          { target: "broker", connections: c, inFlight: w, size, client: "ws" },
-          requesterUrl,
-          { size },
-          brokerProcs,
-        );
+        const row = {
+          connections: c,
+          inFlight: w,
+          size,
+          client: "ws",
+        } as const;
+        await measure([
+          {
+            row: { ...row, target: "echo" },
+            url: echoUrl,
+            data: { size },
+            procs: echoProcs,
+          },
+          {
+            row: { ...row, target: "broker" },
+            url: requesterUrl,
+            data: { size },
+            procs: brokerProcs,
+          },
+        ]);
       }
     }
     await echo.stop();
@@ -148,9 +187,9 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
     log("core: Nagle guard, 2 KB requests at 1x1");
     const guardSeconds = Math.min(seconds, 3);
     const pad = "p".repeat(2048);
-    for (const client of ["deno", "ws"] as const) {
-      await measure(
-        {
+    await measure(
+      (["deno", "ws"] as const).map((client) => ({
+        row: {
           target: "broker",
           connections: 1,
           inFlight: 1,
@@ -158,12 +197,13 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
           client,
           note: `2KB-req ${client}-client`,
         },
-        requesterUrl,
-        { size: SMALL, pad },
-        brokerProcs,
-        guardSeconds,
-      );
-    }
+        url: requesterUrl,
+        data: { size: SMALL, pad },
+        procs: brokerProcs,
+      })),
+      guardSeconds,
+      2,
+    );
     await Promise.all([...workers, server].map((h) => h.stop()));
 
     log("core: broker in the bench process + 2 worker subprocesses");
@@ -179,22 +219,22 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
       ),
     );
     helpers.push(...inWorkers);
-    await measure(
-      {
+    await measure([{
+      row: {
         target: "broker-inproc",
         connections: 4,
         inFlight: 16,
         size: SMALL,
         client: "ws",
       },
-      `ws://127.0.0.1:${inproc.requesterPort}`,
-      { size: SMALL },
-      {
+      url: `ws://127.0.0.1:${inproc.requesterPort}`,
+      data: { size: SMALL },
+      procs: {
         "client+server": Deno.pid,
         worker1: inWorkers[0].pid,
         worker2: inWorkers[1].pid,
       },
-    );
+    }]);
     await Promise.all(inWorkers.map((h) => h.stop()));
   } finally {
     await Promise.all(helpers.map((h) => h.stop()));

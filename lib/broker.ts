@@ -617,6 +617,7 @@ export class Broker {
   ): void {
     const socket = peer.socket;
     if (socket.readyState !== WebSocket.OPEN) return;
+    console.log("DBG answer", peer.id, socket.bufferedAmount);
     if (socket.bufferedAmount > this.#o.maxBufferedBytes) {
       // A requester that stops reading would otherwise hold the server's memory hostage.
       log.warn(

@@ -461,6 +461,22 @@ export class Dispatcher {
 
   #noWorkers(job: Job): SwitchyardError {
     if (job.lastError) return job.lastError;
+    if (job.only !== undefined) {
+      // Only the console names a worker: it deserves the specific reason.
+      const w = this.registry.get(job.only);
+      if (!w) {
+        return new SwitchyardError(
+          ErrorCode.NO_WORKERS,
+          `No worker with client_id '${job.only}' is connected`,
+        );
+      }
+      return new SwitchyardError(
+        ErrorCode.UNKNOWN_ACTION,
+        `Worker '${job.only}' does not offer '${job.command}': it offers ${
+          [...(w.actions ?? [])].join(", ")
+        }`,
+      );
+    }
     const anyOffers = this.registry.all().some((w) => offers(w, job.command));
     return new NoWorkersError(
       this.registry.size === 0 || anyOffers || job.only !== undefined

@@ -6,7 +6,11 @@ Deno.test("steering - market requests avoid a worker that reports a blocked upst
   await using server = startTestServer({ heartbeatIntervalMs: 30 });
   let blocked = ["eastmoney"];
   const market = (name: string) => ({
-    get_market: (params: unknown) => ({ success: true, code: (params as { code: string }).code, name }),
+    get_market: (params: unknown) => ({
+      success: true,
+      code: (params as { code: string }).code,
+      name,
+    }),
   });
   const a = await startWorker(server, {
     name: "a",
@@ -19,27 +23,45 @@ Deno.test("steering - market requests avoid a worker that reports a blocked upst
   try {
     const aId = a.status().client_id!;
     await waitFor(
-      () => server.broker.workers().find((w) => w.client_id === aId)?.blocked_sources.length === 1,
+      () =>
+        server.broker.workers().find((w) => w.client_id === aId)
+          ?.blocked_sources.length === 1,
       "worker a's heartbeat",
     );
     const steered = await Promise.all(
-      Array.from({ length: 20 }, (_, i) => client.request("get_market", { code: `51030${i % 10}` })),
+      Array.from(
+        { length: 20 },
+        (_, i) => client.request("get_market", { code: `51030${i % 10}` }),
+      ),
     );
-    assert.ok(steered.every((r) => r.processed_by === b.status().client_id), "market work reached a");
+    assert.ok(
+      steered.every((r) => r.processed_by === b.status().client_id),
+      "market work reached a",
+    );
 
     // Work that does not touch the upstream still goes to both.
-    const times = await Promise.all(Array.from({ length: 20 }, () => client.request("get_time")));
+    const times = await Promise.all(
+      Array.from({ length: 20 }, () => client.request("get_time")),
+    );
     assert.ok(times.some((r) => r.processed_by === aId));
 
     blocked = [];
     await waitFor(
-      () => server.broker.workers().find((w) => w.client_id === aId)?.blocked_sources.length === 0,
+      () =>
+        server.broker.workers().find((w) => w.client_id === aId)
+          ?.blocked_sources.length === 0,
       "worker a's clear heartbeat",
     );
     const back = await Promise.all(
-      Array.from({ length: 20 }, () => client.request("get_market", { code: "510300" })),
+      Array.from(
+        { length: 20 },
+        () => client.request("get_market", { code: "510300" }),
+      ),
     );
-    assert.ok(back.some((r) => r.processed_by === aId), "worker a never got market work back");
+    assert.ok(
+      back.some((r) => r.processed_by === aId),
+      "worker a never got market work back",
+    );
   } finally {
     await client.close();
     await a.stop();

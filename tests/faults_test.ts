@@ -1,0 +1,574 @@
+// Faults: a stuck worker, a frozen worker process, a server restart under 50 workers, graceful
+// drain, a requester that stops reading, and every configured limit.
+
+import assert from "node:assert/strict";
+import type { ActionContext } from "../lib/action.ts";
+import { ConnectionClosedError } from "../lib/errors.ts";
+import { RequesterClient } from "../lib/requester_client.ts";
+import { startServer } from "../lib/server.ts";
+import { Worker } from "../lib/worker_client.ts";
+import {
+  type Frame,
+  idOf,
+  mulberry32,
+  openRawWorker,
+  RawPeer,
+  respond,
+  startTestServer,
+  startWorker,
+  waitFor,
+} from "./_helpers.ts";
+import { Program, startServerProgram, waitForHealth } from "./_procs.ts";
+
+/** An action that runs until the server (or the worker) cancels it. */
+function hang(_params: unknown, ctx: ActionContext): Promise<never> {
+  return new Promise((_, reject) => {
+    ctx.signal.addEventListener(
+      "abort",
+      () => reject(ctx.signal.reason),
+      { once: true },
+    );
+  });
+}
+
+/** An action that sleeps `{ms}`, cancellable. */
+function sleepAction(params: unknown, ctx: ActionContext): Promise<unknown> {
+  const ms = Number((params as { ms?: unknown })?.ms ?? 0);
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => resolve({ slept: ms }), ms);
+    ctx.signal.addEventListener("abort", () => {
+      clearTimeout(timer);
+      reject(ctx.signal.reason);
+    }, { once: true });
+  });
+}
+
+function workerInfo(server: { broker: { workers(): Frame[] } }, id: string) {
+  return server.broker.workers().find((w) => w.client_id === id);
+}
+
+// ---- (a) stuck worker ----------------------------------------------------------------------------
+
+Deno.test("faults - a stuck worker times the request out, its late answer is dropped, and work moves on", async () => {
+  await using server = startTestServer();
+  const { peer: stuck, id: stuckId } = await openRawWorker(server, {
+    name: "stuck",
+    actions: ["work"],
+  });
+  const requester = await RawPeer.open(server.requesterUrl);
+  let healthy: Worker | undefined;
+  try {
+    const started = Date.now();
+    requester.send({ request_id: "r1", command: "work", timeout: 0.2 });
+    const request = await stuck.envelope("request");
+    const answer = await requester.answer("r1");
+    const elapsed = Date.now() - started;
+    assert.equal(answer.success, false);
+    assert.equal(answer.error, "Worker response timeout");
+    assert.equal(answer.error_code, "TIMEOUT");
+    assert.equal(answer.processed_by, stuckId);
+    assert.ok(elapsed >= 190 && elapsed < 1000, `answered after ${elapsed} ms`);
+    const cancel = await stuck.envelope("cancel");
+    assert.equal(cancel.data.request_id, request.msg_id);
+    assert.equal(workerInfo(server, stuckId)?.failures, 1);
+
+    // The late answer is dropped: no error back to the worker, nothing to the requester.
+    respond(stuck, request, "too late");
+    const barrier = crypto.randomUUID();
+    stuck.sendEnvelope("request", { action: "get_time" }, barrier);
+    await stuck.next((f) => f?.data?.request_id === barrier);
+    assert.equal(stuck.received.filter((f) => f?.type === "error").length, 0);
+    requester.send({ request_id: "r2", command: "nothing_offers_this" });
+    await requester.answer("r2");
+    assert.equal(
+      requester.received.filter((f) => f?.request_id === "r1").length,
+      1,
+    );
+
+    // A healthy worker arrives: the next requests all go to it.
+    healthy = await startWorker(server, {
+      name: "healthy",
+      actions: { work: () => "done" },
+    });
+    for (let i = 0; i < 5; i++) {
+      requester.send({ request_id: `n${i}`, command: "work", timeout: 2 });
+      const next = await requester.answer(`n${i}`);
+      assert.equal(next.success, true, next.error);
+      assert.equal(next.processed_by, idOf(healthy));
+    }
+    assert.equal(stuck.received.filter((f) => f?.type === "request").length, 1);
+  } finally {
+    await requester.close();
+    await stuck.close();
+    await healthy?.stop();
+  }
+});
+
+// ---- (b) frozen worker process -------------------------------------------------------------------
+
+async function frozenWorkerScenario(cleanupIntervalMs: number) {
+  const server = startServer({
+    host: "127.0.0.1",
+    port: 0,
+    requesterPort: 0,
+    heartbeatIntervalMs: 200,
+    heartbeatTimeoutMs: 600,
+    cleanupIntervalMs,
+    sweepIntervalMs: 50,
+  });
+  const frozen = new Program("worker.ts", [
+    "--url",
+    server.workerUrl,
+    "--name",
+    "frozen",
+    "--provider",
+    "demo",
+    "--max-backoff",
+    "0.1",
+    "--no-console",
+  ]);
+  const other = await startWorker(server, { name: "other" });
+  const client = new RequesterClient(server.requesterUrl);
+  const findFrozen = () =>
+    server.broker.workers().find((w) => w.name === "frozen" && w.registered);
+  return {
+    server,
+    frozen,
+    other,
+    client,
+    findFrozen,
+    async [Symbol.asyncDispose]() {
+      frozen.kill("SIGCONT");
+      await client.close();
+      await other.stop();
+      await frozen.stop();
+      await server.close();
+    },
+  };
+}
+
+Deno.test("faults - a SIGSTOPped worker process turns unhealthy, gets no work, and serves again after SIGCONT", async () => {
+  await using s = await frozenWorkerScenario(60_000);
+  await waitFor(
+    () => s.findFrozen() !== undefined,
+    "frozen to register",
+    20_000,
+  );
+  const frozenId = s.findFrozen()!.client_id;
+  // Let it send a heartbeat, so heartbeat silence counts against it.
+  await s.frozen.waitFor(/Connected to/);
+  await new Promise((r) => setTimeout(r, 300));
+  await s.client.connect();
+
+  s.frozen.kill("SIGSTOP");
+  const stoppedAt = Date.now();
+  await waitFor(
+    () => s.findFrozen()?.healthy === false,
+    "the frozen worker to turn unhealthy",
+    3000,
+  );
+  const detectedMs = Date.now() - stoppedAt;
+  assert.ok(detectedMs < 1500, `unhealthy after ${detectedMs} ms`);
+  for (let i = 0; i < 10; i++) {
+    const answer = await s.client.request("get_time", {}, { timeout: 2 });
+    assert.equal(answer.success, true, answer.error ?? "");
+    assert.equal(answer.processed_by, idOf(s.other));
+  }
+  assert.equal(s.findFrozen()?.in_flight, 0);
+
+  s.frozen.kill("SIGCONT");
+  await waitFor(
+    () => s.findFrozen()?.healthy === true,
+    "the frozen worker to be healthy again",
+    3000,
+  );
+  const back = s.findFrozen()!;
+  const outcome = await s.server.broker.send(back.client_id, "get_time");
+  assert.equal(outcome.ok, true);
+  // It kept its connection (same id) or came back under a new one; either way, one entry.
+  assert.equal(
+    s.server.broker.workers().filter((w) => w.name === "frozen").length,
+    1,
+  );
+  console.log(
+    `frozen worker: unhealthy after ${detectedMs} ms; after SIGCONT ${
+      back.client_id === frozenId ? "same connection" : "reconnected"
+    }`,
+  );
+});
+
+Deno.test("faults - a worker stopped past the cleanup interval is dropped and re-registers after SIGCONT", async () => {
+  await using s = await frozenWorkerScenario(700);
+  await waitFor(
+    () => s.findFrozen() !== undefined,
+    "frozen to register",
+    20_000,
+  );
+  const frozenId = s.findFrozen()!.client_id;
+  await new Promise((r) => setTimeout(r, 300));
+  s.frozen.kill("SIGSTOP");
+  await waitFor(
+    () => !s.server.broker.workers().some((w) => w.client_id === frozenId),
+    "the frozen worker to be dropped",
+    3000,
+  );
+  assert.equal(s.server.broker.stats().workers, 1);
+  s.frozen.kill("SIGCONT");
+  await waitFor(
+    () => {
+      const w = s.findFrozen();
+      return w !== undefined && w.client_id !== frozenId && w.healthy;
+    },
+    "the frozen worker to re-register",
+    5000,
+  );
+  const outcome = await s.server.broker.send(
+    s.findFrozen()!.client_id,
+    "get_time",
+  );
+  assert.equal(outcome.ok, true);
+});
+
+// ---- (c) server restart under 50 workers ---------------------------------------------------------
+
+Deno.test("faults - after a server restart 50 workers re-register with spread-out reconnects", async () => {
+  const WORKERS = 50;
+  let server = startServer({
+    host: "127.0.0.1",
+    port: 0,
+    requesterPort: 0,
+    sweepIntervalMs: 0,
+  });
+  const { port, requesterPort } = server;
+  const workers = Array.from({ length: WORKERS }, (_, i) => {
+    const worker = new Worker({
+      url: server.workerUrl,
+      name: `w${i}`,
+      backoff: { initialMs: 300, maxMs: 300, random: mulberry32(1000 + i) },
+      graceMs: 500,
+    });
+    worker.registerAction("hang", hang);
+    return worker;
+  });
+  const client = new RequesterClient(server.requesterUrl);
+  try {
+    const ready = workers.map((w) => w.ready());
+    workers.forEach((w) => void w.start());
+    await Promise.all(ready);
+    await waitFor(
+      () =>
+        server.broker.workers().filter((w) => w.registered).length === WORKERS,
+      "50 workers to register",
+      5000,
+    );
+    await client.connect();
+    const inFlight = [0, 1, 2].map(() =>
+      client.request("hang", {}, { timeout: 30 })
+    );
+    await waitFor(() => server.broker.stats().in_flight === 3);
+    const rejected = Promise.allSettled(inFlight);
+
+    await server.close();
+    const closedAt = Date.now();
+    server = startServer({
+      host: "127.0.0.1",
+      port,
+      requesterPort,
+      sweepIntervalMs: 0,
+    });
+    for (const r of await rejected) {
+      assert.equal(r.status, "rejected");
+      assert.ok(
+        r.reason instanceof ConnectionClosedError,
+        String(r.reason),
+      );
+    }
+    const seen = new Map<string, number>();
+    const until = Date.now() + 5000;
+    while (seen.size < WORKERS && Date.now() < until) {
+      for (const w of server.broker.workers()) {
+        if (!seen.has(w.client_id)) {
+          seen.set(w.client_id, Date.now() - closedAt);
+        }
+      }
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    assert.equal(seen.size, WORKERS, `only ${seen.size} came back`);
+    const times = [...seen.values()].sort((a, b) => a - b);
+    const buckets = new Map<number, number>();
+    for (const t of times) {
+      buckets.set(
+        Math.floor(t / 50),
+        (buckets.get(Math.floor(t / 50)) ?? 0) + 1,
+      );
+    }
+    const fullest = Math.max(...buckets.values());
+    assert.ok(
+      fullest <= WORKERS * 0.4,
+      `${fullest} of ${WORKERS} reconnects in one 50 ms bucket: ${times}`,
+    );
+    console.log(
+      `restart: ${WORKERS} workers back within ${times.at(-1)} ms ` +
+        `(first ${times[0]} ms), fullest 50 ms bucket ${fullest}`,
+    );
+    await waitFor(
+      () =>
+        server.broker.workers().filter((w) => w.registered).length === WORKERS,
+    );
+    await client.connect();
+    const answer = await client.request("get_time");
+    assert.equal(answer.success, true, answer.error ?? "");
+  } finally {
+    await client.close();
+    await Promise.all(workers.map((w) => w.stop()));
+    await server.close();
+  }
+});
+
+// ---- (d) graceful drain --------------------------------------------------------------------------
+
+Deno.test("faults - drain() answers the in-flight request, refuses new ones with SHUTTING_DOWN, then closes", async () => {
+  const server = startServer({
+    host: "127.0.0.1",
+    port: 0,
+    requesterPort: 0,
+    sweepIntervalMs: 0,
+  });
+  const worker = await startWorker(server, { actions: { sleep: sleepAction } });
+  const client = new RequesterClient(server.requesterUrl);
+  try {
+    await client.connect();
+    const slow = client.request("sleep", { ms: 300 });
+    await waitFor(() => server.broker.stats().in_flight === 1);
+    const drained = server.drain(5000);
+    const late = await client.request("get_time");
+    assert.equal(late.success, false);
+    assert.equal(late.error_code, "SHUTTING_DOWN");
+    const health = await (await fetch(
+      `http://127.0.0.1:${server.requesterPort}/health`,
+    )).json();
+    assert.equal(health.status, "draining");
+    const answer = await slow;
+    assert.equal(answer.success, true, answer.error ?? "");
+    assert.deepEqual(answer.data, { slept: 300 });
+    await drained;
+    await server.finished;
+    assert.equal(client.connected, false);
+  } finally {
+    await client.close();
+    await worker.stop();
+    await server.close();
+  }
+});
+
+Deno.test("faults - server.ts on SIGTERM finishes an in-flight slow request and exits 0", async () => {
+  const server = await startServerProgram(["--grace", "5"]);
+  const worker = new Program("tests/_slow_worker.ts", [
+    `ws://127.0.0.1:${server.workerPort}`,
+  ]);
+  const client = new RequesterClient(`ws://127.0.0.1:${server.requesterPort}`);
+  try {
+    await worker.waitFor(/slow worker connected/);
+    await waitForHealth(server.workerPort, (h) => h.workers === 1);
+    await client.connect();
+    const slow = client.request("sleep", { ms: 400 });
+    await waitForHealth(server.workerPort, (h) => h.in_flight === 1);
+    server.program.kill("SIGTERM");
+    const answer = await slow;
+    assert.equal(answer.success, true, answer.error ?? "");
+    assert.deepEqual(answer.data, { slept: 400 });
+    assert.equal((await server.program.done()).code, 0);
+  } finally {
+    await client.close();
+    await worker.stop();
+    await server.program.stop();
+  }
+});
+
+// ---- (e) slow reader -----------------------------------------------------------------------------
+
+Deno.test("faults - a requester that stops reading is dropped past maxBufferedBytes; others are unaffected", async () => {
+  await using server = startTestServer({ maxBufferedBytes: 2 * 1024 * 1024 });
+  const blob = "x".repeat(1024 * 1024);
+  const worker = await startWorker(server, {
+    concurrency: 64,
+    actions: { blob: () => blob },
+  });
+  const slow = await RawPeer.open(server.requesterUrl);
+  const good = new RequesterClient(server.requesterUrl);
+  try {
+    await good.connect();
+    await waitFor(() => server.broker.stats().requesters === 2);
+    // deno-lint-ignore no-explicit-any
+    (slow.socket as any)._socket.pause();
+    for (let i = 0; i < 30; i++) {
+      slow.send({ request_id: `s${i}`, command: "blob" });
+    }
+    // The good requester keeps getting its megabytes meanwhile.
+    for (let i = 0; i < 10; i++) {
+      const answer = await good.request("blob");
+      assert.equal(answer.success, true);
+      assert.equal((answer.data as string).length, blob.length);
+    }
+    await waitFor(
+      () => server.broker.stats().requesters === 1,
+      "the slow reader to be dropped",
+      5000,
+    );
+    assert.equal((await good.request("get_time")).success, true);
+    // Once it reads again it learns why.
+    // deno-lint-ignore no-explicit-any
+    (slow.socket as any)._socket.resume();
+    const closed = await slow.closed;
+    assert.equal(closed.code, 1008);
+    assert.match(closed.reason, /Too slow/);
+    const answered = slow.received.filter((f) => f?.success === true).length;
+    assert.ok(answered < 30, `${answered} answers reached the slow reader`);
+  } finally {
+    await slow.close();
+    await good.close();
+    await worker.stop();
+  }
+});
+
+// ---- (f) limits ----------------------------------------------------------------------------------
+
+const UPGRADE = {
+  upgrade: "websocket",
+  connection: "Upgrade",
+  "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==",
+  "sec-websocket-version": "13",
+};
+
+Deno.test("limits - maxConnections per port refuses the extra connection with 503", async () => {
+  await using server = startTestServer({ maxConnections: 2 });
+  const peers = [
+    await RawPeer.open(server.requesterUrl),
+    await RawPeer.open(server.requesterUrl),
+  ];
+  const workers = [await openRawWorker(server), await openRawWorker(server)];
+  try {
+    await waitFor(() => server.broker.stats().requesters === 2);
+    for (const port of [server.requesterPort, server.port]) {
+      const res = await fetch(`http://127.0.0.1:${port}/`, {
+        headers: UPGRADE,
+      });
+      assert.equal(res.status, 503);
+      assert.match(await res.text(), /Too many \w+ connections \(limit 2\)/);
+    }
+    const extra = new RequesterClient(server.requesterUrl);
+    await assert.rejects(extra.connect(), /HTTP 503/);
+    await peers[0].close();
+    await waitFor(() => server.broker.stats().requesters === 1);
+    const again = await RawPeer.open(server.requesterUrl);
+    peers.push(again);
+  } finally {
+    for (const p of peers) await p.close();
+    for (const w of workers) await w.peer.close();
+  }
+});
+
+Deno.test("limits - a 2 MB worker answer passes; a 2 MB requester frame is FRAME_TOO_LARGE", async () => {
+  await using server = startTestServer();
+  const big = "y".repeat(2 * 1024 * 1024);
+  const worker = await startWorker(server, { actions: { big: () => big } });
+  const requester = await RawPeer.open(server.requesterUrl);
+  try {
+    requester.send({ request_id: "big-answer", command: "big" });
+    const answer = await requester.answer("big-answer");
+    assert.equal(answer.success, true);
+    assert.equal(answer.data.length, big.length);
+    requester.send({ request_id: "big-frame", command: "big", data: big });
+    const refused = await requester.answer("big-frame");
+    assert.equal(refused.success, false);
+    assert.equal(refused.error_code, "FRAME_TOO_LARGE");
+    assert.match(
+      refused.error,
+      /^Frame too large: \d+ characters \(limit 1048576\)$/,
+    );
+    requester.send({ request_id: "after", command: "get_time" });
+    assert.equal((await requester.answer("after")).success, true);
+  } finally {
+    await requester.close();
+    await worker.stop();
+  }
+});
+
+Deno.test("limits - maxBatchItems, maxInFlightPerConnection and maxQueue answer clearly", async () => {
+  await using server = startTestServer({
+    maxBatchItems: 3,
+    maxInFlightPerConnection: 2,
+    maxQueue: 1,
+  });
+  const { peer: held } = await openRawWorker(server, {
+    actions: ["hold"],
+    max_concurrency: 1,
+  });
+  const a = await RawPeer.open(server.requesterUrl);
+  const b = await RawPeer.open(server.requesterUrl);
+  try {
+    const items = Array.from({ length: 4 }, (_, i) => ({
+      symbol_type: "etf",
+      code: `51030${i}`,
+    }));
+    a.send({ request_id: "batch", command: "get_markets", data: items });
+    const batch = await a.answer("batch");
+    assert.equal(batch.error_code, "BATCH_TOO_LARGE");
+    assert.match(batch.error, /4/);
+
+    // One running on the worker (its only slot), one queued (the queue's only place).
+    a.send({ request_id: "h1", command: "hold" });
+    const first = await held.envelope("request");
+    a.send({ request_id: "h2", command: "hold" });
+    await waitFor(() => server.broker.stats().queued === 1);
+    a.send({ request_id: "h3", command: "hold" });
+    const tooMany = await a.answer("h3");
+    assert.equal(tooMany.error_code, "TOO_MANY_IN_FLIGHT");
+    b.send({ request_id: "h4", command: "hold" });
+    const busy = await b.answer("h4");
+    assert.equal(busy.error_code, "BUSY");
+    assert.match(busy.error, /^Server busy/);
+
+    respond(held, first, "one");
+    assert.equal((await a.answer("h1")).data, "one");
+    const second = await held.envelope("request");
+    respond(held, second, "two");
+    assert.equal((await a.answer("h2")).data, "two");
+  } finally {
+    await a.close();
+    await b.close();
+    await held.close();
+  }
+});
+
+Deno.test("limits - queueTimeoutMs answers BUSY once the wait passes (injected clock, explicit sweep)", async () => {
+  let now = 1_000_000;
+  await using server = startTestServer({
+    clock: { now: () => now },
+    queueTimeoutMs: 1000,
+  });
+  const { peer: held } = await openRawWorker(server, {
+    actions: ["hold"],
+    max_concurrency: 1,
+  });
+  const requester = await RawPeer.open(server.requesterUrl);
+  try {
+    requester.send({ request_id: "running", command: "hold" });
+    const running = await held.envelope("request");
+    requester.send({ request_id: "waiting", command: "hold" });
+    await waitFor(() => server.broker.stats().queued === 1);
+    now += 999;
+    server.broker.sweep();
+    assert.equal(server.broker.stats().queued, 1);
+    now += 2;
+    server.broker.sweep();
+    const busy = await requester.answer("waiting");
+    assert.equal(busy.error_code, "BUSY");
+    assert.match(busy.error, /^Server busy: no worker was free within 1 s$/);
+    respond(held, running, "ok");
+    assert.equal((await requester.answer("running")).success, true);
+  } finally {
+    await requester.close();
+    await held.close();
+  }
+});
