@@ -155,3 +155,20 @@ export async function cpuSeconds(pids: number[]): Promise<number[]> {
     return pids.map(() => NaN);
   }
 }
+
+/**
+ * Sets the CPU affinity of every thread of process `pid` (`taskset -a -p -c`); `cpus` such as
+ * `"0"` or `"0-1"`. Resolves false when `taskset` is missing or refuses.
+ */
+export async function pinProcess(pid: number, cpus: string): Promise<boolean> {
+  try {
+    const { success } = await new Deno.Command("taskset", {
+      args: ["-a", "-p", "-c", cpus, String(pid)],
+      stdout: "null",
+      stderr: "null",
+    }).output();
+    return success;
+  } catch {
+    return false;
+  }
+}

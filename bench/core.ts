@@ -14,7 +14,7 @@ import {
   mergeRuns,
   runLoad,
 } from "./_load.ts";
-import { cpuSeconds, type Helper, spawnHelper } from "./_spawn.ts";
+import { cpuSeconds, type Helper, pinProcess, spawnHelper } from "./_spawn.ts";
 import { type Check, fixed, table } from "./_stats.ts";
 
 /** Options for {@linkcode runCore}. */
@@ -60,6 +60,22 @@ function label(size: number): string {
   return size === SMALL ? "100B" : size === LARGE ? "3KB" : `${size}B`;
 }
 
+/**
+ * Pins a client and a server process to different CPUs, or frees them again. A one-hop echo at
+ * 1x1 is bimodal on a 2-CPU VM: ~15 us when the scheduler puts both processes on one CPU, ~85 us
+ * when the answer has to wake the other CPU. The broker's four processes always span both CPUs,
+ * so its latency baseline is the cross-CPU echo, as it would be between two machines.
+ */
+async function crossCore(
+  pin: { client: number; server: number },
+  on: boolean,
+): Promise<void> {
+  const all = `0-${navigator.hardwareConcurrency - 1}`;
+  if (navigator.hardwareConcurrency < 2) return;
+  await pinProcess(pin.client, on ? "0" : all);
+  await pinProcess(pin.server, on ? "1" : all);
+}
+
 /** Runs the core section. */
 export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
   const seconds = options.seconds ?? 10;
@@ -73,6 +89,8 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
     url: string;
     data: unknown;
     procs: Record<string, number>;
+    /** Run client and server on different CPUs (see `crossCore`). */
+    pin?: { client: number; server: number };
   }
   // Rows measured together run in alternating time slices, so that load from other programs
   // on the machine skews both sides of a ratio alike.
@@ -80,7 +98,8 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
     const runs = specs.map((): LoadRun[] => []);
     const cpu = specs.map((): Record<string, number> => ({}));
     for (let k = 0; k < slices; k++) {
-      for (const [i, { row, url, data, procs }] of specs.entries()) {
+      for (const [i, { row, url, data, procs, pin }] of specs.entries()) {
+        if (pin) await crossCore(pin, true);
         const before = await cpuSeconds(Object.values(procs));
         runs[i].push(
           await runLoad({
@@ -95,6 +114,7 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
           }),
         );
         const after = await cpuSeconds(Object.values(procs));
+        if (pin) await crossCore(pin, false);
         Object.keys(procs).forEach((name, j) => {
           const key = name.replace(/\d+$/, "");
           cpu[i][key] = (cpu[i][key] ?? 0) + after[j] - before[j];
@@ -168,10 +188,15 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
         } as const;
         await measure([
           {
-            row: { ...row, target: "echo" },
+            row: {
+              ...row,
+              target: "echo",
+              note: c === 1 ? "cross-cpu" : undefined,
+            },
             url: echoUrl,
             data: { size },
             procs: echoProcs,
+            pin: c === 1 ? { client: Deno.pid, server: echo.pid } : undefined,
           },
           {
             row: { ...row, target: "broker" },

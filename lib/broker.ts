@@ -124,6 +124,8 @@ interface RequesterPeer {
   address: string;
   /** Requests in flight by `request_id`, each with the controller that cancels it. */
   requests: Map<string, AbortController>;
+  /** Dropped for not reading: forgotten, though its socket may linger until the peer reads. */
+  dropped?: boolean;
 }
 
 function remoteAddress(info: Deno.ServeHandlerInfo | undefined): string {
@@ -165,6 +167,8 @@ export class Broker {
   #messageHandlers: Record<string, MessageHandler>;
   #sockets = new Map<string, WebSocket>();
   #requesters = new Set<RequesterPeer>();
+  /** Dropped slow readers whose sockets have not closed yet. */
+  #lingering = 0;
   #startedAt: number;
   #draining = false;
   #closed = false;
@@ -278,7 +282,7 @@ export class Broker {
     }
     const count = port === "worker"
       ? this.dispatcher.registry.size
-      : this.#requesters.size;
+      : this.#requesters.size + this.#lingering;
     if (count >= this.#o.maxConnections) {
       return new Response(
         `Too many ${port} connections (limit ${this.#o.maxConnections})\n`,
@@ -598,13 +602,8 @@ export class Broker {
     };
     socket.onmessage = (event) => this.#onRequesterFrame(peer, event.data);
     socket.onclose = () => {
-      this.#requesters.delete(peer);
-      for (const controller of peer.requests.values()) {
-        controller.abort(
-          new SwitchyardError(ErrorCode.CANCELLED, "Requester disconnected"),
-        );
-      }
-      peer.requests.clear();
+      if (peer.dropped) this.#lingering--;
+      this.#forget(peer, "Requester disconnected");
       log.debug("Requester {id} disconnected", { id: peer.id });
     };
     socket.onerror = () => {};
@@ -617,7 +616,6 @@ export class Broker {
   ): void {
     const socket = peer.socket;
     if (socket.readyState !== WebSocket.OPEN) return;
-    console.log("DBG answer", peer.id, socket.bufferedAmount);
     if (socket.bufferedAmount > this.#o.maxBufferedBytes) {
       // A requester that stops reading would otherwise hold the server's memory hostage.
       log.warn(
@@ -629,9 +627,23 @@ export class Broker {
         },
       );
       socket.close(1008, "Too slow: answers are not being read");
+      // Deno cannot force a server-side socket shut, and the close frame waits behind the unread
+      // bytes until the peer reads: forget the peer now, so its requests stop and nothing more
+      // is queued for it. Its socket still counts against maxConnections until it closes.
+      peer.dropped = true;
+      this.#lingering++;
+      this.#forget(peer, "Requester dropped: answers are not being read");
       return;
     }
     socket.send(JSON.stringify(answer));
+  }
+
+  #forget(peer: RequesterPeer, reason: string): void {
+    this.#requesters.delete(peer);
+    for (const controller of peer.requests.values()) {
+      controller.abort(new SwitchyardError(ErrorCode.CANCELLED, reason));
+    }
+    peer.requests.clear();
   }
 
   #reject(
@@ -901,8 +913,8 @@ export class Broker {
   }
 
   /** Fails what is pending, closes every socket and stops timers. */
-  close(): Promise<void> {
-    if (this.#closed) return Promise.resolve();
+  async close(): Promise<void> {
+    if (this.#closed) return;
     this.#closed = true;
     this.#draining = true;
     if (this.#sweeper !== undefined) clearInterval(this.#sweeper);
@@ -910,6 +922,9 @@ export class Broker {
       new SwitchyardError(ErrorCode.SHUTTING_DOWN, "Server is shutting down"),
     );
     this.dispatcher.close();
+    // The answers failAll() settled are written from promise callbacks: let them go out before
+    // the close frames, so requesters read "Server is shutting down" rather than a dropped line.
+    await new Promise((resolve) => setTimeout(resolve, 0));
     const closing: Promise<void>[] = [];
     const closeSocket = (socket: WebSocket) => {
       if (socket.readyState === WebSocket.CLOSED) return;
@@ -928,9 +943,8 @@ export class Broker {
         // Already closing.
       }
     };
-    // Let the final answers written by failAll() leave before the close frames.
     for (const socket of this.#sockets.values()) closeSocket(socket);
     for (const peer of this.#requesters) closeSocket(peer.socket);
-    return Promise.all(closing).then(() => {});
+    await Promise.all(closing);
   }
 }

@@ -574,7 +574,15 @@ export class Dispatcher {
         worker: worker.id,
       });
     }
-    this.#fail(job, new RequestTimeoutError());
+    if (worker) {
+      // The answer names the worker that sat on it (`processed_by`), for whoever hunts a hang.
+      job.settle({
+        ok: false,
+        error: new RequestTimeoutError(),
+        worker,
+        attempts: job.attempts,
+      });
+    } else this.#fail(job, new RequestTimeoutError());
     this.pump();
   }
 

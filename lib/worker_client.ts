@@ -222,19 +222,28 @@ export class Worker {
     this.#connects++;
     let interval = this.#options.heartbeatIntervalMs ?? 10_000;
     let lastHeard = Date.now();
+    // Heartbeats sent since the server was last heard from.
+    let unanswered = 0;
+    const heard = () => {
+      lastHeard = Date.now();
+      unanswered = 0;
+    };
     const closed = Promise.withResolvers<void>();
     let beat: ReturnType<typeof setInterval> | undefined;
     const startHeartbeat = () => {
       clearInterval(beat);
       beat = setInterval(() => {
-        // A server silent for three intervals is gone even if TCP has not noticed.
-        if (Date.now() - lastHeard > 3 * interval) {
+        // Three heartbeats in a row without a word back: the server is gone even if TCP has not
+        // noticed. Counting beats, not wall time, keeps a worker that was itself paused (SIGSTOP,
+        // a suspended VM, a long GC) from taking its own silence for the server's.
+        if (unanswered >= 3 && Date.now() - lastHeard > 3 * interval) {
           log.warn("No word from the server for {s} s: reconnecting", {
             s: Math.round((Date.now() - lastHeard) / 1000),
           });
           socket.terminate();
           return;
         }
+        unanswered++;
         this.#send(MessageType.HEARTBEAT, {
           status: "alive",
           in_flight: this.#running.size,
@@ -244,7 +253,7 @@ export class Worker {
       }, interval);
     };
     onText = (text) => {
-      lastHeard = Date.now();
+      heard();
       let envelope: Envelope;
       try {
         envelope = decodeEnvelope(text);
@@ -280,8 +289,8 @@ export class Worker {
       this.#onEnvelope(envelope);
     };
     for (const text of early.splice(0)) onText(text);
-    socket.on("pong", () => lastHeard = Date.now());
-    socket.on("ping", () => lastHeard = Date.now());
+    socket.on("pong", heard);
+    socket.on("ping", heard);
     socket.on("close", (code: number, reason: Uint8Array) => {
       clearInterval(beat);
       this.#socket = undefined;

@@ -150,7 +150,8 @@ Deno.test("auth - tokens never appear in the logs, and a refused worker logs 'un
     });
     void refused.start();
     await waitFor(
-      () => lines.some((l) => /unauthorized \(missing or wrong token\)/.test(l)),
+      () =>
+        lines.some((l) => /unauthorized \(missing or wrong token\)/.test(l)),
       "the refused worker's log line",
     );
     assert.equal(refused.status().connects, 0);

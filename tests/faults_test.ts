@@ -182,19 +182,21 @@ Deno.test("faults - a SIGSTOPped worker process turns unhealthy, gets no work, a
     "the frozen worker to be healthy again",
     3000,
   );
+  // Same connection: the worker does not take its own pause for a dead server.
   const back = s.findFrozen()!;
+  assert.equal(back.client_id, frozenId);
   const outcome = await s.server.broker.send(back.client_id, "get_time");
   assert.equal(outcome.ok, true);
-  // It kept its connection (same id) or came back under a new one; either way, one entry.
-  assert.equal(
-    s.server.broker.workers().filter((w) => w.name === "frozen").length,
-    1,
+  const answers = await Promise.all(
+    Array.from({ length: 6 }, () => s.client.request("get_time")),
   );
-  console.log(
-    `frozen worker: unhealthy after ${detectedMs} ms; after SIGCONT ${
-      back.client_id === frozenId ? "same connection" : "reconnected"
-    }`,
+  assert.ok(answers.every((a) => a.success));
+  assert.ok(
+    answers.some((a) => a.processed_by === frozenId),
+    "the thawed worker got none of 6 requests",
   );
+  assert.equal(s.server.broker.stats().workers, 2);
+  console.log(`frozen worker: unhealthy after ${detectedMs} ms`);
 });
 
 Deno.test("faults - a worker stopped past the cleanup interval is dropped and re-registers after SIGCONT", async () => {
@@ -276,13 +278,18 @@ Deno.test("faults - after a server restart 50 workers re-register with spread-ou
       requesterPort,
       sweepIntervalMs: 0,
     });
+    // Closing answers what was in flight before the sockets go.
     for (const r of await rejected) {
-      assert.equal(r.status, "rejected");
-      assert.ok(
-        r.reason instanceof ConnectionClosedError,
-        String(r.reason),
+      assert.equal(
+        r.status,
+        "fulfilled",
+        String((r as PromiseRejectedResult).reason),
       );
+      assert.equal(r.value.error_code, "SHUTTING_DOWN");
+      assert.equal(r.value.error, "Server is shutting down");
     }
+    assert.equal(client.connected, false);
+    await assert.rejects(client.request("get_time"), ConnectionClosedError);
     const seen = new Map<string, number>();
     const until = Date.now() + 5000;
     while (seen.size < WORKERS && Date.now() < until) {
@@ -415,6 +422,8 @@ Deno.test("faults - a requester that stops reading is dropped past maxBufferedBy
       "the slow reader to be dropped",
       5000,
     );
+    // Its remaining requests were cancelled, not left running for nobody.
+    await waitFor(() => server.broker.stats().in_flight === 0);
     assert.equal((await good.request("get_time")).success, true);
     // Once it reads again it learns why.
     // deno-lint-ignore no-explicit-any
@@ -570,5 +579,43 @@ Deno.test("limits - queueTimeoutMs answers BUSY once the wait passes (injected c
   } finally {
     await requester.close();
     await held.close();
+  }
+});
+
+Deno.test("faults - a Worker still leaves a server that stops answering its heartbeats", async () => {
+  // A "server" that says hello and then never says another word.
+  const sockets: WebSocket[] = [];
+  const mute = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    (req) => {
+      const { socket, response } = Deno.upgradeWebSocket(req);
+      socket.onopen = () =>
+        socket.send(JSON.stringify({
+          type: "connect",
+          msg_id: "m1",
+          timestamp: Date.now() / 1000,
+          data: {
+            client_id: `mute${sockets.length}`,
+            heartbeat_interval: 0.05,
+          },
+        }));
+      sockets.push(socket);
+      return response;
+    },
+  );
+  const worker = new Worker({
+    url: `ws://127.0.0.1:${mute.addr.port}`,
+    name: "patient",
+    backoff: { initialMs: 10, maxMs: 10 },
+  });
+  try {
+    void worker.start();
+    await waitFor(() => worker.status().connects >= 2, "a reconnect", 3000);
+  } finally {
+    await worker.stop(0);
+    for (const s of sockets) {
+      if (s.readyState <= 1) s.close();
+    }
+    await mute.shutdown();
   }
 });

@@ -126,7 +126,8 @@ async function getHealth(
 }
 
 Deno.test({
-  name: "tls - a Worker and a RequesterClient round-trip over wss://localhost with `ca`",
+  name:
+    "tls - a Worker and a RequesterClient round-trip over wss://localhost with `ca`",
   ignore: !OPENSSL,
   async fn() {
     await using pki = await makePki();
@@ -221,7 +222,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: "tls - the programs: server.ts --cert --key, worker.ts --ca, requester.ts --ca",
+  name:
+    "tls - the programs: server.ts --cert --key, worker.ts --ca, requester.ts --ca",
   ignore: !OPENSSL,
   async fn() {
     await using pki = await makePki();
