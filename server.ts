@@ -7,13 +7,17 @@
 
 import { parseArgs } from "node:util";
 import { STRATEGIES, type Strategy } from "./lib/balancer.ts";
-import { readLines, serverCommand } from "./lib/console.ts";
+import { runStdinConsole, serverCommand } from "./lib/console.ts";
 import {
   env,
   FlagError,
+  logFormatFlag,
   numberFlag,
+  onStopSignal,
   portFlag,
+  PROCESS_FLAGS,
   readFlagFile,
+  wantsConsole,
 } from "./lib/_flags.ts";
 import { logger, setupLogging } from "./lib/log.ts";
 import { type ServerOptions, startServer } from "./lib/server.ts";
@@ -51,7 +55,7 @@ Options:
 
 function options(
   args: string[],
-): ServerOptions & { console?: boolean; grace: number } {
+): ServerOptions & { console: boolean; grace: number } {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
@@ -77,12 +81,7 @@ function options(
       "requester-token": { type: "string" },
       cert: { type: "string" },
       key: { type: "string" },
-      grace: { type: "string" },
-      console: { type: "boolean" },
-      "no-console": { type: "boolean" },
-      "log-level": { type: "string" },
-      "log-format": { type: "string" },
-      help: { type: "boolean", short: "h" },
+      ...PROCESS_FLAGS,
     },
   });
   if (values.help) {
@@ -100,12 +99,7 @@ function options(
       }`,
     );
   }
-  const format = values["log-format"] ?? "text";
-  if (format !== "text" && format !== "json") {
-    throw new FlagError(
-      `Invalid --log-format '${format}': expected text or json`,
-    );
-  }
+  const format = logFormatFlag(values["log-format"]);
   if (Boolean(values.cert) !== Boolean(values.key)) {
     throw new FlagError("--cert and --key go together: give both or neither");
   }
@@ -158,7 +152,7 @@ function options(
     cert: readFlagFile("cert", values.cert),
     key: readFlagFile("key", values.key),
     grace: seconds("grace", 10),
-    console: values["no-console"] ? false : values.console,
+    console: wantsConsole(values),
   };
 }
 
@@ -178,28 +172,17 @@ async function main(): Promise<void> {
     console.error(`server: cannot listen: ${(error as Error).message}`);
     Deno.exit(1);
   }
-  let stopping = false;
   const stop = async (why: string) => {
-    if (stopping) {
-      log.warn("Second stop request: exiting now");
-      Deno.exit(1);
-    }
-    stopping = true;
     log.info("{why}: draining for up to {s} s", { why, s: opts.grace / 1000 });
     await server.drain(opts.grace);
     log.info("Stopped");
     Deno.exit(0);
   };
-  Deno.addSignalListener("SIGINT", () => void stop("SIGINT"));
-  Deno.addSignalListener("SIGTERM", () => void stop("SIGTERM"));
-
-  const interactive = opts.console ?? Deno.stdin.isTerminal();
-  if (interactive) {
-    const write = (text: string) => console.log(text);
-    write("Console ready: type 'help' for commands");
-    for await (const line of readLines(Deno.stdin.readable)) {
-      if (await serverCommand(server.broker, line, write) === "quit") break;
-    }
+  onStopSignal(stop);
+  if (opts.console) {
+    await runStdinConsole((line, write) =>
+      serverCommand(server.broker, line, write)
+    );
     // stdin ended or `quit`: a console user is done with the server.
     await stop("Console quit");
   }

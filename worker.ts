@@ -6,13 +6,17 @@
  */
 
 import { parseArgs } from "node:util";
-import { readLines, workerCommand } from "./lib/console.ts";
+import { runStdinConsole, workerCommand } from "./lib/console.ts";
 import {
   env,
   FlagError,
+  logFormatFlag,
   numberFlag,
+  onStopSignal,
   portFlag,
+  PROCESS_FLAGS,
   readFlagFile,
+  wantsConsole,
 } from "./lib/_flags.ts";
 import { logger, setupLogging } from "./lib/log.ts";
 import { createMarketService, parseProviderList } from "./lib/market/mod.ts";
@@ -57,18 +61,13 @@ function parse(args: string[]) {
       token: { type: "string" },
       ca: { type: "string" },
       "max-backoff": { type: "string" },
-      grace: { type: "string" },
       provider: { type: "string" },
       "eastmoney-url": { type: "string" },
       "tencent-url": { type: "string" },
       "csv-dir": { type: "string" },
       "cache-dir": { type: "string" },
       "rate-limit": { type: "string" },
-      console: { type: "boolean" },
-      "no-console": { type: "boolean" },
-      "log-level": { type: "string" },
-      "log-format": { type: "string" },
-      help: { type: "boolean", short: "h" },
+      ...PROCESS_FLAGS,
     },
   });
   if (values.help) {
@@ -78,12 +77,7 @@ function parse(args: string[]) {
   if (positionals.length > 2) {
     throw new FlagError(`Unexpected argument '${positionals[2]}': see --help`);
   }
-  const format = values["log-format"] ?? "text";
-  if (format !== "text" && format !== "json") {
-    throw new FlagError(
-      `Invalid --log-format '${format}': expected text or json`,
-    );
-  }
+  const format = logFormatFlag(values["log-format"]);
   let url = values.url;
   if (url === undefined) {
     const host = positionals[0] ?? "localhost";
@@ -109,7 +103,7 @@ function parse(args: string[]) {
   return {
     url,
     values,
-    format: format as "text" | "json",
+    format,
     providers,
     weight: numberFlag("weight", values.weight, 1, { min: 0.001 }),
     concurrency: numberFlag("concurrency", values.concurrency, 8, {
@@ -167,10 +161,7 @@ async function main(): Promise<void> {
     providers: flags.providers.join(" → "),
   });
 
-  let stopping = false;
   const stop = async (why: string) => {
-    if (stopping) Deno.exit(1);
-    stopping = true;
     log.info("{why}: finishing in-flight work (up to {s} s)", {
       why,
       s: flags.graceMs / 1000,
@@ -179,19 +170,11 @@ async function main(): Promise<void> {
     market.close();
     Deno.exit(0);
   };
-  Deno.addSignalListener("SIGINT", () => void stop("SIGINT"));
-  Deno.addSignalListener("SIGTERM", () => void stop("SIGTERM"));
+  onStopSignal(stop);
 
   const running = worker.start();
-  const interactive = values["no-console"]
-    ? false
-    : values.console ?? Deno.stdin.isTerminal();
-  if (interactive) {
-    const write = (text: string) => console.log(text);
-    write("Console ready: type 'help' for commands");
-    for await (const line of readLines(Deno.stdin.readable)) {
-      if (await workerCommand(worker, line, write) === "quit") break;
-    }
+  if (wantsConsole(values)) {
+    await runStdinConsole((line, write) => workerCommand(worker, line, write));
     await stop("Console quit");
   }
   await running;

@@ -66,3 +66,44 @@ export function env(name: string): string | undefined {
     return undefined;
   }
 }
+
+/** Flags every long-running program takes, for `parseArgs`. */
+export const PROCESS_FLAGS = {
+  grace: { type: "string" },
+  console: { type: "boolean" },
+  "no-console": { type: "boolean" },
+  "log-level": { type: "string" },
+  "log-format": { type: "string" },
+  help: { type: "boolean", short: "h" },
+} as const;
+
+/** Parses `--log-format`. */
+export function logFormatFlag(value: string | undefined): "text" | "json" {
+  const format = value ?? "text";
+  if (format !== "text" && format !== "json") {
+    throw new FlagError(
+      `Invalid --log-format '${format}': expected text or json`,
+    );
+  }
+  return format;
+}
+
+/** Whether to read console commands: `--no-console` wins, then `--console`, else a terminal. */
+export function wantsConsole(
+  values: { console?: boolean; "no-console"?: boolean },
+): boolean {
+  if (values["no-console"]) return false;
+  return values.console ?? Deno.stdin.isTerminal();
+}
+
+/** Calls `stop` on SIGINT or SIGTERM; a second signal exits at once. */
+export function onStopSignal(stop: (signal: string) => Promise<void>): void {
+  let stopping = false;
+  const handle = (signal: Deno.Signal) => {
+    if (stopping) Deno.exit(1);
+    stopping = true;
+    void stop(signal);
+  };
+  Deno.addSignalListener("SIGINT", () => handle("SIGINT"));
+  Deno.addSignalListener("SIGTERM", () => handle("SIGTERM"));
+}

@@ -175,3 +175,14 @@ export async function* readLines(
   }
   if (buffer !== "") yield buffer;
 }
+
+/** Reads commands from stdin until `quit` or end of input, printing to stdout. */
+export async function runStdinConsole(
+  run: (line: string, write: (text: string) => void) => Promise<ConsoleResult>,
+): Promise<void> {
+  const write = (text: string) => console.log(text);
+  write("Console ready: type 'help' for commands");
+  for await (const line of readLines(Deno.stdin.readable)) {
+    if (await run(line, write) === "quit") return;
+  }
+}
