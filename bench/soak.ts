@@ -7,7 +7,6 @@
  */
 
 import { RequesterClient } from "../lib/requester_client.ts";
-import { startFakeEastmoney } from "../tests/_fake_eastmoney.ts";
 import { batchItems } from "./batch.ts";
 import { type Helper, rssMiB, spawnHelper } from "./_spawn.ts";
 import { type Check, fixed, summarize, table } from "./_stats.ts";
@@ -40,6 +39,8 @@ export interface SoakReport {
   kills: number;
   rssStartMiB: number;
   rssEndMiB: number;
+  /** Server RSS sampled every 10 s from the start, MiB. */
+  rssSeriesMiB: number[];
   lostReasons: Record<string, number>;
   checks: Check[];
 }
@@ -73,7 +74,7 @@ export async function runSoak(options: SoakOptions = {}): Promise<SoakReport> {
   const seconds = options.seconds ?? 60;
   const log = options.log ?? (() => {});
   const random = seeded(options.seed ?? 42);
-  const upstream = await startFakeEastmoney({ synthetic: true, latencyMs: 20 });
+  const upstream = await spawnHelper("_fake_upstream.ts");
   const server = await spawnHelper("_server.ts");
   const workerUrl = `ws://127.0.0.1:${server.info.port}`;
   const startWorker = (i: number) =>
@@ -83,7 +84,7 @@ export async function runSoak(options: SoakOptions = {}): Promise<SoakReport> {
       "--name",
       `soak-${i}`,
       "--eastmoney",
-      upstream.url,
+      String(upstream.info.url),
       "--rate-limit",
       "50",
     ]);
@@ -106,6 +107,7 @@ export async function runSoak(options: SoakOptions = {}): Promise<SoakReport> {
   const stop = new AbortController();
   let rssStart = NaN;
   let rssEnd = NaN;
+  const rssSeries: number[] = [];
   try {
     await client.connect();
     rssStart = await rssMiB(server.pid);
@@ -174,7 +176,15 @@ export async function runSoak(options: SoakOptions = {}): Promise<SoakReport> {
         workers[i] = await startWorker(i);
       }
     };
+    const sampleRss = async () => {
+      rssSeries.push(rssStart);
+      while (!stop.signal.aborted) {
+        await sleep(10_000, stop.signal);
+        if (!stop.signal.aborted) rssSeries.push(await rssMiB(server.pid));
+      }
+    };
     const loops = [
+      sampleRss(),
       ...Array.from({ length: options.inFlight ?? 8 }, single),
       batches(),
       churn(),
@@ -188,7 +198,7 @@ export async function runSoak(options: SoakOptions = {}): Promise<SoakReport> {
     await client.close();
     await Promise.all(workers.map((w) => w.stop()));
     await server.stop();
-    await upstream.close();
+    await upstream.stop();
   }
   const report: Omit<SoakReport, "checks"> = {
     seconds,
@@ -206,6 +216,7 @@ export async function runSoak(options: SoakOptions = {}): Promise<SoakReport> {
     kills,
     rssStartMiB: rssStart,
     rssEndMiB: rssEnd,
+    rssSeriesMiB: rssSeries,
     lostReasons,
   };
   return { ...report, checks: soakChecks(report) };
@@ -240,6 +251,10 @@ export function soakTable(r: SoakReport): string {
     ["batch p99 ms", fixed(r.batches.p99)],
     ["server RSS start MiB", fixed(r.rssStartMiB, 1)],
     ["server RSS end MiB", fixed(r.rssEndMiB, 1)],
+    [
+      "server RSS every 10 s MiB",
+      r.rssSeriesMiB.map((v) => fixed(v, 0)).join(" "),
+    ],
     ["lost by reason", reasons || "none"],
   ]);
 }
