@@ -15,6 +15,7 @@ import {
   SwitchyardError,
   WorkerError,
 } from "./errors.ts";
+import { type DeadlineHandle, Deadlines } from "./_deadlines.ts";
 import { messageId } from "./_id.ts";
 import { encodeEnvelope, MessageType, type ResponseData } from "./protocol.ts";
 import {
@@ -155,7 +156,7 @@ export class Dispatcher {
   readonly queueTimeoutMs: number;
   #queue: Job[] = [];
   #nonRetriable: Set<string>;
-  #timers = new Set<ReturnType<typeof setTimeout>>();
+  #deadlines = new Deadlines<Job>((job) => this.#expire(job));
 
   constructor(options: DispatcherOptions = {}) {
     this.registry = options.registry ?? new LocalRegistry<Peer>();
@@ -187,7 +188,8 @@ export class Dispatcher {
   ): Promise<Outcome> {
     const { promise, resolve } = Promise.withResolvers<Outcome>();
     const signal = options.signal;
-    const expiry: { timer?: ReturnType<typeof setTimeout> } = {};
+    let expiry: DeadlineHandle | undefined;
+    const now = this.clock.now();
     const onAbort = () =>
       this.#cancel(job, ErrorCode.CANCELLED, "Request cancelled");
     const job: Job = {
@@ -198,18 +200,15 @@ export class Dispatcher {
         !this.#nonRetriable.has(command),
       only: options.only,
       preferred: options.preferred,
-      excluded: new Set(options.exclude ?? []),
+      excluded: new Set(options.exclude),
       onProgress: options.onProgress,
       attempts: 0,
-      startedAt: this.clock.now(),
+      startedAt: now,
       done: false,
       settle: (outcome) => {
         if (job.done) return;
         job.done = true;
-        if (expiry.timer !== undefined) {
-          clearTimeout(expiry.timer);
-          this.#timers.delete(expiry.timer);
-        }
+        expiry?.cancel();
         signal?.removeEventListener("abort", onAbort);
         resolve(outcome);
       },
@@ -223,13 +222,7 @@ export class Dispatcher {
       return promise;
     }
     signal?.addEventListener("abort", onAbort, { once: true });
-    const delay = Math.max(0, options.deadline - this.clock.now());
-    const t = setTimeout(() => {
-      this.#timers.delete(t);
-      this.#expire(job);
-    }, delay);
-    expiry.timer = t;
-    this.#timers.add(t);
+    expiry = this.#deadlines.add(job, options.deadline - now);
     this.#place(job, false);
     return promise;
   }
@@ -399,8 +392,7 @@ export class Dispatcher {
 
   /** Stops every timer; pending jobs are left as they are (call failAll first). */
   close(): void {
-    for (const t of this.#timers) clearTimeout(t);
-    this.#timers.clear();
+    this.#deadlines.close();
   }
 
   #upstreamFailed(result: unknown): boolean {

@@ -440,8 +440,13 @@ export class Worker {
           { code: ErrorCode.UNKNOWN_ACTION },
         );
       }
+      const stop = this.#stop.signal;
+      let signal: AbortSignal | undefined;
       const ctx: ActionContext = {
-        signal: AbortSignal.any([controller.signal, this.#stop.signal]),
+        // Combined only when an action asks: most never look, and it is per-request garbage.
+        get signal() {
+          return signal ??= AbortSignal.any([controller.signal, stop]);
+        },
         requestId: msgId,
         progress: (done, total) =>
           this.#send(MessageType.PROGRESS, { request_id: msgId, done, total }),
