@@ -19,6 +19,8 @@ interface Lane<T> {
   head?: Node<T>;
   tail?: Node<T>;
   timer?: ReturnType<typeof setTimeout>;
+  /** When the armed timer fires, on the monotonic clock. */
+  armedFor: number;
 }
 
 /** A handle to cancel one deadline. */
@@ -37,10 +39,12 @@ export class Deadlines<T> {
 
   add(item: T, delayMs: number): DeadlineHandle {
     const delay = Math.max(0, delayMs);
-    const key = Math.round(delay);
+    // Lanes by duration in 100 ms steps: a deadline computed a millisecond later must not open
+    // a lane (and a timer) of its own. Order within a lane is kept exact below.
+    const key = Math.round(delay / 100);
     let lane = this.#lanes.get(key);
     if (!lane) {
-      lane = { key };
+      lane = { key, armedFor: Infinity };
       this.#lanes.set(key, lane);
     }
     const node: Node<T> = {
@@ -65,6 +69,10 @@ export class Deadlines<T> {
       lane.head = node;
     }
     if (lane.timer === undefined) this.#arm(lane);
+    else if (node.due < lane.armedFor) {
+      clearTimeout(lane.timer);
+      this.#arm(lane);
+    }
     return { cancel: () => this.#remove(node) };
   }
 
@@ -77,13 +85,14 @@ export class Deadlines<T> {
     if (node.next) node.next.prev = node.prev;
     else lane.tail = node.prev;
     node.prev = node.next = undefined;
-    // An empty lane must not keep the process alive; a lane whose head left simply wakes up
-    // early once and re-arms for the new head.
-    if (!lane.head) this.#drop(lane);
+    // The lane's timer stays armed even when the lane empties: it wakes up once, re-arms for
+    // the new head or retires the lane. Clearing and re-creating it per request under light
+    // load would cost as much as the per-request timers this class replaces.
   }
 
   #arm(lane: Lane<T>): void {
     const head = lane.head!;
+    lane.armedFor = head.due;
     lane.timer = setTimeout(
       () => this.#fire(lane),
       Math.max(0, head.due - performance.now()),
@@ -98,21 +107,20 @@ export class Deadlines<T> {
       this.#remove(node);
       this.#onExpire(node.item);
     }
-    if (
-      lane.head && lane.timer === undefined &&
-      this.#lanes.get(lane.key) === lane
-    ) {
-      this.#arm(lane);
+    if (this.#lanes.get(lane.key) !== lane || lane.timer !== undefined) return;
+    if (lane.head) this.#arm(lane);
+    else this.#lanes.delete(lane.key);
+  }
+
+  /** Whether a timer is still armed (an emptied lane keeps its timer until it fires). */
+  get armed(): boolean {
+    for (const lane of this.#lanes.values()) {
+      if (lane.timer !== undefined) return true;
     }
+    return false;
   }
 
-  #drop(lane: Lane<T>): void {
-    if (lane.timer !== undefined) clearTimeout(lane.timer);
-    lane.timer = undefined;
-    if (this.#lanes.get(lane.key) === lane) this.#lanes.delete(lane.key);
-  }
-
-  /** Stops every timer; nothing expires afterwards. */
+  /** Stops every timer; nothing expires afterwards. Call it when the owner closes. */
   close(): void {
     for (const lane of this.#lanes.values()) {
       if (lane.timer !== undefined) clearTimeout(lane.timer);

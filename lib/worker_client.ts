@@ -354,8 +354,27 @@ export class Worker {
   #send(type: string, data: unknown, msgId?: string): boolean {
     const socket = this.#socket;
     if (!socket || socket.readyState !== 1) return false;
+    this.#cork(socket);
     socket.send(encodeEnvelope(type, data, msgId));
     return true;
+  }
+
+  #corked = false;
+
+  /**
+   * Answers to requests that arrived together are written in one system call: the first send
+   * of a turn corks the TCP socket and a microtask uncorks it once that turn's sends are done.
+   */
+  #cork(socket: WebSocket): void {
+    if (this.#corked) return;
+    const tcp = (socket as unknown as { _socket?: { cork(): void; uncork(): void } })._socket;
+    if (!tcp) return;
+    this.#corked = true;
+    tcp.cork();
+    queueMicrotask(() => {
+      this.#corked = false;
+      tcp.uncork();
+    });
   }
 
   #onEnvelope(envelope: Envelope): void {

