@@ -94,6 +94,10 @@ export class Balancer {
     workers: readonly W[],
     action: string,
   ): W | undefined {
+    // The default strategy runs on every request: it scans in place instead of filtering.
+    if (this.strategy === "least_loaded") {
+      return this.#leastLoaded(workers, action);
+    }
     const candidates = workers.filter((w) => isCandidate(w, action));
     if (candidates.length === 0) return undefined;
     if (candidates.length === 1) return candidates[0];
@@ -102,10 +106,8 @@ export class Balancer {
         return candidates[this.#cursor++ % candidates.length];
       case "random":
         return candidates[Math.floor(this.#random() * candidates.length)];
-      case "weighted_random":
+      default:
         return this.#weighted(candidates);
-      case "least_loaded":
-        return this.#leastLoaded(candidates);
     }
   }
 
@@ -122,20 +124,32 @@ export class Balancer {
     return candidates[candidates.length - 1];
   }
 
-  #leastLoaded<W extends WorkerLoad>(candidates: W[]): W {
-    let best: W[] = [];
+  #leastLoaded<W extends WorkerLoad>(
+    workers: readonly W[],
+    action: string,
+  ): W | undefined {
     let bestScore = Infinity;
-    for (const w of candidates) {
+    let ties = 0;
+    let count = 0;
+    let only: W | undefined;
+    for (const w of workers) {
+      if (!isCandidate(w, action)) continue;
+      count++;
+      only = w;
       const score = loadScore(w);
       if (score < bestScore - 1e-9) {
-        best = [w];
         bestScore = score;
-      } else if (Math.abs(score - bestScore) <= 1e-9) {
-        best.push(w);
-      }
+        ties = 1;
+      } else if (Math.abs(score - bestScore) <= 1e-9) ties++;
     }
+    if (count <= 1) return only;
     // Rotate among exact ties so idle equal workers share the load instead of one taking all.
-    return best[this.#cursor++ % best.length];
+    let k = this.#cursor++ % ties;
+    for (const w of workers) {
+      if (!isCandidate(w, action)) continue;
+      if (Math.abs(loadScore(w) - bestScore) <= 1e-9 && k-- === 0) return w;
+    }
+    return only;
   }
 }
 

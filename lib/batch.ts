@@ -7,6 +7,7 @@
  */
 
 import { isCandidate, offers, rendezvousOrder } from "./balancer.ts";
+import type { CancelSignal } from "./_cancel.ts";
 import type { Dispatcher, Peer } from "./dispatcher.ts";
 import { RETRIABLE_RESULT_CODES } from "./dispatcher.ts";
 import { ErrorCode, ProtocolError } from "./errors.ts";
@@ -28,7 +29,7 @@ export interface BatchData {
 /** Options for {@linkcode runBatch}. */
 export interface BatchOptions {
   deadline: number;
-  signal?: AbortSignal;
+  signal?: CancelSignal;
   /** How many rounds an item may be re-sent after an upstream failure. @default 2 */
   maxRetryRounds?: number;
   /** Called whenever the count of finished items grows. */

@@ -8,6 +8,7 @@
 
 import type { ActionHandler } from "./action.ts";
 import { authorized } from "./auth.ts";
+import { Cancellation, type CancelSignal } from "./_cancel.ts";
 import { BATCH_COMMAND, readBatchItems, runBatch } from "./batch.ts";
 import { Dispatcher, type Outcome, Peer } from "./dispatcher.ts";
 import type { Strategy } from "./balancer.ts";
@@ -122,8 +123,8 @@ interface RequesterPeer {
   id: string;
   socket: WebSocket;
   address: string;
-  /** Requests in flight by `request_id`, each with the controller that cancels it. */
-  requests: Map<string, AbortController>;
+  /** Requests in flight by `request_id`, each with what cancels it. */
+  requests: Map<string, Cancellation>;
   /** Dropped for not reading: forgotten, though its socket may linger until the peer reads. */
   dropped?: boolean;
 }
@@ -640,9 +641,12 @@ export class Broker {
 
   #forget(peer: RequesterPeer, reason: string): void {
     this.#requesters.delete(peer);
-    for (const controller of peer.requests.values()) {
-      controller.abort(new SwitchyardError(ErrorCode.CANCELLED, reason));
-    }
+    log.debug("Cancelling {n} requests of requester {id}: {reason}", {
+      n: peer.requests.size,
+      id: peer.id,
+      reason,
+    });
+    for (const cancellation of peer.requests.values()) cancellation.abort();
     peer.requests.clear();
   }
 
@@ -712,26 +716,35 @@ export class Broker {
         `Server busy: ${peer.requests.size} requests in flight on this connection (limit ${this.#o.maxInFlightPerConnection})`,
       );
     }
-    const controller = new AbortController();
-    peer.requests.set(id, controller);
+    const cancellation = new Cancellation();
+    peer.requests.set(id, cancellation);
     this.#active++;
-    this.#run(peer, request, controller.signal)
-      .catch((error) => {
-        log.error("Request {id} failed unexpectedly: {error}", { id, error });
-        return failureAnswer(
-          id,
-          `Internal error: ${error}`,
-          ErrorCode.WORKER_ERROR,
-        );
-      })
-      .then((answer) => {
-        peer.requests.delete(id);
-        this.#active--;
-        if (answer.success) this.#answered++;
-        else this.#failed++;
-        if (!controller.signal.aborted) this.#answer(peer, answer);
-        if (this.#active === 0) this.#idle?.resolve();
-      });
+    void this.#serve(peer, request, cancellation);
+  }
+
+  async #serve(
+    peer: RequesterPeer,
+    request: RequesterRequest,
+    cancellation: Cancellation,
+  ): Promise<void> {
+    const id = request.request_id;
+    let answer: RequesterAnswer;
+    try {
+      answer = await this.#run(peer, request, cancellation);
+    } catch (error) {
+      log.error("Request {id} failed unexpectedly: {error}", { id, error });
+      answer = failureAnswer(
+        id,
+        `Internal error: ${error}`,
+        ErrorCode.WORKER_ERROR,
+      );
+    }
+    peer.requests.delete(id);
+    this.#active--;
+    if (answer.success) this.#answered++;
+    else this.#failed++;
+    if (!cancellation.aborted) this.#answer(peer, answer);
+    if (this.#active === 0) this.#idle?.resolve();
   }
 
   #deadline(request: RequesterRequest): number {
@@ -744,7 +757,7 @@ export class Broker {
   async #run(
     peer: RequesterPeer,
     request: RequesterRequest,
-    signal: AbortSignal,
+    signal: CancelSignal,
   ): Promise<RequesterAnswer> {
     const started = this.clock.now();
     const id = request.request_id;

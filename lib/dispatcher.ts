@@ -15,6 +15,7 @@ import {
   SwitchyardError,
   WorkerError,
 } from "./errors.ts";
+import type { CancelSignal } from "./_cancel.ts";
 import { type DeadlineHandle, Deadlines } from "./_deadlines.ts";
 import { messageId } from "./_id.ts";
 import { encodeEnvelope, MessageType, type ResponseData } from "./protocol.ts";
@@ -66,7 +67,7 @@ export interface SubmitOptions {
   /** Never run on these workers. */
   exclude?: Iterable<string>;
   /** Ends the job early: the requester went away. */
-  signal?: AbortSignal;
+  signal?: CancelSignal;
   /** Called with a worker's progress reports for this job. */
   onProgress?: (progress: { done: number; total?: number }) => void;
 }

@@ -188,7 +188,7 @@ export interface WorkerRegistry<W extends WorkerRecord = WorkerRecord> {
   add(worker: W): void;
   remove(id: string): boolean;
   get(id: string): W | undefined;
-  all(): W[];
+  all(): readonly W[];
   readonly size: number;
 }
 
@@ -196,12 +196,16 @@ export interface WorkerRegistry<W extends WorkerRecord = WorkerRecord> {
 export class LocalRegistry<W extends WorkerRecord = WorkerRecord>
   implements WorkerRegistry<W> {
   #workers = new Map<string, W>();
+  // Read on every request, changed only when workers come and go: keep one array.
+  #snapshot: W[] | undefined;
 
   add(worker: W): void {
     this.#workers.set(worker.id, worker);
+    this.#snapshot = undefined;
   }
 
   remove(id: string): boolean {
+    this.#snapshot = undefined;
     return this.#workers.delete(id);
   }
 
@@ -209,8 +213,9 @@ export class LocalRegistry<W extends WorkerRecord = WorkerRecord>
     return this.#workers.get(id);
   }
 
-  all(): W[] {
-    return [...this.#workers.values()];
+  /** The workers; the array is shared, so treat it as read-only. */
+  all(): readonly W[] {
+    return this.#snapshot ??= [...this.#workers.values()];
   }
 
   get size(): number {

@@ -367,7 +367,9 @@ export class Worker {
    */
   #cork(socket: WebSocket): void {
     if (this.#corked) return;
-    const tcp = (socket as unknown as { _socket?: { cork(): void; uncork(): void } })._socket;
+    const tcp =
+      (socket as unknown as { _socket?: { cork(): void; uncork(): void } })
+        ._socket;
     if (!tcp) return;
     this.#corked = true;
     tcp.cork();
