@@ -33,6 +33,7 @@ Options:
   --max-timeout S          largest deadline a requester may ask for (default 300)
   --heartbeat-interval S   heartbeat interval told to workers (default 10)
   --cleanup-interval S     drop a worker silent this long (default 60)
+  --idle-timeout S         WebSocket ping after S/2 idle, close after S (default 30; 0 = off)
   --max-queue N            requests waiting for a free worker (default 1000)
   --queue-timeout S        longest wait for a free worker before "Server busy" (default: deadline)
   --max-attempts N         workers one request may try on failover (default 3)
@@ -68,6 +69,7 @@ function options(
       "max-timeout": { type: "string" },
       "heartbeat-interval": { type: "string" },
       "cleanup-interval": { type: "string" },
+      "idle-timeout": { type: "string" },
       "max-queue": { type: "string" },
       "queue-timeout": { type: "string" },
       "max-attempts": { type: "string" },
@@ -133,6 +135,9 @@ function options(
     maxTimeoutMs: seconds("max-timeout", 300),
     heartbeatIntervalMs,
     cleanupIntervalMs: seconds("cleanup-interval", 60),
+    idleTimeoutSeconds: numberFlag("idle-timeout", values["idle-timeout"], 30, {
+      integer: true,
+    }),
     maxQueue: count("max-queue", 1000),
     queueTimeoutMs: values["queue-timeout"] === undefined
       ? undefined
