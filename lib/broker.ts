@@ -747,11 +747,11 @@ export class Broker {
     if (this.#active === 0) this.#idle?.resolve();
   }
 
-  #deadline(request: RequesterRequest): number {
+  #deadline(request: RequesterRequest, now: number): number {
     const ms = request.timeout !== undefined
       ? Math.min(request.timeout * 1000, this.#o.maxTimeoutMs)
       : this.#o.timeoutMs;
-    return this.clock.now() + ms;
+    return now + ms;
   }
 
   async #run(
@@ -771,7 +771,7 @@ export class Broker {
       }
       let lastSent = 0;
       const { data, workersUsed } = await runBatch(this.dispatcher, items, {
-        deadline: this.#deadline(request),
+        deadline: this.#deadline(request, started),
         signal,
         onProgress: request.progress
           ? (done, total) => {
@@ -803,7 +803,7 @@ export class Broker {
       request.command,
       request.data,
       {
-        deadline: this.#deadline(request),
+        deadline: this.#deadline(request, started),
         signal,
         onProgress: request.progress
           ? (p) => this.#answer(peer, { request_id: id, progress: p })

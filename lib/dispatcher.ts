@@ -502,8 +502,10 @@ export class Dispatcher {
     const msgId = messageId();
     job.msgId = msgId;
     job.worker = worker;
-    job.attempts++;
-    job.startedAt = this.clock.now();
+    // A job sent straight from submit() started then; one that waited or moves on starts now.
+    if (job.attempts++ > 0 || job.queuedAt !== undefined) {
+      job.startedAt = this.clock.now();
+    }
     worker.jobs.set(msgId, job);
     worker.inFlight++;
     try {

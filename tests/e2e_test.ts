@@ -182,3 +182,62 @@ Deno.test("e2e - a batch of 120 items over 3 worker processes survives a worker 
     await server.program.stop();
   }
 });
+
+Deno.test("e2e - the server warns loudly when it listens beyond loopback without tokens", async () => {
+  const open = new Program("server.ts", [
+    "--host",
+    "0.0.0.0",
+    "--port",
+    "0",
+    "--requester-port",
+    "0",
+    "--no-console",
+  ]);
+  try {
+    const match = await open.waitFor(
+      /without tokens: anyone who can reach this machine/,
+    );
+    assert.match(match.input!, /\[WRN\]/);
+  } finally {
+    await open.stop();
+  }
+  // Tokens from the environment silence it.
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL("../server.ts", import.meta.url).pathname,
+      "--host",
+      "0.0.0.0",
+      "--port",
+      "0",
+      "--requester-port",
+      "0",
+      "--no-console",
+    ],
+    env: {
+      NO_COLOR: "1",
+      SWITCHYARD_WORKER_TOKEN: "w-secret",
+      SWITCHYARD_REQUESTER_TOKEN: "r-secret",
+    },
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  while (!/Requester port listening/.test(text)) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    text += value;
+  }
+  child.kill("SIGKILL");
+  await reader.cancel();
+  await child.stdout.cancel();
+  await child.status;
+  assert.match(text, /Requester port listening/);
+  assert.doesNotMatch(
+    text,
+    /without tokens|without a worker token|without a requester token/,
+  );
+  assert.doesNotMatch(text, /w-secret|r-secret/);
+});
