@@ -86,6 +86,8 @@ export interface Job {
   worker?: Peer;
   msgId?: string;
   startedAt: number;
+  /** Cancels the deadline once the job is settled. */
+  expiry?: DeadlineHandle;
   /** When the job last joined the queue. */
   queuedAt?: number;
   lastError?: SwitchyardError;
@@ -189,7 +191,6 @@ export class Dispatcher {
   ): Promise<Outcome> {
     const { promise, resolve } = Promise.withResolvers<Outcome>();
     const signal = options.signal;
-    let expiry: DeadlineHandle | undefined;
     const now = this.clock.now();
     const onAbort = () =>
       this.#cancel(job, ErrorCode.CANCELLED, "Request cancelled");
@@ -209,7 +210,7 @@ export class Dispatcher {
       settle: (outcome) => {
         if (job.done) return;
         job.done = true;
-        expiry?.cancel();
+        job.expiry?.cancel();
         signal?.removeEventListener("abort", onAbort);
         resolve(outcome);
       },
@@ -223,7 +224,7 @@ export class Dispatcher {
       return promise;
     }
     signal?.addEventListener("abort", onAbort, { once: true });
-    expiry = this.#deadlines.add(job, options.deadline - now);
+    job.expiry = this.#deadlines.add(job, options.deadline - now);
     this.#place(job, false);
     return promise;
   }
