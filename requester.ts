@@ -10,8 +10,8 @@ import {
   env,
   FlagError,
   numberFlag,
-  portFlag,
   readFlagFile,
+  serverUrl,
 } from "./lib/_flags.ts";
 import { setupLogging } from "./lib/log.ts";
 import { RequesterClient } from "./lib/requester_client.ts";
@@ -55,22 +55,15 @@ function parse(args: string[]) {
     console.log(USAGE);
     Deno.exit(0);
   }
-  let rest = positionals;
-  let url = values.url;
-  if (rest.length >= 2 && /^\d+$/.test(rest[1])) {
-    if (url) throw new FlagError("Give either --url or HOST PORT, not both");
-    const host = rest[0];
-    url = `ws://${host.includes(":") ? `[${host}]` : host}:${
-      portFlag("port", rest[1], 8766)
-    }`;
-    rest = rest.slice(2);
-  }
-  url ??= "ws://localhost:8766";
-  if (!/^wss?:\/\//.test(url)) {
-    throw new FlagError(
-      `Invalid --url '${url}': expected ws://host:port or wss://host:port`,
-    );
-  }
+  // `HOST PORT` is recognised by its numeric second word; everything after is the command.
+  const hostPort = positionals.length >= 2 && /^\d+$/.test(positionals[1]);
+  const url = serverUrl(
+    values.url,
+    hostPort ? positionals[0] : undefined,
+    hostPort ? positionals[1] : undefined,
+    8766,
+  );
+  const rest = hostPort ? positionals.slice(2) : positionals;
   let data: unknown = {};
   if (rest.length > 1) {
     const text = rest.slice(1).join(" ");

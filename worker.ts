@@ -13,9 +13,9 @@ import {
   logFormatFlag,
   numberFlag,
   onStopSignal,
-  portFlag,
   PROCESS_FLAGS,
   readFlagFile,
+  serverUrl,
   wantsConsole,
 } from "./lib/_flags.ts";
 import { logger, setupLogging } from "./lib/log.ts";
@@ -78,19 +78,7 @@ function parse(args: string[]) {
     throw new FlagError(`Unexpected argument '${positionals[2]}': see --help`);
   }
   const format = logFormatFlag(values["log-format"]);
-  let url = values.url;
-  if (url === undefined) {
-    const host = positionals[0] ?? "localhost";
-    const port = portFlag("port", positionals[1], 8765);
-    url = `ws://${host.includes(":") ? `[${host}]` : host}:${port}`;
-  } else if (positionals.length > 0) {
-    throw new FlagError("Give either --url or HOST PORT, not both");
-  }
-  if (!/^wss?:\/\//.test(url)) {
-    throw new FlagError(
-      `Invalid --url '${url}': expected ws://host:port or wss://host:port`,
-    );
-  }
+  const url = serverUrl(values.url, positionals[0], positionals[1], 8765);
   let providers: string[];
   try {
     providers = parseProviderList(values.provider ?? "eastmoney");

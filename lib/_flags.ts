@@ -107,3 +107,29 @@ export function onStopSignal(stop: (signal: string) => Promise<void>): void {
   Deno.addSignalListener("SIGINT", () => handle("SIGINT"));
   Deno.addSignalListener("SIGTERM", () => handle("SIGTERM"));
 }
+
+/**
+ * The server URL from `--url` or positional `HOST PORT` (either, not both), checked for a
+ * WebSocket scheme.
+ */
+export function serverUrl(
+  flag: string | undefined,
+  host: string | undefined,
+  port: string | undefined,
+  defaultPort: number,
+): string {
+  if (flag !== undefined && host !== undefined) {
+    throw new FlagError("Give either --url or HOST PORT, not both");
+  }
+  const h = host ?? "localhost";
+  const url = flag ??
+    `ws://${h.includes(":") ? `[${h}]` : h}:${
+      portFlag("port", port, defaultPort)
+    }`;
+  if (!/^wss?:\/\//.test(url)) {
+    throw new FlagError(
+      `Invalid --url '${url}': expected ws://host:port or wss://host:port`,
+    );
+  }
+  return url;
+}
