@@ -98,7 +98,7 @@ Deno.test({
     });
     const first = await startServerProgram([
       "--max-attempts",
-      "8",
+      "10",
       "--grace",
       "20",
     ]);
@@ -208,7 +208,9 @@ Deno.test({
 
       const chaos = (async () => {
         while (running) {
-          await sleep(400 + random() * 400);
+          // A kill every ~1.2 s with four workers: each worker lives a few seconds, far harsher
+          // than any real pool, yet long enough for a 25-item chunk to finish somewhere.
+          await sleep(800 + random() * 800);
           if (!running) break;
           const i = Math.floor(random() * workers.length);
           workers[i].kill("SIGKILL");
@@ -256,7 +258,7 @@ Deno.test({
         "--requester-port",
         String(requesterPort),
         "--max-attempts",
-        "8",
+        "10",
         "--no-console",
       ]);
       await server.waitFor(/Requester port listening/);
