@@ -182,7 +182,7 @@ async function main(): Promise<void> {
       `  ${pad(w.name, 9)} served ${
         pad(w.served, 4)
       } failures ${w.failures}  ` +
-        `avg ${w.latency_ms} ms`,
+        `recent latency ${w.latency_ms} ms`,
     );
   }
   const failed = burst.filter((a) => !a.success).length + data.summary.failed;
