@@ -10,8 +10,17 @@ export interface ActionContext {
   signal: AbortSignal;
   /** The envelope id of the request being served, for logs. */
   requestId: string;
-  /** Reports how far a long action has come; the broker relays it to requesters that asked. */
-  progress?: (done: number, total?: number) => void;
+  /**
+   * Reports how far a long action has come; the broker relays it to requesters that asked. A
+   * list-valued action may pass each finished `item` (its index in the result list and its
+   * result): when the server asked for streaming, the item is sent now and left out of the final
+   * list, so that if this worker dies, only unfinished items are sent elsewhere.
+   */
+  progress?: (
+    done: number,
+    total?: number,
+    item?: { index: number; result: unknown },
+  ) => void;
 }
 
 /** An action: takes the request's `params`, resolves with its `result` or throws its `error`. */

@@ -235,6 +235,21 @@ export async function runBatch(
           ) => w.id),
       ];
       const key = `${round}:${c}`;
+      // What the chunk's current attempt works on. Items the worker streams back as they finish
+      // are settled at once and leave it, so a worker that dies mid-chunk costs only the rest.
+      let current = indexes;
+      const settled = new Set<number>();
+      const blockedOn = new Map<string, number>();
+      const accept = (i: number, result: unknown, workerId: string) => {
+        settled.add(i);
+        if (isRetriableFailure(result) && round + 1 < maxRounds) {
+          blockedOn.set(workerId, (blockedOn.get(workerId) ?? 0) + 1);
+          retry.push(i);
+          results[i] = result;
+        } else {
+          finish(i, annotate(result, workerId));
+        }
+      };
       const outcome = await dispatcher.submit(
         BATCH_COMMAND,
         indexes.map((i) => items[i]),
@@ -243,61 +258,62 @@ export async function runBatch(
           preferred,
           exclude: avoid,
           signal: options.signal,
-          onProgress: ({ done: d }) => {
-            inProgress.set(key, Math.min(d, indexes.length));
+          onProgress: ({ done: d, item, worker }) => {
+            const i = item ? current[item.index] : undefined;
+            if (i !== undefined && !settled.has(i)) {
+              accept(i, item!.result, worker ?? "");
+            } else if (!item) inProgress.set(key, Math.min(d, current.length));
             report();
+          },
+          resend: () => {
+            current = current.filter((i) => !settled.has(i));
+            return current.map((i) => items[i]);
           },
         },
       );
       inProgress.delete(key);
+      const open = current.filter((i) => !settled.has(i));
       if (!outcome.ok) {
-        errors.push(
-          `${indexes.length} items failed${
-            outcome.worker ? ` on worker ${outcome.worker.id}` : ""
-          }: ${outcome.error.message}`,
-        );
-        for (const i of indexes) {
+        if (open.length > 0) {
+          errors.push(
+            `${open.length} items failed${
+              outcome.worker ? ` on worker ${outcome.worker.id}` : ""
+            }: ${outcome.error.message}`,
+          );
+        }
+        for (const i of open) {
           finish(
             i,
             itemError(items[i], outcome.error.message, outcome.error.code),
           );
         }
-        report();
-        return;
-      }
-      const worker = outcome.worker;
-      used.add(worker.id);
-      const list = outcome.result;
-      if (!Array.isArray(list) || list.length !== indexes.length) {
-        const got = Array.isArray(list)
-          ? `${list.length} results`
-          : typeof list;
-        const message =
-          `Worker ${worker.id} answered ${got} for ${indexes.length} items`;
-        errors.push(message);
-        for (const i of indexes) {
-          finish(i, itemError(items[i], message, ErrorCode.WORKER_ERROR));
-        }
-        report();
-        return;
-      }
-      let blocked = 0;
-      list.forEach((result, k) => {
-        const i = indexes[k];
-        if (isRetriableFailure(result) && round + 1 < maxRounds) {
-          blocked++;
-          retry.push(i);
-          results[i] = result;
+      } else {
+        const worker = outcome.worker;
+        used.add(worker.id);
+        const list = outcome.result;
+        if (!Array.isArray(list) || list.length !== current.length) {
+          const got = Array.isArray(list)
+            ? `${list.length} results`
+            : typeof list;
+          const message =
+            `Worker ${worker.id} answered ${got} for ${current.length} items`;
+          errors.push(message);
+          for (const i of open) {
+            finish(i, itemError(items[i], message, ErrorCode.WORKER_ERROR));
+          }
         } else {
-          finish(i, annotate(result, worker.id));
+          current.forEach((i, k) => {
+            if (!settled.has(i)) accept(i, list[k], worker.id);
+          });
         }
-      });
-      if (blocked > 0) {
+      }
+      for (const [workerId, blocked] of blockedOn) {
         // Steer this batch (and, for a while, others) around a worker whose upstream pushes back.
-        avoid.add(worker.id);
-        worker.blockedUntil = dispatcher.clock.now() + 60_000;
+        avoid.add(workerId);
+        const worker = dispatcher.registry.get(workerId);
+        if (worker) worker.blockedUntil = dispatcher.clock.now() + 60_000;
         errors.push(
-          `${blocked} items re-sent: upstream of worker ${worker.id} failed`,
+          `${blocked} items re-sent: upstream of worker ${workerId} failed`,
         );
       }
       report();

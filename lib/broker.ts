@@ -485,12 +485,15 @@ export class Broker {
           data && typeof data.request_id === "string" &&
           typeof data.done === "number"
         ) {
-          this.dispatcher.progress(
-            worker,
-            data.request_id,
-            data.done,
-            typeof data.total === "number" ? data.total : undefined,
-          );
+          const item = data.item as { index?: unknown } | undefined;
+          this.dispatcher.progress(worker, data.request_id, {
+            done: data.done,
+            total: typeof data.total === "number" ? data.total : undefined,
+            item: typeof item === "object" && item !== null &&
+                Number.isInteger(item.index)
+              ? item as { index: number; result: unknown }
+              : undefined,
+          });
         }
         return;
       }
@@ -806,7 +809,11 @@ export class Broker {
         deadline: this.#deadline(request, started),
         signal,
         onProgress: request.progress
-          ? (p) => this.#answer(peer, { request_id: id, progress: p })
+          ? (p) =>
+            this.#answer(peer, {
+              request_id: id,
+              progress: { done: p.done, total: p.total },
+            })
           : undefined,
       },
     );

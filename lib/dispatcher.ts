@@ -49,6 +49,14 @@ export const UPSTREAM_ACTIONS: ReadonlySet<string> = new Set([
   "get_markets",
 ]);
 
+/** A worker's progress report; `item` is a finished part of a streamed job. */
+export interface Progress {
+  done: number;
+  total?: number;
+  item?: { index: number; result: unknown };
+  worker?: string;
+}
+
 /** How a job ended. */
 export type Outcome =
   | { ok: true; result: unknown; worker: Peer; attempts: number }
@@ -69,19 +77,25 @@ export interface SubmitOptions {
   /** Ends the job early: the requester went away. */
   signal?: CancelSignal;
   /** Called with a worker's progress reports for this job. */
-  onProgress?: (progress: { done: number; total?: number }) => void;
+  onProgress?: (progress: Progress) => void;
+  /**
+   * Asks workers to stream finished parts (`progress.item`), and gives the params to send when
+   * the job moves to another worker: only what is still unfinished.
+   */
+  resend?: () => unknown;
 }
 
 /** A unit of work in the dispatcher. */
 export interface Job {
   readonly command: string;
-  readonly params: unknown;
+  params: unknown;
   readonly deadline: number;
   readonly retriable: boolean;
   readonly only?: string;
   readonly preferred?: readonly string[];
   readonly excluded: Set<string>;
   readonly onProgress?: SubmitOptions["onProgress"];
+  readonly resend?: SubmitOptions["resend"];
   attempts: number;
   worker?: Peer;
   msgId?: string;
@@ -204,6 +218,7 @@ export class Dispatcher {
       preferred: options.preferred,
       excluded: new Set(options.exclude),
       onProgress: options.onProgress,
+      resend: options.resend,
       attempts: 0,
       startedAt: now,
       done: false,
@@ -289,8 +304,8 @@ export class Dispatcher {
   }
 
   /** Forwards a worker's progress report to the job's listener. */
-  progress(worker: Peer, msgId: string, done: number, total?: number): void {
-    worker.jobs.get(msgId)?.onProgress?.({ done, total });
+  progress(worker: Peer, msgId: string, progress: Progress): void {
+    worker.jobs.get(msgId)?.onProgress?.({ ...progress, worker: worker.id });
   }
 
   /** A worker left: its jobs move to other workers or fail with a clear error. */
@@ -313,6 +328,7 @@ export class Dispatcher {
             attempt: job.attempts + 1,
           },
         );
+        if (job.resend) job.params = job.resend();
         this.#place(job, true);
       } else {
         job.settle({
@@ -511,10 +527,14 @@ export class Dispatcher {
     worker.inFlight++;
     try {
       worker.send(
-        encodeEnvelope(MessageType.REQUEST, {
-          action: job.command,
-          params: job.params,
-        }, msgId),
+        encodeEnvelope(
+          MessageType.REQUEST,
+          // `stream` is additive: workers that do not know it ignore it.
+          job.resend
+            ? { action: job.command, params: job.params, stream: true }
+            : { action: job.command, params: job.params },
+          msgId,
+        ),
       );
     } catch (error) {
       // The socket died under us; the close handler will call workerLost() for the rest.

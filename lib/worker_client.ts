@@ -447,9 +447,11 @@ export class Worker {
     const msgId = envelope.msg_id;
     const controller = new AbortController();
     this.#running.set(msgId, controller);
+    const streamed = new Set<number>();
     let reply: Record<string, unknown>;
     try {
       const { action, params } = readRequestData(envelope.data);
+      const stream = (envelope.data as { stream?: unknown }).stream === true;
       const handler = this.#actions.get(action);
       if (!handler) {
         throw Object.assign(
@@ -469,10 +471,21 @@ export class Worker {
           return signal ??= AbortSignal.any([controller.signal, stop]);
         },
         requestId: msgId,
-        progress: (done, total) =>
-          this.#send(MessageType.PROGRESS, { request_id: msgId, done, total }),
+        progress: (done, total, item) => {
+          if (stream && item) streamed.add(item.index);
+          this.#send(
+            MessageType.PROGRESS,
+            stream && item
+              ? { request_id: msgId, done, total, item }
+              : { request_id: msgId, done, total },
+          );
+        },
       };
-      const result = await handler(params, ctx);
+      let result = await handler(params, ctx);
+      if (streamed.size > 0 && Array.isArray(result)) {
+        // Already delivered one by one: the final list carries nulls in their places.
+        result = result.map((r, i) => streamed.has(i) ? null : r);
+      }
       reply = { success: true, result: result ?? null, error: null };
       this.#served++;
     } catch (error) {

@@ -293,7 +293,11 @@ export function createMarketService(
   async function getMarkets(
     list: unknown,
     signal: AbortSignal = new AbortController().signal,
-    onProgress?: (done: number, total: number) => void,
+    onProgress?: (
+      done: number,
+      total: number,
+      item: { index: number; result: unknown },
+    ) => void,
   ): Promise<MarketResult[]> {
     const items = Array.isArray(list)
       ? list
@@ -308,9 +312,9 @@ export function createMarketService(
       );
     }
     let done = 0;
-    return await mapLimit(items, itemConcurrency, async (item) => {
+    return await mapLimit(items, itemConcurrency, async (item, index) => {
       const result = await getMarket(item, signal);
-      onProgress?.(++done, items.length);
+      onProgress?.(++done, items.length, { index, result });
       return result;
     });
   }
