@@ -220,7 +220,13 @@ export class Dispatcher {
       onProgress: options.onProgress,
       resend: options.resend,
       attempts: 0,
+      // Every field from the start: one object shape for all jobs keeps the hot path monomorphic.
+      worker: undefined,
+      msgId: undefined,
       startedAt: now,
+      queuedAt: undefined,
+      expiry: undefined,
+      lastError: undefined,
       done: false,
       settle: (outcome) => {
         if (job.done) return;
