@@ -5,16 +5,8 @@
 import assert from "node:assert/strict";
 import { WebSocket } from "../lib/_ws.ts";
 import { startFakeEastmoney } from "./_fake_eastmoney.ts";
+import { mulberry32 } from "./_helpers.ts";
 import { Program, startServerProgram, waitForHealth } from "./_procs.ts";
-
-function mulberry32(seed: number): () => number {
-  return () => {
-    seed = (seed + 0x6d2b79f5) | 0;
-    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
