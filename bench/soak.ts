@@ -6,6 +6,7 @@
  * @module
  */
 
+import { mulberry32 } from "../lib/_random.ts";
 import { RequesterClient } from "../lib/requester_client.ts";
 import { batchItems } from "./batch.ts";
 import { type Helper, rssMiB, spawnHelper } from "./_spawn.ts";
@@ -45,18 +46,6 @@ export interface SoakReport {
   checks: Check[];
 }
 
-/** mulberry32: a small seeded PRNG in [0, 1). */
-function seeded(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 function sleep(ms: number, signal: AbortSignal): Promise<void> {
   return new Promise((resolve) => {
     const t = setTimeout(done, ms);
@@ -73,7 +62,7 @@ function sleep(ms: number, signal: AbortSignal): Promise<void> {
 export async function runSoak(options: SoakOptions = {}): Promise<SoakReport> {
   const seconds = options.seconds ?? 60;
   const log = options.log ?? (() => {});
-  const random = seeded(options.seed ?? 42);
+  const random = mulberry32(options.seed ?? 42);
   const upstream = await spawnHelper("_fake_upstream.ts");
   const server = await spawnHelper("_server.ts");
   const workerUrl = `ws://127.0.0.1:${server.info.port}`;

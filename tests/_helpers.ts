@@ -14,17 +14,7 @@ import {
 import { Worker, type WorkerOptions } from "../lib/worker_client.ts";
 import { WebSocket } from "../lib/_ws.ts";
 
-/** mulberry32: a tiny seeded PRNG in [0, 1). */
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return function next() {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { mulberry32 } from "../lib/_random.ts";
 
 /** Polls `condition` every 10 ms until it holds; throws after `timeoutMs`. */
 export async function waitFor(
