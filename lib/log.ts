@@ -15,7 +15,7 @@ import {
   type LogRecord,
   parseLogLevel,
   resetSync,
-} from "@logtape/logtape";
+} from "npm:@logtape/logtape@2.4.2";
 
 /** Options for {@linkcode setupLogging}. */
 export interface LoggingOptions {

@@ -1,7 +1,7 @@
 // Tokens per port: who may connect where, and that a token never leaks into the logs.
 
 import assert from "node:assert/strict";
-import { resetSync } from "@logtape/logtape";
+import { resetSync } from "npm:@logtape/logtape@2.4.2";
 import { setupLogging } from "../lib/log.ts";
 import { RequesterClient } from "../lib/requester_client.ts";
 import { Worker } from "../lib/worker_client.ts";

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { getLogger } from "@logtape/logtape";
+import { getLogger } from "npm:@logtape/logtape@2.4.2";
 import { type BreakerState, CircuitBreaker } from "./breaker.ts";
 import { type Clock, systemClock } from "./clock.ts";
 import { UpstreamBlockedError, UpstreamUnavailableError } from "./errors.ts";
