@@ -15,12 +15,18 @@ import type { Bar, Period } from "./types.ts";
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { aggregateBars } from "./aggregate.ts";
  * const [week] = aggregateBars([
  *   { date: "2024-01-02", open: 1, high: 2, low: 1, close: 2, volume: 10 },
  *   { date: "2024-01-05", open: 2, high: 3, low: 0.5, close: 1.5, volume: 5 },
  * ], "weekly");
- * console.assert(week.date === "2024-01-05" && week.high === 3 && week.volume === 15);
+ * assert.equal(week.date, "2024-01-05");
+ * assert.equal(week.open, 1);
+ * assert.equal(week.high, 3);
+ * assert.equal(week.low, 0.5);
+ * assert.equal(week.close, 1.5);
+ * assert.equal(week.volume, 15);
  * ```
  */
 export function aggregateBars(bars: readonly Bar[], period: Period): Bar[] {

@@ -9,6 +9,7 @@
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { createMarketService } from "./mod.ts";
  * const market = createMarketService({ providers: ["demo"] });
  * const handlers = market.actions();
@@ -16,7 +17,10 @@
  *   { symbol_type: "etf", code: "510300", start_date: "2024-01-01", end_date: "2024-01-05" },
  *   { signal: new AbortController().signal, requestId: "example" },
  * );
- * console.assert((result as { success: boolean }).success);
+ * const answer = result as { success: boolean; code: string; data: unknown[] };
+ * assert.equal(answer.success, true);
+ * assert.equal(answer.code, "510300");
+ * assert.ok(answer.data.length > 0);
  * market.close();
  * ```
  *

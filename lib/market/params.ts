@@ -28,9 +28,12 @@ export interface ValidateMarketParamsOptions {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { validateMarketParams } from "./params.ts";
  * const p = validateMarketParams({ symbol_type: "etf", code: "510300", start_date: "20240102" });
- * console.assert(p.start_date === "2024-01-02" && p.period === "daily" && p.adjust === "qfq");
+ * assert.equal(p.start_date, "2024-01-02");
+ * assert.equal(p.period, "daily");
+ * assert.equal(p.adjust, "qfq");
  * ```
  */
 export function validateMarketParams(

@@ -29,8 +29,9 @@ export const PROVIDER_NAMES: readonly string[] = Object.freeze([
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseProviderList } from "./providers.ts";
- * console.assert(parseProviderList("eastmoney, Tencent").join() === "eastmoney,tencent");
+ * assert.deepEqual(parseProviderList("eastmoney, Tencent"), ["eastmoney", "tencent"]);
  * ```
  */
 export function parseProviderList(text: string): string[] {

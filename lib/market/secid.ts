@@ -16,9 +16,10 @@ import type { SymbolType } from "./types.ts";
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { secidFor } from "./secid.ts";
- * console.assert(secidFor("stock", "000001") === "0.000001"); // Ping An Bank
- * console.assert(secidFor("index", "000001") === "1.000001"); // Shanghai Composite
+ * assert.equal(secidFor("stock", "000001"), "0.000001"); // Ping An Bank
+ * assert.equal(secidFor("index", "000001"), "1.000001"); // Shanghai Composite
  * ```
  */
 export function secidFor(symbolType: SymbolType, code: string): string {

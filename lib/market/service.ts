@@ -122,10 +122,13 @@ interface Flight {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { createMarketService } from "./service.ts";
  * const market = createMarketService({ providers: ["demo"] });
  * const result = await market.getMarket({ symbol_type: "etf", code: "510300", start_date: "2024-01-01", end_date: "2024-01-31" });
- * console.assert(result.success && result.source === "demo" && result.data.length === 23);
+ * assert.ok(result.success);
+ * assert.equal(result.source, "demo");
+ * assert.equal(result.data.length, 23);
  * market.close();
  * ```
  */
