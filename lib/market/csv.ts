@@ -10,6 +10,7 @@
  * @module
  */
 
+import { parse } from "npm:csv-parse@7.0.3/sync";
 import { aggregateBars } from "./aggregate.ts";
 import { UnknownCodeError, UpstreamUnavailableError } from "./errors.ts";
 import { numberOf } from "./_http.ts";
@@ -112,10 +113,23 @@ async function findFile(
  * @throws {UpstreamUnavailableError} when a required column is missing or a row is malformed.
  */
 export function parseCsvBars(text: string, file = "<csv>"): Bar[] {
-  const lines = text.replace(/^\uFEFF/, "").split(/\r?\n/).filter((l) =>
-    l.trim() !== ""
-  );
-  const header = splitLine(lines[0] ?? "").map((h) => h.toLowerCase());
+  let rows: string[][];
+  try {
+    // A real parser, because exports quote names and numbers that hold commas ("1,234.5").
+    rows = parse(text, {
+      bom: true,
+      trim: true,
+      skip_empty_lines: true,
+      relax_column_count: true,
+    });
+  } catch (error) {
+    throw new UpstreamUnavailableError(
+      "csv",
+      `Cannot read CSV file "${file}": ${(error as Error).message}`,
+      { cause: error },
+    );
+  }
+  const header = (rows[0] ?? []).map((h) => h.toLowerCase());
   const index = new Map<keyof Bar, number>();
   for (
     const [field, names] of Object.entries(COLUMNS) as [
@@ -131,19 +145,19 @@ export function parseCsvBars(text: string, file = "<csv>"): Bar[] {
       throw new UpstreamUnavailableError(
         "csv",
         `Cannot read CSV file "${file}": no "${field}" column in header ${
-          JSON.stringify(lines[0] ?? "")
+          JSON.stringify((rows[0] ?? []).join(","))
         }`,
       );
     }
   }
   const bars = new Map<string, Bar>();
-  for (let n = 1; n < lines.length; n++) {
-    const cells = splitLine(lines[n]);
+  for (let n = 1; n < rows.length; n++) {
+    const cells = rows[n];
     const date = normaliseDate(cells[index.get("date")!]);
     const bar: Partial<Bar> = { date };
     for (const [field, i] of index) {
       if (field !== "date") {
-        const value = numberOf(cells[i]);
+        const value = numberOf(cells[i]?.replaceAll(",", ""));
         if (value !== undefined) {
           (bar as Record<string, unknown>)[field] = value;
         }
@@ -152,8 +166,8 @@ export function parseCsvBars(text: string, file = "<csv>"): Bar[] {
     if (date === undefined || REQUIRED.some((f) => bar[f] === undefined)) {
       throw new UpstreamUnavailableError(
         "csv",
-        `Cannot read CSV file "${file}": line ${n + 1} ${
-          JSON.stringify(lines[n])
+        `Cannot read CSV file "${file}": row ${n + 1} ${
+          JSON.stringify(cells.join(","))
         } is incomplete`,
       );
     }
@@ -167,10 +181,6 @@ export function parseCsvBars(text: string, file = "<csv>"): Bar[] {
 function orderFields(bar: Bar): Bar {
   const { date, open, high, low, close, volume, ...rest } = bar;
   return { date, open, high, low, close, volume, ...rest };
-}
-
-function splitLine(line: string): string[] {
-  return line.split(",").map((cell) => cell.trim().replace(/^"(.*)"$/, "$1"));
 }
 
 function normaliseDate(text: string | undefined): string | undefined {
