@@ -1,0 +1,82 @@
+/**
+ * Plain HTTP on both ports: `/health`, a hint for browsers, and who may upgrade.
+ *
+ * @module
+ */
+
+import { authorized } from "../auth.ts";
+import { logger } from "../log.ts";
+import { type BrokerCore, VERSION } from "./options.ts";
+
+const log = logger("broker");
+
+/** The two ports, as `/health` names them. */
+export type PortName = "worker" | "requester";
+
+/** `host:port` of the peer, or "unknown". */
+export function remoteAddress(info: Deno.ServeHandlerInfo | undefined): string {
+  const addr = info?.remoteAddr as Deno.NetAddr | undefined;
+  return addr?.hostname ? `${addr.hostname}:${addr.port}` : "unknown";
+}
+
+function json(body: unknown, status = 200): Response {
+  return new Response(JSON.stringify(body), {
+    status,
+    headers: { "content-type": "application/json" },
+  });
+}
+
+/** The answer to a request that is not a WebSocket upgrade; undefined for an upgrade. */
+export function plainHttp(
+  core: BrokerCore,
+  req: Request,
+  port: PortName,
+): Response | undefined {
+  if (req.headers.get("upgrade")?.toLowerCase() === "websocket") {
+    return undefined;
+  }
+  const path = new URL(req.url).pathname;
+  if (req.method === "GET" && path === "/health") {
+    return json({ ...core.stats(), port, version: VERSION });
+  }
+  return new Response(
+    `This is the Switchyard ${port} port: connect with a WebSocket client ` +
+      `(ws://host:port/), or GET /health for status.\n`,
+    {
+      status: 426,
+      headers: { "content-type": "text/plain", upgrade: "websocket" },
+    },
+  );
+}
+
+/** Why an upgrade is refused (closed, bad token, too many connections); undefined to accept. */
+export function refuseUpgrade(
+  core: BrokerCore,
+  req: Request,
+  token: string | undefined,
+  port: PortName,
+  connections: number,
+): Response | undefined {
+  if (core.closed) {
+    return new Response("Server is shutting down\n", { status: 503 });
+  }
+  if (!authorized(req, token)) {
+    log.warn("Refused a {port} connection: missing or invalid token", {
+      port,
+    });
+    return new Response("Unauthorized: missing or invalid token\n", {
+      status: 401,
+      headers: { "www-authenticate": "Bearer" },
+    });
+  }
+  const limit = core.options.maxConnections;
+  if (connections >= limit) {
+    return new Response(
+      `Too many ${port} connections (limit ${limit})\n`,
+      {
+        status: 503,
+      },
+    );
+  }
+  return undefined;
+}

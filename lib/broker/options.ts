@@ -1,0 +1,141 @@
+/**
+ * The broker's options, its stats, and the core every part of it (the two ports, the sweep)
+ * reads: resolved options, the dispatcher, the clock and whether it is still taking work.
+ *
+ * @module
+ */
+
+import type { ActionHandler } from "../action.ts";
+import type { Strategy } from "../balancer.ts";
+import type { Dispatcher } from "../dispatcher.ts";
+import type { Envelope } from "../protocol.ts";
+import type { Clock, WorkerInfo } from "../registry.ts";
+
+/** The version the server reports in `connect` and `/health`. */
+export const VERSION = "0.1.0";
+
+/** A handler for a custom worker-port message type. */
+export type MessageHandler = (
+  envelope: Envelope,
+  worker: WorkerInfo,
+) => void | Promise<void>;
+
+/** Options for {@linkcode Broker}. */
+export interface BrokerOptions {
+  /** @default "least_loaded" */
+  strategy?: Strategy;
+  /** Deadline of a request that names none, in ms. @default 30000 */
+  timeoutMs?: number;
+  /** The largest deadline a requester may ask for, in ms. @default 300000 */
+  maxTimeoutMs?: number;
+  /** How often workers should send heartbeats, in ms (told to them in `connect`). @default 10000 */
+  heartbeatIntervalMs?: number;
+  /** Heartbeat silence after which a worker stops getting work, in ms. @default 3 × heartbeatIntervalMs */
+  heartbeatTimeoutMs?: number;
+  /** Heartbeat silence after which a worker is dropped, in ms. @default 60000 */
+  cleanupIntervalMs?: number;
+  /** WebSocket idle timeout in seconds: pings after half, closes after all. @default 30 */
+  idleTimeoutSeconds?: number;
+  /** Requests waiting for a free worker before `Server busy`. @default 1000 */
+  maxQueue?: number;
+  /** Workers one request may try when workers vanish under it. @default 3 */
+  maxAttempts?: number;
+  /** The longest a request may wait for a free worker before `Server busy`, in ms. @default its deadline */
+  queueTimeoutMs?: number;
+  /** Requests in flight on one requester connection. @default 1000 */
+  maxInFlightPerConnection?: number;
+  /** Largest requester frame, in bytes. @default 1048576 */
+  maxRequesterFrameBytes?: number;
+  /** Largest worker frame, in bytes (market answers are large). @default 67108864 */
+  maxWorkerFrameBytes?: number;
+  /** Items in one `get_markets` batch. @default 10000 */
+  maxBatchItems?: number;
+  /** Bytes queued to a requester that does not read before it is dropped. @default 16777216 */
+  maxBufferedBytes?: number;
+  /** Connections per port. @default 10000 */
+  maxConnections?: number;
+  /** `max_concurrency` of a worker that never registered. @default 16 */
+  defaultConcurrency?: number;
+  /** Token workers must present. @default none */
+  workerToken?: string;
+  /** Token requesters must present. @default none */
+  requesterToken?: string;
+  /** Actions never re-run on another worker after their worker vanished. @default [] */
+  nonRetriableActions?: string[];
+  /** More server actions (or replacements), requested by workers and the console. */
+  actions?: Record<string, ActionHandler>;
+  /** Handlers for custom worker-port message types. */
+  messageHandlers?: Record<string, MessageHandler>;
+  /** How often to judge worker health, in ms; 0 leaves it to explicit `sweep()` calls. @default 1000 */
+  sweepIntervalMs?: number;
+  /** @default the wall clock */
+  clock?: Clock;
+  /** Random source for the balancer. @default Math.random */
+  random?: () => number;
+}
+
+/** Live counters for `/health`, `stats` and tests. */
+export interface BrokerStats {
+  status: "ok" | "draining";
+  workers: number;
+  healthy_workers: number;
+  requesters: number;
+  in_flight: number;
+  queued: number;
+  answered: number;
+  failed: number;
+  uptime_s: number;
+}
+
+/** The numeric and boolean options, defaults filled in. */
+export type ResolvedOptions = Required<
+  Omit<
+    BrokerOptions,
+    | "workerToken"
+    | "requesterToken"
+    | "actions"
+    | "messageHandlers"
+    | "clock"
+    | "random"
+    | "strategy"
+    | "nonRetriableActions"
+    | "queueTimeoutMs"
+  >
+>;
+
+/** Fills in the defaults. */
+export function resolveOptions(options: BrokerOptions): ResolvedOptions {
+  const heartbeatIntervalMs = options.heartbeatIntervalMs ?? 10_000;
+  return {
+    timeoutMs: options.timeoutMs ?? 30_000,
+    maxTimeoutMs: options.maxTimeoutMs ?? 300_000,
+    heartbeatIntervalMs,
+    heartbeatTimeoutMs: options.heartbeatTimeoutMs ?? 3 * heartbeatIntervalMs,
+    cleanupIntervalMs: options.cleanupIntervalMs ?? 60_000,
+    idleTimeoutSeconds: options.idleTimeoutSeconds ?? 30,
+    maxQueue: options.maxQueue ?? 1000,
+    maxAttempts: options.maxAttempts ?? 3,
+    maxInFlightPerConnection: options.maxInFlightPerConnection ?? 1000,
+    maxRequesterFrameBytes: options.maxRequesterFrameBytes ?? 1024 * 1024,
+    maxWorkerFrameBytes: options.maxWorkerFrameBytes ?? 64 * 1024 * 1024,
+    maxBatchItems: options.maxBatchItems ?? 10_000,
+    maxBufferedBytes: options.maxBufferedBytes ?? 16 * 1024 * 1024,
+    maxConnections: options.maxConnections ?? 10_000,
+    defaultConcurrency: options.defaultConcurrency ?? 16,
+    sweepIntervalMs: options.sweepIntervalMs ?? 1000,
+  };
+}
+
+/** What the ports and the sweep share: the broker as its parts see it. */
+export interface BrokerCore {
+  readonly options: ResolvedOptions;
+  readonly clock: Clock;
+  readonly dispatcher: Dispatcher;
+  /** Server actions, requested by workers and the console. */
+  readonly actions: Record<string, ActionHandler>;
+  /** Not taking new requests (draining or closed). */
+  readonly draining: boolean;
+  /** Closed: not taking new connections either. */
+  readonly closed: boolean;
+  stats(): BrokerStats;
+}

@@ -1,0 +1,366 @@
+/**
+ * The requester port: accepts requester connections, checks their frames, runs each request
+ * (one command, or a `get_markets` batch) through the dispatcher and writes the answers back,
+ * dropping requesters that stop reading.
+ *
+ * @module
+ */
+
+import { Cancellation, type CancelSignal } from "../_cancel.ts";
+import { BATCH_COMMAND, readBatchItems, runBatch } from "../batch.ts";
+import type { Outcome } from "../dispatcher.ts";
+import {
+  ErrorCode,
+  NO_WORKERS_TEXT,
+  type ProtocolError,
+  TIMEOUT_TEXT,
+} from "../errors.ts";
+import { shortId } from "../_id.ts";
+import { logger } from "../log.ts";
+import {
+  failureAnswer,
+  parseRequesterFrame,
+  type RequesterAnswer,
+  type RequesterRequest,
+} from "../protocol.ts";
+import { plainHttp, refuseUpgrade, remoteAddress } from "./http.ts";
+import type { BrokerCore } from "./options.ts";
+
+const log = logger("broker");
+
+interface RequesterPeer {
+  id: string;
+  socket: WebSocket;
+  address: string;
+  /** Requests in flight by `request_id`, each with what cancels it. */
+  requests: Map<string, Cancellation>;
+  /** Dropped for not reading: forgotten, though its socket may linger until the peer reads. */
+  dropped?: boolean;
+}
+
+// A request_id still readable from a frame too large to parse, so its error reaches the waiter.
+const REQUEST_ID_PEEK = /"request_id"\s*:\s*"([^"\\]{1,200})"/;
+
+/** The requester port's handling; see the module doc. */
+export class RequesterPort {
+  #core: BrokerCore;
+  #token?: string;
+  #peers = new Set<RequesterPeer>();
+  /** Dropped slow readers whose sockets have not closed yet. */
+  #lingering = 0;
+  #answered = 0;
+  #failed = 0;
+  #active = 0;
+  #idle: PromiseWithResolvers<void> | undefined;
+
+  constructor(core: BrokerCore, options: { token?: string }) {
+    this.#core = core;
+    this.#token = options.token;
+    this.handle = this.handle.bind(this);
+  }
+
+  /** Connected requesters. */
+  get connected(): number {
+    return this.#peers.size;
+  }
+
+  /** Requests being served. */
+  get active(): number {
+    return this.#active;
+  }
+
+  /** Requests answered with success. */
+  get answered(): number {
+    return this.#answered;
+  }
+
+  /** Requests answered with failure, and rejected frames. */
+  get failed(): number {
+    return this.#failed;
+  }
+
+  /** The open requester sockets. */
+  sockets(): WebSocket[] {
+    return [...this.#peers].map((peer) => peer.socket);
+  }
+
+  /** Resolves once no request is being served, or after `graceMs`. */
+  async settled(graceMs: number): Promise<void> {
+    if (this.#active === 0) return;
+    this.#idle = Promise.withResolvers();
+    const timer = setTimeout(() => this.#idle?.resolve(), graceMs);
+    await this.#idle.promise;
+    clearTimeout(timer);
+  }
+
+  /** The requester port's request handler. */
+  handle(req: Request, info?: Deno.ServeHandlerInfo): Response {
+    const plain = plainHttp(this.#core, req, "requester");
+    if (plain) return plain;
+    const refused = refuseUpgrade(
+      this.#core,
+      req,
+      this.#token,
+      "requester",
+      this.#peers.size + this.#lingering,
+    );
+    if (refused) return refused;
+    const address = remoteAddress(info);
+    const { socket, response } = Deno.upgradeWebSocket(req, {
+      idleTimeout: this.#core.options.idleTimeoutSeconds,
+    });
+    const peer: RequesterPeer = {
+      id: shortId(8),
+      socket,
+      address,
+      requests: new Map(),
+    };
+    socket.onopen = () => {
+      this.#peers.add(peer);
+      log.debug("Requester {id} connected from {address}", {
+        id: peer.id,
+        address: peer.address,
+      });
+    };
+    socket.onmessage = (event) => this.#onRequesterFrame(peer, event.data);
+    socket.onclose = () => {
+      if (peer.dropped) this.#lingering--;
+      this.#forget(peer, "Requester disconnected");
+      log.debug("Requester {id} disconnected", { id: peer.id });
+    };
+    socket.onerror = () => {};
+    return response;
+  }
+
+  #answer(
+    peer: RequesterPeer,
+    answer: RequesterAnswer | Record<string, unknown>,
+  ): void {
+    const socket = peer.socket;
+    if (socket.readyState !== WebSocket.OPEN) return;
+    if (socket.bufferedAmount > this.#core.options.maxBufferedBytes) {
+      // A requester that stops reading would otherwise hold the server's memory hostage.
+      log.warn(
+        "Dropping requester {id}: {bytes} bytes unread (limit {limit})",
+        {
+          id: peer.id,
+          bytes: socket.bufferedAmount,
+          limit: this.#core.options.maxBufferedBytes,
+        },
+      );
+      socket.close(1008, "Too slow: answers are not being read");
+      // Deno cannot force a server-side socket shut, and the close frame waits behind the unread
+      // bytes until the peer reads: forget the peer now, so its requests stop and nothing more
+      // is queued for it. Its socket still counts against maxConnections until it closes.
+      peer.dropped = true;
+      this.#lingering++;
+      this.#forget(peer, "Requester dropped: answers are not being read");
+      return;
+    }
+    socket.send(JSON.stringify(answer));
+  }
+
+  #forget(peer: RequesterPeer, reason: string): void {
+    this.#peers.delete(peer);
+    log.debug("Cancelling {n} requests of requester {id}: {reason}", {
+      n: peer.requests.size,
+      id: peer.id,
+      reason,
+    });
+    for (const cancellation of peer.requests.values()) cancellation.abort();
+    peer.requests.clear();
+  }
+
+  #reject(
+    peer: RequesterPeer,
+    requestId: string | null,
+    code: string,
+    error: string,
+  ): void {
+    this.#failed++;
+    log.debug("Rejected a frame from requester {id}: {error}", {
+      id: peer.id,
+      error,
+    });
+    this.#answer(peer, failureAnswer(requestId, error, code));
+  }
+
+  #onRequesterFrame(peer: RequesterPeer, raw: unknown): void {
+    if (typeof raw !== "string") {
+      return this.#reject(
+        peer,
+        null,
+        ErrorCode.BINARY_FRAME,
+        "Binary frames are not supported: send a JSON text frame",
+      );
+    }
+    if (raw.length > this.#core.options.maxRequesterFrameBytes) {
+      const id = REQUEST_ID_PEEK.exec(raw.slice(0, 1000))?.[1] ?? null;
+      return this.#reject(
+        peer,
+        id,
+        ErrorCode.FRAME_TOO_LARGE,
+        `Frame too large: ${raw.length} characters (limit ${this.#core.options.maxRequesterFrameBytes})`,
+      );
+    }
+    let request: RequesterRequest;
+    try {
+      request = parseRequesterFrame(raw, {
+        maxTimeoutSeconds: this.#core.options.maxTimeoutMs / 1000,
+      });
+    } catch (error) {
+      const e = error as ProtocolError;
+      return this.#reject(peer, e.requestId ?? null, e.code, e.message);
+    }
+    const id = request.request_id;
+    if (this.#core.draining) {
+      return this.#reject(
+        peer,
+        id,
+        ErrorCode.SHUTTING_DOWN,
+        "Server is shutting down: request not accepted",
+      );
+    }
+    if (peer.requests.has(id)) {
+      return this.#reject(
+        peer,
+        id,
+        ErrorCode.DUPLICATE_REQUEST_ID,
+        `Duplicate request_id '${id}': a request with this id is already in flight on this connection`,
+      );
+    }
+    if (peer.requests.size >= this.#core.options.maxInFlightPerConnection) {
+      return this.#reject(
+        peer,
+        id,
+        ErrorCode.TOO_MANY_IN_FLIGHT,
+        `Server busy: ${peer.requests.size} requests in flight on this connection (limit ${this.#core.options.maxInFlightPerConnection})`,
+      );
+    }
+    const cancellation = new Cancellation();
+    peer.requests.set(id, cancellation);
+    this.#active++;
+    void this.#serve(peer, request, cancellation);
+  }
+
+  async #serve(
+    peer: RequesterPeer,
+    request: RequesterRequest,
+    cancellation: Cancellation,
+  ): Promise<void> {
+    const id = request.request_id;
+    let answer: RequesterAnswer;
+    try {
+      answer = await this.#run(peer, request, cancellation);
+    } catch (error) {
+      log.error("Request {id} failed unexpectedly: {error}", { id, error });
+      answer = failureAnswer(
+        id,
+        `Internal error: ${error}`,
+        ErrorCode.WORKER_ERROR,
+      );
+    }
+    peer.requests.delete(id);
+    this.#active--;
+    if (answer.success) this.#answered++;
+    else this.#failed++;
+    if (!cancellation.aborted) this.#answer(peer, answer);
+    if (this.#active === 0) this.#idle?.resolve();
+  }
+
+  #deadline(request: RequesterRequest, now: number): number {
+    const ms = request.timeout !== undefined
+      ? Math.min(request.timeout * 1000, this.#core.options.maxTimeoutMs)
+      : this.#core.options.timeoutMs;
+    return now + ms;
+  }
+
+  async #run(
+    peer: RequesterPeer,
+    request: RequesterRequest,
+    signal: CancelSignal,
+  ): Promise<RequesterAnswer> {
+    const started = this.#core.clock.now();
+    const id = request.request_id;
+    if (request.command === BATCH_COMMAND) {
+      let items: unknown[];
+      try {
+        items = readBatchItems(request.data, this.#core.options.maxBatchItems);
+      } catch (error) {
+        const e = error as ProtocolError;
+        return failureAnswer(id, e.message, e.code);
+      }
+      let lastSent = 0;
+      const { data, workersUsed } = await runBatch(
+        this.#core.dispatcher,
+        items,
+        {
+          deadline: this.#deadline(request, started),
+          signal,
+          onProgress: request.progress
+            ? (done, total) => {
+              // At most ~20 frames a second, and always the final count.
+              const now = this.#core.clock.now();
+              if (done < total && now - lastSent < 50) return;
+              lastSent = now;
+              this.#answer(peer, { request_id: id, progress: { done, total } });
+            }
+            : undefined,
+        },
+      );
+      const noWorkers = workersUsed === 0 && items.length > 0 &&
+        data.results.every((r) =>
+          (r as { error_code?: string }).error_code === ErrorCode.NO_WORKERS
+        );
+      if (noWorkers) {
+        return failureAnswer(id, NO_WORKERS_TEXT, ErrorCode.NO_WORKERS);
+      }
+      return {
+        request_id: id,
+        success: true,
+        data,
+        error: null,
+        processed_by: `distributed_${workersUsed}_workers`,
+        elapsed_ms: this.#core.clock.now() - started,
+      };
+    }
+    const outcome: Outcome = await this.#core.dispatcher.submit(
+      request.command,
+      request.data,
+      {
+        deadline: this.#deadline(request, started),
+        signal,
+        onProgress: request.progress
+          ? (p) =>
+            this.#answer(peer, {
+              request_id: id,
+              progress: { done: p.done, total: p.total },
+            })
+          : undefined,
+      },
+    );
+    const elapsed_ms = this.#core.clock.now() - started;
+    if (outcome.ok) {
+      return {
+        request_id: id,
+        success: true,
+        data: outcome.result,
+        error: null,
+        processed_by: outcome.worker.id,
+        elapsed_ms,
+        attempts: outcome.attempts,
+      };
+    }
+    const e = outcome.error;
+    return failureAnswer(
+      id,
+      e.code === ErrorCode.TIMEOUT ? TIMEOUT_TEXT : e.message,
+      e.code,
+      {
+        processed_by: outcome.worker?.id ?? null,
+        elapsed_ms,
+        attempts: outcome.attempts,
+      },
+    );
+  }
+}

@@ -1,0 +1,363 @@
+/**
+ * The worker port: accepts worker connections, reads their frames (registration, heartbeats,
+ * answers, progress, their own requests for server actions) and keeps one socket per worker.
+ *
+ * @module
+ */
+
+import { Peer } from "../dispatcher.ts";
+import { ErrorCode, ProtocolError, SwitchyardError } from "../errors.ts";
+import { shortId } from "../_id.ts";
+import { logger } from "../log.ts";
+import {
+  decodeEnvelope,
+  encodeEnvelope,
+  type Envelope,
+  MessageType,
+  readRequestData,
+  readResponseData,
+} from "../protocol.ts";
+import type { WorkerRegistration } from "../registry.ts";
+import { plainHttp, refuseUpgrade, remoteAddress } from "./http.ts";
+import { type BrokerCore, type MessageHandler, VERSION } from "./options.ts";
+
+const log = logger("broker");
+
+/** The worker port's handling; see the module doc. */
+export class WorkerPort {
+  #core: BrokerCore;
+  #token?: string;
+  #messageHandlers: Record<string, MessageHandler>;
+  #sockets = new Map<string, WebSocket>();
+
+  constructor(
+    core: BrokerCore,
+    options: {
+      token?: string;
+      messageHandlers?: Record<string, MessageHandler>;
+    },
+  ) {
+    this.#core = core;
+    this.#token = options.token;
+    this.#messageHandlers = { ...options.messageHandlers };
+    this.handle = this.handle.bind(this);
+  }
+
+  /** The open worker sockets, by client id. */
+  get sockets(): ReadonlyMap<string, WebSocket> {
+    return this.#sockets;
+  }
+
+  /** The worker port's request handler. */
+  handle(req: Request, info?: Deno.ServeHandlerInfo): Response {
+    const core = this.#core;
+    const plain = plainHttp(core, req, "worker");
+    if (plain) return plain;
+    const refused = refuseUpgrade(
+      core,
+      req,
+      this.#token,
+      "worker",
+      core.dispatcher.registry.size,
+    );
+    if (refused) return refused;
+    // Read before the upgrade: the request object is spent afterwards.
+    const address = remoteAddress(info);
+    const { socket, response } = Deno.upgradeWebSocket(req, {
+      idleTimeout: core.options.idleTimeoutSeconds,
+    });
+    let id = shortId();
+    while (this.#sockets.has(id)) id = shortId();
+    const worker = new Peer(id, address, (frame) => socket.send(frame), {
+      clock: core.clock,
+      defaultConcurrency: core.options.defaultConcurrency,
+    });
+    socket.onopen = () => {
+      this.#sockets.set(id, socket);
+      core.dispatcher.registry.add(worker);
+      socket.send(encodeEnvelope(MessageType.CONNECT, {
+        client_id: id,
+        status: "connected",
+        server_version: VERSION,
+        heartbeat_interval: core.options.heartbeatIntervalMs / 1000,
+        max_frame_bytes: core.options.maxWorkerFrameBytes,
+      }));
+      log.info("Worker {id} connected from {address}", {
+        id,
+        address: worker.address,
+      });
+      core.dispatcher.pump();
+    };
+    socket.onmessage = (event) =>
+      this.#onWorkerFrame(worker, socket, event.data);
+    socket.onclose = (event) => {
+      this.#sockets.delete(id);
+      log.info("Worker {id} ({name}) disconnected: code {code}", {
+        id,
+        name: worker.name,
+        code: event.code,
+      });
+      core.dispatcher.workerLost(
+        worker,
+        `connection closed (code ${event.code})`,
+      );
+    };
+    socket.onerror = () => {};
+    return response;
+  }
+
+  /** Closes a worker's socket and forgets it (the sweep drops silent workers this way). */
+  disconnect(id: string, code: number, reason: string): void {
+    this.#sockets.get(id)?.close(code, reason);
+    this.#sockets.delete(id);
+  }
+
+  /**
+   * Sends an envelope of any type (a custom one too) to one worker, or to all when `clientId`
+   * is omitted; returns how many got it.
+   */
+  sendMessage(type: string, data: unknown, clientId?: string): number {
+    const frame = encodeEnvelope(type, data);
+    let n = 0;
+    for (const [id, socket] of this.#sockets) {
+      if (clientId !== undefined && id !== clientId) continue;
+      if (socket.readyState === WebSocket.OPEN) {
+        socket.send(frame);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  #workerError(
+    socket: WebSocket,
+    code: string,
+    error: string,
+    msgId?: string,
+  ): void {
+    if (socket.readyState !== WebSocket.OPEN) return;
+    socket.send(
+      encodeEnvelope(MessageType.ERROR, { error, code, msg_id: msgId ?? null }),
+    );
+  }
+
+  #onWorkerFrame(worker: Peer, socket: WebSocket, raw: unknown): void {
+    const core = this.#core;
+    worker.lastSeen = core.clock.now();
+    if (typeof raw !== "string") {
+      log.warn("Worker {id} sent a binary frame", { id: worker.id });
+      return this.#workerError(
+        socket,
+        ErrorCode.BINARY_FRAME,
+        "Binary frames are not supported: send JSON text",
+      );
+    }
+    if (raw.length > core.options.maxWorkerFrameBytes) {
+      log.warn("Worker {id} sent a frame of {size} characters", {
+        id: worker.id,
+        size: raw.length,
+      });
+      return this.#workerError(
+        socket,
+        ErrorCode.FRAME_TOO_LARGE,
+        `Frame too large: ${raw.length} characters (limit ${core.options.maxWorkerFrameBytes})`,
+      );
+    }
+    let envelope: Envelope;
+    try {
+      envelope = decodeEnvelope(raw);
+    } catch (error) {
+      const e = error as ProtocolError;
+      log.warn("Bad frame from worker {id}: {message}", {
+        id: worker.id,
+        message: e.message,
+      });
+      return this.#workerError(socket, e.code, e.message);
+    }
+    try {
+      this.#onWorkerEnvelope(worker, socket, envelope);
+    } catch (error) {
+      const e = error instanceof SwitchyardError
+        ? error
+        : new SwitchyardError(ErrorCode.INVALID_FRAME, String(error));
+      log.warn("Bad {type} frame from worker {id}: {message}", {
+        type: envelope.type,
+        id: worker.id,
+        message: e.message,
+      });
+      this.#workerError(socket, e.code, e.message, envelope.msg_id);
+    }
+  }
+
+  #onWorkerEnvelope(worker: Peer, socket: WebSocket, envelope: Envelope): void {
+    const data = envelope.data as Record<string, unknown>;
+    switch (envelope.type) {
+      case MessageType.CONNECT: {
+        if (typeof data !== "object" || data === null || Array.isArray(data)) {
+          throw new ProtocolError(
+            ErrorCode.INVALID_FIELD,
+            "Field 'data' of connect must be an object",
+          );
+        }
+        worker.register(data as WorkerRegistration, 1024);
+        if (Array.isArray(data.non_retriable)) {
+          for (const action of data.non_retriable) {
+            if (typeof action === "string") {
+              this.#core.dispatcher.markNonRetriable(action);
+            }
+          }
+        }
+        log.info(
+          "Worker {id} registered as {name} (weight {weight}, concurrency {max})",
+          {
+            id: worker.id,
+            name: worker.name,
+            weight: worker.weight,
+            max: worker.maxConcurrency,
+          },
+        );
+        this.#core.dispatcher.pump();
+        return;
+      }
+      case MessageType.HEARTBEAT: {
+        worker.heartbeats = true;
+        const wasUnhealthy = worker.unhealthy;
+        worker.unhealthy = false;
+        if (data && Array.isArray(data.blocked_sources)) {
+          worker.blockedSources = data.blocked_sources.filter((s) =>
+            typeof s === "string"
+          )
+            .slice(0, 20);
+          // The worker's own breakers speak for it: once they are all closed, so is our detour.
+          if (worker.blockedSources.length === 0) worker.blockedUntil = 0;
+        }
+        socket.send(encodeEnvelope(MessageType.HEARTBEAT, {
+          status: "alive",
+          server_time: this.#core.clock.now() / 1000,
+        }));
+        if (wasUnhealthy) {
+          log.info("Worker {id} is healthy again", { id: worker.id });
+          this.#core.dispatcher.pump();
+        }
+        return;
+      }
+      case MessageType.RESPONSE: {
+        const response = readResponseData(envelope.data);
+        if (!this.#core.dispatcher.complete(worker, response)) {
+          log.warn(
+            "Worker {id} answered {msgId}, a request it does not hold: rejected",
+            {
+              id: worker.id,
+              msgId: response.request_id,
+            },
+          );
+          this.#workerError(
+            socket,
+            ErrorCode.UNKNOWN_REQUEST,
+            `Unknown request id '${response.request_id}': no request of yours waits for it`,
+            envelope.msg_id,
+          );
+        }
+        return;
+      }
+      case MessageType.REQUEST:
+        return void this.#serveWorkerRequest(worker, socket, envelope);
+      case MessageType.PROGRESS: {
+        if (
+          data && typeof data.request_id === "string" &&
+          typeof data.done === "number"
+        ) {
+          const item = data.item as { index?: unknown } | undefined;
+          this.#core.dispatcher.progress(worker, data.request_id, {
+            done: data.done,
+            total: typeof data.total === "number" ? data.total : undefined,
+            item: typeof item === "object" && item !== null &&
+                Number.isInteger(item.index)
+              ? item as { index: number; result: unknown }
+              : undefined,
+          });
+        }
+        return;
+      }
+      case MessageType.DISCONNECT:
+        worker.draining = true;
+        log.info("Worker {id} is draining ({n} in flight)", {
+          id: worker.id,
+          n: worker.inFlight,
+        });
+        return;
+      case MessageType.ERROR:
+        log.warn("Worker {id} reported an error: {data}", {
+          id: worker.id,
+          data: envelope.data,
+        });
+        return;
+      default: {
+        const handler = this.#messageHandlers[envelope.type];
+        if (handler) {
+          Promise.resolve(handler(envelope, worker.info())).catch((error) =>
+            log.error("Handler for {type} failed: {error}", {
+              type: envelope.type,
+              error,
+            })
+          );
+        } else {
+          log.debug("Ignored a {type} frame from worker {id}", {
+            type: envelope.type,
+            id: worker.id,
+          });
+        }
+      }
+    }
+  }
+
+  async #serveWorkerRequest(
+    worker: Peer,
+    socket: WebSocket,
+    envelope: Envelope,
+  ): Promise<void> {
+    let reply: Record<string, unknown>;
+    try {
+      const { action, params } = readRequestData(envelope.data);
+      const handler = Object.hasOwn(this.#core.actions, action)
+        ? this.#core.actions[action]
+        : undefined;
+      if (!handler) {
+        reply = {
+          success: false,
+          result: null,
+          error: `Unknown action '${action}': the server offers ${
+            Object.keys(this.#core.actions).join(", ")
+          }`,
+          error_code: ErrorCode.UNKNOWN_ACTION,
+        };
+      } else {
+        const result = await handler(params, {
+          signal: AbortSignal.timeout(this.#core.options.timeoutMs),
+          requestId: envelope.msg_id,
+        });
+        reply = { success: true, result, error: null };
+      }
+    } catch (error) {
+      reply = {
+        success: false,
+        result: null,
+        error: error instanceof Error ? error.message : String(error),
+        error_code: error instanceof SwitchyardError
+          ? error.code
+          : ErrorCode.INVALID_DATA,
+      };
+    }
+    if (socket.readyState !== WebSocket.OPEN) return;
+    socket.send(
+      encodeEnvelope(MessageType.RESPONSE, {
+        request_id: envelope.msg_id,
+        ...reply,
+      }),
+    );
+    log.debug("Served {action} for worker {id}", {
+      action: envelope.data,
+      id: worker.id,
+    });
+  }
+}
