@@ -7,10 +7,11 @@
 
 import { aggregateBars } from "./aggregate.ts";
 import { type Clock, systemClock } from "./clock.ts";
-import { dateOfDay, dayNumber, isWeekend, shanghaiDate } from "./_dates.ts";
+import { dayNumber, shanghaiDate } from "./_dates.ts";
 import type {
   Bar,
   MarketProvider,
+  Period,
   Series,
   SeriesQuery,
   SymbolType,
@@ -32,32 +33,69 @@ const KIND: Record<SymbolType, string> = {
   stock: "股票",
   index: "指数",
 };
+const TWO_DIGITS = Array.from(
+  { length: 32 },
+  (_, i) => String(i).padStart(2, "0"),
+);
 
 /** Options for {@linkcode createDemoProvider}. */
 export interface DemoProviderOptions {
   /** Decides the last generated day (today in Shanghai). @default systemClock */
   clock?: Clock;
+  /** Series (one symbol up to one day, all periods) kept in memory. @default 64 */
+  cacheSeries?: number;
 }
 
-/** Creates the demo provider. Every adjustment gets the same (unadjusted) bars. */
+interface Generated {
+  lastDate: string;
+  periods: Partial<Record<Period, Bar[]>>;
+}
+
+/**
+ * Creates the demo provider. Every adjustment gets the same (unadjusted) bars.
+ *
+ * A series is generated once per symbol and day and then served from memory, so a `get_market`
+ * costs only the service's range filter: demos and benchmarks measure the broker, not the
+ * generator. The cached bars are shared, not copied (the service copies the bars it answers);
+ * they are not frozen either, because V8's filter over a frozen array is three times slower.
+ */
 export function createDemoProvider(
   options: DemoProviderOptions = {},
 ): MarketProvider {
   const clock = options.clock ?? systemClock;
+  const limit = Math.max(1, options.cacheSeries ?? 64);
+  // Insertion order is recency order: a hit moves its key to the end.
+  const generated = new Map<string, Generated>();
+  function barsOf(query: SeriesQuery, lastDate: string): Bar[] {
+    const key = `${query.symbolType}:${query.code}`;
+    let entry = generated.get(key);
+    if (entry !== undefined) generated.delete(key);
+    if (entry === undefined || entry.lastDate !== lastDate) {
+      entry = {
+        lastDate,
+        periods: {
+          daily: demoBars(query.symbolType, query.code, lastDate),
+        },
+      };
+    }
+    generated.set(key, entry);
+    while (generated.size > limit) {
+      generated.delete(generated.keys().next().value!);
+    }
+    return entry.periods[query.period] ??= aggregateBars(
+      entry.periods.daily!,
+      query.period,
+    );
+  }
   function fetchSeries(
     query: SeriesQuery,
     _signal: AbortSignal,
   ): Promise<Series> {
-    const daily = demoBars(
-      query.symbolType,
-      query.code,
-      shanghaiDate(clock.now()),
-    );
     return Promise.resolve({
       name: NAMES[`${query.symbolType}:${query.code}`] ??
         `演示${KIND[query.symbolType]} ${query.code}`,
       source: "demo",
-      bars: aggregateBars(daily, query.period),
+      bars: barsOf(query, shanghaiDate(clock.now())),
     });
   }
   return { name: "demo", host: undefined, fetchSeries };
@@ -81,32 +119,58 @@ export function demoBars(
     : 3 + 60 * random();
   let previous = round(scale, digits);
   const bars: Bar[] = [];
-  for (let day = dayNumber(FIRST_DAY); day <= dayNumber(lastDate); day++) {
-    const date = dateOfDay(day);
-    if (isWeekend(date)) continue;
-    const open = round(previous * (1 + (random() - 0.5) * 0.01), digits);
-    const close = round(
-      Math.max(previous * (1 + (random() - 0.5) * 0.04), 0.01),
-      digits,
-    );
-    const high = round(Math.max(open, close) * (1 + random() * 0.01), digits);
-    const low = round(Math.min(open, close) * (1 - random() * 0.01), digits);
-    const volume = Math.round(100_000 + random() * 5_000_000);
-    bars.push({
-      date,
-      open,
-      high,
-      low,
-      close,
-      volume,
-      amount: Math.round(volume * 100 * (open + close) / 2),
-      amplitude: round((high - low) / previous * 100, 2),
-      pct_change: round((close - previous) / previous * 100, 2),
-      change: round(close - previous, digits),
-    });
-    previous = close;
+  const last = dayNumber(lastDate);
+  // The calendar is walked by hand: a `Date` per day cost ~10 ms per series.
+  let year = +FIRST_DAY.slice(0, 4);
+  let month = +FIRST_DAY.slice(5, 7);
+  let dayOfMonth = +FIRST_DAY.slice(8, 10);
+  let monthLength = daysInMonth(year, month);
+  for (let day = dayNumber(FIRST_DAY); day <= last; day++) {
+    // Day 0, 1970-01-01, was a Thursday; 0 is Sunday as in getUTCDay().
+    const weekday = (day + 4) % 7;
+    if (weekday !== 0 && weekday !== 6) {
+      const open = round(previous * (1 + (random() - 0.5) * 0.01), digits);
+      const close = round(
+        Math.max(previous * (1 + (random() - 0.5) * 0.04), 0.01),
+        digits,
+      );
+      const high = round(
+        Math.max(open, close) * (1 + random() * 0.01),
+        digits,
+      );
+      const low = round(Math.min(open, close) * (1 - random() * 0.01), digits);
+      const volume = Math.round(100_000 + random() * 5_000_000);
+      bars.push({
+        date: `${year}-${TWO_DIGITS[month]}-${TWO_DIGITS[dayOfMonth]}`,
+        open,
+        high,
+        low,
+        close,
+        volume,
+        amount: Math.round(volume * 100 * (open + close) / 2),
+        amplitude: round((high - low) / previous * 100, 2),
+        pct_change: round((close - previous) / previous * 100, 2),
+        change: round(close - previous, digits),
+      });
+      previous = close;
+    }
+    if (++dayOfMonth > monthLength) {
+      dayOfMonth = 1;
+      if (++month > 12) {
+        month = 1;
+        year++;
+      }
+      monthLength = daysInMonth(year, month);
+    }
   }
-  return bars;
+  return Object.freeze(bars) as Bar[];
+}
+
+function daysInMonth(year: number, month: number): number {
+  if (month === 2) {
+    return year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0) ? 29 : 28;
+  }
+  return month === 4 || month === 6 || month === 9 || month === 11 ? 30 : 31;
 }
 
 function round(value: number, digits: number): number {
