@@ -20,27 +20,49 @@ Deno.test("deadlines - expire in due order across durations, and never after can
   deadlines.close();
 });
 
-Deno.test("deadlines - cancelled items never expire and close() stops the timers", async () => {
+Deno.test("deadlines - cancelled items never expire, even once their deadline has passed", async () => {
+  const fired: string[] = [];
+  const sentinels = Promise.withResolvers<void>();
+  const deadlines = new Deadlines<string>((item) => {
+    fired.push(item);
+    if (fired.includes("last-short") && fired.includes("last-long")) {
+      sentinels.resolve();
+    }
+  });
+  try {
+    // Two lanes (about 10 ms and about 110 ms), each with a later item left alone: a lane
+    // expires in due order, so once that item fires every cancelled deadline before it has passed.
+    const handles = Array.from(
+      { length: 60 },
+      (_, i) =>
+        i % 2 === 0
+          ? deadlines.add(`short-${i}`, 5 + (i % 10))
+          : deadlines.add(`long-${i}`, 100 + (i % 10)),
+    );
+    // Out of order: heads, tails and middles.
+    for (const i of [30, 0, 59, ...handles.keys()]) handles[i].cancel();
+    deadlines.add("last-short", 30);
+    deadlines.add("last-long", 130);
+    await sentinels.promise;
+    assert.deepEqual(fired.sort(), ["last-long", "last-short"]);
+  } finally {
+    deadlines.close();
+  }
+});
+
+Deno.test("deadlines - close() stops the timers", () => {
   let fired = 0;
   const deadlines = new Deadlines<number>(() => fired++);
-  const handles = Array.from(
-    { length: 100 },
-    (_, i) => deadlines.add(i, 1000 + (i % 3)),
-  );
-  // Cancel out of order: heads, tails and middles.
-  for (const i of [50, 0, 99, ...Array.from({ length: 100 }, (_, k) => k)]) {
-    handles[i].cancel();
-  }
-  deadlines.add(7, 5).cancel();
-  await new Promise((r) => setTimeout(r, 20));
-  assert.equal(fired, 0);
+  deadlines.add(1, 1000).cancel();
+  deadlines.add(2, 5);
   assert.equal(
     deadlines.armed,
     true,
-    "the 1 s lane keeps its timer until it fires",
+    "a lane keeps its timer until it fires, even when emptied",
   );
   deadlines.close();
   assert.equal(deadlines.armed, false);
+  assert.equal(fired, 0);
   // The sanitizer fails this test if any timer is still pending.
 });
 
