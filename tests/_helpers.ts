@@ -31,6 +31,31 @@ export async function waitFor(
   }
 }
 
+/** Settles like `promise`, or rejects once `timeoutMs` has passed, so a regression fails fast. */
+export async function within<T>(
+  promise: Promise<T>,
+  what: string,
+  timeoutMs = 5000,
+): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(
+          () =>
+            reject(
+              new Error(`Timed out after ${timeoutMs} ms waiting for ${what}`),
+            ),
+          timeoutMs,
+        );
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** A running server that closes itself at the end of an `await using` scope. */
 export type TestServer = RunningServer & AsyncDisposable;
 

@@ -5,6 +5,7 @@ import {
 } from "../lib/market/mod.ts";
 import { RateLimiter } from "../lib/market/rate_limiter.ts";
 import { manualClock, startFakeEastmoney } from "./_fake_eastmoney.ts";
+import { within } from "./_helpers.ts";
 
 const ETF = { symbol_type: "etf", code: "510300", adjust: "none" };
 
@@ -181,19 +182,119 @@ Deno.test("breaker - HTTP 429 and HTML pages count as blocks; 429 is retried", a
   market.close();
 });
 
-Deno.test("market service - every fetch honours the action's abort signal", async () => {
+/**
+ * A clock whose sleeps end only when their signal aborts: it shows whether a wait was given the
+ * caller's signal at all.
+ */
+function heldClock() {
+  const first = Promise.withResolvers<void>();
+  const clock = {
+    time: Date.parse("2026-03-23T08:00:00Z"),
+    sleeps: 0,
+    abortedSleeps: 0,
+    firstSleep: first.promise,
+    now: () => clock.time,
+    sleep(_ms: number, signal?: AbortSignal): Promise<void> {
+      if (signal?.aborted) return Promise.reject(signal.reason);
+      clock.sleeps++;
+      first.resolve();
+      return new Promise((_, reject) => {
+        signal?.addEventListener("abort", () => {
+          clock.abortedSleeps++;
+          reject(signal.reason);
+        }, { once: true });
+      });
+    },
+  };
+  return clock;
+}
+
+Deno.test("market service - an abort cancels the upstream HTTP request itself", async () => {
+  const received = Promise.withResolvers<void>();
+  const cancelled = Promise.withResolvers<void>();
+  // An upstream that holds every request until its client goes away.
+  const upstream = Deno.serve(
+    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+    async (request) => {
+      request.signal.addEventListener("abort", () => cancelled.resolve());
+      received.resolve();
+      await cancelled.promise;
+      return new Response("too late", { status: 503 });
+    },
+  );
+  // Every HTTP exchange is read to the end here, so cleanup can wait for it even when a
+  // regression leaves it running past the abort.
+  const exchanges = new Set<Promise<unknown>>();
+  const market = serviceFor(`http://127.0.0.1:${upstream.addr.port}`, {
+    retries: 0,
+    fetch: (input, init) => {
+      const exchange = fetch(input, init).then(async (response) =>
+        new Response(await response.text(), {
+          status: response.status,
+          headers: response.headers,
+        })
+      );
+      exchanges.add(exchange);
+      return exchange;
+    },
+  });
+  try {
+    const controller = new AbortController();
+    const pending = market.getMarket(ETF, controller.signal);
+    await within(received.promise, "the upstream request");
+    const reason = new DOMException("Deadline", "TimeoutError");
+    controller.abort(reason);
+    await assert.rejects(pending, (e) => e === reason);
+    // Only a fetch given the signal drops its connection; the service's own timeout is 20 s.
+    await within(cancelled.promise, "the upstream to see the request dropped");
+    assert.deepEqual(market.blockedSources(), []);
+  } finally {
+    market.close();
+    cancelled.resolve(); // lets a held request end even when the fetch ignored the abort
+    await Promise.allSettled(exchanges);
+    await upstream.shutdown();
+  }
+});
+
+Deno.test("market service - an abort ends the wait for the rate limiter", async () => {
+  await using fake = await startFakeEastmoney({ synthetic: true });
+  const clock = heldClock();
+  const market = serviceFor(fake.url, { clock, rateLimit: 1 });
+  try {
+    assert.ok((await market.getMarket(ETF)).success);
+    assert.equal(clock.sleeps, 0, "the first request needs no wait");
+    const controller = new AbortController();
+    const pending = market.getMarket(
+      { ...ETF, code: "510500" },
+      controller.signal,
+    );
+    await within(clock.firstSleep, "the limiter to wait");
+    controller.abort(new Error("caller went away"));
+    await assert.rejects(pending, { message: "caller went away" });
+    assert.equal(clock.abortedSleeps, 1, "the limiter's wait saw the abort");
+    assert.equal(fake.calls, 1, "nothing sent after the abort");
+  } finally {
+    market.close();
+  }
+});
+
+Deno.test("market service - an abort ends the back-off sleep between retries", async () => {
   await using fake = await startFakeEastmoney({
     synthetic: true,
-    latencyMs: 200,
+    failMode: "http503",
   });
-  const market = serviceFor(fake.url);
-  const controller = new AbortController();
-  const pending = market.getMarket(ETF, controller.signal);
-  setTimeout(
-    () => controller.abort(new DOMException("Deadline", "TimeoutError")),
-    10,
-  );
-  await assert.rejects(pending, { name: "TimeoutError" });
-  assert.deepEqual(market.blockedSources(), []);
-  market.close();
+  const clock = heldClock();
+  const market = serviceFor(fake.url, { clock, retries: 3 });
+  try {
+    const controller = new AbortController();
+    const pending = market.getMarket(ETF, controller.signal);
+    await within(clock.firstSleep, "the back-off after the first 503");
+    assert.equal(fake.calls, 1);
+    controller.abort(new Error("caller went away"));
+    await assert.rejects(pending, { message: "caller went away" });
+    assert.equal(clock.abortedSleeps, 1, "the back-off saw the abort");
+    assert.equal(fake.calls, 1, "no retry after the abort");
+  } finally {
+    market.close();
+  }
 });
