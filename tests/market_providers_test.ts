@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
 import {
-  aggregateBars,
   createMarketService,
   type MarketResult,
   type MarketSuccess,
@@ -158,25 +157,146 @@ Deno.test({
     }),
 });
 
+type Period = "weekly" | "monthly";
+
+/**
+ * The test's own weekly and monthly bars from fixture rows: weeks counted from the Monday before
+ * the Unix epoch (1970-01-01 was a Thursday), months by the date's first seven characters.
+ */
+function periodRows(rows: FixtureRow[], period: Period): FixtureRow[] {
+  const keyOf = (date: string) =>
+    period === "monthly"
+      ? date.slice(0, 7)
+      : String(Math.floor((Date.parse(date) / 86_400_000 + 3) / 7));
+  const out: FixtureRow[] = [];
+  let key: string | undefined;
+  for (const row of rows) {
+    const k = keyOf(row.date);
+    const last = out.at(-1);
+    if (k !== key || last === undefined) {
+      out.push({ ...row, rest: [] });
+      key = k;
+      continue;
+    }
+    last.date = row.date;
+    last.close = row.close;
+    last.high = Math.max(last.high, row.high);
+    last.low = Math.min(last.low, row.low);
+    last.volume += row.volume;
+  }
+  return out;
+}
+
+/** Hand-checked bars of 510300 qfq: the first ISO week and June 2012. */
+const FIRST_WEEK = {
+  date: "2012-06-01",
+  open: 1.671,
+  close: 1.75,
+  high: 1.781,
+  low: 1.664,
+  volume: 26158610,
+};
+const JUNE_2012 = {
+  date: "2012-06-29",
+  open: 1.749,
+  close: 1.605,
+  high: 1.78,
+  low: 1.568,
+  volume: 38903174,
+};
+
+function assertPeriodBars(
+  result: MarketSuccess,
+  daily: FixtureRow[],
+  period: Period,
+) {
+  const expected = periodRows(daily, period);
+  assert.ok(expected.length < daily.length / 4, "fewer bars than days");
+  assertSameBars(result, expected, false);
+  const anchor = period === "weekly" ? FIRST_WEEK : JUNE_2012;
+  const bar = result.data.find((b) => b.date === anchor.date);
+  assert.deepEqual(
+    bar && {
+      date: bar.date,
+      open: bar.open,
+      close: bar.close,
+      high: bar.high,
+      low: bar.low,
+      volume: bar.volume,
+    },
+    anchor,
+  );
+}
+
 Deno.test({
   name:
-    `eastmoney provider - weekly and monthly bars equal the daily bars aggregated${SKIP}`,
+    `eastmoney provider - weekly and monthly requests ask for klt 102 and 103 and return the fixture's week and month bars${SKIP}`,
   ignore: !available,
-  fn: () =>
-    withFake(async (url) => {
-      const market = createMarketService({ eastmoneyUrl: url, rateLimit: 0 });
+  fn: async () => {
+    await using fake = await startFakeEastmoney();
+    const market = createMarketService({
+      eastmoneyUrl: fake.url,
+      rateLimit: 0,
+    });
+    try {
+      const daily = await fixture("etf_510300_daily_qfq.csv");
       const base = { symbol_type: "etf", code: "510300", adjust: "qfq" };
-      const daily = ok(await market.getMarket(base)).data;
-      for (const period of ["weekly", "monthly"] as const) {
-        const upstream = ok(await market.getMarket({ ...base, period })).data;
-        const local = aggregateBars(daily, period);
-        const pick = (
-          b: typeof daily[0],
-        ) => [b.date, b.open, b.high, b.low, b.close, b.volume];
-        assert.deepEqual(upstream.map(pick), local.map(pick), period);
+      for (
+        const [period, klt] of [["weekly", "102"], ["monthly", "103"]] as const
+      ) {
+        const before = fake.requests.length;
+        const result = ok(await market.getMarket({ ...base, period }));
+        assertPeriodBars(result, daily, period);
+        assert.deepEqual(
+          fake.requests.slice(before).map((r) => r.url.searchParams.get("klt")),
+          [klt],
+          period,
+        );
       }
+    } finally {
       market.close();
-    }),
+    }
+  },
+});
+
+Deno.test({
+  name:
+    `tencent provider - weekly and monthly requests ask for week and month bars and return the fixture's${SKIP}`,
+  ignore: !available,
+  fn: async () => {
+    await using fake = await startFakeEastmoney();
+    const market = createMarketService({
+      providers: ["tencent"],
+      tencentUrl: fake.url,
+      rateLimit: 0,
+      clock: {
+        now: () => Date.parse("2026-03-23T08:00:00Z"),
+        sleep: () => Promise.resolve(),
+      },
+    });
+    try {
+      const daily = await fixture("etf_510300_daily_qfq.csv");
+      const base = { symbol_type: "etf", code: "510300", adjust: "qfq" };
+      for (
+        const [period, unit] of [["weekly", "week"], [
+          "monthly",
+          "month",
+        ]] as const
+      ) {
+        const before = fake.requests.length;
+        const result = ok(await market.getMarket({ ...base, period }));
+        assert.equal(result.source, "tencent");
+        assertPeriodBars(result, daily, period);
+        const units = fake.requests.slice(before).map((r) =>
+          r.url.searchParams.get("param")!.split(",")[1]
+        );
+        assert.ok(units.length > 0);
+        assert.deepEqual(new Set(units), new Set([unit]), period);
+      }
+    } finally {
+      market.close();
+    }
+  },
 });
 
 Deno.test("eastmoney provider - slices a synthetic series by start and end date", () =>
