@@ -7,7 +7,7 @@
  */
 
 import { isCandidate, offers, rendezvousOrder } from "./balancer.ts";
-import type { CancelSignal } from "./_cancel.ts";
+import { Cancellation, type CancelSignal } from "./_cancel.ts";
 import type { Dispatcher, Peer } from "./dispatcher.ts";
 import { RETRIABLE_RESULT_CODES } from "./dispatcher.ts";
 import { ErrorCode, ProtocolError } from "./errors.ts";
@@ -34,6 +34,16 @@ export interface BatchOptions {
   maxRetryRounds?: number;
   /** Called whenever the count of finished items grows. */
   onProgress?: (done: number, total: number) => void;
+  /**
+   * Streams the batch: called once per item, in completion order, as soon as it is final. The
+   * outcome's `data` then has no `results`.
+   */
+  onItem?: (index: number, result: unknown) => void;
+  /**
+   * Without `onItem`: once the results pass this many characters of JSON the batch stops, and
+   * the outcome's `tooLarge` says so. @default no limit
+   */
+  maxResultChars?: number;
 }
 
 /** Reads a batch's `data`: a list, or `{"markets": [...]}`. */
@@ -143,18 +153,60 @@ export function chunkShare(indexes: number[], worker?: Peer): number[][] {
   return chunks;
 }
 
-/** Runs a distributed batch over the dispatcher's workers. */
+/** The outcome of {@linkcode runBatch}. */
+export interface BatchOutcome {
+  /** The answer's `data`; without `results` when the batch was streamed. */
+  data: BatchData | StreamedBatchData;
+  /** Workers that answered at least one item. */
+  workersUsed: number;
+  /** No worker could take any item: the answer is `No available workers`. */
+  noWorkers: boolean;
+  /** Set when the results passed `maxResultChars`: the batch stopped early. */
+  tooLarge?: { chars: number; limit: number };
+}
+
+/** A streamed batch answer's `data`: the items went out in frames of their own. */
+export type StreamedBatchData = Omit<BatchData, "results">;
+
+// Serialized items are measured only when a limit asks for it; a stringify per item costs about
+// what parsing the worker's frame did.
+function jsonChars(value: unknown): number {
+  try {
+    return JSON.stringify(value)?.length ?? 4;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * Runs a distributed batch over the dispatcher's workers. With `onItem`, each item leaves as it
+ * finishes and nothing is kept: memory holds only the items in flight.
+ */
 export async function runBatch(
   dispatcher: Dispatcher,
   items: readonly unknown[],
   options: BatchOptions,
-): Promise<{ data: BatchData; workersUsed: number }> {
+): Promise<BatchOutcome> {
   const started = dispatcher.clock.now();
-  const results: unknown[] = new Array(items.length);
+  const onItem = options.onItem;
+  // Streamed batches keep no results; retriable failures wait here for a later round.
+  const results: unknown[] | undefined = onItem
+    ? undefined
+    : new Array(items.length);
+  const lastFailure = new Map<number, unknown>();
   const errors: string[] = [];
   const used = new Set<string>();
   const avoid = new Set<string>();
+  // Our own stop, for an answer grown too large, besides the requester's.
+  const stop = new Cancellation();
+  const onAbort = () => stop.abort();
+  options.signal?.addEventListener("abort", onAbort, { once: true });
+  if (options.signal?.aborted) stop.abort();
+  const limit = options.maxResultChars;
+  let chars = 0;
+  let tooLarge = false;
   let done = 0;
+  let success = 0;
   const inProgress = new Map<string, number>();
   const report = () => {
     let partial = 0;
@@ -162,33 +214,71 @@ export async function runBatch(
     options.onProgress?.(Math.min(done + partial, items.length), items.length);
   };
   const finish = (index: number, result: unknown) => {
-    results[index] = result;
+    lastFailure.delete(index);
     done++;
+    if (
+      typeof result === "object" && result !== null &&
+      (result as { success?: unknown }).success === true
+    ) success++;
+    if (onItem) return onItem(index, result);
+    results![index] = result;
+    if (limit !== undefined && !tooLarge) {
+      chars += jsonChars(result) + 1;
+      if (chars > limit) {
+        tooLarge = true;
+        stop.abort();
+      }
+    }
   };
 
   let pending: number[] = [];
+  const invalid: number[] = [];
   items.forEach((item, i) => {
     if (typeof item !== "object" || item === null || Array.isArray(item)) {
-      finish(
-        i,
-        itemError(
-          item,
-          `Market params must be an object: got ${
-            Array.isArray(item) ? "array" : String(item)
-          }`,
-          "INVALID_PARAMS",
-        ),
-      );
+      invalid.push(i);
     } else pending.push(i);
   });
-
-  const maxRounds = 1 + (options.maxRetryRounds ?? 2);
-  for (let round = 0; round < maxRounds && pending.length > 0; round++) {
+  const eligibleOf = () => {
     const all = dispatcher.registry.all().filter((w) =>
       offers(w, BATCH_COMMAND) && !w.draining && w.healthy
     );
-    let eligible = all.filter((w) => !avoid.has(w.id) && !w.blocked);
-    if (eligible.length === 0) eligible = all.filter((w) => !avoid.has(w.id));
+    const open = all.filter((w) => !avoid.has(w.id) && !w.blocked);
+    return open.length > 0 ? open : all.filter((w) => !avoid.has(w.id));
+  };
+  // Nothing can run: say so in one answer, before any item has gone out on its own.
+  if (invalid.length === 0 && pending.length > 0 && eligibleOf().length === 0) {
+    options.signal?.removeEventListener("abort", onAbort);
+    return {
+      workersUsed: 0,
+      noWorkers: true,
+      data: {
+        ...(onItem ? {} : { results: [] }),
+        summary: { total: items.length, success: 0, failed: items.length },
+        distributed: { workers_used: 0, elapsed_time: 0, errors: null },
+      },
+    };
+  }
+  for (const i of invalid) {
+    const item = items[i];
+    finish(
+      i,
+      itemError(
+        item,
+        `Market params must be an object: got ${
+          Array.isArray(item) ? "array" : String(item)
+        }`,
+        "INVALID_PARAMS",
+      ),
+    );
+  }
+
+  const maxRounds = 1 + (options.maxRetryRounds ?? 2);
+  for (
+    let round = 0;
+    round < maxRounds && pending.length > 0 && !stop.aborted;
+    round++
+  ) {
+    const eligible = eligibleOf();
     if (eligible.length === 0) {
       const why = round === 0
         ? "No available workers"
@@ -242,10 +332,11 @@ export async function runBatch(
       const blockedOn = new Map<string, number>();
       const accept = (i: number, result: unknown, workerId: string) => {
         settled.add(i);
+        if (workerId) used.add(workerId);
         if (isRetriableFailure(result) && round + 1 < maxRounds) {
           blockedOn.set(workerId, (blockedOn.get(workerId) ?? 0) + 1);
           retry.push(i);
-          results[i] = result;
+          lastFailure.set(i, annotate(result, workerId));
         } else {
           finish(i, annotate(result, workerId));
         }
@@ -257,7 +348,7 @@ export async function runBatch(
           deadline: options.deadline,
           preferred,
           exclude: avoid,
-          signal: options.signal,
+          signal: stop,
           onProgress: ({ done: d, item, worker }) => {
             const i = item ? current[item.index] : undefined;
             if (i !== undefined && !settled.has(i)) {
@@ -274,7 +365,7 @@ export async function runBatch(
       inProgress.delete(key);
       const open = current.filter((i) => !settled.has(i));
       if (!outcome.ok) {
-        if (open.length > 0) {
+        if (open.length > 0 && !tooLarge) {
           errors.push(
             `${open.length} items failed${
               outcome.worker ? ` on worker ${outcome.worker.id}` : ""
@@ -320,23 +411,32 @@ export async function runBatch(
     }));
     pending = retry.sort((a, b) => a - b);
   }
-  for (const i of pending) finish(i, results[i]);
+  for (const i of pending) {
+    finish(
+      i,
+      lastFailure.get(i) ??
+        itemError(items[i], "Request cancelled", ErrorCode.CANCELLED),
+    );
+  }
+  options.signal?.removeEventListener("abort", onAbort);
 
-  const success = results.filter((r) =>
-    typeof r === "object" && r !== null &&
-    (r as { success?: unknown }).success === true
-  ).length;
+  const summary = {
+    total: items.length,
+    success,
+    failed: items.length - success,
+  };
+  const distributed = {
+    workers_used: used.size,
+    elapsed_time: Math.round((dispatcher.clock.now() - started) / 10) / 100,
+    errors: errors.length > 0 ? errors : null,
+  };
   return {
     workersUsed: used.size,
-    data: {
-      results,
-      summary: { total: items.length, success, failed: items.length - success },
-      distributed: {
-        workers_used: used.size,
-        elapsed_time: Math.round((dispatcher.clock.now() - started) / 10) / 100,
-        errors: errors.length > 0 ? errors : null,
-      },
-    },
+    noWorkers: false,
+    tooLarge: tooLarge ? { chars, limit: limit! } : undefined,
+    data: results
+      ? { results, summary, distributed }
+      : { summary, distributed },
   };
 }
 

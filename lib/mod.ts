@@ -75,8 +75,10 @@ export type {
   WorkerStatus,
 } from "./worker_client.ts";
 export type {
+  BatchStream,
   RequesterClientOptions,
   RequestOptions,
+  StreamedItem,
 } from "./requester_client.ts";
 export type { BalancerOptions, Strategy, WorkerLoad } from "./balancer.ts";
 export type { BackoffOptions } from "./backoff.ts";

@@ -58,6 +58,8 @@ export interface RequesterRequest {
   /** Seconds, when the frame gave one. */
   timeout?: number;
   progress: boolean;
+  /** A batch whose items come in frames of their own (additive, opt-in). */
+  stream: boolean;
 }
 
 /** An answer on the requester port. */
@@ -240,7 +242,7 @@ export function parseRequesterFrame(
   const fail = (code: ErrorCode, message: string): never => {
     throw new ProtocolError(code, message, { requestId });
   };
-  const { command, timeout, progress } = value;
+  const { command, timeout, progress, stream } = value;
   if (command === undefined) {
     fail(ErrorCode.INVALID_FIELD, "Field 'command' is missing");
   }
@@ -270,6 +272,12 @@ export function parseRequesterFrame(
       `Field 'progress' must be a boolean: got ${describe(progress)}`,
     );
   }
+  if (stream !== undefined && stream !== null && typeof stream !== "boolean") {
+    fail(
+      ErrorCode.INVALID_FIELD,
+      `Field 'stream' must be a boolean: got ${describe(stream)}`,
+    );
+  }
   return {
     request_id: requestId ?? crypto.randomUUID(),
     assignedId: requestId === undefined,
@@ -279,6 +287,7 @@ export function parseRequesterFrame(
       ? Math.min(timeout, maxTimeout)
       : undefined,
     progress: progress === true,
+    stream: stream === true,
   };
 }
 

@@ -30,10 +30,28 @@ export interface RequestOptions {
   requestId?: string;
 }
 
+/** One finished item of a streamed batch. */
+export interface StreamedItem {
+  /** The item's position in the batch's input list. */
+  index: number;
+  /** Its `get_market` result (or error object). */
+  result: unknown;
+}
+
+/**
+ * A streamed batch in progress: iterate it for the items as they finish (completion order);
+ * `answer` resolves with the final answer (`summary` and `distributed`, no `results`).
+ */
+export interface BatchStream extends AsyncIterable<StreamedItem> {
+  /** The final answer (leaving the loop early does not stop the batch). */
+  readonly answer: Promise<RequesterAnswer>;
+}
+
 interface Pending {
   resolve(answer: RequesterAnswer): void;
   reject(error: unknown): void;
   onProgress?: RequestOptions["onProgress"];
+  onItem?: (item: StreamedItem) => void;
 }
 
 /**
@@ -113,6 +131,14 @@ export class RequesterClient {
       );
       return;
     }
+    if ("item" in message && !("success" in message)) {
+      const item = message.item as StreamedItem | null;
+      if (
+        pending.onItem && typeof item === "object" && item !== null &&
+        Number.isInteger(item.index)
+      ) pending.onItem({ index: item.index, result: item.result });
+      return;
+    }
     this.#pending.delete(id);
     pending.resolve(message as unknown as RequesterAnswer);
   }
@@ -126,6 +152,74 @@ export class RequesterClient {
     command: string,
     data: unknown = {},
     options: RequestOptions = {},
+  ): Promise<RequesterAnswer> {
+    return this.#send(command, data, options);
+  }
+
+  /**
+   * Sends a batch (`get_markets` by default) with `stream: true` and yields each item as it
+   * finishes, so neither side holds the whole batch. Items that arrive while the caller is busy
+   * wait in a queue. The iteration ends with the final answer, which `answer` gives (check its
+   * `success`: a batch no worker could take ends with no items and `No available workers`). It
+   * throws only when no answer can come (connection lost, aborted, timed out).
+   *
+   * @example
+   * ```ts ignore
+   * const batch = client.stream("get_markets", [{ symbol_type: "etf", code: "510300" }]);
+   * for await (const { index, result } of batch) console.log(index, result);
+   * console.log((await batch.answer).data); // { summary, distributed }
+   * ```
+   */
+  stream(
+    command: string,
+    data: unknown,
+    options: RequestOptions = {},
+  ): BatchStream {
+    const queue: StreamedItem[] = [];
+    let wake: (() => void) | undefined;
+    let ended = false;
+    let failure: { error: unknown } | undefined;
+    const answer = this.#send(command, data, options, (item) => {
+      queue.push(item);
+      wake?.();
+    });
+    answer.then(
+      () => {
+        ended = true;
+        wake?.();
+      },
+      (error) => {
+        failure = { error };
+        ended = true;
+        wake?.();
+      },
+    );
+    // The iterator reports a lost connection itself; `answer` must not also be unhandled.
+    answer.catch(() => {});
+    return {
+      answer,
+      async *[Symbol.asyncIterator]() {
+        while (true) {
+          if (queue.length > 0) {
+            yield queue.shift()!;
+            continue;
+          }
+          if (ended) {
+            if (failure) throw failure.error;
+            return;
+          }
+          await new Promise<void>((resolve) => wake = resolve);
+          wake = undefined;
+        }
+      },
+    };
+  }
+
+  #send(
+    command: string,
+    data: unknown,
+    options: RequestOptions,
+    onItem?: (item: StreamedItem) => void,
   ): Promise<RequesterAnswer> {
     const socket = this.#socket;
     if (!socket || socket.readyState !== 1) {
@@ -148,6 +242,7 @@ export class RequesterClient {
     };
     if (timeout !== undefined) frame.timeout = timeout;
     if (options.onProgress) frame.progress = true;
+    if (onItem) frame.stream = true;
     const { promise, resolve, reject } = Promise.withResolvers<
       RequesterAnswer
     >();
@@ -184,6 +279,7 @@ export class RequesterClient {
         reject(error);
       },
       onProgress: options.onProgress,
+      onItem,
     });
     socket.send(JSON.stringify(frame));
     return promise;

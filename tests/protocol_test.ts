@@ -181,6 +181,7 @@ Deno.test("parseRequesterFrame() reads the original's request and assigns a requ
     data: { x: 1 },
     timeout: undefined,
     progress: false,
+    stream: false,
   });
   const assigned = parseRequesterFrame('{"command":"get_time"}');
   assert.equal(assigned.assignedId, true);

@@ -50,6 +50,12 @@ export interface BrokerOptions {
   maxWorkerFrameBytes?: number;
   /** Items in one `get_markets` batch. @default 10000 */
   maxBatchItems?: number;
+  /**
+   * Largest answer sent to a requester, in characters of JSON. A one-frame batch answer that
+   * would pass it stops early and fails with `ANSWER_TOO_LARGE`, naming `stream: true`.
+   * @default 209715200 (200 MiB, under the requester client's 256 MiB frame limit)
+   */
+  maxAnswerBytes?: number;
   /** Bytes queued to a requester that does not read before it is dropped. @default 16777216 */
   maxBufferedBytes?: number;
   /** Connections per port. @default 10000 */
@@ -119,6 +125,7 @@ export function resolveOptions(options: BrokerOptions): ResolvedOptions {
     maxRequesterFrameBytes: options.maxRequesterFrameBytes ?? 1024 * 1024,
     maxWorkerFrameBytes: options.maxWorkerFrameBytes ?? 64 * 1024 * 1024,
     maxBatchItems: options.maxBatchItems ?? 10_000,
+    maxAnswerBytes: options.maxAnswerBytes ?? 200 * 1024 * 1024,
     maxBufferedBytes: options.maxBufferedBytes ?? 16 * 1024 * 1024,
     maxConnections: options.maxConnections ?? 10_000,
     defaultConcurrency: options.defaultConcurrency ?? 16,

@@ -157,7 +157,26 @@ export class RequesterPort {
       this.#forget(peer, "Requester dropped: answers are not being read");
       return;
     }
-    socket.send(JSON.stringify(answer));
+    let text: string;
+    try {
+      text = JSON.stringify(answer);
+    } catch (error) {
+      // Past V8's longest string: the limit below should have caught it first.
+      text = "";
+      log.error("Cannot serialize the answer to {id}: {error}", {
+        id: answer.request_id,
+        error,
+      });
+    }
+    const limit = this.#core.options.maxAnswerBytes;
+    if (text === "" || text.length > limit) {
+      text = JSON.stringify(failureAnswer(
+        (answer.request_id as string | null | undefined) ?? null,
+        tooLargeText(text.length || Infinity, limit),
+        ErrorCode.ANSWER_TOO_LARGE,
+      ));
+    }
+    socket.send(text);
   }
 
   #forget(peer: RequesterPeer, reason: string): void {
@@ -291,7 +310,7 @@ export class RequesterPort {
         return failureAnswer(id, e.message, e.code);
       }
       let lastSent = 0;
-      const { data, workersUsed } = await runBatch(
+      const outcome = await runBatch(
         this.#core.dispatcher,
         items,
         {
@@ -306,21 +325,33 @@ export class RequesterPort {
               this.#answer(peer, { request_id: id, progress: { done, total } });
             }
             : undefined,
+          // Streamed: each item leaves as it is final, and the server keeps none of them.
+          onItem: request.stream
+            ? (index, result) =>
+              this.#answer(peer, { request_id: id, item: { index, result } })
+            : undefined,
+          maxResultChars: request.stream
+            ? undefined
+            : this.#core.options.maxAnswerBytes,
         },
       );
-      const noWorkers = workersUsed === 0 && items.length > 0 &&
-        data.results.every((r) =>
-          (r as { error_code?: string }).error_code === ErrorCode.NO_WORKERS
-        );
-      if (noWorkers) {
+      if (outcome.noWorkers) {
         return failureAnswer(id, NO_WORKERS_TEXT, ErrorCode.NO_WORKERS);
+      }
+      if (outcome.tooLarge) {
+        return failureAnswer(
+          id,
+          tooLargeText(outcome.tooLarge.chars, outcome.tooLarge.limit),
+          ErrorCode.ANSWER_TOO_LARGE,
+          { elapsed_ms: this.#core.clock.now() - started },
+        );
       }
       return {
         request_id: id,
         success: true,
-        data,
+        data: outcome.data,
         error: null,
-        processed_by: `distributed_${workersUsed}_workers`,
+        processed_by: `distributed_${outcome.workersUsed}_workers`,
         elapsed_ms: this.#core.clock.now() - started,
       };
     }
@@ -363,4 +394,10 @@ export class RequesterPort {
       },
     );
   }
+}
+
+function tooLargeText(chars: number, limit: number): string {
+  return `Answer too large: ${
+    Number.isFinite(chars) ? `more than ${chars}` : "too many"
+  } characters (limit ${limit}); send the batch with "stream": true to receive each item in a frame of its own`;
 }
