@@ -5,12 +5,14 @@
  */
 
 import { parseArgs } from "node:util";
-import { readLines, splitCommand } from "./lib/console.ts";
+import { runStdinConsole, splitCommand } from "./lib/console.ts";
 import {
-  env,
+  consoleMode,
   FlagError,
+  looksLikeHost,
   numberFlag,
   readFlagFile,
+  secretFlag,
   serverUrl,
 } from "./lib/_flags.ts";
 import { setupLogging } from "./lib/log.ts";
@@ -57,6 +59,14 @@ function parse(args: string[]) {
   }
   // `HOST PORT` is recognised by its numeric second word; everything after is the command.
   const hostPort = positionals.length >= 2 && /^\d+$/.test(positionals[1]);
+  if (!hostPort && positionals.length >= 1 && looksLikeHost(positionals[0])) {
+    throw new FlagError(
+      `'${positionals[0]}' looks like a host but no PORT follows it: ` +
+        `give HOST PORT (e.g. ${positionals[0]} 8766) or --url ws://${
+          positionals[0]
+        }:8766`,
+    );
+  }
   const url = serverUrl(
     values.url,
     hostPort ? positionals[0] : undefined,
@@ -82,11 +92,30 @@ function parse(args: string[]) {
     timeout: values.timeout === undefined
       ? undefined
       : numberFlag("timeout", values.timeout, 30, { min: 0.001 }),
-    token: values.token ?? env("SWITCHYARD_REQUESTER_TOKEN"),
+    token: secretFlag(
+      "token",
+      values.token,
+      "SWITCHYARD_REQUESTER_TOKEN",
+      (message) => console.error(`requester: warning: ${message}`),
+    ),
     ca: readFlagFile("ca", values.ca),
     progress: values.progress ?? false,
     compact: values.compact ?? false,
   };
+}
+
+/** A line on stderr that says what a failed answer means and what to try. */
+function explain(answer: { success: boolean; available_commands?: unknown }) {
+  const offered = answer.available_commands;
+  if (!answer.success && Array.isArray(offered)) {
+    console.error(
+      `requester: ${
+        offered.length > 0
+          ? `available commands: ${offered.join(", ")}`
+          : "no worker is connected, and the server answers no command of that name"
+      }`,
+    );
+  }
 }
 
 async function main(): Promise<number> {
@@ -123,34 +152,51 @@ async function main(): Promise<number> {
         onProgress,
       });
       print(answer);
+      explain(answer);
       return answer.success ? 0 : 1;
     }
-    console.log(
-      `Connected to ${flags.url}: type '<command> [json]', 'help' or 'quit'`,
-    );
-    for await (const line of readLines(Deno.stdin.readable)) {
+    if (consoleMode({ console: true }) === "background") {
+      console.error(
+        "requester: no command given, and the terminal belongs to the foreground job: " +
+          "give a command, or run the console in the foreground",
+      );
+      return 2;
+    }
+    let status = 0;
+    await runStdinConsole(async (line, write) => {
       const { words, json, error } = splitCommand(line, 1);
       const [command] = words;
-      if (command === undefined) continue;
-      if (command === "quit" || command === "exit") break;
+      if (command === undefined) return "continue";
+      if (command === "quit" || command === "exit") return "quit";
       if (command === "help") {
-        console.log(
+        write(
           "Type a command and optional JSON data, e.g.\n  get_time\n" +
             '  get_market {"symbol_type": "etf", "code": "510300"}\n  quit',
         );
-        continue;
+        return "continue";
       }
       if (error) {
-        console.log(`${error}: usage is <command> [json]`);
-        continue;
+        write(`${error}: usage is <command> [json]`);
+        return "continue";
       }
       try {
-        print(await client.request(command, json, { onProgress }));
+        const answer = await client.request(command, json, { onProgress });
+        print(answer);
+        explain(answer);
       } catch (e) {
         console.error(`requester: ${(e as Error).message}`);
-        if (!client.connected) return 1;
+        if (!client.connected) {
+          status = 1;
+          return "quit";
+        }
       }
-    }
+      return "continue";
+    }, {
+      prompt: "requester> ",
+      banner:
+        `Connected to ${flags.url}: type '<command> [json]', 'help' or 'quit'`,
+    });
+    return status;
     return 0;
   } catch (error) {
     console.error(`requester: ${(error as Error).message}`);

@@ -9,15 +9,16 @@ import { parseArgs } from "node:util";
 import { STRATEGIES, type Strategy } from "./lib/balancer.ts";
 import { runStdinConsole, serverCommand } from "./lib/console.ts";
 import {
-  env,
+  consoleMode,
   FlagError,
   logFormatFlag,
+  logLevelFlag,
   numberFlag,
   onStopSignal,
   portFlag,
   PROCESS_FLAGS,
   readFlagFile,
-  wantsConsole,
+  secretFlag,
 } from "./lib/_flags.ts";
 import { logger, setupLogging } from "./lib/log.ts";
 import { type ServerOptions, startServer } from "./lib/server.ts";
@@ -48,7 +49,7 @@ Options:
   --cert FILE --key FILE   serve wss:// and https:// with this PEM certificate and key
   --grace S                on SIGTERM/SIGINT, let in-flight work finish this long (default 10)
   --console                read console commands from stdin even when it is not a terminal
-  --no-console             never read stdin
+  --no-console             never read stdin (for a server run with &, under systemd, in a container)
   --log-level LEVEL        trace | debug | info | warning | error (default info)
   --log-format FORMAT      text | json (default text)
   -h, --help               this text
@@ -56,7 +57,10 @@ Options:
 
 function options(
   args: string[],
-): ServerOptions & { console: boolean; grace: number } {
+): ServerOptions & {
+  console: ReturnType<typeof consoleMode>;
+  grace: number;
+} {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
@@ -105,7 +109,8 @@ function options(
   if (Boolean(values.cert) !== Boolean(values.key)) {
     throw new FlagError("--cert and --key go together: give both or neither");
   }
-  setupLogging({ level: values["log-level"] ?? "info", format });
+  setupLogging({ level: logLevelFlag(values["log-level"]), format });
+  const warn = (message: string) => logger("server").warn(message);
   const seconds = (name: string, fallback: number) =>
     numberFlag(
       name,
@@ -151,13 +156,22 @@ function options(
     nonRetriableActions: values["non-retriable"]?.split(",").map((s) =>
       s.trim()
     ).filter(Boolean),
-    workerToken: values["worker-token"] ?? env("SWITCHYARD_WORKER_TOKEN"),
-    requesterToken: values["requester-token"] ??
-      env("SWITCHYARD_REQUESTER_TOKEN"),
+    workerToken: secretFlag(
+      "worker-token",
+      values["worker-token"],
+      "SWITCHYARD_WORKER_TOKEN",
+      warn,
+    ),
+    requesterToken: secretFlag(
+      "requester-token",
+      values["requester-token"],
+      "SWITCHYARD_REQUESTER_TOKEN",
+      warn,
+    ),
     cert: readFlagFile("cert", values.cert),
     key: readFlagFile("key", values.key),
     grace: seconds("grace", 10),
-    console: wantsConsole(values),
+    console: consoleMode(values),
   };
 }
 
@@ -184,9 +198,15 @@ async function main(): Promise<void> {
     Deno.exit(0);
   };
   onStopSignal(stop);
-  if (opts.console) {
-    await runStdinConsole((line, write) =>
-      serverCommand(server.broker, line, write)
+  if (opts.console === "background") {
+    log.info(
+      "Started in the background: no console (--no-console says so and silences this line)",
+    );
+  }
+  if (opts.console === "on") {
+    await runStdinConsole(
+      (line, write) => serverCommand(server.broker, line, write),
+      { prompt: "server> " },
     );
     // stdin ended or `quit`: a console user is done with the server.
     await stop("Console quit");

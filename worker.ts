@@ -8,15 +8,16 @@
 import { parseArgs } from "node:util";
 import { runStdinConsole, workerCommand } from "./lib/console.ts";
 import {
-  env,
+  consoleMode,
   FlagError,
   logFormatFlag,
+  logLevelFlag,
   numberFlag,
   onStopSignal,
   PROCESS_FLAGS,
   readFlagFile,
+  secretFlag,
   serverUrl,
-  wantsConsole,
 } from "./lib/_flags.ts";
 import { logger, setupLogging } from "./lib/log.ts";
 import { createMarketService, parseProviderList } from "./lib/market/mod.ts";
@@ -43,7 +44,7 @@ Options:
   --cache-dir DIR         keep fetched series on disk across restarts
   --rate-limit R          upstream requests per second per host (default 1; 0 = no limit)
   --console               read console commands from stdin even when it is not a terminal
-  --no-console            never read stdin
+  --no-console            never read stdin (for a worker run with &, under systemd, in a container)
   --log-level LEVEL       trace | debug | info | warning | error (default info)
   --log-format FORMAT     text | json (default text)
   -h, --help              this text
@@ -78,6 +79,7 @@ function parse(args: string[]) {
     throw new FlagError(`Unexpected argument '${positionals[2]}': see --help`);
   }
   const format = logFormatFlag(values["log-format"]);
+  const level = logLevelFlag(values["log-level"]);
   const url = serverUrl(values.url, positionals[0], positionals[1], 8765);
   let providers: string[];
   try {
@@ -92,6 +94,7 @@ function parse(args: string[]) {
     url,
     values,
     format,
+    level,
     providers,
     weight: numberFlag("weight", values.weight, 1, { min: 0.001 }),
     concurrency: numberFlag("concurrency", values.concurrency, 8, {
@@ -116,7 +119,7 @@ async function main(): Promise<void> {
     Deno.exit(2);
   }
   const { values } = flags;
-  setupLogging({ level: values["log-level"] ?? "info", format: flags.format });
+  setupLogging({ level: flags.level, format: flags.format });
   const log = logger("worker");
   const market = createMarketService({
     providers: flags.providers,
@@ -132,7 +135,12 @@ async function main(): Promise<void> {
     name: values.name,
     weight: flags.weight,
     concurrency: flags.concurrency,
-    token: values.token ?? env("SWITCHYARD_WORKER_TOKEN"),
+    token: secretFlag(
+      "token",
+      values.token,
+      "SWITCHYARD_WORKER_TOKEN",
+      (message) => log.warn(message),
+    ),
     ca: flags.ca,
     backoff: {
       initialMs: Math.min(500, flags.maxBackoffMs),
@@ -161,8 +169,17 @@ async function main(): Promise<void> {
   onStopSignal(stop);
 
   const running = worker.start();
-  if (wantsConsole(values)) {
-    await runStdinConsole((line, write) => workerCommand(worker, line, write));
+  const mode = consoleMode(values);
+  if (mode === "background") {
+    log.info(
+      "Started in the background: no console (--no-console says so and silences this line)",
+    );
+  }
+  if (mode === "on") {
+    await runStdinConsole(
+      (line, write) => workerCommand(worker, line, write),
+      { prompt: "worker> " },
+    );
     await stop("Console quit");
   }
   await running;

@@ -1,5 +1,8 @@
 // Helpers shared by the entry programs' flag parsing.
 
+import { inForeground } from "./console.ts";
+import { parseLevel } from "./log.ts";
+
 /** A flag value that is not acceptable; the program prints it on one line and exits 2. */
 export class FlagError extends Error {
   constructor(message: string) {
@@ -77,6 +80,17 @@ export const PROCESS_FLAGS = {
   help: { type: "boolean", short: "h" },
 } as const;
 
+/** Checks `--log-level` before anything starts, so a typo is a one-line error. */
+export function logLevelFlag(value: string | undefined): string {
+  const level = value ?? "info";
+  try {
+    parseLevel(level);
+  } catch (error) {
+    throw new FlagError(`Invalid --log-level: ${(error as Error).message}`);
+  }
+  return level;
+}
+
 /** Parses `--log-format`. */
 export function logFormatFlag(value: string | undefined): "text" | "json" {
   const format = value ?? "text";
@@ -88,12 +102,45 @@ export function logFormatFlag(value: string | undefined): "text" | "json" {
   return format;
 }
 
-/** Whether to read console commands: `--no-console` wins, then `--console`, else a terminal. */
+/**
+ * Whether to read console commands: never with `--no-console`; on a terminal only in the
+ * foreground (a job started with `&` would be stopped by SIGTTIN on its first read, and raw mode
+ * by SIGTTOU), even with `--console`; off a terminal (a pipe, a file) only with `--console`.
+ * `background` says the console is off because the terminal belongs to another job.
+ */
+export function consoleMode(
+  values: { console?: boolean; "no-console"?: boolean },
+): "on" | "off" | "background" {
+  if (values["no-console"]) return "off";
+  if (Deno.stdin.isTerminal()) return inForeground() ? "on" : "background";
+  return values.console ? "on" : "off";
+}
+
+/** {@linkcode consoleMode} as a yes or no. */
 export function wantsConsole(
   values: { console?: boolean; "no-console"?: boolean },
 ): boolean {
-  if (values["no-console"]) return false;
-  return values.console ?? Deno.stdin.isTerminal();
+  return consoleMode(values) === "on";
+}
+
+/**
+ * A secret from its flag or else its environment variable. A flag shows in `ps` to every user of
+ * the machine, and `deno task` echoes it to the terminal: `warn` gets a line saying so.
+ */
+export function secretFlag(
+  flag: string,
+  value: string | undefined,
+  variable: string,
+  warn: (message: string) => void,
+): string | undefined {
+  if (value !== undefined) {
+    warn(
+      `--${flag} on the command line is visible to every user of this machine (ps) and ` +
+        `echoed by deno task: prefer the environment variable ${variable}`,
+    );
+    return value || undefined;
+  }
+  return env(variable);
 }
 
 /** Calls `stop` on SIGINT or SIGTERM; a second signal exits at once. */
@@ -122,14 +169,27 @@ export function serverUrl(
     throw new FlagError("Give either --url or HOST PORT, not both");
   }
   const h = host ?? "localhost";
-  const url = flag ??
-    `ws://${h.includes(":") ? `[${h}]` : h}:${
-      portFlag("port", port, defaultPort)
-    }`;
+  let portNumber = defaultPort;
+  if (port !== undefined) {
+    const n = Number(port);
+    if (!/^\d+$/.test(port) || n > 65535) {
+      throw new FlagError(
+        `Invalid PORT '${port}' after HOST '${h}': expected a port number 0–65535`,
+      );
+    }
+    portNumber = n;
+  }
+  const url = flag ?? `ws://${h.includes(":") ? `[${h}]` : h}:${portNumber}`;
   if (!/^wss?:\/\//.test(url)) {
     throw new FlagError(
       `Invalid --url '${url}': expected ws://host:port or wss://host:port`,
     );
   }
   return url;
+}
+
+/** Whether `word` reads as a host name or address rather than a command name. */
+export function looksLikeHost(word: string): boolean {
+  return word === "localhost" || /^[\d.]+$/.test(word) ||
+    word.includes(":") || /^[a-z0-9-]+(\.[a-z0-9-]+)+$/i.test(word);
 }

@@ -6,6 +6,8 @@
  * @module
  */
 
+import process from "node:process";
+import { createInterface } from "node:readline";
 import type { Broker } from "./broker.ts";
 import type { Worker } from "./worker_client.ts";
 
@@ -65,17 +67,35 @@ export async function serverCommand(
       return "continue";
     case "list": {
       const workers = broker.workers();
-      if (workers.length === 0) write("No workers connected");
-      for (const w of workers) {
-        write(
-          `${w.client_id}  ${w.name}  ${w.address}  weight ${w.weight}  ` +
-            `in-flight ${w.in_flight}/${w.max_concurrency}  served ${w.served}  ` +
-            `failures ${w.failures}  latency ${w.latency_ms ?? "-"} ms  ` +
-            `${w.healthy ? "healthy" : "UNHEALTHY"}${
-              w.draining ? " draining" : ""
-            }`,
-        );
+      if (workers.length === 0) {
+        write("No workers connected");
+        return "continue";
       }
+      write(formatTable(
+        [
+          "CLIENT_ID",
+          "NAME",
+          "ADDRESS",
+          "WEIGHT",
+          "IN_FLIGHT",
+          "SERVED",
+          "FAILURES",
+          "LATENCY_MS",
+          "STATE",
+        ],
+        workers.map((w) => [
+          w.client_id,
+          w.name,
+          w.address,
+          String(w.weight),
+          `${w.in_flight}/${w.max_concurrency}`,
+          String(w.served),
+          String(w.failures),
+          w.latency_ms === null ? "-" : String(w.latency_ms),
+          [w.healthy ? "healthy" : "UNHEALTHY", w.draining ? "draining" : ""]
+            .filter(Boolean).join(","),
+        ]),
+      ));
       return "continue";
     }
     case "stats":
@@ -160,6 +180,38 @@ export async function workerCommand(
   }
 }
 
+/**
+ * Rows as text columns padded to their widest cell, under a header; numbers align right.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { formatTable } from "./console.ts";
+ * assert.equal(
+ *   formatTable(["NAME", "SERVED"], [["a", "7"], ["bb", "12"]]),
+ *   "NAME  SERVED\na          7\nbb        12",
+ * );
+ * ```
+ */
+export function formatTable(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) =>
+    Math.max(h.length, ...rows.map((row) => (row[i] ?? "").length))
+  );
+  const numeric = header.map((_, i) =>
+    rows.length > 0 &&
+    rows.every((row) => /^-?[\d.]+(\/\d+)?$|^-$/.test(row[i] ?? ""))
+  );
+  const line = (cells: string[]) =>
+    cells.map((cell, i) =>
+      numeric[i]
+        ? cell.padStart(widths[i])
+        : i === cells.length - 1
+        ? cell
+        : cell.padEnd(widths[i])
+    ).join("  ").trimEnd();
+  return [header, ...rows].map(line).join("\n");
+}
+
 /** Yields the lines of a byte stream, such as `Deno.stdin.readable`. */
 export async function* readLines(
   stream: ReadableStream<Uint8Array>,
@@ -176,13 +228,62 @@ export async function* readLines(
   if (buffer !== "") yield buffer;
 }
 
-/** Reads commands from stdin until `quit` or end of input, printing to stdout. */
+/**
+ * Whether this process may read its terminal: false for a job started with `&` (or moved to the
+ * background), which the kernel would stop with SIGTTIN on its first read. Linux tells through
+ * `/proc/self/stat` (the process group against the terminal's foreground group); where that
+ * cannot be read the answer is true, and `--no-console` is the way to background a program.
+ */
+export function inForeground(): boolean {
+  try {
+    const stat = Deno.readTextFileSync("/proc/self/stat");
+    // Fields after the parenthesised command name: state ppid pgrp session tty_nr tpgid …
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    const pgrp = Number(fields[2]);
+    const tpgid = Number(fields[5]);
+    return tpgid <= 0 || pgrp === tpgid;
+  } catch {
+    return true;
+  }
+}
+
+/** Options for {@linkcode runStdinConsole}. */
+export interface StdinConsoleOptions {
+  /** Shown before each line on a terminal. @default "> " */
+  prompt?: string;
+  /** Printed once when the console starts. @default "Console ready: type 'help' for commands" */
+  banner?: string;
+}
+
+/**
+ * Reads commands from stdin until `quit` or end of input, printing to stdout. On a terminal the
+ * line is editable, with history on the Up and Down arrows (`node:readline`); Ctrl-C stops the
+ * program as SIGINT does.
+ */
 export async function runStdinConsole(
   run: (line: string, write: (text: string) => void) => Promise<ConsoleResult>,
+  options: StdinConsoleOptions = {},
 ): Promise<void> {
+  const terminal = Deno.stdin.isTerminal();
+  const rl = createInterface({
+    input: process.stdin,
+    output: process.stdout,
+    terminal,
+    historySize: 500,
+    removeHistoryDuplicates: true,
+    prompt: options.prompt ?? "> ",
+  });
+  // Raw mode swallows Ctrl-C; hand it to the program's own SIGINT handling (drain, then exit).
+  rl.on("SIGINT", () => Deno.kill(Deno.pid, "SIGINT"));
   const write = (text: string) => console.log(text);
-  write("Console ready: type 'help' for commands");
-  for await (const line of readLines(Deno.stdin.readable)) {
-    if (await run(line, write) === "quit") return;
+  write(options.banner ?? "Console ready: type 'help' for commands");
+  try {
+    if (terminal) rl.prompt();
+    for await (const line of rl) {
+      if (await run(line, write) === "quit") return;
+      if (terminal) rl.prompt();
+    }
+  } finally {
+    rl.close();
   }
 }

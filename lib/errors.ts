@@ -30,6 +30,7 @@ export const ErrorCode = {
   SHUTTING_DOWN: "SHUTTING_DOWN",
   CONNECTION_CLOSED: "CONNECTION_CLOSED",
   CANCELLED: "CANCELLED",
+  WRONG_PORT: "WRONG_PORT",
 } as const;
 
 /** One of the wire error codes in {@linkcode ErrorCode}. */
@@ -125,5 +126,16 @@ export class ConnectionClosedError extends SwitchyardError {
   constructor(message = "Connection closed", options?: ErrorOptions) {
     super(ErrorCode.CONNECTION_CLOSED, message, options);
     this.name = "ConnectionClosedError";
+  }
+}
+
+/**
+ * A requester reached the worker port, or a worker the requester port: the message names the
+ * right port.
+ */
+export class WrongPortError extends SwitchyardError {
+  constructor(message: string, options?: ErrorOptions) {
+    super(ErrorCode.WRONG_PORT, message, options);
+    this.name = "WrongPortError";
   }
 }

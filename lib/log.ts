@@ -9,7 +9,6 @@ import {
   configureSync,
   getLogger,
   getTextFormatter,
-  jsonLinesFormatter,
   type Logger,
   type LogLevel,
   type LogRecord,
@@ -46,19 +45,79 @@ export function parseLevel(text: string): LogLevel {
   }
 }
 
+/** A value in a message: strings as they are, anything else as JSON. */
+function renderValue(value: unknown): string {
+  if (typeof value === "string") return value;
+  if (value instanceof Error) return value.message;
+  try {
+    return JSON.stringify(value) ?? String(value);
+  } catch {
+    return String(value);
+  }
+}
+
+/**
+ * One JSON line per record, with the fields of logtape's JSON Lines formatter (`@timestamp`,
+ * `level`, `message`, `logger`, `properties`). Its rendered message quotes string values
+ * (`Connected to "ws://…"`); this one keeps them as they are, so a message reads the same as in
+ * the text format and the values stay typed under `properties`.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { formatJsonLine } from "./log.ts";
+ * const line = formatJsonLine({
+ *   category: ["switchyard", "worker"],
+ *   level: "info",
+ *   message: ["Connected to ", "ws://h:8765", " as ", 7, ""],
+ *   rawMessage: "Connected to {url} as {id}",
+ *   timestamp: 0,
+ *   properties: { url: "ws://h:8765", id: 7 },
+ * });
+ * assert.deepEqual(JSON.parse(line), {
+ *   "@timestamp": "1970-01-01T00:00:00.000Z",
+ *   level: "INFO",
+ *   message: "Connected to ws://h:8765 as 7",
+ *   logger: "switchyard.worker",
+ *   properties: { url: "ws://h:8765", id: 7 },
+ * });
+ * ```
+ */
+export function formatJsonLine(record: LogRecord): string {
+  let message = "";
+  for (let i = 0; i < record.message.length; i++) {
+    const part = record.message[i];
+    message += i % 2 === 0 ? String(part) : renderValue(part);
+  }
+  const levels: Record<string, string> = { warning: "WARN" };
+  return JSON.stringify(
+    {
+      "@timestamp": new Date(record.timestamp).toISOString(),
+      level: levels[record.level] ?? record.level.toUpperCase(),
+      message,
+      logger: record.category.join("."),
+      properties: record.properties,
+    },
+    (_key, value) =>
+      typeof value === "bigint"
+        ? String(value)
+        : value instanceof Error
+        ? { name: value.name, message: value.message }
+        : value,
+  ) + "\n";
+}
+
 /** Configures the `switchyard` log categories; call once per program. */
 export function setupLogging(options: LoggingOptions = {}): void {
   const level = parseLevel(options.level ?? "info");
   const write = options.write ?? writeStderr;
-  const format = options.format === "json"
-    ? jsonLinesFormatter
-    : getTextFormatter({
-      timestamp: "date-time-timezone",
-      category: ".",
-      // Strings as they are: `ws://host:port`, not `"ws"://"host"`.
-      value: (v: unknown) =>
-        typeof v === "string" ? v : Deno.inspect(v, { colors: false }),
-    });
+  const format = options.format === "json" ? formatJsonLine : getTextFormatter({
+    timestamp: "date-time-timezone",
+    category: ".",
+    // Strings as they are: `ws://host:port`, not `"ws"://"host"`.
+    value: (v: unknown) =>
+      typeof v === "string" ? v : Deno.inspect(v, { colors: false }),
+  });
   resetSync();
   configureSync({
     reset: true,

@@ -56,6 +56,7 @@ export {
   TIMEOUT_TEXT,
   UnauthorizedError,
   WorkerError,
+  WrongPortError,
 } from "./errors.ts";
 export {
   decodeEnvelope,

@@ -6,9 +6,22 @@
  */
 
 import { type ConnectOptions, openSocket, redactUrl } from "./_connect.ts";
-import { ConnectionClosedError, RequestTimeoutError } from "./errors.ts";
+import {
+  ConnectionClosedError,
+  RequestTimeoutError,
+  WrongPortError,
+} from "./errors.ts";
 import type { RequesterAnswer } from "./protocol.ts";
 import type { WebSocket } from "./_ws.ts";
+
+/** Whether `message` is a worker-port envelope (`{"type", "msg_id", …}`) rather than an answer. */
+function isWorkerEnvelope(
+  message: unknown,
+): message is Record<string, unknown> {
+  return typeof message === "object" && message !== null &&
+    typeof (message as { type?: unknown }).type === "string" &&
+    "msg_id" in message;
+}
 
 /** Options for {@linkcode RequesterClient}. */
 export interface RequesterClientOptions extends ConnectOptions {
@@ -91,6 +104,7 @@ export class RequesterClient {
   /** Opens the connection; call again after a drop to reconnect. */
   async connect(signal?: AbortSignal): Promise<void> {
     if (this.connected) return;
+    this.#wrongPort = undefined;
     const socket = await openSocket(
       this.url,
       this.#options,
@@ -98,6 +112,8 @@ export class RequesterClient {
       signal,
     );
     this.#socket = socket;
+    // The worker port's greeting can arrive with the handshake, before `#socket` was set.
+    if (this.#wrongPort) socket.close(1000, "Wrong port");
     const closed = Promise.withResolvers<void>();
     this.#closed = closed.promise;
     socket.on("error", () => {});
@@ -122,7 +138,10 @@ export class RequesterClient {
       return;
     }
     const id = message?.request_id;
-    if (typeof id !== "string") return;
+    if (typeof id !== "string") {
+      if (isWorkerEnvelope(message)) this.#onWorkerPort(message);
+      return;
+    }
     const pending = this.#pending.get(id);
     if (!pending) return;
     if ("progress" in message && !("success" in message)) {
@@ -141,6 +160,29 @@ export class RequesterClient {
     }
     this.#pending.delete(id);
     pending.resolve(message as unknown as RequesterAnswer);
+  }
+
+  #wrongPort: WrongPortError | undefined;
+
+  /**
+   * The server greeted this connection as a worker (`connect` envelope) or refused a request in
+   * worker-port terms: this URL is a worker port. Fail every request now with a message that
+   * says so, instead of waiting out their deadlines.
+   */
+  #onWorkerPort(envelope: Record<string, unknown>): void {
+    const data = envelope.data as { error?: unknown } | null;
+    const said = typeof data?.error === "string" ? data.error : undefined;
+    const error = new WrongPortError(
+      said ??
+        `${
+            redactUrl(this.url)
+          } is a worker port: requesters connect to the requester port (8766 unless the server ` +
+          `was started with --requester-port)`,
+    );
+    this.#wrongPort ??= error;
+    for (const pending of this.#pending.values()) pending.reject(error);
+    this.#pending.clear();
+    this.#socket?.close(1000, "Wrong port");
   }
 
   /**
@@ -222,6 +264,7 @@ export class RequesterClient {
     onItem?: (item: StreamedItem) => void,
   ): Promise<RequesterAnswer> {
     const socket = this.#socket;
+    if (this.#wrongPort) return Promise.reject(this.#wrongPort);
     if (!socket || socket.readyState !== 1) {
       return Promise.reject(
         new ConnectionClosedError(`Not connected to ${redactUrl(this.url)}`),
