@@ -10,6 +10,7 @@
  * @module
  */
 
+// @ts-types="./_csv_parse_types.d.ts"
 import { parse } from "npm:csv-parse@7.0.3/sync";
 import { aggregateBars } from "./aggregate.ts";
 import { UnknownCodeError, UpstreamUnavailableError } from "./errors.ts";
