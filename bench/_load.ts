@@ -6,11 +6,16 @@
  * @module
  */
 
+import { connect as natsConnect } from "npm:@nats-io/transport-node@3.4.0";
 import { WebSocket } from "../lib/_ws.ts";
+import { NATS_SUBJECT } from "./_nats_worker.ts";
 import { type LoadSummary, summarize } from "./_stats.ts";
 
-/** Which WebSocket client implementation sends the frames. */
-export type ClientKind = "ws" | "deno";
+/**
+ * Which client sends the frames: npm `ws` (TCP_NODELAY), Deno's built-in WebSocket client, or
+ * NATS request-reply on the `echo` subject (`url` is then `nats://…`).
+ */
+export type ClientKind = "ws" | "deno" | "nats";
 
 /** Options for {@linkcode runLoad}. */
 export interface LoadOptions {
@@ -28,7 +33,7 @@ export interface LoadOptions {
   command: string;
   /** The `data` of every request. */
   data: unknown;
-  /** npm `ws` (TCP_NODELAY) or Deno's built-in client. @default "ws" */
+  /** npm `ws` (TCP_NODELAY), Deno's built-in client, or NATS. @default "ws" */
   client?: ClientKind;
 }
 
@@ -90,6 +95,20 @@ interface Conn {
 const decoder = new TextDecoder();
 
 async function openConn(url: string, kind: ClientKind): Promise<Conn> {
+  if (kind === "nats") {
+    const nc = await natsConnect({ servers: url });
+    let listener = (_text: string) => {};
+    return {
+      // A failed request stays unanswered, which the run reports.
+      send: (text) =>
+        void nc.request(NATS_SUBJECT, text, { timeout: 60_000 }).then(
+          (msg) => listener(msg.string()),
+          () => {},
+        ),
+      onText: (l) => listener = l,
+      close: () => void nc.close(),
+    };
+  }
   if (kind === "ws") {
     const socket = new WebSocket(url, { perMessageDeflate: false });
     await new Promise<void>((resolve, reject) => {

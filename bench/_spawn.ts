@@ -172,3 +172,55 @@ export async function pinProcess(pid: number, cpus: string): Promise<boolean> {
     return false;
   }
 }
+
+/** A running `nats-server`. */
+export interface NatsServer {
+  pid: number;
+  url: string;
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts `nats-server` (from PATH) on 127.0.0.1 and a free port; resolves `undefined` when it
+ * is not installed, so the NATS rows are skipped rather than failing the bench.
+ */
+export async function startNatsServer(
+  readyTimeoutMs = 10_000,
+): Promise<NatsServer | undefined> {
+  const probe = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = probe.addr.port;
+  probe.close();
+  let child: Deno.ChildProcess;
+  try {
+    child = new Deno.Command("nats-server", {
+      args: ["-a", "127.0.0.1", "-p", String(port)],
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    }).spawn();
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return undefined;
+    throw error;
+  }
+  const status = child.status;
+  const stop = async () => {
+    try {
+      child.kill("SIGTERM");
+    } catch { /* already gone */ }
+    await status;
+  };
+  const until = Date.now() + readyTimeoutMs;
+  for (;;) {
+    try {
+      (await Deno.connect({ hostname: "127.0.0.1", port })).close();
+      break;
+    } catch {
+      if (Date.now() > until) {
+        await stop();
+        throw new Error(`nats-server did not listen on port ${port}`);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+  return { pid: child.pid, url: `nats://127.0.0.1:${port}`, stop };
+}

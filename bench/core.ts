@@ -1,7 +1,14 @@
 /**
- * Core section: broker + 2 worker subprocesses against a one-hop echo baseline, under closed
- * loops of C connections × W requests in flight, with ~100 B and ~3 KB replies; plus the Nagle
+ * Core section: broker + 2 worker subprocesses against three baselines under the same closed
+ * loops of C connections × W requests in flight, with ~100 B and ~3 KB replies: a one-hop echo
+ * (the floor), a feature-less relay (`Deno.serve` + a Map of pending ids + round robin, 2
+ * workers on npm `ws`) and NATS request-reply (`nats-server` + 2 queue-group workers on the
+ * official client; skipped, saying so, when `nats-server` is not installed). Plus the Nagle
  * regression guard (2 KB requests from Deno's built-in client vs npm `ws`).
+ *
+ * The rows of one load run interleaved in short runs (broker, relay, NATS, echo, broker, …), so
+ * load from other programs skews every side of a ratio alike; ratios are taken run by run and
+ * reported as the median with the smallest and largest.
  *
  * @module
  */
@@ -14,21 +21,40 @@ import {
   mergeRuns,
   runLoad,
 } from "./_load.ts";
-import { cpuSeconds, type Helper, pinProcess, spawnHelper } from "./_spawn.ts";
+import {
+  cpuSeconds,
+  type Helper,
+  type NatsServer,
+  pinProcess,
+  spawnHelper,
+  startNatsServer,
+} from "./_spawn.ts";
 import { type Check, fixed, table } from "./_stats.ts";
 
 /** Options for {@linkcode runCore}. */
 export interface CoreOptions {
-  /** Measured seconds per row. @default 10 */
+  /** Measured seconds per row, split over the runs. @default 10 */
   seconds?: number;
+  /** Interleaved runs per row (at least 3). @default 5 */
+  runs?: number;
   /** Progress lines (stderr). */
   log?: (line: string) => void;
+}
+
+/** What answers a row's requests. */
+export type Target = "echo" | "relay" | "nats" | "broker" | "broker-inproc";
+
+/** A median with the smallest and largest value it was taken from. */
+export interface Spread {
+  median: number;
+  min: number;
+  max: number;
 }
 
 /** One measured row. */
 export interface CoreRow {
   name: string;
-  target: "echo" | "broker" | "broker-inproc";
+  target: Target;
   connections: number;
   inFlight: number;
   /** Nominal reply payload, bytes. */
@@ -36,28 +62,60 @@ export interface CoreRow {
   client: ClientKind;
   /** Extra words for the row name. */
   note?: string;
+  /** All runs merged (percentiles over every answer). */
   result: LoadResult;
+  /** Each run's throughput and median latency, in run order. */
+  runs: { rps: number; p50: number }[];
   /** CPU time per answer, in µs, of each process taking part (bench client included). */
   cpuUs: Record<string, number>;
-  /** Broker rows: req/s divided by the echo row's with the same load and size. */
-  rpsRatio?: number;
-  /** Broker rows: p50 divided by the echo row's. */
-  p50Ratio?: number;
+  /** CPU time per answer, in µs, of everything but the load generator (server + workers). */
+  serviceCpuUs: number;
+  /**
+   * Against each baseline measured with the same load and size: run-by-run ratios of req/s and
+   * of p50 (this row ÷ the baseline's run next to it).
+   */
+  ratios: Partial<Record<Target, { rps: Spread; p50: Spread }>>;
 }
 
 /** The section's outcome. */
 export interface CoreReport {
   rows: CoreRow[];
   checks: Check[];
+  /** Why a baseline is missing, when one is. */
+  skipped: string[];
 }
 
 /** Reply payload sizes: the answer frames come out at ~100 B and ~3 KB. */
 const SMALL = 16;
 const LARGE = 2900;
 const LOADS = [[4, 16], [1, 1]] as const;
+const BASELINES: readonly Target[] = ["relay", "nats", "echo"];
 
 function label(size: number): string {
   return size === SMALL ? "100B" : size === LARGE ? "3KB" : `${size}B`;
+}
+
+/** The median and range of `values`; NaNs are ignored. */
+export function spread(values: number[]): Spread {
+  const sorted = values.filter((v) => !Number.isNaN(v)).sort((a, b) => a - b);
+  if (sorted.length === 0) return { median: NaN, min: NaN, max: NaN };
+  const mid = sorted.length >> 1;
+  return {
+    median: sorted.length % 2
+      ? sorted[mid]
+      : (sorted[mid - 1] + sorted[mid]) / 2,
+    min: sorted[0],
+    max: sorted[sorted.length - 1],
+  };
+}
+
+/** `0.93x (0.81-1.02)`. */
+export function spreadText(s: Spread | undefined, digits = 2): string {
+  return s === undefined
+    ? ""
+    : `${fixed(s.median, digits)}x (${fixed(s.min, digits)}-${
+      fixed(s.max, digits)
+    })`;
 }
 
 /**
@@ -79,26 +137,33 @@ async function crossCore(
 /** Runs the core section. */
 export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
   const seconds = options.seconds ?? 10;
+  const runCount = Math.max(3, options.runs ?? 5);
   const log = options.log ?? (() => {});
   const rows: CoreRow[] = [];
+  const skipped: string[] = [];
   const helpers: Helper[] = [];
+  let nats: NatsServer | undefined;
   let inproc: ReturnType<typeof startServer> | undefined;
   /** One row to measure: what to load, and which processes' CPU to count. */
   interface Spec {
-    row: Omit<CoreRow, "result" | "name" | "cpuUs">;
+    row: Omit<
+      CoreRow,
+      "result" | "name" | "cpuUs" | "runs" | "serviceCpuUs" | "ratios"
+    >;
     url: string;
     data: unknown;
     procs: Record<string, number>;
     /** Run client and server on different CPUs (see `crossCore`). */
     pin?: { client: number; server: number };
   }
-  // Rows measured together run in alternating time slices, so that load from other programs
-  // on the machine skews both sides of a ratio alike.
-  const measure = async (specs: Spec[], secs = seconds, slices = 4) => {
+  const measure = async (specs: Spec[], secs = seconds, count = runCount) => {
     const runs = specs.map((): LoadRun[] => []);
     const cpu = specs.map((): Record<string, number> => ({}));
-    for (let k = 0; k < slices; k++) {
-      for (const [i, { row, url, data, procs, pin }] of specs.entries()) {
+    for (let k = 0; k < count; k++) {
+      // Rotating the order too keeps "who ran right after whom" from favouring one row.
+      for (let j = 0; j < specs.length; j++) {
+        const i = (j + k) % specs.length;
+        const { row, url, data, procs, pin } = specs[i];
         if (pin) await crossCore(pin, true);
         const before = await cpuSeconds(Object.values(procs));
         runs[i].push(
@@ -106,7 +171,7 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
             url,
             connections: row.connections,
             inFlight: row.inFlight,
-            seconds: secs / slices,
+            seconds: secs / count,
             warmupSeconds: 0.25,
             command: "echo",
             data,
@@ -121,7 +186,7 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
         });
       }
     }
-    for (const [i, { row }] of specs.entries()) {
+    const measured = specs.map(({ row }, i): CoreRow => {
       const result = mergeRuns(runs[i]);
       const cpuUs = Object.fromEntries(
         Object.entries(cpu[i]).map(([k, v]) => [k, v * 1e6 / result.answers]),
@@ -129,23 +194,42 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
       const name = `${row.target} ${row.connections}x${row.inFlight} ${
         label(row.size)
       }${row.note ? ` ${row.note}` : ""}`;
-      const echo = rows.find((r) =>
-        r.target === "echo" && r.connections === row.connections &&
-        r.inFlight === row.inFlight && r.size === row.size
-      );
-      const full: CoreRow = { ...row, name, result, cpuUs };
-      if (echo && row.target !== "echo" && !row.note) {
-        full.rpsRatio = result.rps / echo.result.rps;
-        full.p50Ratio = result.p50 / echo.result.p50;
+      return {
+        ...row,
+        name,
+        result,
+        runs: runs[i].map((run) => {
+          const r = mergeRuns([run]);
+          return { rps: r.rps, p50: r.p50 };
+        }),
+        cpuUs,
+        serviceCpuUs: Object.entries(cpuUs).filter(([k]) => k !== "client")
+          .reduce((sum, [, v]) => sum + v, 0),
+        ratios: {},
+      };
+    });
+    for (const row of measured) {
+      for (const base of measured) {
+        if (base === row || !BASELINES.includes(base.target)) continue;
+        if (row.target !== "broker" && row.target !== "broker-inproc") continue;
+        row.ratios[base.target] = {
+          rps: spread(row.runs.map((r, k) => r.rps / base.runs[k].rps)),
+          p50: spread(row.runs.map((r, k) => r.p50 / base.runs[k].p50)),
+        };
       }
-      rows.push(full);
+      rows.push(row);
+      const rps = spread(row.runs.map((r) => r.rps));
       log(
-        `  ${name}: ${fixed(result.rps, 0)} req/s, p50 ${fixed(result.p50)} ms`,
+        `  ${row.name}: ${fixed(rps.median, 0)} req/s (${fixed(rps.min, 0)}-${
+          fixed(rps.max, 0)
+        }), p50 ${fixed(row.result.p50)} ms, server+workers ${
+          fixed(row.serviceCpuUs, 1)
+        } us CPU per reply`,
       );
     }
   };
   try {
-    log("core: echo server, broker subprocess and 2 worker subprocesses");
+    log("core: echo server, relay + 2 workers, broker + 2 workers");
     const echo = await spawnHelper("_echo_server.ts");
     helpers.push(echo);
     const echoUrl = `ws://127.0.0.1:${echo.info.port}`;
@@ -159,6 +243,36 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
       ),
     );
     helpers.push(...workers);
+    const relay = await spawnHelper("_relay_server.ts");
+    helpers.push(relay);
+    const relayWorkers = await Promise.all(
+      [1, 2].map(() =>
+        spawnHelper("_relay_worker.ts", [
+          "--url",
+          `ws://127.0.0.1:${relay.info.port}`,
+        ])
+      ),
+    );
+    helpers.push(...relayWorkers);
+    const relayUrl = `ws://127.0.0.1:${relay.info.requesterPort}`;
+    nats = await startNatsServer();
+    const natsWorkers: Helper[] = [];
+    if (nats === undefined) {
+      skipped.push(
+        "NATS rows skipped: nats-server is not installed (apt-get install nats-server)",
+      );
+      log(`core: ${skipped.at(-1)}`);
+    } else {
+      log(`core: nats-server + 2 queue-group workers at ${nats.url}`);
+      natsWorkers.push(
+        ...await Promise.all(
+          [1, 2].map(() =>
+            spawnHelper("_nats_worker.ts", ["--url", nats!.url])
+          ),
+        ),
+      );
+      helpers.push(...natsWorkers);
+    }
     const echoProcs = { client: Deno.pid, echo: echo.pid };
     const brokerProcs = {
       client: Deno.pid,
@@ -166,8 +280,26 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
       worker1: workers[0].pid,
       worker2: workers[1].pid,
     };
+    const relayProcs = {
+      client: Deno.pid,
+      server: relay.pid,
+      worker1: relayWorkers[0].pid,
+      worker2: relayWorkers[1].pid,
+    };
+    const natsProcs = nats && {
+      client: Deno.pid,
+      server: nats.pid,
+      worker1: natsWorkers[0].pid,
+      worker2: natsWorkers[1].pid,
+    };
     // Warm up the JIT of every process before measuring.
-    for (const url of [echoUrl, requesterUrl]) {
+    const warm: [string, ClientKind][] = [
+      [echoUrl, "ws"],
+      [requesterUrl, "ws"],
+      [relayUrl, "ws"],
+    ];
+    if (nats) warm.push([nats.url, "nats"]);
+    for (const [url, client] of warm) {
       await runLoad({
         url,
         connections: 4,
@@ -176,38 +308,54 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
         warmupSeconds: 0,
         command: "echo",
         data: { size: SMALL },
+        client,
       });
     }
     for (const [c, w] of LOADS) {
       for (const size of [SMALL, LARGE]) {
-        const row = {
-          connections: c,
-          inFlight: w,
-          size,
-          client: "ws",
-        } as const;
-        await measure([
+        const row = { connections: c, inFlight: w, size } as const;
+        const specs: Spec[] = [
           {
-            row: {
-              ...row,
-              target: "echo",
-              note: c === 1 ? "cross-cpu" : undefined,
-            },
-            url: echoUrl,
-            data: { size },
-            procs: echoProcs,
-            pin: c === 1 ? { client: Deno.pid, server: echo.pid } : undefined,
-          },
-          {
-            row: { ...row, target: "broker" },
+            row: { ...row, client: "ws", target: "broker" },
             url: requesterUrl,
             data: { size },
             procs: brokerProcs,
           },
-        ]);
+          {
+            row: { ...row, client: "ws", target: "relay" },
+            url: relayUrl,
+            data: { size },
+            procs: relayProcs,
+          },
+        ];
+        if (nats && natsProcs) {
+          specs.push({
+            row: { ...row, client: "nats", target: "nats" },
+            url: nats.url,
+            data: { size },
+            procs: natsProcs,
+          });
+        }
+        specs.push({
+          row: {
+            ...row,
+            client: "ws",
+            target: "echo",
+            note: c === 1 ? "cross-cpu" : undefined,
+          },
+          url: echoUrl,
+          data: { size },
+          procs: echoProcs,
+          pin: c === 1 ? { client: Deno.pid, server: echo.pid } : undefined,
+        });
+        await measure(specs);
       }
     }
-    await echo.stop();
+    await Promise.all(
+      [echo, relay, ...relayWorkers, ...natsWorkers].map((h) => h.stop()),
+    );
+    await nats?.stop();
+    nats = undefined;
 
     log("core: Nagle guard, 2 KB requests at 1x1");
     const guardSeconds = Math.min(seconds, 3);
@@ -227,7 +375,7 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
         procs: brokerProcs,
       })),
       guardSeconds,
-      2,
+      3,
     );
     await Promise.all([...workers, server].map((h) => h.stop()));
 
@@ -263,29 +411,40 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
     await Promise.all(inWorkers.map((h) => h.stop()));
   } finally {
     await Promise.all(helpers.map((h) => h.stop()));
+    await nats?.stop();
     await inproc?.close();
   }
-  return { rows, checks: coreChecks(rows) };
+  return { rows, checks: coreChecks(rows), skipped };
 }
 
 function coreChecks(rows: CoreRow[]): Check[] {
   const checks: Check[] = [];
-  const broker = rows.filter((r) =>
-    r.target === "broker" && r.rpsRatio !== undefined
-  );
-  for (const r of broker.filter((r) => r.connections === 4)) {
+  const broker = rows.filter((r) => r.target === "broker" && !r.note);
+  const ratioCheck = (
+    r: CoreRow,
+    base: Target,
+    what: "rps" | "p50",
+    limit: number,
+  ) => {
+    const ratio = r.ratios[base]?.[what];
+    if (ratio === undefined) return;
     checks.push({
-      name: `throughput ${r.name} >= 0.30x echo`,
-      pass: r.rpsRatio! >= 0.3,
-      detail: `${fixed(r.rpsRatio)}x (${fixed(r.result.rps, 0)} req/s)`,
+      name: what === "rps"
+        ? `throughput ${r.name} >= ${fixed(limit, 2)}x ${base}`
+        : `latency ${r.name} p50 <= ${fixed(limit, 2)}x ${base}`,
+      pass: what === "rps" ? ratio.median >= limit : ratio.median <= limit,
+      detail: `median of ${r.runs.length} runs ${spreadText(ratio)}`,
     });
+  };
+  for (const r of broker.filter((r) => r.connections === 4)) {
+    ratioCheck(r, "relay", "rps", 1.0);
+    ratioCheck(r, "nats", "rps", 0.8);
+    ratioCheck(r, "relay", "p50", 1.0);
+    ratioCheck(r, "echo", "rps", 0.3);
   }
   for (const r of broker.filter((r) => r.connections === 1)) {
-    checks.push({
-      name: `latency ${r.name} p50 <= 3.5x echo`,
-      pass: r.p50Ratio! <= 3.5,
-      detail: `${fixed(r.p50Ratio)}x (${fixed(r.result.p50)} ms)`,
-    });
+    ratioCheck(r, "relay", "p50", 1.1);
+    ratioCheck(r, "echo", "p50", 3.5);
   }
   // A Nagle/delayed-ACK stall pins latencies at ~40-44 ms; without queueing (1x1) even p90
   // stays far below that, and under load the median does.
@@ -312,39 +471,62 @@ function coreChecks(rows: CoreRow[]): Check[] {
   return checks;
 }
 
-/** The core table. */
+/** The core table: medians over the runs, percentiles over every answer. */
 export function coreTable(rows: CoreRow[]): string {
   return table(
     [
       "row",
       "req B",
       "reply B",
-      "req/s",
+      "req/s median",
+      "req/s range",
       "p50 ms",
       "p90 ms",
       "p99 ms",
-      "rps/echo",
-      "p50/echo",
-      "CPU us/req",
+      "CPU us/reply srv+wrk",
       "errors",
     ],
-    rows.map((r) => [
+    rows.map((r) => {
+      const rps = spread(r.runs.map((x) => x.rps));
+      return [
+        r.name,
+        fixed(r.result.requestBytes, 0),
+        fixed(r.result.replyBytes, 0),
+        fixed(rps.median, 0),
+        `${fixed(rps.min, 0)}-${fixed(rps.max, 0)}`,
+        fixed(r.result.p50),
+        fixed(r.result.p90),
+        fixed(r.result.p99),
+        fixed(r.serviceCpuUs, 1),
+        String(r.result.errors + r.result.unanswered),
+      ];
+    }),
+  );
+}
+
+/** Broker rows against each baseline: run-by-run ratios, median (min-max). */
+export function coreRatioTable(rows: CoreRow[]): string {
+  const withRatios = rows.filter((r) => Object.keys(r.ratios).length > 0);
+  return table(
+    [
+      "row",
+      "rps/relay",
+      "rps/nats",
+      "rps/echo",
+      "p50/relay",
+      "p50/nats",
+      "p50/echo",
+    ],
+    withRatios.map((r) => [
       r.name,
-      fixed(r.result.requestBytes, 0),
-      fixed(r.result.replyBytes, 0),
-      fixed(r.result.rps, 0),
-      fixed(r.result.p50),
-      fixed(r.result.p90),
-      fixed(r.result.p99),
-      r.rpsRatio === undefined ? "" : `${fixed(r.rpsRatio)}x`,
-      r.p50Ratio === undefined ? "" : `${fixed(r.p50Ratio)}x`,
-      fixed(Object.values(r.cpuUs).reduce((a, b) => a + b, 0), 1),
-      String(r.result.errors + r.result.unanswered),
+      ...(["rps", "p50"] as const).flatMap((what) =>
+        BASELINES.map((base) => spreadText(r.ratios[base]?.[what]))
+      ),
     ]),
   );
 }
 
-/** CPU per answer by process: where a broker request's cost goes compared with one hop. */
+/** CPU per answer by process: where a request's cost goes, broker against the baselines. */
 export function coreCpuTable(rows: CoreRow[]): string {
   const names = ["client", "echo", "server", "client+server", "worker"];
   return table(

@@ -1,6 +1,6 @@
 /**
- * Switchyard benchmark: `deno task bench [--seconds T] [--section core|batch|soak|all]
- * [--json] [--strict]`. Sections default to `core,batch`; `soak` runs only when asked.
+ * Switchyard benchmark: `deno task bench [--seconds T] [--runs N]
+ * [--section core|batch|soak|all] [--json] [--strict]`. Sections default to `core,batch`; `soak` runs only when asked.
  * Progress goes to stderr, tables (or one JSON document) to stdout. PASS/FAIL lines are
  * informational: the exit code is 0 unless `--strict` and a target was missed.
  *
@@ -8,7 +8,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { coreCpuTable, coreTable, runCore } from "./core.ts";
+import { coreCpuTable, coreRatioTable, coreTable, runCore } from "./core.ts";
 import { batchTable, runBatchBench } from "./batch.ts";
 import { runSoak, soakTable } from "./soak.ts";
 import { machineBusy } from "./_spawn.ts";
@@ -20,6 +20,7 @@ type Section = typeof SECTIONS[number];
 const USAGE = `Usage: deno task bench [options]
 
   --seconds T      measured seconds per core row (default 10) or soak length (default 60)
+  --runs N         interleaved runs per core row, N >= 3 (default 5)
   --section LIST   core, batch, soak or all, comma-separated (default core,batch)
   --json           print one JSON document instead of tables
   --strict         exit 1 when a target is missed
@@ -43,6 +44,7 @@ async function main(args: string[]): Promise<number> {
     args,
     options: {
       seconds: { type: "string" },
+      runs: { type: "string", default: "5" },
       section: { type: "string", default: "core,batch" },
       json: { type: "boolean", default: false },
       strict: { type: "boolean", default: false },
@@ -59,6 +61,12 @@ async function main(args: string[]): Promise<number> {
   if (seconds !== undefined && !(seconds > 0)) {
     throw new RangeError(
       `Invalid --seconds '${values.seconds}': expected a positive number`,
+    );
+  }
+  const runs = Number(values.runs);
+  if (!Number.isInteger(runs) || runs < 3) {
+    throw new RangeError(
+      `Invalid --runs '${values.runs}': expected an integer of at least 3`,
     );
   }
   const sections = parseSections(values.section);
@@ -80,10 +88,18 @@ async function main(args: string[]): Promise<number> {
     if (!values.json) console.log(`\n== ${title} ==\n${text}`);
   };
   if (sections.includes("core")) {
-    const core = await runCore({ seconds: seconds ?? 10, log });
+    const core = await runCore({ seconds: seconds ?? 10, runs, log });
     out.core = core;
     checks.push(...core.checks);
-    print(`core (${seconds ?? 10} s per row)`, coreTable(core.rows));
+    print(
+      `core (${seconds ?? 10} s per row in ${runs} interleaved runs)`,
+      coreTable(core.rows) +
+        (core.skipped.length ? `\n${core.skipped.join("\n")}` : ""),
+    );
+    print(
+      "core: broker against the baselines, run-by-run ratios, median (min-max)",
+      coreRatioTable(core.rows),
+    );
     print(
       "core: CPU per request by process (user + system, both workers summed)",
       coreCpuTable(core.rows),
