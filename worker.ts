@@ -39,7 +39,7 @@ Options:
   --provider LIST         market data sources, a fallback chain (default eastmoney):
                           eastmoney, tencent, csv, demo — e.g. eastmoney,tencent
   --eastmoney-url URL     Eastmoney base URL (default https://push2his.eastmoney.com)
-  --tencent-url URL       Tencent base URL (default https://web.ifzq.gtimg.cn)
+  --tencent-url URL       Tencent base URL (default https://proxy.finance.qq.com/ifzqgtimg)
   --csv-dir DIR           directory of <code>.csv files for the csv provider
   --cache-dir DIR         keep fetched series on disk across restarts
   --rate-limit R          upstream requests per second per host (default 1; 0 = no limit)

@@ -30,6 +30,7 @@ export function fixturesAvailable(): boolean {
 export type FakeFailMode =
   | "reset"
   | "empty"
+  | "truncated"
   | "http503"
   | "http429"
   | "null"
@@ -68,6 +69,13 @@ export interface FakeEastmoneyOptions {
   syntheticEnd?: string;
   /** Codes that answer `data: null` even when synthetic. @default [] */
   unknownCodes?: string[];
+  /** Known codes without a single bar (`klines: []`, `dktotal: 0`; no Tencent rows). */
+  emptyCodes?: string[];
+  /**
+   * Index codes served under one Eastmoney market only (`data: null` under the others), like
+   * CSI-only 000859 under market 2. @default {"000859": 2, "000861": 2, "980017": 0}
+   */
+  indexMarkets?: Record<string, number>;
   /** Delay before every answer, in ms. @default 0 */
   latencyMs?: number;
   /** Misbehave on every request in this way. */
@@ -145,7 +153,9 @@ export function startFakeEastmoney(
       const api: FakeApi | undefined =
         requestUrl.pathname === "/api/qt/stock/kline/get"
           ? "eastmoney"
-          : requestUrl.pathname === "/appstock/app/fqkline/get"
+          : /^(\/ifzqgtimg)?\/appstock\/app\/(new)?fqkline\/get$/.test(
+              requestUrl.pathname,
+            )
           ? "tencent"
           : undefined;
       if (api === undefined) {
@@ -335,6 +345,11 @@ const FIXTURE_NAMES: Record<string, string> = {
   "0.159915": "创业板ETF易方达",
 };
 const seriesCache = new Map<string, FakeSeries | null>();
+const DEFAULT_INDEX_MARKETS: Record<string, number> = {
+  "000859": 2,
+  "000861": 2,
+  "980017": 0,
+};
 
 /** The fake's daily series for a secid and `fqt`, or `undefined` for an unknown secid. */
 function seriesFor(
@@ -343,13 +358,18 @@ function seriesFor(
   options: FakeEastmoneyOptions,
 ): FakeSeries | undefined {
   const [market, code] = secid.split(".");
-  if (!/^[012]$/.test(market ?? "") || !/^\d{6}$/.test(code ?? "")) {
+  if (!/^([012]|47)$/.test(market ?? "") || !/^\d{6}$/.test(code ?? "")) {
     return undefined;
   }
   if (options.unknownCodes?.includes(code)) return undefined;
+  if (options.emptyCodes?.includes(code)) {
+    return { name: `空证券${code}`, decimal: 3, preK: 1, rows: [] };
+  }
+  const only = (options.indexMarkets ?? DEFAULT_INDEX_MARKETS)[code];
+  if (only !== undefined && String(only) !== market) return undefined;
   const cacheKey = `${secid}|${fqt}|${
     options.synthetic ? options.syntheticEnd ?? "" : "-"
-  }`;
+  }|${JSON.stringify(options.indexMarkets ?? null)}`;
   if (!seriesCache.has(cacheKey)) {
     seriesCache.set(cacheKey, buildSeries(secid, fqt, options) ?? null);
   }
@@ -364,7 +384,10 @@ function buildSeries(
   if (secid in FIXTURE_NAMES && fixturesAvailable()) {
     return fixtureSeries(secid, fqt);
   }
-  if (!options.synthetic || !plausible(secid)) return undefined;
+  if (!options.synthetic) return undefined;
+  const only =
+    (options.indexMarkets ?? DEFAULT_INDEX_MARKETS)[secid.split(".")[1]];
+  if (only === undefined && !plausible(secid)) return undefined;
   return syntheticSeries(secid, options.syntheticEnd ?? "2026-03-20");
 }
 
@@ -535,7 +558,10 @@ function eastmoneyAnswer(
     : series.rows.slice(first).filter((r) => r.date <= end);
   const preK = first > 0 ? series.rows[first - 1].close : series.preK;
   const d = series.decimal;
-  const klines = mode === "empty" ? [] : rows.map((r) =>
+  const served = mode === "truncated"
+    ? rows.slice(Math.floor(rows.length / 2))
+    : rows;
+  const klines = mode === "empty" ? [] : served.map((r) =>
     [
       r.date,
       r.open.toFixed(d),
@@ -584,6 +610,8 @@ function tencentAnswer(
     ? "0"
     : "";
   const fqt = fq === "qfq" ? 1 : fq === "hfq" ? 2 : 0;
+  // Tencent counts STAR Market stocks and indexes in shares, the rest in lots.
+  const inShares = /^sh(688|000)|^sz(399|98)|^bj899/.test(symbol);
   const daily = mode === "null"
     ? undefined
     : seriesFor(`${market}.${symbol.slice(2)}`, fqt, options);
@@ -594,7 +622,7 @@ function tencentAnswer(
     ? aggregate(daily, "month")
     : daily;
   const d = series.decimal;
-  const rows = mode === "empty"
+  const rows = mode === "empty" || mode === "truncated"
     ? []
     : series.rows.filter((r) =>
       (!start || r.date >= start) && (!end || r.date <= end)
@@ -606,7 +634,10 @@ function tencentAnswer(
         r.close.toFixed(d),
         r.high.toFixed(d),
         r.low.toFixed(d),
-        r.volume.toFixed(3),
+        (r.volume * (inShares ? 100 : 1)).toFixed(3),
+        {},
+        r.turnover?.toFixed(2) ?? "",
+        (r.amount / 10_000).toFixed(4),
       ]);
   const last = series.rows[series.rows.length - 1];
   return {
@@ -616,7 +647,12 @@ function tencentAnswer(
       [symbol]: {
         [`${fq}${unit}`]: rows,
         qt: {
-          [symbol]: ["1", series.name, symbol.slice(2), last.close.toFixed(d)],
+          [symbol]: [
+            "1",
+            series.name,
+            symbol.slice(2),
+            last?.close.toFixed(d) ?? "0.000",
+          ],
         },
         version: "17",
       },

@@ -134,7 +134,9 @@ Deno.test("isEntryFresh() skips weekends when looking for the last close", () =>
     source: "eastmoney",
     adjust: "qfq" as const,
     fetchedAt: Date.parse("2026-03-20T08:00:00Z"), // Friday after the close
-    bars: [],
+    bars: [
+      { date: "2026-03-20", open: 1, high: 1, low: 1, close: 1, volume: 1 },
+    ],
   };
   assert.equal(
     isEntryFresh(entry, "2026-03-22", Date.parse("2026-03-22T12:00:00Z")),

@@ -7,6 +7,7 @@
  * entry is stale as a whole, because a new dividend rewrites every earlier forward-adjusted
  * price. Unadjusted and `hfq` bars never change once their day has closed, so such an entry
  * still serves any request that ends on or before the last day closed when it was fetched.
+ * A series without any bar is kept only briefly, in memory, and never written to disk.
  *
  * @module
  */
@@ -42,13 +43,24 @@ export function cacheKey(
 }
 
 /**
+ * How long a series without a single bar is trusted, in ms. A listed code always has bars, so an
+ * empty history is more often a refusal in disguise than a fact: ask again soon.
+ */
+export const EMPTY_SERIES_TTL_MS = 10 * 60_000;
+
+/**
  * Whether `entry` can answer a request ending on `endDate` at time `now` (see the module doc).
+ * An entry without bars is fresh only for {@linkcode EMPTY_SERIES_TTL_MS}.
  */
 export function isEntryFresh(
   entry: CacheEntry,
   endDate: string,
   now: number,
 ): boolean {
+  if (entry.bars.length === 0) {
+    return now - entry.fetchedAt < EMPTY_SERIES_TTL_MS &&
+      now >= entry.fetchedAt;
+  }
   if (entry.fetchedAt >= lastCloseAt(now)) return true;
   if (entry.adjust === "qfq") return false;
   return endDate <= shanghaiDate(lastCloseAt(entry.fetchedAt));
@@ -107,7 +119,7 @@ export class SeriesCache {
   /** Stores `entry` in memory and, when a folder is set, on disk (atomically). */
   async set(entry: CacheEntry): Promise<void> {
     this.#remember(entry);
-    if (this.#dir === undefined) return;
+    if (this.#dir === undefined || entry.bars.length === 0) return;
     this.#dirReady ??= Deno.mkdir(this.#dir, { recursive: true });
     await this.#dirReady;
     const path = this.#path(entry.key);

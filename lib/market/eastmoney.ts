@@ -7,7 +7,7 @@
 
 import { UnknownCodeError, UpstreamUnavailableError } from "./errors.ts";
 import type { HostGate } from "./host_gate.ts";
-import { secidFor } from "./secid.ts";
+import { secidCandidates } from "./secid.ts";
 import { BROWSER_USER_AGENT, numberOf } from "./_http.ts";
 import type {
   Adjust,
@@ -36,6 +36,8 @@ export interface EastmoneyProviderOptions {
   baseUrl?: string;
   /** Builds the gate that every request of this provider goes through. */
   gateFor: (host: string) => HostGate;
+  /** Index code → resolved `secid`, shared with the symbol list. @default a new map */
+  resolvedSecids?: Map<string, string>;
 }
 
 /** Creates the Eastmoney provider. Its series are whole histories, `beg=19900101` to 2050. */
@@ -47,12 +49,14 @@ export function createEastmoneyProvider(
   const gate = options.gateFor(host);
   // Codes that answered with bars once: an empty answer for them later is a ban, not a fact.
   const hadData = new Set<string>();
+  // Index code → the secid that answered, so the market fallback runs once per code.
+  const resolved = options.resolvedSecids ?? new Map<string, string>();
 
-  async function fetchSeries(
+  async function fetchOne(
+    secid: string,
     query: SeriesQuery,
     signal: AbortSignal,
-  ): Promise<Series> {
-    const secid = secidFor(query.symbolType, query.code);
+  ): Promise<{ name?: unknown; klines?: unknown; dktotal?: unknown } | null> {
     const url = new URL(`${baseUrl}/api/qt/stock/kline/get`);
     url.search = new URLSearchParams({
       secid,
@@ -80,15 +84,35 @@ export function createEastmoneyProvider(
         return hadData.has(secid) || (numberOf(data.dktotal) ?? 0) > 0;
       },
     });
-    const data = (body as { data?: unknown })?.data as
-      | { name?: unknown; klines?: unknown }
-      | null
-      | undefined;
-    if (data === null || data === undefined) {
+    const data = (body as { data?: unknown })?.data;
+    if (data === null || data === undefined) return null;
+    return data as { name?: unknown; klines?: unknown; dktotal?: unknown };
+  }
+
+  async function fetchSeries(
+    query: SeriesQuery,
+    signal: AbortSignal,
+  ): Promise<Series> {
+    const known = query.symbolType === "index"
+      ? resolved.get(query.code)
+      : undefined;
+    const candidates = known === undefined
+      ? secidCandidates(query.symbolType, query.code)
+      : [known];
+    let secid = candidates[0];
+    let data: Awaited<ReturnType<typeof fetchOne>> = null;
+    for (secid of candidates) {
+      data = await fetchOne(secid, query, signal);
+      if (data !== null) break;
+    }
+    if (data === null) {
       throw new UnknownCodeError(
-        `Unknown ${query.symbolType} code "${query.code}": Eastmoney has no data for secid "${secid}"`,
+        `Unknown ${query.symbolType} code "${query.code}": Eastmoney has no data for secid ${
+          candidates.map((c) => `"${c}"`).join(", ")
+        }`,
       );
     }
+    if (query.symbolType === "index") resolved.set(query.code, secid);
     if (!Array.isArray(data.klines)) {
       throw new UpstreamUnavailableError(
         host,
@@ -96,6 +120,16 @@ export function createEastmoneyProvider(
       );
     }
     const bars = data.klines.map((line) => parseKline(host, line));
+    // A full daily history must hold every bar Eastmoney counts; fewer is a cut-off answer.
+    const total = numberOf(data.dktotal);
+    if (
+      query.period === "daily" && total !== undefined && bars.length < total
+    ) {
+      throw new UpstreamUnavailableError(
+        host,
+        `Eastmoney answer for "${secid}" is truncated: ${bars.length} of ${total} bars`,
+      );
+    }
     if (bars.length > 0) hadData.add(secid);
     return {
       name: typeof data.name === "string" ? data.name : query.code,

@@ -29,7 +29,7 @@
 
 export { createMarketService } from "./service.ts";
 export { validateMarketParams } from "./params.ts";
-export { secidFor } from "./secid.ts";
+export { secidCandidates, secidFor } from "./secid.ts";
 export { aggregateBars } from "./aggregate.ts";
 export { parseProviderList, PROVIDER_NAMES } from "./providers.ts";
 export { isEntryFresh } from "./cache.ts";

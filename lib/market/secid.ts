@@ -51,3 +51,55 @@ function marketOf(symbolType: SymbolType, code: string): number | undefined {
       return undefined;
   }
 }
+
+/** The markets Eastmoney files indexes under, in akshare's fallback order. */
+const INDEX_MARKETS = [1, 0, 2, 47] as const;
+
+/**
+ * The `secid`s to try for a code, best guess first. For indexes that is the guess from
+ * {@linkcode secidFor} (when the prefix tells), then akshare's fallback order 1 → 0 → 2 → 47:
+ * CSI-only indexes such as 000859 live under market 2, CNI's 98xxxx under 0. A market is skipped
+ * when a stock or fund holds the same code there (0.000859 is a Shenzhen stock), so a fallback
+ * can never answer with another instrument's bars. Other kinds have exactly one `secid`.
+ *
+ * @throws {UnknownCodeError} when no exchange issues codes of that shape for that kind.
+ *
+ * @example
+ * ```ts
+ * import { secidCandidates } from "./secid.ts";
+ * console.assert(secidCandidates("index", "000859").join() === "1.000859,2.000859,47.000859");
+ * console.assert(secidCandidates("index", "980017")[0] === "0.980017");
+ * ```
+ */
+export function secidCandidates(
+  symbolType: SymbolType,
+  code: string,
+): string[] {
+  if (symbolType !== "index" || !/^\d{6}$/.test(code)) {
+    return [secidFor(symbolType, code)];
+  }
+  const guess = marketOf("index", code) ??
+    (code.startsWith("98") ? 0 : undefined);
+  const markets = INDEX_MARKETS.filter((m) =>
+    m !== guess && !heldByStockOrFund(m, code)
+  );
+  const all = guess === undefined ? markets : [guess, ...markets];
+  if (all.length === 0) {
+    throw new UnknownCodeError(
+      `Unknown index code "${code}": no exchange uses it`,
+    );
+  }
+  return all.map((m) => `${m}.${code}`);
+}
+
+/** Whether a stock or fund uses `code` under Eastmoney market `market`. */
+function heldByStockOrFund(market: number, code: string): boolean {
+  if (market === 1) {
+    return marketOf("stock", code) === 1 || marketOf("etf", code) === 1;
+  }
+  if (market === 0) {
+    return !/^399|^899/.test(code) &&
+      (marketOf("stock", code) === 0 || marketOf("etf", code) === 0);
+  }
+  return false;
+}

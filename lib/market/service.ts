@@ -33,6 +33,7 @@ import type {
   MarketParams,
   MarketProvider,
   MarketResult,
+  MarketSuccess,
 } from "./types.ts";
 
 const logger = getLogger(["switchyard", "market"]);
@@ -43,7 +44,7 @@ export interface MarketServiceOptions {
   providers?: string[];
   /** Eastmoney base URL. @default "https://push2his.eastmoney.com" */
   eastmoneyUrl?: string;
-  /** Tencent base URL. @default "https://web.ifzq.gtimg.cn" */
+  /** Tencent base URL. @default "https://proxy.finance.qq.com/ifzqgtimg" */
   tencentUrl?: string;
   /** Folder of CSV files; required when `providers` contains `csv`. */
   csvDir?: string | URL;
@@ -359,7 +360,7 @@ function success(
   entry: CacheEntry,
   cached: boolean,
 ): MarketResult {
-  return {
+  const result: MarketSuccess = {
     success: true,
     code: p.code,
     name: entry.name,
@@ -372,6 +373,8 @@ function success(
       .filter((bar) => bar.date >= p.start_date && bar.date <= p.end_date)
       .map((bar) => ({ ...bar })),
   };
+  if (entry.bars.length === 0) result.empty_history = true;
+  return result;
 }
 
 /** The item error object for `error`. */

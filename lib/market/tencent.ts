@@ -1,15 +1,19 @@
 /**
- * The Tencent provider (`web.ifzq.gtimg.cn/appstock/app/fqkline/get`), a fallback for when
- * Eastmoney refuses us. It returns at most 640 bars per call, so a history is fetched in pages,
- * newest first, until a page comes back empty.
+ * The Tencent provider (`appstock/app/newfqkline/get`, the endpoint akshare's
+ * `stock_zh_a_hist_tx` calls), a fallback for when Eastmoney refuses us. It returns at most 640
+ * bars per call, so a history is fetched in pages, newest first, until the listing day.
  *
  * @module
  */
 
 import { type Clock, systemClock } from "./clock.ts";
-import { UnknownCodeError, UpstreamUnavailableError } from "./errors.ts";
+import {
+  UnknownCodeError,
+  UpstreamBlockedError,
+  UpstreamUnavailableError,
+} from "./errors.ts";
 import type { HostGate } from "./host_gate.ts";
-import { secidFor } from "./secid.ts";
+import { secidCandidates } from "./secid.ts";
 import { shanghaiDate } from "./_dates.ts";
 import { BROWSER_USER_AGENT, numberOf } from "./_http.ts";
 import type {
@@ -20,8 +24,8 @@ import type {
   SeriesQuery,
 } from "./types.ts";
 
-/** Tencent's default base URL. */
-export const TENCENT_URL = "https://web.ifzq.gtimg.cn";
+/** Tencent's default base URL: the proxy in front of `web.ifzq.gtimg.cn` that akshare uses. */
+export const TENCENT_URL = "https://proxy.finance.qq.com/ifzqgtimg";
 
 const UNIT: Record<Period, string> = {
   daily: "day",
@@ -51,7 +55,7 @@ export function tencentSymbol(
   symbolType: SeriesQuery["symbolType"],
   code: string,
 ): string {
-  const [market] = secidFor(symbolType, code).split(".");
+  const [market] = secidCandidates(symbolType, code)[0].split(".");
   if (market === "1") return `sh${code}`;
   if (market === "0") {
     const beijing = symbolType === "stock"
@@ -86,7 +90,7 @@ export function createTencentProvider(
     const param = `${symbol},${unit},${from}-01-01,${to}-12-31,640,${fq}`;
     const first = to >= +shanghaiDate(clock.now()).slice(0, 4);
     const body = await gate.requestJson(
-      `${baseUrl}/appstock/app/fqkline/get?param=${param}`,
+      `${baseUrl}/appstock/app/newfqkline/get?param=${param}`,
       {
         signal,
         headers: {
@@ -134,33 +138,52 @@ export function createTencentProvider(
   ): Promise<Series> {
     const symbol = tencentSymbol(query.symbolType, query.code);
     const span = PAGE_YEARS[query.period];
+    const inShares = sharesNotLots(query.symbolType, query.code);
     const pages: Bar[][] = [];
     let name: string | undefined;
-    for (
-      let to = +shanghaiDate(clock.now()).slice(0, 4);
-      to >= FIRST_YEAR;
-      to -= span
-    ) {
-      const page = await fetchPage(
-        symbol,
-        query,
-        Math.max(FIRST_YEAR, to - span + 1),
-        to,
-        signal,
-      );
-      name ??= page.name;
+    const page = async (to: number) => {
+      const from = Math.max(FIRST_YEAR, to - span + 1);
+      const got = await fetchPage(symbol, query, from, to, signal);
+      name ??= got.name;
+      return { from, ...got };
+    };
+    const thisYear = +shanghaiDate(clock.now()).slice(0, 4);
+    for (let to = thisYear; to >= FIRST_YEAR; to -= span) {
+      const current = await page(to);
       if (
-        pages.length === 0 && page.bars.length === 0 && !page.known &&
+        to === thisYear && current.bars.length === 0 && !current.known &&
         name === undefined
       ) {
         throw new UnknownCodeError(
           `Unknown ${query.symbolType} code "${query.code}": Tencent has no data for "${symbol}"`,
         );
       }
-      if (page.bars.length === 0) break;
-      pages.unshift(page.bars);
+      if (current.bars.length > 0) {
+        pages.unshift(current.bars);
+        continue;
+      }
+      // An empty page ends the history only where the history really starts. A page whose
+      // oldest bar lies well inside it shows the listing day; otherwise look one page further
+      // back, because Tencent also answers empty rows when it is tired of us.
+      const oldest = pages[0]?.[0]?.date;
+      const listedInside = oldest !== undefined &&
+        oldest > `${to + 1}-07-01`;
+      if (listedInside || to - span < FIRST_YEAR) break;
+      const older = await page(to - span);
+      if (older.bars.length === 0) break;
+      const again = await page(to);
+      if (again.bars.length === 0) {
+        throw new UpstreamBlockedError(
+          host,
+          `Tencent answered an empty page for ${again.from}–${to} of "${symbol}" between pages with bars: not caching a cut-off history`,
+        );
+      }
+      pages.unshift(older.bars, again.bars);
+      to -= span;
     }
-    const bars = pages.flat();
+    const bars = pages.flat().map((bar) =>
+      inShares ? { ...bar, volume: bar.volume / 100 } : bar
+    );
     if (bars.length > 0) hadData.add(symbol);
     return { name: name ?? query.code, source: "tencent", bars };
   }
@@ -168,7 +191,19 @@ export function createTencentProvider(
   return { name: "tencent", host, fetchSeries };
 }
 
-/** Parses `[date, open, close, high, low, volume, ...]`. */
+/**
+ * Whether Tencent reports volume in shares for this instrument: STAR Market stocks (688) and
+ * indexes, as akshare's `stock_zh_a_hist_tx` notes; everything else comes in lots.
+ */
+function sharesNotLots(symbolType: SeriesQuery["symbolType"], code: string) {
+  return symbolType === "index" ||
+    (symbolType === "stock" && code.startsWith("688"));
+}
+
+/**
+ * Parses `[date, open, close, high, low, volume, info, turnover %, amount in 10k CNY]` (the
+ * `newfqkline` row; `info` is an object on dividend days). Older rows may stop after volume.
+ */
 function parseRow(host: string, row: unknown): Bar {
   const cells = Array.isArray(row) ? row : [];
   const [open, close, high, low, volume] = cells.slice(1, 6).map(numberOf);
@@ -186,5 +221,12 @@ function parseRow(host: string, row: unknown): Bar {
       }: expected date and 5 numbers`,
     );
   }
-  return { date, open, high, low, close, volume };
+  const bar: Bar = { date, open, high, low, close, volume };
+  const amount = numberOf(cells[8]);
+  if (amount !== undefined) {
+    bar.amount = Math.round(amount * 10_000 * 100) / 100;
+  }
+  const turnover = numberOf(cells[7]);
+  if (turnover !== undefined) bar.turnover = turnover;
+  return bar;
 }

@@ -118,6 +118,11 @@ export interface MarketSuccess {
   cached: boolean;
   /** Bars within the requested range; empty when the range holds no trading day. */
   data: Bar[];
+  /**
+   * Present (`true`) when the provider has no bar at all for the code, not just none in the
+   * range. Such an answer is cached for 10 minutes only: it may be a refusal in disguise.
+   */
+  empty_history?: true;
 }
 
 /** A failed `get_market` item: tells the broker whether another worker may do better. */
