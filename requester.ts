@@ -17,6 +17,12 @@ import {
 } from "./lib/_flags.ts";
 import { setupLogging } from "./lib/log.ts";
 import { RequesterClient } from "./lib/requester_client.ts";
+import {
+  type MarketsCommand,
+  marketsCommand,
+  MarketsExit,
+} from "./lib/requester/markets_cli.ts";
+import { symbolKind } from "./lib/requester/symbols.ts";
 
 const USAGE =
   `Usage: deno task requester [HOST PORT] [command [json-data]] [options]
@@ -28,6 +34,7 @@ Examples:
   deno task requester get_time
   deno task requester localhost 8766 get_market '{"symbol_type":"etf","code":"510300"}'
   deno task requester get_markets '[{"symbol_type":"etf","code":"510300"},{"symbol_type":"etf","code":"159915"}]'
+  deno task requester markets 510300 159915 --out data/     (see: requester markets --help)
 
 Options:
   --url URL          requester port URL instead of HOST PORT (ws:// or wss://)
@@ -38,6 +45,229 @@ Options:
   --compact          print the answer on one line
   -h, --help         this text
 `;
+
+const MARKETS_USAGE =
+  `Usage: deno task requester [HOST PORT] markets [CODE...] [options]
+
+Fetches the K-line history of many symbols through the server's workers, streamed, and writes one
+file per symbol as it arrives (atomically: a file under its final name is always complete).
+Symbols come from the arguments, --file, --all, or stdin (one code a line, or CSV with code and
+type columns, such as a failed.txt of an earlier run).
+
+Examples:
+  deno task requester markets 510300 159915 --start 2020-01-01 --out data/
+  deno task requester markets --file etfs.txt --out data/ --resume
+  deno task requester markets --all etf --out data/ --columns akshare
+  deno task requester markets 000300 399006 --type index --format table
+
+Options:
+  --type T           etf | stock | index, for codes without a type (default etf)
+  --file FILE        symbol list (one code a line, or CSV with code and type columns); - = stdin
+  --all T            every listed symbol of that type (the workers' list_symbols action)
+  --start DATE       first date, YYYY-MM-DD (default: the workers', 1990-01-01)
+  --end DATE         last date (default: today)
+  --period P         daily | weekly | monthly (default daily)
+  --adjust A         qfq | hfq | none (default qfq)
+  --out DIR          one file per symbol: DIR/<type>_<code>_<period>_<adjust>.<format>, and
+                     DIR/failed.txt listing the failures (feed it back with --file)
+  --format F         csv | jsonl | json | table (default csv with --out, table without)
+  --columns C        english | akshare (日期, 开盘, 收盘, … as akshare names them; default english)
+  --resume           skip symbols whose file in --out exists already
+  --batch-size N     symbols per streamed batch, two batches at a time (default 200)
+  --timeout S        seconds each batch may take (default: the server's; it caps them)
+  --quiet            no progress
+  --url URL, --token T, --ca FILE   as for the requester
+  -h, --help         this text
+
+Progress goes to stderr: a bar on a terminal, a line every 5 s otherwise. At the end a summary.
+Exit codes: 0 every symbol succeeded (or was complete already); 1 some failed (see failed.txt);
+2 bad flags or symbol list; 3 server unreachable or connection lost; 130 interrupted.
+`;
+
+function oneOf<T extends string>(
+  name: string,
+  value: string | undefined,
+  allowed: readonly T[],
+): T | undefined {
+  if (value === undefined) return undefined;
+  if (!(allowed as readonly string[]).includes(value)) {
+    throw new FlagError(
+      `Invalid --${name} '${value}': expected one of ${allowed.join(", ")}`,
+    );
+  }
+  return value as T;
+}
+
+function dateFlag(name: string, value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  const m = /^(\d{4})-?(\d{2})-?(\d{2})$/.exec(value);
+  if (!m) {
+    throw new FlagError(
+      `Invalid --${name} '${value}': expected a date such as 2020-01-31`,
+    );
+  }
+  return `${m[1]}-${m[2]}-${m[3]}`;
+}
+
+function parseMarkets(args: string[]): MarketsCommand {
+  const { values, positionals } = parseArgs({
+    args,
+    allowPositionals: true,
+    options: {
+      url: { type: "string" },
+      token: { type: "string" },
+      ca: { type: "string" },
+      type: { type: "string" },
+      file: { type: "string" },
+      all: { type: "string" },
+      start: { type: "string" },
+      end: { type: "string" },
+      period: { type: "string" },
+      adjust: { type: "string" },
+      out: { type: "string" },
+      format: { type: "string" },
+      columns: { type: "string" },
+      resume: { type: "boolean" },
+      "batch-size": { type: "string" },
+      timeout: { type: "string" },
+      quiet: { type: "boolean" },
+      help: { type: "boolean", short: "h" },
+    },
+  });
+  if (values.help) {
+    console.log(MARKETS_USAGE);
+    Deno.exit(0);
+  }
+  const hostPort = positionals.length >= 3 && /^\d+$/.test(positionals[1]) &&
+    positionals[2] === "markets";
+  const url = serverUrl(
+    values.url,
+    hostPort ? positionals[0] : undefined,
+    hostPort ? positionals[1] : undefined,
+    8766,
+  );
+  const codes = positionals.slice(hostPort ? 3 : 1);
+  const kind = (v: string | undefined, name: string) => {
+    try {
+      return v === undefined ? undefined : symbolKind(v, `--${name}`);
+    } catch (error) {
+      throw new FlagError((error as Error).message);
+    }
+  };
+  const format = oneOf(
+    "format",
+    values.format,
+    [
+      "csv",
+      "jsonl",
+      "json",
+      "table",
+    ] as const,
+  ) ?? (values.out ? "csv" : "table");
+  if (format === "table" && values.out) {
+    throw new FlagError(
+      "--format table prints to the terminal: use csv, jsonl or json with --out",
+    );
+  }
+  if (values.resume && !values.out) {
+    throw new FlagError("--resume needs --out DIR: it skips files found there");
+  }
+  const progressOn = !values.quiet;
+  return {
+    url,
+    token: secretFlag(
+      "token",
+      values.token,
+      "SWITCHYARD_REQUESTER_TOKEN",
+      (message) => console.error(`requester: warning: ${message}`),
+    ),
+    ca: readFlagFile("ca", values.ca),
+    codes,
+    file: values.file,
+    stdin: !Deno.stdin.isTerminal(),
+    type: kind(values.type, "type") ?? "etf",
+    all: kind(values.all, "all"),
+    start_date: dateFlag("start", values.start),
+    end_date: dateFlag("end", values.end),
+    period: oneOf(
+      "period",
+      values.period,
+      [
+        "daily",
+        "weekly",
+        "monthly",
+        "1m",
+        "5m",
+        "15m",
+        "30m",
+        "60m",
+      ] as const,
+    ),
+    adjust: oneOf("adjust", values.adjust, ["qfq", "hfq", "none"] as const),
+    outDir: values.out,
+    format,
+    columns: oneOf(
+      "columns",
+      values.columns,
+      [
+        "english",
+        "akshare",
+      ] as const,
+    ) ?? "english",
+    resume: values.resume ?? false,
+    batchSize: values["batch-size"] === undefined
+      ? undefined
+      : numberFlag("batch-size", values["batch-size"], 200, {
+        min: 1,
+        integer: true,
+      }),
+    timeout: values.timeout === undefined
+      ? undefined
+      : numberFlag("timeout", values.timeout, 300, { min: 0.001 }),
+    progress: !progressOn ? "none" : Deno.stderr.isTerminal() ? "bar" : "lines",
+  };
+}
+
+async function markets(args: string[]): Promise<number> {
+  let command: MarketsCommand;
+  try {
+    command = parseMarkets(args);
+  } catch (error) {
+    console.error(`requester markets: ${(error as Error).message}`);
+    return MarketsExit.USAGE;
+  }
+  setupLogging({ level: "warning" });
+  const stop = new AbortController();
+  const onSignal = () => stop.abort(new Error("Interrupted"));
+  const signals: Deno.Signal[] = Deno.build.os === "windows"
+    ? ["SIGINT"]
+    : ["SIGINT", "SIGTERM"];
+  for (const s of signals) Deno.addSignalListener(s, onSignal);
+  const encoder = new TextEncoder();
+  try {
+    return await marketsCommand(command, {
+      stdout: async (text) => {
+        const bytes = encoder.encode(text);
+        let written = 0;
+        while (written < bytes.length) {
+          written += await Deno.stdout.write(bytes.subarray(written));
+        }
+      },
+      stderr: (text) => Deno.stderr.writeSync(encoder.encode(text)),
+      readStdin: () => new Response(Deno.stdin.readable).text(),
+      signal: stop.signal,
+    });
+  } finally {
+    for (const s of signals) Deno.removeSignalListener(s, onSignal);
+  }
+}
+
+/** Whether the arguments name the `markets` subcommand (after an optional HOST PORT or --url). */
+function isMarkets(args: string[]): boolean {
+  const at = args.indexOf("markets");
+  return at === 0 ||
+    (at === 2 && (/^\d+$/.test(args[1]) || args[0] === "--url"));
+}
 
 function parse(args: string[]) {
   const { values, positionals } = parseArgs({
@@ -119,6 +349,7 @@ function explain(answer: { success: boolean; available_commands?: unknown }) {
 }
 
 async function main(): Promise<number> {
+  if (isMarkets(Deno.args)) return await markets(Deno.args);
   let flags;
   try {
     flags = parse(Deno.args);

@@ -1,0 +1,157 @@
+/**
+ * Market series to files: CSV (English or akshare's Chinese headers), JSON lines or JSON, one
+ * file per symbol, written atomically so that a file under its final name is always complete.
+ *
+ * @module
+ */
+
+import { stringify } from "npm:csv-stringify@6.9.0/sync";
+
+/** File formats of a market job. */
+export type MarketFileFormat = "csv" | "jsonl" | "json";
+
+/** Column naming: English, or akshare's Chinese headers (so pandas code written for akshare works). */
+export type ColumnStyle = "english" | "akshare";
+
+/** Bar fields in akshare's column order. */
+export const BAR_FIELDS: readonly string[] = [
+  "date",
+  "open",
+  "close",
+  "high",
+  "low",
+  "volume",
+  "amount",
+  "amplitude",
+  "pct_change",
+  "change",
+  "turnover",
+];
+
+/** akshare's headers for {@linkcode BAR_FIELDS}, in the same order. */
+export const AKSHARE_HEADERS: readonly string[] = [
+  "日期",
+  "开盘",
+  "收盘",
+  "最高",
+  "最低",
+  "成交量",
+  "成交额",
+  "振幅",
+  "涨跌幅",
+  "涨跌额",
+  "换手率",
+];
+
+/** The file name of one symbol's series: kind, code, period and adjustment, so runs never clash. */
+export function marketFileName(
+  symbol: { symbol_type: string; code: string },
+  params: { period?: string; adjust?: string },
+  format: MarketFileFormat,
+): string {
+  const adjust = params.adjust === undefined
+    ? "qfq"
+    : params.adjust === ""
+    ? "none"
+    : params.adjust;
+  return `${symbol.symbol_type}_${symbol.code}_${
+    params.period ?? "daily"
+  }_${adjust}.${format}`;
+}
+
+type Bar = Record<string, unknown>;
+
+/**
+ * Renders one successful `get_market` result. CSV and JSON lines hold the bars only (a missing
+ * optional field is an empty cell, or absent); JSON holds the whole result, bars included.
+ *
+ * @example
+ * ```ts
+ * import { renderMarketFile } from "./market_files.ts";
+ * const result = { success: true, code: "510300", data: [{ date: "2025-01-02", open: 1, high: 2, low: 0.5, close: 1.5, volume: 10 }] };
+ * const csv = renderMarketFile(result, "csv", "akshare");
+ * console.assert(csv === "日期,开盘,收盘,最高,最低,成交量,成交额,振幅,涨跌幅,涨跌额,换手率\n2025-01-02,1,1.5,2,0.5,10,,,,,\n");
+ * ```
+ */
+export function renderMarketFile(
+  result: { data?: unknown; code?: unknown; symbol_type?: unknown },
+  format: MarketFileFormat,
+  columns: ColumnStyle = "english",
+  options: RenderOptions = {},
+): string {
+  const bars = (Array.isArray(result.data) ? result.data : []) as Bar[];
+  if (format === "json") return JSON.stringify(result) + "\n";
+  const names = columns === "akshare" ? AKSHARE_HEADERS : BAR_FIELDS;
+  const symbol = options.symbol;
+  if (format === "jsonl") {
+    let out = "";
+    for (const bar of bars) {
+      const row: Record<string, unknown> = symbol
+        ? { symbol_type: symbol.symbol_type, code: symbol.code }
+        : {};
+      BAR_FIELDS.forEach((field, i) => {
+        if (bar[field] !== undefined) row[names[i]] = bar[field];
+      });
+      out += JSON.stringify(row) + "\n";
+    }
+    return out;
+  }
+  const lead = symbol ? [symbol.symbol_type, symbol.code] : [];
+  return stringify(
+    bars.map((
+      bar,
+    ) => [...lead, ...BAR_FIELDS.map((field) => bar[field] ?? "")]),
+    {
+      header: options.header ?? true,
+      columns: [...(symbol ? ["symbol_type", "code"] : []), ...names],
+    },
+  );
+}
+
+/** Choices of {@linkcode renderMarketFile} for many series in one stream (stdout). */
+export interface RenderOptions {
+  /** Prefix each row with the symbol's kind and code. @default none */
+  symbol?: { symbol_type: string; code: string };
+  /** Write the CSV header line. @default true */
+  header?: boolean;
+}
+
+let tempCounter = 0;
+
+/**
+ * Writes `text` to `path` through a temporary file in the same folder and a rename, so readers
+ * (and `--resume`) never see half a file. The temporary name starts with `.` and ends `.tmp`.
+ */
+export async function writeFileAtomic(
+  path: string,
+  text: string,
+): Promise<void> {
+  const slash = path.lastIndexOf("/");
+  const dir = slash >= 0 ? path.slice(0, slash + 1) : "";
+  const base = path.slice(slash + 1);
+  const temp = `${dir}.${base}.${Deno.pid}-${++tempCounter}.tmp`;
+  try {
+    await Deno.writeTextFile(temp, text);
+    await Deno.rename(temp, path);
+  } catch (error) {
+    await Deno.remove(temp).catch(() => {});
+    throw error;
+  }
+}
+
+/** Removes temporary files an interrupted run left in `dir`; returns how many. */
+export async function removeStaleTemps(dir: string): Promise<number> {
+  let n = 0;
+  for await (const entry of Deno.readDir(dir)) {
+    if (
+      entry.isFile && entry.name.startsWith(".") &&
+      /\.\d+-\d+\.tmp$/.test(entry.name)
+    ) {
+      const pid = Number(/\.(\d+)-\d+\.tmp$/.exec(entry.name)![1]);
+      if (pid === Deno.pid) continue;
+      await Deno.remove(`${dir}/${entry.name}`).catch(() => {});
+      n++;
+    }
+  }
+  return n;
+}

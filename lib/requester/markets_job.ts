@@ -1,0 +1,446 @@
+/**
+ * A market job: many symbols from one command into files. The symbols go out as streamed
+ * batches, each item is written to its own file as it arrives (atomically), symbols whose file
+ * exists are skipped on `resume`, and the failures end up in `failed.txt`, which can be fed back.
+ *
+ * @module
+ */
+
+import type { RequesterAnswer } from "../protocol.ts";
+import type { RequesterClient } from "../requester_client.ts";
+import {
+  type ColumnStyle,
+  type MarketFileFormat,
+  marketFileName,
+  removeStaleTemps,
+  renderMarketFile,
+  writeFileAtomic,
+} from "./market_files.ts";
+import type { JobCounts } from "./progress.ts";
+import { symbolCode, type SymbolKind, type SymbolSpec } from "./symbols.ts";
+
+/** What each symbol's `get_market` params share. */
+export interface MarketRange {
+  /** `daily`, `weekly`, `monthly` (or a minute period the workers know). @default "daily" */
+  period?: string;
+  /** First date, `YYYY-MM-DD`. @default the workers' (1990-01-01) */
+  start_date?: string;
+  /** Last date, `YYYY-MM-DD`. @default the workers' (today) */
+  end_date?: string;
+  /** `qfq`, `hfq` or `none`. @default "qfq" */
+  adjust?: string;
+}
+
+/** Options for {@linkcode runMarketsJob}. */
+export interface MarketsJobOptions extends MarketRange {
+  /** The symbols, in order. */
+  symbols: readonly SymbolSpec[];
+  /** Folder for one file per symbol; without it, series go to `write`. */
+  outDir?: string;
+  /** File format; `table` prints a short view of each series to `write`. @default "csv" */
+  format?: MarketFileFormat | "table";
+  /** Column names of CSV and JSON lines. @default "english" */
+  columns?: ColumnStyle;
+  /** Skip symbols whose file already exists (files only appear complete). @default false */
+  resume?: boolean;
+  /** Items per streamed batch; two batches run at once so workers never wait between them. @default 200 */
+  batchSize?: number;
+  /** Seconds each batch may take (the server caps it). @default the server's */
+  timeout?: number;
+  /** Rows of each series in the `table` view (the latest ones). @default 5 */
+  tableRows?: number;
+  /** Receives the counts whenever they change. */
+  onProgress?: (counts: JobCounts) => void;
+  /** Where output without `outDir` goes. @default stdout */
+  write?: (text: string) => void | Promise<void>;
+  /** Stops sending batches; items in flight are given up. */
+  signal?: AbortSignal;
+}
+
+/** A symbol that did not make it, with the reason. */
+export interface FailedSymbol extends SymbolSpec {
+  /** Why. */
+  error: string;
+  /** Machine-readable reason (`UPSTREAM_BLOCKED`, `UNKNOWN_CODE`, `TIMEOUT`…). */
+  error_code: string;
+  /** Whether running it again may succeed. */
+  retriable: boolean;
+}
+
+/** What a job did. */
+export interface MarketsJobReport {
+  /** Symbols in the job. */
+  total: number;
+  /** Symbols fetched and written (or printed) now. */
+  ok: number;
+  /** Symbols skipped because their file was complete already. */
+  skipped: number;
+  /** Symbols that failed, in input order. */
+  failed: FailedSymbol[];
+  /** Bars written. */
+  bars: number;
+  /** Wall time, in ms. */
+  elapsedMs: number;
+  /** The files written, by symbol index (with `outDir`). */
+  files: Map<number, string>;
+  /** Where `failed.txt` went, when anything failed and `outDir` was given. */
+  failedFile?: string;
+}
+
+/** The name of the failures file in the output folder. */
+export const FAILED_FILE = "failed.txt";
+
+const RETRIABLE = new Set([
+  "UPSTREAM_BLOCKED",
+  "UPSTREAM_UNAVAILABLE",
+  "UPSTREAM_BUDGET",
+  "TIMEOUT",
+  "WORKER_LOST",
+  "NO_WORKERS",
+  "BUSY",
+  "CANCELLED",
+  "CONNECTION_CLOSED",
+]);
+
+/**
+ * Runs a market job over `client` (connected). Never throws for item failures: they are in the
+ * report. Throws when the output folder cannot be written.
+ */
+export async function runMarketsJob(
+  client: RequesterClient,
+  options: MarketsJobOptions,
+): Promise<MarketsJobReport> {
+  const started = Date.now();
+  const format = options.format ?? "csv";
+  const fileFormat: MarketFileFormat = format === "table" ? "csv" : format;
+  const symbols = options.symbols;
+  const outDir = options.outDir?.replace(/\/+$/, "") || undefined;
+  const write = options.write ??
+    ((text: string) => {
+      Deno.stdout.writeSync(new TextEncoder().encode(text));
+    });
+  const report: MarketsJobReport = {
+    total: symbols.length,
+    ok: 0,
+    skipped: 0,
+    failed: [],
+    bars: 0,
+    elapsedMs: 0,
+    files: new Map(),
+  };
+  const failures = new Map<number, FailedSymbol>();
+  const counts = () => ({
+    done: report.ok + report.skipped + failures.size,
+    failed: failures.size,
+    total: symbols.length,
+  });
+  const pathOf = (s: SymbolSpec) =>
+    `${outDir}/${marketFileName(s, options, fileFormat)}`;
+
+  let todo = symbols.map((_, i) => i);
+  // On stdout, many series share one CSV: one header.
+  let headerWritten = false;
+  if (outDir) {
+    await Deno.mkdir(outDir, { recursive: true });
+    await removeStaleTemps(outDir);
+    if (options.resume) {
+      const left: number[] = [];
+      for (const i of todo) {
+        if (await isFile(pathOf(symbols[i]))) {
+          report.skipped++;
+          report.files.set(i, pathOf(symbols[i]));
+        } else left.push(i);
+      }
+      todo = left;
+    }
+  }
+  options.onProgress?.(counts());
+
+  const fail = (i: number, error: string, code: string, retriable?: boolean) =>
+    failures.set(i, {
+      ...symbols[i],
+      error,
+      error_code: code,
+      retriable: retriable ?? RETRIABLE.has(code),
+    });
+
+  const runBatch = async (indexes: number[]): Promise<void> => {
+    const items = indexes.map((i) => {
+      const item: Record<string, unknown> = {
+        symbol_type: symbols[i].symbol_type,
+        code: symbols[i].code,
+      };
+      for (
+        const key of ["period", "start_date", "end_date", "adjust"] as const
+      ) {
+        if (options[key] !== undefined) item[key] = options[key];
+      }
+      return item;
+    });
+    const seen = new Set<number>();
+    const stream = client.stream("get_markets", items, {
+      timeout: options.timeout,
+      signal: options.signal,
+    });
+    let answer: RequesterAnswer | undefined;
+    let lost: Error | undefined;
+    try {
+      for await (const { index, result } of stream) {
+        const i = indexes[index];
+        if (i === undefined || seen.has(index)) continue;
+        seen.add(index);
+        await settle(i, result);
+        options.onProgress?.(counts());
+      }
+      answer = await stream.answer;
+    } catch (error) {
+      lost = error as Error;
+    }
+    indexes.forEach((i, k) => {
+      if (seen.has(k)) return;
+      if (lost) {
+        const code = (lost as { code?: unknown }).code;
+        fail(
+          i,
+          lost.message,
+          options.signal?.aborted
+            ? "CANCELLED"
+            : typeof code === "string"
+            ? code
+            : "CONNECTION_CLOSED",
+          true,
+        );
+      } else if (answer && !answer.success) {
+        fail(
+          i,
+          answer.error ?? "Batch failed",
+          answer.error_code ?? "WORKER_ERROR",
+        );
+      } else {
+        fail(
+          i,
+          "The server finished the batch without this item",
+          "WORKER_ERROR",
+          true,
+        );
+      }
+    });
+    options.onProgress?.(counts());
+  };
+
+  const settle = async (i: number, result: unknown): Promise<void> => {
+    const r =
+      (typeof result === "object" && result !== null ? result : {}) as Record<
+        string,
+        unknown
+      >;
+    if (r.success !== true) {
+      const code = typeof r.error_code === "string"
+        ? r.error_code
+        : "WORKER_ERROR";
+      fail(
+        i,
+        typeof r.error === "string"
+          ? r.error
+          : `Unexpected item ${JSON.stringify(result)?.slice(0, 80)}`,
+        code,
+        typeof r.retriable === "boolean"
+          ? r.retriable || RETRIABLE.has(code)
+          : undefined,
+      );
+      return;
+    }
+    const bars = Array.isArray(r.data) ? r.data.length : 0;
+    if (outDir) {
+      const path = pathOf(symbols[i]);
+      await writeFileAtomic(
+        path,
+        renderMarketFile(r, fileFormat, options.columns),
+      );
+      report.files.set(i, path);
+    } else if (format === "table") {
+      await write(tableView(symbols[i], r, options.tableRows ?? 5));
+    } else {
+      await write(
+        renderMarketFile(r, fileFormat, options.columns, {
+          symbol: symbols[i],
+          header: !headerWritten,
+        }),
+      );
+      headerWritten = true;
+    }
+    report.bars += bars;
+    report.ok++;
+  };
+
+  const size = Math.max(1, options.batchSize ?? 200);
+  const batches: number[][] = [];
+  for (let k = 0; k < todo.length; k += size) {
+    batches.push(todo.slice(k, k + size));
+  }
+  let next = 0;
+  const lane = async () => {
+    while (next < batches.length) {
+      const batch = batches[next++];
+      if (options.signal?.aborted) {
+        for (const i of batch) fail(i, "Job interrupted", "CANCELLED", true);
+        continue;
+      }
+      await runBatch(batch);
+    }
+  };
+  await Promise.all([lane(), lane()]);
+
+  report.failed = [...failures.entries()].sort((a, b) => a[0] - b[0]).map((
+    [, f],
+  ) => f);
+  if (outDir) {
+    const failedPath = `${outDir}/${FAILED_FILE}`;
+    if (report.failed.length > 0) {
+      await writeFileAtomic(failedPath, failedList(report.failed));
+      report.failedFile = failedPath;
+    } else {
+      // A failures file from an earlier run would now be a lie.
+      await Deno.remove(failedPath).catch(() => {});
+    }
+  }
+  report.elapsedMs = Date.now() - started;
+  return report;
+}
+
+/** The failures as CSV with `code` and `type` columns, which `parseSymbolList` reads back. */
+export function failedList(failed: readonly FailedSymbol[]): string {
+  const quote = (s: string) =>
+    /[",\n\r]/.test(s) ? `"${s.replaceAll('"', '""')}"` : s;
+  return "code,type,error_code,retriable,error\n" +
+    failed.map((f) =>
+      `${f.code},${f.symbol_type},${quote(f.error_code)},${f.retriable},${
+        quote(f.error.replace(/\s+/g, " "))
+      }\n`
+    ).join("");
+}
+
+/**
+ * Reads the symbols of a whole universe through the workers' `list_symbols` action: its
+ * answer's `data` is a list of `{code, name}` (or an object holding one under `symbols` or
+ * `data`).
+ */
+export async function listSymbols(
+  client: RequesterClient,
+  kind: SymbolKind,
+  timeout?: number,
+): Promise<SymbolSpec[]> {
+  const answer = await client.request("list_symbols", { symbol_type: kind }, {
+    timeout,
+  });
+  if (!answer.success) {
+    throw new Error(`Cannot list ${kind} symbols: ${answer.error}`);
+  }
+  let list: unknown = answer.data;
+  for (const key of ["symbols", "data", "results"]) {
+    if (!Array.isArray(list) && typeof list === "object" && list !== null) {
+      list = (list as Record<string, unknown>)[key] ?? list;
+    }
+  }
+  if (!Array.isArray(list)) {
+    throw new Error(
+      `Cannot list ${kind} symbols: expected a list of {code, name}, got ${
+        JSON.stringify(answer.data)?.slice(0, 80)
+      }`,
+    );
+  }
+  const out: SymbolSpec[] = [];
+  for (const entry of list) {
+    const raw = typeof entry === "string"
+      ? entry
+      : (entry as { code?: unknown })?.code;
+    if (typeof raw !== "string") continue;
+    try {
+      out.push({ code: symbolCode(raw), symbol_type: kind });
+    } catch {
+      // A code the market APIs cannot take is left out of the job, not fatal to it.
+    }
+  }
+  return out;
+}
+
+/** A summary table of a report, for the terminal. */
+export function summaryTable(report: MarketsJobReport, limit = 20): string {
+  const lines = [
+    `${pad("symbols", 10)}${report.total}`,
+    `${pad("ok", 10)}${report.ok}${
+      report.bars ? ` (${report.bars} bars)` : ""
+    }`,
+  ];
+  if (report.skipped > 0) {
+    lines.push(
+      `${pad("skipped", 10)}${report.skipped} (file already complete)`,
+    );
+  }
+  lines.push(`${pad("failed", 10)}${report.failed.length}`);
+  lines.push(`${pad("time", 10)}${(report.elapsedMs / 1000).toFixed(1)} s`);
+  if (report.failed.length > 0) {
+    lines.push(
+      "",
+      `${pad("type", 7)}${pad("code", 8)}${pad("reason", 22)}error`,
+    );
+    for (const f of report.failed.slice(0, limit)) {
+      lines.push(
+        `${pad(f.symbol_type, 7)}${pad(f.code, 8)}${pad(f.error_code, 22)}${
+          f.error.replace(/\s+/g, " ").slice(0, 100)
+        }`,
+      );
+    }
+    if (report.failed.length > limit) {
+      lines.push(`… and ${report.failed.length - limit} more`);
+    }
+    if (report.failedFile) {
+      lines.push(
+        "",
+        `Failed symbols are in ${report.failedFile}; run again with --file ${report.failedFile} (or --resume).`,
+      );
+    }
+  }
+  return lines.join("\n") + "\n";
+}
+
+function pad(text: string | number, width: number): string {
+  const s = String(text);
+  const columns = [...s].reduce(
+    (n, ch) => n + (ch.charCodeAt(0) > 0x2e80 ? 2 : 1),
+    0,
+  );
+  return s + " ".repeat(Math.max(1, width - columns));
+}
+
+function tableView(
+  symbol: SymbolSpec,
+  result: Record<string, unknown>,
+  rows: number,
+): string {
+  const bars = (Array.isArray(result.data) ? result.data : []) as Record<
+    string,
+    unknown
+  >[];
+  const head = `${symbol.symbol_type} ${symbol.code} ${
+    result.name ?? ""
+  } — ${bars.length} bars${
+    bars.length ? ` ${bars[0].date} … ${bars.at(-1)!.date}` : ""
+  } (${result.source ?? "?"})`;
+  const fields = ["date", "open", "high", "low", "close", "volume"];
+  const lines = [head, "  " + fields.map((f) => pad(f, 12)).join("")];
+  for (const bar of bars.slice(-rows)) {
+    lines.push(
+      "  " + fields.map((f) => pad(String(bar[f] ?? ""), 12)).join(""),
+    );
+  }
+  return lines.join("\n") + "\n\n";
+}
+
+async function isFile(path: string): Promise<boolean> {
+  try {
+    return (await Deno.stat(path)).isFile;
+  } catch {
+    return false;
+  }
+}
