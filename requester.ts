@@ -428,7 +428,6 @@ async function main(): Promise<number> {
         `Connected to ${flags.url}: type '<command> [json]', 'help' or 'quit'`,
     });
     return status;
-    return 0;
   } catch (error) {
     console.error(`requester: ${(error as Error).message}`);
     return 1;
