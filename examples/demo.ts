@@ -1,7 +1,8 @@
 /**
  * `deno task demo` — a server on free ports, three workers on the offline `demo` market provider,
- * and a requester that shows the balancer at work and a distributed batch. Runs in seconds,
- * needs no network beyond loopback, and exits 0.
+ * and a requester that shows the balancer at work and a distributed batch, then writes that batch
+ * to CSV files in a temporary folder with the markets command. Runs in seconds, needs no network
+ * beyond loopback, and exits 0.
  *
  * @module
  */
@@ -9,6 +10,7 @@
 import { createMarketService } from "../lib/market/mod.ts";
 import { setupLogging } from "../lib/log.ts";
 import { RequesterClient } from "../lib/requester_client.ts";
+import { marketsCommand } from "../lib/requester/markets_cli.ts";
 import { startServer } from "../lib/server.ts";
 import { Worker } from "../lib/worker_client.ts";
 
@@ -176,6 +178,48 @@ async function main(): Promise<void> {
     }/${items.length} symbols on the same worker`,
   );
 
+  // The same batch through `requester.ts markets`, the way a user saves a universe to files.
+  const folder = await Deno.makeTempDir({ prefix: "switchyard-demo-" });
+  const listFile = `${folder}/symbols.csv`;
+  await Deno.writeTextFile(
+    listFile,
+    "code,type\n" + SYMBOLS.map(([type, code]) => `${code},${type}`).join("\n"),
+  );
+  const outDir = `${folder}/csv`;
+  console.log(
+    `\nThe batch into CSV files, one per symbol, with the markets command:\n` +
+      `  $ deno task requester --url ${server.requesterUrl} markets --file ${listFile} \\\n` +
+      `      --start 2025-01-01 --end 2025-10-22 --out ${outDir}`,
+  );
+  let jobOutput = "";
+  const jobExit = await marketsCommand({
+    url: server.requesterUrl,
+    codes: [],
+    file: listFile,
+    type: "etf",
+    start_date: "2025-01-01",
+    end_date: "2025-10-22",
+    outDir,
+    format: "csv",
+    columns: "english",
+    resume: false,
+    progress: "none",
+  }, {
+    stdout: () => {},
+    stderr: (text) => jobOutput += text,
+    readStdin: () => Promise.resolve(""),
+  });
+  for (const line of jobOutput.trim().split("\n")) console.log(`  ${line}`);
+  const files = [...Deno.readDirSync(outDir)].filter((e) =>
+    e.name.endsWith(".csv")
+  ).map((e) => e.name).sort();
+  const sample = `${outDir}/etf_510300_daily_qfq.csv`;
+  const head = Deno.readTextFileSync(sample).split("\n").slice(0, 3);
+  console.log(
+    `  ${files.length} CSV files in ${outDir}\n  ${sample}:\n` +
+      head.map((l) => `    ${l}`).join("\n"),
+  );
+
   console.log("\nSummary:");
   for (const w of server.broker.workers()) {
     console.log(
@@ -185,7 +229,8 @@ async function main(): Promise<void> {
         `recent latency ${w.latency_ms} ms`,
     );
   }
-  const failed = burst.filter((a) => !a.success).length + data.summary.failed;
+  const failed = burst.filter((a) => !a.success).length + data.summary.failed +
+    (jobExit === 0 ? 0 : 1);
   console.log(
     `  ${
       failed === 0

@@ -236,3 +236,19 @@ Deno.test("markets CLI - bad flags exit 2 with one line, an unreachable server e
   assert.equal(run.code, 3, run.stderr);
   assert.match(run.stderr, /Cannot connect/);
 });
+
+Deno.test("demo - ends by writing its batch to CSV files through the markets command and says where", async () => {
+  const run = await runProgram("examples/demo.ts", []);
+  assert.equal(run.code, 0, run.stderr);
+  const m = run.stdout.match(/(\d+) CSV files in (\S+)/);
+  assert.ok(m, run.stdout);
+  try {
+    assert.equal(Number(m[1]), 20);
+    const names = await csvFiles(m[2]);
+    assert.equal(names.length, 20);
+    assert.ok(names.includes("index_000300_daily_qfq.csv"));
+    assert.match(run.stdout, /\$ deno task requester .* markets --file /);
+  } finally {
+    await Deno.remove(m[2].replace(/\/csv$/, ""), { recursive: true });
+  }
+});
