@@ -262,6 +262,27 @@ function mayPass(frame: string | Uint8Array): boolean {
   return WORKER_ACTIONS.has(command) || command === "get_markets";
 }
 
+/**
+ * The `request_id` an answer to `frame` must carry when the frame names one the server can read
+ * (a JSON object within the size limit whose `request_id` is a string of 1 to 200 characters);
+ * `undefined` when the server may assign one or answer with `null`.
+ */
+function requestIdOf(frame: string | Uint8Array): string | undefined {
+  if (typeof frame !== "string" || frame.length > REQUESTER_LIMIT) {
+    return undefined;
+  }
+  let value: Frame;
+  try {
+    value = JSON.parse(frame);
+  } catch {
+    return undefined;
+  }
+  const id = value?.request_id;
+  return typeof id === "string" && id.length > 0 && id.length <= 200
+    ? id
+    : undefined;
+}
+
 /** One hostile worker-port frame, and whether the server must call it malformed. */
 function workerFrame(
   r: Random,
@@ -441,11 +462,13 @@ Deno.test("fuzz - hostile frames on both ports never disturb good peers or the s
       fuzzRequester.received.filter((f) =>
         typeof f === "object" && f !== null && "success" in f
       ).length;
+    const sent: (string | Uint8Array)[] = [];
     const kinds = { passed: 0, rejected: 0 };
     const codes: Record<string, number> = {};
     for (let i = 0; i < FRAMES_PER_PORT; i++) {
       const frame = requesterFrame(r, i);
       fuzzRequester.send(frame);
+      sent.push(frame);
       const answer = await fuzzRequester.next(
         (f) => typeof f === "object" && f !== null && "success" in f,
         5000,
@@ -454,6 +477,14 @@ Deno.test("fuzz - hostile frames on both ports never disturb good peers or the s
           `No answer to fuzz frame ${i}: ${String(frame).slice(0, 200)}`,
         );
       });
+      const id = requestIdOf(frame);
+      if (id !== undefined) {
+        assert.equal(
+          answer.request_id,
+          id,
+          `the answer to frame ${i} is its own: ${String(frame).slice(0, 200)}`,
+        );
+      }
       if (answer.success) {
         assert.ok(mayPass(frame), `frame ${i} passed: ${String(frame)}`);
         kinds.passed++;
@@ -468,13 +499,39 @@ Deno.test("fuzz - hostile frames on both ports never disturb good peers or the s
     // A flood: many frames at once, still one answer each.
     const before = answers();
     for (let i = 0; i < FLOOD; i++) {
-      fuzzRequester.send(requesterFrame(r, FRAMES_PER_PORT + i));
+      const frame = requesterFrame(r, FRAMES_PER_PORT + i);
+      fuzzRequester.send(frame);
+      sent.push(frame);
     }
     await waitFor(
-      () => answers() === before + FLOOD,
+      () => answers() >= before + FLOOD,
       "an answer to each flood frame",
       10_000,
     );
+    // A last request whose answer comes after every answer of the flood that was already on
+    // its way; then the count must be exact: no frame got two answers.
+    fuzzRequester.send({ request_id: "last", command: GOOD_ACTION, data: {} });
+    sent.push("last");
+    assert.equal((await fuzzRequester.answer("last")).success, true);
+    const answered = fuzzRequester.received.filter((f) =>
+      typeof f === "object" && f !== null && "success" in f
+    );
+    assert.equal(answered.length, sent.length, "exactly one answer per frame");
+    // And each readable request_id got as many answers as frames carried it.
+    const tally = (ids: (string | undefined)[]) => {
+      const counts = new Map<string, number>();
+      for (const id of ids) {
+        if (id !== undefined) counts.set(id, (counts.get(id) ?? 0) + 1);
+      }
+      return counts;
+    };
+    const expected = tally(
+      sent.map((f) => f === "last" ? "last" : requestIdOf(f)),
+    );
+    const got = tally(answered.map((f) => f.request_id));
+    for (const [id, count] of expected) {
+      assert.equal(got.get(id), count, `answers for request_id ${id}`);
+    }
 
     // ---- worker port ----------------------------------------------------------------------------
     const nullErrors = () =>
