@@ -121,14 +121,47 @@ Deno.test("auth - a Bearer header and a ?token= query are both accepted", async 
   }
 });
 
+/** Paths of the leaves of `value` that are not numbers. */
+function nonNumbers(value: unknown, path = "$"): string[] {
+  if (typeof value === "number") return [];
+  if (typeof value === "object" && value !== null && !Array.isArray(value)) {
+    return Object.entries(value).flatMap(([k, v]) =>
+      nonNumbers(v, `${path}.${k}`)
+    );
+  }
+  return [`${path} = ${JSON.stringify(value)}`];
+}
+
 Deno.test("auth - /health answers without a token: it reveals only counts", async () => {
   await using server = tokenServer();
-  for (const port of [server.port, server.requesterPort]) {
-    const res = await fetch(`http://127.0.0.1:${port}/health`);
-    assert.equal(res.status, 200);
-    const body = await res.json();
-    assert.equal(body.status, "ok");
-    assert.equal(JSON.stringify(body).includes("tok"), false);
+  const worker = await startWorker(server, {
+    name: "payroll-host-7",
+    token: WORKER_TOKEN,
+  });
+  const client = new RequesterClient(server.requesterUrl, {
+    token: REQUESTER_TOKEN,
+  });
+  try {
+    await client.connect();
+    const workerId = worker.status().client_id!;
+    for (const port of [server.port, server.requesterPort]) {
+      const res = await fetch(`http://127.0.0.1:${port}/health`);
+      assert.equal(res.status, 200);
+      const text = await res.text();
+      const { status, port: name, version, ...counts } = JSON.parse(text);
+      assert.equal(status, "ok");
+      assert.ok(["worker", "requester"].includes(name));
+      assert.equal(typeof version, "string");
+      assert.deepEqual(nonNumbers(counts), [], "every other field is a count");
+      assert.equal(counts.workers, 1);
+      assert.equal(counts.requesters, 1);
+      for (const secret of ["tok", "payroll", workerId, "127.0.0.1"]) {
+        assert.equal(text.includes(secret), false, `${secret} in ${text}`);
+      }
+    }
+  } finally {
+    await client.close();
+    await worker.stop();
   }
   // A plain GET elsewhere is not a way around the token either: it gets no socket.
   const res = await fetch(`http://127.0.0.1:${server.requesterPort}/`);
