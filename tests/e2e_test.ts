@@ -118,7 +118,7 @@ Deno.test("e2e - bad flags exit 2 with a one-line reason", async () => {
   }
 });
 
-Deno.test("e2e - a batch of 120 items over 3 worker processes survives a worker killed mid-batch", async () => {
+Deno.test("e2e - a batch of 120 items over 3 worker processes survives a worker killed mid-batch, its unfinished items re-sent", async () => {
   await using upstream = await startFakeEastmoney({
     synthetic: true,
     latencyMs: 40,
@@ -176,6 +176,15 @@ Deno.test("e2e - a batch of 120 items over 3 worker processes survives a worker 
       assert.ok(r.data.length > 0);
     });
     assert.deepEqual(data.summary, { total: 120, success: 120, failed: 0 });
+    // Every code is asked of the upstream by exactly one worker, unless the worker holding it
+    // died first and the item was re-sent: the killed worker had unfinished items, and they
+    // went elsewhere.
+    const resent = items.filter((item) => upstream.callsFor(item.code) > 1);
+    assert.ok(
+      resent.length > 0,
+      "no item was fetched twice: the killed worker held nothing unfinished",
+    );
+    assert.ok(items.every((item) => upstream.callsFor(item.code) >= 1));
   } finally {
     await client.close();
     await Promise.all(workers.map((w) => w.stop()));
