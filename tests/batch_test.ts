@@ -141,6 +141,56 @@ Deno.test("batch - keeps every item of a code on the same worker, batch after ba
   );
 });
 
+Deno.test("batch - a code keeps its home worker when the workers reconnect with new client ids", async () => {
+  await using server = startTestServer();
+  const client = new RequesterClient(server.requesterUrl);
+  let workers: Worker[] = [];
+  const names = ["w0", "w1", "w2"];
+  const start = async (order: string[]) => {
+    for (const name of order) {
+      workers.push(
+        await startWorker(server, {
+          name,
+          actions: { get_markets: stubMarkets(name) },
+        }),
+      );
+    }
+  };
+  /** Code to the name of the worker that served it (stubs put it in the result's name). */
+  const homes = async () => {
+    const answer = await client.request(
+      "get_markets",
+      CODES.map((code) => ({
+        code,
+      })),
+    );
+    const results =
+      (answer.data as { results: { code: string; name: string }[] })
+        .results;
+    return new Map(results.map((r) => [r.code, r.name.split(":")[0]]));
+  };
+  try {
+    await client.connect();
+    await start(names);
+    const ids = new Set(workers.map(idOf));
+    const first = await homes();
+    assert.equal(new Set(first.values()).size, 3, "every worker has codes");
+    for (const worker of workers) await worker.stop();
+    workers = [];
+    await start(names.toReversed());
+    assert.equal(
+      workers.some((w) => ids.has(idOf(w))),
+      false,
+      "new client ids",
+    );
+    const second = await homes();
+    assert.deepEqual([...second], [...first]);
+  } finally {
+    await client.close();
+    for (const worker of workers) await worker.stop();
+  }
+});
+
 Deno.test("batch - accepts both a list and {markets: [...]}", async () => {
   await withPool([stubMarkets("a")], async (_server, client) => {
     const items = [{ code: "510300" }, { code: "159915" }];
