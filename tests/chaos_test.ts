@@ -1,6 +1,7 @@
 // Chaos: worker processes killed and restarted at random (fixed seed), the server restarted once,
 // a 300-item batch and a stream of single requests throughout. Every request must end with
-// exactly one correct answer, and nothing may hang.
+// exactly one correct answer (bar for bar what the upstream holds for its code, checked after the
+// run), however many times it was re-sent, and nothing may hang.
 
 import assert from "node:assert/strict";
 import { WebSocket } from "../lib/_ws.ts";
@@ -78,6 +79,20 @@ class CountingRequester {
 
 const TRANSIENT = new Set(["SHUTTING_DOWN", "NO_WORKERS"]);
 
+function isFinal(answer: Record<string, unknown>): boolean {
+  return !(answer.success === false &&
+    TRANSIENT.has(String(answer.error_code)));
+}
+
+type Bars = { date: string; open: number; close: number; high: number }[];
+
+/** The fields a mix-up would change. */
+function barsOf(bars: Bars): string {
+  return JSON.stringify(
+    bars.map((b) => [b.date, b.open, b.close, b.high]),
+  );
+}
+
 Deno.test({
   name: "chaos - workers killed at random and a server restart lose no request",
   async fn() {
@@ -144,13 +159,7 @@ Deno.test({
             data,
             60,
           );
-          if (
-            answer &&
-            !(answer.success === false &&
-              TRANSIENT.has(String(answer.error_code)))
-          ) {
-            return answer;
-          }
+          if (answer && isFinal(answer)) return answer;
           retries++;
           await reconnect();
           await sleep(20);
@@ -167,15 +176,21 @@ Deno.test({
           end_date: "2015-06-30",
         }));
 
+      // Every market answer received, checked against the upstream after the run.
+      const received: { id: string; code: string; bars: Bars }[] = [];
+      const logical: string[] = [];
+      let marketSingles = 0;
       let running = true;
       const singles: Promise<void>[] = [];
       const stream = (async () => {
         for (let n = 0; running && n < 400; n++) {
           const i = Math.floor(random() * 500);
           const id = `single-${n}`;
+          logical.push(id);
           singles.push(
             (async () => {
               const market = random() < 0.7;
+              if (market) marketSingles++;
               const answer = market
                 ? await call(id, "get_market", batchItems(1, i)[0])
                 : await call(id, "get_time", {});
@@ -185,9 +200,10 @@ Deno.test({
                 `${id}: ${JSON.stringify(answer)}`,
               );
               if (market) {
-                const data = answer.data as { code: string; data: unknown[] };
+                const data = answer.data as { code: string; data: Bars };
                 assert.equal(data.code, code(i));
                 assert.ok(data.data.length > 0);
+                received.push({ id, code: code(i), bars: data.data });
               } else {assert.match(
                   String(answer.data),
                   /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/,
@@ -214,6 +230,7 @@ Deno.test({
       })();
 
       const checkBatch = (
+        id: string,
         answer: Record<string, unknown>,
         items: { code: string }[],
       ) => {
@@ -223,20 +240,31 @@ Deno.test({
           JSON.stringify(answer).slice(0, 500),
         );
         const data = answer.data as {
-          results: { success: boolean; code: string; error?: string }[];
+          results: {
+            success: boolean;
+            code: string;
+            error?: string;
+            data: Bars;
+          }[];
           summary: { total: number; success: number };
         };
         assert.equal(data.results.length, items.length);
         data.results.forEach((r, k) => {
           assert.equal(r.code, items[k].code, `item ${k} out of order`);
           assert.equal(r.success, true, `item ${k}: ${r.error}`);
+          received.push({ id: `${id}[${k}]`, code: r.code, bars: r.data });
         });
         assert.equal(data.summary.success, items.length);
       };
 
       const t0 = Date.now();
       const before = batchItems(300, 1000);
-      checkBatch(await call("batch-1", "get_markets", before), before);
+      logical.push("batch-1");
+      checkBatch(
+        "batch-1",
+        await call("batch-1", "get_markets", before),
+        before,
+      );
       const t1 = Date.now();
 
       // Restart the server once: it drains, exits 0, and a new one takes the same ports.
@@ -258,7 +286,8 @@ Deno.test({
       const t2 = Date.now();
 
       const after = batchItems(300, 2000);
-      checkBatch(await call("batch-2", "get_markets", after), after);
+      logical.push("batch-2");
+      checkBatch("batch-2", await call("batch-2", "get_markets", after), after);
 
       const t3 = Date.now();
       console.log(
@@ -268,12 +297,51 @@ Deno.test({
       await Promise.all([stream, chaos]);
       await Promise.all(singles);
 
-      // Exactly once: no request_id was ever answered twice on any connection.
+      // Exactly once: no request_id was ever answered twice on any connection, and each logical
+      // request got one final answer over all its attempts and connections.
+      const finals = new Map<string, number>();
       for (const c of clients) {
         for (const [id, list] of c.answers) {
           assert.equal(list.length, 1, `${id} answered ${list.length} times`);
+          const name = id.slice(0, id.lastIndexOf("#"));
+          if (isFinal(list[0])) finals.set(name, (finals.get(name) ?? 0) + 1);
         }
       }
+      for (const id of logical) {
+        assert.equal(finals.get(id), 1, `final answers to ${id}`);
+      }
+      assert.equal(finals.size, logical.length);
+
+      // Correct: each answer holds its own code's bars, as the upstream serves them.
+      await using reference = await startFakeEastmoney({
+        synthetic: true,
+        syntheticEnd: "2015-12-31",
+      });
+      // The reference reads the upstream's own answer (Eastmoney's wire format: one
+      // "date,open,close,high,..." text per bar), not through the market library.
+      const expected = new Map<string, string>();
+      const codes = [...new Set(received.map((r) => r.code))];
+      for (let k = 0; k < codes.length; k += 16) {
+        await Promise.all(
+          codes.slice(k, k + 16).map(async (c) => {
+            const url = `${reference.url}/api/qt/stock/kline/get?secid=1.${c}` +
+              "&klt=101&fqt=1&beg=20150101&end=20150630";
+            const body = await (await fetch(url)).json();
+            const klines = body.data.klines as string[];
+            expected.set(
+              c,
+              barsOf(klines.map((line) => {
+                const [date, open, close, high] = line.split(",");
+                return { date, open: +open, close: +close, high: +high };
+              })),
+            );
+          }),
+        );
+      }
+      for (const r of received) {
+        assert.equal(barsOf(r.bars), expected.get(r.code), `bars of ${r.id}`);
+      }
+      assert.equal(received.length, 600 + marketSingles);
       assert.ok(kills >= 3, `only ${kills} kills happened`);
       console.log(
         `chaos: ${singles.length} singles + 600 batch items, ${kills} kills, 1 server restart, ${retries} resends after connection loss`,
