@@ -17,9 +17,11 @@ import { ErrorCode, SwitchyardError } from "./errors.ts";
 import { MessageType } from "./protocol.ts";
 import { type Clock, systemClock, type WorkerInfo } from "./registry.ts";
 import { serverActions } from "./server_actions.ts";
+import { logger } from "./log.ts";
 import { RequesterPort } from "./broker/requester_port.ts";
 import { WorkerPort } from "./broker/worker_port.ts";
 import { sweep } from "./broker/sweep.ts";
+import type { ClusterLink, ClusterOptions } from "./cluster/link.ts";
 import {
   type BrokerCore,
   type BrokerOptions,
@@ -48,6 +50,8 @@ export class Broker {
   #draining = false;
   #closed = false;
   #sweeper: ReturnType<typeof setInterval> | undefined;
+  #cluster: ClusterLink | undefined;
+  #joining: Promise<ClusterLink> | undefined;
 
   constructor(options: BrokerOptions = {}) {
     this.clock = options.clock ?? systemClock;
@@ -112,9 +116,46 @@ export class Broker {
     info?: Deno.ServeHandlerInfo,
   ) => Response;
 
-  /** The connected workers, as `get_client_info` shows them. */
+  /** The connected workers (in a cluster: of every server), as `get_client_info` shows them. */
   workers(): WorkerInfo[] {
-    return this.dispatcher.registry.all().map((w) => w.info());
+    const cluster = this.#cluster;
+    if (!cluster) return this.dispatcher.registry.all().map((w) => w.info());
+    return this.dispatcher.registry.all().map((w) =>
+      cluster.isLocal(w)
+        ? { ...w.info(), server: cluster.serverName }
+        : w.info()
+    );
+  }
+
+  /**
+   * Joins a cluster over NATS (see `docs/cluster.md`): this server's workers serve the other
+   * servers' requests and theirs serve this server's. Resolves with the link once it is set up;
+   * it connects, and reconnects, in the background.
+   */
+  async joinCluster(options: ClusterOptions): Promise<ClusterLink> {
+    if (this.#joining) {
+      throw new Error("This broker has joined a cluster already");
+    }
+    this.#joining = (async () => {
+      // Loaded only here, so that a server without a cluster never loads the NATS client.
+      const { ClusterLink } = await import("./cluster/link.ts");
+      const link = new ClusterLink(
+        this.#core,
+        options,
+        () => this.#requesterPort.connected,
+      );
+      this.#cluster = link;
+      link.start().catch((error) =>
+        logger("cluster").error("Cannot join the cluster: {error}", { error })
+      );
+      return link;
+    })();
+    return await this.#joining;
+  }
+
+  /** The cluster link, once {@linkcode Broker.joinCluster} has set it up. */
+  get cluster(): ClusterLink | undefined {
+    return this.#cluster;
   }
 
   stats(): BrokerStats {
@@ -130,6 +171,7 @@ export class Broker {
       answered: requesters.answered,
       failed: requesters.failed,
       uptime_s: Math.round((this.clock.now() - this.#startedAt) / 1000),
+      ...(this.#cluster ? { cluster: this.#cluster.status() } : {}),
     };
   }
 
@@ -200,6 +242,7 @@ export class Broker {
       new SwitchyardError(ErrorCode.SHUTTING_DOWN, "Server is shutting down"),
     );
     this.dispatcher.close();
+    if (this.#joining) await (await this.#joining).close();
     // The answers failAll() settled are written from promise callbacks: let them go out before
     // the close frames, so requesters read "Server is shutting down" rather than a dropped line.
     await new Promise((resolve) => setTimeout(resolve, 0));

@@ -319,31 +319,11 @@ export class Dispatcher {
     this.registry.remove(worker.id);
     const orphans = [...worker.jobs.values()];
     for (const job of orphans) {
-      this.#release(worker, job);
-      job.excluded.add(worker.id);
-      job.lastError = new WorkerError(
+      this.#orphan(
+        worker,
+        job,
         `Worker '${worker.id}' disconnected before answering: ${reason}`,
-        ErrorCode.WORKER_LOST,
       );
-      if (this.#mayRetry(job) && this.#hasOtherWorker(job)) {
-        log.info(
-          "Re-dispatching {command} after worker {worker} left (attempt {attempt})",
-          {
-            command: job.command,
-            worker: worker.id,
-            attempt: job.attempts + 1,
-          },
-        );
-        if (job.resend) job.params = job.resend();
-        this.#place(job, true);
-      } else {
-        job.settle({
-          ok: false,
-          error: job.lastError,
-          worker,
-          attempts: job.attempts,
-        });
-      }
     }
     // Jobs queued for this worker alone, or that no remaining worker offers, can never run now;
     // pump() would keep them waiting until their deadline when no worker has room.
@@ -354,6 +334,44 @@ export class Dispatcher {
       }
     }
     this.pump();
+  }
+
+  /**
+   * One job's answer will never come although its worker stays (it was lost on the way): the job
+   * moves to another worker or fails, as when its worker leaves. False when no such job waits.
+   */
+  jobLost(worker: Peer, msgId: string, reason: string): boolean {
+    const job = worker.jobs.get(msgId);
+    if (!job) return false;
+    worker.abandoned.add(msgId);
+    this.#orphan(worker, job, reason);
+    this.pump();
+    return true;
+  }
+
+  #orphan(worker: Peer, job: Job, reason: string): void {
+    this.#release(worker, job);
+    job.excluded.add(worker.id);
+    job.lastError = new WorkerError(reason, ErrorCode.WORKER_LOST);
+    if (this.#mayRetry(job) && this.#hasOtherWorker(job)) {
+      log.info(
+        "Re-dispatching {command} after worker {worker} lost it (attempt {attempt})",
+        {
+          command: job.command,
+          worker: worker.id,
+          attempt: job.attempts + 1,
+        },
+      );
+      if (job.resend) job.params = job.resend();
+      this.#place(job, true);
+    } else {
+      job.settle({
+        ok: false,
+        error: job.lastError,
+        worker,
+        attempts: job.attempts,
+      });
+    }
   }
 
   /** Places queued jobs on workers that have room; call whenever capacity may have appeared. */

@@ -48,6 +48,8 @@ export interface WorkerInfo {
   blocked_sources: string[];
   connected_since: string;
   last_seen: string;
+  /** In a cluster: the name of the server the worker is attached to. */
+  server?: string;
 }
 
 // The smoothing factors: a response-time average that follows a change within ~5 requests, and a

@@ -6,6 +6,7 @@
 
 import { Broker, type BrokerOptions } from "./broker.ts";
 import { logger } from "./log.ts";
+import type { ClusterLink, ClusterOptions } from "./cluster/link.ts";
 
 const log = logger("server");
 
@@ -21,6 +22,8 @@ export interface ServerOptions extends BrokerOptions {
   cert?: string;
   /** PEM private key text for `cert`. */
   key?: string;
+  /** Join a cluster over NATS (see `docs/cluster.md`); without it, one server on its own. */
+  cluster?: ClusterOptions;
 }
 
 /** A running server. */
@@ -40,6 +43,8 @@ export interface RunningServer {
   close(): Promise<void>;
   /** Resolves once both listeners have closed. */
   finished: Promise<void>;
+  /** With `cluster`: the link, once set up (it connects in the background). */
+  cluster?: Promise<ClusterLink>;
 }
 
 /** Whether `host` keeps the server to this machine. */
@@ -98,6 +103,17 @@ export function startServer(options: ServerOptions = {}): RunningServer {
       },
     );
   }
+  const workerUrl = `${scheme}://${shown}:${port}`;
+  const requesterUrl = `${scheme}://${shown}:${requesterPort}`;
+  const cluster = options.cluster
+    ? broker.joinCluster({
+      serverName: `${shown}:${port}`,
+      urls: { worker: workerUrl, requester: requesterUrl },
+      ...options.cluster,
+    })
+    : undefined;
+  // A failure to join shows in the log and /health; the server keeps serving its own workers.
+  cluster?.catch((error) => log.error("{error}", { error: error.message }));
   const stopListening = async () => {
     await Promise.all([workerServer.shutdown(), requesterServer.shutdown()]);
   };
@@ -105,8 +121,9 @@ export function startServer(options: ServerOptions = {}): RunningServer {
     broker,
     port,
     requesterPort,
-    workerUrl: `${scheme}://${shown}:${port}`,
-    requesterUrl: `${scheme}://${shown}:${requesterPort}`,
+    workerUrl,
+    requesterUrl,
+    cluster,
     async drain(graceMs: number) {
       await broker.drain(graceMs);
       await stopListening();

@@ -10,6 +10,7 @@ import type { Strategy } from "../balancer.ts";
 import type { Dispatcher } from "../dispatcher.ts";
 import type { Envelope } from "../protocol.ts";
 import type { Clock, WorkerInfo } from "../registry.ts";
+import type { ClusterStatus } from "../cluster/link.ts";
 
 /** The version the server reports in `connect` and `/health`. */
 export const VERSION = "0.1.0";
@@ -91,6 +92,8 @@ export interface BrokerStats {
   answered: number;
   failed: number;
   uptime_s: number;
+  /** In a cluster: the NATS link and every server. */
+  cluster?: ClusterStatus;
 }
 
 /** The numeric and boolean options, defaults filled in. */

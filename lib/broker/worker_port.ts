@@ -58,7 +58,7 @@ export class WorkerPort {
       req,
       this.#token,
       "worker",
-      core.dispatcher.registry.size,
+      this.#sockets.size,
     );
     if (refused) return refused;
     // Read before the upgrade: the request object is spent afterwards.
@@ -67,7 +67,10 @@ export class WorkerPort {
       idleTimeout: core.options.idleTimeoutSeconds,
     });
     let id = shortId();
-    while (this.#sockets.has(id)) id = shortId();
+    // The registry holds the workers of other servers too, in a cluster.
+    while (this.#sockets.has(id) || core.dispatcher.registry.get(id)) {
+      id = shortId();
+    }
     const worker = new Peer(id, address, (frame) => socket.send(frame), {
       clock: core.clock,
       defaultConcurrency: core.options.defaultConcurrency,

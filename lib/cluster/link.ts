@@ -1,0 +1,705 @@
+/**
+ * The cluster link: joins this server to the other servers of one cluster over NATS.
+ *
+ * It announces this server's workers, turns every other server's workers into
+ * {@linkcode RemotePeer}s in this server's registry (so the one dispatcher and balancer place
+ * requests over the whole cluster), carries requests to the worker's server and the answers back,
+ * and runs the requests other servers send to this server's workers. The subjects and messages
+ * are in `wire.ts`; `docs/cluster.md` tells the guarantees.
+ *
+ * @module
+ */
+
+import {
+  connect,
+  credsAuthenticator,
+  headers as natsHeaders,
+  type Msg,
+  type NatsConnection,
+  type NodeConnectionOptions,
+} from "npm:@nats-io/transport-node@3.4.0";
+import { Cancellation } from "../_cancel.ts";
+import { type Peer, RecentIds } from "../dispatcher.ts";
+import { ErrorCode } from "../errors.ts";
+import { shortId } from "../_id.ts";
+import { logger } from "../log.ts";
+import {
+  decodeEnvelope,
+  type Envelope,
+  MessageType,
+  readRequestData,
+} from "../protocol.ts";
+import type { BrokerCore } from "../broker/options.ts";
+import { RemotePeer } from "./remote_peer.ts";
+import {
+  type RelayAnswer,
+  type RelayProgress,
+  type ServerState,
+  subjectPrefix,
+  validClusterName,
+  type WorkerState,
+} from "./wire.ts";
+
+const log = logger("cluster");
+
+/** How a server joins a cluster. */
+export interface ClusterOptions {
+  /** NATS URLs, such as `nats://h1:4222`. */
+  servers: string[];
+  /** Servers of one name form one broker. @default "switchyard" */
+  name?: string;
+  /** This server's name in listings. @default a random id */
+  serverName?: string;
+  /** The URLs this server's ports are reachable at, shown to operators. */
+  urls?: { worker?: string; requester?: string };
+  /** NATS token. */
+  token?: string;
+  /** NATS user (with `password`). */
+  user?: string;
+  password?: string;
+  /** Text of a NATS credentials file (JWT and NKey seed). */
+  credentials?: string;
+  /** PEM text of a CA to trust for `tls://` NATS servers. */
+  tlsCa?: string;
+  /** PEM client certificate and key, for NATS servers that verify clients. */
+  tlsCert?: string;
+  tlsKey?: string;
+  /** How often this server announces its workers, in ms. @default 250 */
+  stateIntervalMs?: number;
+  /** Silence after which a server counts as gone, in ms. @default 1500 */
+  deadAfterMs?: number;
+  /** How long a request may be missing from its server's ledger before it counts as lost, in ms. @default 1000 */
+  lostAfterMs?: number;
+}
+
+/** A server of the cluster, as `/health` shows it. */
+export interface ClusterServer {
+  id: string;
+  name: string;
+  self: boolean;
+  workers: number;
+  requesters: number;
+  urls: { worker?: string; requester?: string };
+  /** ms since it was last heard from (0 for this server). */
+  last_heard_ms: number;
+}
+
+/** The link's state, for `/health` and `stats`. */
+export interface ClusterStatus {
+  name: string;
+  server: string;
+  server_id: string;
+  nats: "connecting" | "connected" | "disconnected" | "closed";
+  nats_server: string | null;
+  servers: ClusterServer[];
+}
+
+interface KnownServer {
+  id: string;
+  name: string;
+  lastHeard: number;
+  requesters: number;
+  urls: { worker?: string; requester?: string };
+  workers: Map<string, RemotePeer>;
+}
+
+interface Relayed {
+  origin: string;
+  worker: string;
+  msgId: string;
+  cancel: Cancellation;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+/** The cluster link; see the module doc. */
+export class ClusterLink {
+  readonly id: string = shortId(10);
+  readonly name: string;
+  readonly serverName: string;
+  #core: BrokerCore;
+  #options: ClusterOptions;
+  #prefix: string;
+  #stateIntervalMs: number;
+  #deadAfterMs: number;
+  #lostAfterMs: number;
+  #nc: NatsConnection | undefined;
+  #nats: ClusterStatus["nats"] = "connecting";
+  #servers = new Map<string, KnownServer>();
+  #gone = new RecentIds(4096);
+  #relayed = new Map<string, Relayed>();
+  #timer: ReturnType<typeof setInterval> | undefined;
+  #closed = false;
+  #started: Promise<void> | undefined;
+  #background: Promise<void>[] = [];
+
+  #requesters: () => number;
+
+  constructor(
+    core: BrokerCore,
+    options: ClusterOptions,
+    requesters: () => number = () => 0,
+  ) {
+    const name = options.name ?? "switchyard";
+    if (!validClusterName(name)) {
+      throw new RangeError(
+        `Invalid cluster name '${name}': use 1 to 64 letters, digits, '-' or '_'`,
+      );
+    }
+    if (options.servers.length === 0) {
+      throw new RangeError("A cluster needs at least one NATS URL");
+    }
+    this.#core = core;
+    this.#requesters = requesters;
+    this.#options = options;
+    this.name = name;
+    this.serverName = options.serverName ?? this.id;
+    this.#prefix = subjectPrefix(name);
+    this.#stateIntervalMs = options.stateIntervalMs ?? 250;
+    this.#deadAfterMs = options.deadAfterMs ?? 1500;
+    this.#lostAfterMs = options.lostAfterMs ?? 1000;
+  }
+
+  /** Connects (retrying until it works) and starts announcing; resolves once connected. */
+  start(): Promise<void> {
+    this.#started ??= this.#start();
+    return this.#started;
+  }
+
+  async #start(): Promise<void> {
+    const o = this.#options;
+    const options: NodeConnectionOptions = {
+      servers: o.servers,
+      name: `switchyard ${this.name} ${this.serverName}`,
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 250,
+      reconnectJitter: 100,
+      waitOnFirstConnect: true,
+      // A NATS node that vanishes without closing TCP is noticed within ~6 s.
+      pingInterval: 2000,
+      maxPingOut: 3,
+    };
+    if (o.token) options.token = o.token;
+    if (o.user) {
+      options.user = o.user;
+      options.pass = o.password;
+    }
+    if (o.credentials) {
+      options.authenticator = credsAuthenticator(encoder.encode(o.credentials));
+    }
+    if (o.tlsCa || o.tlsCert) {
+      options.tls = { ca: o.tlsCa, cert: o.tlsCert, key: o.tlsKey };
+    }
+    log.info("Joining cluster {name} through NATS {servers}", {
+      name: this.name,
+      servers: o.servers.join(","),
+    });
+    const nc = await connect(options);
+    if (this.#closed) {
+      await nc.close();
+      return;
+    }
+    this.#nc = nc;
+    this.#nats = "connected";
+    log.info("Joined cluster {name} as {server} (NATS {nats})", {
+      name: this.name,
+      server: this.serverName,
+      nats: nc.getServer(),
+    });
+    nc.subscribe(`${this.#prefix}.state`, {
+      callback: (error, msg) => {
+        if (!error) this.#onState(msg);
+      },
+    });
+    nc.subscribe(`${this.#prefix}.srv.${this.id}.*`, {
+      callback: (error, msg) => {
+        if (!error) this.#onDirect(msg);
+      },
+    });
+    this.#background.push(this.#watch(nc));
+    this.#timer = setInterval(() => this.#tick(), this.#stateIntervalMs);
+    this.#announce();
+  }
+
+  async #watch(nc: NatsConnection): Promise<void> {
+    for await (const status of nc.status()) {
+      switch (status.type) {
+        case "disconnect":
+          this.#nats = "disconnected";
+          log.warn(
+            "Lost NATS ({server}): serving local workers only until it is back",
+            { server: status.server },
+          );
+          // Requests on other servers' workers cannot be answered through a dead link: move
+          // them to workers this server can still reach.
+          for (const server of [...this.#servers.values()]) {
+            this.#dropServer(server, "this server lost NATS");
+          }
+          break;
+        case "reconnect": {
+          this.#nats = "connected";
+          log.info("NATS is back ({server}): rejoined cluster {name}", {
+            server: status.server,
+            name: this.name,
+          });
+          this.#announce();
+          break;
+        }
+        case "error":
+          log.warn("NATS error: {error}", { error: status.error.message });
+          break;
+      }
+    }
+  }
+
+  /** The link's state, for `/health` and `stats`. */
+  status(): ClusterStatus {
+    const now = this.#core.clock.now();
+    const servers: ClusterServer[] = [{
+      id: this.id,
+      name: this.serverName,
+      self: true,
+      workers: this.#localWorkers().length,
+      requesters: this.#requesters(),
+      urls: this.#options.urls ?? {},
+      last_heard_ms: 0,
+    }];
+    for (const s of this.#servers.values()) {
+      servers.push({
+        id: s.id,
+        name: s.name,
+        self: false,
+        workers: s.workers.size,
+        requesters: s.requesters,
+        urls: s.urls,
+        last_heard_ms: Math.max(0, now - s.lastHeard),
+      });
+    }
+    return {
+      name: this.name,
+      server: this.serverName,
+      server_id: this.id,
+      nats: this.#closed ? "closed" : this.#nats,
+      nats_server: this.#nats === "connected"
+        ? this.#nc?.getServer() ?? null
+        : null,
+      servers,
+    };
+  }
+
+  /** Whether `worker` is attached to this server. */
+  isLocal(worker: Peer): boolean {
+    return !(worker instanceof RemotePeer);
+  }
+
+  /** Leaves the cluster: other servers move this server's requests elsewhere. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearInterval(this.#timer);
+    for (const server of [...this.#servers.values()]) {
+      this.#dropServer(server, "this server is shutting down");
+    }
+    for (const r of this.#relayed.values()) r.cancel.abort();
+    this.#relayed.clear();
+    const nc = this.#nc;
+    this.#nc = undefined;
+    if (nc) {
+      try {
+        await nc.flush();
+      } catch {
+        // Closing anyway.
+      }
+      await nc.close();
+    }
+    await Promise.all(this.#background);
+  }
+
+  // ---- announcing ----------------------------------------------------------------------------
+
+  #localWorkers(): Peer[] {
+    return this.#core.dispatcher.registry.all().filter((w) =>
+      !(w instanceof RemotePeer)
+    );
+  }
+
+  #tick(): void {
+    const now = this.#core.clock.now();
+    for (const server of [...this.#servers.values()]) {
+      if (now - server.lastHeard > this.#deadAfterMs) {
+        log.warn(
+          "Server {name} ({id}) is silent for {ms} ms: its workers leave the pool",
+          { name: server.name, id: server.id, ms: now - server.lastHeard },
+        );
+        this.#dropServer(server, "its server left the cluster");
+      }
+    }
+    this.#announce();
+  }
+
+  #announce(): void {
+    const nc = this.#nc;
+    if (!nc || this.#nats !== "connected" || this.#closed) return;
+    const byWorker = new Map<string, Record<string, number>>();
+    const ledger: Record<string, string[]> = {};
+    for (const r of this.#relayed.values()) {
+      const by = byWorker.get(r.worker) ?? {};
+      by[r.origin] = (by[r.origin] ?? 0) + 1;
+      byWorker.set(r.worker, by);
+      (ledger[r.origin] ??= []).push(r.msgId);
+    }
+    const workers: WorkerState[] = this.#localWorkers().map((w) => {
+      const info = w.info();
+      return {
+        id: w.id,
+        name: w.name,
+        address: w.address,
+        weight: w.weight,
+        max: w.maxConcurrency,
+        actions: info.actions,
+        version: w.version,
+        host: w.host,
+        in_flight: w.inFlight,
+        healthy: w.healthy,
+        draining: w.draining,
+        registered: w.registered,
+        blocked: w.blockedSources,
+        latency_ms: info.latency_ms,
+        served: w.served,
+        failures: w.failures,
+        connected_since: info.connected_since,
+        last_seen: info.last_seen,
+        by: byWorker.get(w.id) ?? {},
+      };
+    });
+    const state: ServerState = {
+      v: 1,
+      id: this.id,
+      name: this.serverName,
+      at: this.#core.clock.now(),
+      urls: this.#options.urls ?? {},
+      requesters: this.#requesters(),
+      workers,
+      ledger,
+    };
+    try {
+      nc.publish(`${this.#prefix}.state`, JSON.stringify(state));
+    } catch (error) {
+      log.debug("Announcing failed: {error}", { error });
+    }
+  }
+
+  // ---- other servers' announcements ----------------------------------------------------------
+
+  #onState(msg: Msg): void {
+    let state: ServerState;
+    try {
+      state = JSON.parse(decoder.decode(msg.data));
+    } catch {
+      return log.warn("Ignored a malformed cluster state message");
+    }
+    if (state.v !== 1 || typeof state.id !== "string") return;
+    if (state.id === this.id || this.#gone.has(state.id)) return;
+    const dispatcher = this.#core.dispatcher;
+    const now = this.#core.clock.now();
+    let server = this.#servers.get(state.id);
+    if (!server) {
+      server = {
+        id: state.id,
+        name: state.name,
+        lastHeard: now,
+        requesters: 0,
+        urls: {},
+        workers: new Map(),
+      };
+      this.#servers.set(state.id, server);
+      log.info("Server {name} ({id}) is in the cluster", {
+        name: state.name,
+        id: state.id,
+      });
+    }
+    server.lastHeard = now;
+    server.requesters = state.requesters;
+    server.urls = state.urls ?? {};
+    let added = false;
+    const seen = new Set<string>();
+    for (const w of state.workers) {
+      seen.add(w.id);
+      const known = server.workers.get(w.id);
+      if (known) {
+        known.update(w, this.id, state.name);
+        continue;
+      }
+      const key = `${state.id}/${w.id}`;
+      if (this.#gone.has(key)) continue;
+      if (dispatcher.registry.get(w.id)) {
+        log.warn(
+          "Worker id {id} of server {name} clashes with one here: not used from this server",
+          { id: w.id, name: state.name },
+        );
+        continue;
+      }
+      const peer = new RemotePeer(
+        w,
+        { id: state.id, name: state.name },
+        (p, frame) => this.#relay(p, frame),
+        this.#core.clock,
+      );
+      peer.update(w, this.id, state.name);
+      server.workers.set(w.id, peer);
+      dispatcher.registry.add(peer);
+      added = true;
+    }
+    for (const [id, peer] of [...server.workers]) {
+      if (seen.has(id)) continue;
+      server.workers.delete(id);
+      this.#gone.add(`${state.id}/${id}`);
+      dispatcher.workerLost(peer, `it left server ${state.name}`);
+    }
+    this.#checkLedger(server, state.ledger?.[this.id] ?? [], now);
+    // New remote capacity, or remote capacity freed since the last announcement.
+    if (added || dispatcher.queued > 0) dispatcher.pump();
+  }
+
+  /** Requests the worker's server has not heard of, long after they were sent, were lost. */
+  #checkLedger(server: KnownServer, held: string[], now: number): void {
+    const ledger = new Set(held);
+    for (const peer of server.workers.values()) {
+      for (const [msgId, sentAt] of peer.sentAt) {
+        if (!peer.jobs.has(msgId)) {
+          peer.sentAt.delete(msgId);
+        } else if (now - sentAt > this.#lostAfterMs && !ledger.has(msgId)) {
+          peer.sentAt.delete(msgId);
+          log.warn(
+            "Request {msgId} to worker {worker} on {server} was lost on the way: moving it",
+            { msgId, worker: peer.id, server: server.name },
+          );
+          this.#core.dispatcher.jobLost(
+            peer,
+            msgId,
+            `Request lost between servers ${this.serverName} and ${server.name}`,
+          );
+        }
+      }
+    }
+  }
+
+  #dropServer(server: KnownServer, reason: string): void {
+    this.#servers.delete(server.id);
+    if (reason !== "this server lost NATS") this.#gone.add(server.id);
+    for (const peer of server.workers.values()) {
+      this.#core.dispatcher.workerLost(peer, reason);
+    }
+    server.workers.clear();
+    // Requests that server sent here have nobody to answer to any more.
+    for (const [key, r] of [...this.#relayed]) {
+      if (r.origin !== server.id) continue;
+      this.#relayed.delete(key);
+      r.cancel.abort();
+    }
+  }
+
+  // ---- this server's requests to other servers' workers ---------------------------------------
+
+  #relay(peer: RemotePeer, frame: string): void {
+    const nc = this.#nc;
+    if (!nc || this.#nats !== "connected") {
+      // The dispatcher takes a throw as "this worker is unreachable" and places the job again.
+      throw new Error("NATS is not connected");
+    }
+    const h = natsHeaders();
+    h.set("o", this.id);
+    h.set("w", peer.id);
+    // The dispatcher files the job under its msg_id before sending, so its deadline is known.
+    const msgId = /"msg_id":"([^"]+)"/.exec(frame)?.[1];
+    const job = msgId ? peer.jobs.get(msgId) : undefined;
+    if (job && msgId) {
+      h.set("t", String(Math.max(1, job.deadline - this.#core.clock.now())));
+      peer.sentAt.set(msgId, this.#core.clock.now());
+    }
+    nc.publish(`${this.#prefix}.srv.${peer.server}.req`, frame, {
+      headers: h,
+    });
+  }
+
+  #onDirect(msg: Msg): void {
+    const kind = msg.subject.slice(msg.subject.lastIndexOf(".") + 1);
+    try {
+      if (kind === "req") this.#onRelayed(msg);
+      else if (kind === "res") this.#onAnswer(JSON.parse(msg.string()));
+      else if (kind === "prog") this.#onProgress(JSON.parse(msg.string()));
+    } catch (error) {
+      log.warn("Ignored a malformed cluster {kind} message: {error}", {
+        kind,
+        error: (error as Error).message,
+      });
+    }
+  }
+
+  #peerOf(workerId: string): RemotePeer | undefined {
+    const peer = this.#core.dispatcher.registry.get(workerId);
+    return peer instanceof RemotePeer ? peer : undefined;
+  }
+
+  #onAnswer(a: RelayAnswer): void {
+    const peer = this.#peerOf(a.w);
+    if (!peer) return;
+    peer.sentAt.delete(a.m);
+    if (
+      !a.s && (a.c === ErrorCode.WORKER_LOST || a.c === ErrorCode.NO_WORKERS ||
+        a.c === ErrorCode.SHUTTING_DOWN)
+    ) {
+      // The worker is gone from its server (or that server is going): whatever else this server
+      // sent it moves too, without waiting for the next announcement.
+      const server = this.#servers.get(peer.server);
+      server?.workers.delete(peer.id);
+      this.#gone.add(`${peer.server}/${peer.id}`);
+      this.#core.dispatcher.workerLost(peer, a.e ?? "it left its server");
+      return;
+    }
+    this.#core.dispatcher.complete(peer, {
+      request_id: a.m,
+      success: a.s,
+      result: a.r ?? null,
+      error: a.e ?? null,
+      error_code: a.c,
+    });
+  }
+
+  #onProgress(p: RelayProgress): void {
+    const peer = this.#peerOf(p.w);
+    if (!peer) return;
+    this.#core.dispatcher.progress(peer, p.m, {
+      done: p.d,
+      total: p.t,
+      item: p.i,
+    });
+  }
+
+  // ---- other servers' requests to this server's workers ---------------------------------------
+
+  #onRelayed(msg: Msg): void {
+    const origin = msg.headers?.get("o") ?? "";
+    const workerId = msg.headers?.get("w") ?? "";
+    const left = Number(msg.headers?.get("t") ?? "0");
+    const envelope: Envelope = decodeEnvelope(msg.string());
+    const key = `${origin}\u0000${envelope.msg_id}`;
+    if (envelope.type === MessageType.CANCEL) {
+      const msgId = (envelope.data as { request_id?: unknown })?.request_id;
+      const r = this.#relayed.get(`${origin}\u0000${msgId}`);
+      r?.cancel.abort();
+      return;
+    }
+    if (envelope.type !== MessageType.REQUEST || !envelope.msg_id) return;
+    void this.#runRelayed(origin, workerId, left, envelope, key);
+  }
+
+  async #runRelayed(
+    origin: string,
+    workerId: string,
+    left: number,
+    envelope: Envelope,
+    key: string,
+  ): Promise<void> {
+    const msgId = envelope.msg_id!;
+    const reply = (subject: "res" | "prog", body: unknown) => {
+      const nc = this.#nc;
+      if (!nc) return;
+      let data = JSON.stringify(body);
+      const max = nc.info?.max_payload ?? Infinity;
+      if (data.length > max && subject === "res") {
+        data = JSON.stringify(
+          {
+            m: msgId,
+            w: workerId,
+            s: false,
+            e: `Answer too large to cross servers: ${data.length} bytes (NATS max_payload ${max})`,
+            c: ErrorCode.FRAME_TOO_LARGE,
+          } satisfies RelayAnswer,
+        );
+      }
+      try {
+        nc.publish(`${this.#prefix}.srv.${origin}.${subject}`, data);
+      } catch (error) {
+        log.debug("Replying to {origin} failed: {error}", { origin, error });
+      }
+    };
+    const worker = this.#core.dispatcher.registry.get(workerId);
+    if (!worker || worker instanceof RemotePeer) {
+      return reply(
+        "res",
+        {
+          m: msgId,
+          w: workerId,
+          s: false,
+          e: `Worker '${workerId}' is no longer attached to server ${this.serverName}`,
+          c: ErrorCode.WORKER_LOST,
+        } satisfies RelayAnswer,
+      );
+    }
+    if (this.#core.draining) {
+      return reply(
+        "res",
+        {
+          m: msgId,
+          w: workerId,
+          s: false,
+          e: `Server ${this.serverName} is shutting down`,
+          c: ErrorCode.SHUTTING_DOWN,
+        } satisfies RelayAnswer,
+      );
+    }
+    let request;
+    try {
+      request = readRequestData(envelope.data);
+    } catch (error) {
+      return reply(
+        "res",
+        {
+          m: msgId,
+          w: workerId,
+          s: false,
+          e: (error as Error).message,
+          c: ErrorCode.INVALID_FRAME,
+        } satisfies RelayAnswer,
+      );
+    }
+    const stream = (envelope.data as { stream?: unknown }).stream === true;
+    const cancel = new Cancellation();
+    this.#relayed.set(key, { origin, worker: workerId, msgId, cancel });
+    const outcome = await this.#core.dispatcher.submit(
+      request.action,
+      request.params,
+      {
+        deadline: this.#core.clock.now() + (left > 0 ? left : 30_000),
+        only: workerId,
+        signal: cancel,
+        onProgress: (p) =>
+          reply(
+            "prog",
+            {
+              m: msgId,
+              w: workerId,
+              d: p.done,
+              t: p.total,
+              i: p.item,
+            } satisfies RelayProgress,
+          ),
+        resend: stream ? () => request.params : undefined,
+      },
+    );
+    this.#relayed.delete(key);
+    if (cancel.aborted) return;
+    reply(
+      "res",
+      outcome.ok ? { m: msgId, w: workerId, s: true, r: outcome.result } : {
+        m: msgId,
+        w: workerId,
+        s: false,
+        e: outcome.error.message,
+        c: outcome.error.code,
+      } satisfies RelayAnswer,
+    );
+  }
+}
