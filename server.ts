@@ -10,6 +10,7 @@ import { STRATEGIES, type Strategy } from "./lib/balancer.ts";
 import { runStdinConsole, serverCommand } from "./lib/console.ts";
 import {
   consoleMode,
+  env,
   FlagError,
   logFormatFlag,
   logLevelFlag,
@@ -21,6 +22,8 @@ import {
   secretFlag,
 } from "./lib/_flags.ts";
 import { logger, setupLogging } from "./lib/log.ts";
+import type { ClusterOptions } from "./lib/cluster/link.ts";
+import { validClusterName } from "./lib/cluster/wire.ts";
 import { type ServerOptions, startServer } from "./lib/server.ts";
 
 const USAGE = `Usage: deno task start [options]
@@ -47,6 +50,15 @@ Options:
   --worker-token T         token workers must present (or SWITCHYARD_WORKER_TOKEN)
   --requester-token T      token requesters must present (or SWITCHYARD_REQUESTER_TOKEN)
   --cert FILE --key FILE   serve wss:// and https:// with this PEM certificate and key
+  --cluster URLS           join a cluster over NATS (comma list, e.g. nats://h1:4222,nats://h2:4222);
+                           see docs/cluster.md (or SWITCHYARD_CLUSTER)
+  --cluster-name NAME      servers of one name are one broker (default switchyard)
+  --server-name NAME       this server's name in cluster listings (default host:port)
+  --nats-token T           NATS token (or SWITCHYARD_NATS_TOKEN)
+  --nats-user U            NATS user (or SWITCHYARD_NATS_USER); password in SWITCHYARD_NATS_PASSWORD
+  --nats-creds FILE        NATS credentials file (or SWITCHYARD_NATS_CREDS)
+  --nats-ca FILE           PEM CA to trust for tls:// NATS servers (or SWITCHYARD_NATS_CA)
+  --nats-cert FILE --nats-key FILE  client certificate for NATS servers that verify clients
   --grace S                on SIGTERM/SIGINT, let in-flight work finish this long (default 10)
   --console                read console commands from stdin even when it is not a terminal
   --no-console             never read stdin (for a server run with &, under systemd, in a container)
@@ -87,6 +99,15 @@ function options(
       "requester-token": { type: "string" },
       cert: { type: "string" },
       key: { type: "string" },
+      cluster: { type: "string" },
+      "cluster-name": { type: "string" },
+      "server-name": { type: "string" },
+      "nats-token": { type: "string" },
+      "nats-user": { type: "string" },
+      "nats-creds": { type: "string" },
+      "nats-ca": { type: "string" },
+      "nats-cert": { type: "string" },
+      "nats-key": { type: "string" },
       ...PROCESS_FLAGS,
     },
   });
@@ -172,6 +193,64 @@ function options(
     key: readFlagFile("key", values.key),
     grace: seconds("grace", 10),
     console: consoleMode(values),
+    cluster: clusterOptions(values, warn),
+  };
+}
+
+function clusterOptions(
+  values: Record<string, string | boolean | undefined>,
+  warn: (message: string) => void,
+): ClusterOptions | undefined {
+  const flag = (name: string) => values[name] as string | undefined;
+  const urls = flag("cluster") ?? env("SWITCHYARD_CLUSTER");
+  if (urls === undefined) {
+    for (
+      const name of ["cluster-name", "server-name", "nats-token", "nats-user"]
+    ) {
+      if (flag(name) !== undefined) {
+        throw new FlagError(`--${name} needs --cluster`);
+      }
+    }
+    return undefined;
+  }
+  const servers = urls.split(",").map((s) => s.trim()).filter(Boolean);
+  for (const url of servers) {
+    if (!/^(nats|tls):\/\/[^\s/]+$/.test(url)) {
+      throw new FlagError(
+        `Invalid --cluster URL '${url}': expected nats://host:port or tls://host:port`,
+      );
+    }
+  }
+  if (servers.length === 0) {
+    throw new FlagError("--cluster needs at least one NATS URL");
+  }
+  const name = flag("cluster-name") ?? "switchyard";
+  if (!validClusterName(name)) {
+    throw new FlagError(
+      `Invalid --cluster-name '${name}': use 1 to 64 letters, digits, '-' or '_'`,
+    );
+  }
+  if (Boolean(flag("nats-cert")) !== Boolean(flag("nats-key"))) {
+    throw new FlagError("--nats-cert and --nats-key go together");
+  }
+  const creds = flag("nats-creds") ?? env("SWITCHYARD_NATS_CREDS");
+  const ca = flag("nats-ca") ?? env("SWITCHYARD_NATS_CA");
+  return {
+    servers,
+    name,
+    serverName: flag("server-name"),
+    token: secretFlag(
+      "nats-token",
+      flag("nats-token"),
+      "SWITCHYARD_NATS_TOKEN",
+      warn,
+    ),
+    user: flag("nats-user") ?? env("SWITCHYARD_NATS_USER"),
+    password: env("SWITCHYARD_NATS_PASSWORD"),
+    credentials: readFlagFile("nats-creds", creds),
+    tlsCa: readFlagFile("nats-ca", ca),
+    tlsCert: readFlagFile("nats-cert", flag("nats-cert")),
+    tlsKey: readFlagFile("nats-key", flag("nats-key")),
   };
 }
 
