@@ -37,7 +37,10 @@ Examples:
   deno task requester markets 510300 159915 --out data/     (see: requester markets --help)
 
 Options:
-  --url URL          requester port URL instead of HOST PORT (ws:// or wss://)
+  --url URL          requester port URL instead of HOST PORT (ws:// or wss://); a cluster's
+                     servers comma-separated: the requester moves to the next one if its drops
+  --resubmit         after a dropped connection, send in-flight requests again (only for
+                     commands that are safe to run twice)
   --timeout S        seconds the server may take (default: the server's, 30)
   --token T          requester token (or SWITCHYARD_REQUESTER_TOKEN)
   --ca FILE          CA certificate (PEM) to trust for wss://
@@ -280,6 +283,7 @@ function parse(args: string[]) {
       ca: { type: "string" },
       progress: { type: "boolean" },
       compact: { type: "boolean" },
+      resubmit: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
   });
@@ -331,6 +335,7 @@ function parse(args: string[]) {
     ca: readFlagFile("ca", values.ca),
     progress: values.progress ?? false,
     compact: values.compact ?? false,
+    resubmit: values.resubmit ?? false,
   };
 }
 
@@ -362,6 +367,8 @@ async function main(): Promise<number> {
     token: flags.token,
     ca: flags.ca,
     timeout: flags.timeout,
+    reconnect: flags.resubmit || flags.url.includes(","),
+    resubmit: flags.resubmit,
   });
   try {
     await client.connect();

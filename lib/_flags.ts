@@ -180,10 +180,13 @@ export function serverUrl(
     portNumber = n;
   }
   const url = flag ?? `ws://${h.includes(":") ? `[${h}]` : h}:${portNumber}`;
-  if (!/^wss?:\/\//.test(url)) {
-    throw new FlagError(
-      `Invalid --url '${url}': expected ws://host:port or wss://host:port`,
-    );
+  // Several URLs, comma-separated, name the servers of a cluster.
+  for (const one of url.split(",")) {
+    if (!/^wss?:\/\/\S/.test(one.trim())) {
+      throw new FlagError(
+        `Invalid --url '${one}': expected ws://host:port or wss://host:port (several: comma-separated)`,
+      );
+    }
   }
   return url;
 }

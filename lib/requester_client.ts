@@ -6,6 +6,7 @@
  */
 
 import { type ConnectOptions, openSocket, redactUrl } from "./_connect.ts";
+import { Backoff, sleep } from "./backoff.ts";
 import {
   ConnectionClosedError,
   RequestTimeoutError,
@@ -29,6 +30,19 @@ export interface RequesterClientOptions extends ConnectOptions {
   timeout?: number;
   /** Extra time the client waits beyond a request's timeout before giving up itself, in ms. @default 5000 */
   graceMs?: number;
+  /**
+   * Reconnect by itself when the connection drops, trying each URL in turn (a cluster's servers)
+   * with backoff; requests made meanwhile wait for the new connection. @default false
+   */
+  reconnect?: boolean;
+  /**
+   * With `reconnect`: requests in flight when the connection dropped are sent again on the new
+   * connection instead of failing. Only for commands safe to run twice; list the others in
+   * `nonRetriable`. @default false
+   */
+  resubmit?: boolean;
+  /** Commands never sent twice by `resubmit`. @default [] */
+  nonRetriable?: string[];
 }
 
 /** Per-request choices for {@linkcode RequesterClient.request}. */
@@ -61,6 +75,11 @@ export interface BatchStream extends AsyncIterable<StreamedItem> {
 }
 
 interface Pending {
+  /** The request frame, kept for resubmission. */
+  frame: string;
+  command: string;
+  /** Written to the current connection. */
+  sent: boolean;
   resolve(answer: RequesterAnswer): void;
   reject(error: unknown): void;
   onProgress?: RequestOptions["onProgress"];
@@ -80,15 +99,32 @@ interface Pending {
  * ```
  */
 export class RequesterClient {
-  readonly url: string;
+  /** Every URL the client may connect to (a comma-separated `url` names several). */
+  readonly urls: readonly string[];
+  #at = 0;
   #options: RequesterClientOptions;
   #socket: WebSocket | undefined;
   #pending = new Map<string, Pending>();
   #closed: Promise<void> | undefined;
+  #closing = false;
+  #reconnecting: Promise<void> | undefined;
+  #stop = new AbortController();
+  #resubmitted = 0;
 
   constructor(url: string, options: RequesterClientOptions = {}) {
-    this.url = url;
+    this.urls = url.split(",").map((u) => u.trim()).filter(Boolean);
+    if (this.urls.length === 0) throw new RangeError("No server URL given");
     this.#options = options;
+  }
+
+  /** The URL of the current (or next) connection. */
+  get url(): string {
+    return this.urls[this.#at];
+  }
+
+  /** Requests sent again after a dropped connection (with `resubmit`). */
+  get resubmitted(): number {
+    return this.#resubmitted;
   }
 
   /** Whether the connection is open. */
@@ -101,8 +137,22 @@ export class RequesterClient {
     return this.#pending.size;
   }
 
-  /** Opens the connection; call again after a drop to reconnect. */
+  /**
+   * Opens the connection, trying each URL once in turn when there are several; call again after
+   * a drop to reconnect (the `reconnect` option does that by itself).
+   */
   async connect(signal?: AbortSignal): Promise<void> {
+    for (let tried = 1;; tried++) {
+      try {
+        return await this.#open(signal);
+      } catch (error) {
+        if (tried >= this.urls.length || signal?.aborted) throw error;
+        this.#at = (this.#at + 1) % this.urls.length;
+      }
+    }
+  }
+
+  async #open(signal?: AbortSignal): Promise<void> {
     if (this.connected) return;
     this.#wrongPort = undefined;
     const socket = await openSocket(
@@ -124,10 +174,55 @@ export class RequesterClient {
           redactUrl(this.url)
         } closed (code ${code}) before the answer came`,
       );
-      for (const pending of this.#pending.values()) pending.reject(error);
-      this.#pending.clear();
+      const again = this.#options.reconnect && !this.#closing &&
+        !this.#wrongPort;
+      const nonRetriable = new Set(this.#options.nonRetriable ?? []);
+      for (const [id, pending] of [...this.#pending]) {
+        if (
+          again && (!pending.sent ||
+            (this.#options.resubmit && !nonRetriable.has(pending.command)))
+        ) {
+          pending.sent = false;
+          continue;
+        }
+        this.#pending.delete(id);
+        pending.reject(error);
+      }
       closed.resolve();
+      if (again) void this.#reconnect();
     });
+    // Requests made while disconnected, or kept from the last connection, go out now.
+    for (const pending of this.#pending.values()) {
+      if (pending.sent) continue;
+      pending.sent = true;
+      this.#resubmitted++;
+      socket.send(pending.frame);
+    }
+  }
+
+  /** Tries each URL in turn, with backoff between rounds, until one connects or `close()`. */
+  #reconnect(): Promise<void> {
+    this.#reconnecting ??= (async () => {
+      const backoff = new Backoff({ initialMs: 100, maxMs: 5000 });
+      let tried = 0;
+      try {
+        while (!this.#closing) {
+          this.#at = (this.#at + 1) % this.urls.length;
+          try {
+            await this.#open(this.#stop.signal);
+            return;
+          } catch {
+            if (this.#closing) return;
+          }
+          if (++tried % this.urls.length === 0) {
+            await sleep(backoff.next(), this.#stop.signal).catch(() => {});
+          }
+        }
+      } finally {
+        this.#reconnecting = undefined;
+      }
+    })();
+    return this.#reconnecting;
   }
 
   #onMessage(text: string): void {
@@ -265,7 +360,8 @@ export class RequesterClient {
   ): Promise<RequesterAnswer> {
     const socket = this.#socket;
     if (this.#wrongPort) return Promise.reject(this.#wrongPort);
-    if (!socket || socket.readyState !== 1) {
+    const waiting = this.#options.reconnect && !this.#closing;
+    if (!waiting && (!socket || socket.readyState !== 1)) {
       return Promise.reject(
         new ConnectionClosedError(`Not connected to ${redactUrl(this.url)}`),
       );
@@ -312,7 +408,14 @@ export class RequesterClient {
       clearTimeout(timer);
       options.signal?.removeEventListener("abort", onAbort);
     };
+    const text = JSON.stringify(frame);
+    const open = socket?.readyState === 1;
+    // A resubmitted stream sends its items again: pass each index on once.
+    const seen = new Set<number>();
     this.#pending.set(requestId, {
+      frame: text,
+      command,
+      sent: open,
       resolve: (answer) => {
         done();
         resolve(answer);
@@ -322,14 +425,30 @@ export class RequesterClient {
         reject(error);
       },
       onProgress: options.onProgress,
-      onItem,
+      onItem: onItem && ((item) => {
+        if (seen.has(item.index)) return;
+        seen.add(item.index);
+        onItem(item);
+      }),
     });
-    socket.send(JSON.stringify(frame));
+    if (open) socket!.send(text);
+    else if (waiting) void this.#reconnect();
     return promise;
   }
 
   /** Closes the connection; requests still in flight reject with a ConnectionClosedError. */
   async close(): Promise<void> {
+    this.#closing = true;
+    this.#stop.abort();
+    await this.#reconnecting;
+    for (const [id, pending] of [...this.#pending]) {
+      if (!pending.sent) {
+        this.#pending.delete(id);
+        pending.reject(
+          new ConnectionClosedError("Requester closed before the answer came"),
+        );
+      }
+    }
     const socket = this.#socket;
     if (socket && socket.readyState <= 1) {
       socket.close(1000, "Requester closing");

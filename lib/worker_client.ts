@@ -35,7 +35,10 @@ export type WorkerMessageHandler = (
 
 /** Options for {@linkcode Worker}. */
 export interface WorkerOptions extends ConnectOptions {
-  /** The worker port's URL, such as `ws://server:8765`. */
+  /**
+   * The worker port's URL, such as `ws://server:8765`; in a cluster, several separated by commas
+   * (`ws://a:8765,ws://b:8765`): the worker tries them in turn, each once before backing off.
+   */
   url: string;
   /** A name for logs and `list`; also the worker's key for batch affinity. @default the hostname */
   name?: string;
@@ -85,9 +88,18 @@ function errorCode(error: unknown): string {
   return ErrorCode.WORKER_ERROR;
 }
 
+/** The URLs of a comma-separated list, blanks dropped. */
+export function splitUrls(list: string): string[] {
+  const urls = list.split(",").map((u) => u.trim()).filter(Boolean);
+  if (urls.length === 0) throw new RangeError("No server URL given");
+  return urls;
+}
+
 /** A worker process's connection to the server; see the module doc. */
 export class Worker {
-  readonly url: string;
+  /** Every URL the worker may connect to, in order of preference. */
+  readonly urls: readonly string[];
+  #at = 0;
   readonly name: string;
   #options: WorkerOptions;
   #actions = new Map<string, ActionHandler>();
@@ -108,11 +120,16 @@ export class Worker {
 
   constructor(options: WorkerOptions) {
     this.#options = options;
-    this.url = options.url;
+    this.urls = splitUrls(options.url);
     this.name = options.name ?? defaultName();
     for (const [name, handler] of Object.entries(builtinWorkerActions())) {
       this.#actions.set(name, handler);
     }
+  }
+
+  /** The URL the worker is connected to, or tries next. */
+  get url(): string {
+    return this.urls[this.#at];
   }
 
   /**
@@ -184,8 +201,11 @@ export class Worker {
       ...this.#options.backoff,
     });
     const stableAfter = this.#options.stableAfterMs ?? 10_000;
+    // With several URLs, each is tried once, quickly, before the backoff delays the next round.
+    let roundStart = 0;
     while (!this.#stopping) {
       const opened = Date.now();
+      const connects = this.#connects;
       try {
         await this.#session();
       } catch (error) {
@@ -194,7 +214,11 @@ export class Worker {
       }
       if (this.#stopping) break;
       if (Date.now() - opened >= stableAfter) backoff.reset();
-      const delay = backoff.next();
+      if (this.#connects !== connects) roundStart = this.#at;
+      this.#at = (this.#at + 1) % this.urls.length;
+      const delay = this.#at === roundStart
+        ? backoff.next()
+        : Math.round(50 + Math.random() * 100);
       log.info("Reconnecting to {url} in {delay} ms", {
         url: redactUrl(this.url),
         delay,
