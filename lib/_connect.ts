@@ -1,4 +1,5 @@
 import { type ClientOptions, WebSocket } from "./_ws.ts";
+import { UnauthorizedError } from "./errors.ts";
 
 /** How a client reaches the server. */
 export interface ConnectOptions {
@@ -10,6 +11,45 @@ export interface ConnectOptions {
   maxPayload?: number;
   /** How long the handshake may take, in ms. @default 10000 */
   handshakeTimeoutMs?: number;
+}
+
+/**
+ * What to do about a failed connection, when the error says: a `ws://` URL answered in TLS, a
+ * `wss://` URL answered in plain text, a certificate nobody vouched for.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { connectHint } from "./_connect.ts";
+ * assert.equal(
+ *   connectHint("ws://h:8765", "Parse Error: Expected HTTP/, RTSP/ or ICE/"),
+ *   "the server speaks TLS: use wss://h:8765",
+ * );
+ * ```
+ */
+export function connectHint(url: string, message: string): string | undefined {
+  if (url.startsWith("ws://") && /Parse Error|Expected HTTP/i.test(message)) {
+    return `the server speaks TLS: use ${url.replace(/^ws:/, "wss:")}`;
+  }
+  if (
+    url.startsWith("wss://") &&
+    /wrong version number|InvalidContentType|packet length too long/i.test(
+      message,
+    )
+  ) {
+    return `the server does not speak TLS: use ${url.replace(/^wss:/, "ws:")}`;
+  }
+  if (
+    /self[- ]signed|unable to verify|unknown ?issuer|UnknownIssuer/i.test(
+      message,
+    )
+  ) {
+    return "trust the server's certificate authority with --ca ca.pem";
+  }
+  if (/ECONNREFUSED|Connection refused/i.test(message)) {
+    return "nothing listens there: is the server running, and is this its port?";
+  }
+  return undefined;
 }
 
 /** `url` with the value of its `token` query parameter hidden, for logs and error messages. */
@@ -55,20 +95,34 @@ export function openSocket(
     const onError = (error: Error) => {
       cleanup();
       socket.terminate();
+      const hint = connectHint(url, error.message);
       reject(
-        new Error(`Cannot connect to ${redactUrl(url)}: ${error.message}`, {
-          cause: error,
-        }),
+        new Error(
+          `Cannot connect to ${redactUrl(url)}: ${error.message}${
+            hint ? `: ${hint}` : ""
+          }`,
+          { cause: error },
+        ),
       );
     };
     const onUnexpected = (_req: unknown, res: { statusCode?: number }) => {
       cleanup();
       socket.terminate();
       const status = res.statusCode ?? 0;
-      const reason = status === 401
-        ? "unauthorized (missing or wrong token)"
-        : `HTTP ${status}`;
-      reject(new Error(`Cannot connect to ${redactUrl(url)}: ${reason}`));
+      if (status === 401) {
+        reject(
+          new UnauthorizedError(
+            `Cannot connect to ${
+              redactUrl(url)
+            }: unauthorized (missing or wrong token): ` +
+              (options.token
+                ? "check --token (or its environment variable)"
+                : "the server wants one: give --token (or its environment variable)"),
+          ),
+        );
+        return;
+      }
+      reject(new Error(`Cannot connect to ${redactUrl(url)}: HTTP ${status}`));
     };
     const cleanup = () => {
       socket.off("open", onOpen);

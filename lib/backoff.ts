@@ -45,6 +45,11 @@ export class Backoff {
     return this.#attempt;
   }
 
+  /** The longest delay this schedule hands out. */
+  get maxMs(): number {
+    return this.#maxMs;
+  }
+
   /** The upper bound of the next delay: `min(max, initial × factor^attempt)`. */
   ceiling(attempt: number = this.#attempt): number {
     return Math.min(this.#maxMs, this.#initialMs * this.#factor ** attempt);

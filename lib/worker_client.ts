@@ -8,7 +8,12 @@
 import type { ActionContext, ActionHandler } from "./action.ts";
 import { Backoff, type BackoffOptions, sleep } from "./backoff.ts";
 import { type ConnectOptions, openSocket, redactUrl } from "./_connect.ts";
-import { ErrorCode, RequestTimeoutError, WorkerError } from "./errors.ts";
+import {
+  ErrorCode,
+  RequestTimeoutError,
+  UnauthorizedError,
+  WorkerError,
+} from "./errors.ts";
 import { messageId } from "./_id.ts";
 import { logger } from "./log.ts";
 import {
@@ -206,19 +211,25 @@ export class Worker {
     while (!this.#stopping) {
       const opened = Date.now();
       const connects = this.#connects;
+      let refused = false;
       try {
         await this.#session();
       } catch (error) {
         if (this.#stopping) break;
-        log.warn("{error}", { error: (error as Error).message });
+        // A wrong token will not fix itself soon: say so loudly, and wait the longest.
+        refused = error instanceof UnauthorizedError;
+        if (refused) log.error("{error}", { error: (error as Error).message });
+        else log.warn("{error}", { error: (error as Error).message });
       }
       if (this.#stopping) break;
       if (Date.now() - opened >= stableAfter) backoff.reset();
       if (this.#connects !== connects) roundStart = this.#at;
       this.#at = (this.#at + 1) % this.urls.length;
-      const delay = this.#at === roundStart
-        ? backoff.next()
-        : Math.round(50 + Math.random() * 100);
+      const delay = this.#at !== roundStart
+        ? Math.round(50 + Math.random() * 100)
+        : refused
+        ? backoff.maxMs
+        : backoff.next();
       log.info("Reconnecting to {url} in {delay} ms", {
         url: redactUrl(this.url),
         delay,

@@ -19,14 +19,18 @@ export class Program {
   >();
   #drained: Promise<void>;
 
-  constructor(script: string, args: string[]) {
+  constructor(
+    script: string,
+    args: string[],
+    env: Record<string, string> = {},
+  ) {
     this.child = new Deno.Command(Deno.execPath(), {
       args: ["run", ...PERMISSIONS, new URL(script, ROOT).pathname, ...args],
       cwd: ROOT.pathname,
       stdin: "null",
       stdout: "piped",
       stderr: "piped",
-      env: { NO_COLOR: "1" },
+      env: { NO_COLOR: "1", ...env },
     }).spawn();
     this.#drained = Promise.all([
       this.#collect(this.child.stderr),

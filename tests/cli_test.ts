@@ -1,7 +1,7 @@
 // The programs as a new user meets them: flags, consoles on a real terminal (a pseudo-terminal
 // from util-linux `script`), background jobs, the wrong port.
 import assert from "node:assert/strict";
-import { runProgram, startServerProgram } from "./_procs.ts";
+import { Program, runProgram, startServerProgram } from "./_procs.ts";
 import { startTestServer, startWorker } from "./_helpers.ts";
 import { setupLogging, Worker } from "../lib/mod.ts";
 
@@ -59,14 +59,15 @@ class Terminal {
     })();
   }
 
-  /** Waits until the output matches `pattern`, at most `timeoutMs`. */
+  /** Waits until the output from offset `from` on matches `pattern`, at most `timeoutMs`. */
   async waitFor(
     pattern: RegExp,
     timeoutMs = 20_000,
+    from = 0,
   ): Promise<RegExpMatchArray> {
     const until = Date.now() + timeoutMs;
     while (true) {
-      const m = this.output.match(pattern);
+      const m = this.output.slice(from).match(pattern);
       if (m) return m;
       const left = until - Date.now();
       if (left <= 0) {
@@ -185,14 +186,25 @@ Deno.test({
       worker = new Worker({ url: `ws://127.0.0.1:${port}`, name: "table-row" });
       const running = worker.start();
       const id = await worker.ready();
-      await term.type("list\r");
-      const [header, row] = (await term.waitFor(
-        /(CLIENT_ID +NAME +ADDRESS +WEIGHT +IN_FLIGHT +SERVED +FAILURES +LATENCY_MS +STATE)\r?\n([^\r\n]*)/,
-      )).slice(1);
+      // The worker's name arrives with its registration, just after the connection.
+      let header = "", row = "";
+      for (let tries = 0; !row.includes("table-row") && tries < 100; tries++) {
+        const from = term.output.length;
+        await term.type("list\r");
+        [header, row] = (await term.waitFor(
+          /(CLIENT_ID[^\r\n]*)\r?\n([^\r\n]*)\r?\n/,
+          20_000,
+          from,
+        )).slice(1);
+      }
+      assert.match(
+        header,
+        /^CLIENT_ID +NAME +ADDRESS +WEIGHT +IN_FLIGHT +SERVED +FAILURES +LATENCY_MS +STATE$/,
+      );
       assert.match(
         row,
         new RegExp(
-          `^${id} +table-row +127\\.0\\.0\\.1:\\d+ +1 +0/8 +0 +0 +- +healthy$`,
+          `^${id} +table-row +127\\.0\\.0\\.1:\\d+ +1 +0/\\d+ +0 +0 +- +healthy$`,
         ),
       );
       // Columns line up: a text cell starts under its header.
@@ -334,6 +346,64 @@ Deno.test("flags - a token given as a flag works and warns that the environment 
     assert.doesNotMatch(out.stderr + program.lines.join("\n"), /s3cret/);
     // No worker: the answer fails, but it got past the token check.
     assert.match(out.stdout, /No available workers/);
+  } finally {
+    await program.stop("SIGTERM");
+  }
+});
+
+Deno.test("worker - a wrong token logs 'check --token' and waits the longest backoff", async () => {
+  const { program, workerPort } = await startServerProgram([
+    "--worker-token",
+    "right",
+  ]);
+  const worker = new Program("worker.ts", [
+    "127.0.0.1",
+    String(workerPort),
+    "--max-backoff",
+    "0.2",
+    "--provider",
+    "demo",
+    "--no-console",
+  ], { SWITCHYARD_WORKER_TOKEN: "wrong" });
+  try {
+    await worker.waitFor(
+      /unauthorized \(missing or wrong token\): check --token/,
+    );
+    // Every retry after a refusal waits the whole --max-backoff, not a short jittered delay.
+    const refusals = () =>
+      worker.lines.filter((l) => /check --token/.test(l)).length;
+    for (let i = 0; refusals() < 2 && i < 400; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.ok(refusals() >= 2, worker.lines.join("\n"));
+    assert.ok(
+      worker.lines.filter((l) => /Reconnecting/.test(l)).every((l) =>
+        / in 200 ms/.test(l)
+      ),
+      worker.lines.join("\n"),
+    );
+    await program.waitFor(/Refused a worker connection.*from 127\.0\.0\.1:\d+/);
+  } finally {
+    await worker.stop();
+    await program.stop("SIGTERM");
+  }
+});
+
+Deno.test("requester - ws:// against a TLS port or wss:// against a plain one says which to use", async () => {
+  const { program, requesterPort } = await startServerProgram();
+  try {
+    const out = await runProgram("requester.ts", [
+      "--url",
+      `wss://127.0.0.1:${requesterPort}`,
+      "get_time",
+    ]);
+    assert.equal(out.code, 2);
+    assert.match(
+      out.stderr,
+      new RegExp(
+        `the server does not speak TLS: use ws://127\\.0\\.0\\.1:${requesterPort}`,
+      ),
+    );
   } finally {
     await program.stop("SIGTERM");
   }

@@ -201,14 +201,17 @@ Deno.test({
       );
       await assert.rejects(
         client.connect(),
-        /^Error: Cannot connect to wss:\/\/localhost:\d+: .*(certificate|issuer)/i,
+        /^Error: Cannot connect to wss:\/\/localhost:\d+: .*(certificate|issuer).*: trust the server's certificate authority with --ca/i,
       );
       // A plain ws:// client on a TLS port fails too, rather than hanging.
       const plain = new RequesterClient(
         `ws://localhost:${server.requesterPort}`,
         { handshakeTimeoutMs: 2000 },
       );
-      await assert.rejects(plain.connect(), /Cannot connect to ws:\/\//);
+      await assert.rejects(
+        plain.connect(),
+        /Cannot connect to ws:\/\/.*: the server speaks TLS: use wss:\/\/localhost:\d+$/,
+      );
       // fetch without the CA refuses the certificate as well.
       await assert.rejects(
         fetch(`https://localhost:${server.requesterPort}/health`),

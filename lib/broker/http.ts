@@ -56,14 +56,19 @@ export function refuseUpgrade(
   token: string | undefined,
   port: PortName,
   connections: number,
+  address = "unknown",
 ): Response | undefined {
   if (core.closed) {
     return new Response("Server is shutting down\n", { status: 503 });
   }
   if (!authorized(req, token)) {
-    log.warn("Refused a {port} connection: missing or invalid token", {
-      port,
-    });
+    log.warn(
+      "Refused a {port} connection from {address}: missing or invalid token",
+      {
+        port,
+        address,
+      },
+    );
     return new Response("Unauthorized: missing or invalid token\n", {
       status: 401,
       headers: { "www-authenticate": "Bearer" },
@@ -71,6 +76,14 @@ export function refuseUpgrade(
   }
   const limit = core.options.maxConnections;
   if (connections >= limit) {
+    log.warn(
+      "Refused a {port} connection from {address}: {limit} connections already",
+      {
+        port,
+        address,
+        limit,
+      },
+    );
     return new Response(
       `Too many ${port} connections (limit ${limit})\n`,
       {

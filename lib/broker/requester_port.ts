@@ -103,6 +103,7 @@ export class RequesterPort {
       this.#token,
       "requester",
       this.#peers.size + this.#lingering,
+      remoteAddress(info),
     );
     if (refused) return refused;
     const address = remoteAddress(info);

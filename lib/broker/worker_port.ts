@@ -59,6 +59,7 @@ export class WorkerPort {
       this.#token,
       "worker",
       this.#sockets.size,
+      remoteAddress(info),
     );
     if (refused) return refused;
     // Read before the upgrade: the request object is spent afterwards.
