@@ -226,19 +226,26 @@ export class ClusterLink {
     for await (const status of nc.status()) {
       switch (status.type) {
         case "disconnect":
+          // The client buffers what is published meanwhile and tries the other NATS URLs; if
+          // the other servers stay silent past deadAfterMs, #tick() drops their workers and this
+          // server goes on with its own.
           this.#nats = "disconnected";
           log.warn(
-            "Lost NATS ({server}): serving local workers only until it is back",
+            "Lost NATS ({server}): reconnecting; local workers keep serving",
             { server: status.server },
           );
-          // Requests on other servers' workers cannot be answered through a dead link: move
-          // them to workers this server can still reach.
-          for (const server of [...this.#servers.values()]) {
-            this.#dropServer(server, "this server lost NATS");
-          }
           break;
         case "reconnect": {
           this.#nats = "connected";
+          // Buffered requests went out only now: the ledger check counts from here.
+          const now = this.#core.clock.now();
+          for (const server of this.#servers.values()) {
+            for (const peer of server.workers.values()) {
+              for (const msgId of peer.sentAt.keys()) {
+                peer.sentAt.set(msgId, now);
+              }
+            }
+          }
           log.info("NATS is back ({server}): rejoined cluster {name}", {
             server: status.server,
             name: this.name,
@@ -400,7 +407,7 @@ export class ClusterLink {
       return log.warn("Ignored a malformed cluster state message");
     }
     if (state.v !== 1 || typeof state.id !== "string") return;
-    if (state.id === this.id || this.#gone.has(state.id)) return;
+    if (state.id === this.id) return;
     const dispatcher = this.#core.dispatcher;
     const now = this.#core.clock.now();
     let server = this.#servers.get(state.id);
@@ -487,7 +494,6 @@ export class ClusterLink {
 
   #dropServer(server: KnownServer, reason: string): void {
     this.#servers.delete(server.id);
-    if (reason !== "this server lost NATS") this.#gone.add(server.id);
     for (const peer of server.workers.values()) {
       this.#core.dispatcher.workerLost(peer, reason);
     }
@@ -504,9 +510,9 @@ export class ClusterLink {
 
   #relay(peer: RemotePeer, frame: string): void {
     const nc = this.#nc;
-    if (!nc || this.#nats !== "connected") {
+    if (!nc || nc.isClosed()) {
       // The dispatcher takes a throw as "this worker is unreachable" and places the job again.
-      throw new Error("NATS is not connected");
+      throw new Error("The cluster link is closed");
     }
     const h = natsHeaders();
     h.set("o", this.id);
