@@ -71,10 +71,13 @@ export async function serverCommand(
         write("No workers connected");
         return "continue";
       }
+      // In a cluster, every server's workers are listed, each with its server.
+      const clustered = workers.some((w) => w.server !== undefined);
       write(formatTable(
         [
           "CLIENT_ID",
           "NAME",
+          ...(clustered ? ["SERVER"] : []),
           "ADDRESS",
           "WEIGHT",
           "IN_FLIGHT",
@@ -86,6 +89,7 @@ export async function serverCommand(
         workers.map((w) => [
           w.client_id,
           w.name,
+          ...(clustered ? [w.server ?? "-"] : []),
           w.address,
           String(w.weight),
           `${w.in_flight}/${w.max_concurrency}`,

@@ -2,6 +2,8 @@
 // cluster), with real workers and requesters on real sockets.
 
 import assert from "node:assert/strict";
+import type { ActionContext } from "../lib/action.ts";
+import { serverCommand } from "../lib/console.ts";
 import type { ClusterLink } from "../lib/cluster/link.ts";
 import { RequesterClient } from "../lib/requester_client.ts";
 import type { Worker } from "../lib/worker_client.ts";
@@ -158,6 +160,127 @@ Deno.test({
       assert.deepEqual([...served.keys()].sort(), ["w0", "w1", "w2"]);
     } finally {
       await closeAll(servers, clients, workers);
+    }
+  },
+});
+
+interface Item {
+  symbol_type: string;
+  code: string;
+}
+
+/** A stub `get_markets` that streams each item and names the worker that served it. */
+function markets(name: string) {
+  return (params: unknown, ctx: ActionContext) => {
+    const list = params as Item[];
+    return list.map((p, i) => {
+      const result = { success: true, code: p.code, data: [], by: name };
+      ctx.progress?.(i + 1, list.length, { index: i, result });
+      return result;
+    });
+  };
+}
+
+Deno.test({
+  name:
+    "cluster: a batch places codes by rendezvous over every server's workers, the same through any server, streamed too",
+  ignore,
+  fn: async () => {
+    await using nats = await new NatsCluster(1).start();
+    const { servers } = await startServers(nats, 3);
+    const clients: RequesterClient[] = [];
+    const workers: Worker[] = [];
+    try {
+      for (const [i, server] of servers.entries()) {
+        workers.push(
+          await startWorker(server, {
+            name: `m${i}`,
+            actions: { get_markets: markets(`m${i}`) },
+          }),
+        );
+      }
+      await converged(servers, 3);
+      const items = Array.from({ length: 60 }, (_, i) => ({
+        symbol_type: "etf",
+        code: String(510000 + i * 7),
+      }));
+      const placements: Map<string, string>[] = [];
+      for (const server of servers) {
+        const client = new RequesterClient(server.requesterUrl);
+        clients.push(client);
+        await client.connect();
+        const answer = await client.request("get_markets", items);
+        assert.equal(answer.success, true, JSON.stringify(answer.error));
+        const results = (answer.data as {
+          results: { code: string; by: string }[];
+        }).results;
+        assert.deepEqual(results.map((r) => r.code), items.map((x) => x.code));
+        placements.push(new Map(results.map((r) => [r.code, r.by])));
+      }
+      // Every worker is home to some codes, and each code has the same home whichever server
+      // took the batch.
+      assert.deepEqual(
+        new Set(placements[0].values()),
+        new Set(["m0", "m1", "m2"]),
+      );
+      assert.deepEqual(placements[1], placements[0]);
+      assert.deepEqual(placements[2], placements[0]);
+
+      // Streamed through the last server: every item once, from the same homes.
+      const batch = clients[2].stream("get_markets", items);
+      const seen = new Map<number, string>();
+      for await (const { index, result } of batch) {
+        assert.ok(!seen.has(index), `item ${index} came twice`);
+        seen.set(index, (result as { by: string }).by);
+      }
+      assert.equal((await batch.answer).success, true);
+      assert.equal(seen.size, items.length);
+      for (const [index, by] of seen) {
+        assert.equal(by, placements[0].get(items[index].code));
+      }
+    } finally {
+      await closeAll(servers, clients, workers);
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "cluster: the console lists every worker with its server and reaches a worker of another server",
+  ignore,
+  fn: async () => {
+    await using nats = await new NatsCluster(1).start();
+    const { servers } = await startServers(nats, 2);
+    const workers: Worker[] = [];
+    try {
+      workers.push(
+        await startWorker(servers[1], {
+          name: "far",
+          actions: { who: whoAmI("far") },
+        }),
+      );
+      await converged(servers, 1);
+      const lines: string[] = [];
+      await serverCommand(servers[0].broker, "list", (t) => lines.push(t));
+      const table = lines.join("\n").split("\n");
+      assert.match(table[0], /^CLIENT_ID +NAME +SERVER +ADDRESS/);
+      assert.match(table[1], new RegExp(`^${idOf(workers[0])} +far +s1 `));
+      lines.length = 0;
+      await serverCommand(
+        servers[0].broker,
+        `send ${idOf(workers[0])} who`,
+        (t) => lines.push(t),
+      );
+      assert.match(lines.join("\n"), /far/);
+      const info = await servers[0].broker.runAction("get_client_info", {});
+      assert.deepEqual(
+        (info as { name: string; server: string }[]).map((
+          w,
+        ) => [w.name, w.server]),
+        [["far", "s1"]],
+      );
+    } finally {
+      await closeAll(servers, [], workers);
     }
   },
 });
