@@ -11,6 +11,7 @@ import { Cancellation, type CancelSignal } from "./_cancel.ts";
 import type { Dispatcher, Peer } from "./dispatcher.ts";
 import { RETRIABLE_RESULT_CODES } from "./dispatcher.ts";
 import { ErrorCode, ProtocolError } from "./errors.ts";
+import { planPlacement, UPSTREAM_BUDGET } from "./batch_placement.ts";
 
 /** The command name of a batch. */
 export const BATCH_COMMAND = "get_markets";
@@ -102,33 +103,50 @@ export function assignGroups(
   groups: ReadonlyMap<string, number[]>,
   workers: readonly Peer[],
   totalItems: number,
+  limits: {
+    weight?: ReadonlyMap<string, number>;
+    capacity?: ReadonlyMap<string, number>;
+  } = {},
 ): Map<string, number[]> {
   const shares = new Map<string, number[]>();
   const load = new Map<string, number>();
-  const totalWeight = workers.reduce((s, w) => s + w.weight, 0);
-  // 15% headroom over the exact share keeps most codes at home while bounding the largest share.
+  const weightOf = (w: Peer) => limits.weight?.get(w.id) ?? w.weight;
+  const totalWeight = workers.reduce((s, w) => s + weightOf(w), 0);
+  // 15% headroom over the exact share keeps most codes at home while bounding the largest share;
+  // what a worker can fetch before the deadline bounds it too.
   const capOf = (w: Peer) =>
-    Math.ceil((totalItems * w.weight / totalWeight) * 1.15) + 1;
+    Math.min(
+      Math.ceil((totalItems * weightOf(w) / totalWeight) * 1.15) + 1,
+      limits.capacity?.get(w.id) ?? Infinity,
+    );
   // Hash on the worker's name, which survives reconnects (its client_id does not), unless two
   // workers share a name.
   const names = new Map<string, number>();
   for (const w of workers) names.set(w.name, (names.get(w.name) ?? 0) + 1);
   const keyed = workers.map((w) => ({
     id: names.get(w.name) === 1 ? w.name : `${w.name}#${w.id}`,
-    weight: w.weight,
+    weight: weightOf(w),
     w,
   }));
   for (const [code, indexes] of groups) {
     const order = rendezvousOrder(code, keyed);
-    const home = order.find((o) =>
-      (load.get(o.w.id) ?? 0) + indexes.length <= capOf(o.w)
-    ) ?? order[0];
+    const room = (o: (typeof keyed)[number]) =>
+      capOf(o.w) - (load.get(o.w.id) ?? 0);
+    const home = order.find((o) => room(o) >= indexes.length) ??
+      order.reduce((a, b) => room(b) > room(a) ? b : a);
     load.set(home.w.id, (load.get(home.w.id) ?? 0) + indexes.length);
     const share = shares.get(home.w.id) ?? [];
     share.push(...indexes);
     shares.set(home.w.id, share);
   }
   return shares;
+}
+
+/** Items of running batches placed on each worker and not yet finished: they share its rate. */
+const committed = new WeakMap<Peer, number>();
+
+function commit(worker: Peer | undefined, n: number): void {
+  if (worker) committed.set(worker, (committed.get(worker) ?? 0) + n);
 }
 
 // A worker that vanishes takes its unfinished sub-batch with it and the sub-batch starts over
@@ -303,7 +321,56 @@ export async function runBatch(
       if (g) g.push(i);
       else groups.set(code, [i]);
     }
-    const shares = assignGroups(groups, eligible, pending.length);
+    // What the workers' upstreams allow before the deadline (their heartbeats say).
+    const now = dispatcher.clock.now();
+    const plan = planPlacement(
+      eligible,
+      now,
+      options.deadline,
+      (w) => committed.get(w) ?? 0,
+    );
+    let admitted = pending.length;
+    if (plan.total < pending.length) {
+      // Whole codes in input order while they fit; the rest are refused now, retriable, instead
+      // of waiting to time out behind a host that is cooling down or out of budget.
+      let room = plan.total;
+      let refusedNoted = false;
+      admitted = 0;
+      for (const [code, indexes] of groups) {
+        if (indexes.length <= room) {
+          room -= indexes.length;
+          admitted += indexes.length;
+          continue;
+        }
+        groups.delete(code);
+        const why = plan.usable.length === 0
+          ? `No worker can fetch before the deadline: every worker's upstream is cooling down or out of budget${
+            plan.earliest && plan.earliest > now
+              ? ` (the first is free again at ${
+                new Date(plan.earliest).toISOString()
+              })`
+              : ""
+          }`
+          : `Not sent: the workers' upstream rates and budgets allow about ${plan.total} of ${pending.length} items before the deadline; ask again later, or with a longer timeout`;
+        if (!refusedNoted) errors.push(why);
+        refusedNoted = true;
+        for (const i of indexes) {
+          finish(i, {
+            ...itemError(items[i], why, UPSTREAM_BUDGET, true),
+            ...(plan.earliest ? { retry_at: plan.earliest } : {}),
+          });
+        }
+      }
+    }
+    if (admitted === 0) {
+      pending = [];
+      break;
+    }
+    const usableIds = new Set(plan.usable.map((w) => w.id));
+    const unusable = eligible.filter((w) => !usableIds.has(w.id)).map((w) =>
+      w.id
+    );
+    const shares = assignGroups(groups, plan.usable, admitted, plan);
     const chunks: [string, number[]][] = [];
     for (const [workerId, indexes] of shares) {
       for (
@@ -317,7 +384,7 @@ export async function runBatch(
       // Spill order: home first, then whoever else is free, by least load.
       const preferred = [
         workerId,
-        ...eligible.filter((w) =>
+        ...plan.usable.filter((w) =>
           w.id !== workerId && isCandidate(w, BATCH_COMMAND)
         )
           .sort((a, b) => a.inFlight / a.weight - b.inFlight / b.weight).map((
@@ -325,6 +392,8 @@ export async function runBatch(
           ) => w.id),
       ];
       const key = `${round}:${c}`;
+      const home = dispatcher.registry.get(workerId);
+      commit(home, indexes.length);
       // What the chunk's current attempt works on. Items the worker streams back as they finish
       // are settled at once and leave it, so a worker that dies mid-chunk costs only the rest.
       let current = indexes;
@@ -347,7 +416,8 @@ export async function runBatch(
         {
           deadline: options.deadline,
           preferred,
-          exclude: avoid,
+          // Workers that cannot fetch before the deadline take nothing, not even spill-over.
+          exclude: [...avoid, ...unusable],
           signal: stop,
           onProgress: ({ done: d, item, worker }) => {
             const i = item ? current[item.index] : undefined;
@@ -363,6 +433,7 @@ export async function runBatch(
         },
       );
       inProgress.delete(key);
+      commit(home, -indexes.length);
       const open = current.filter((i) => !settled.has(i));
       if (!outcome.ok) {
         if (open.length > 0 && !tooLarge) {

@@ -45,8 +45,13 @@ export interface MarketsJobOptions extends MarketRange {
   resume?: boolean;
   /** Items per streamed batch; two batches run at once so workers never wait between them. @default 200 */
   batchSize?: number;
-  /** Seconds each batch may take (the server caps it). @default the server's */
+  /** Seconds each batch may take (the server caps it at its `--max-timeout`). @default 300 */
   timeout?: number;
+  /**
+   * How long symbols refused for want of upstream capacity (every worker cooling down or out of
+   * budget) keep being offered again while nothing else finishes, in ms. @default 600000
+   */
+  maxWaitMs?: number;
   /** Rows of each series in the `table` view (the latest ones). @default 5 */
   tableRows?: number;
   /** Receives the counts whenever they change. */
@@ -129,6 +134,11 @@ export async function runMarketsJob(
     files: new Map(),
   };
   const failures = new Map<number, FailedSymbol>();
+  // Items the server refused for want of upstream capacity (`UPSTREAM_BUDGET`): never tried, so
+  // they go back in the queue rather than to failed.txt, unless nothing moves for `maxWaitMs`.
+  const deferred = new Map<number, FailedSymbol>();
+  let retryAt = Infinity;
+  let lastProgress = Date.now();
   const counts = () => ({
     done: report.ok + report.skipped + failures.size,
     failed: failures.size,
@@ -179,7 +189,7 @@ export async function runMarketsJob(
     });
     const seen = new Set<number>();
     const stream = client.stream("get_markets", items, {
-      timeout: options.timeout,
+      timeout: options.timeout ?? 300,
       signal: options.signal,
     });
     let answer: RequesterAnswer | undefined;
@@ -238,6 +248,19 @@ export async function runMarketsJob(
       const code = typeof r.error_code === "string"
         ? r.error_code
         : "WORKER_ERROR";
+      if (code === "UPSTREAM_BUDGET") {
+        // Refused by the server before any upstream call: it goes back in the queue.
+        deferred.set(i, {
+          ...symbols[i],
+          error: String(r.error ?? "Refused"),
+          error_code: code,
+          retriable: true,
+        });
+        if (typeof r.retry_at === "number") {
+          retryAt = Math.min(retryAt, r.retry_at);
+        }
+        return;
+      }
       fail(
         i,
         typeof r.error === "string"
@@ -250,6 +273,7 @@ export async function runMarketsJob(
       );
       return;
     }
+    lastProgress = Date.now();
     const bars = Array.isArray(r.data) ? r.data.length : 0;
     if (outDir) {
       const path = pathOf(symbols[i]);
@@ -274,19 +298,40 @@ export async function runMarketsJob(
   };
 
   const size = Math.max(1, options.batchSize ?? 200);
-  const batches: number[][] = [];
-  for (let k = 0; k < todo.length; k += size) {
-    batches.push(todo.slice(k, k + size));
-  }
-  let next = 0;
+  const queue = [...todo];
+  const maxWaitMs = options.maxWaitMs ?? 600_000;
   const lane = async () => {
-    while (next < batches.length) {
-      const batch = batches[next++];
+    while (queue.length > 0) {
+      const batch = queue.splice(0, size);
       if (options.signal?.aborted) {
         for (const i of batch) fail(i, "Job interrupted", "CANCELLED", true);
         continue;
       }
       await runBatch(batch);
+      const refused = batch.filter((i) => deferred.has(i));
+      if (refused.length === 0) continue;
+      const stalled = Date.now() - lastProgress;
+      if (stalled > maxWaitMs || options.signal?.aborted) {
+        // Nothing moved for too long: the workers' upstreams stay closed. Say so per symbol.
+        for (const i of refused) {
+          failures.set(i, deferred.get(i)!);
+          deferred.delete(i);
+        }
+        options.onProgress?.(counts());
+        continue;
+      }
+      if (refused.length === batch.length) {
+        // Nothing of this batch could go: wait for a cool-down to end or capacity to free up.
+        const wait = Math.min(
+          Math.max(1000, (retryAt === Infinity ? 0 : retryAt) - Date.now()),
+          60_000,
+          Math.max(1000, maxWaitMs - stalled + 1000),
+        );
+        await sleep(wait, options.signal);
+      }
+      retryAt = Infinity;
+      for (const i of refused) deferred.delete(i);
+      queue.push(...refused);
     }
   };
   await Promise.all([lane(), lane()]);
@@ -435,6 +480,18 @@ function tableView(
     );
   }
   return lines.join("\n") + "\n\n";
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener("abort", done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener("abort", done, { once: true });
+  });
 }
 
 async function isFile(path: string): Promise<boolean> {

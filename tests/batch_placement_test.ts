@@ -1,0 +1,190 @@
+import assert from "node:assert/strict";
+import { RequesterClient } from "../lib/mod.ts";
+import type { UpstreamReport } from "../lib/batch_placement.ts";
+import { idOf, startTestServer, startWorker } from "./_helpers.ts";
+import type { Worker } from "../lib/worker_client.ts";
+
+type Item = { symbol_type: string; code: string };
+
+function etfs(n: number): Item[] {
+  return Array.from({ length: n }, (_, i) => ({
+    symbol_type: "etf",
+    code: `51${String(1000 + i).slice(-4)}`,
+  }));
+}
+
+/** A worker that answers every item and counts what it was given. */
+async function counting(
+  server: ReturnType<typeof startTestServer>,
+  name: string,
+  asked: Map<string, number>,
+): Promise<Worker> {
+  return await startWorker(server, {
+    name,
+    actions: {
+      get_markets: (params) => {
+        const list = params as Item[];
+        asked.set(name, (asked.get(name) ?? 0) + list.length);
+        return list.map((p) => ({ success: true, code: p.code, data: [] }));
+      },
+    },
+  });
+}
+
+/** Sets what a worker's heartbeat would say of its upstream, as the server keeps it. */
+function report(
+  server: ReturnType<typeof startTestServer>,
+  worker: Worker,
+  upstream: UpstreamReport,
+): void {
+  const peer = server.broker.dispatcher.registry.get(idOf(worker));
+  assert.ok(peer);
+  (peer as unknown as { upstream: UpstreamReport }).upstream = upstream;
+}
+
+function host(fields: Partial<UpstreamReport["hosts"][string]>) {
+  return {
+    hosts: {
+      "push2his.eastmoney.com": {
+        cooldown_until: 0,
+        budget_hour: 1000,
+        budget_day: 1000,
+        rate: 1,
+        ...fields,
+      },
+    },
+  };
+}
+
+Deno.test("placement - a worker cooling down past the deadline gets no item; the others share by their rates", async () => {
+  await using server = startTestServer();
+  const asked = new Map<string, number>();
+  const workers = [
+    await counting(server, "cool", asked),
+    await counting(server, "fast", asked),
+    await counting(server, "slow", asked),
+  ];
+  const client = new RequesterClient(server.requesterUrl);
+  await client.connect();
+  try {
+    report(
+      server,
+      workers[0],
+      host({ cooldown_until: Date.now() + 3_600_000 }),
+    );
+    report(server, workers[1], host({ rate: 3 }));
+    report(server, workers[2], host({ rate: 1 }));
+    const answer = await client.request("get_markets", etfs(120), {
+      timeout: 120,
+    });
+    assert.equal(answer.success, true, answer.error ?? "");
+    const data = answer.data as { summary: { success: number } };
+    assert.equal(data.summary.success, 120);
+    assert.equal(asked.get("cool") ?? 0, 0, "the cooling worker was asked");
+    const fast = asked.get("fast") ?? 0;
+    const slow = asked.get("slow") ?? 0;
+    assert.equal(fast + slow, 120);
+    assert.ok(fast > 2 * slow, `fast ${fast}, slow ${slow}`);
+  } finally {
+    await client.close();
+    await Promise.all(workers.map((w) => w.stop()));
+  }
+});
+
+Deno.test("placement - items beyond what the budgets allow before the deadline are refused at once, retriable, and never sent", async () => {
+  await using server = startTestServer();
+  const asked = new Map<string, number>();
+  const workers = [
+    await counting(server, "a", asked),
+    await counting(server, "b", asked),
+  ];
+  const client = new RequesterClient(server.requesterUrl);
+  await client.connect();
+  try {
+    report(server, workers[0], host({ budget_hour: 8 }));
+    report(server, workers[1], host({ budget_hour: 50, budget_day: 12 }));
+    const items = etfs(30);
+    const results = new Map<number, Record<string, unknown>>();
+    const batch = client.stream("get_markets", items, { timeout: 60 });
+    for await (const { index, result } of batch) {
+      results.set(index, result as Record<string, unknown>);
+    }
+    const answer = await batch.answer;
+    assert.equal(answer.success, true);
+    assert.equal(results.size, 30);
+    const refused = [...results.values()].filter((r) =>
+      r.error_code === "UPSTREAM_BUDGET"
+    );
+    assert.equal(refused.length, 10);
+    for (const r of refused) {
+      assert.equal(r.success, false);
+      assert.equal(r.retriable, true);
+      assert.match(String(r.error), /allow about 20 of 30 items/);
+    }
+    // Whole input order: the first 20 went, the last 10 did not.
+    assert.deepEqual(
+      [...results.entries()].filter(([, r]) => r.success).map(([i]) => i)
+        .sort((a, b) => a - b),
+      Array.from({ length: 20 }, (_, i) => i),
+    );
+    assert.equal((asked.get("a") ?? 0) + (asked.get("b") ?? 0), 20);
+    assert.ok((asked.get("a") ?? 0) <= 8);
+  } finally {
+    await client.close();
+    await Promise.all(workers.map((w) => w.stop()));
+  }
+});
+
+Deno.test("placement - when every worker is cooling down, each item says so with when to come back, and no worker is asked", async () => {
+  await using server = startTestServer();
+  const asked = new Map<string, number>();
+  const workers = [
+    await counting(server, "a", asked),
+    await counting(server, "b", asked),
+  ];
+  const client = new RequesterClient(server.requesterUrl);
+  await client.connect();
+  try {
+    const soon = Date.now() + 600_000;
+    report(server, workers[0], host({ cooldown_until: soon }));
+    report(server, workers[1], host({ cooldown_until: soon + 60_000 }));
+    const answer = await client.request("get_markets", etfs(4), {
+      timeout: 30,
+    });
+    assert.equal(answer.success, true);
+    const results = (answer.data as { results: Record<string, unknown>[] })
+      .results;
+    for (const r of results) {
+      assert.equal(r.error_code, "UPSTREAM_BUDGET");
+      assert.equal(r.retriable, true);
+      assert.equal(r.retry_at, soon);
+      assert.match(String(r.error), /cooling down or out of budget/);
+    }
+    assert.equal(asked.size, 0);
+  } finally {
+    await client.close();
+    await Promise.all(workers.map((w) => w.stop()));
+  }
+});
+
+Deno.test("placement - workers that report nothing are placed as before", async () => {
+  await using server = startTestServer();
+  const asked = new Map<string, number>();
+  const workers = [
+    await counting(server, "a", asked),
+    await counting(server, "b", asked),
+  ];
+  const client = new RequesterClient(server.requesterUrl);
+  await client.connect();
+  try {
+    const answer = await client.request("get_markets", etfs(60));
+    assert.equal(
+      (answer.data as { summary: { success: number } }).summary.success,
+      60,
+    );
+    assert.ok((asked.get("a") ?? 0) > 0 && (asked.get("b") ?? 0) > 0);
+  } finally {
+    await client.close();
+    await Promise.all(workers.map((w) => w.stop()));
+  }
+});
