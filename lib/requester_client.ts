@@ -110,6 +110,7 @@ export class RequesterClient {
   #reconnecting: Promise<void> | undefined;
   #stop = new AbortController();
   #resubmitted = 0;
+  #stray = 0;
 
   constructor(url: string, options: RequesterClientOptions = {}) {
     this.urls = url.split(",").map((u) => u.trim()).filter(Boolean);
@@ -120,6 +121,11 @@ export class RequesterClient {
   /** The URL of the current (or next) connection. */
   get url(): string {
     return this.urls[this.#at];
+  }
+
+  /** Final answers that matched no waiting request (abandoned, or a duplicate). */
+  get strayAnswers(): number {
+    return this.#stray;
   }
 
   /** Requests sent again after a dropped connection (with `resubmit`). */
@@ -238,7 +244,11 @@ export class RequesterClient {
       return;
     }
     const pending = this.#pending.get(id);
-    if (!pending) return;
+    if (!pending) {
+      // An answer for nothing that waits: given up on (timeout, abort), or a duplicate.
+      if ("success" in message) this.#stray++;
+      return;
+    }
     if ("progress" in message && !("success" in message)) {
       pending.onProgress?.(
         message.progress as { done: number; total?: number },
