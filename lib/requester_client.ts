@@ -43,13 +43,24 @@ export interface RequesterClientOptions extends ConnectOptions {
   resubmit?: boolean;
   /** Commands never sent twice by `resubmit`. @default [] */
   nonRetriable?: string[];
+  /**
+   * When a request is aborted, also send `{"request_id", "cancel": true}` so the server stops
+   * its work and answers it with `CANCELLED`. Off by default: a server that predates the
+   * `cancel` frame answers the frame itself with an error, which frees the request id early.
+   * @default false
+   */
+  cancelOnAbort?: boolean;
 }
 
 /** Per-request choices for {@linkcode RequesterClient.request}. */
 export interface RequestOptions {
   /** Seconds the server may take; sent as the request's `timeout`. */
   timeout?: number;
-  /** Abandons the wait (the server's answer, when it comes, is dropped). */
+  /**
+   * Abandons the wait. The server's answer, when it comes, is dropped, and until it comes (or
+   * the request's deadline passes) its `request_id` stays reserved: reusing it is refused, so a
+   * late answer can never settle a newer request. With `cancelOnAbort` the server is told too.
+   */
   signal?: AbortSignal;
   /** Asks for progress frames and receives them here (batches). */
   onProgress?: (progress: { done: number; total?: number }) => void;
@@ -105,6 +116,12 @@ export class RequesterClient {
   #options: RequesterClientOptions;
   #socket: WebSocket | undefined;
   #pending = new Map<string, Pending>();
+  /**
+   * Ids of aborted requests whose answer may still come, each with the timer that frees it at
+   * the request's deadline. The server keeps working on an aborted request, so its answer and a
+   * new request with the same id could cross on the wire.
+   */
+  #reserved = new Map<string, ReturnType<typeof setTimeout>>();
   #closed: Promise<void> | undefined;
   #closing = false;
   #reconnecting: Promise<void> | undefined;
@@ -194,6 +211,9 @@ export class RequesterClient {
         this.#pending.delete(id);
         pending.reject(error);
       }
+      // The server forgets a closed connection's requests: nothing late can come on another.
+      for (const timer of this.#reserved.values()) clearTimeout(timer);
+      this.#reserved.clear();
       closed.resolve();
       if (again) void this.#reconnect();
     });
@@ -246,7 +266,10 @@ export class RequesterClient {
     const pending = this.#pending.get(id);
     if (!pending) {
       // An answer for nothing that waits: given up on (timeout, abort), or a duplicate.
-      if ("success" in message) this.#stray++;
+      if ("success" in message) {
+        this.#stray++;
+        this.#release(id);
+      }
       return;
     }
     if ("progress" in message && !("success" in message)) {
@@ -265,6 +288,13 @@ export class RequesterClient {
     }
     this.#pending.delete(id);
     pending.resolve(message as unknown as RequesterAnswer);
+  }
+
+  #release(id: string): void {
+    const timer = this.#reserved.get(id);
+    if (timer === undefined) return;
+    clearTimeout(timer);
+    this.#reserved.delete(id);
   }
 
   #wrongPort: WrongPortError | undefined;
@@ -383,6 +413,13 @@ export class RequesterClient {
         new RangeError(`Request id '${requestId}' is already in flight`),
       );
     }
+    if (this.#reserved.has(requestId)) {
+      return Promise.reject(
+        new RangeError(
+          `Request id '${requestId}' is still reserved: an aborted request with this id may yet be answered`,
+        ),
+      );
+    }
     const timeout = options.timeout ?? this.#options.timeout;
     const frame: Record<string, unknown> = {
       request_id: requestId,
@@ -398,6 +435,7 @@ export class RequesterClient {
     // The server answers every request by its deadline; this only guards against a server that
     // vanished without closing the connection.
     const waitMs = (timeout ?? 300) * 1000 + (this.#options.graceMs ?? 5000);
+    const giveUpAt = performance.now() + waitMs;
     const timer = setTimeout(() => {
       if (this.#pending.delete(requestId)) {
         reject(
@@ -408,10 +446,26 @@ export class RequesterClient {
       }
     }, waitMs);
     const onAbort = () => {
-      if (this.#pending.delete(requestId)) {
-        clearTimeout(timer);
-        reject(options.signal!.reason);
+      const entry = this.#pending.get(requestId);
+      if (!entry) return;
+      this.#pending.delete(requestId);
+      clearTimeout(timer);
+      // Only a request the server has may still be answered (or cancelled).
+      if (entry.sent) {
+        this.#reserved.set(
+          requestId,
+          setTimeout(
+            () => this.#reserved.delete(requestId),
+            Math.max(0, giveUpAt - performance.now()),
+          ),
+        );
+        if (this.#options.cancelOnAbort && this.#socket?.readyState === 1) {
+          this.#socket.send(
+            JSON.stringify({ request_id: requestId, cancel: true }),
+          );
+        }
       }
+      reject(options.signal!.reason);
     };
     options.signal?.addEventListener("abort", onAbort, { once: true });
     const done = () => {

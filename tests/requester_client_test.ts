@@ -1,7 +1,13 @@
 import assert from "node:assert/strict";
 import { ConnectionClosedError, RequestTimeoutError } from "../lib/errors.ts";
 import { RequesterClient } from "../lib/requester_client.ts";
-import { openRawWorker, startTestServer, startWorker } from "./_helpers.ts";
+import {
+  openRawWorker,
+  startTestServer,
+  startWorker,
+  waitFor,
+  within,
+} from "./_helpers.ts";
 
 type Behaviour = (
   socket: WebSocket,
@@ -162,30 +168,177 @@ Deno.test("requester client - gives up after the timeout plus grace when no answ
   await client.close();
 });
 
-Deno.test("requester client - an aborted request rejects with the signal's reason and its late answer is ignored", async () => {
-  const answers: (() => void)[] = [];
-  await using fake = startFakeServer((socket, request) =>
-    answers.push(() => echo(socket, request))
+/**
+ * `request`'s outcome, bounded so a regression fails instead of hanging, and marked handled so
+ * an early rejection is reported where the test awaits it.
+ */
+function answerOf<T>(request: Promise<T>): Promise<T> {
+  const bounded = within(request, "the answer");
+  bounded.catch(() => {});
+  return bounded;
+}
+
+/** A fake server that holds every frame until the test answers it. */
+function startHoldingServer() {
+  const frames: { socket: WebSocket; request: Record<string, unknown> }[] = [];
+  const fake = startFakeServer((socket, request) =>
+    frames.push({ socket, request })
   );
-  const client = new RequesterClient(fake.url);
-  await client.connect();
-  const controller = new AbortController();
-  const reason = new Error("changed my mind");
-  const pending = client.request("slow", {}, {
-    signal: controller.signal,
-    requestId: "r1",
+  return Object.assign(fake, {
+    frames,
+    /** The `n`th frame received (from 1), once it has come. */
+    async frame(n: number) {
+      await waitFor(() => frames.length >= n, `frame ${n}`);
+      return frames[n - 1];
+    },
   });
-  controller.abort(reason);
-  await assert.rejects(pending, (e) => e === reason);
-  assert.equal(client.inFlight, 0);
-  while (answers.length === 0) await new Promise((r) => setTimeout(r, 10));
-  answers[0]();
-  // The same id may be used again, and only its own answer settles it.
-  const again = client.request("echo", { second: true }, { requestId: "r2" });
-  while (answers.length < 2) await new Promise((r) => setTimeout(r, 10));
-  answers[1]();
-  assert.deepEqual((await again).data, { second: true });
-  await client.close();
+}
+
+Deno.test("requester client - an aborted id stays reserved until its late answer, which settles nothing", async () => {
+  await using fake = startHoldingServer();
+  const client = new RequesterClient(fake.url);
+  try {
+    await client.connect();
+    const controller = new AbortController();
+    const reason = new Error("changed my mind");
+    const aborted = client.request("slow", { first: true }, {
+      signal: controller.signal,
+      requestId: "r1",
+    });
+    controller.abort(reason);
+    await assert.rejects(within(aborted, "the abort"), (e) => e === reason);
+    assert.equal(client.inFlight, 0);
+    // Reusing the id now would let the first request's answer, still on its way, settle the
+    // new one: refused.
+    await assert.rejects(
+      within(
+        client.request("echo", { second: true }, { requestId: "r1" }),
+        "the refusal",
+      ),
+      { name: "RangeError", message: /'r1' is still reserved/ },
+    );
+    const first = await fake.frame(1);
+    echo(first.socket, first.request);
+    // A request sent after the late answer is read after it too (one ordered connection).
+    const probe = answerOf(client.request("probe", {}, { requestId: "probe" }));
+    const probed = await fake.frame(2);
+    echo(probed.socket, probed.request);
+    await probe;
+    // The late answer freed the id; a new request with it gets its own answer only.
+    const again = answerOf(
+      client.request("echo", { second: true }, { requestId: "r1" }),
+    );
+    const second = await fake.frame(3);
+    assert.deepEqual(second.request.data, { second: true });
+    echo(second.socket, second.request);
+    assert.deepEqual((await again).data, {
+      second: true,
+    });
+    assert.equal(fake.frames.length, 3, "no cancel frame unless asked for");
+  } finally {
+    await client.close();
+  }
+});
+
+Deno.test("requester client - an aborted id is freed once the request's deadline has passed", async () => {
+  await using fake = startHoldingServer();
+  const client = new RequesterClient(fake.url, { graceMs: 20 });
+  const stray: Promise<unknown>[] = [];
+  try {
+    await client.connect();
+    const controller = new AbortController();
+    const aborted = client.request("slow", {}, {
+      signal: controller.signal,
+      requestId: "r1",
+      timeout: 0.03,
+    });
+    controller.abort(new Error("gone"));
+    await assert.rejects(within(aborted, "the abort"), { message: "gone" });
+    await assert.rejects(
+      within(client.request("x", {}, { requestId: "r1" }), "the refusal"),
+      RangeError,
+    );
+    // No answer ever comes; past 30 ms + 20 ms of grace the id is free again.
+    let reused: Promise<unknown> | undefined;
+    await waitFor(() => {
+      const attempt = client.request("x", {}, { requestId: "r1" });
+      attempt.catch(() => {});
+      stray.push(attempt);
+      if (client.inFlight === 0) return false;
+      reused = attempt;
+      return true;
+    }, "the id to be freed");
+    assert.ok(reused);
+    await fake.frame(2);
+    assert.equal(fake.frames[1].request.request_id, "r1");
+  } finally {
+    await client.close();
+    await Promise.allSettled(stray);
+  }
+});
+
+Deno.test("requester client - a closed connection frees every reserved id", async () => {
+  await using fake = startHoldingServer();
+  const client = new RequesterClient(fake.url);
+  try {
+    await client.connect();
+    const controller = new AbortController();
+    const aborted = client.request("slow", {}, {
+      signal: controller.signal,
+      requestId: "r1",
+    });
+    controller.abort(new Error("gone"));
+    await assert.rejects(within(aborted, "the abort"), { message: "gone" });
+    await client.close();
+    // The 300 s reservation timer is gone with the connection (the sanitizer would see it).
+    await client.connect();
+    const again = answerOf(
+      client.request("echo", { n: 1 }, { requestId: "r1" }),
+    );
+    const frame = await fake.frame(2);
+    echo(frame.socket, frame.request);
+    assert.deepEqual((await again).data, { n: 1 });
+  } finally {
+    await client.close();
+  }
+});
+
+Deno.test("requester client - with cancelOnAbort an abort sends a cancel frame, and the server's answer frees the id", async () => {
+  await using fake = startHoldingServer();
+  const client = new RequesterClient(fake.url, { cancelOnAbort: true });
+  try {
+    await client.connect();
+    const controller = new AbortController();
+    const aborted = client.request("slow", {}, {
+      signal: controller.signal,
+      requestId: "r1",
+    });
+    await fake.frame(1);
+    controller.abort(new Error("gone"));
+    await assert.rejects(within(aborted, "the abort"), { message: "gone" });
+    const cancel = await fake.frame(2);
+    assert.deepEqual(cancel.request, { request_id: "r1", cancel: true });
+    cancel.socket.send(JSON.stringify({
+      request_id: "r1",
+      success: false,
+      data: null,
+      error: "Cancelled by the requester",
+      error_code: "CANCELLED",
+      processed_by: null,
+    }));
+    const probe = answerOf(client.request("probe", {}, { requestId: "probe" }));
+    const probed = await fake.frame(3);
+    echo(probed.socket, probed.request);
+    await probe;
+    const again = answerOf(
+      client.request("echo", { n: 2 }, { requestId: "r1" }),
+    );
+    const frame = await fake.frame(4);
+    echo(frame.socket, frame.request);
+    assert.deepEqual((await again).data, { n: 2 });
+  } finally {
+    await client.close();
+  }
 });
 
 Deno.test("requester client - refuses a request_id already in flight", async () => {
