@@ -18,6 +18,8 @@ import { MessageType } from "./protocol.ts";
 import { type Clock, systemClock, type WorkerInfo } from "./registry.ts";
 import { serverActions } from "./server_actions.ts";
 import { logger } from "./log.ts";
+import { Metrics } from "./metrics.ts";
+import { BATCH_COMMAND } from "./batch.ts";
 import { RequesterPort } from "./broker/requester_port.ts";
 import { WorkerPort } from "./broker/worker_port.ts";
 import { sweep } from "./broker/sweep.ts";
@@ -31,6 +33,7 @@ import {
 } from "./broker/options.ts";
 
 export { VERSION } from "./broker/options.ts";
+import { VERSION } from "./broker/options.ts";
 export type {
   BrokerOptions,
   BrokerStats,
@@ -41,6 +44,8 @@ export type {
 export class Broker {
   readonly dispatcher: Dispatcher;
   readonly clock: Clock;
+  /** Live counters: `GET /metrics` on both ports, and the dashboard. */
+  readonly metrics: Metrics;
   #o: ResolvedOptions;
   #actions: Record<string, ActionHandler>;
   #core: BrokerCore;
@@ -69,6 +74,16 @@ export class Broker {
       ...serverActions(() => this.workers()),
       ...options.actions,
     };
+    this.metrics = new Metrics({
+      clock: this.clock,
+      version: VERSION,
+      // A command earns its own series when the server or some worker offers it by name.
+      isKnownCommand: (command) =>
+        command === BATCH_COMMAND || Object.hasOwn(this.#actions, command) ||
+        this.dispatcher.registry.all().some((w) =>
+          w.actions?.has(command) === true
+        ),
+    });
     // What the ports and the sweep see of the broker.
     // deno-lint-ignore no-this-alias
     const broker = this;
@@ -84,6 +99,7 @@ export class Broker {
         return broker.#closed;
       },
       stats: () => this.stats(),
+      metrics: this.metrics,
     };
     this.#core = core;
     this.#workerPort = new WorkerPort(core, {
@@ -102,19 +118,28 @@ export class Broker {
     }
     this.handleWorker = this.#workerPort.handle;
     this.handleRequester = this.#requesterPort.handle;
+    const registry = this.dispatcher.registry;
+    const requesters = this.#requesterPort;
+    this.metrics.attach({
+      workers: () => registry.all(),
+      queued: () => this.dispatcher.queued,
+      inFlight: () => requesters.active,
+      connections: (port) =>
+        port === "worker" ? registry.size : requesters.connected,
+    });
   }
 
   /** The worker port's request handler. */
   readonly handleWorker: (
     req: Request,
     info?: Deno.ServeHandlerInfo,
-  ) => Response;
+  ) => Response | Promise<Response>;
 
   /** The requester port's request handler. */
   readonly handleRequester: (
     req: Request,
     info?: Deno.ServeHandlerInfo,
-  ) => Response;
+  ) => Response | Promise<Response>;
 
   /** The connected workers (in a cluster: of every server), as `get_client_info` shows them. */
   workers(): WorkerInfo[] {
@@ -238,6 +263,7 @@ export class Broker {
     this.#closed = true;
     this.#draining = true;
     if (this.#sweeper !== undefined) clearInterval(this.#sweeper);
+    this.#requesterPort.closeSite();
     this.dispatcher.failAll(
       new SwitchyardError(ErrorCode.SHUTTING_DOWN, "Server is shutting down"),
     );

@@ -7,6 +7,7 @@
  */
 
 import type { WorkerLoad } from "./balancer.ts";
+import type { UpstreamStatus } from "./upstream_status.ts";
 
 /** A clock in ms; inject one in tests. */
 export interface Clock {
@@ -46,6 +47,8 @@ export interface WorkerInfo {
   draining: boolean;
   registered: boolean;
   blocked_sources: string[];
+  /** What the worker last said of its market-data upstreams; absent when it never did. */
+  upstream?: UpstreamStatus;
   connected_since: string;
   last_seen: string;
   /** In a cluster: the name of the server the worker is attached to. */
@@ -75,6 +78,8 @@ export class WorkerRecord implements WorkerLoad {
   /** Sources whose upstream the worker reported blocked, or that answered blocked recently. */
   blockedSources: string[] = [];
   blockedUntil = 0;
+  /** The `upstream` field of the worker's last heartbeat that had one. */
+  upstream: UpstreamStatus | undefined;
   inFlight = 0;
   served = 0;
   failures = 0;
@@ -179,6 +184,7 @@ export class WorkerRecord implements WorkerLoad {
       draining: this.draining,
       registered: this.registered,
       blocked_sources: this.blockedSources,
+      ...(this.upstream ? { upstream: this.upstream } : {}),
       connected_since: new Date(this.connectedAt).toISOString(),
       last_seen: new Date(this.lastSeen).toISOString(),
     };

@@ -38,8 +38,10 @@ Deno.test("broker - serves GET /health as JSON on both ports", async () => {
 Deno.test("broker - answers other plain HTTP with 426 Upgrade Required", async () => {
   await using server = startTestServer();
   for (const port of [server.port, server.requesterPort]) {
+    // GET / on the requester port is the dashboard.
+    const root = port === server.port ? [["GET", "/"]] : [];
     for (
-      const [method, path] of [["GET", "/"], ["GET", "/nope"], [
+      const [method, path] of [...root, ["GET", "/nope"], [
         "POST",
         "/health",
       ]]

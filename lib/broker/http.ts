@@ -6,6 +6,7 @@
 
 import { authorized } from "../auth.ts";
 import { logger } from "../log.ts";
+import { Metrics } from "../metrics.ts";
 import { type BrokerCore, VERSION } from "./options.ts";
 
 const log = logger("broker");
@@ -31,7 +32,7 @@ export function plainHttp(
   core: BrokerCore,
   req: Request,
   port: PortName,
-): Response | undefined {
+): Response | Promise<Response> | undefined {
   if (req.headers.get("upgrade")?.toLowerCase() === "websocket") {
     return undefined;
   }
@@ -39,9 +40,14 @@ export function plainHttp(
   if (req.method === "GET" && path === "/health") {
     return json({ ...core.stats(), port, version: VERSION });
   }
+  if (req.method === "GET" && path === "/metrics") {
+    return core.metrics.text().then((text) =>
+      new Response(text, { headers: { "content-type": Metrics.CONTENT_TYPE } })
+    );
+  }
   return new Response(
     `This is the Switchyard ${port} port: connect with a WebSocket client ` +
-      `(ws://host:port/), or GET /health for status.\n`,
+      `(ws://host:port/), or GET /health for status, GET /metrics for Prometheus.\n`,
     {
       status: 426,
       headers: { "content-type": "text/plain", upgrade: "websocket" },
@@ -59,9 +65,11 @@ export function refuseUpgrade(
   address = "unknown",
 ): Response | undefined {
   if (core.closed) {
+    core.metrics.refused(port, "shutting_down");
     return new Response("Server is shutting down\n", { status: 503 });
   }
   if (!authorized(req, token)) {
+    core.metrics.refused(port, "unauthorized");
     log.warn(
       "Refused a {port} connection from {address}: missing or invalid token",
       {
@@ -76,6 +84,7 @@ export function refuseUpgrade(
   }
   const limit = core.options.maxConnections;
   if (connections >= limit) {
+    core.metrics.refused(port, "too_many_connections");
     log.warn(
       "Refused a {port} connection from {address}: {limit} connections already",
       {

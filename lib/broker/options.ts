@@ -8,6 +8,7 @@
 import type { ActionHandler } from "../action.ts";
 import type { Strategy } from "../balancer.ts";
 import type { Dispatcher } from "../dispatcher.ts";
+import type { Metrics } from "../metrics.ts";
 import type { Envelope } from "../protocol.ts";
 import type { Clock, WorkerInfo } from "../registry.ts";
 import type { ClusterStatus } from "../cluster/link.ts";
@@ -148,4 +149,6 @@ export interface BrokerCore {
   /** Closed: not taking new connections either. */
   readonly closed: boolean;
   stats(): BrokerStats;
+  /** Live counters for `/metrics` and the dashboard. */
+  readonly metrics: Metrics;
 }

@@ -25,6 +25,8 @@ import {
 } from "../protocol.ts";
 import { plainHttp, refuseUpgrade, remoteAddress } from "./http.ts";
 import type { BrokerCore } from "./options.ts";
+import type { RequestRunner, RunOptions } from "../http_api.ts";
+import { WebSite } from "../web/site.ts";
 
 const log = logger("broker");
 
@@ -32,6 +34,8 @@ interface RequesterPeer {
   id: string;
   socket: WebSocket;
   address: string;
+  /** Set for an HTTP caller: takes its frames instead of a socket. */
+  sink?: (frame: Record<string, unknown>) => void;
   /** Requests in flight by `request_id`, each with what cancels it. */
   requests: Map<string, Cancellation>;
   /** Dropped for not reading: forgotten, though its socket may linger until the peer reads. */
@@ -42,9 +46,10 @@ interface RequesterPeer {
 const REQUEST_ID_PEEK = /"request_id"\s*:\s*"([^"\\]{1,200})"/;
 
 /** The requester port's handling; see the module doc. */
-export class RequesterPort {
+export class RequesterPort implements RequestRunner {
   #core: BrokerCore;
   #token?: string;
+  #site: WebSite;
   #peers = new Set<RequesterPeer>();
   /** Dropped slow readers whose sockets have not closed yet. */
   #lingering = 0;
@@ -56,7 +61,39 @@ export class RequesterPort {
   constructor(core: BrokerCore, options: { token?: string }) {
     this.#core = core;
     this.#token = options.token;
+    this.#site = new WebSite(core, { token: options.token, runner: this });
     this.handle = this.handle.bind(this);
+  }
+
+  /** Largest requester frame, in characters. */
+  get maxFrameBytes(): number {
+    return this.#core.options.maxRequesterFrameBytes;
+  }
+
+  /**
+   * Runs one frame for an HTTP caller exactly as a frame on a connection of its own: the same
+   * checks, limits and answers. Resolves with the answer; `onFrame` sees the frames before it.
+   */
+  run(raw: string, options: RunOptions): Promise<Record<string, unknown>> {
+    const done = Promise.withResolvers<Record<string, unknown>>();
+    const peer: RequesterPeer = {
+      id: shortId(8),
+      socket: undefined as unknown as WebSocket,
+      address: options.address,
+      requests: new Map(),
+      sink: (frame) => {
+        if ("success" in frame) done.resolve(frame);
+        else options.onFrame?.(frame);
+      },
+    };
+    const signal = options.signal;
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    const abort = () => this.#forget(peer, "HTTP client went away");
+    signal?.addEventListener("abort", abort, { once: true });
+    this.#onRequesterFrame(peer, raw);
+    return done.promise.finally(() =>
+      signal?.removeEventListener("abort", abort)
+    );
   }
 
   /** Connected requesters. */
@@ -84,6 +121,11 @@ export class RequesterPort {
     return [...this.#peers].map((peer) => peer.socket);
   }
 
+  /** Ends the dashboard's event streams, so the HTTP server can shut down. */
+  closeSite(): void {
+    this.#site.close();
+  }
+
   /** Resolves once no request is being served, or after `graceMs`. */
   async settled(graceMs: number): Promise<void> {
     if (this.#active === 0) return;
@@ -94,7 +136,12 @@ export class RequesterPort {
   }
 
   /** The requester port's request handler. */
-  handle(req: Request, info?: Deno.ServeHandlerInfo): Response {
+  handle(
+    req: Request,
+    info?: Deno.ServeHandlerInfo,
+  ): Response | Promise<Response> {
+    const site = this.#site.handle(req, info);
+    if (site) return site;
     const plain = plainHttp(this.#core, req, "requester");
     if (plain) return plain;
     const refused = refuseUpgrade(
@@ -118,6 +165,7 @@ export class RequesterPort {
     };
     socket.onopen = () => {
       this.#peers.add(peer);
+      this.#core.metrics.accepted("requester");
       log.debug("Requester {id} connected from {address}", {
         id: peer.id,
         address: peer.address,
@@ -137,6 +185,7 @@ export class RequesterPort {
     peer: RequesterPeer,
     answer: RequesterAnswer | Record<string, unknown>,
   ): void {
+    if (peer.sink) return peer.sink(answer as Record<string, unknown>);
     const socket = peer.socket;
     if (socket.readyState !== WebSocket.OPEN) return;
     if (socket.bufferedAmount > this.#core.options.maxBufferedBytes) {
@@ -198,6 +247,8 @@ export class RequesterPort {
     error: string,
   ): void {
     this.#failed++;
+    const now = this.#core.clock.now();
+    this.#core.metrics.request("", code, 0, now, error);
     log.debug("Rejected a frame from requester {id}: {error}", {
       id: peer.id,
       error,
@@ -269,6 +320,7 @@ export class RequesterPort {
     cancellation: Cancellation,
   ): Promise<void> {
     const id = request.request_id;
+    const started = this.#core.clock.now();
     let answer: RequesterAnswer;
     try {
       answer = await this.#run(peer, request, cancellation);
@@ -282,8 +334,25 @@ export class RequesterPort {
     }
     peer.requests.delete(id);
     this.#active--;
-    if (answer.success) this.#answered++;
-    else this.#failed++;
+    const now = this.#core.clock.now();
+    if (answer.success) {
+      this.#answered++;
+      this.#core.metrics.request(
+        request.command,
+        undefined,
+        now - started,
+        now,
+      );
+    } else {
+      this.#failed++;
+      this.#core.metrics.request(
+        request.command,
+        answer.error_code ?? ErrorCode.WORKER_ERROR,
+        now - started,
+        now,
+        answer.error ?? undefined,
+      );
+    }
     if (!cancellation.aborted) this.#answer(peer, answer);
     if (this.#active === 0) this.#idle?.resolve();
   }
@@ -311,21 +380,22 @@ export class RequesterPort {
         return failureAnswer(id, e.message, e.code);
       }
       let lastSent = 0;
+      const tracker = this.#core.metrics.batchStarted(id, items.length);
       const outcome = await runBatch(
         this.#core.dispatcher,
         items,
         {
           deadline: this.#deadline(request, started),
           signal,
-          onProgress: request.progress
-            ? (done, total) => {
-              // At most ~20 frames a second, and always the final count.
-              const now = this.#core.clock.now();
-              if (done < total && now - lastSent < 50) return;
-              lastSent = now;
-              this.#answer(peer, { request_id: id, progress: { done, total } });
-            }
-            : undefined,
+          onProgress: (done, total) => {
+            tracker.progress(done);
+            if (!request.progress) return;
+            // At most ~20 frames a second, and always the final count.
+            const now = this.#core.clock.now();
+            if (done < total && now - lastSent < 50) return;
+            lastSent = now;
+            this.#answer(peer, { request_id: id, progress: { done, total } });
+          },
           // Streamed: each item leaves as it is final, and the server keeps none of them.
           onItem: request.stream
             ? (index, result) =>
@@ -335,7 +405,12 @@ export class RequesterPort {
             ? undefined
             : this.#core.options.maxAnswerBytes,
         },
-      );
+      ).catch((error) => {
+        tracker.finish(0, items.length);
+        throw error;
+      });
+      const summary = outcome.data.summary;
+      tracker.finish(summary.success, summary.failed);
       if (outcome.noWorkers) {
         return failureAnswer(id, NO_WORKERS_TEXT, ErrorCode.NO_WORKERS);
       }

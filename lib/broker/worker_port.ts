@@ -18,6 +18,7 @@ import {
   readResponseData,
 } from "../protocol.ts";
 import type { WorkerRegistration } from "../registry.ts";
+import { readUpstreamStatus } from "../upstream_status.ts";
 import { plainHttp, refuseUpgrade, remoteAddress } from "./http.ts";
 import { type BrokerCore, type MessageHandler, VERSION } from "./options.ts";
 
@@ -49,7 +50,10 @@ export class WorkerPort {
   }
 
   /** The worker port's request handler. */
-  handle(req: Request, info?: Deno.ServeHandlerInfo): Response {
+  handle(
+    req: Request,
+    info?: Deno.ServeHandlerInfo,
+  ): Response | Promise<Response> {
     const core = this.#core;
     const plain = plainHttp(core, req, "worker");
     if (plain) return plain;
@@ -78,6 +82,7 @@ export class WorkerPort {
     });
     socket.onopen = () => {
       this.#sockets.set(id, socket);
+      core.metrics.accepted("worker");
       core.dispatcher.registry.add(worker);
       socket.send(encodeEnvelope(MessageType.CONNECT, {
         client_id: id,
@@ -234,6 +239,9 @@ export class WorkerPort {
             .slice(0, 20);
           // The worker's own breakers speak for it: once they are all closed, so is our detour.
           if (worker.blockedSources.length === 0) worker.blockedUntil = 0;
+        }
+        if (data && data.upstream !== undefined) {
+          worker.upstream = readUpstreamStatus(data.upstream);
         }
         socket.send(encodeEnvelope(MessageType.HEARTBEAT, {
           status: "alive",
