@@ -1,6 +1,6 @@
 /**
  * Switchyard benchmark: `deno task bench [--seconds T] [--runs N]
- * [--section core|batch|soak|all] [--json] [--strict]`. Sections default to `core,batch`; `soak` runs only when asked.
+ * [--section core|batch|soak|cluster|all] [--json] [--strict]`. Sections default to `core,batch`; `soak` runs only when asked.
  * Progress goes to stderr, tables (or one JSON document) to stdout. PASS/FAIL lines are
  * informational: the exit code is 0 unless `--strict` and a target was missed.
  *
@@ -11,17 +11,18 @@ import { parseArgs } from "node:util";
 import { coreCpuTable, coreRatioTable, coreTable, runCore } from "./core.ts";
 import { batchTable, runBatchBench } from "./batch.ts";
 import { runSoak, soakTable } from "./soak.ts";
+import { clusterTable, runClusterBench } from "./cluster.ts";
 import { machineBusy } from "./_spawn.ts";
 import { type Check, checkLine, fixed } from "./_stats.ts";
 
-const SECTIONS = ["core", "batch", "soak"] as const;
+const SECTIONS = ["core", "batch", "soak", "cluster"] as const;
 type Section = typeof SECTIONS[number];
 
 const USAGE = `Usage: deno task bench [options]
 
   --seconds T      measured seconds per core row (default 10) or soak length (default 60)
   --runs N         interleaved runs per core row, N >= 3 (default 5)
-  --section LIST   core, batch, soak or all, comma-separated (default core,batch)
+  --section LIST   core, batch, soak, cluster or all, comma-separated (default core,batch)
   --json           print one JSON document instead of tables
   --strict         exit 1 when a target is missed
   --help           show this help`;
@@ -32,7 +33,7 @@ function parseSections(text: string): Section[] {
   for (const name of names) {
     if (!(SECTIONS as readonly string[]).includes(name)) {
       throw new RangeError(
-        `Unknown section '${name}': expected core, batch, soak or all`,
+        `Unknown section '${name}': expected core, batch, soak, cluster or all`,
       );
     }
   }
@@ -119,6 +120,19 @@ async function main(args: string[]): Promise<number> {
     out.soak = soak;
     checks.push(...soak.checks);
     print(`soak (${soak.seconds} s, worker churn)`, soakTable(soak));
+  }
+  if (sections.includes("cluster")) {
+    const cluster = await runClusterBench({
+      seconds: seconds ?? 3,
+      runs,
+      log,
+    });
+    out.cluster = cluster;
+    checks.push(...cluster.checks);
+    print(
+      "cluster (3 echo workers; 1, 2, 3 servers on one NATS; ratios vs 1 server, run by run)",
+      clusterTable(cluster),
+    );
   }
   const busyAfter = await busy("after");
   out.checks = checks;

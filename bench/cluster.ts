@@ -1,0 +1,364 @@
+/**
+ * Cluster section: one, two and three servers on one NATS with three echo workers spread over
+ * them and the load spread over their requester ports, as ratios against one server measured in
+ * the same interleaved runs; the CPU cost of a cross-server hop (every request entering at one
+ * server and served by a worker of another, against the same load served locally); and the
+ * recovery after a server is SIGKILLed (what requesters on the other servers saw, and how long
+ * its worker took to serve again through another server). Skipped, saying so, without
+ * `nats-server`.
+ *
+ * @module
+ */
+
+import { type LoadRun, mergeRuns, runLoad } from "./_load.ts";
+import {
+  cpuSeconds,
+  type Helper,
+  spawnHelper,
+  startNatsServer,
+} from "./_spawn.ts";
+import { type Check, fixed, table } from "./_stats.ts";
+import { type Spread, spread, spreadText } from "./core.ts";
+
+/** Options for {@linkcode runClusterBench}. */
+export interface ClusterBenchOptions {
+  /** Measured seconds per row per run. @default 3 */
+  seconds?: number;
+  /** Interleaved runs (at least 3). @default 3 */
+  runs?: number;
+  log?: (line: string) => void;
+}
+
+/** One layout's measurements. */
+export interface ClusterRow {
+  servers: number;
+  rps: number;
+  p50: number;
+  p99: number;
+  errors: number;
+  /** Run-by-run ratios against one server. */
+  rpsRatio: Spread;
+  p50Ratio: Spread;
+}
+
+/** The section's outcome. */
+export interface ClusterReport {
+  skipped?: string;
+  rows: ClusterRow[];
+  /** CPU µs per request of servers + workers, local vs every request crossing servers. */
+  hop?: { localUs: Spread; crossUs: Spread; extraUs: Spread; ratio: Spread };
+  /** After a server is SIGKILLed, per kill. */
+  recovery?: {
+    failed: number[];
+    /** Longest wait for an answer on the surviving servers around the kill, ms. */
+    longestMs: number[];
+    /** From the kill until the killed server's worker served again via another server, ms. */
+    workerBackMs: number[];
+  };
+  checks: Check[];
+}
+
+const SIZE = 16;
+const wsUrl = (port: number) => `ws://127.0.0.1:${port}`;
+
+let clusters = 0;
+
+/** `n` servers forming a cluster of their own (a fresh cluster name) on `nats`. */
+async function startServers(nats: string, n: number): Promise<Helper[]> {
+  const cluster = `bench${++clusters}`;
+  return await Promise.all(
+    Array.from(
+      { length: n },
+      (_, i) =>
+        spawnHelper("_cluster_server.ts", [
+          "--cluster",
+          nats,
+          "--cluster-name",
+          cluster,
+          "--name",
+          `s${i}`,
+        ]),
+    ),
+  );
+}
+
+async function startWorkers(urls: string[][]): Promise<Helper[]> {
+  return await Promise.all(
+    urls.map((u, i) =>
+      spawnHelper("_echo_worker.ts", [
+        "--url",
+        u.join(","),
+        "--name",
+        `cw${i}`,
+        "--concurrency",
+        "32",
+      ])
+    ),
+  );
+}
+
+async function workersSeen(port: number, n: number): Promise<void> {
+  const until = Date.now() + 20_000;
+  let h: { workers?: number } = {};
+  while (Date.now() < until) {
+    h = await (await fetch(`http://127.0.0.1:${port}/health`)).json();
+    if (h.workers === n) return;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error(
+    `server on ${port} never saw ${n} workers: ${JSON.stringify(h)}`,
+  );
+}
+
+/** Load spread over `ports` (connections round robin), merged. */
+async function load(ports: number[], seconds: number): Promise<LoadRun> {
+  const runs = await Promise.all(ports.map((port, i) =>
+    runLoad({
+      url: wsUrl(port),
+      // 4 connections × 8 in flight in all, split over the servers.
+      connections: Math.max(
+        1,
+        Math.round(4 / ports.length) + (i < 4 % ports.length ? 1 : 0),
+      ),
+      inFlight: 8,
+      seconds,
+      warmupSeconds: 0.5,
+      command: "echo",
+      data: { size: SIZE },
+    })
+  ));
+  return {
+    latencies: runs.flatMap((r) => r.latencies),
+    measuredMs: Math.max(...runs.map((r) => r.measuredMs)),
+    errors: runs.reduce((s, r) => s + r.errors, 0),
+    answers: runs.reduce((s, r) => s + r.answers, 0),
+    unanswered: runs.reduce((s, r) => s + r.unanswered, 0),
+    replyBytes: runs.reduce((s, r) => s + r.replyBytes, 0),
+    requestBytes: runs[0].requestBytes,
+  };
+}
+
+/** Runs the cluster section. */
+export async function runClusterBench(
+  options: ClusterBenchOptions = {},
+): Promise<ClusterReport> {
+  const seconds = options.seconds ?? 3;
+  const runs = Math.max(3, options.runs ?? 3);
+  const log = options.log ?? (() => {});
+  const nats = await startNatsServer();
+  if (!nats) {
+    const skipped =
+      "cluster section skipped: nats-server is not installed (apt-get install nats-server)";
+    log(skipped);
+    return { skipped, rows: [], checks: [] };
+  }
+  const checks: Check[] = [];
+  const helpers: Helper[] = [];
+  try {
+    // Three layouts side by side, each with three workers, measured in turn within each run.
+    const layouts: { ports: number[] }[] = [];
+    for (const n of [1, 2, 3]) {
+      const servers = n === 1
+        ? [await spawnHelper("_server.ts")]
+        : await startServers(nats.url, n);
+      helpers.push(...servers);
+      const workerPorts = servers.map((s) => s.info.port as number);
+      const workers = await startWorkers(
+        [0, 1, 2].map((i) => [wsUrl(workerPorts[i % n])]),
+      );
+      helpers.push(...workers);
+      const ports = servers.map((s) => s.info.requesterPort as number);
+      for (const s of servers) await workersSeen(s.info.port as number, 3);
+      layouts.push({ ports });
+    }
+    const measured: LoadRun[][] = [[], [], []];
+    for (let r = 0; r < runs; r++) {
+      for (const [i, layout] of layouts.entries()) {
+        log(`cluster: run ${r + 1}/${runs}, ${i + 1} server(s)`);
+        measured[i].push(await load(layout.ports, seconds));
+      }
+    }
+    const rows: ClusterRow[] = measured.map((list, i) => {
+      const merged = mergeRuns(list);
+      const ratio = (f: (run: LoadRun) => number) =>
+        spread(list.map((run, k) => f(run) / f(measured[0][k])));
+      const rps = (run: LoadRun) =>
+        run.latencies.length / (run.measuredMs / 1000);
+      const p50 = (run: LoadRun) => mergeRuns([run]).p50;
+      return {
+        servers: i + 1,
+        rps: merged.rps,
+        p50: merged.p50,
+        p99: merged.p99,
+        errors: merged.errors + merged.unanswered,
+        rpsRatio: ratio(rps),
+        p50Ratio: ratio(p50),
+      };
+    });
+    await Promise.all(helpers.splice(0).map((h) => h.stop()));
+
+    // The hop: load on s0 only; its one worker on s0 (local) or on s1 (every request crosses).
+    const [h0, h1] = await startServers(nats.url, 2);
+    helpers.push(h0, h1);
+    const local = await startWorkers([[wsUrl(h0.info.port as number)]]);
+    helpers.push(...local);
+    await workersSeen(h0.info.port as number, 1);
+    const localUs: number[] = [];
+    const crossUs: number[] = [];
+    const cpuRun = async (pids: number[]) => {
+      const before = await cpuSeconds(pids);
+      const run = await load([h0.info.requesterPort as number], seconds);
+      const after = await cpuSeconds(pids);
+      const cpu = after.reduce((s, v, k) => s + v - before[k], 0);
+      return (cpu * 1e6) / Math.max(1, run.answers);
+    };
+    let remote: Helper[] = [];
+    for (let r = 0; r < runs; r++) {
+      log(`cluster: hop run ${r + 1}/${runs}`);
+      // Same processes measured each way: the worker moves between the servers.
+      localUs.push(await cpuRun([h0.pid, h1.pid, local[0].pid]));
+      await local[0].stop();
+      remote = await startWorkers([[wsUrl(h1.info.port as number)]]);
+      await workersSeen(h0.info.port as number, 1);
+      crossUs.push(await cpuRun([h0.pid, h1.pid, remote[0].pid]));
+      await remote[0].stop();
+      local.splice(
+        0,
+        1,
+        ...(await startWorkers([[wsUrl(h0.info.port as number)]])),
+      );
+      await workersSeen(h0.info.port as number, 1);
+    }
+    helpers.push(...local, ...remote);
+    const hop = {
+      localUs: spread(localUs),
+      crossUs: spread(crossUs),
+      extraUs: spread(crossUs.map((c, k) => c - localUs[k])),
+      ratio: spread(crossUs.map((c, k) => c / localUs[k])),
+    };
+    checks.push({
+      name:
+        "cluster: a cross-server request costs <= 1.5x the CPU of a local one",
+      pass: hop.ratio.median <= 1.5,
+      detail: `${spreadText(hop.ratio)} (${
+        fixed(hop.localUs.median, 0)
+      } µs local, ${fixed(hop.crossUs.median, 0)} µs crossing)`,
+    });
+    await Promise.all(helpers.splice(0).map((h) => h.stop()));
+
+    // Recovery: three servers; a worker on each, the victim's preferring it then s0; load
+    // through s0 and s1 only. Kill s2, measure, restart it.
+    const recovery = {
+      failed: [] as number[],
+      longestMs: [] as number[],
+      workerBackMs: [] as number[],
+    };
+    for (let r = 0; r < runs; r++) {
+      log(`cluster: recovery run ${r + 1}/${runs}`);
+      const servers = await startServers(nats.url, 3);
+      helpers.push(...servers);
+      const wp = servers.map((s) => wsUrl(s.info.port as number));
+      const workers = await startWorkers([[wp[0]], [wp[1]], [wp[2], wp[0]]]);
+      helpers.push(...workers);
+      for (const s of servers) await workersSeen(s.info.port as number, 3);
+      const survivors = [servers[0], servers[1]].map((s) =>
+        s.info.requesterPort as number
+      );
+      const loading = load(survivors, 4);
+      await new Promise((res) => setTimeout(res, 1500));
+      const killedAt = Date.now();
+      await servers[2].stop("SIGKILL");
+      // Back when s0 sees three workers again (the victim's worker, now attached to s0).
+      const until = Date.now() + 20_000;
+      let back = NaN;
+      while (Date.now() < until) {
+        const h =
+          await (await fetch(`http://127.0.0.1:${servers[0].info.port}/health`))
+            .json();
+        if (h.workers === 3 && h.cluster.servers.length === 2) {
+          back = Date.now() - killedAt;
+          break;
+        }
+        await new Promise((res) => setTimeout(res, 10));
+      }
+      const run = await loading;
+      recovery.failed.push(run.errors + run.unanswered);
+      recovery.longestMs.push(Math.max(...run.latencies));
+      recovery.workerBackMs.push(back);
+      await Promise.all(helpers.splice(0).map((h) => h.stop()));
+    }
+    checks.push({
+      name: "cluster: requesters on surviving servers see 0 failed requests",
+      pass: recovery.failed.every((n) => n === 0),
+      detail: `failed per kill: ${recovery.failed.join(", ")}`,
+    });
+    checks.push({
+      name: "cluster: a killed server's workers serve again within 2 s",
+      pass: recovery.workerBackMs.every((ms) => ms <= 2000),
+      detail: `ms per kill: ${
+        recovery.workerBackMs.map((v) => fixed(v, 0)).join(", ")
+      }`,
+    });
+    return { rows, hop, recovery, checks };
+  } finally {
+    await Promise.all(helpers.map((h) => h.stop()));
+    await nats.stop();
+  }
+}
+
+/** The section's tables. */
+export function clusterTable(report: ClusterReport): string {
+  if (report.skipped) return report.skipped;
+  const out = [
+    table(
+      [
+        "servers",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "req/s vs 1",
+        "p50 vs 1",
+      ],
+      report.rows.map((r) => [
+        String(r.servers),
+        fixed(r.rps, 0),
+        fixed(r.p50),
+        fixed(r.p99),
+        String(r.errors),
+        spreadText(r.rpsRatio),
+        spreadText(r.p50Ratio),
+      ]),
+    ),
+  ];
+  if (report.hop) {
+    const h = report.hop;
+    out.push(
+      "",
+      `CPU per request (servers + worker): local ${
+        fixed(h.localUs.median, 0)
+      } µs (${fixed(h.localUs.min, 0)}-${
+        fixed(h.localUs.max, 0)
+      }), crossing servers ${fixed(h.crossUs.median, 0)} µs (${
+        fixed(h.crossUs.min, 0)
+      }-${fixed(h.crossUs.max, 0)}): the hop costs ${
+        fixed(h.extraUs.median, 0)
+      } µs, ${spreadText(h.ratio)}`,
+    );
+  }
+  if (report.recovery) {
+    const r = report.recovery;
+    out.push(
+      `After a server was SIGKILLed: failed requests on the others ${
+        r.failed.join(", ")
+      }; ` +
+        `longest answer there ${
+          r.longestMs.map((v) => fixed(v, 0)).join(", ")
+        } ms; ` +
+        `its worker served again via another server after ${
+          r.workerBackMs.map((v) => fixed(v, 0)).join(", ")
+        } ms`,
+    );
+  }
+  return out.join("\n");
+}
