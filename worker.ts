@@ -28,7 +28,8 @@ const USAGE = `Usage: deno task worker [HOST] [PORT] [options]
 Connects to the server's worker port (default localhost 8765) and serves requests.
 
 Options:
-  --url URL               worker port URL instead of HOST PORT (ws:// or wss://)
+  --url URL               worker port URL instead of HOST PORT (ws:// or wss://); a cluster's
+                          servers comma-separated: tried in turn, then with backoff
   --name NAME             name shown by the server (default hostname-pid)
   --weight W              relative capacity for the balancer (default 1)
   --concurrency N         requests served at once (default 8)

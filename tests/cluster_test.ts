@@ -284,3 +284,21 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name: "demo:cluster - runs, shows affinity across servers, exits 0",
+  ignore,
+  fn: async () => {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["task", "demo:cluster"],
+      cwd: new URL("../", import.meta.url).pathname,
+      stdin: "null",
+      env: { NO_COLOR: "1" },
+    }).output();
+    const text = new TextDecoder().decode(out.stdout);
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    assert.match(text, /10\/10 symbols on the same worker through s1 and s2/);
+    assert.match(text, /on s1/);
+    assert.match(text, /on s2/);
+  },
+});

@@ -13,7 +13,6 @@
 import {
   connect,
   credsAuthenticator,
-  headers as natsHeaders,
   type Msg,
   type NatsConnection,
   type NodeConnectionOptions,
@@ -514,19 +513,20 @@ export class ClusterLink {
       // The dispatcher takes a throw as "this worker is unreachable" and places the job again.
       throw new Error("The cluster link is closed");
     }
-    const h = natsHeaders();
-    h.set("o", this.id);
-    h.set("w", peer.id);
     // The dispatcher files the job under its msg_id before sending, so its deadline is known.
     const msgId = /"msg_id":"([^"]+)"/.exec(frame)?.[1];
     const job = msgId ? peer.jobs.get(msgId) : undefined;
+    let left = 0;
     if (job && msgId) {
-      h.set("t", String(Math.max(1, job.deadline - this.#core.clock.now())));
-      peer.sentAt.set(msgId, this.#core.clock.now());
+      const now = this.#core.clock.now();
+      left = Math.max(1, job.deadline - now);
+      peer.sentAt.set(msgId, now);
     }
-    nc.publish(`${this.#prefix}.srv.${peer.server}.req`, frame, {
-      headers: h,
-    });
+    // One line in front of the envelope, cheaper than NATS headers on both sides.
+    nc.publish(
+      `${this.#prefix}.srv.${peer.server}.req`,
+      `${this.id} ${peer.id} ${left}\n${frame}`,
+    );
   }
 
   #onDirect(msg: Msg): void {
@@ -586,10 +586,11 @@ export class ClusterLink {
   // ---- other servers' requests to this server's workers ---------------------------------------
 
   #onRelayed(msg: Msg): void {
-    const origin = msg.headers?.get("o") ?? "";
-    const workerId = msg.headers?.get("w") ?? "";
-    const left = Number(msg.headers?.get("t") ?? "0");
-    const envelope: Envelope = decodeEnvelope(msg.string());
+    const text = msg.string();
+    const nl = text.indexOf("\n");
+    const [origin = "", workerId = "", t = "0"] = text.slice(0, nl).split(" ");
+    const left = Number(t);
+    const envelope: Envelope = decodeEnvelope(text.slice(nl + 1));
     const key = `${origin}\u0000${envelope.msg_id}`;
     if (envelope.type === MessageType.CANCEL) {
       const msgId = (envelope.data as { request_id?: unknown })?.request_id;

@@ -4,9 +4,9 @@
  * - `switchyard.<cluster>.state` — every server, every `stateIntervalMs`: its workers and their
  *   load, and the ledger of requests it is running for each other server. Silence for
  *   `deadAfterMs` means the server is gone.
- * - `switchyard.<cluster>.srv.<server>.req` — to the server that holds the worker: the worker
- *   protocol envelope (`request` or `cancel`) as the dispatcher wrote it, with headers `o`
- *   (origin server), `w` (worker `client_id`) and `t` (ms left until the deadline).
+ * - `switchyard.<cluster>.srv.<server>.req` — to the server that holds the worker: one line
+ *   `<origin server> <worker client_id> <ms left until the deadline>`, then the worker-protocol
+ *   envelope (`request` or `cancel`) as the dispatcher wrote it.
  * - `switchyard.<cluster>.srv.<server>.res` / `.prog` — back to the origin: the answer, or a
  *   progress report (streamed batch items included).
  *
