@@ -147,6 +147,7 @@ export class Metrics {
   #batchOutcomes = { success: 0, failed: 0 };
   #batchItems = { success: 0, failed: 0 };
   #errors: RecentError[] = [];
+  #listeners = new Set<() => void>();
   #maxErrors: number;
   // The per-second timeline: a ring of slots, `#second` is the slot being filled.
   #slots: number;
@@ -239,6 +240,20 @@ export class Metrics {
     this.#second = second;
   }
 
+  /**
+   * Calls `listener` whenever what the dashboard shows changed in a way worth showing at once
+   * (a worker came or went, a batch started, moved or ended); returns the unsubscribe.
+   */
+  onChange(listener: () => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  /** Tells the listeners of {@linkcode Metrics.onChange} that something changed. */
+  changed(): void {
+    for (const listener of this.#listeners) listener();
+  }
+
   /** Counts an accepted connection. */
   accepted(port: PortName): void {
     this.#connections[port]++;
@@ -257,10 +272,13 @@ export class Metrics {
     let key = id;
     for (let n = 2; this.#batches.has(key); n++) key = `${id}#${n}`;
     this.#batches.set(key, view);
+    this.changed();
     let finished = false;
     return {
       progress: (done) => {
+        if (done === view.done) return;
         view.done = done;
+        this.changed();
       },
       finish: (success, failed) => {
         if (finished) return;
@@ -270,6 +288,7 @@ export class Metrics {
         this.#batchItems.failed += failed;
         if (failed === 0 && success === total) this.#batchOutcomes.success++;
         else this.#batchOutcomes.failed++;
+        this.changed();
       },
     };
   }

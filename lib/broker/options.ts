@@ -76,6 +76,8 @@ export interface BrokerOptions {
   messageHandlers?: Record<string, MessageHandler>;
   /** How often to judge worker health, in ms; 0 leaves it to explicit `sweep()` calls. @default 1000 */
   sweepIntervalMs?: number;
+  /** How often the dashboard's event stream sends a snapshot besides on changes, in ms. @default 1000 */
+  dashboardIntervalMs?: number;
   /** @default the wall clock */
   clock?: Clock;
   /** Random source for the balancer. @default Math.random */
@@ -134,6 +136,7 @@ export function resolveOptions(options: BrokerOptions): ResolvedOptions {
     maxConnections: options.maxConnections ?? 10_000,
     defaultConcurrency: options.defaultConcurrency ?? 16,
     sweepIntervalMs: options.sweepIntervalMs ?? 1000,
+    dashboardIntervalMs: options.dashboardIntervalMs ?? 1000,
   };
 }
 

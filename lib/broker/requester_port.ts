@@ -61,7 +61,11 @@ export class RequesterPort implements RequestRunner {
   constructor(core: BrokerCore, options: { token?: string }) {
     this.#core = core;
     this.#token = options.token;
-    this.#site = new WebSite(core, { token: options.token, runner: this });
+    this.#site = new WebSite(core, {
+      token: options.token,
+      runner: this,
+      intervalMs: core.options.dashboardIntervalMs,
+    });
     this.handle = this.handle.bind(this);
   }
 

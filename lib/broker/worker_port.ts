@@ -83,6 +83,7 @@ export class WorkerPort {
     socket.onopen = () => {
       this.#sockets.set(id, socket);
       core.metrics.accepted("worker");
+      core.metrics.changed();
       core.dispatcher.registry.add(worker);
       socket.send(encodeEnvelope(MessageType.CONNECT, {
         client_id: id,
@@ -110,6 +111,7 @@ export class WorkerPort {
         worker,
         `connection closed (code ${event.code})`,
       );
+      core.metrics.changed();
     };
     socket.onerror = () => {};
     return response;
@@ -226,6 +228,7 @@ export class WorkerPort {
           },
         );
         this.#core.dispatcher.pump();
+        this.#core.metrics.changed();
         return;
       }
       case MessageType.HEARTBEAT: {

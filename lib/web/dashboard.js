@@ -251,7 +251,7 @@ async function showSymbol(form) {
     color: b.close >= b.open ? "rgba(198,40,40,0.4)" : "rgba(26,127,55,0.4)",
   })));
   symbolChart.timeScale().fitContent();
-  status.textContent = `${body.name ?? body.code}: ${bars.length} bars` +
+  status.textContent = `${body.code} ${body.name ?? ""}: ${bars.length} bars` +
     (body.source ? ` (source: ${body.source})` : "");
   dashboard.symbolBars = bars.length;
 }

@@ -93,7 +93,10 @@ export class WebSite {
   #api: HttpApi;
   #intervalMs: number;
   #timelineSeconds: number;
-  #streams = new Set<() => void>();
+  /** Each open event stream: how to end it, how to send it a snapshot now. */
+  #streams = new Map<() => void, () => void>();
+  #unsubscribe: () => void;
+  #pending: ReturnType<typeof setTimeout> | undefined;
 
   constructor(core: BrokerCore, options: WebSiteOptions) {
     this.#core = core;
@@ -104,6 +107,16 @@ export class WebSite {
     this.#api = new HttpApi(options.runner);
     this.#intervalMs = options.intervalMs ?? 1000;
     this.#timelineSeconds = options.timelineSeconds ?? 300;
+    this.#unsubscribe = core.metrics.onChange(() => this.#nudge());
+  }
+
+  // A change reaches open dashboards within ~100 ms, however many changes come meanwhile.
+  #nudge(): void {
+    if (this.#pending !== undefined || this.#streams.size === 0) return;
+    this.#pending = setTimeout(() => {
+      this.#pending = undefined;
+      for (const send of this.#streams.values()) send();
+    }, 100);
   }
 
   /** The answer for a path of the site; undefined for any other request. */
@@ -183,7 +196,10 @@ export class WebSite {
 
   /** Ends every open event stream (the server is closing). */
   close(): void {
-    for (const end of this.#streams) end();
+    this.#unsubscribe();
+    clearTimeout(this.#pending);
+    this.#pending = undefined;
+    for (const end of [...this.#streams.keys()]) end();
     this.#streams.clear();
   }
 
@@ -248,9 +264,13 @@ once: the server keeps the token in a cookie for this browser.</p>\n`,
       start: (controller) => {
         const send = () => {
           const data = JSON.stringify(this.snapshot());
-          controller.enqueue(
-            encoder.encode(`event: snapshot\ndata: ${data}\n\n`),
-          );
+          try {
+            controller.enqueue(
+              encoder.encode(`event: snapshot\ndata: ${data}\n\n`),
+            );
+          } catch {
+            end(); // the client is gone
+          }
         };
         end = () => {
           clearInterval(timer);
@@ -261,7 +281,7 @@ once: the server keeps the token in a cookie for this browser.</p>\n`,
             // Already closed by the client.
           }
         };
-        this.#streams.add(end);
+        this.#streams.set(end, send);
         // The browser reconnects after this long when the stream breaks.
         controller.enqueue(encoder.encode("retry: 1000\n\n"));
         send();

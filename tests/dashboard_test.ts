@@ -1,0 +1,242 @@
+// The dashboard in a real browser: Debian's headless Chromium driven by playwright-core, against
+// a real server with real workers. Screenshots go to tests/artifacts/dashboard/ (gitignored).
+//
+// Without Chromium the test is skipped and says so; `.ci/run` installs it. CHROMIUM_PATH names
+// another binary.
+
+import assert from "node:assert/strict";
+import { chromium } from "npm:playwright-core@1.65.1";
+import type { ActionContext } from "../lib/action.ts";
+import { createMarketService } from "../lib/market/mod.ts";
+import { RequesterClient } from "../lib/mod.ts";
+import { startTestServer, startWorker } from "./_helpers.ts";
+
+const CHROMIUM = Deno.env.get("CHROMIUM_PATH") ?? "/usr/bin/chromium";
+const ARTIFACTS = new URL("./artifacts/dashboard/", import.meta.url);
+const TOKEN = "dash-token";
+// Long enough that only the server's push on a change, never its timer, can update the page.
+const INTERVAL_MS = 60_000;
+
+function hasChromium(): boolean {
+  try {
+    return Deno.statSync(CHROMIUM).isFile;
+  } catch {
+    return false;
+  }
+}
+
+const available = hasChromium();
+if (!available) {
+  console.log(
+    `dashboard_test: skipped, no Chromium at ${CHROMIUM} ` +
+      "(apt-get install chromium, or set CHROMIUM_PATH)",
+  );
+}
+
+/** A page predicate: the workers table has `n` rows. */
+function workerRows(n: number): string {
+  return `document.querySelectorAll("#workers tbody tr").length === ${n}`;
+}
+
+/** A `get_markets` whose items finish one by one when the test says so. */
+function gatedBatch() {
+  const gates: PromiseWithResolvers<void>[] = [];
+  const gate = (i: number) => gates[i] ??= Promise.withResolvers<void>();
+  const handler = async (params: unknown, ctx: ActionContext) => {
+    const items = params as { code: string }[];
+    const results: unknown[] = [];
+    for (let i = 0; i < items.length; i++) {
+      await gate(i).promise;
+      const result = { success: true, code: items[i].code, data: [] };
+      results.push(result);
+      ctx.progress?.(i + 1, items.length, { index: i, result });
+    }
+    return results;
+  };
+  return { handler, release: (i: number) => gate(i).resolve() };
+}
+
+Deno.test({
+  name:
+    "dashboard - a real browser shows workers come and go, a batch's progress and a symbol's candles",
+  ignore: !available,
+  // The browser's pipes and child process belong to playwright, which keeps them past a test's
+  // own awaits; everything is closed in `finally`.
+  sanitizeOps: false,
+  sanitizeResources: false,
+  async fn() {
+    await Deno.mkdir(ARTIFACTS, { recursive: true });
+    const server = startTestServer({
+      requesterToken: TOKEN,
+      dashboardIntervalMs: INTERVAL_MS,
+    });
+    const market = createMarketService({ providers: ["demo"] });
+    const batch = gatedBatch();
+    const alpha = await startWorker(server, {
+      name: "alpha",
+      actions: { ...market.actions(), get_markets: batch.handler },
+    });
+    const client = new RequesterClient(server.requesterUrl, { token: TOKEN });
+    const profile = await Deno.makeTempDir({ prefix: "switchyard-chromium-" });
+    const browser = await chromium.launchPersistentContext(profile, {
+      executablePath: CHROMIUM,
+      headless: true,
+      args: [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+      ],
+    });
+    let beta: Awaited<ReturnType<typeof startWorker>> | undefined;
+    try {
+      const page = browser.pages()[0] ?? await browser.newPage();
+      const pageErrors: string[] = [];
+      page.on("pageerror", (error) => pageErrors.push(String(error)));
+      const base = `http://127.0.0.1:${server.requesterPort}`;
+      const shot = (name: string) =>
+        page.screenshot({
+          path: new URL(`${name}.png`, ARTIFACTS).pathname,
+          fullPage: true,
+        });
+
+      // Without the token: the login hint, not the dashboard.
+      const refused = await page.goto(`${base}/`);
+      assert.equal(refused?.status(), 401);
+      assert.match(await page.content(), /needs the requester token/);
+
+      // With it once in the address: a cookie from then on, and the token leaves the address.
+      const opened = await page.goto(`${base}/?token=${TOKEN}`);
+      assert.equal(opened?.status(), 200);
+      assert.equal(page.url(), `${base}/`);
+      const rows = () =>
+        page.$$eval(
+          "#workers tbody tr",
+          (trs) => trs.map((tr) => tr.children[1].textContent),
+        );
+      await page.waitForFunction(workerRows(1), undefined, {
+        timeout: 10_000,
+      });
+      assert.deepEqual(await rows(), ["alpha"]);
+      assert.equal(
+        await page.textContent("#workers tbody tr .state"),
+        "ready",
+      );
+
+      // A worker joins, then leaves: the page follows without a reload.
+      let since = performance.now();
+      beta = await startWorker(server, { name: "beta" });
+      await page.waitForFunction(workerRows(2), undefined, {
+        timeout: 10_000,
+      });
+      const joinMs = performance.now() - since;
+      assert.deepEqual((await rows()).sort(), ["alpha", "beta"]);
+      await shot("workers");
+      since = performance.now();
+      await beta.stop();
+      beta = undefined;
+      await page.waitForFunction(workerRows(1), undefined, {
+        timeout: 10_000,
+      });
+      const leaveMs = performance.now() - since;
+      assert.deepEqual(await rows(), ["alpha"]);
+
+      // A batch of four: its progress bar moves item by item.
+      await client.connect();
+      const answer = client.request(
+        "get_markets",
+        ["510300", "510500", "159915", "588000"].map((code) => ({
+          symbol_type: "etf",
+          code,
+        })),
+        { timeout: 60 },
+      );
+      const progress = (value: number) =>
+        page.waitForFunction(
+          `(() => {
+            const bar = document.querySelector("#batches .batch progress");
+            return bar !== null && bar.max === 4 && bar.value === ${value};
+          })()`,
+          undefined,
+          { timeout: 10_000 },
+        );
+      await progress(0);
+      batch.release(0);
+      await progress(1);
+      batch.release(1);
+      await progress(2);
+      await shot("batch");
+      batch.release(2);
+      batch.release(3);
+      assert.equal((await answer).success, true);
+      await page.waitForFunction(
+        'document.querySelectorAll("#batches .batch").length === 0',
+        undefined,
+        { timeout: 10_000 },
+      );
+
+      // The symbol view: a demo symbol's daily bars as candles, drawn on the canvas.
+      await page.fill("#symbol-form [name=code]", "510300");
+      await page.fill("#symbol-form [name=start_date]", "2024-01-01");
+      await page.click("#symbol-form button");
+      await page.waitForFunction(
+        () =>
+          (globalThis as unknown as { dashboard: { symbolBars: number } })
+            .dashboard.symbolBars > 0,
+        undefined,
+        { timeout: 10_000 },
+      );
+      const counts = await page.evaluate(() => {
+        const d = (globalThis as unknown as {
+          dashboard: { symbolBars: number; candleCount: () => number };
+        }).dashboard;
+        return { bars: d.symbolBars, candles: d.candleCount() };
+      });
+      assert.ok(counts.bars > 100, `only ${counts.bars} bars`);
+      assert.equal(counts.candles, counts.bars);
+      assert.match(
+        await page.textContent("#symbol-status") ?? "",
+        /510300.*bars \(source: demo\)/,
+      );
+      // Candle colours on the chart's canvases: pixels really drawn, not only data held.
+      const coloured = await page.evaluate<number>(`(() => {
+        let n = 0;
+        for (const c of document.querySelectorAll("#symbol-chart canvas")) {
+          const ctx = c.getContext("2d");
+          if (!ctx || c.width === 0 || c.height === 0) continue;
+          const { data } = ctx.getImageData(0, 0, c.width, c.height);
+          for (let i = 0; i < data.length; i += 4) {
+            const r = data[i], g = data[i + 1], b = data[i + 2];
+            // The page's up (red) and down (green) candle colours.
+            if ((r > 150 && g < 80 && b < 80) || (g > 100 && r < 60 && b < 90)) n++;
+          }
+        }
+        return n;
+      })()`);
+      assert.ok(coloured > 500, `only ${coloured} candle-coloured pixels`);
+      await shot("symbol");
+
+      // The throughput chart has data: this test's requests.
+      assert.deepEqual(pageErrors, []);
+      console.log(
+        `dashboard_test: join shown after ${
+          Math.round(joinMs)
+        } ms, leave after ${
+          Math.round(leaveMs)
+        } ms; ${counts.candles} candles, ${coloured} candle pixels; screenshots in ${ARTIFACTS.pathname}`,
+      );
+    } finally {
+      await browser.close();
+      await Deno.remove(profile, { recursive: true }).catch(() => {});
+      client.close();
+      await beta?.stop();
+      await alpha.stop();
+      market.close();
+      await server.close();
+    }
+  },
+});
