@@ -60,6 +60,11 @@ export interface RequesterRequest {
   progress: boolean;
   /** A batch whose items come in frames of their own (additive, opt-in). */
   stream: boolean;
+  /**
+   * A cancel frame, `{"request_id": "…", "cancel": true}` (additive, opt-in): stop the request
+   * in flight with this id. `command` is empty and nothing else is read.
+   */
+  cancel?: boolean;
 }
 
 /** An answer on the requester port. */
@@ -242,6 +247,29 @@ export function parseRequesterFrame(
   const fail = (code: ErrorCode, message: string): never => {
     throw new ProtocolError(code, message, { requestId });
   };
+  if (value.cancel !== undefined && value.cancel !== false) {
+    if (value.cancel !== true) {
+      fail(
+        ErrorCode.INVALID_FIELD,
+        `Field 'cancel' must be true: got ${describe(value.cancel)}`,
+      );
+    }
+    if (requestId === undefined) {
+      fail(
+        ErrorCode.INVALID_FIELD,
+        "A cancel frame needs the 'request_id' of the request to cancel",
+      );
+    }
+    return {
+      request_id: requestId!,
+      assignedId: false,
+      command: "",
+      data: {},
+      progress: false,
+      stream: false,
+      cancel: true,
+    };
+  }
   const { command, timeout, progress, stream } = value;
   if (command === undefined) {
     fail(ErrorCode.INVALID_FIELD, "Field 'command' is missing");

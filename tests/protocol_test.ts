@@ -288,3 +288,22 @@ Deno.test("failureAnswer() has every field of the original's answer", () => {
     },
   );
 });
+
+Deno.test("parseRequesterFrame() reads a cancel frame, and cancel: false is an ordinary request", () => {
+  const cancel = parseRequesterFrame('{"request_id":"r1","cancel":true}');
+  assert.equal(cancel.cancel, true);
+  assert.equal(cancel.request_id, "r1");
+  const ordinary = parseRequesterFrame(
+    '{"request_id":"r2","command":"get_time","cancel":false}',
+  );
+  assert.equal(ordinary.cancel, undefined);
+  assert.equal(ordinary.command, "get_time");
+  assert.throws(
+    () => parseRequesterFrame('{"cancel":true}'),
+    protocolError(ErrorCode.INVALID_FIELD, /needs the 'request_id'/),
+  );
+  assert.throws(
+    () => parseRequesterFrame('{"request_id":"r3","cancel":1}'),
+    protocolError(ErrorCode.INVALID_FIELD, /'cancel' must be true: got number/),
+  );
+});

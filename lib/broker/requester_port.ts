@@ -57,6 +57,8 @@ export class RequesterPort implements RequestRunner {
   #failed = 0;
   #active = 0;
   #idle: PromiseWithResolvers<void> | undefined;
+  /** Requests stopped by their requester's `cancel` frame, not by its leaving. */
+  #cancelledByRequester = new WeakSet<Cancellation>();
 
   constructor(core: BrokerCore, options: { token?: string }) {
     this.#core = core;
@@ -288,6 +290,7 @@ export class RequesterPort implements RequestRunner {
       return this.#reject(peer, e.requestId ?? null, e.code, e.message);
     }
     const id = request.request_id;
+    if (request.cancel) return this.#cancel(peer, id);
     if (this.#core.draining) {
       return this.#reject(
         peer,
@@ -318,6 +321,24 @@ export class RequesterPort implements RequestRunner {
     void this.#serve(peer, request, cancellation);
   }
 
+  /**
+   * A requester's `cancel` frame: the request stops (its worker gets `cancel`) and its one answer
+   * is `CANCELLED`. An id with nothing in flight gets no answer: the request has just been
+   * answered, and a second answer would confuse a client that reuses the id.
+   */
+  #cancel(peer: RequesterPeer, id: string): void {
+    const cancellation = peer.requests.get(id);
+    if (!cancellation) {
+      log.debug("Requester {peer} cancelled {id}: nothing in flight", {
+        peer: peer.id,
+        id,
+      });
+      return;
+    }
+    this.#cancelledByRequester.add(cancellation);
+    cancellation.abort();
+  }
+
   async #serve(
     peer: RequesterPeer,
     request: RequesterRequest,
@@ -338,6 +359,15 @@ export class RequesterPort implements RequestRunner {
     }
     peer.requests.delete(id);
     this.#active--;
+    const byRequester = this.#cancelledByRequester.delete(cancellation);
+    if (byRequester) {
+      answer = failureAnswer(
+        id,
+        "Cancelled by the requester",
+        ErrorCode.CANCELLED,
+        { processed_by: answer.processed_by ?? null },
+      );
+    }
     const now = this.#core.clock.now();
     if (answer.success) {
       this.#answered++;
@@ -357,7 +387,11 @@ export class RequesterPort implements RequestRunner {
         answer.error ?? undefined,
       );
     }
-    if (!cancellation.aborted) this.#answer(peer, answer);
+    // A request cancelled because its requester left gets no answer; one the requester
+    // cancelled itself gets exactly one.
+    if (byRequester ? !peer.dropped : !cancellation.aborted) {
+      this.#answer(peer, answer);
+    }
     if (this.#active === 0) this.#idle?.resolve();
   }
 
