@@ -45,7 +45,11 @@ Options:
   --max-frame BYTES        largest requester frame (default 1048576)
   --max-worker-frame BYTES largest worker frame (default 67108864)
   --max-batch N            items in one get_markets batch (default 10000)
-  --max-connections N      connections per port (default 10000)
+  --max-connections N      WebSocket connections per port (default 10000)
+  --max-open-connections N TCP connections per port, upgraded or not (default: from the
+                           descriptor limit, (ulimit -n - 64) / 6, at most 10000)
+  --max-per-address N      TCP connections from one IP address per port (default 256)
+  --header-timeout S       time to send a complete request head (default 5)
   --non-retriable LIST     actions never re-run after a worker vanished (comma list)
   --worker-token T         token workers must present (or SWITCHYARD_WORKER_TOKEN)
   --requester-token T      token requesters must present (or SWITCHYARD_REQUESTER_TOKEN)
@@ -94,6 +98,9 @@ function options(
       "max-worker-frame": { type: "string" },
       "max-batch": { type: "string" },
       "max-connections": { type: "string" },
+      "max-open-connections": { type: "string" },
+      "max-per-address": { type: "string" },
+      "header-timeout": { type: "string" },
       "non-retriable": { type: "string" },
       "worker-token": { type: "string" },
       "requester-token": { type: "string" },
@@ -174,6 +181,11 @@ function options(
     maxWorkerFrameBytes: count("max-worker-frame", 64 * 1024 * 1024),
     maxBatchItems: count("max-batch", 10_000),
     maxConnections: count("max-connections", 10_000),
+    maxOpenConnections: values["max-open-connections"] === undefined
+      ? undefined
+      : count("max-open-connections", 0),
+    maxPerAddress: count("max-per-address", 256),
+    headerTimeoutMs: seconds("header-timeout", 5),
     nonRetriableActions: values["non-retriable"]?.split(",").map((s) =>
       s.trim()
     ).filter(Boolean),
@@ -290,7 +302,13 @@ async function main(): Promise<void> {
     // stdin ended or `quit`: a console user is done with the server.
     await stop("Console quit");
   }
-  await server.finished;
+  try {
+    await server.finished;
+  } catch (error) {
+    // Not expected (the ports restart their own listeners), but never an unexplained exit.
+    log.error("Server stopped: {error}", { error });
+    Deno.exit(1);
+  }
 }
 
 if (import.meta.main) await main();

@@ -5,6 +5,7 @@
  */
 
 import { Broker, type BrokerOptions } from "./broker.ts";
+import { Guard, type GuardStats, relayedPeer } from "./guard.ts";
 import { logger } from "./log.ts";
 import type { ClusterLink, ClusterOptions } from "./cluster/link.ts";
 
@@ -24,6 +25,23 @@ export interface ServerOptions extends BrokerOptions {
   key?: string;
   /** Join a cluster over NATS (see `docs/cluster.md`); without it, one server on its own. */
   cluster?: ClusterOptions;
+  /**
+   * Put a {@linkcode Guard} in front of each port: header timeout, per-address limit, a
+   * connection budget from the descriptor limit, and an accept loop that survives `EMFILE`.
+   * @default true
+   */
+  guard?: boolean;
+  /** Time a connection has to send a complete request head, in ms. @default 5000 */
+  headerTimeoutMs?: number;
+  /**
+   * Open TCP connections per port, upgraded or not (`maxConnections` counts WebSockets).
+   * @default from the descriptor limit, see `connectionBudget` in `guard.ts`
+   */
+  maxOpenConnections?: number;
+  /** Open connections from one IP address, per port. @default 256 */
+  maxPerAddress?: number;
+  /** How often refused connections are summed up in one log line, in ms. @default 10000 */
+  refusalLogIntervalMs?: number;
 }
 
 /** A running server. */
@@ -41,10 +59,164 @@ export interface RunningServer {
   drain(graceMs: number): Promise<void>;
   /** Closes now: pending requests fail with a clear error. */
   close(): Promise<void>;
-  /** Resolves once both listeners have closed. */
+  /** Resolves once both listeners have closed; never rejects. */
   finished: Promise<void>;
   /** With `cluster`: the link, once set up (it connects in the background). */
   cluster?: Promise<ClusterLink>;
+  /** What each port's guard refused; undefined without guards. */
+  guardStats(): { worker: GuardStats; requester: GuardStats } | undefined;
+}
+
+function parseAddress(text: string): Deno.NetAddr {
+  const i = text.lastIndexOf(":");
+  const host = text.slice(0, i).replace(/^\[|\]$/g, "");
+  return { transport: "tcp", hostname: host, port: Number(text.slice(i + 1)) };
+}
+
+/**
+ * A `Deno.serve` on a loopback port that only the guard talks to. Its accept loop ends for good
+ * on an accept error (`EMFILE`); then it starts again on a new port, which the guard follows.
+ */
+class InnerServer {
+  #server!: Deno.HttpServer<Deno.NetAddr>;
+  #closed = false;
+  #handler: Deno.ServeHandler<Deno.NetAddr>;
+  #restarting: Promise<void> | undefined;
+  #done = Promise.withResolvers<void>();
+
+  constructor(handler: Deno.ServeHandler<Deno.NetAddr>, readonly name: string) {
+    this.#handler = handler;
+    this.#start();
+  }
+
+  get port(): number {
+    return this.#server.addr.port;
+  }
+
+  get finished(): Promise<void> {
+    return this.#done.promise;
+  }
+
+  #start(): void {
+    const server = Deno.serve(
+      { hostname: "127.0.0.1", port: 0, onListen: () => {} },
+      this.#handler,
+    );
+    this.#server = server;
+    server.finished.then(
+      () => {
+        if (this.#closed) this.#done.resolve();
+      },
+      (error) => {
+        if (this.#closed) return this.#done.resolve();
+        log.error(
+          "{name} port's HTTP server stopped: {error}; starting it again",
+          {
+            name: this.name,
+            error: error instanceof Error ? error.message : String(error),
+          },
+        );
+        this.#restarting = this.#restart();
+      },
+    );
+  }
+
+  async #restart(): Promise<void> {
+    let pause = 50;
+    while (!this.#closed) {
+      try {
+        return this.#start();
+      } catch {
+        await new Promise((resolve) => setTimeout(resolve, pause));
+        pause = Math.min(pause * 2, 1000);
+      }
+    }
+  }
+
+  async shutdown(): Promise<void> {
+    this.#closed = true;
+    await this.#restarting;
+    await this.#server.shutdown().catch(() => {});
+    this.#done.resolve();
+  }
+}
+
+interface Port {
+  port: number;
+  shutdown(): Promise<void>;
+  finished: Promise<void>;
+  stats?: () => GuardStats;
+}
+
+function listenGuarded(
+  name: string,
+  host: string,
+  port: number,
+  handler: Deno.ServeHandler<Deno.NetAddr>,
+  options: ServerOptions,
+  tls: { cert?: string; key?: string },
+): Port {
+  const secret = crypto.randomUUID();
+  const inner = new InnerServer((req, info) => {
+    const peer = relayedPeer(req, secret);
+    if (peer === undefined) {
+      return new Response("Forbidden: connect through the public port\n", {
+        status: 403,
+      });
+    }
+    return handler(req, {
+      remoteAddr: parseAddress(peer),
+      get completed() {
+        return info.completed;
+      },
+    });
+  }, name);
+  let guard: Guard;
+  try {
+    guard = new Guard({
+      name,
+      hostname: host,
+      port,
+      ...tls,
+      target: () => inner.port,
+      secret,
+      headerTimeoutMs: options.headerTimeoutMs,
+      maxPerAddress: options.maxPerAddress,
+      maxConnections: options.maxOpenConnections,
+      logIntervalMs: options.refusalLogIntervalMs,
+    });
+  } catch (error) {
+    void inner.shutdown();
+    throw error;
+  }
+  return {
+    port: guard.port,
+    finished: inner.finished,
+    stats: () => guard.stats(),
+    async shutdown() {
+      await guard.close();
+      await inner.shutdown();
+    },
+  };
+}
+
+function listenPlain(
+  host: string,
+  port: number,
+  handler: Deno.ServeHandler<Deno.NetAddr>,
+  tls: { cert?: string; key?: string },
+): Port {
+  const server = Deno.serve(
+    { hostname: host, port, onListen: () => {}, ...tls },
+    handler,
+  );
+  return {
+    port: server.addr.port,
+    finished: server.finished.catch((error) => {
+      log.error("HTTP server stopped: {error}", { error });
+    }),
+    shutdown: () => server.shutdown(),
+  };
 }
 
 /** Whether `host` keeps the server to this machine. */
@@ -60,12 +232,25 @@ export function startServer(options: ServerOptions = {}): RunningServer {
   const tls = options.cert && options.key
     ? { cert: options.cert, key: options.key }
     : {};
-  const listen = (port: number, handler: Deno.ServeHandler) =>
-    Deno.serve({ hostname: host, port, onListen: () => {}, ...tls }, handler);
-  const workerServer = listen(options.port ?? 8765, broker.handleWorker);
-  let requesterServer: Deno.HttpServer<Deno.NetAddr>;
+  const listen = (
+    name: string,
+    port: number,
+    handler: Deno.ServeHandler<Deno.NetAddr>,
+  ) =>
+    options.guard === false
+      ? listenPlain(host, port, handler, tls)
+      : listenGuarded(name, host, port, handler, options, tls);
+  let workerServer: Port;
+  try {
+    workerServer = listen("Worker", options.port ?? 8765, broker.handleWorker);
+  } catch (error) {
+    void broker.close();
+    throw error;
+  }
+  let requesterServer: Port;
   try {
     requesterServer = listen(
+      "Requester",
       options.requesterPort ?? 8766,
       broker.handleRequester,
     );
@@ -76,8 +261,8 @@ export function startServer(options: ServerOptions = {}): RunningServer {
   }
   const scheme = options.cert ? "wss" : "ws";
   const shown = host === "0.0.0.0" || host === "::" ? "localhost" : host;
-  const port = workerServer.addr.port;
-  const requesterPort = requesterServer.addr.port;
+  const port = workerServer.port;
+  const requesterPort = requesterServer.port;
   log.info("Worker port listening on {scheme}://{host}:{port}", {
     scheme,
     host,
@@ -134,5 +319,12 @@ export function startServer(options: ServerOptions = {}): RunningServer {
     },
     finished: Promise.all([workerServer.finished, requesterServer.finished])
       .then(() => {}),
+    guardStats() {
+      if (!workerServer.stats || !requesterServer.stats) return undefined;
+      return {
+        worker: workerServer.stats(),
+        requester: requesterServer.stats(),
+      };
+    },
   };
 }

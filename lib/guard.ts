@@ -1,0 +1,480 @@
+/**
+ * The front door of a port: its own accept loop in front of `Deno.serve`.
+ *
+ * `Deno.serve` (Deno 2.9) cannot time out request headers, offers no per-address limit, and its
+ * accept loop ends for good on the first `EMFILE` (its `finished` promise rejects with "Too many
+ * open files"), so a flood of half-sent requests stops a port. The guard accepts connections
+ * itself with `Deno.listen`: an accept error is counted and retried after a short pause; each
+ * connection must deliver a complete request head within the header timeout; an address may hold
+ * only so many connections; the total is bounded by the descriptors the process may open. A
+ * connection that passes is relayed to the real HTTP server on a loopback port, with its head
+ * marked so that the server knows the real peer address and that it came through the guard.
+ *
+ * Refusals are counted and written as one summary line per interval, never one line per
+ * connection.
+ *
+ * @module
+ */
+
+import { logger } from "./log.ts";
+
+const log = logger("guard");
+
+/** Options for {@linkcode Guard}. */
+export interface GuardOptions {
+  /** Interface to listen on. */
+  hostname: string;
+  /** Port to listen on; 0 picks a free one. */
+  port: number;
+  /** PEM certificate and key: the guard terminates TLS. */
+  cert?: string;
+  key?: string;
+  /** The loopback port of the HTTP server to relay to. */
+  target: () => number;
+  /** Value of the {@linkcode PEER_HEADER} secret that marks relayed requests. */
+  secret: string;
+  /** Time a connection has to send a complete request head, in ms. @default 5000 */
+  headerTimeoutMs?: number;
+  /** Largest request head, in bytes. @default 16384 */
+  maxHeadBytes?: number;
+  /** Open connections in all, pending or relayed. @default {@linkcode connectionBudget} */
+  maxConnections?: number;
+  /** Open connections from one IP address. @default 256 */
+  maxPerAddress?: number;
+  /** How often refusals are summed up in one log line, in ms. @default 10000 */
+  logIntervalMs?: number;
+  /** A name for log lines ("worker", "requester"). */
+  name?: string;
+}
+
+/** What the guard refused or closed, since it started. */
+export interface GuardStats {
+  /** Connections open now: waiting for their head, or relayed. */
+  open: number;
+  /** Connections waiting for their head now. */
+  pending: number;
+  accepted: number;
+  refused_per_address: number;
+  refused_total: number;
+  /** Connections closed to make room for an address that held fewer. */
+  evicted: number;
+  header_timeouts: number;
+  oversized_heads: number;
+  accept_errors: number;
+}
+
+/** The header that carries `<secret> <address>` from the guard to the server. */
+export const PEER_HEADER = "x-switchyard-peer";
+
+const CRLF2 = new Uint8Array([13, 10, 13, 10]);
+const encoder = new TextEncoder();
+const latin1 = new TextDecoder("latin1");
+
+// Each relayed connection costs three descriptors (the peer's, ours to the server, the server's
+// side); keep some for listeners, logs and outgoing work.
+const FDS_PER_CONNECTION = 3;
+const FD_RESERVE = 64;
+
+/** The soft limit on open descriptors, when the system says (Linux); undefined otherwise. */
+export function descriptorLimit(): number | undefined {
+  try {
+    const text = Deno.readTextFileSync("/proc/self/limits");
+    const m = /^Max open files\s+(\d+|unlimited)/m.exec(text);
+    if (!m || m[1] === "unlimited") return undefined;
+    return Number(m[1]);
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The connections one of the server's two ports may hold within the descriptor limit: half of
+ * what the limit allows, capped at 10000.
+ */
+export function connectionBudget(limit: number | undefined): number {
+  if (limit === undefined) return 10_000;
+  const perPort = (limit - FD_RESERVE) / FDS_PER_CONNECTION / 2;
+  return Math.max(8, Math.min(10_000, Math.floor(perPort)));
+}
+
+function indexOf(haystack: Uint8Array, needle: Uint8Array, from = 0): number {
+  outer: for (let i = from; i <= haystack.length - needle.length; i++) {
+    for (let j = 0; j < needle.length; j++) {
+      if (haystack[i + j] !== needle[j]) continue outer;
+    }
+    return i;
+  }
+  return -1;
+}
+
+/**
+ * Rewrites a request head for the server behind: drops any peer header the client sent, adds
+ * ours, and asks for the connection to close after a plain HTTP answer, so that every request on
+ * a connection passes the header timeout (keep-alive would let a second head dribble in).
+ */
+export function rewriteHead(
+  head: string,
+  secret: string,
+  address: string,
+): string {
+  const lines = head.split("\r\n");
+  const out = [lines[0]];
+  let upgrade = false;
+  for (const line of lines.slice(1)) {
+    if (line === "") continue;
+    const name = line.slice(0, line.indexOf(":")).trim().toLowerCase();
+    if (name === PEER_HEADER || name === "connection") {
+      if (name === "connection" && /\bupgrade\b/i.test(line)) upgrade = true;
+      continue;
+    }
+    out.push(line);
+  }
+  // An upgrade that is refused (401, 503) ends the connection too.
+  out.push(upgrade ? "Connection: Upgrade, close" : "Connection: close");
+  out.push(`${PEER_HEADER}: ${secret} ${address}`);
+  return out.join("\r\n") + "\r\n\r\n";
+}
+
+/** Reads the real peer address a relayed request carries, or undefined if it is not ours. */
+export function relayedPeer(req: Request, secret: string): string | undefined {
+  const value = req.headers.get(PEER_HEADER);
+  if (!value) return undefined;
+  const space = value.indexOf(" ");
+  if (space < 0 || value.slice(0, space) !== secret) return undefined;
+  return value.slice(space + 1);
+}
+
+interface Tracked {
+  conn: Deno.Conn;
+  address: string;
+  host: string;
+  pending: boolean;
+  timer?: ReturnType<typeof setTimeout>;
+  upstream?: Deno.Conn;
+}
+
+/** The front door; see the module doc. */
+export class Guard {
+  readonly port: number;
+  /** Lowered when the process runs out of descriptors first. */
+  maxConnections: number;
+  readonly maxPerAddress: number;
+  #o: GuardOptions;
+  #listener: Deno.Listener;
+  #open = new Set<Tracked>();
+  /** Open connections by IP address, oldest first. */
+  #perHost = new Map<string, Set<Tracked>>();
+  #stats: GuardStats = {
+    open: 0,
+    pending: 0,
+    accepted: 0,
+    refused_per_address: 0,
+    refused_total: 0,
+    evicted: 0,
+    header_timeouts: 0,
+    oversized_heads: 0,
+    accept_errors: 0,
+  };
+  #logged: GuardStats = { ...this.#stats };
+  #lastAcceptError = "";
+  #closed = false;
+  #loop: Promise<void>;
+  #tasks = new Set<Promise<void>>();
+  #logTimer: ReturnType<typeof setInterval>;
+
+  constructor(options: GuardOptions) {
+    this.#o = options;
+    this.maxConnections = options.maxConnections ??
+      connectionBudget(descriptorLimit());
+    this.maxPerAddress = options.maxPerAddress ?? 256;
+    this.#listener = options.cert && options.key
+      ? Deno.listenTls({
+        hostname: options.hostname,
+        port: options.port,
+        cert: options.cert,
+        key: options.key,
+      })
+      : Deno.listen({ hostname: options.hostname, port: options.port });
+    this.port = (this.#listener.addr as Deno.NetAddr).port;
+    this.#logTimer = setInterval(
+      () => this.flushLog(),
+      options.logIntervalMs ?? 10_000,
+    );
+    this.#loop = this.#acceptLoop();
+  }
+
+  /** Counters since start. */
+  stats(): GuardStats {
+    let pending = 0;
+    for (const t of this.#open) if (t.pending) pending++;
+    return { ...this.#stats, open: this.#open.size, pending };
+  }
+
+  /** Writes one line for the refusals since the last one, if there were any. */
+  flushLog(): void {
+    const now = this.#stats;
+    const before = this.#logged;
+    const delta = (k: keyof GuardStats) => now[k] - before[k];
+    const parts: string[] = [];
+    const add = (k: keyof GuardStats, text: string) => {
+      const n = delta(k);
+      if (n > 0) parts.push(`${n} ${text}`);
+    };
+    add(
+      "refused_per_address",
+      `over the per-address limit (${this.maxPerAddress})`,
+    );
+    add("refused_total", `over the connection limit (${this.maxConnections})`);
+    add("evicted", "closed to make room for other addresses");
+    add("header_timeouts", "without a complete request head in time");
+    add("oversized_heads", "with an oversized request head");
+    add("accept_errors", `failed accepts (${this.#lastAcceptError})`);
+    this.#logged = { ...now };
+    if (parts.length === 0) return;
+    log.warn("{name} port refused or closed connections: {detail}", {
+      name: this.#o.name ?? "A",
+      detail: parts.join(", "),
+    });
+  }
+
+  async #acceptLoop(): Promise<void> {
+    let pause = 10;
+    while (!this.#closed) {
+      let conn: Deno.Conn;
+      try {
+        conn = await this.#listener.accept();
+      } catch (error) {
+        if (this.#closed) return;
+        // EMFILE and friends: the connection waits in the kernel's backlog; try again soon,
+        // once header timeouts and closes have given descriptors back.
+        this.#stats.accept_errors++;
+        this.#lastAcceptError = error instanceof Error
+          ? error.message
+          : String(error);
+        if (/too many open files/i.test(this.#lastAcceptError)) this.#shed();
+        await new Promise((resolve) => setTimeout(resolve, pause));
+        pause = Math.min(pause * 2, 200);
+        continue;
+      }
+      pause = 10;
+      this.#admit(conn);
+    }
+  }
+
+  /**
+   * The process ran out of descriptors before the guard's own limit did (the limit could not be
+   * read, or the flags overstate it): hold at most 90% of what is open now from here on, and
+   * free a tenth at once so that the waiting connections can be judged.
+   */
+  #shed(): void {
+    const open = this.#open.size;
+    const cap = Math.max(8, Math.floor(open * 0.9));
+    if (cap < this.maxConnections) {
+      log.warn(
+        "{name} port ran out of descriptors with {open} connections open: holding at most {cap} from now on",
+        { name: this.#o.name ?? "A", open, cap },
+      );
+      this.maxConnections = cap;
+    }
+    while (this.#open.size > this.maxConnections) {
+      const victim = this.#oldestPending() ?? this.#busiest(0);
+      if (!victim) break;
+      this.#stats.evicted++;
+      this.#drop(
+        victim,
+        victim.pending ? "503 Service Unavailable" : undefined,
+      );
+    }
+  }
+
+  #refuse(conn: Deno.Conn, status: string, text = status): void {
+    // Best effort, never awaited: a peer that does not read must not hold us.
+    const body = `${text}\n`;
+    conn.write(encoder.encode(
+      `HTTP/1.1 ${status}\r\ncontent-type: text/plain\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`,
+    )).catch(() => {}).finally(() => {
+      try {
+        conn.close();
+      } catch {
+        // Closed already.
+      }
+    });
+  }
+
+  #admit(conn: Deno.Conn): void {
+    const remote = conn.remoteAddr as Deno.NetAddr;
+    const host = remote.hostname;
+    const address = host.includes(":")
+      ? `[${host}]:${remote.port}`
+      : `${host}:${remote.port}`;
+    const fromHost = this.#perHost.get(host)?.size ?? 0;
+    if (fromHost >= this.maxPerAddress) {
+      this.#stats.refused_per_address++;
+      return this.#refuse(
+        conn,
+        "429 Too Many Requests",
+        `Too many connections from ${host} (limit ${this.maxPerAddress})`,
+      );
+    }
+    if (this.#open.size >= this.maxConnections) {
+      // A connection still dribbling its head is the cheapest to give up: the oldest one goes.
+      // Else the busiest address gives up its oldest connection to an address that holds fewer,
+      // so that a few addresses cannot keep everyone else out.
+      const oldest = this.#oldestPending() ?? this.#busiest(fromHost + 1);
+      if (!oldest) {
+        this.#stats.refused_total++;
+        return this.#refuse(
+          conn,
+          "503 Service Unavailable",
+          `Too many connections (limit ${this.maxConnections})`,
+        );
+      }
+      this.#stats.evicted++;
+      this.#drop(
+        oldest,
+        oldest.pending ? "503 Service Unavailable" : undefined,
+      );
+    }
+    this.#stats.accepted++;
+    const tracked: Tracked = { conn, address, host, pending: true };
+    this.#open.add(tracked);
+    const mine = this.#perHost.get(host);
+    if (mine) mine.add(tracked);
+    else this.#perHost.set(host, new Set([tracked]));
+    const task = this.#serve(tracked).finally(() => {
+      this.#tasks.delete(task);
+      this.#forget(tracked);
+    });
+    this.#tasks.add(task);
+  }
+
+  #oldestPending(): Tracked | undefined {
+    for (const t of this.#open) if (t.pending) return t;
+    return undefined;
+  }
+
+  /** The oldest connection of the address holding the most, if it holds more than `than`. */
+  #busiest(than: number): Tracked | undefined {
+    let most: Set<Tracked> | undefined;
+    for (const set of this.#perHost.values()) {
+      if (set.size > (most?.size ?? than)) most = set;
+    }
+    return most?.values().next().value;
+  }
+
+  #drop(tracked: Tracked, status?: string): void {
+    clearTimeout(tracked.timer);
+    if (status) this.#refuse(tracked.conn, status);
+    else this.#closeConn(tracked.conn);
+    if (tracked.upstream) this.#closeConn(tracked.upstream);
+    this.#forget(tracked);
+  }
+
+  #forget(tracked: Tracked): void {
+    if (!this.#open.delete(tracked)) return;
+    const mine = this.#perHost.get(tracked.host);
+    mine?.delete(tracked);
+    if (mine?.size === 0) this.#perHost.delete(tracked.host);
+  }
+
+  #closeConn(conn: Deno.Conn): void {
+    try {
+      conn.close();
+    } catch {
+      // Closed already.
+    }
+  }
+
+  async #readHead(
+    tracked: Tracked,
+  ): Promise<{ head: string; rest: Uint8Array } | undefined> {
+    const max = this.#o.maxHeadBytes ?? 16_384;
+    let buffer = new Uint8Array(4096);
+    let length = 0;
+    while (true) {
+      if (length === buffer.length) {
+        if (buffer.length >= max) {
+          this.#stats.oversized_heads++;
+          this.#drop(tracked, "431 Request Header Fields Too Large");
+          return undefined;
+        }
+        const bigger = new Uint8Array(Math.min(buffer.length * 2, max));
+        bigger.set(buffer);
+        buffer = bigger;
+      }
+      const n = await tracked.conn.read(buffer.subarray(length));
+      if (n === null) return undefined;
+      const from = Math.max(0, length - 3);
+      length += n;
+      const end = indexOf(buffer.subarray(0, length), CRLF2, from);
+      if (end >= 0) {
+        return {
+          head: latin1.decode(buffer.subarray(0, end)),
+          rest: buffer.slice(end + 4, length),
+        };
+      }
+    }
+  }
+
+  async #serve(tracked: Tracked): Promise<void> {
+    const { conn } = tracked;
+    tracked.timer = setTimeout(() => {
+      if (!tracked.pending) return;
+      this.#stats.header_timeouts++;
+      this.#drop(tracked, "408 Request Timeout");
+    }, this.#o.headerTimeoutMs ?? 5000);
+    let head;
+    try {
+      head = await this.#readHead(tracked);
+    } catch {
+      head = undefined;
+    }
+    clearTimeout(tracked.timer);
+    if (!head || !this.#open.has(tracked) || this.#closed) {
+      return this.#drop(tracked);
+    }
+    let upstream: Deno.TcpConn;
+    try {
+      upstream = await Deno.connect({
+        hostname: "127.0.0.1",
+        port: this.#o.target(),
+      });
+    } catch (error) {
+      this.#stats.accept_errors++;
+      this.#lastAcceptError = error instanceof Error
+        ? error.message
+        : String(error);
+      return this.#drop(tracked, "503 Service Unavailable");
+    }
+    tracked.pending = false;
+    tracked.upstream = upstream;
+    if (!this.#open.has(tracked)) return this.#drop(tracked);
+    upstream.setNoDelay(true);
+    if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
+    try {
+      const rewritten = rewriteHead(head.head, this.#o.secret, tracked.address);
+      await upstream.write(encoder.encode(rewritten));
+      if (head.rest.length > 0) await upstream.write(head.rest);
+    } catch {
+      return this.#drop(tracked);
+    }
+    const up = conn.readable.pipeTo(upstream.writable).catch(() => {});
+    const down = upstream.readable.pipeTo(conn.writable).catch(() => {});
+    await Promise.race([up, down]);
+    this.#closeConn(conn);
+    this.#closeConn(upstream);
+    await Promise.all([up, down]);
+  }
+
+  /** Stops accepting and closes every connection. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearInterval(this.#logTimer);
+    this.flushLog();
+    this.#listener.close();
+    await this.#loop;
+    for (const t of [...this.#open]) this.#drop(t);
+    await Promise.all([...this.#tasks]);
+  }
+}

@@ -1,0 +1,360 @@
+// The front door of each port, against hostile peers: half-sent requests, floods from one address,
+// forged peer headers, and (in a subprocess with a small descriptor limit) descriptor exhaustion.
+
+import assert from "node:assert/strict";
+import net from "node:net";
+import { connectionBudget, rewriteHead } from "../lib/guard.ts";
+import { RequesterClient } from "../lib/requester_client.ts";
+import { WebSocket } from "../lib/_ws.ts";
+import { RawPeer, startTestServer, waitFor } from "./_helpers.ts";
+
+const ROOT = new URL("../", import.meta.url).pathname;
+
+/** A raw TCP connection from `localAddress` (any 127.x.y.z works on Linux). */
+function tcp(port: number, localAddress = "127.0.0.1"): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: "127.0.0.1", port, localAddress });
+    socket.once("connect", () => resolve(socket));
+    socket.once("error", reject);
+  });
+}
+
+/** Everything the peer reads until the server closes, bounded. */
+function readAll(socket: net.Socket, timeoutMs = 10_000): Promise<string> {
+  return new Promise((resolve, reject) => {
+    let text = "";
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`Server did not close within ${timeoutMs} ms: ${text}`));
+    }, timeoutMs);
+    socket.on("data", (d: Uint8Array) => text += new TextDecoder().decode(d));
+    socket.on("error", () => {});
+    socket.on("close", () => {
+      clearTimeout(timer);
+      resolve(text);
+    });
+  });
+}
+
+function destroyAll(sockets: net.Socket[]): Promise<void> {
+  return Promise.all(sockets.map((s) =>
+    new Promise<void>((resolve) => {
+      if (s.destroyed) return resolve();
+      s.once("close", () => resolve());
+      s.destroy();
+    })
+  )).then(() => {});
+}
+
+Deno.test("guard - a request head that never completes is answered 408 and closed", async () => {
+  await using server = startTestServer({ headerTimeoutMs: 100 });
+  const socket = await tcp(server.requesterPort);
+  socket.write("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websock");
+  const text = await readAll(socket);
+  assert.match(text, /^HTTP\/1\.1 408 Request Timeout/);
+  assert.equal(server.guardStats()!.requester.header_timeouts, 1);
+  assert.equal(server.guardStats()!.requester.open, 0);
+});
+
+Deno.test("guard - an oversized request head is answered 431", async () => {
+  await using server = startTestServer();
+  const socket = await tcp(server.port);
+  socket.write(`GET / HTTP/1.1\r\nX-Pad: ${"a".repeat(20_000)}`);
+  assert.match(await readAll(socket), /^HTTP\/1\.1 431/);
+  assert.equal(server.guardStats()!.worker.oversized_heads, 1);
+});
+
+Deno.test("guard - an address past its limit gets 429, and another address is still served", async () => {
+  await using server = startTestServer({ maxPerAddress: 3 });
+  const held = await Promise.all(
+    [1, 2, 3].map(() => tcp(server.requesterPort, "127.0.0.2")),
+  );
+  try {
+    for (const s of held) s.write("GET / HTTP/1.1\r\n");
+    await waitFor(() => server.guardStats()!.requester.open === 3);
+    const extra = await tcp(server.requesterPort, "127.0.0.2");
+    const text = await readAll(extra);
+    assert.match(text, /^HTTP\/1\.1 429/);
+    assert.match(text, /Too many connections from 127\.0\.0\.2 \(limit 3\)/);
+    // The limit is the address's, not everyone's.
+    const client = new RequesterClient(server.requesterUrl);
+    try {
+      await client.connect();
+      const answer = await client.request("get_time");
+      assert.equal(answer.error_code, "NO_WORKERS");
+    } finally {
+      await client.close();
+    }
+    assert.equal(server.guardStats()!.requester.refused_per_address, 1);
+  } finally {
+    await destroyAll(held);
+  }
+});
+
+Deno.test("guard - a full port gives up the oldest half-sent request for a new connection", async () => {
+  await using server = startTestServer({
+    maxOpenConnections: 4,
+    headerTimeoutMs: 60_000,
+  });
+  const partial = [];
+  for (let i = 0; i < 4; i++) {
+    const s = await tcp(server.requesterPort, `127.0.0.${10 + i}`);
+    s.write("GET / HTTP/1.1\r\n");
+    partial.push(s);
+    await waitFor(() => server.guardStats()!.requester.open === i + 1);
+  }
+  const oldest = readAll(partial[0]);
+  try {
+    const client = new RequesterClient(server.requesterUrl);
+    try {
+      await client.connect();
+      assert.equal(
+        (await client.request("get_time")).error_code,
+        "NO_WORKERS",
+      );
+    } finally {
+      await client.close();
+    }
+    assert.match(await oldest, /^HTTP\/1\.1 503/);
+    assert.equal(server.guardStats()!.requester.evicted, 1);
+  } finally {
+    await destroyAll(partial);
+  }
+});
+
+Deno.test("guard - a forged peer header does not change the address the server sees", async () => {
+  await using server = startTestServer();
+  const peer = await RawPeer.open(server.workerUrl, {
+    "x-switchyard-peer": "guess 6.6.6.6:66",
+  });
+  try {
+    await peer.envelope("connect");
+    await waitFor(() => server.broker.workers().length === 1);
+    assert.match(server.broker.workers()[0].address, /^127\.0\.0\.1:\d+$/);
+  } finally {
+    await peer.close();
+  }
+  const head = rewriteHead(
+    "GET / HTTP/1.1\r\nX-Switchyard-Peer: s 1.2.3.4:5\r\nConnection: keep-alive",
+    "s",
+    "9.9.9.9:9",
+  );
+  assert.equal(
+    head,
+    "GET / HTTP/1.1\r\nConnection: close\r\nx-switchyard-peer: s 9.9.9.9:9\r\n\r\n",
+  );
+});
+
+Deno.test("guard - the connection budget follows the descriptor limit", () => {
+  assert.equal(connectionBudget(1024), 160);
+  assert.equal(connectionBudget(undefined), 10_000);
+  assert.equal(connectionBudget(1_000_000), 10_000);
+  assert.equal(connectionBudget(10), 8);
+});
+
+/** `server.ts` under `ulimit -n`, with both ports' numbers read from its log. */
+async function startLimitedServer(fdLimit: number, args: string[]) {
+  const child = new Deno.Command("bash", {
+    args: [
+      "-c",
+      `ulimit -n ${fdLimit} && exec "$0" run --allow-net --allow-read --allow-env --allow-sys server.ts "$@"`,
+      Deno.execPath(),
+      "--host",
+      "127.0.0.1",
+      "--port",
+      "0",
+      "--requester-port",
+      "0",
+      "--no-console",
+      ...args,
+    ],
+    cwd: ROOT,
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
+  const lines: string[] = [];
+  const collected = (async () => {
+    let buffer = "";
+    for await (
+      const chunk of child.stderr.pipeThrough(new TextDecoderStream())
+    ) {
+      buffer += chunk;
+      let i;
+      while ((i = buffer.indexOf("\n")) >= 0) {
+        lines.push(buffer.slice(0, i));
+        buffer = buffer.slice(i + 1);
+      }
+    }
+  })();
+  await waitFor(
+    () => lines.some((l) => /Requester port listening/.test(l)),
+    "the server to listen",
+    20_000,
+  );
+  const port = (which: string) =>
+    Number(
+      lines.find((l) => l.includes(`${which} port listening`))!.match(
+        /:(\d+)\s*$/,
+      )![1],
+    );
+  return {
+    child,
+    lines,
+    workerPort: port("Worker"),
+    requesterPort: port("Requester"),
+    async stop() {
+      try {
+        child.kill("SIGTERM");
+      } catch {
+        // Gone already.
+      }
+      const status = await child.status;
+      await collected;
+      return status;
+    },
+  };
+}
+
+function openIdleSocket(
+  port: number,
+  localAddress: string,
+): Promise<WebSocket> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/`, {
+      localAddress,
+      perMessageDeflate: false,
+    });
+    ws.once("open", () => resolve(ws));
+    ws.once("error", reject);
+    ws.once(
+      "unexpected-response",
+      (_req: unknown, res: { statusCode: number }) =>
+        reject(new Error(`HTTP ${res.statusCode}`)),
+    );
+  });
+}
+
+Deno.test({
+  name:
+    "guard - 500 half-sent requests and 700 idle sockets under ulimit -n 1024 do not stop the server or starve a requester",
+  ignore: Deno.build.os !== "linux",
+  async fn() {
+    const server = await startLimitedServer(1024, []);
+    const partial: net.Socket[] = [];
+    const idle: WebSocket[] = [];
+    try {
+      // Five addresses of 100 half-sent requests each, seven of 100 idle WebSockets each.
+      for (let a = 0; a < 5; a++) {
+        const batch = await Promise.allSettled(
+          Array.from(
+            { length: 100 },
+            () => tcp(server.requesterPort, `127.0.1.${a + 1}`),
+          ),
+        );
+        for (const r of batch) {
+          if (r.status === "fulfilled") {
+            r.value.on("error", () => {});
+            r.value.write("GET / HTTP/1.1\r\nHost: x\r\n");
+            partial.push(r.value);
+          }
+        }
+      }
+      for (let a = 0; a < 7; a++) {
+        const batch = await Promise.allSettled(
+          Array.from(
+            { length: 100 },
+            () => openIdleSocket(server.requesterPort, `127.0.2.${a + 1}`),
+          ),
+        );
+        for (const r of batch) {
+          if (r.status === "fulfilled") {
+            r.value.on("error", () => {});
+            idle.push(r.value);
+          }
+        }
+      }
+      // A good requester from its own address is served.
+      const client = new RequesterClient(
+        `ws://127.0.0.1:${server.requesterPort}`,
+      );
+      try {
+        await client.connect();
+        const answer = await client.request("get_time", {}, { timeout: 5 });
+        assert.equal(answer.error_code, "NO_WORKERS");
+      } finally {
+        await client.close();
+      }
+    } finally {
+      for (const ws of idle) ws.terminate();
+      await destroyAll(partial);
+      const status = await server.stop();
+      assert.equal(status.code, 0, server.lines.join("\n"));
+    }
+    // One summary line for all the refusals, not one per connection.
+    const summaries = server.lines.filter((l) =>
+      /Requester port refused or closed connections/.test(l)
+    );
+    assert.ok(
+      summaries.length >= 1 && summaries.length <= 3,
+      server.lines.join("\n"),
+    );
+    assert.match(
+      summaries.join("\n"),
+      /closed to make room for other addresses/,
+    );
+  },
+});
+
+Deno.test({
+  name:
+    "guard - running out of descriptors (EMFILE) is survived: the port serves again once they are back",
+  ignore: Deno.build.os !== "linux",
+  async fn() {
+    // Limits set past what 128 descriptors allow, so accept() itself fails.
+    const server = await startLimitedServer(128, [
+      "--max-open-connections",
+      "1000",
+      "--max-per-address",
+      "1000",
+      "--header-timeout",
+      "1",
+    ]);
+    const partial: net.Socket[] = [];
+    try {
+      const batch = await Promise.allSettled(
+        Array.from({ length: 300 }, () => tcp(server.requesterPort)),
+      );
+      for (const r of batch) {
+        if (r.status === "fulfilled") {
+          r.value.on("error", () => {});
+          r.value.write("GET / HTTP/1.1\r\n");
+          partial.push(r.value);
+        }
+      }
+      // The half-sent requests time out, descriptors come back, and the port accepts again.
+      const client = new RequesterClient(
+        `ws://127.0.0.1:${server.requesterPort}`,
+        { handshakeTimeoutMs: 20_000 },
+      );
+      try {
+        await client.connect();
+        assert.equal(
+          (await client.request("get_time", {}, { timeout: 5 })).error_code,
+          "NO_WORKERS",
+        );
+      } finally {
+        await client.close();
+      }
+    } finally {
+      await destroyAll(partial);
+      const status = await server.stop();
+      assert.equal(status.code, 0, server.lines.join("\n"));
+    }
+    assert.match(
+      server.lines.join("\n"),
+      /failed accepts \(.*Too many open files/,
+    );
+  },
+});
