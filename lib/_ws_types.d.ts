@@ -34,6 +34,9 @@ declare class WebSocket {
   send(data: string | Uint8Array): void;
   close(code?: number, reason?: string): void;
   terminate(): void;
+  /** Stops reading the socket (backpressure) until `resume()`. */
+  pause(): void;
+  resume(): void;
   on(event: "open", listener: () => void): this;
   on(
     event: "message",

@@ -45,6 +45,14 @@ export interface BatchOptions {
    * the outcome's `tooLarge` says so. @default no limit
    */
   maxResultChars?: number;
+  /**
+   * Streamed batches only: flow control. `ready()` says whether the requester has read enough
+   * of what it was sent for more items to be started; with `window`, it bounds the memory a
+   * slow requester can make the server hold.
+   */
+  flow?: { ready(): boolean };
+  /** Streamed batches with `flow`: items started and not yet sent, at most. @default 96 */
+  window?: number;
 }
 
 /** Reads a batch's `data`: a list, or `{"markets": [...]}`. */
@@ -220,6 +228,28 @@ export async function runBatch(
   const onAbort = () => stop.abort();
   options.signal?.addEventListener("abort", onAbort, { once: true });
   if (options.signal?.aborted) stop.abort();
+  const flow = options.onItem ? options.flow : undefined;
+  const window = options.window ?? 96;
+  let out = 0;
+  let wake: (() => void) | undefined;
+  const release = (n: number) => {
+    if (!flow) return;
+    out -= n;
+    wake?.();
+  };
+  // Waits until the window has room for `n` more items (always for the first) and the
+  // requester has read most of what it was sent.
+  const admit = async (n: number) => {
+    while (!stop.aborted) {
+      if ((out === 0 || out + n <= window) && flow!.ready()) break;
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        setTimeout(resolve, 10);
+      });
+      wake = undefined;
+    }
+    out += n;
+  };
   const limit = options.maxResultChars;
   let chars = 0;
   let tooLarge = false;
@@ -372,15 +402,52 @@ export async function runBatch(
     );
     const shares = assignGroups(groups, plan.usable, admitted, plan);
     const chunks: [string, number[]][] = [];
-    for (const [workerId, indexes] of shares) {
-      for (
-        const chunk of chunkShare(indexes, dispatcher.registry.get(workerId))
-      ) {
-        chunks.push([workerId, chunk]);
+    if (flow) {
+      // Streamed: small chunks taken in turn from each worker's share, so that the window of
+      // items in flight keeps every worker busy.
+      const size = Math.max(
+        4,
+        Math.min(CHUNK_ITEMS, Math.floor(window / shares.size)),
+      );
+      const lists = [...shares].map(([workerId, indexes]) => {
+        const list: [string, number[]][] = [];
+        for (let k = 0; k < indexes.length; k += size) {
+          list.push([workerId, indexes.slice(k, k + size)]);
+        }
+        return list;
+      });
+      for (let k = 0; lists.some((l) => k < l.length); k++) {
+        for (const list of lists) if (k < list.length) chunks.push(list[k]);
+      }
+    } else {
+      for (const [workerId, indexes] of shares) {
+        for (
+          const chunk of chunkShare(indexes, dispatcher.registry.get(workerId))
+        ) {
+          chunks.push([workerId, chunk]);
+        }
       }
     }
     const retry: number[] = [];
+    // Chunks wait their turn in order (streamed batches only): the window and the requester's
+    // reading decide when the next one goes.
+    let turn = Promise.resolve();
     await Promise.all(chunks.map(async ([workerId, indexes], c) => {
+      if (flow) {
+        const mine = turn.then(() => admit(indexes.length));
+        turn = mine;
+        await mine;
+        if (stop.aborted) {
+          release(indexes.length);
+          for (const i of indexes) {
+            finish(
+              i,
+              itemError(items[i], "Request cancelled", ErrorCode.CANCELLED),
+            );
+          }
+          return;
+        }
+      }
       // Spill order: home first, then whoever else is free, by least load.
       const preferred = [
         workerId,
@@ -399,8 +466,11 @@ export async function runBatch(
       let current = indexes;
       const settled = new Set<number>();
       const blockedOn = new Map<string, number>();
+      let accepted = 0;
       const accept = (i: number, result: unknown, workerId: string) => {
         settled.add(i);
+        accepted++;
+        release(1);
         if (workerId) used.add(workerId);
         if (isRetriableFailure(result) && round + 1 < maxRounds) {
           blockedOn.set(workerId, (blockedOn.get(workerId) ?? 0) + 1);
@@ -478,6 +548,7 @@ export async function runBatch(
           `${blocked} items re-sent: upstream of worker ${workerId} failed`,
         );
       }
+      release(indexes.length - accepted);
       report();
     }));
     pending = retry.sort((a, b) => a - b);

@@ -85,6 +85,11 @@ export interface BatchStream extends AsyncIterable<StreamedItem> {
   readonly answer: Promise<RequesterAnswer>;
 }
 
+// Items a stream's caller may fall behind by before the socket stops being read, and where
+// reading resumes.
+const STREAM_HIGH_WATER = 16;
+const STREAM_LOW_WATER = 4;
+
 interface Pending {
   /** The request frame, kept for resubmission. */
   frame: string;
@@ -115,6 +120,7 @@ export class RequesterClient {
   #at = 0;
   #options: RequesterClientOptions;
   #socket: WebSocket | undefined;
+  #holds = 0;
   #pending = new Map<string, Pending>();
   /**
    * Ids of aborted requests whose answer may still come, each with the timer that frees it at
@@ -356,18 +362,30 @@ export class RequesterClient {
     let wake: (() => void) | undefined;
     let ended = false;
     let failure: { error: unknown } | undefined;
+    // Backpressure: while a caller iterates but falls behind, stop reading the socket; the
+    // server then starts no new items until it drains (its flow control).
+    let iterating = false;
+    let holding = false;
+    const hold = (on: boolean) => {
+      if (on === holding) return;
+      holding = on;
+      this.#hold(on);
+    };
     const answer = this.#send(command, data, options, (item) => {
       queue.push(item);
+      if (iterating && queue.length >= STREAM_HIGH_WATER) hold(true);
       wake?.();
     });
     answer.then(
       () => {
         ended = true;
+        hold(false);
         wake?.();
       },
       (error) => {
         failure = { error };
         ended = true;
+        hold(false);
         wake?.();
       },
     );
@@ -376,20 +394,37 @@ export class RequesterClient {
     return {
       answer,
       async *[Symbol.asyncIterator]() {
-        while (true) {
-          if (queue.length > 0) {
-            yield queue.shift()!;
-            continue;
+        iterating = true;
+        try {
+          while (true) {
+            if (queue.length > 0) {
+              if (queue.length <= STREAM_LOW_WATER) hold(false);
+              yield queue.shift()!;
+              continue;
+            }
+            hold(false);
+            if (ended) {
+              if (failure) throw failure.error;
+              return;
+            }
+            await new Promise<void>((resolve) => wake = resolve);
+            wake = undefined;
           }
-          if (ended) {
-            if (failure) throw failure.error;
-            return;
-          }
-          await new Promise<void>((resolve) => wake = resolve);
-          wake = undefined;
+        } finally {
+          iterating = false;
+          hold(false);
         }
       },
     };
+  }
+
+  /** Pauses reading the socket while any stream holds it. */
+  #hold(on: boolean): void {
+    this.#holds += on ? 1 : -1;
+    const socket = this.#socket;
+    if (!socket) return;
+    if (this.#holds > 0) socket.pause();
+    else socket.resume();
   }
 
   #send(

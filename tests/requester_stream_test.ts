@@ -223,3 +223,39 @@ Deno.test("stream - a connection lost mid-stream ends the iteration with Connect
     await client.close();
   }
 });
+
+Deno.test("stream - a requester that reads slowly gets its items slowly instead of being dropped", async () => {
+  // Items of ~20 KB against a 64 KiB unread limit: without pacing the server would drop it.
+  await using server = startTestServer({ maxBufferedBytes: 64 * 1024 });
+  const pad = "x".repeat(20_000);
+  const worker = await startWorker(server, {
+    actions: {
+      get_markets: (params, ctx) => {
+        const list = params as Item[];
+        const results = list.map((p) => ({ success: true, code: p.code, pad }));
+        results.forEach((result, index) =>
+          ctx.progress?.(index + 1, list.length, { index, result })
+        );
+        return results.map(() => null);
+      },
+    },
+  });
+  const client = new RequesterClient(server.requesterUrl);
+  await client.connect();
+  try {
+    const items = etfs(200);
+    const seen = new Set<number>();
+    const batch = client.stream("get_markets", items, { timeout: 60 });
+    for await (const { index } of batch) {
+      seen.add(index);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    const answer = await batch.answer;
+    assert.equal(answer.success, true, answer.error ?? "");
+    assert.equal(seen.size, 200);
+    assert.equal(client.connected, true);
+  } finally {
+    await client.close();
+    await worker.stop();
+  }
+});

@@ -190,11 +190,14 @@ export class RequesterPort implements RequestRunner {
   #answer(
     peer: RequesterPeer,
     answer: RequesterAnswer | Record<string, unknown>,
+    paced = false,
   ): void {
     if (peer.sink) return peer.sink(answer as Record<string, unknown>);
     const socket = peer.socket;
     if (socket.readyState !== WebSocket.OPEN) return;
-    if (socket.bufferedAmount > this.#core.options.maxBufferedBytes) {
+    // Streamed items are paced by the batch (flow control above) instead: a requester that
+    // reads slowly gets its items slowly, rather than dropped.
+    if (socket.bufferedAmount > this.#core.options.maxBufferedBytes && !paced) {
       // A requester that stops reading would otherwise hold the server's memory hostage.
       log.warn(
         "Dropping requester {id}: {bytes} bytes unread (limit {limit})",
@@ -390,7 +393,7 @@ export class RequesterPort implements RequestRunner {
     // A request cancelled because its requester left gets no answer; one the requester
     // cancelled itself gets exactly one.
     if (byRequester ? !peer.dropped : !cancellation.aborted) {
-      this.#answer(peer, answer);
+      this.#answer(peer, answer, request.stream);
     }
     if (this.#active === 0) this.#idle?.resolve();
   }
@@ -437,11 +440,26 @@ export class RequesterPort implements RequestRunner {
           // Streamed: each item leaves as it is final, and the server keeps none of them.
           onItem: request.stream
             ? (index, result) =>
-              this.#answer(peer, { request_id: id, item: { index, result } })
+              this.#answer(
+                peer,
+                { request_id: id, item: { index, result } },
+                true,
+              )
             : undefined,
           maxResultChars: request.stream
             ? undefined
             : this.#core.options.maxAnswerBytes,
+          // A streamed batch goes at the requester's pace: no new items start while more than
+          // a quarter of the unread limit waits for it.
+          flow: request.stream
+            ? {
+              // An HTTP caller (a sink, no socket) is paced by its own response stream.
+              ready: () =>
+                !peer.socket || peer.socket.readyState !== WebSocket.OPEN ||
+                peer.socket.bufferedAmount <
+                  this.#core.options.maxBufferedBytes / 4,
+            }
+            : undefined,
         },
       ).catch((error) => {
         tracker.finish(0, items.length);
