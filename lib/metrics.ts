@@ -5,7 +5,7 @@
  * latency histogram, a slot of a per-second timeline. Everything else (workers, queue, upstream
  * status) is read from the broker when scraped. `prom-client` renders the text: its own
  * `observe()`/`inc()` hash the label set on every call, ~0.5–0.8 µs per request, a few percent of
- * the broker's whole cost of a request (docs/operations.md has the measurement).
+ * the broker's whole cost of a request (docs/metrics.md has the measurement).
  *
  * Label cardinality is bounded: a command gets its own series only when a worker or the server
  * offers it, or it succeeded, and only up to `maxCommands` of them; the rest count as `other`.
