@@ -12,10 +12,14 @@ import { startFakeEastmoney } from "../tests/_fake_eastmoney.ts";
 if (import.meta.main) {
   const { values } = parseArgs({
     args: Deno.args,
-    options: { "latency-ms": { type: "string", default: "20" } },
+    options: {
+      "latency-ms": { type: "string", default: "20" },
+      end: { type: "string" },
+    },
   });
   const fake = await startFakeEastmoney({
     synthetic: true,
+    syntheticEnd: values.end,
     latencyMs: Number(values["latency-ms"]),
   });
   Deno.addSignalListener("SIGTERM", () => Deno.exit(0));

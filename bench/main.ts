@@ -111,7 +111,7 @@ async function main(args: string[]): Promise<number> {
     out.batch = batch;
     checks.push(...batch.checks);
     print(
-      `batch (${batch.items} symbols, upstream +20 ms, 20 req/s per worker)`,
+      `batch (${batch.items} symbols, upstream +20 ms, 20 req/s per worker, ${batch.rounds} rounds)`,
       batchTable(batch),
     );
   }

@@ -125,7 +125,14 @@ function isObject(value: unknown): value is Record<string, unknown> {
 
 /** Reads a worker-port frame. Missing `msg_id`/`timestamp`/`data` are tolerated; `type` is not. */
 export function decodeEnvelope(text: string): Envelope {
-  const value = parseJson(text);
+  return readEnvelope(parseJson(text));
+}
+
+/**
+ * Reads one parsed envelope (a frame's JSON value, or one element of a frame of several; see
+ * {@linkcode BATCH_ENVELOPES}).
+ */
+export function readEnvelope(value: unknown): Envelope {
   if (!isObject(value)) {
     throw new ProtocolError(
       ErrorCode.INVALID_FRAME,
@@ -151,6 +158,63 @@ export function decodeEnvelope(text: string): Envelope {
     timestamp: typeof timestamp === "number" ? timestamp : unixSeconds(),
     data: data === undefined ? {} : data,
   };
+}
+
+/**
+ * The `connect` field with which both sides of the worker port agree to several envelopes per
+ * frame (additive, opt-in). The server offers it in its welcome; a worker that understands it
+ * echoes it in its registration; from then on either side may send a JSON array of envelopes
+ * as one text frame, in order. Peers that never say it (the original workers and server) only
+ * ever see one envelope per frame.
+ */
+export const BATCH_ENVELOPES = "batch_envelopes";
+
+/**
+ * Envelopes written in one turn wait here and leave as one frame (`[e1,e2,…]`), or as the single
+ * envelope when only one was written, so original readers of a lone envelope see no change.
+ * Frames stay below `maxChars`; a larger envelope leaves alone, after what was queued before it.
+ */
+export class EnvelopeBatcher {
+  #queued: string[] = [];
+  #chars = 0;
+  #scheduled = false;
+  #write: (frame: string) => void;
+  #maxChars: number;
+
+  constructor(write: (frame: string) => void, maxChars = 64 * 1024) {
+    this.#write = write;
+    this.#maxChars = maxChars;
+  }
+
+  /** Queues an encoded envelope; it leaves at the end of the current turn at the latest. */
+  push(envelope: string): void {
+    if (this.#chars + envelope.length + 1 > this.#maxChars) this.flush();
+    if (envelope.length + 2 > this.#maxChars) {
+      // Alone, and synchronously: a failed write throws to the caller, as an unbatched send does.
+      return this.#write(envelope);
+    }
+    this.#queued.push(envelope);
+    this.#chars += envelope.length + 1;
+    if (!this.#scheduled) {
+      this.#scheduled = true;
+      queueMicrotask(() => this.flush());
+    }
+  }
+
+  /** Writes what is queued now. */
+  flush(): void {
+    this.#scheduled = false;
+    const queued = this.#queued;
+    if (queued.length === 0) return;
+    this.#queued = [];
+    this.#chars = 0;
+    try {
+      this.#write(queued.length === 1 ? queued[0] : `[${queued.join(",")}]`);
+    } catch {
+      // The socket closed under us. What was queued counts as sent, as it would had the socket
+      // closed a moment later: the close handler re-places the jobs the peer held.
+    }
+  }
 }
 
 /** Validates `request.data` of a worker-protocol request. */

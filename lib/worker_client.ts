@@ -17,10 +17,13 @@ import {
 import { messageId } from "./_id.ts";
 import { logger } from "./log.ts";
 import {
-  decodeEnvelope,
+  BATCH_ENVELOPES,
   encodeEnvelope,
   type Envelope,
+  EnvelopeBatcher,
   MessageType,
+  parseJson,
+  readEnvelope,
   readRequestData,
   readResponseData,
 } from "./protocol.ts";
@@ -111,6 +114,8 @@ export class Worker {
   #handlers = new Map<string, WorkerMessageHandler>();
   #nonRetriable = new Set<string>();
   #socket: WebSocket | undefined;
+  /** Set while the server reads several envelopes per frame (it offered `BATCH_ENVELOPES`). */
+  #batcher: EnvelopeBatcher | undefined;
   #clientId: string | null = null;
   #running = new Map<string, AbortController>();
   #asks = new Map<string, PromiseWithResolvers<unknown>>();
@@ -287,11 +292,10 @@ export class Worker {
         });
       }, interval);
     };
-    onText = (text) => {
-      heard();
+    const onValue = (value: unknown) => {
       let envelope: Envelope;
       try {
-        envelope = decodeEnvelope(text);
+        envelope = readEnvelope(value);
       } catch (error) {
         log.warn("Bad frame from the server: {message}", {
           message: (error as Error).message,
@@ -302,14 +306,28 @@ export class Worker {
         const d = envelope.data as {
           client_id?: unknown;
           heartbeat_interval?: unknown;
+          max_frame_bytes?: unknown;
+          [BATCH_ENVELOPES]?: unknown;
         };
         if (
           typeof d.heartbeat_interval === "number" && d.heartbeat_interval > 0
         ) {
           interval = d.heartbeat_interval * 1000;
         }
+        // The registration leaves in a frame of its own: the server reads arrays from this
+        // worker only once it has read the registration that says this worker sends them.
+        this.#batcher = undefined;
         this.#clientId = typeof d.client_id === "string" ? d.client_id : null;
         this.#register();
+        this.#batcher = d[BATCH_ENVELOPES] === true
+          ? new EnvelopeBatcher(
+            (frame) => socket.send(frame),
+            // Far below any limit the server states, in characters or in bytes.
+            typeof d.max_frame_bytes === "number" && d.max_frame_bytes > 0
+              ? Math.min(64 * 1024, Math.floor(d.max_frame_bytes / 4))
+              : 64 * 1024,
+          )
+          : undefined;
         startHeartbeat();
         log.info("Connected to {url} as {id} ({name})", {
           url: redactUrl(this.url),
@@ -323,12 +341,28 @@ export class Worker {
       }
       this.#onEnvelope(envelope);
     };
+    onText = (text) => {
+      heard();
+      let value: unknown;
+      try {
+        value = parseJson(text);
+      } catch (error) {
+        log.warn("Bad frame from the server: {message}", {
+          message: (error as Error).message,
+        });
+        return;
+      }
+      // Several envelopes in one frame: only from a server this worker told it reads them.
+      if (Array.isArray(value)) value.forEach(onValue);
+      else onValue(value);
+    };
     for (const text of early.splice(0)) onText(text);
     socket.on("pong", heard);
     socket.on("ping", heard);
     socket.on("close", (code: number, reason: Uint8Array) => {
       clearInterval(beat);
       this.#socket = undefined;
+      this.#batcher = undefined;
       // Requests the server asked for are re-sent elsewhere by the server; stop working on them.
       for (const controller of this.#running.values()) {
         controller.abort(
@@ -371,6 +405,8 @@ export class Worker {
       actions: [...this.#actions.keys()],
       non_retriable: [...this.#nonRetriable],
       version: WORKER_VERSION,
+      // This worker reads frames of several envelopes; the server may send them from now on.
+      [BATCH_ENVELOPES]: true,
       host: {
         hostname: (() => {
           try {
@@ -389,8 +425,13 @@ export class Worker {
   #send(type: string, data: unknown, msgId?: string): boolean {
     const socket = this.#socket;
     if (!socket || socket.readyState !== 1) return false;
+    const text = encodeEnvelope(type, data, msgId);
+    if (this.#batcher) {
+      this.#batcher.push(text);
+      return true;
+    }
     this.#cork(socket);
-    socket.send(encodeEnvelope(type, data, msgId));
+    socket.send(text);
     return true;
   }
 
@@ -577,6 +618,7 @@ export class Worker {
       clearTimeout(timer);
     }
     this.#stop.abort(new WorkerError("Worker stopped", ErrorCode.CANCELLED));
+    this.#batcher?.flush();
     const socket = this.#socket;
     if (socket && socket.readyState <= 1) {
       const closed = new Promise((resolve) => socket.once("close", resolve));

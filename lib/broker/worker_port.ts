@@ -10,10 +10,13 @@ import { ErrorCode, ProtocolError, SwitchyardError } from "../errors.ts";
 import { shortId } from "../_id.ts";
 import { logger } from "../log.ts";
 import {
-  decodeEnvelope,
+  BATCH_ENVELOPES,
   encodeEnvelope,
   type Envelope,
+  EnvelopeBatcher,
   MessageType,
+  parseJson,
+  readEnvelope,
   readRequestData,
   readResponseData,
 } from "../protocol.ts";
@@ -30,6 +33,8 @@ export class WorkerPort {
   #token?: string;
   #messageHandlers: Record<string, MessageHandler>;
   #sockets = new Map<string, WebSocket>();
+  /** Workers that read several envelopes per frame, by client id (see `BATCH_ENVELOPES`). */
+  #batchers = new Map<string, EnvelopeBatcher>();
 
   constructor(
     core: BrokerCore,
@@ -76,7 +81,11 @@ export class WorkerPort {
     while (this.#sockets.has(id) || core.dispatcher.registry.get(id)) {
       id = shortId();
     }
-    const worker = new Peer(id, address, (frame) => socket.send(frame), {
+    const worker = new Peer(id, address, (frame) => {
+      const batcher = this.#batchers.get(id);
+      if (batcher) batcher.push(frame);
+      else socket.send(frame);
+    }, {
       clock: core.clock,
       defaultConcurrency: core.options.defaultConcurrency,
     });
@@ -91,6 +100,7 @@ export class WorkerPort {
         server_version: VERSION,
         heartbeat_interval: core.options.heartbeatIntervalMs / 1000,
         max_frame_bytes: core.options.maxWorkerFrameBytes,
+        [BATCH_ENVELOPES]: true,
       }));
       log.info("Worker {id} connected from {address}", {
         id,
@@ -102,6 +112,7 @@ export class WorkerPort {
       this.#onWorkerFrame(worker, socket, event.data);
     socket.onclose = (event) => {
       this.#sockets.delete(id);
+      this.#batchers.delete(id);
       log.info("Worker {id} ({name}) disconnected: code {code}", {
         id,
         name: worker.name,
@@ -119,6 +130,8 @@ export class WorkerPort {
 
   /** Closes a worker's socket and forgets it (the sweep drops silent workers this way). */
   disconnect(id: string, code: number, reason: string): void {
+    this.#batchers.get(id)?.flush();
+    this.#batchers.delete(id);
     this.#sockets.get(id)?.close(code, reason);
     this.#sockets.delete(id);
   }
@@ -174,16 +187,33 @@ export class WorkerPort {
         `Frame too large: ${raw.length} characters (limit ${core.options.maxWorkerFrameBytes})`,
       );
     }
+    let value: unknown;
+    try {
+      value = parseJson(raw);
+    } catch (error) {
+      return this.#badFrame(worker, socket, error as ProtocolError);
+    }
+    // Several envelopes in one frame, from a worker that registered with BATCH_ENVELOPES; from
+    // any other worker an array is the bad frame it always was.
+    if (Array.isArray(value) && this.#batchers.has(worker.id)) {
+      for (const element of value) this.#onWorkerValue(worker, socket, element);
+    } else this.#onWorkerValue(worker, socket, value);
+  }
+
+  #badFrame(worker: Peer, socket: WebSocket, error: ProtocolError): void {
+    log.warn("Bad frame from worker {id}: {message}", {
+      id: worker.id,
+      message: error.message,
+    });
+    this.#workerError(socket, error.code, error.message);
+  }
+
+  #onWorkerValue(worker: Peer, socket: WebSocket, value: unknown): void {
     let envelope: Envelope;
     try {
-      envelope = decodeEnvelope(raw);
+      envelope = readEnvelope(value);
     } catch (error) {
-      const e = error as ProtocolError;
-      log.warn("Bad frame from worker {id}: {message}", {
-        id: worker.id,
-        message: e.message,
-      });
-      return this.#workerError(socket, e.code, e.message);
+      return this.#badFrame(worker, socket, error as ProtocolError);
     }
     try {
       this.#onWorkerEnvelope(worker, socket, envelope);
@@ -211,6 +241,12 @@ export class WorkerPort {
           );
         }
         worker.register(data as WorkerRegistration, 1024);
+        if (data[BATCH_ENVELOPES] === true && !this.#batchers.has(worker.id)) {
+          this.#batchers.set(
+            worker.id,
+            new EnvelopeBatcher((frame) => socket.send(frame)),
+          );
+        }
         if (Array.isArray(data.non_retriable)) {
           for (const action of data.non_retriable) {
             if (typeof action === "string") {
