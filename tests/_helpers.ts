@@ -56,6 +56,19 @@ export async function within<T>(
   }
 }
 
+/**
+ * A request's outcome, bounded like {@linkcode within} and marked handled at once, so a
+ * rejection that comes before the test awaits it is reported there instead of as uncaught.
+ */
+export function answerOf<T>(
+  request: Promise<T>,
+  what = "the answer",
+): Promise<T> {
+  const bounded = within(request, what);
+  bounded.catch(() => {});
+  return bounded;
+}
+
 /** A running server that closes itself at the end of an `await using` scope. */
 export type TestServer = RunningServer & AsyncDisposable;
 

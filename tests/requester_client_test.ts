@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { ConnectionClosedError, RequestTimeoutError } from "../lib/errors.ts";
 import { RequesterClient } from "../lib/requester_client.ts";
 import {
+  answerOf,
   openRawWorker,
   startTestServer,
   startWorker,
@@ -167,16 +168,6 @@ Deno.test("requester client - gives up after the timeout plus grace when no answ
   assert.equal(client.inFlight, 0);
   await client.close();
 });
-
-/**
- * `request`'s outcome, bounded so a regression fails instead of hanging, and marked handled so
- * an early rejection is reported where the test awaits it.
- */
-function answerOf<T>(request: Promise<T>): Promise<T> {
-  const bounded = within(request, "the answer");
-  bounded.catch(() => {});
-  return bounded;
-}
 
 /** A fake server that holds every frame until the test answers it. */
 function startHoldingServer() {
