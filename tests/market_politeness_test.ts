@@ -298,3 +298,29 @@ Deno.test("market service - an abort ends the back-off sleep between retries", a
     market.close();
   }
 });
+
+Deno.test("retry - every attempt waits for the rate limiter, retries included", async () => {
+  const clock = manualClock();
+  const sentAt: number[] = [];
+  await using fake = await startFakeEastmoney({
+    synthetic: true,
+    // Called as each request arrives: when, on the service's clock, it was let through.
+    hook: () => {
+      sentAt.push(clock.now());
+      return sentAt.length <= 2 ? "http503" : undefined;
+    },
+  });
+  const market = serviceFor(fake.url, {
+    clock,
+    rateLimit: 1,
+    random: () => 0, // no jitter, no back-off: only the limiter spaces the attempts
+    retries: 2,
+  });
+  try {
+    assert.ok((await market.getMarket(ETF)).success);
+    const start = sentAt[0];
+    assert.deepEqual(sentAt.map((t) => t - start), [0, 1000, 2000]);
+  } finally {
+    market.close();
+  }
+});
