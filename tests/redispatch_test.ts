@@ -142,6 +142,10 @@ Deno.test("re-dispatch - a job whose worker vanished goes to the front of the qu
       "the third request to queue",
     );
     holder.socket.terminate();
+    await waitFor(
+      () => server.broker.stats().workers === 1,
+      "the server to see the worker gone",
+    );
     // The lost first job is re-queued ahead of the third, which waited longer in the queue.
     respond(other, secondRequest, "two");
     const next = await other.envelope("request");
