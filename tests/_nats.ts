@@ -46,7 +46,12 @@ export class NatsNode {
   #config: string;
   #child: Deno.ChildProcess | undefined;
 
-  constructor(port: number, clusterPort: number, routes: number[]) {
+  constructor(
+    port: number,
+    clusterPort: number,
+    routes: number[],
+    extra = "",
+  ) {
     this.port = port;
     this.clusterPort = clusterPort;
     this.url = `nats://127.0.0.1:${port}`;
@@ -61,7 +66,7 @@ cluster {
     this.#config = Deno.makeTempFileSync({ suffix: ".conf" });
     Deno.writeTextFileSync(
       this.#config,
-      `listen: "127.0.0.1:${port}"\nmax_payload: 8MB\n${cluster}\n`,
+      `listen: "127.0.0.1:${port}"\nmax_payload: 8MB\n${extra}\n${cluster}\n`,
     );
   }
 
@@ -120,7 +125,8 @@ cluster {
 export class NatsCluster {
   readonly nodes: NatsNode[];
 
-  constructor(n = 1) {
+  /** `extra`: more nats-server configuration, such as an `authorization` block. */
+  constructor(n = 1, extra = "") {
     const ports = Array.from({ length: n }, () => freePort());
     const clusterPorts = Array.from({ length: n }, () => freePort());
     this.nodes = ports.map((port, i) =>
@@ -128,6 +134,7 @@ export class NatsCluster {
         port,
         clusterPorts[i],
         n === 1 ? [] : clusterPorts.filter((_, j) => j !== i),
+        extra,
       )
     );
   }

@@ -302,3 +302,54 @@ Deno.test({
     assert.match(text, /on s2/);
   },
 });
+
+Deno.test({
+  name:
+    "cluster: servers authenticate to NATS with a token; a wrong one stays out and says so",
+  ignore,
+  fn: async () => {
+    await using nats = await new NatsCluster(
+      1,
+      'authorization { token: "s3cret" }',
+    ).start();
+    const servers = ["s0", "s1", "bad"].map((name) =>
+      startTestServer({
+        cluster: {
+          servers: nats.urls,
+          name: "auth",
+          serverName: name,
+          token: name === "bad" ? "wrong" : "s3cret",
+        },
+      })
+    );
+    const workers: Worker[] = [];
+    try {
+      await Promise.all(servers.map((s) => s.cluster!));
+      workers.push(
+        await startWorker(servers[1], {
+          name: "w",
+          actions: { who: whoAmI("w") },
+        }),
+      );
+      await waitFor(
+        () => servers[0].broker.workers().length === 1,
+        "s0 to see s1's worker",
+      );
+      const client = new RequesterClient(servers[0].requesterUrl);
+      await client.connect();
+      assert.equal((await client.request("who")).data, "w");
+      await client.close();
+      await waitFor(
+        () => servers[2].broker.stats().cluster?.nats_error !== undefined,
+        "the bad server to say why it is out",
+      );
+      const bad = servers[2].broker.stats().cluster!;
+      assert.notEqual(bad.nats, "connected");
+      assert.match(bad.nats_error!, /author/i);
+      assert.deepEqual(bad.servers.map((s) => s.name), ["bad"]);
+      assert.equal(servers[2].broker.workers().length, 0);
+    } finally {
+      await closeAll(servers, [], workers);
+    }
+  },
+});

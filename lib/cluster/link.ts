@@ -90,6 +90,8 @@ export interface ClusterStatus {
   server_id: string;
   nats: "connecting" | "connected" | "disconnected" | "closed";
   nats_server: string | null;
+  /** Why NATS cannot be reached, while it cannot. */
+  nats_error?: string;
   servers: ClusterServer[];
 }
 
@@ -131,6 +133,10 @@ export class ClusterLink {
   #timer: ReturnType<typeof setInterval> | undefined;
   #closed = false;
   #started: Promise<void> | undefined;
+  #connecting: Promise<void> | undefined;
+  #wake: (() => void) | undefined;
+  /** Why the last attempt to reach NATS failed, until one succeeds. */
+  #error: string | undefined;
   #background: Promise<void>[] = [];
 
   #requesters: () => number;
@@ -174,7 +180,9 @@ export class ClusterLink {
       maxReconnectAttempts: -1,
       reconnectTimeWait: 250,
       reconnectJitter: 100,
-      waitOnFirstConnect: true,
+      // The first connection is retried here rather than inside the client, so that close()
+      // can stop the retries and the reason (refused, unauthorized) can be shown.
+      timeout: 2000,
       // A NATS node that vanishes without closing TCP is noticed within ~6 s.
       pingInterval: 2000,
       maxPingOut: 3,
@@ -194,11 +202,39 @@ export class ClusterLink {
       name: this.name,
       servers: o.servers.join(","),
     });
-    const nc = await connect(options);
+    let nc: NatsConnection | undefined;
+    let delay = 250;
+    while (!this.#closed) {
+      const attempt = connect(options);
+      this.#connecting = attempt.then(() => {}, () => {});
+      try {
+        nc = await attempt;
+        break;
+      } catch (error) {
+        const message = (error as Error).message;
+        if (message !== this.#error) {
+          log.warn("Cannot reach NATS ({servers}): {message}; retrying", {
+            servers: o.servers.join(","),
+            message,
+          });
+        }
+        this.#error = message;
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, delay);
+          this.#wake = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        delay = Math.min(delay * 2, 5000);
+      }
+    }
+    if (!nc) return;
     if (this.#closed) {
       await nc.close();
       return;
     }
+    this.#error = undefined;
     this.#nc = nc;
     this.#nats = "connected";
     log.info("Joined cluster {name} as {server} (NATS {nats})", {
@@ -291,6 +327,7 @@ export class ClusterLink {
         ? this.#nc?.getServer() ?? null
         : null,
       servers,
+      ...(this.#error ? { nats_error: this.#error } : {}),
     };
   }
 
@@ -304,6 +341,9 @@ export class ClusterLink {
     if (this.#closed) return;
     this.#closed = true;
     clearInterval(this.#timer);
+    this.#wake?.();
+    await this.#connecting;
+    await this.#started?.catch(() => {});
     for (const server of [...this.#servers.values()]) {
       this.#dropServer(server, "this server is shutting down");
     }
