@@ -399,6 +399,11 @@ export class Dispatcher {
     this.#nonRetriable.add(action);
   }
 
+  /** The actions never run twice (configured, or marked by workers). */
+  get nonRetriable(): ReadonlySet<string> {
+    return this.#nonRetriable;
+  }
+
   /** Fails jobs that waited in the queue longer than `queueTimeoutMs`; call periodically. */
   expireQueued(): void {
     if (this.queueTimeoutMs === Infinity || this.#queue.length === 0) return;

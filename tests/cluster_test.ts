@@ -353,3 +353,65 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "cluster: an action a remote worker marked non-retriable is not run again when that worker is lost",
+  ignore,
+  fn: async () => {
+    await using nats = await new NatsCluster(1).start();
+    const { servers } = await startServers(nats, 2);
+    const clients: RequesterClient[] = [];
+    const workers: Worker[] = [];
+    const calls = { far: 0, near: 0 };
+    try {
+      const far = await startWorker(servers[1], { name: "far" });
+      workers.push(far);
+      far.registerAction(
+        "charge",
+        (_p, ctx) => {
+          calls.far++;
+          // Holds the request until the worker goes away.
+          return new Promise((_, reject) =>
+            ctx.signal.addEventListener(
+              "abort",
+              () => reject(ctx.signal.reason),
+            )
+          );
+        },
+        { retriable: false },
+      );
+      await waitFor(
+        () =>
+          servers[0].broker.workers().some((w) =>
+            w.actions?.includes("charge")
+          ),
+        "s0 to see far's charge action",
+      );
+      const client = new RequesterClient(servers[0].requesterUrl);
+      clients.push(client);
+      await client.connect();
+      const answer = client.request("charge", {}, { timeout: 10 });
+      await waitFor(() => calls.far === 1, "far to start charging");
+      // A second worker that would take the request again, if it were retriable.
+      workers.push(
+        await startWorker(servers[0], {
+          name: "near",
+          actions: {
+            charge: () => {
+              calls.near++;
+              return "charged twice";
+            },
+          },
+        }),
+      );
+      await far.stop(0);
+      const result = await answer;
+      assert.equal(result.success, false);
+      assert.equal(result.error_code, "WORKER_LOST");
+      assert.deepEqual(calls, { far: 1, near: 0 });
+    } finally {
+      await closeAll(servers, clients, workers);
+    }
+  },
+});

@@ -427,6 +427,7 @@ export class ClusterLink {
       urls: this.#options.urls ?? {},
       requesters: this.#requesters(),
       workers,
+      non_retriable: [...this.#core.dispatcher.nonRetriable],
       ledger,
     };
     try {
@@ -467,6 +468,12 @@ export class ClusterLink {
     }
     server.lastHeard = now;
     server.requesters = state.requesters;
+    // An action a worker of that server must not run twice must not run twice from here either.
+    for (const action of state.non_retriable ?? []) {
+      if (!dispatcher.nonRetriable.has(action)) {
+        dispatcher.markNonRetriable(action);
+      }
+    }
     server.urls = state.urls ?? {};
     let added = false;
     const seen = new Set<string>();

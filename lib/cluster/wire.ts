@@ -46,6 +46,8 @@ export interface ServerState {
   urls: { worker?: string; requester?: string };
   requesters: number;
   workers: WorkerState[];
+  /** Actions this server never runs twice: every server must treat them so. */
+  non_retriable?: string[];
   /** Per origin server: the `msg_id`s of its requests this server holds now. */
   ledger: Record<string, string[]>;
 }
