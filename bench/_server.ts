@@ -1,5 +1,6 @@
 /**
- * Bench helper: a Switchyard server on 127.0.0.1 with ports picked by the OS. Prints
+ * Bench helper: a Switchyard server on 127.0.0.1 with ports picked by the OS; `--no-guard`
+ * serves without the guard in front of each port (to show what the guard costs). Prints
  * `{"ready":true,"port":…,"requesterPort":…}` on stdout, closes on SIGTERM.
  *
  * @module
@@ -12,6 +13,7 @@ if (import.meta.main) {
     host: "127.0.0.1",
     port: 0,
     requesterPort: 0,
+    guard: !Deno.args.includes("--no-guard"),
   });
   const stop = async () => {
     await server.close();

@@ -3,8 +3,10 @@
  * loops of C connections × W requests in flight, with ~100 B and ~3 KB replies: a one-hop echo
  * (the floor), a feature-less relay (`Deno.serve` + a Map of pending ids + round robin, 2
  * workers on npm `ws`) and NATS request-reply (`nats-server` + 2 queue-group workers on the
- * official client; skipped, saying so, when `nats-server` is not installed). Plus the Nagle
- * regression guard (2 KB requests from Deno's built-in client vs npm `ws`).
+ * official client; skipped, saying so, when `nats-server` is not installed). The broker runs
+ * twice, as shipped and without the guard in front of its ports (`broker-noguard`), so the
+ * guard's cost shows. Plus the Nagle regression guard (2 KB requests from Deno's built-in
+ * client vs npm `ws`).
  *
  * The rows of one load run interleaved in short runs (broker, relay, NATS, echo, broker, …), so
  * load from other programs skews every side of a ratio alike; ratios are taken run by run and
@@ -42,7 +44,13 @@ export interface CoreOptions {
 }
 
 /** What answers a row's requests. */
-export type Target = "echo" | "relay" | "nats" | "broker" | "broker-inproc";
+export type Target =
+  | "echo"
+  | "relay"
+  | "nats"
+  | "broker"
+  | "broker-noguard"
+  | "broker-inproc";
 
 /** A median with the smallest and largest value it was taken from. */
 export interface Spread {
@@ -211,7 +219,7 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
     for (const row of measured) {
       for (const base of measured) {
         if (base === row || !BASELINES.includes(base.target)) continue;
-        if (row.target !== "broker" && row.target !== "broker-inproc") continue;
+        if (!row.target.startsWith("broker")) continue;
         row.ratios[base.target] = {
           rps: spread(row.runs.map((r, k) => r.rps / base.runs[k].rps)),
           p50: spread(row.runs.map((r, k) => r.p50 / base.runs[k].p50)),
@@ -229,7 +237,9 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
     }
   };
   try {
-    log("core: echo server, relay + 2 workers, broker + 2 workers");
+    log(
+      "core: echo server, relay + 2 workers, broker + 2 workers, broker without its guard + 2 workers",
+    );
     const echo = await spawnHelper("_echo_server.ts");
     helpers.push(echo);
     const echoUrl = `ws://127.0.0.1:${echo.info.port}`;
@@ -243,6 +253,22 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
       ),
     );
     helpers.push(...workers);
+    // The same broker without the guard in front of its ports (`startServer({ guard: false })`):
+    // the guard relays every byte of every connection through a loopback hop of its own.
+    const bare = await spawnHelper("_server.ts", ["--no-guard"]);
+    helpers.push(bare);
+    const bareWorkers = await Promise.all(
+      [1, 2].map((i) =>
+        spawnHelper("_echo_worker.ts", [
+          "--url",
+          `ws://127.0.0.1:${bare.info.port}`,
+          "--name",
+          `w${i}`,
+        ])
+      ),
+    );
+    helpers.push(...bareWorkers);
+    const bareUrl = `ws://127.0.0.1:${bare.info.requesterPort}`;
     const relay = await spawnHelper("_relay_server.ts");
     helpers.push(relay);
     const relayWorkers = await Promise.all(
@@ -280,6 +306,12 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
       worker1: workers[0].pid,
       worker2: workers[1].pid,
     };
+    const bareProcs = {
+      client: Deno.pid,
+      server: bare.pid,
+      worker1: bareWorkers[0].pid,
+      worker2: bareWorkers[1].pid,
+    };
     const relayProcs = {
       client: Deno.pid,
       server: relay.pid,
@@ -296,6 +328,7 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
     const warm: [string, ClientKind][] = [
       [echoUrl, "ws"],
       [requesterUrl, "ws"],
+      [bareUrl, "ws"],
       [relayUrl, "ws"],
     ];
     if (nats) warm.push([nats.url, "nats"]);
@@ -320,6 +353,12 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
             url: requesterUrl,
             data: { size },
             procs: brokerProcs,
+          },
+          {
+            row: { ...row, client: "ws", target: "broker-noguard" },
+            url: bareUrl,
+            data: { size },
+            procs: bareProcs,
           },
           {
             row: { ...row, client: "ws", target: "relay" },
@@ -352,7 +391,9 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
       }
     }
     await Promise.all(
-      [echo, relay, ...relayWorkers, ...natsWorkers].map((h) => h.stop()),
+      [echo, bare, ...bareWorkers, relay, ...relayWorkers, ...natsWorkers].map((
+        h,
+      ) => h.stop()),
     );
     await nats?.stop();
     nats = undefined;
