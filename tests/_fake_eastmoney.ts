@@ -44,17 +44,25 @@ export interface FakeFailure {
   times?: number;
   /** Only requests for these codes. @default every code */
   codes?: string[];
-  /** Only requests to this API. @default both */
+  /** Only requests to this API. @default every API */
   api?: FakeApi;
+  /** Only requests from this identity (see `identityHeader`). @default every identity */
+  identity?: string;
+  /** A `Retry-After` header value for `http429` and `http503`. */
+  retryAfter?: string;
 }
 
-/** The two APIs the fake serves. */
-export type FakeApi = "eastmoney" | "tencent";
+/** The APIs the fake serves: Eastmoney K-lines, Tencent K-lines, Eastmoney's symbol list. */
+export type FakeApi = "eastmoney" | "tencent" | "list";
 
 /** One request the fake received. */
 export interface FakeRequest {
   /** Which API was called. */
   api: FakeApi;
+  /** Who asked: the value of the identity header, `""` without one. */
+  identity: string;
+  /** The request headers. */
+  headers: Headers;
   /** The six-digit code asked for (empty when unreadable). */
   code: string;
   /** The full request URL. */
@@ -84,6 +92,18 @@ export interface FakeEastmoneyOptions {
   failures?: FakeFailure[];
   /** Decides per request; wins over rules. Return `undefined` to answer normally. */
   hook?: (request: FakeRequest) => FakeFailMode | undefined;
+  /**
+   * The header that tells workers apart, as if each had its own IP (workers send it with
+   * `--header`). @default "x-fake-identity"
+   */
+  identityHeader?: string;
+  /**
+   * Bans each identity after it made this many requests: every later request of it fails in
+   * `mode` (default `reset`, as Eastmoney does) until {@linkcode FakeEastmoney.unban}.
+   */
+  banAfter?: { requests: number; mode?: FakeFailMode };
+  /** The symbol list per kind. @default fakeListings() */
+  listings?: Record<"etf" | "stock" | "index", FakeListing[]>;
 }
 
 /** A running fake server. */
@@ -100,6 +120,12 @@ export interface FakeEastmoney {
   fail(failure: FakeFailure): void;
   /** Removes every failure rule and the `failMode`. */
   clearFailures(): void;
+  /** Bans `identity` now: its requests fail in `mode` (default `reset`) until unbanned. */
+  ban(identity: string, mode?: FakeFailMode): void;
+  /** Lifts the ban of `identity` and restarts its `banAfter` count. */
+  unban(identity: string): void;
+  /** Requests received from `identity`. */
+  callsFrom(identity: string): number;
   /** Closes open connections and the listener. */
   close(): Promise<void>;
   /** Same as `close()`, for `await using`. */
@@ -119,32 +145,57 @@ export function startFakeEastmoney(
   let rules: { rule: FakeFailure; left: number }[] = [];
   let failMode = options.failMode;
   for (const rule of options.failures ?? []) addRule(rule);
+  const identityHeader = options.identityHeader ?? "x-fake-identity";
+  const bans = new Map<string, FakeFailMode>();
+  const counts = new Map<string, number>();
 
   function addRule(rule: FakeFailure): void {
     rules.push({ rule, left: rule.times ?? Infinity });
   }
 
-  function failureFor(request: FakeRequest): FakeFailMode | undefined {
+  function failureFor(
+    request: FakeRequest,
+  ): { mode: FakeFailMode; retryAfter?: string } | undefined {
     const hooked = options.hook?.(request);
-    if (hooked !== undefined) return hooked;
+    if (hooked !== undefined) return { mode: hooked };
+    const banned = bans.get(request.identity);
+    if (banned !== undefined) return { mode: banned };
+    const count = (counts.get(request.identity) ?? 0) + 1;
+    counts.set(request.identity, count);
+    if (options.banAfter !== undefined && count > options.banAfter.requests) {
+      const mode = options.banAfter.mode ?? "reset";
+      bans.set(request.identity, mode);
+      return { mode };
+    }
     for (const entry of rules) {
       const { rule } = entry;
       if (entry.left <= 0) continue;
       if (rule.api !== undefined && rule.api !== request.api) continue;
+      if (rule.identity !== undefined && rule.identity !== request.identity) {
+        continue;
+      }
       if (rule.codes !== undefined && !rule.codes.includes(request.code)) {
         continue;
       }
       entry.left--;
-      return rule.mode;
+      return { mode: rule.mode, retryAfter: rule.retryAfter };
     }
-    return failMode;
+    return failMode === undefined ? undefined : { mode: failMode };
   }
 
   async function handle(conn: Deno.Conn): Promise<void> {
     try {
       const head = await readHead(conn);
       if (head === undefined) return;
-      const target = /^GET (\S+) HTTP\/1\.[01]$/.exec(head.split("\r\n")[0]);
+      const [startLine, ...headerLines] = head.split("\r\n");
+      const target = /^GET (\S+) HTTP\/1\.[01]$/.exec(startLine);
+      const headers = new Headers();
+      for (const line of headerLines) {
+        const at = line.indexOf(":");
+        if (at > 0) {
+          headers.append(line.slice(0, at).trim(), line.slice(at + 1).trim());
+        }
+      }
       if (options.latencyMs) await delay(options.latencyMs, shutdown.signal);
       if (target === null) {
         return await writeResponse(conn, 405, "text/plain", "Only GET");
@@ -157,16 +208,27 @@ export function startFakeEastmoney(
               requestUrl.pathname,
             )
           ? "tencent"
+          : requestUrl.pathname === "/api/qt/clist/get"
+          ? "list"
           : undefined;
       if (api === undefined) {
         return await writeResponse(conn, 404, "text/plain", "Not found");
       }
       const code = api === "eastmoney"
         ? (requestUrl.searchParams.get("secid") ?? "").split(".")[1] ?? ""
-        : (requestUrl.searchParams.get("param") ?? "").slice(2, 8);
-      const request = { api, code, url: requestUrl };
+        : api === "tencent"
+        ? (requestUrl.searchParams.get("param") ?? "").slice(2, 8)
+        : "";
+      const request: FakeRequest = {
+        api,
+        code,
+        url: requestUrl,
+        headers,
+        identity: headers.get(identityHeader) ?? "",
+      };
       requests.push(request);
-      const mode = failureFor(request);
+      const failure = failureFor(request);
+      const mode = failure?.mode;
       if (mode === "reset") return; // closing without a byte is what a banning host does
       if (mode === "http503" || mode === "http429") {
         return await writeResponse(
@@ -174,6 +236,9 @@ export function startFakeEastmoney(
           mode === "http503" ? 503 : 429,
           "text/plain",
           "busy",
+          failure?.retryAfter === undefined
+            ? {}
+            : { "Retry-After": failure.retryAfter },
         );
       }
       if (mode === "html") {
@@ -186,7 +251,9 @@ export function startFakeEastmoney(
       }
       const body = api === "eastmoney"
         ? eastmoneyAnswer(requestUrl, mode, options)
-        : tencentAnswer(requestUrl, mode, options);
+        : api === "tencent"
+        ? tencentAnswer(requestUrl, mode, options)
+        : listAnswer(requestUrl, mode, options);
       await writeResponse(
         conn,
         200,
@@ -252,6 +319,15 @@ export function startFakeEastmoney(
       rules = [];
       failMode = undefined;
     },
+    ban: (identity: string, mode: FakeFailMode = "reset") => {
+      bans.set(identity, mode);
+    },
+    unban: (identity: string) => {
+      bans.delete(identity);
+      counts.delete(identity);
+    },
+    callsFrom: (identity: string) =>
+      requests.filter((r) => r.identity === identity).length,
     close,
     [Symbol.asyncDispose]: close,
   });
@@ -277,6 +353,7 @@ async function writeResponse(
   status: number,
   contentType: string,
   body: string,
+  extraHeaders: Record<string, string> = {},
 ): Promise<void> {
   const payload = new TextEncoder().encode(body);
   const reason = {
@@ -288,6 +365,7 @@ async function writeResponse(
   }[status] ?? "Status";
   const head = new TextEncoder().encode(
     `HTTP/1.1 ${status} ${reason}\r\nContent-Type: ${contentType}\r\n` +
+      Object.entries(extraHeaders).map(([k, v]) => `${k}: ${v}\r\n`).join("") +
       `Content-Length: ${payload.length}\r\nConnection: close\r\n\r\n`,
   );
   const all = new Uint8Array(head.length + payload.length);
@@ -656,6 +734,87 @@ function tencentAnswer(
         },
         version: "17",
       },
+    },
+  };
+}
+
+/** One listed symbol of the fake's universe. */
+export interface FakeListing {
+  /** Six-digit code. */
+  code: string;
+  /** Name. */
+  name: string;
+  /** Eastmoney market number (`f13`). */
+  market: number;
+}
+
+/** The fake's universe per kind: the fixtures, some indexes, and made-up symbols to page. */
+export function fakeListings(): Record<
+  "etf" | "stock" | "index",
+  FakeListing[]
+> {
+  const etf: FakeListing[] = [
+    { code: "510300", name: FIXTURE_NAMES["1.510300"], market: 1 },
+    { code: "159915", name: FIXTURE_NAMES["0.159915"], market: 0 },
+  ];
+  for (let i = 1; i <= 118; i++) {
+    const code = String(510300 + i * 5);
+    etf.push({ code, name: `合成ETF${code}`, market: 1 });
+    const sz = String(159000 + i * 7);
+    etf.push({ code: sz, name: `合成ETF${sz}`, market: 0 });
+  }
+  const stock: FakeListing[] = [];
+  for (let i = 0; i < 130; i++) {
+    const sh = String(600000 + i * 3);
+    const sz = String(1 + i * 3).padStart(6, "0");
+    stock.push({ code: sh, name: `合成股份${sh}`, market: 1 });
+    stock.push({ code: sz, name: `合成股份${sz}`, market: 0 });
+  }
+  const index: FakeListing[] = [
+    { code: "000300", name: "沪深300", market: 1 },
+    { code: "000001", name: "上证指数", market: 1 },
+    { code: "399006", name: "创业板指", market: 0 },
+    { code: "000859", name: "国企一带一路", market: 2 },
+    { code: "930050", name: "中证A50", market: 2 },
+    { code: "980017", name: "国证芯片", market: 0 },
+  ];
+  return { etf, stock, index };
+}
+
+/** akshare's `fs` filter of the Eastmoney list API per kind. */
+export const LIST_FILTERS: Readonly<Record<"etf" | "stock" | "index", string>> =
+  {
+    etf: "b:MK0021,b:MK0022,b:MK0023,b:MK0024,b:MK0827",
+    stock: "m:0 t:6,m:0 t:80,m:1 t:2,m:1 t:23,m:0 t:81 s:2048",
+    index: "m:1 s:2,m:0 t:5,m:2",
+  };
+
+function listAnswer(
+  requestUrl: URL,
+  mode: FakeFailMode | undefined,
+  options: FakeEastmoneyOptions,
+): unknown {
+  const q = requestUrl.searchParams;
+  const kind = (Object.keys(LIST_FILTERS) as ("etf" | "stock" | "index")[])
+    .find((k) => LIST_FILTERS[k] === q.get("fs"));
+  if (kind === undefined) return { rc: 0, rt: 6, data: null };
+  const all = (options.listings ?? fakeListings())[kind];
+  // Eastmoney caps a page at 100 rows whatever pz asks for.
+  const size = Math.min(100, Math.max(1, Number(q.get("pz") ?? 20)));
+  const page = Math.max(1, Number(q.get("pn") ?? 1));
+  const rows = mode === "empty"
+    ? []
+    : all.slice((page - 1) * size, page * size);
+  return {
+    rc: 0,
+    rt: 6,
+    svr: 181669,
+    lt: 1,
+    full: 1,
+    dlmkts: "",
+    data: {
+      total: all.length,
+      diff: rows.map((r) => ({ f12: r.code, f13: r.market, f14: r.name })),
     },
   };
 }

@@ -95,7 +95,7 @@ Deno.test("retry - 503 on every attempt fails as UPSTREAM_UNAVAILABLE, retriable
   market.close();
 });
 
-Deno.test("breaker - opens after resets, refuses without calling, half-opens after the cool-down", async () => {
+Deno.test("breaker - opens after resets, refuses without calling, half-opens after a cool-down that doubles", async () => {
   await using fake = await startFakeEastmoney({
     synthetic: true,
     failMode: "reset",
@@ -129,10 +129,14 @@ Deno.test("breaker - opens after resets, refuses without calling, half-opens aft
     [],
     "half-open is not reported as blocked",
   );
-  const stillBad = await market.getMarket(ETF); // the probe fails: open again
+  const stillBad = await market.getMarket(ETF); // the probe fails: open again, twice as long
   assert.equal(!stillBad.success && stillBad.error_code, "UPSTREAM_BLOCKED");
   assert.equal(fake.calls, 4);
   assert.deepEqual(market.blockedSources(), ["eastmoney"]);
+  clock.advance(30_000);
+  assert.deepEqual(market.blockedSources(), ["eastmoney"]);
+  assert.equal((await market.getMarket(ETF)).success, false);
+  assert.equal(fake.calls, 4, "still cooling down after the first period");
 
   clock.advance(30_000);
   fake.clearFailures();

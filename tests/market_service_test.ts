@@ -253,14 +253,14 @@ Deno.test("market service - falls back to tencent while eastmoney is blocked", a
     tencentUrl: tencent.url,
     providers: ["eastmoney", "tencent"],
     retries: 2,
-    breaker: { threshold: 3, coolDownMs: 60_000 },
+    breaker: { threshold: 1, coolDownMs: 60_000 },
   });
   const first = ok(
     await market.getMarket({ ...ETF, start_date: "2026-01-01" }),
   );
   assert.equal(first.source, "tencent");
   assert.match(first.name, /300/); // the fixture name, or the synthetic one without fixtures
-  assert.equal(eastmoney.callsFor("510300"), 3);
+  assert.equal(eastmoney.callsFor("510300"), 1, "a reset is never retried");
   assert.deepEqual(market.blockedSources(), ["eastmoney"]);
   const second = ok(
     await market.getMarket({

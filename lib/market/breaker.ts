@@ -1,7 +1,9 @@
 /**
  * A circuit breaker per upstream host. When a host starts resetting connections or answering
  * with suspicious empty data, it is usually banning our IP; hammering it makes the ban longer.
- * The breaker stops all calls for a cool-down, then lets one probe through.
+ * The breaker stops all calls for a cool-down, then lets one probe through. Each failed probe
+ * doubles the cool-down (up to a ceiling), because bans last hours: a fixed minute would send
+ * dozens of probes into one ban, each of which may extend it.
  *
  * @module
  */
@@ -10,10 +12,12 @@ import { type Clock, systemClock } from "./clock.ts";
 
 /** Options for {@linkcode CircuitBreaker}. */
 export interface CircuitBreakerOptions {
-  /** Consecutive failures that open the breaker. @default 3 */
+  /** Consecutive failures that open the breaker. @default 2 */
   threshold?: number;
-  /** How long the breaker stays open before a probe, in ms. @default 60000 */
+  /** How long the breaker first stays open before a probe, in ms. @default 300000 */
   coolDownMs?: number;
+  /** Longest cool-down after repeated failed probes, in ms. @default 28800000 (8 h) */
+  maxCoolDownMs?: number;
   /** Time source. @default systemClock */
   clock?: Clock;
 }
@@ -24,6 +28,8 @@ export type BreakerState = "closed" | "open" | "half-open";
 /** Counts consecutive failures of one host and refuses calls while the host looks hostile. */
 export class CircuitBreaker {
   #threshold: number;
+  #baseMs: number;
+  #maxMs: number;
   #coolDownMs: number;
   #clock: Clock;
   #failures = 0;
@@ -31,8 +37,10 @@ export class CircuitBreaker {
   #probing = false;
 
   constructor(options: CircuitBreakerOptions = {}) {
-    this.#threshold = options.threshold ?? 3;
-    this.#coolDownMs = options.coolDownMs ?? 60_000;
+    this.#threshold = options.threshold ?? 2;
+    this.#baseMs = options.coolDownMs ?? 300_000;
+    this.#maxMs = Math.max(this.#baseMs, options.maxCoolDownMs ?? 28_800_000);
+    this.#coolDownMs = this.#baseMs;
     this.#clock = options.clock ?? systemClock;
     if (!(this.#threshold >= 1)) {
       throw new RangeError(
@@ -68,11 +76,29 @@ export class CircuitBreaker {
     return true;
   }
 
-  /** The host answered properly: close the breaker. */
+  /** The current cool-down, in ms: the base, doubled per failed probe since the last success. */
+  get coolDownMs(): number {
+    return this.#coolDownMs;
+  }
+
+  /** The host answered properly: close the breaker and forget the cool-down's growth. */
   success(): void {
     this.#failures = 0;
     this.#openedAt = undefined;
     this.#probing = false;
+    this.#coolDownMs = this.#baseMs;
+  }
+
+  /**
+   * Keeps the host closed until `until` (epoch ms) at least, whatever the failure count: for a
+   * `Retry-After` the host asked for. A later success still closes it early only via a probe.
+   */
+  holdUntil(until: number): void {
+    const now = this.#clock.now();
+    if (until <= now) return;
+    const retryAt = this.retryAt;
+    if (retryAt !== undefined && retryAt >= until) return;
+    this.#openedAt = until - this.#coolDownMs;
   }
 
   /** The host misbehaved. Returns `true` when this failure opened the breaker. */
@@ -80,10 +106,12 @@ export class CircuitBreaker {
     this.#failures++;
     const wasProbe = this.#probing;
     this.#probing = false;
-    if (
-      wasProbe ||
-      (this.#openedAt === undefined && this.#failures >= this.#threshold)
-    ) {
+    if (wasProbe) {
+      this.#coolDownMs = Math.min(this.#maxMs, this.#coolDownMs * 2);
+      this.#openedAt = this.#clock.now();
+      return true;
+    }
+    if (this.#openedAt === undefined && this.#failures >= this.#threshold) {
       this.#openedAt = this.#clock.now();
       return true;
     }

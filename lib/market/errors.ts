@@ -46,10 +46,17 @@ export class UpstreamBlockedError extends Error {
   readonly errorCode = "UPSTREAM_BLOCKED" as const;
   /** The upstream host. */
   readonly host: string;
-  constructor(host: string, message: string, options?: ErrorOptions) {
+  /** When this client may call the host again (cool-down end, budget refill), epoch ms. */
+  readonly retryAt: number | undefined;
+  constructor(
+    host: string,
+    message: string,
+    options?: ErrorOptions & { retryAt?: number },
+  ) {
     super(message, options);
     this.name = "UpstreamBlockedError";
     this.host = host;
+    this.retryAt = options?.retryAt;
   }
 }
 

@@ -1,7 +1,8 @@
 /**
  * Everything polite and resilient about talking to one upstream host: bounded concurrency, a
- * rate limit, a per-request timeout, retries with exponential back-off and full jitter, and a
- * circuit breaker that stops calling a host that looks like it is banning us.
+ * rate limit, hourly and daily request budgets, a per-request timeout, retries with exponential
+ * back-off and full jitter, `Retry-After`, and a circuit breaker with a growing cool-down that
+ * stops calling a host that looks like it is banning us.
  *
  * @module
  */
@@ -17,10 +18,27 @@ const logger = getLogger(["switchyard", "market"]);
 
 /** Circuit-breaker settings. */
 export interface BreakerOptions {
-  /** Consecutive resets or suspicious answers that open the breaker. @default 3 */
+  /** Consecutive resets or suspicious answers that open the breaker. @default 2 */
   threshold?: number;
-  /** How long an open breaker refuses calls before it lets one probe through, in ms. @default 60000 */
+  /** How long an open breaker first refuses calls before one probe, in ms. @default 300000 */
   coolDownMs?: number;
+  /** Ceiling of the cool-down, which doubles per failed probe, in ms. @default 28800000 */
+  maxCoolDownMs?: number;
+}
+
+/** Budgets meaning "no budget": large, finite, so that they survive JSON. */
+export const UNLIMITED_BUDGET = 1_000_000_000;
+
+/** What a worker reports about one upstream host in its heartbeats. */
+export interface HostStatus {
+  /** Until when the host is not called (ban cool-down or `Retry-After`), epoch ms; 0 if none. */
+  cooldown_until: number;
+  /** Requests left in the last rolling hour. */
+  budget_hour: number;
+  /** Requests left in the last rolling 24 hours. */
+  budget_day: number;
+  /** Requests per second this gate allows (0: no limit). */
+  rate: number;
 }
 
 /** Options for {@linkcode HostGate}. */
@@ -29,6 +47,10 @@ export interface HostGateOptions {
   rateLimit?: number;
   /** Requests in flight to this host at once. @default 2 */
   concurrency?: number;
+  /** Requests allowed in any rolling hour. @default UNLIMITED_BUDGET */
+  budgetHour?: number;
+  /** Requests allowed in any rolling 24 hours. @default UNLIMITED_BUDGET */
+  budgetDay?: number;
   /** Retries after the first attempt, on network errors and HTTP 5xx/429. @default 2 */
   retries?: number;
   /** Upper bound of the first retry delay, in ms; doubles per retry (full jitter). @default 500 */
@@ -45,6 +67,8 @@ export interface HostGateOptions {
   random?: () => number;
   /** The fetch implementation. @default globalThis.fetch */
   fetch?: typeof fetch;
+  /** Headers sent with every request to this host (after the caller's, so they win). */
+  headers?: Record<string, string>;
 }
 
 /** Options for one {@linkcode HostGate.requestJson} call. */
@@ -64,7 +88,12 @@ type Failure = {
   kind: "blocked" | "unavailable";
   message: string;
   cause?: unknown;
+  /** `Retry-After`, in ms, when the host sent one. */
+  retryAfterMs?: number;
 };
+
+const HOUR_MS = 3_600_000;
+const DAY_MS = 24 * HOUR_MS;
 
 /** The gate in front of one host. All of a provider's HTTP calls go through it. */
 export class HostGate {
@@ -80,6 +109,12 @@ export class HostGate {
   #clock: Clock;
   #random: () => number;
   #fetch: typeof fetch;
+  #headers: Record<string, string>;
+  #rate: number;
+  #budgetHour: number;
+  #budgetDay: number;
+  /** Send times of the last 24 hours, oldest first. */
+  #sent: number[] = [];
   #requests = 0;
 
   constructor(host: string, options: HostGateOptions = {}) {
@@ -90,8 +125,12 @@ export class HostGate {
       ...options.breaker,
       clock: this.#clock,
     });
+    this.#rate = options.rateLimit ?? 1;
+    this.#budgetHour = budget("budgetHour", options.budgetHour);
+    this.#budgetDay = budget("budgetDay", options.budgetDay);
+    this.#headers = options.headers ?? {};
     this.#limiter = new RateLimiter({
-      rate: options.rateLimit ?? 1,
+      rate: this.#rate,
       clock: this.#clock,
       random: this.#random,
     });
@@ -113,6 +152,63 @@ export class HostGate {
     return this.#requests;
   }
 
+  /** Cool-down, budgets and rate now, as workers report them in heartbeats. */
+  status(): HostStatus {
+    const now = this.#clock.now();
+    this.#prune(now);
+    const first = this.#sent.findIndex((t) => t > now - HOUR_MS);
+    const inHour = first < 0 ? 0 : this.#sent.length - first;
+    return {
+      cooldown_until: this.#breaker.state === "open"
+        ? this.#breaker.retryAt ?? 0
+        : 0,
+      budget_hour: Math.max(0, this.#budgetHour - inHour),
+      budget_day: Math.max(0, this.#budgetDay - this.#sent.length),
+      rate: this.#rate,
+    };
+  }
+
+  /**
+   * Counts a hostile answer that only the caller can recognise (an empty page in mid-history)
+   * against the breaker, like a reset.
+   */
+  reportHostile(): void {
+    this.#countFailure();
+  }
+
+  /** Refuses at once, with when to come back, if the budgets are spent. */
+  #checkBudget(): void {
+    const now = this.#clock.now();
+    this.#prune(now);
+    let retryAt: number | undefined;
+    let which = "";
+    if (this.#sent.length >= this.#budgetDay) {
+      retryAt = this.#sent[this.#sent.length - this.#budgetDay] + DAY_MS;
+      which = `daily budget of ${this.#budgetDay} requests`;
+    } else {
+      const first = this.#sent.findIndex((t) => t > now - HOUR_MS);
+      const inHour = first < 0 ? 0 : this.#sent.length - first;
+      if (inHour >= this.#budgetHour) {
+        retryAt = this.#sent[this.#sent.length - this.#budgetHour] + HOUR_MS;
+        which = `hourly budget of ${this.#budgetHour} requests`;
+      }
+    }
+    if (retryAt === undefined) return;
+    throw new UpstreamBlockedError(
+      this.host,
+      `Upstream host "${this.host}": ${which} spent, next request at ${
+        new Date(retryAt).toISOString()
+      }; not calling it before then`,
+      { retryAt },
+    );
+  }
+
+  #prune(now: number): void {
+    let drop = 0;
+    while (drop < this.#sent.length && this.#sent[drop] <= now - DAY_MS) drop++;
+    if (drop > 0) this.#sent.splice(0, drop);
+  }
+
   /**
    * GETs `url` and parses the JSON answer, retrying transient failures.
    *
@@ -132,12 +228,20 @@ export class HostGate {
           this.#retryMaxMs,
           this.#retryBaseMs * 2 ** (attempt - 1),
         );
-        await this.#clock.sleep(this.#random() * ceiling, signal);
+        await this.#clock.sleep(
+          failure?.retryAfterMs ?? this.#random() * ceiling,
+          signal,
+        );
       }
+      // Fail fast while the host cools down or the budget is spent: waiting hours in a queue
+      // helps nobody, and another worker may fetch the item now.
+      if (this.#breaker.state === "open") throw this.#blockedError();
+      this.#checkBudget();
       await this.#slots.acquire(signal);
       let outcome: { body: unknown } | { failure: Failure; retry: boolean };
       try {
         await this.#limiter.acquire(signal);
+        this.#checkBudget();
         if (!this.#breaker.tryAcquire()) throw this.#blockedError();
         outcome = await this.#attempt(url, options);
       } finally {
@@ -145,6 +249,13 @@ export class HostGate {
       }
       if ("body" in outcome) return outcome.body;
       failure = outcome.failure;
+      if (failure.retryAfterMs !== undefined) {
+        if (failure.retryAfterMs > this.#retryMaxMs) {
+          // Too long to wait for in a request: keep the whole host quiet until then.
+          this.#breaker.holdUntil(this.#clock.now() + failure.retryAfterMs);
+          throw this.#blockedError(failure);
+        }
+      }
       if (this.#breaker.state !== "closed") throw this.#blockedError(failure);
       if (!outcome.retry) break;
       logger.debug("Retrying {host} after: {message}", {
@@ -175,13 +286,23 @@ export class HostGate {
     );
     let status: number;
     let text: string;
+    let retryAfterMs: number | undefined;
     try {
       this.#requests++;
+      this.#sent.push(this.#clock.now());
+      const headers = new Headers(options.headers);
+      for (const [name, value] of Object.entries(this.#headers)) {
+        headers.set(name, value);
+      }
       const response = await this.#fetch(url, {
-        headers: options.headers,
+        headers,
         signal: AbortSignal.any([signal, timeout.signal]),
       });
       status = response.status;
+      retryAfterMs = parseRetryAfter(
+        response.headers.get("retry-after"),
+        this.#clock.now(),
+      );
       text = await response.text();
     } catch (error) {
       if (signal.aborted) {
@@ -189,6 +310,7 @@ export class HostGate {
         throw signal.reason;
       }
       // A reset or a silent drop is how these hosts ban an IP; a refused connection is not.
+      // Asking again at once is what turns a short ban into a long one: no retry to this host.
       const hostile = timeout.signal.aborted || isReset(error);
       if (hostile) this.#countFailure();
       else this.#breaker.release();
@@ -200,7 +322,7 @@ export class HostGate {
             : errorText(error),
           cause: error,
         },
-        retry: true,
+        retry: !hostile,
       };
     } finally {
       clearTimeout(timer);
@@ -209,14 +331,18 @@ export class HostGate {
     if (status === 429 || status === 403) {
       this.#countFailure();
       return {
-        failure: { kind: "blocked", message: `HTTP ${status}` },
+        failure: { kind: "blocked", message: `HTTP ${status}`, retryAfterMs },
         retry: status === 429,
       };
     }
     if (status >= 500) {
       this.#breaker.release();
       return {
-        failure: { kind: "unavailable", message: `HTTP ${status}` },
+        failure: {
+          kind: "unavailable",
+          message: `HTTP ${status}`,
+          retryAfterMs,
+        },
         retry: true,
       };
     }
@@ -262,15 +388,34 @@ export class HostGate {
   }
 
   #blockedError(failure?: Failure): UpstreamBlockedError {
-    const until = new Date(this.#breaker.retryAt ?? this.#clock.now())
-      .toISOString();
+    const retryAt = this.#breaker.retryAt ?? this.#clock.now();
+    const until = new Date(retryAt).toISOString();
     const detail = failure ? ` after: ${failure.message}` : "";
     return new UpstreamBlockedError(
       this.host,
       `Upstream host "${this.host}" is blocked until ${until}: circuit breaker open${detail}`,
-      { cause: failure?.cause },
+      { cause: failure?.cause, retryAt },
     );
   }
+}
+
+function budget(name: string, value: number | undefined): number {
+  if (value === undefined || value === 0) return UNLIMITED_BUDGET;
+  if (!(value >= 1) || !Number.isFinite(value)) {
+    throw new RangeError(
+      `Invalid ${name} ${value}: expected requests >= 1, or 0 for no budget`,
+    );
+  }
+  return Math.floor(value);
+}
+
+/** `Retry-After` (seconds or an HTTP date) in ms from `now`; `undefined` when absent or bad. */
+function parseRetryAfter(text: string | null, now: number): number | undefined {
+  if (text === null || text.trim() === "") return undefined;
+  const seconds = Number(text);
+  if (Number.isFinite(seconds)) return Math.max(0, seconds * 1000);
+  const date = Date.parse(text);
+  return Number.isNaN(date) ? undefined : Math.max(0, date - now);
 }
 
 function isReset(error: unknown): boolean {

@@ -35,6 +35,8 @@ export { parseProviderList, PROVIDER_NAMES } from "./providers.ts";
 export { isEntryFresh } from "./cache.ts";
 export { parseCsvBars } from "./csv.ts";
 export { systemClock } from "./clock.ts";
+export { parseCookieFile } from "./cookies.ts";
+export { HOST_LIMITS } from "./politeness.ts";
 export {
   isRetriable,
   MarketParamsError,

@@ -21,7 +21,9 @@ import {
   UpstreamBlockedError,
   UpstreamUnavailableError,
 } from "./errors.ts";
-import { type BreakerOptions, HostGate } from "./host_gate.ts";
+import type { CookieJar } from "./cookies.ts";
+import { type BreakerOptions, HostGate, type HostStatus } from "./host_gate.ts";
+import { HOST_LIMITS, OTHER_HOST_LIMITS } from "./politeness.ts";
 import { validateMarketParams } from "./params.ts";
 import { createProvider } from "./providers.ts";
 import { shanghaiDate } from "./_dates.ts";
@@ -52,8 +54,19 @@ export interface MarketServiceOptions {
   cacheDir?: string;
   /** Series kept in the memory cache. @default 256 */
   cacheEntries?: number;
-  /** Requests per second per upstream host, with jitter; `0` disables. @default 1 */
+  /**
+   * Requests per second per upstream host, with jitter; `0` disables. When unset, each known
+   * host gets its own conservative rate (`HOST_LIMITS`), any other host 1.
+   */
   rateLimit?: number;
+  /** Requests per rolling hour per host; `0`: none. @default per host, see `HOST_LIMITS` */
+  budgetHour?: number;
+  /** Requests per rolling 24 hours per host; `0`: none. @default per host, see `HOST_LIMITS` */
+  budgetDay?: number;
+  /** Extra headers for every upstream request, e.g. a `User-Agent` or a `Cookie`. */
+  headers?: Record<string, string>;
+  /** Cookies sent to the hosts they belong to (see `parseCookieFile`). */
+  cookies?: CookieJar;
   /** Requests in flight per upstream host. @default 2 */
   hostConcurrency?: number;
   /** Retries after a failed attempt (network error, HTTP 5xx/429). @default 2 */
@@ -62,7 +75,10 @@ export interface MarketServiceOptions {
   retryBaseMs?: number;
   /** Per-attempt timeout in ms. @default 20000 */
   timeoutMs?: number;
-  /** Circuit-breaker thresholds per host. @default { threshold: 3, coolDownMs: 60000 } */
+  /**
+   * Circuit breaker per host; the cool-down doubles per failed probe.
+   * @default { threshold: 2, coolDownMs: 300000, maxCoolDownMs: 28800000 }
+   */
   breaker?: BreakerOptions;
   /** `get_markets` items run at once. @default 4 */
   itemConcurrency?: number;
@@ -104,10 +120,20 @@ export interface MarketService {
   actions(): Record<string, ActionHandler>;
   /** Names of providers whose host breaker is open now (for heartbeats). */
   blockedSources(): string[];
+  /** Cool-downs, budgets and rates per host, and cache counters (for heartbeats). */
+  upstreamStatus(): UpstreamStatus;
   /** Cache and upstream counters. */
   stats(): MarketStats;
   /** Cancels loads in flight; later calls fail as `UPSTREAM_UNAVAILABLE`. */
   close(): void;
+}
+
+/** What a worker reports about its upstreams in heartbeats (the `upstream` field). */
+export interface UpstreamStatus {
+  /** Per upstream host this service has called or will call. */
+  hosts: Record<string, HostStatus>;
+  /** Requests answered from the cache, and those that needed a provider. */
+  cache: { hits: number; misses: number };
 }
 
 interface Flight {
@@ -141,8 +167,15 @@ export function createMarketService(
   function gateFor(host: string): HostGate {
     let gate = gates.get(host);
     if (gate === undefined) {
+      const limits = HOST_LIMITS[host] ?? OTHER_HOST_LIMITS;
+      const cookie = options.cookies?.headerFor(host, clock.now());
       gate = new HostGate(host, {
-        rateLimit: options.rateLimit,
+        rateLimit: options.rateLimit ?? limits.rateLimit,
+        budgetHour: options.budgetHour ?? limits.budgetHour,
+        budgetDay: options.budgetDay ?? limits.budgetDay,
+        headers: cookie === undefined
+          ? options.headers
+          : { Cookie: cookie, ...options.headers },
         concurrency: options.hostConcurrency,
         retries: options.retries,
         retryBaseMs: options.retryBaseMs,
@@ -336,6 +369,12 @@ export function createMarketService(
         p.host !== undefined && gates.get(p.host)?.state === "open"
       )
         .map((p) => p.name),
+    upstreamStatus: () => ({
+      hosts: Object.fromEntries(
+        [...gates].map(([host, gate]) => [host, gate.status()]),
+      ),
+      cache: { hits: counters.hits, misses: counters.misses },
+    }),
     stats: () => ({
       ...counters,
       httpRequests: [...gates.values()].reduce(
@@ -389,11 +428,15 @@ function failure(code: string, error: unknown): MarketFailure {
     });
     message = `Internal error: ${message}`;
   }
-  return {
+  const result: MarketFailure = {
     success: false,
     code,
     error: message,
     error_code: errorCode,
     retriable: isRetriable(errorCode),
   };
+  if (error instanceof UpstreamBlockedError && error.retryAt !== undefined) {
+    result.retry_at = error.retryAt;
+  }
+  return result;
 }

@@ -173,6 +173,7 @@ export function createTencentProvider(
       if (older.bars.length === 0) break;
       const again = await page(to);
       if (again.bars.length === 0) {
+        gate.reportHostile();
         throw new UpstreamBlockedError(
           host,
           `Tencent answered an empty page for ${again.from}–${to} of "${symbol}" between pages with bars: not caching a cut-off history`,

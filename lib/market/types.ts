@@ -137,6 +137,11 @@ export interface MarketFailure {
   error_code: MarketErrorCode;
   /** Whether retrying on another worker (another IP) may succeed. */
   retriable: boolean;
+  /**
+   * For `UPSTREAM_BLOCKED`: when this worker may call the host again (its cool-down ends or its
+   * budget refills), epoch ms. Another worker may be able to fetch the item now.
+   */
+  retry_at?: number;
 }
 
 /** One `get_market` result. */
