@@ -20,7 +20,13 @@ import {
   serverUrl,
 } from "./lib/_flags.ts";
 import { logger, setupLogging } from "./lib/log.ts";
-import { createMarketService, parseProviderList } from "./lib/market/mod.ts";
+import {
+  createMarketService,
+  createProxyFetch,
+  parseCookieFile,
+  parseHeaderFlags,
+  parseProviderList,
+} from "./lib/market/mod.ts";
 import { Worker } from "./lib/worker_client.ts";
 
 const USAGE = `Usage: deno task worker [HOST] [PORT] [options]
@@ -43,13 +49,35 @@ Options:
   --tencent-url URL       Tencent base URL (default https://proxy.finance.qq.com/ifzqgtimg)
   --csv-dir DIR           directory of <code>.csv files for the csv provider
   --cache-dir DIR         keep fetched series on disk across restarts
-  --rate-limit R          upstream requests per second per host (default 1; 0 = no limit)
+  --rate-limit R          upstream requests per second per host (default: per host,
+                          1/30 for Eastmoney K-lines, 1 for Tencent; 0 = no limit)
+  --budget-hour N         upstream requests per rolling hour per host (default: per host,
+                          60 for Eastmoney K-lines; 0 = no budget)
+  --budget-day N          upstream requests per rolling day per host (default: per host,
+                          500 for Eastmoney K-lines; 0 = no budget)
+  --header NAME:VALUE     extra header for every upstream request, repeatable (your own
+                          User-Agent, or a Cookie copied from a browser)
+  --cookie-file FILE      cookies for upstream hosts: cookies.txt (Netscape) or one
+                          "a=1; b=2" line; a cookie taken after Eastmoney's slider captcha,
+                          or a login ct cookie, raises how much the host tolerates
+  --proxy URL             send upstream requests through this HTTP(S) proxy, for another
+                          exit IP (bans are per IP; mainland IPs fare best)
   --console               read console commands from stdin even when it is not a terminal
   --no-console            never read stdin (for a worker run with &, under systemd, in a container)
   --log-level LEVEL       trace | debug | info | warning | error (default info)
   --log-format FORMAT     text | json (default text)
   -h, --help              this text
 `;
+
+/** Runs a flag parser, turning its errors into flag errors (exit code 2, no stack). */
+function flagValue<T>(parse: () => T): T {
+  try {
+    return parse();
+  } catch (error) {
+    if (error instanceof FlagError) throw error;
+    throw new FlagError((error as Error).message);
+  }
+}
 
 function parse(args: string[]) {
   const { values, positionals } = parseArgs({
@@ -69,6 +97,11 @@ function parse(args: string[]) {
       "csv-dir": { type: "string" },
       "cache-dir": { type: "string" },
       "rate-limit": { type: "string" },
+      "budget-hour": { type: "string" },
+      "budget-day": { type: "string" },
+      header: { type: "string", multiple: true },
+      "cookie-file": { type: "string" },
+      proxy: { type: "string" },
       ...PROCESS_FLAGS,
     },
   });
@@ -106,7 +139,24 @@ function parse(args: string[]) {
       numberFlag("max-backoff", values["max-backoff"], 30, { min: 0.05 }) *
       1000,
     graceMs: numberFlag("grace", values.grace, 10) * 1000,
-    rateLimit: numberFlag("rate-limit", values["rate-limit"], 1),
+    rateLimit: values["rate-limit"] === undefined
+      ? undefined
+      : numberFlag("rate-limit", values["rate-limit"], 1),
+    budgetHour: values["budget-hour"] === undefined
+      ? undefined
+      : numberFlag("budget-hour", values["budget-hour"], 0, { integer: true }),
+    budgetDay: values["budget-day"] === undefined
+      ? undefined
+      : numberFlag("budget-day", values["budget-day"], 0, { integer: true }),
+    headers: flagValue(() => parseHeaderFlags(values.header ?? [])),
+    cookies: values["cookie-file"] === undefined
+      ? undefined
+      : flagValue(() =>
+        parseCookieFile(readFlagFile("cookie-file", values["cookie-file"])!)
+      ),
+    proxy: values.proxy === undefined
+      ? undefined
+      : flagValue(() => createProxyFetch(values.proxy!)),
     ca: readFlagFile("ca", values.ca),
   };
 }
@@ -129,6 +179,11 @@ async function main(): Promise<void> {
     csvDir: values["csv-dir"],
     cacheDir: values["cache-dir"],
     rateLimit: flags.rateLimit,
+    budgetHour: flags.budgetHour,
+    budgetDay: flags.budgetDay,
+    headers: flags.headers,
+    cookies: flags.cookies,
+    fetch: flags.proxy?.fetch,
     itemConcurrency: Math.max(flags.concurrency, 4),
   });
   const worker = new Worker({
@@ -148,7 +203,10 @@ async function main(): Promise<void> {
       maxMs: flags.maxBackoffMs,
     },
     graceMs: flags.graceMs,
-    heartbeatData: () => ({ blocked_sources: market.blockedSources() }),
+    heartbeatData: () => ({
+      blocked_sources: market.blockedSources(),
+      upstream: market.upstreamStatus(),
+    }),
   });
   for (const [name, handler] of Object.entries(market.actions())) {
     worker.registerAction(name, handler);
@@ -165,6 +223,7 @@ async function main(): Promise<void> {
     });
     await worker.stop(flags.graceMs);
     market.close();
+    flags.proxy?.close();
     Deno.exit(0);
   };
   onStopSignal(stop);

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import {
   createMarketService,
+  createProxyFetch,
   type MarketResult,
   type MarketServiceOptions,
   parseCookieFile,
@@ -179,4 +180,26 @@ Deno.test("parseCookieFile() reads a plain Cookie line and names a bad line", ()
     message:
       'Cannot read cookie file line 2 "not a cookie": expected 7 tab-separated fields (cookies.txt) or name=value pairs',
   });
+});
+
+Deno.test("createProxyFetch() sends upstream requests through the proxy", async () => {
+  // The fake answers absolute-form requests too, so it can stand in for an HTTP proxy: the
+  // upstream host name below does not resolve, only the proxy can answer.
+  await using proxy = await startFakeEastmoney({ synthetic: true });
+  const through = createProxyFetch(proxy.url);
+  const market = serviceFor("http://push2his.example.invalid", {
+    fetch: through.fetch,
+  });
+  try {
+    const result = await market.getMarket(ETF);
+    assert.ok(result.success, JSON.stringify(result));
+    assert.equal(proxy.calls, 1);
+    assert.equal(
+      proxy.requests[0].headers.get("host"),
+      "push2his.example.invalid",
+    );
+  } finally {
+    market.close();
+    through.close();
+  }
 });

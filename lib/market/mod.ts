@@ -36,6 +36,7 @@ export { isEntryFresh } from "./cache.ts";
 export { parseCsvBars } from "./csv.ts";
 export { systemClock } from "./clock.ts";
 export { parseCookieFile } from "./cookies.ts";
+export { createProxyFetch, parseHeaderFlags } from "./upstream_options.ts";
 export { HOST_LIMITS } from "./politeness.ts";
 export {
   isRetriable,
@@ -50,10 +51,15 @@ export type {
   MarketService,
   MarketServiceOptions,
   MarketStats,
+  UpstreamStatus,
 } from "./service.ts";
 export type { ValidateMarketParamsOptions } from "./params.ts";
 export type { BreakerOptions } from "./host_gate.ts";
 export type { CacheEntry } from "./cache.ts";
+export type { CookieJar } from "./cookies.ts";
+export type { HostStatus } from "./host_gate.ts";
+export type { HostLimits } from "./politeness.ts";
+export type { ProxyFetch } from "./upstream_options.ts";
 export type { Clock } from "./clock.ts";
 export type { MarketError } from "./errors.ts";
 export type {
