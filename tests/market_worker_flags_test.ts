@@ -51,7 +51,9 @@ Deno.test("worker - --header, --cookie-file and budgets reach the upstream; hear
     while (find() === undefined) {
       if (deadline.aborted) {
         throw new Error(
-          `No such frame within 20 s: ${JSON.stringify(frames.slice(-3))} ${worker.lines.slice(-5).join("\n")}`,
+          `No such frame within 20 s: ${JSON.stringify(frames.slice(-3))} ${
+            worker.lines.slice(-5).join("\n")
+          }`,
         );
       }
       await new Promise<void>((resolve) => {
