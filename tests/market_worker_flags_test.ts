@@ -31,7 +31,7 @@ Deno.test("worker - --header, --cookie-file and budgets reach the upstream; hear
         socket!.send(
           encodeEnvelope("connect", {
             client_id: "w-test",
-            heartbeat_interval: 0.05,
+            heartbeat_interval: 0.5,
           }),
         );
       socket.onmessage = (event) => {
@@ -56,10 +56,13 @@ Deno.test("worker - --header, --cookie-file and budgets reach the upstream; hear
           }`,
         );
       }
+      let timer: ReturnType<typeof setTimeout> | undefined;
       await new Promise<void>((resolve) => {
         arrived.add(resolve);
-        setTimeout(resolve, 200);
-      }).finally(() => arrived.clear());
+        timer = setTimeout(resolve, 200);
+      });
+      clearTimeout(timer);
+      arrived.clear();
     }
     return find()!;
   };
