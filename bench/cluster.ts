@@ -55,6 +55,8 @@ export interface ClusterReport {
     longestMs: number[];
     /** From the kill until the killed server's worker served again via another server, ms. */
     workerBackMs: number[];
+    /** From the kill until the others wrote the server off and re-dispatched its requests, ms. */
+    writtenOffMs: number[];
   };
   checks: Check[];
 }
@@ -254,6 +256,7 @@ export async function runClusterBench(
       failed: [] as number[],
       longestMs: [] as number[],
       workerBackMs: [] as number[],
+      writtenOffMs: [] as number[],
     };
     for (let r = 0; r < runs; r++) {
       log(`cluster: recovery run ${r + 1}/${runs}`);
@@ -270,16 +273,23 @@ export async function runClusterBench(
       await new Promise((res) => setTimeout(res, 1500));
       const killedAt = Date.now();
       await servers[2].stop("SIGKILL");
-      // Back when s0 sees three workers again (the victim's worker, now attached to s0).
+      // The victim's worker is back once s0 has it attached (two workers of its own); the
+      // victim is written off once s0 lists two servers (its requests then run elsewhere).
       const until = Date.now() + 20_000;
       let back = NaN;
-      while (Date.now() < until) {
+      let gone = NaN;
+      while (
+        Date.now() < until && (Number.isNaN(back) || Number.isNaN(gone))
+      ) {
         const h =
           await (await fetch(`http://127.0.0.1:${servers[0].info.port}/health`))
             .json();
-        if (h.workers === 3 && h.cluster.servers.length === 2) {
+        const self = h.cluster.servers.find((x: { self: boolean }) => x.self);
+        if (Number.isNaN(back) && self.workers === 2) {
           back = Date.now() - killedAt;
-          break;
+        }
+        if (Number.isNaN(gone) && h.cluster.servers.length === 2) {
+          gone = Date.now() - killedAt;
         }
         await new Promise((res) => setTimeout(res, 10));
       }
@@ -287,6 +297,7 @@ export async function runClusterBench(
       recovery.failed.push(run.errors + run.unanswered);
       recovery.longestMs.push(Math.max(...run.latencies));
       recovery.workerBackMs.push(back);
+      recovery.writtenOffMs.push(gone);
       await Promise.all(helpers.splice(0).map((h) => h.stop()));
     }
     checks.push({
@@ -359,6 +370,8 @@ export function clusterTable(report: ClusterReport): string {
         } ms; ` +
         `its worker served again via another server after ${
           r.workerBackMs.map((v) => fixed(v, 0)).join(", ")
+        } ms; the others wrote it off (re-dispatching its requests) after ${
+          r.writtenOffMs.map((v) => fixed(v, 0)).join(", ")
         } ms`,
     );
   }

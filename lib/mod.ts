@@ -71,6 +71,12 @@ export type { ActionContext, ActionHandler } from "./action.ts";
 export type { RunningServer, ServerOptions } from "./server.ts";
 export type { BrokerOptions, BrokerStats, MessageHandler } from "./broker.ts";
 export type {
+  ClusterLink,
+  ClusterOptions,
+  ClusterServer,
+  ClusterStatus,
+} from "./cluster/link.ts";
+export type {
   WorkerMessageHandler,
   WorkerOptions,
   WorkerStatus,

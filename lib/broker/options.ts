@@ -24,7 +24,7 @@ export type MessageHandler = (
 
 /** Options for {@linkcode Broker}. */
 export interface BrokerOptions {
-  /** @default "least_loaded" */
+  /** How the balancer picks a worker. @default "least_loaded" */
   strategy?: Strategy;
   /** Deadline of a request that names none, in ms. @default 30000 */
   timeoutMs?: number;
@@ -78,7 +78,7 @@ export interface BrokerOptions {
   sweepIntervalMs?: number;
   /** How often the dashboard's event stream sends a snapshot besides on changes, in ms. @default 1000 */
   dashboardIntervalMs?: number;
-  /** @default the wall clock */
+  /** The clock deadlines and health are judged by. @default the wall clock */
   clock?: Clock;
   /** Random source for the balancer. @default Math.random */
   random?: () => number;
@@ -86,14 +86,23 @@ export interface BrokerOptions {
 
 /** Live counters for `/health`, `stats` and tests. */
 export interface BrokerStats {
+  /** `draining` once a shutdown began. */
   status: "ok" | "draining";
+  /** Connected workers (in a cluster: of every server). */
   workers: number;
+  /** Of those, the ones heard from recently. */
   healthy_workers: number;
+  /** Connected requesters. */
   requesters: number;
+  /** Requests being served. */
   in_flight: number;
+  /** Requests waiting for a free worker. */
   queued: number;
+  /** Requests answered with success. */
   answered: number;
+  /** Requests answered with failure, and rejected frames. */
   failed: number;
+  /** Seconds since the broker started. */
   uptime_s: number;
   /** In a cluster: the NATS link and every server. */
   cluster?: ClusterStatus;

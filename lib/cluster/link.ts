@@ -19,6 +19,7 @@ import {
 } from "npm:@nats-io/transport-node@3.4.0";
 import { Cancellation } from "../_cancel.ts";
 import { type Peer, RecentIds } from "../dispatcher.ts";
+import type { WorkerLoad } from "../balancer.ts";
 import { ErrorCode } from "../errors.ts";
 import { shortId } from "../_id.ts";
 import { logger } from "../log.ts";
@@ -55,6 +56,7 @@ export interface ClusterOptions {
   token?: string;
   /** NATS user (with `password`). */
   user?: string;
+  /** NATS password (with `user`). */
   password?: string;
   /** Text of a NATS credentials file (JWT and NKey seed). */
   credentials?: string;
@@ -62,6 +64,7 @@ export interface ClusterOptions {
   tlsCa?: string;
   /** PEM client certificate and key, for NATS servers that verify clients. */
   tlsCert?: string;
+  /** PEM private key of `tlsCert`. */
   tlsKey?: string;
   /** How often this server announces its workers, in ms. @default 250 */
   stateIntervalMs?: number;
@@ -73,11 +76,17 @@ export interface ClusterOptions {
 
 /** A server of the cluster, as `/health` shows it. */
 export interface ClusterServer {
+  /** Random per process. */
   id: string;
+  /** `--server-name`, or host:port. */
   name: string;
+  /** Whether this is the server answering. */
   self: boolean;
+  /** Workers attached to it. */
   workers: number;
+  /** Requesters connected to it. */
   requesters: number;
+  /** Its ports, as it announces them. */
   urls: { worker?: string; requester?: string };
   /** ms since it was last heard from (0 for this server). */
   last_heard_ms: number;
@@ -85,13 +94,19 @@ export interface ClusterServer {
 
 /** The link's state, for `/health` and `stats`. */
 export interface ClusterStatus {
+  /** The cluster name. */
   name: string;
+  /** This server's name. */
   server: string;
+  /** This server's id. */
   server_id: string;
+  /** The NATS connection. */
   nats: "connecting" | "connected" | "disconnected" | "closed";
+  /** The NATS node in use, while connected. */
   nats_server: string | null;
   /** Why NATS cannot be reached, while it cannot. */
   nats_error?: string;
+  /** Every server this one knows, itself first. */
   servers: ClusterServer[];
 }
 
@@ -116,8 +131,11 @@ const decoder = new TextDecoder();
 
 /** The cluster link; see the module doc. */
 export class ClusterLink {
+  /** This server's id in the cluster. */
   readonly id: string = shortId(10);
+  /** The cluster name. */
   readonly name: string;
+  /** This server's name in listings. */
   readonly serverName: string;
   #core: BrokerCore;
   #options: ClusterOptions;
@@ -141,6 +159,7 @@ export class ClusterLink {
 
   #requesters: () => number;
 
+  /** A link for the broker whose parts `core` gives; `requesters` counts its requesters. */
   constructor(
     core: BrokerCore,
     options: ClusterOptions,
@@ -332,7 +351,7 @@ export class ClusterLink {
   }
 
   /** Whether `worker` is attached to this server. */
-  isLocal(worker: Peer): boolean {
+  isLocal(worker: WorkerLoad): boolean {
     return !(worker instanceof RemotePeer);
   }
 
