@@ -11,6 +11,10 @@ import {
   type ServerOptions,
   startServer,
 } from "../lib/server.ts";
+import {
+  RequesterClient,
+  type RequesterClientOptions,
+} from "../lib/requester_client.ts";
 import { Worker, type WorkerOptions } from "../lib/worker_client.ts";
 import { WebSocket } from "../lib/_ws.ts";
 
@@ -91,19 +95,25 @@ export interface TestWorkerOptions extends Partial<WorkerOptions> {
   actions?: Record<string, ActionHandler>;
 }
 
-/** Starts a real Worker and resolves once the server has its registration. */
+/**
+ * Starts a real Worker and resolves once the server has its registration. `await using` stops
+ * it at the end of the scope, failed or not.
+ */
 export async function startWorker(
   server: RunningServer,
   options: TestWorkerOptions = {},
-): Promise<Worker> {
+): Promise<Worker & AsyncDisposable> {
   const { actions = {}, ...rest } = options;
-  const worker = new Worker({
-    url: server.workerUrl,
-    name: "test-worker",
-    backoff: { initialMs: 10, maxMs: 50 },
-    graceMs: 2000,
-    ...rest,
-  });
+  const worker = Object.assign(
+    new Worker({
+      url: server.workerUrl,
+      name: "test-worker",
+      backoff: { initialMs: 10, maxMs: 50 },
+      graceMs: 2000,
+      ...rest,
+    }),
+    { [Symbol.asyncDispose]: () => worker.stop() },
+  );
   for (const [name, handler] of Object.entries(actions)) {
     worker.registerAction(name, handler);
   }
@@ -116,6 +126,20 @@ export async function startWorker(
     `worker ${id} to register`,
   );
   return worker;
+}
+
+/**
+ * A connected RequesterClient that `await using` closes at the end of the scope, failed or not.
+ */
+export async function connectClient(
+  url: string,
+  options?: RequesterClientOptions,
+): Promise<RequesterClient & AsyncDisposable> {
+  const client = Object.assign(new RequesterClient(url, options), {
+    [Symbol.asyncDispose]: () => client.close(),
+  });
+  await client.connect();
+  return client;
 }
 
 /** The server-side id of a started worker. */
@@ -221,6 +245,11 @@ export class RawPeer {
   /** Frames received but not yet taken by `next`. */
   get unread(): readonly Frame[] {
     return this.#unread;
+  }
+
+  /** For `await using`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
   }
 
   async close(): Promise<void> {

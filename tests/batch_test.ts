@@ -5,6 +5,7 @@ import { RequesterClient } from "../lib/requester_client.ts";
 import type { ServerOptions } from "../lib/server.ts";
 import type { Worker } from "../lib/worker_client.ts";
 import {
+  connectClient,
   type Frame,
   idOf,
   RawPeer,
@@ -353,15 +354,12 @@ Deno.test("batch - an invalid item fails alone, not the batch", async () => {
 
 Deno.test("batch - answers No available workers when no worker offers get_markets", async () => {
   await using server = startTestServer();
-  const worker = await startWorker(server);
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
+  await using _worker = await startWorker(server);
+  await using client = await connectClient(server.requesterUrl);
   const answer = await client.request("get_markets", [{ code: "510300" }]);
   assert.equal(answer.success, false);
   assert.equal(answer.error, "No available workers");
   assert.equal(answer.error_code, "NO_WORKERS");
-  await client.close();
-  await worker.stop();
 });
 
 Deno.test("batch - runs on three workers with the real market service on the demo provider", async () => {
@@ -378,8 +376,7 @@ Deno.test("batch - runs on three workers with the real market service on the dem
       }),
     );
   }
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
+  await using client = await connectClient(server.requesterUrl);
   const items = [
     {
       symbol_type: "etf",

@@ -3,6 +3,7 @@ import type { ServerOptions } from "../lib/server.ts";
 import { RequesterClient } from "../lib/requester_client.ts";
 import type { Worker } from "../lib/worker_client.ts";
 import {
+  connectClient,
   type Frame,
   idOf,
   openRawWorker,
@@ -63,14 +64,15 @@ Deno.test("broker - refuses a requester without the token with 401 and accepts t
   await assert.rejects(anonymous.connect(), /unauthorized/);
   const wrong = new RequesterClient(server.requesterUrl, { token: "nope" });
   await assert.rejects(wrong.connect(), /unauthorized/);
-  const worker = await startWorker(server, { token: "w0rker" });
-  const client = new RequesterClient(server.requesterUrl, { token: "s3cret" });
-  await client.connect();
+  await using _worker = await startWorker(server, { token: "w0rker" });
+  await using client = await connectClient(server.requesterUrl, {
+    token: "s3cret",
+  });
   assert.equal((await client.request("get_time")).success, true);
   await client.close();
-  const viaQuery = await RawPeer.open(`${server.requesterUrl}/?token=s3cret`);
-  await viaQuery.close();
-  await worker.stop();
+  await using _viaQuery = await RawPeer.open(
+    `${server.requesterUrl}/?token=s3cret`,
+  );
 });
 
 Deno.test("broker - refuses a worker without the token with 401", async () => {
@@ -80,7 +82,7 @@ Deno.test("broker - refuses a worker without the token with 401", async () => {
     RawPeer.open(server.workerUrl, { authorization: "Bearer wrong" }),
     /401/,
   );
-  const ok = await RawPeer.open(server.workerUrl, {
+  await using ok = await RawPeer.open(server.workerUrl, {
     authorization: "Bearer w0rker",
   });
   await ok.envelope("connect");
@@ -156,8 +158,7 @@ Deno.test("broker - an unhealthy worker gets no new work until it is heard from"
   await peer.envelope("heartbeat");
   now += 5000;
   server.broker.sweep();
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
+  await using client = await connectClient(server.requesterUrl);
   const answering = client.request("job", {}, { timeout: 5 });
   await waitFor(
     () => server.broker.dispatcher.queued === 1,
@@ -177,18 +178,17 @@ Deno.test("broker - an unhealthy worker gets no new work until it is heard from"
 Deno.test("broker - a worker's graceful stop() sends disconnect, gets no new work and finishes in-flight work", async () => {
   await using server = startTestServer();
   const gate = Promise.withResolvers<void>();
-  const leaving = await startWorker(server, {
+  await using leaving = await startWorker(server, {
     name: "leaving",
     weight: 10,
     actions: { job: async () => (await gate.promise, "finished by leaving") },
   });
-  const staying = await startWorker(server, {
+  await using staying = await startWorker(server, {
     name: "staying",
     actions: { job: () => "done by staying" },
   });
   const leavingId = idOf(leaving);
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
+  await using client = await connectClient(server.requesterUrl);
   const first = client.request("job");
   await waitFor(
     () => leaving.status().in_flight === 1,
@@ -214,17 +214,15 @@ Deno.test("broker - a worker's graceful stop() sends disconnect, gets no new wor
     () => server.broker.workers().length === 1,
     "the stopped worker to be gone",
   );
-  await client.close();
-  await staying.stop();
 });
 
 Deno.test("broker - drain() refuses new requests with SHUTTING_DOWN and lets in-flight work finish", async () => {
   const server = startTestServer();
   const gate = Promise.withResolvers<void>();
-  const worker = await startWorker(server, {
+  await using _worker = await startWorker(server, {
     actions: { job: () => gate.promise.then(() => "finished") },
   });
-  const peer = await RawPeer.open(server.requesterUrl);
+  await using peer = await RawPeer.open(server.requesterUrl);
   peer.send({ request_id: "a", command: "job" });
   await waitFor(() => server.broker.dispatcher.running === 1, "running");
   const draining = server.drain(5000);
@@ -237,14 +235,13 @@ Deno.test("broker - drain() refuses new requests with SHUTTING_DOWN and lets in-
   assert.equal(answer.data, "finished");
   await draining;
   await peer.closed;
-  await worker.stop();
 });
 
 // ---- server actions over the worker port -----------------------------------------------------
 
 Deno.test("broker - answers a worker's requests for server actions", async () => {
   await using server = startTestServer();
-  const worker = await startWorker(server, { name: "asker" });
+  await using worker = await startWorker(server, { name: "asker" });
   assert.match(
     String(await worker.request("get_time")),
     /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/,
@@ -277,7 +274,6 @@ Deno.test("broker - answers a worker's requests for server actions", async () =>
     idOf(worker),
     "asker",
   ]]);
-  await worker.stop();
 });
 
 // ---- bad input from a requester --------------------------------------------------------------
@@ -634,8 +630,7 @@ Deno.test("broker - rejects a worker's response to another worker's request and 
   await using server = startTestServer();
   const owner = await openRawWorker(server, { weight: 10 });
   const meddler = await openRawWorker(server);
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
+  await using client = await connectClient(server.requesterUrl);
   const answering = client.request("job");
   const request = await owner.peer.envelope("request");
   respond(meddler.peer, request, "stolen");

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { RequesterClient } from "../lib/requester_client.ts";
 import {
+  connectClient,
   idOf,
   openRawWorker,
   RawPeer,
@@ -13,8 +13,7 @@ import {
 Deno.test("dispatcher - a worker that never registers still gets work", async () => {
   await using server = startTestServer();
   const { peer, id } = await openRawWorker(server, false);
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
+  await using client = await connectClient(server.requesterUrl);
   const answering = client.request("anything", { n: 1 });
   const request = await peer.envelope("request");
   assert.deepEqual(request.data, { action: "anything", params: { n: 1 } });
@@ -30,16 +29,15 @@ Deno.test("dispatcher - a worker that never registers still gets work", async ()
 
 Deno.test("dispatcher - routes a command only to workers that offer it", async () => {
   await using server = startTestServer();
-  const alpha = await startWorker(server, {
+  await using alpha = await startWorker(server, {
     name: "alpha",
     actions: { alpha: () => "from alpha" },
   });
-  const beta = await startWorker(server, {
+  await using beta = await startWorker(server, {
     name: "beta",
     actions: { beta: () => "from beta" },
   });
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
+  await using client = await connectClient(server.requesterUrl);
   for (let i = 0; i < 5; i++) {
     const [a, b] = await Promise.all([
       client.request("alpha"),
@@ -54,25 +52,20 @@ Deno.test("dispatcher - routes a command only to workers that offer it", async (
   assert.equal(unknown.success, false);
   assert.equal(unknown.error, "No available workers");
   assert.equal(unknown.error_code, "UNKNOWN_COMMAND");
-  await client.close();
-  await alpha.stop();
-  await beta.stop();
 });
 
 Deno.test("dispatcher - answers No available workers when no worker is connected", async () => {
   await using server = startTestServer();
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
+  await using client = await connectClient(server.requesterUrl);
   const answer = await client.request("get_time");
   assert.equal(answer.success, false);
   assert.equal(answer.error, "No available workers");
   assert.equal(answer.error_code, "NO_WORKERS");
-  await client.close();
 });
 
 Deno.test("dispatcher - matches many concurrent requests on one connection by request_id", async () => {
   await using server = startTestServer();
-  const worker = await startWorker(server, {
+  await using _worker = await startWorker(server, {
     concurrency: 64,
     actions: {
       echo: async (params) => {
@@ -83,8 +76,7 @@ Deno.test("dispatcher - matches many concurrent requests on one connection by re
       },
     },
   });
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
+  await using client = await connectClient(server.requesterUrl);
   const answers = await Promise.all(
     Array.from(
       { length: 50 },
@@ -98,27 +90,23 @@ Deno.test("dispatcher - matches many concurrent requests on one connection by re
     assert.equal(answer.attempts, 1);
     assert.equal(typeof answer.elapsed_ms, "number");
   });
-  await client.close();
-  await worker.stop();
 });
 
 Deno.test("dispatcher - assigns and echoes a request_id when the frame has none", async () => {
   await using server = startTestServer();
-  const worker = await startWorker(server);
-  const peer = await RawPeer.open(server.requesterUrl);
+  await using _worker = await startWorker(server);
+  await using peer = await RawPeer.open(server.requesterUrl);
   peer.send({ command: "get_time" });
   const answer = await peer.next();
   assert.equal(answer.success, true);
   assert.match(answer.request_id, /^[0-9a-f-]{36}$/);
   assert.match(answer.data, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/);
-  await peer.close();
-  await worker.stop();
 });
 
 Deno.test("dispatcher - a per-request timeout answers Worker response timeout and drops the late answer", async () => {
   await using server = startTestServer();
   const { peer: worker } = await openRawWorker(server);
-  const requester = await RawPeer.open(server.requesterUrl);
+  await using requester = await RawPeer.open(server.requesterUrl);
   requester.send({ request_id: "slow", command: "slow", timeout: 0.1 });
   const request = await worker.envelope("request");
   const answer = await requester.answer("slow");
@@ -150,12 +138,11 @@ Deno.test("dispatcher - moves in-flight work to another worker when its worker d
   const { peer: doomed, id: doomedId } = await openRawWorker(server, {
     weight: 10,
   });
-  const survivor = await startWorker(server, {
+  await using survivor = await startWorker(server, {
     name: "survivor",
     actions: { job: (p) => ({ got: p }) },
   });
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
+  await using client = await connectClient(server.requesterUrl);
   const answering = client.request("job", { x: 1 });
   const request = await doomed.envelope("request");
   assert.equal(request.data.action, "job");
@@ -166,15 +153,12 @@ Deno.test("dispatcher - moves in-flight work to another worker when its worker d
   assert.equal(answer.processed_by, idOf(survivor));
   assert.notEqual(answer.processed_by, doomedId);
   assert.equal(answer.attempts, 2);
-  await client.close();
-  await survivor.stop();
 });
 
 Deno.test("dispatcher - answers WORKER_LOST when the only worker disconnects with the request in flight", async () => {
   await using server = startTestServer();
   const { peer, id } = await openRawWorker(server);
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
+  await using client = await connectClient(server.requesterUrl);
   const answering = client.request("job");
   await peer.envelope("request");
   await peer.close();
@@ -186,7 +170,6 @@ Deno.test("dispatcher - answers WORKER_LOST when the only worker disconnects wit
     new RegExp(`^Worker '${id}' disconnected before answering`),
   );
   assert.equal(answer.attempts, 1);
-  await client.close();
 });
 
 Deno.test("dispatcher - gives up with WORKER_LOST after maxAttempts workers vanished", async () => {
@@ -194,8 +177,7 @@ Deno.test("dispatcher - gives up with WORKER_LOST after maxAttempts workers vani
   const a = await openRawWorker(server);
   const b = await openRawWorker(server);
   const c = await openRawWorker(server);
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
+  await using client = await connectClient(server.requesterUrl);
   const answering = client.request("job");
   const holders: typeof a[] = [];
   for (let i = 0; i < 2; i++) {
@@ -227,7 +209,7 @@ Deno.test("dispatcher - gives up with WORKER_LOST after maxAttempts workers vani
 Deno.test("dispatcher - queues requests while every worker is at max_concurrency", async () => {
   await using server = startTestServer();
   const gates: PromiseWithResolvers<void>[] = [];
-  const worker = await startWorker(server, {
+  await using _worker = await startWorker(server, {
     concurrency: 1,
     actions: {
       hold: async () => {
@@ -238,8 +220,7 @@ Deno.test("dispatcher - queues requests while every worker is at max_concurrency
       },
     },
   });
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
+  await using client = await connectClient(server.requesterUrl);
   const first = client.request("hold");
   const second = client.request("hold");
   await waitFor(
@@ -255,19 +236,16 @@ Deno.test("dispatcher - queues requests while every worker is at max_concurrency
   assert.equal(answer.success, true);
   assert.equal(answer.data, 2);
   assert.equal(server.broker.dispatcher.queued, 0);
-  await client.close();
-  await worker.stop();
 });
 
 Deno.test("dispatcher - answers Server busy when the queue is full", async () => {
   await using server = startTestServer({ maxQueue: 1 });
   const gate = Promise.withResolvers<void>();
-  const worker = await startWorker(server, {
+  await using _worker = await startWorker(server, {
     concurrency: 1,
     actions: { hold: () => gate.promise.then(() => "ok") },
   });
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
+  await using client = await connectClient(server.requesterUrl);
   const running = client.request("hold");
   await waitFor(
     () =>
@@ -287,19 +265,16 @@ Deno.test("dispatcher - answers Server busy when the queue is full", async () =>
   gate.resolve();
   assert.equal((await running).data, "ok");
   assert.equal((await queued).data, "ok");
-  await client.close();
-  await worker.stop();
 });
 
 Deno.test("dispatcher - a queued request fails with No available workers when the last worker leaves", async () => {
   await using server = startTestServer();
   const gate = Promise.withResolvers<void>();
-  const worker = await startWorker(server, {
+  await using worker = await startWorker(server, {
     concurrency: 1,
     actions: { hold: () => gate.promise.then(() => "done") },
   });
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
+  await using client = await connectClient(server.requesterUrl);
   const running = client.request("hold", {}, { timeout: 10 });
   await waitFor(() => server.broker.dispatcher.running === 1, "running");
   const queued = client.request("hold", {}, { timeout: 10 });
@@ -316,5 +291,4 @@ Deno.test("dispatcher - a queued request fails with No available workers when th
   assert.equal(answer.success, false);
   assert.equal(answer.error, "No available workers");
   assert.equal(answer.error_code, "NO_WORKERS");
-  await client.close();
 });

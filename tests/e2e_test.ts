@@ -234,15 +234,25 @@ Deno.test("e2e - the server warns loudly when it listens beyond loopback without
   }).spawn();
   const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
   let text = "";
-  while (!/Requester port listening/.test(text)) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    text += value;
+  // A server that never says it listens is killed, which ends the read: no hang.
+  const bound = setTimeout(() => child.kill("SIGKILL"), 20_000);
+  try {
+    while (!/Requester port listening/.test(text)) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      text += value;
+    }
+  } finally {
+    clearTimeout(bound);
+    try {
+      child.kill("SIGKILL");
+    } catch {
+      // already gone
+    }
+    await reader.cancel();
+    await child.stdout.cancel();
+    await child.status;
   }
-  child.kill("SIGKILL");
-  await reader.cancel();
-  await child.stdout.cancel();
-  await child.status;
   assert.match(text, /Requester port listening/);
   assert.doesNotMatch(
     text,

@@ -9,7 +9,7 @@ import {
   type Frame,
   idOf,
   openRawWorker,
-  RawPeer,
+  type RawPeer,
   respond,
   startTestServer,
   startWorker,

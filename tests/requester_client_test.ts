@@ -3,6 +3,7 @@ import { ConnectionClosedError, RequestTimeoutError } from "../lib/errors.ts";
 import { RequesterClient } from "../lib/requester_client.ts";
 import {
   answerOf,
+  connectClient,
   openRawWorker,
   startTestServer,
   startWorker,
@@ -69,8 +70,7 @@ Deno.test("requester client - in-flight requests reject with ConnectionClosedErr
   await using fake = startFakeServer((socket) =>
     socket.close(1011, "going away")
   );
-  const client = new RequesterClient(fake.url);
-  await client.connect();
+  await using client = await connectClient(fake.url);
   const results = await Promise.allSettled([
     client.request("a"),
     client.request("b"),
@@ -88,7 +88,6 @@ Deno.test("requester client - in-flight requests reject with ConnectionClosedErr
   }
   assert.equal(client.connected, false);
   assert.equal(client.inFlight, 0);
-  await client.close();
 });
 
 Deno.test("requester client - connect() after a drop reconnects and requests work again", async () => {
@@ -96,8 +95,7 @@ Deno.test("requester client - connect() after a drop reconnects and requests wor
     if (connection === 1) socket.close(1011, "first connection dies");
     else echo(socket, request);
   });
-  const client = new RequesterClient(fake.url);
-  await client.connect();
+  await using client = await connectClient(fake.url);
   await assert.rejects(client.request("x"), ConnectionClosedError);
   await assert.rejects(
     client.request("x"),
@@ -109,14 +107,12 @@ Deno.test("requester client - connect() after a drop reconnects and requests wor
   const answer = await client.request("echo", { n: 7 });
   assert.deepEqual(answer.data, { n: 7 });
   assert.equal(fake.connections, 2);
-  await client.close();
 });
 
 Deno.test("requester client - a request in flight when the real server closes rejects or answers SHUTTING_DOWN, never hangs", async () => {
   const server = startTestServer();
   const { peer } = await openRawWorker(server);
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
+  await using client = await connectClient(server.requesterUrl);
   const pending = client.request("job").then(
     (answer) => ({ answer }),
     (error) => ({ error }),
@@ -128,18 +124,16 @@ Deno.test("requester client - a request in flight when the real server closes re
     assert.ok(outcome.error instanceof ConnectionClosedError);
   } else assert.equal(outcome.answer.error_code, "SHUTTING_DOWN");
   await peer.closed;
-  await client.close();
 });
 
 Deno.test("requester client - reconnects to a restarted server on the same port", async () => {
   const first = startTestServer();
   const port = first.requesterPort;
-  const client = new RequesterClient(first.requesterUrl);
-  await client.connect();
+  await using client = await connectClient(first.requesterUrl);
   await first.close();
   await assert.rejects(client.request("get_time"), ConnectionClosedError);
   const second = startTestServer({ requesterPort: port });
-  const worker = await startWorker(second);
+  await using worker = await startWorker(second);
   await client.connect();
   const answer = await client.request("get_time");
   assert.equal(answer.success, true);
@@ -150,8 +144,7 @@ Deno.test("requester client - reconnects to a restarted server on the same port"
 
 Deno.test("requester client - close() rejects requests still in flight", async () => {
   await using fake = startFakeServer(() => {});
-  const client = new RequesterClient(fake.url);
-  await client.connect();
+  await using client = await connectClient(fake.url);
   const pending = client.request("never");
   await client.close();
   await assert.rejects(pending, ConnectionClosedError);
@@ -159,14 +152,12 @@ Deno.test("requester client - close() rejects requests still in flight", async (
 
 Deno.test("requester client - gives up after the timeout plus grace when no answer comes", async () => {
   await using fake = startFakeServer(() => {});
-  const client = new RequesterClient(fake.url, { graceMs: 20 });
-  await client.connect();
+  await using client = await connectClient(fake.url, { graceMs: 20 });
   await assert.rejects(
     client.request("never", {}, { timeout: 0.01 }),
     RequestTimeoutError,
   );
   assert.equal(client.inFlight, 0);
-  await client.close();
 });
 
 /** A fake server that holds every frame until the test answers it. */
@@ -334,8 +325,7 @@ Deno.test("requester client - with cancelOnAbort an abort sends a cancel frame, 
 
 Deno.test("requester client - refuses a request_id already in flight", async () => {
   await using fake = startFakeServer(() => {});
-  const client = new RequesterClient(fake.url);
-  await client.connect();
+  await using client = await connectClient(fake.url);
   const first = client.request("x", {}, { requestId: "same" });
   await assert.rejects(
     client.request("x", {}, { requestId: "same" }),
