@@ -1,6 +1,6 @@
 /**
  * Switchyard benchmark: `deno task bench [--seconds T] [--runs N]
- * [--section core|batch|soak|cluster|all] [--json] [--strict]`. Sections default to `core,batch`; `soak` runs only when asked.
+ * [--section core|batch|soak|cluster|markets|all] [--json] [--strict]`. Sections default to `core,batch`; `soak` and `markets` run only when asked.
  * Progress goes to stderr, tables (or one JSON document) to stdout. PASS/FAIL lines are
  * informational: the exit code is 0 unless `--strict` and a target was missed.
  *
@@ -12,17 +12,18 @@ import { coreCpuTable, coreRatioTable, coreTable, runCore } from "./core.ts";
 import { batchTable, runBatchBench } from "./batch.ts";
 import { runSoak, soakTable } from "./soak.ts";
 import { clusterTable, runClusterBench } from "./cluster.ts";
+import { marketsTable, runMarketsBench } from "./markets.ts";
 import { machineBusy } from "./_spawn.ts";
 import { type Check, checkLine, fixed } from "./_stats.ts";
 
-const SECTIONS = ["core", "batch", "soak", "cluster"] as const;
+const SECTIONS = ["core", "batch", "soak", "cluster", "markets"] as const;
 type Section = typeof SECTIONS[number];
 
 const USAGE = `Usage: deno task bench [options]
 
   --seconds T      measured seconds per core row (default 10) or soak length (default 60)
   --runs N         interleaved runs per core row, N >= 3 (default 5)
-  --section LIST   core, batch, soak, cluster or all, comma-separated (default core,batch)
+  --section LIST   core, batch, soak, cluster, markets or all, comma-separated (default core,batch)
   --json           print one JSON document instead of tables
   --strict         exit 1 when a target is missed
   --help           show this help`;
@@ -33,7 +34,7 @@ function parseSections(text: string): Section[] {
   for (const name of names) {
     if (!(SECTIONS as readonly string[]).includes(name)) {
       throw new RangeError(
-        `Unknown section '${name}': expected core, batch, soak, cluster or all`,
+        `Unknown section '${name}': expected core, batch, soak, cluster, markets or all`,
       );
     }
   }
@@ -132,6 +133,17 @@ async function main(args: string[]): Promise<number> {
     print(
       "cluster (3 echo workers; 1, 2, 3 servers on one NATS; ratios vs 1 server, run by run)",
       clusterTable(cluster),
+    );
+  }
+  if (sections.includes("markets")) {
+    const markets = await runMarketsBench({ log, runs: Math.min(runs, 3) });
+    out.markets = markets;
+    checks.push(...markets.checks);
+    print(
+      `markets (${markets.symbols} symbols × full daily history into CSV, ${markets.workers} worker processes, ${markets.rateLimit} req/s each, upstream +50 ms; medians (min-max) of ${
+        Math.min(runs, 3)
+      } interleaved runs)`,
+      marketsTable(markets),
     );
   }
   const busyAfter = await busy("after");

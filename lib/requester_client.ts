@@ -89,6 +89,8 @@ export interface BatchStream extends AsyncIterable<StreamedItem> {
 // reading resumes.
 const STREAM_HIGH_WATER = 16;
 const STREAM_LOW_WATER = 4;
+// How often a held socket is read briefly, for pings: well inside the server's idle timeout.
+const BREATH_MS = 3000;
 
 interface Pending {
   /** The request frame, kept for resubmission. */
@@ -121,6 +123,7 @@ export class RequesterClient {
   #options: RequesterClientOptions;
   #socket: WebSocket | undefined;
   #holds = 0;
+  #breath: ReturnType<typeof setInterval> | undefined;
   #pending = new Map<string, Pending>();
   /**
    * Ids of aborted requests whose answer may still come, each with the timer that frees it at
@@ -423,8 +426,23 @@ export class RequesterClient {
     this.#holds += on ? 1 : -1;
     const socket = this.#socket;
     if (!socket) return;
-    if (this.#holds > 0) socket.pause();
-    else socket.resume();
+    if (this.#holds > 0) {
+      socket.pause();
+      // A paused socket answers no ping: let it breathe now and then, or the server's idle
+      // timeout closes a connection whose reader is merely slow.
+      this.#breath ??= setInterval(() => {
+        const s = this.#socket;
+        if (!s || this.#holds <= 0) return;
+        s.resume();
+        setTimeout(() => {
+          if (this.#holds > 0) this.#socket?.pause();
+        }, 20);
+      }, BREATH_MS);
+    } else {
+      socket.resume();
+      clearInterval(this.#breath);
+      this.#breath = undefined;
+    }
   }
 
   #send(
@@ -537,6 +555,8 @@ export class RequesterClient {
 
   /** Closes the connection; requests still in flight reject with a ConnectionClosedError. */
   async close(): Promise<void> {
+    clearInterval(this.#breath);
+    this.#breath = undefined;
     this.#closing = true;
     this.#stop.abort();
     await this.#reconnecting;
