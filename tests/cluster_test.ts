@@ -415,3 +415,46 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "cluster: a server that shuts down says so, and the others move its work at once",
+  ignore,
+  fn: async () => {
+    await using nats = await new NatsCluster(1).start();
+    // Silence alone would take a minute to count: only the leaving message can be quick.
+    const servers = ["s0", "s1"].map((name) =>
+      startTestServer({
+        cluster: {
+          servers: nats.urls,
+          name: "leave",
+          serverName: name,
+          deadAfterMs: 60_000,
+        },
+      })
+    );
+    const workers: Worker[] = [];
+    try {
+      await Promise.all(servers.map(async (s) => (await s.cluster!).start()));
+      workers.push(
+        await startWorker(servers[1], {
+          name: "w1",
+          actions: { who: whoAmI("w1") },
+        }),
+      );
+      await waitFor(
+        () => servers[0].broker.workers().length === 1,
+        "s0 to see w1",
+      );
+      await servers[1].close();
+      await waitFor(
+        () =>
+          servers[0].broker.workers().length === 0 &&
+          servers[0].broker.stats().cluster!.servers.length === 1,
+        "s0 to drop s1 and its worker",
+      );
+    } finally {
+      await closeAll(servers, [], workers);
+    }
+  },
+});

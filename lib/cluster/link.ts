@@ -372,6 +372,24 @@ export class ClusterLink {
     this.#nc = undefined;
     if (nc) {
       try {
+        // Said out loud, so the others move this server's requests now rather than after
+        // deadAfterMs of silence.
+        nc.publish(
+          `${this.#prefix}.state`,
+          JSON.stringify(
+            {
+              v: 1,
+              id: this.id,
+              name: this.serverName,
+              at: this.#core.clock.now(),
+              urls: {},
+              requesters: 0,
+              workers: [],
+              ledger: {},
+              leaving: true,
+            } satisfies ServerState,
+          ),
+        );
         await nc.flush();
       } catch {
         // Closing anyway.
@@ -427,7 +445,8 @@ export class ClusterLink {
         host: w.host,
         in_flight: w.inFlight,
         healthy: w.healthy,
-        draining: w.draining,
+        // A draining server takes no new work, relayed work included.
+        draining: w.draining || this.#core.draining,
         registered: w.registered,
         blocked: w.blockedSources,
         latency_ms: info.latency_ms,
@@ -467,6 +486,20 @@ export class ClusterLink {
     }
     if (state.v !== 1 || typeof state.id !== "string") return;
     if (state.id === this.id) return;
+    if (state.leaving) {
+      const leaving = this.#servers.get(state.id);
+      if (leaving) {
+        log.info("Server {name} ({id}) left the cluster", {
+          name: leaving.name,
+          id: leaving.id,
+        });
+        this.#dropServer(
+          leaving,
+          `its server ${leaving.name} left the cluster`,
+        );
+      }
+      return;
+    }
     const dispatcher = this.#core.dispatcher;
     const now = this.#core.clock.now();
     let server = this.#servers.get(state.id);

@@ -50,6 +50,8 @@ export interface ServerState {
   non_retriable?: string[];
   /** Per origin server: the `msg_id`s of its requests this server holds now. */
   ledger: Record<string, string[]>;
+  /** The server's last word: it is shutting down. */
+  leaving?: true;
 }
 
 /** An answer from the worker's server to the origin. */
