@@ -2,6 +2,8 @@ import assert from "node:assert/strict";
 import { RequesterClient } from "../lib/mod.ts";
 import type { UpstreamReport } from "../lib/batch_placement.ts";
 import { idOf, startTestServer, startWorker } from "./_helpers.ts";
+import { startFakeEastmoney } from "./_fake_eastmoney.ts";
+import { createMarketService } from "../lib/market/mod.ts";
 import type { Worker } from "../lib/worker_client.ts";
 
 type Item = { symbol_type: string; code: string };
@@ -186,5 +188,70 @@ Deno.test("placement - workers that report nothing are placed as before", async 
   } finally {
     await client.close();
     await Promise.all(workers.map((w) => w.stop()));
+  }
+});
+
+Deno.test("placement - a worker banned mid-batch: its items move to the others, none lost, none twice, and the banned host is not pressed", async () => {
+  await using upstream = await startFakeEastmoney({
+    synthetic: true,
+    syntheticEnd: "2015-12-31",
+    latencyMs: 20,
+  });
+  await using server = startTestServer();
+  const services = ["w0", "w1", "w2"].map((name) =>
+    createMarketService({
+      eastmoneyUrl: upstream.url,
+      rateLimit: 0,
+      headers: { "x-fake-identity": name },
+    })
+  );
+  const workers: Worker[] = [];
+  for (const [i, market] of services.entries()) {
+    workers.push(
+      await startWorker(server, {
+        name: `w${i}`,
+        concurrency: 2,
+        actions: market.actions(),
+      }),
+    );
+  }
+  const client = new RequesterClient(server.requesterUrl);
+  await client.connect();
+  try {
+    const items = etfs(60).map((item) => ({
+      ...item,
+      start_date: "2015-01-01",
+      end_date: "2015-03-31",
+    }));
+    const seen = new Map<number, number>();
+    let callsAtBan = -1;
+    const batch = client.stream("get_markets", items, { timeout: 60 });
+    for await (const { index, result } of batch) {
+      seen.set(index, (seen.get(index) ?? 0) + 1);
+      const r = result as { success: boolean; code: string; error?: string };
+      assert.equal(r.success, true, `${r.code}: ${r.error}`);
+      assert.equal(r.code, items[index].code);
+      if (callsAtBan < 0 && seen.size >= 10) {
+        callsAtBan = upstream.callsFrom("w0");
+        upstream.ban("w0");
+      }
+    }
+    assert.ok(callsAtBan >= 0, "the batch ended before the ban");
+    const answer = await batch.answer;
+    assert.equal(answer.success, true);
+    assert.deepEqual(
+      (answer.data as { summary: unknown }).summary,
+      { total: 60, success: 60, failed: 0 },
+    );
+    assert.equal(seen.size, 60);
+    assert.ok([...seen.values()].every((n) => n === 1), "an item came twice");
+    // A reset is a ban signal: no retry to the same host, and the breaker stops the rest.
+    const afterBan = upstream.callsFrom("w0") - callsAtBan;
+    assert.ok(afterBan <= 6, `${afterBan} requests to the banned host`);
+    assert.ok(upstream.callsFrom("w1") + upstream.callsFrom("w2") > 0);
+  } finally {
+    await client.close();
+    await Promise.all(workers.map((w) => w.stop()));
+    for (const s of services) s.close();
   }
 });
