@@ -38,6 +38,8 @@ export interface RunOptions {
   /** `host:port` of the HTTP client, for logs. */
   address: string;
   onFrame?: (frame: Record<string, unknown>) => void;
+  /** Whether the caller has room for more frames now; a streamed batch waits while it has not. */
+  ready?: () => boolean;
 }
 
 /** The `get_market` params `GET /v1/market` passes on from its query. */
@@ -179,6 +181,9 @@ async function readBody(req: Request, max: number): Promise<string> {
 
 // ---- streaming -------------------------------------------------------------------------------
 
+/** Bytes a streamed response may hold unread before its batch stops starting items. */
+const STREAM_HIGH_WATER = 1024 * 1024;
+
 /** Writes lines to a response body as they come; ends when `end()` is called. */
 class LineStream {
   readonly body: ReadableStream<Uint8Array>;
@@ -195,7 +200,15 @@ class LineStream {
         this.#closed = true;
         onCancel();
       },
+    }, {
+      highWaterMark: STREAM_HIGH_WATER,
+      size: (chunk) => chunk.byteLength,
     });
+  }
+
+  /** Whether the client has read most of what was written. */
+  ready(): boolean {
+    return this.#closed || (this.#controller.desiredSize ?? 1) > 0;
   }
 
   write(text: string): void {
@@ -441,6 +454,7 @@ export class HttpApi {
     const done = this.#runner.run(text, {
       signal: cancel.signal,
       address,
+      ready: () => out.ready(),
       onFrame: (frame) => {
         first.resolve(null);
         const item = frame.item as { index?: unknown; result?: unknown };

@@ -36,6 +36,8 @@ interface RequesterPeer {
   address: string;
   /** Set for an HTTP caller: takes its frames instead of a socket. */
   sink?: (frame: Record<string, unknown>) => void;
+  /** For an HTTP caller: whether its response has room for more (streamed batches wait). */
+  sinkReady?: () => boolean;
   /** Requests in flight by `request_id`, each with what cancels it. */
   requests: Map<string, Cancellation>;
   /** Dropped for not reading: forgotten, though its socket may linger until the peer reads. */
@@ -91,6 +93,7 @@ export class RequesterPort implements RequestRunner {
         if ("success" in frame) done.resolve(frame);
         else options.onFrame?.(frame);
       },
+      sinkReady: options.ready,
     };
     const signal = options.signal;
     if (signal?.aborted) return Promise.reject(signal.reason);
@@ -455,9 +458,11 @@ export class RequesterPort implements RequestRunner {
             ? {
               // An HTTP caller (a sink, no socket) is paced by its own response stream.
               ready: () =>
-                !peer.socket || peer.socket.readyState !== WebSocket.OPEN ||
-                peer.socket.bufferedAmount <
-                  this.#core.options.maxBufferedBytes / 4,
+                peer.sink
+                  ? peer.sinkReady?.() ?? true
+                  : peer.socket.readyState !== WebSocket.OPEN ||
+                    peer.socket.bufferedAmount <
+                      this.#core.options.maxBufferedBytes / 4,
             }
             : undefined,
         },
