@@ -1,14 +1,15 @@
-// The dashboard in a real browser: Debian's headless Chromium driven by playwright-core, against
-// a real server with real workers. Screenshots go to tests/artifacts/dashboard/ (gitignored).
+// The dashboard in a real browser: Debian's headless Chromium, driven over the DevTools protocol
+// (tests/_chromium.ts), against a real server with real workers. Screenshots go to
+// tests/artifacts/dashboard/ (gitignored).
 //
 // Without Chromium the test is skipped and says so; `.ci/run` installs it. CHROMIUM_PATH names
 // another binary.
 
 import assert from "node:assert/strict";
-import { chromium } from "npm:playwright-core@1.65.1";
 import type { ActionContext } from "../lib/action.ts";
 import { createMarketService } from "../lib/market/mod.ts";
 import { RequesterClient } from "../lib/mod.ts";
+import { Chromium } from "./_chromium.ts";
 import { startTestServer, startWorker } from "./_helpers.ts";
 
 const CHROMIUM = Deno.env.get("CHROMIUM_PATH") ?? "/usr/bin/chromium";
@@ -60,10 +61,6 @@ Deno.test({
   name:
     "dashboard - a real browser shows workers come and go, a batch's progress and a symbol's candles",
   ignore: !available,
-  // The browser's pipes and child process belong to playwright, which keeps them past a test's
-  // own awaits; everything is closed in `finally`.
-  sanitizeOps: false,
-  sanitizeResources: false,
   async fn() {
     await Deno.mkdir(ARTIFACTS, { recursive: true });
     const server = startTestServer({
@@ -77,71 +74,52 @@ Deno.test({
       actions: { ...market.actions(), get_markets: batch.handler },
     });
     const client = new RequesterClient(server.requesterUrl, { token: TOKEN });
-    const profile = await Deno.makeTempDir({ prefix: "switchyard-chromium-" });
-    const browser = await chromium.launchPersistentContext(profile, {
-      executablePath: CHROMIUM,
-      headless: true,
-      args: [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-      ],
-    });
+    let browser: Chromium | undefined;
     let beta: Awaited<ReturnType<typeof startWorker>> | undefined;
     try {
-      const page = browser.pages()[0] ?? await browser.newPage();
-      const pageErrors: string[] = [];
-      page.on("pageerror", (error) => pageErrors.push(String(error)));
+      browser = await Chromium.launch(CHROMIUM);
+      const page = await browser.newPage(1280, 1000);
       const base = `http://127.0.0.1:${server.requesterPort}`;
       const shot = (name: string) =>
-        page.screenshot({
-          path: new URL(`${name}.png`, ARTIFACTS).pathname,
-          fullPage: true,
-        });
+        page.screenshot(new URL(`${name}.png`, ARTIFACTS).pathname);
+      const rows = () =>
+        page.evaluate<string[]>(
+          `[...document.querySelectorAll("#workers tbody tr")].map((tr) => tr.children[1].textContent)`,
+        );
 
-      // Without the token: the login hint, not the dashboard.
-      const refused = await page.goto(`${base}/`);
-      assert.equal(refused?.status(), 401);
-      assert.match(await page.content(), /needs the requester token/);
+      // Without the token: the hint, not the dashboard.
+      await page.goto(`${base}/`);
+      assert.match(
+        await page.evaluate<string>("document.body.innerText"),
+        /needs the requester token/,
+      );
+      assert.equal(
+        await page.evaluate("document.querySelector('#workers')"),
+        null,
+      );
 
       // With it once in the address: a cookie from then on, and the token leaves the address.
-      const opened = await page.goto(`${base}/?token=${TOKEN}`);
-      assert.equal(opened?.status(), 200);
-      assert.equal(page.url(), `${base}/`);
-      const rows = () =>
-        page.$$eval(
-          "#workers tbody tr",
-          (trs) => trs.map((tr) => tr.children[1].textContent),
-        );
-      await page.waitForFunction(workerRows(1), undefined, {
-        timeout: 10_000,
-      });
+      assert.equal(await page.goto(`${base}/?token=${TOKEN}`), `${base}/`);
+      await page.waitFor(workerRows(1));
       assert.deepEqual(await rows(), ["alpha"]);
       assert.equal(
-        await page.textContent("#workers tbody tr .state"),
+        await page.evaluate(
+          `document.querySelector("#workers tbody tr .state").textContent`,
+        ),
         "ready",
       );
 
       // A worker joins, then leaves: the page follows without a reload.
       let since = performance.now();
       beta = await startWorker(server, { name: "beta" });
-      await page.waitForFunction(workerRows(2), undefined, {
-        timeout: 10_000,
-      });
+      await page.waitFor(workerRows(2));
       const joinMs = performance.now() - since;
       assert.deepEqual((await rows()).sort(), ["alpha", "beta"]);
       await shot("workers");
       since = performance.now();
       await beta.stop();
       beta = undefined;
-      await page.waitForFunction(workerRows(1), undefined, {
-        timeout: 10_000,
-      });
+      await page.waitFor(workerRows(1));
       const leaveMs = performance.now() - since;
       assert.deepEqual(await rows(), ["alpha"]);
 
@@ -156,13 +134,11 @@ Deno.test({
         { timeout: 60 },
       );
       const progress = (value: number) =>
-        page.waitForFunction(
+        page.waitFor(
           `(() => {
             const bar = document.querySelector("#batches .batch progress");
             return bar !== null && bar.max === 4 && bar.value === ${value};
           })()`,
-          undefined,
-          { timeout: 10_000 },
         );
       await progress(0);
       batch.release(0);
@@ -173,33 +149,27 @@ Deno.test({
       batch.release(2);
       batch.release(3);
       assert.equal((await answer).success, true);
-      await page.waitForFunction(
+      await page.waitFor(
         'document.querySelectorAll("#batches .batch").length === 0',
-        undefined,
-        { timeout: 10_000 },
       );
 
       // The symbol view: a demo symbol's daily bars as candles, drawn on the canvas.
-      await page.fill("#symbol-form [name=code]", "510300");
-      await page.fill("#symbol-form [name=start_date]", "2024-01-01");
-      await page.click("#symbol-form button");
-      await page.waitForFunction(
-        () =>
-          (globalThis as unknown as { dashboard: { symbolBars: number } })
-            .dashboard.symbolBars > 0,
-        undefined,
-        { timeout: 10_000 },
+      await page.evaluate(`(() => {
+        const form = document.querySelector("#symbol-form");
+        form.elements.code.value = "510300";
+        form.elements.start_date.value = "2024-01-01";
+        form.requestSubmit();
+      })()`);
+      await page.waitFor("globalThis.dashboard.symbolBars > 0");
+      const counts = await page.evaluate<{ bars: number; candles: number }>(
+        "({ bars: dashboard.symbolBars, candles: dashboard.candleCount() })",
       );
-      const counts = await page.evaluate(() => {
-        const d = (globalThis as unknown as {
-          dashboard: { symbolBars: number; candleCount: () => number };
-        }).dashboard;
-        return { bars: d.symbolBars, candles: d.candleCount() };
-      });
       assert.ok(counts.bars > 100, `only ${counts.bars} bars`);
       assert.equal(counts.candles, counts.bars);
       assert.match(
-        await page.textContent("#symbol-status") ?? "",
+        await page.evaluate<string>(
+          'document.querySelector("#symbol-status").textContent',
+        ),
         /510300.*bars \(source: demo\)/,
       );
       // Candle colours on the chart's canvases: pixels really drawn, not only data held.
@@ -220,8 +190,7 @@ Deno.test({
       assert.ok(coloured > 500, `only ${coloured} candle-coloured pixels`);
       await shot("symbol");
 
-      // The throughput chart has data: this test's requests.
-      assert.deepEqual(pageErrors, []);
+      assert.deepEqual(page.errors, []);
       console.log(
         `dashboard_test: join shown after ${
           Math.round(joinMs)
@@ -230,8 +199,7 @@ Deno.test({
         } ms; ${counts.candles} candles, ${coloured} candle pixels; screenshots in ${ARTIFACTS.pathname}`,
       );
     } finally {
-      await browser.close();
-      await Deno.remove(profile, { recursive: true }).catch(() => {});
+      await browser?.close();
       client.close();
       await beta?.stop();
       await alpha.stop();
