@@ -581,6 +581,62 @@ function syntheticSeries(secid: string, end: string): FakeSeries {
   return withDerived({ name: `合成证券${code}`, decimal, preK, rows });
 }
 
+/** Eastmoney's minute `klt` values. */
+const MINUTES = new Set(["1", "5", "15", "30", "60"]);
+
+/**
+ * Trading days of minute bars the fake keeps, as Eastmoney keeps only a recent window: 5 days of
+ * 1-minute bars (as akshare documents), and (the fake's own choice) 20 days of the others.
+ */
+export const FAKE_MINUTE_DAYS: Readonly<Record<number, number>> = {
+  1: 5,
+  5: 20,
+  15: 20,
+  30: 20,
+  60: 20,
+};
+
+/** Session end times (Shanghai) of `minutes`-long bars: 09:30–11:30 and 13:00–15:00. */
+function sessionTimes(minutes: number): string[] {
+  const times: string[] = [];
+  for (const [from, to] of [[570, 690], [780, 900]]) {
+    for (let t = from + minutes; t <= to; t += minutes) {
+      times.push(
+        `${String(Math.floor(t / 60)).padStart(2, "0")}:${
+          String(t % 60).padStart(2, "0")
+        }`,
+      );
+    }
+  }
+  return times;
+}
+
+/** Minute rows made up from the last days' daily rows: a straight walk from open to close. */
+function minuteSeries(daily: FakeSeries, minutes: number): FakeSeries {
+  const times = sessionTimes(minutes);
+  const days = daily.rows.slice(-FAKE_MINUTE_DAYS[minutes]);
+  const rows: Row[] = [];
+  const d = daily.decimal;
+  for (const day of days) {
+    const n = times.length;
+    const volume = Math.max(1, Math.floor(day.volume / n));
+    times.forEach((time, i) => {
+      const open = round(day.open + (day.close - day.open) * i / n, d);
+      const close = round(day.open + (day.close - day.open) * (i + 1) / n, d);
+      rows.push({
+        date: `${day.date} ${time}`,
+        open,
+        close,
+        high: i === 0 ? day.high : Math.max(open, close),
+        low: i === n - 1 ? day.low : Math.min(open, close),
+        volume,
+        amount: round(volume * 100 * (open + close) / 2, 0),
+      });
+    });
+  }
+  return withDerived({ ...daily, preK: days[0]?.open ?? daily.preK, rows });
+}
+
 /** Weekly (ISO weeks) or monthly rows from daily ones, dated by the last trading day. */
 function aggregate(series: FakeSeries, unit: "week" | "month"): FakeSeries {
   const keyOf = (date: string) => {
@@ -627,9 +683,12 @@ function eastmoneyAnswer(
     ? aggregate(daily, "week")
     : klt === "103"
     ? aggregate(daily, "month")
+    : MINUTES.has(klt)
+    ? minuteSeries(daily, Number(klt))
     : daily;
   const beg = dateParam(q.get("beg"), "0000-00-00");
-  const end = dateParam(q.get("end"), "9999-99-99");
+  // An end date covers the whole day, minute bars included.
+  const end = `${dateParam(q.get("end"), "9999-99-99")} 99:99`;
   const first = series.rows.findIndex((r) => r.date >= beg);
   const rows = first < 0
     ? []
@@ -781,12 +840,12 @@ export function fakeListings(): Record<
   return { etf, stock, index };
 }
 
-/** akshare's `fs` filter of the Eastmoney list API per kind. */
+/** akshare's `fs` filter of the Eastmoney list API per kind, as the client sends it. */
 export const LIST_FILTERS: Readonly<Record<"etf" | "stock" | "index", string>> =
   {
     etf: "b:MK0021,b:MK0022,b:MK0023,b:MK0024,b:MK0827",
     stock: "m:0 t:6,m:0 t:80,m:1 t:2,m:1 t:23,m:0 t:81 s:2048",
-    index: "m:1 s:2,m:0 t:5,m:2",
+    index: "b:MK0010,m:1+t:1,m:0 t:5,m:1+s:3,m:0+t:5,m:2",
   };
 
 function listAnswer(

@@ -68,7 +68,7 @@ Deno.test("validateMarketParams() names the field and quotes the value for every
     ],
     [
       { ...GOOD, period: "yearly" },
-      'Invalid period "yearly": expected one of daily, weekly, monthly',
+      'Invalid period "yearly": expected one of daily, weekly, monthly, 1m, 5m, 15m, 30m, 60m',
     ],
     [
       { ...GOOD, start_date: "2024/01/02" },

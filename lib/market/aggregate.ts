@@ -30,7 +30,9 @@ import type { Bar, Period } from "./types.ts";
  * ```
  */
 export function aggregateBars(bars: readonly Bar[], period: Period): Bar[] {
-  if (period === "daily") return bars.map((bar) => ({ ...bar }));
+  if (period !== "weekly" && period !== "monthly") {
+    return bars.map((bar) => ({ ...bar }));
+  }
   const keyOf = period === "weekly"
     ? isoWeek
     : (date: string) => date.slice(0, 7);

@@ -13,7 +13,7 @@
  */
 
 import { lastCloseAt, shanghaiDate } from "./_dates.ts";
-import type { Adjust, Bar } from "./types.ts";
+import type { Adjust, Bar, Period } from "./types.ts";
 
 /** One cached series. */
 export interface CacheEntry {
@@ -25,6 +25,8 @@ export interface CacheEntry {
   source: string;
   /** Adjustment of the bars; decides expiry. */
   adjust: Adjust;
+  /** Bar length; minute series expire like `qfq`. Absent in entries of older versions. */
+  period?: Period;
   /** When the series was fetched, epoch ms. */
   fetchedAt: number;
   /** The whole history, ascending. */
@@ -62,7 +64,8 @@ export function isEntryFresh(
       now >= entry.fetchedAt;
   }
   if (entry.fetchedAt >= lastCloseAt(now)) return true;
-  if (entry.adjust === "qfq") return false;
+  // A minute series is a sliding window: after a close its oldest day has gone upstream.
+  if (entry.adjust === "qfq" || entry.period?.endsWith("m")) return false;
   return endDate <= shanghaiDate(lastCloseAt(entry.fetchedAt));
 }
 

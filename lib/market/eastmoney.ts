@@ -26,6 +26,11 @@ const KLT: Record<Period, string> = {
   daily: "101",
   weekly: "102",
   monthly: "103",
+  "1m": "1",
+  "5m": "5",
+  "15m": "15",
+  "30m": "30",
+  "60m": "60",
 };
 /** Eastmoney's `fqt` per adjustment. */
 const FQT: Record<Adjust, string> = { none: "0", qfq: "1", hfq: "2" };
@@ -138,7 +143,12 @@ export function createEastmoneyProvider(
     };
   }
 
-  return { name: "eastmoney", host, fetchSeries };
+  return {
+    name: "eastmoney",
+    host,
+    periods: Object.keys(KLT) as Period[],
+    fetchSeries,
+  };
 }
 
 /** Parses `date,open,close,high,low,volume,amount,amplitude,pct_change,change,turnover`. */
@@ -149,7 +159,8 @@ function parseKline(host: string, line: unknown): Bar {
     i,
   ) => i === 0 ? f : numberOf(f)) as [string, ...(number | undefined)[]];
   if (
-    !/^\d{4}-\d{2}-\d{2}$/.test(date ?? "") || open === undefined ||
+    !/^\d{4}-\d{2}-\d{2}( \d{2}:\d{2})?$/.test(date ?? "") ||
+    open === undefined ||
     close === undefined ||
     high === undefined || low === undefined || volume === undefined
   ) {

@@ -51,8 +51,10 @@ export type {
   MarketService,
   MarketServiceOptions,
   MarketStats,
+  SymbolListResult,
   UpstreamStatus,
 } from "./service.ts";
+export type { ListedSymbol } from "./symbols.ts";
 export type { ValidateMarketParamsOptions } from "./params.ts";
 export type { BreakerOptions } from "./host_gate.ts";
 export type { CacheEntry } from "./cache.ts";
@@ -65,12 +67,14 @@ export type { MarketError } from "./errors.ts";
 export type {
   Adjust,
   Bar,
+  DayPeriod,
   MarketErrorCode,
   MarketFailure,
   MarketParams,
   MarketProvider,
   MarketResult,
   MarketSuccess,
+  MinutePeriod,
   Period,
   Series,
   SeriesQuery,

@@ -9,7 +9,16 @@ import { shanghaiDate } from "./_dates.ts";
 import type { Adjust, MarketParams, Period, SymbolType } from "./types.ts";
 
 const SYMBOL_TYPES: readonly SymbolType[] = ["etf", "stock", "index"];
-const PERIODS: readonly Period[] = ["daily", "weekly", "monthly"];
+const PERIODS: readonly Period[] = [
+  "daily",
+  "weekly",
+  "monthly",
+  "1m",
+  "5m",
+  "15m",
+  "30m",
+  "60m",
+];
 
 /** Options for {@linkcode validateMarketParams}. */
 export interface ValidateMarketParamsOptions {
@@ -80,9 +89,9 @@ export function validateMarketParams(
   const period = p.period ?? "daily";
   if (!PERIODS.includes(period as Period)) {
     throw new MarketParamsError(
-      `Invalid period ${
-        describe(p.period)
-      }: expected one of daily, weekly, monthly`,
+      `Invalid period ${describe(p.period)}: expected one of ${
+        PERIODS.join(", ")
+      }`,
     );
   }
 

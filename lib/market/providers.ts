@@ -70,6 +70,8 @@ export interface ProviderContext {
   csvDir?: string | URL;
   /** Shared gate per host. */
   gateFor: (host: string) => HostGate;
+  /** Index code → resolved Eastmoney secid, shared with the symbol list. */
+  resolvedSecids?: Map<string, string>;
   /** Time source. */
   clock: Clock;
 }
@@ -85,6 +87,7 @@ export function createProvider(
       return createEastmoneyProvider({
         baseUrl: context.eastmoneyUrl,
         gateFor: context.gateFor,
+        resolvedSecids: context.resolvedSecids,
       });
     case "tencent":
       return createTencentProvider({

@@ -36,9 +36,18 @@ import type {
   MarketProvider,
   MarketResult,
   MarketSuccess,
+  Period,
+  SymbolType,
 } from "./types.ts";
+import {
+  createSymbolLister,
+  type ListedSymbol,
+  type SymbolLister,
+} from "./symbols.ts";
 
 const logger = getLogger(["switchyard", "market"]);
+const DAY_PERIODS: readonly Period[] = ["daily", "weekly", "monthly"];
+const SYMBOL_TYPES: readonly SymbolType[] = ["etf", "stock", "index"];
 
 /** Options for {@linkcode createMarketService}. */
 export interface MarketServiceOptions {
@@ -46,6 +55,8 @@ export interface MarketServiceOptions {
   providers?: string[];
   /** Eastmoney base URL. @default "https://push2his.eastmoney.com" */
   eastmoneyUrl?: string;
+  /** Eastmoney's list API base URL, for `list_symbols`. @default "https://push2.eastmoney.com" */
+  eastmoneyListUrl?: string;
   /** Tencent base URL. @default "https://proxy.finance.qq.com/ifzqgtimg" */
   tencentUrl?: string;
   /** Folder of CSV files; required when `providers` contains `csv`. */
@@ -116,7 +127,12 @@ export interface MarketService {
     signal?: AbortSignal,
     onProgress?: (done: number, total: number) => void,
   ): Promise<MarketResult[]>;
-  /** The `get_market` and `get_markets` action handlers. */
+  /**
+   * Every listed symbol of a kind (`{"symbol_type": "etf"}`), cached for the Shanghai day. Never
+   * rejects for bad params or upstream trouble; rejects only when aborted.
+   */
+  listSymbols(params: unknown, signal?: AbortSignal): Promise<SymbolListResult>;
+  /** The `get_market`, `get_markets` and `list_symbols` action handlers. */
   actions(): Record<string, ActionHandler>;
   /** Names of providers whose host breaker is open now (for heartbeats). */
   blockedSources(): string[];
@@ -127,6 +143,24 @@ export interface MarketService {
   /** Cancels loads in flight; later calls fail as `UPSTREAM_UNAVAILABLE`. */
   close(): void;
 }
+
+/** A `list_symbols` answer. */
+export type SymbolListResult =
+  | {
+    /** Always `true`. */
+    success: true;
+    /** Instrument kind. */
+    symbol_type: SymbolType;
+    /** Always `"eastmoney"`. */
+    source: string;
+    /** Whether the list came from today's cache. */
+    cached: boolean;
+    /** How many symbols. */
+    count: number;
+    /** Code and name of every listed symbol. */
+    symbols: ListedSymbol[];
+  }
+  | Omit<MarketFailure, "code">;
 
 /** What a worker reports about its upstreams in heartbeats (the `upstream` field). */
 export interface UpstreamStatus {
@@ -189,6 +223,7 @@ export function createMarketService(
     }
     return gate;
   }
+  const resolvedSecids = new Map<string, string>();
   const providers = (options.providers ?? ["eastmoney"]).map((name) =>
     createProvider(name, {
       eastmoneyUrl: options.eastmoneyUrl,
@@ -196,8 +231,19 @@ export function createMarketService(
       csvDir: options.csvDir,
       gateFor,
       clock,
+      resolvedSecids,
     })
   );
+  // Lists come from Eastmoney whatever the K-line providers are; its gate is made on first use.
+  let lister: SymbolLister | undefined;
+  const listerOf = () =>
+    lister ??= createSymbolLister({
+      baseUrl: options.eastmoneyListUrl,
+      gateFor,
+      clock,
+      cacheDir: options.cacheDir,
+      resolvedSecids,
+    });
   if (providers.length === 0) {
     throw new TypeError("Invalid providers []: expected at least one");
   }
@@ -227,7 +273,13 @@ export function createMarketService(
         period: p.period,
         adjust: p.adjust,
       }, controller.signal);
-      const entry: CacheEntry = { key, fetchedAt, adjust: p.adjust, ...series };
+      const entry: CacheEntry = {
+        key,
+        fetchedAt,
+        adjust: p.adjust,
+        period: p.period,
+        ...series,
+      };
       if (provider.host !== undefined) {
         await cache.set(entry).catch((error) => {
           logger.warn("Cannot write market cache entry {key}: {error}", {
@@ -287,7 +339,20 @@ export function createMarketService(
     }
     let lastError: unknown;
     let missed = false;
-    for (const provider of providers) {
+    const serving = providers.filter((provider) =>
+      (provider.periods ?? DAY_PERIODS).includes(p.period)
+    );
+    if (serving.length === 0) {
+      return failure(
+        code,
+        new MarketParamsError(
+          `Invalid period "${p.period}" for providers ${
+            providers.map((x) => x.name).join(", ")
+          }: minute periods come from eastmoney only`,
+        ),
+      );
+    }
+    for (const provider of serving) {
       const key = cacheKey(
         provider.name,
         p.symbol_type,
@@ -356,13 +421,55 @@ export function createMarketService(
     });
   }
 
+  async function listSymbols(
+    params: unknown,
+    signal: AbortSignal = new AbortController().signal,
+  ): Promise<SymbolListResult> {
+    const symbolType = (params as { symbol_type?: unknown })?.symbol_type;
+    if (!SYMBOL_TYPES.includes(symbolType as SymbolType)) {
+      const { code: _, ...rest } = failure(
+        "",
+        new MarketParamsError(
+          `Invalid symbol_type ${
+            JSON.stringify(symbolType) ?? "undefined"
+          }: expected one of etf, stock, index`,
+        ),
+      );
+      return rest;
+    }
+    if (closed) {
+      const { code: _, ...rest } = failure(
+        "",
+        new UpstreamUnavailableError("", "Market service is closed"),
+      );
+      return rest;
+    }
+    try {
+      const list = await listerOf().list(symbolType as SymbolType, signal);
+      return {
+        success: true,
+        symbol_type: list.symbolType,
+        source: "eastmoney",
+        cached: list.cached,
+        count: list.symbols.length,
+        symbols: list.symbols.map((s) => ({ ...s })),
+      };
+    } catch (error) {
+      if (signal.aborted) throw signal.reason;
+      const { code: _, ...rest } = failure("", error);
+      return rest;
+    }
+  }
+
   return {
     getMarket,
     getMarkets,
+    listSymbols,
     actions: () => ({
       get_market: (params, ctx) => getMarket(params, ctx.signal),
       get_markets: (params, ctx) =>
         getMarkets(params, ctx.signal, ctx.progress),
+      list_symbols: (params, ctx) => listSymbols(params, ctx.signal),
     }),
     blockedSources: () =>
       providers.filter((p) =>
@@ -409,7 +516,10 @@ function success(
     source: entry.source,
     cached,
     data: entry.bars
-      .filter((bar) => bar.date >= p.start_date && bar.date <= p.end_date)
+      .filter((bar) => {
+        const day = bar.date.slice(0, 10); // minute bars carry a time too
+        return day >= p.start_date && day <= p.end_date;
+      })
       .map((bar) => ({ ...bar })),
   };
   if (entry.bars.length === 0) result.empty_history = true;

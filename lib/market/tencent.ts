@@ -18,8 +18,8 @@ import { shanghaiDate } from "./_dates.ts";
 import { BROWSER_USER_AGENT, numberOf } from "./_http.ts";
 import type {
   Bar,
+  DayPeriod,
   MarketProvider,
-  Period,
   Series,
   SeriesQuery,
 } from "./types.ts";
@@ -27,13 +27,13 @@ import type {
 /** Tencent's default base URL: the proxy in front of `web.ifzq.gtimg.cn` that akshare uses. */
 export const TENCENT_URL = "https://proxy.finance.qq.com/ifzqgtimg";
 
-const UNIT: Record<Period, string> = {
+const UNIT: Record<DayPeriod, string> = {
   daily: "day",
   weekly: "week",
   monthly: "month",
 };
 /** Years per page, so that a page stays under Tencent's 640-bar cap. */
-const PAGE_YEARS: Record<Period, number> = {
+const PAGE_YEARS: Record<DayPeriod, number> = {
   daily: 2,
   weekly: 12,
   monthly: 50,
@@ -86,7 +86,7 @@ export function createTencentProvider(
     signal: AbortSignal,
   ): Promise<{ name?: string; bars: Bar[]; known: boolean }> {
     const fq = query.adjust === "none" ? "" : query.adjust;
-    const unit = UNIT[query.period];
+    const unit = UNIT[query.period as DayPeriod];
     const param = `${symbol},${unit},${from}-01-01,${to}-12-31,640,${fq}`;
     const first = to >= +shanghaiDate(clock.now()).slice(0, 4);
     const body = await gate.requestJson(
@@ -137,7 +137,7 @@ export function createTencentProvider(
     signal: AbortSignal,
   ): Promise<Series> {
     const symbol = tencentSymbol(query.symbolType, query.code);
-    const span = PAGE_YEARS[query.period];
+    const span = PAGE_YEARS[query.period as DayPeriod];
     const inShares = sharesNotLots(query.symbolType, query.code);
     const pages: Bar[][] = [];
     let name: string | undefined;
@@ -189,7 +189,12 @@ export function createTencentProvider(
     return { name: name ?? query.code, source: "tencent", bars };
   }
 
-  return { name: "tencent", host, fetchSeries };
+  return {
+    name: "tencent",
+    host,
+    periods: Object.keys(UNIT) as DayPeriod[],
+    fetchSeries,
+  };
 }
 
 /**

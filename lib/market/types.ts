@@ -7,8 +7,14 @@
 /** What kind of instrument a code names; decides Eastmoney's market prefix on collisions. */
 export type SymbolType = "etf" | "stock" | "index";
 
+/** Bar lengths of a day or more. */
+export type DayPeriod = "daily" | "weekly" | "monthly";
+
+/** Intraday bar lengths; Eastmoney keeps only a recent window of them (docs/market.md). */
+export type MinutePeriod = "1m" | "5m" | "15m" | "30m" | "60m";
+
 /** Bar length. */
-export type Period = "daily" | "weekly" | "monthly";
+export type Period = DayPeriod | MinutePeriod;
 
 /** Price adjustment: forward (`qfq`), backward (`hfq`) or none. */
 export type Adjust = "qfq" | "hfq" | "none";
@@ -34,7 +40,10 @@ export interface MarketParams {
  * them. Optional fields are omitted, never null, when the provider does not know them.
  */
 export interface Bar {
-  /** Trading day (for weekly/monthly: the period's last trading day), `YYYY-MM-DD`. */
+  /**
+   * Trading day (for weekly/monthly: the period's last trading day), `YYYY-MM-DD`; for minute
+   * bars the bar's end time in Shanghai, `YYYY-MM-DD HH:MM`.
+   */
   date: string;
   /** Opening price. */
   open: number;
@@ -86,6 +95,8 @@ export interface MarketProvider {
   readonly name: string;
   /** The upstream host name, or `undefined` for local providers that cannot be blocked. */
   readonly host: string | undefined;
+  /** The periods it serves. @default daily, weekly and monthly */
+  readonly periods?: readonly Period[];
   /** Loads the whole history of a series. Rejects with one of the market error classes. */
   fetchSeries(query: SeriesQuery, signal: AbortSignal): Promise<Series>;
 }
