@@ -252,3 +252,61 @@ Deno.test("demo - ends by writing its batch to CSV files through the markets com
     await Deno.remove(m[2].replace(/\/csv$/, ""), { recursive: true });
   }
 });
+
+Deno.test("markets CLI - --all lists the universe through list_symbols, and without --out prints one CSV with the symbol leading each row", async () => {
+  await using server = startTestServer();
+  const asked: unknown[] = [];
+  const worker = await startWorker(server, {
+    actions: {
+      list_symbols: (params) => {
+        asked.push(params);
+        return {
+          success: true,
+          symbol_type: "etf",
+          count: 2,
+          symbols: [
+            { code: "510300", name: "沪深300ETF" },
+            { code: "159915", name: "创业板ETF" },
+          ],
+        };
+      },
+      get_markets: (params) =>
+        (params as { code: string }[]).map((p) => ({
+          success: true,
+          code: p.code,
+          data: [{
+            date: "2025-01-02",
+            open: 1,
+            high: 2,
+            low: 0.5,
+            close: 1.5,
+            volume: 7,
+          }],
+        })),
+    },
+  });
+  try {
+    const run = await runProgram("requester.ts", [
+      "--url",
+      server.requesterUrl,
+      "markets",
+      "--all",
+      "etf",
+      "--format",
+      "csv",
+    ]);
+    assert.equal(run.code, 0, run.stderr);
+    assert.deepEqual(asked, [{ symbol_type: "etf" }]);
+    const lines = run.stdout.trim().split("\n");
+    assert.equal(
+      lines[0],
+      "symbol_type,code,date,open,close,high,low,volume,amount,amplitude,pct_change,change,turnover",
+    );
+    assert.deepEqual(lines.slice(1).sort(), [
+      "etf,159915,2025-01-02,1,1.5,2,0.5,7,,,,,",
+      "etf,510300,2025-01-02,1,1.5,2,0.5,7,,,,,",
+    ]);
+  } finally {
+    await worker.stop();
+  }
+});

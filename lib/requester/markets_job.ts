@@ -381,6 +381,10 @@ export async function listSymbols(
   if (!answer.success) {
     throw new Error(`Cannot list ${kind} symbols: ${answer.error}`);
   }
+  const inner = answer.data as { success?: unknown; error?: unknown } | null;
+  if (inner && inner.success === false) {
+    throw new Error(`Cannot list ${kind} symbols: ${inner.error}`);
+  }
   let list: unknown = answer.data;
   for (const key of ["symbols", "data", "results"]) {
     if (!Array.isArray(list) && typeof list === "object" && list !== null) {
