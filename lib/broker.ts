@@ -55,6 +55,7 @@ export class Broker {
   #draining = false;
   #closed = false;
   #sweeper: ReturnType<typeof setInterval> | undefined;
+  #ports: { worker?: number; requester?: number } = {};
   #cluster: ClusterLink | undefined;
   #joining: Promise<ClusterLink> | undefined;
 
@@ -98,6 +99,7 @@ export class Broker {
       get closed() {
         return broker.#closed;
       },
+      ports: this.#ports,
       stats: () => this.stats(),
       metrics: this.metrics,
     };
@@ -140,6 +142,14 @@ export class Broker {
     req: Request,
     info?: Deno.ServeHandlerInfo,
   ) => Response | Promise<Response>;
+
+  /**
+   * Tells the broker which ports its handlers were bound to, so that a requester on the worker
+   * port, or a worker on the requester port, is told the right one. `startServer` calls it.
+   */
+  listening(ports: { worker?: number; requester?: number }): void {
+    Object.assign(this.#ports, ports);
+  }
 
   /** The connected workers (in a cluster: of every server), as `get_client_info` shows them. */
   workers(): WorkerInfo[] {
@@ -202,12 +212,18 @@ export class Broker {
 
   // ---- operator actions ----------------------------------------------------------------------
 
-  /** Runs a server action locally, as the console's `send server …` or a test would. */
+  /** Runs a server action locally, as the console's `run` or a test would. */
   async runAction(action: string, params: unknown): Promise<unknown> {
     const handler = Object.hasOwn(this.#actions, action)
       ? this.#actions[action]
       : undefined;
-    if (!handler) throw new RangeError(`Unknown server action '${action}'`);
+    if (!handler) {
+      throw new RangeError(
+        `Unknown server action '${action}': the server offers ${
+          Object.keys(this.#actions).join(", ")
+        }`,
+      );
+    }
     return await handler(params, {
       signal: AbortSignal.timeout(this.#o.timeoutMs),
       requestId: "",

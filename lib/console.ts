@@ -47,6 +47,7 @@ const SERVER_HELP = [
   "  help                                 this text",
   "  list                                 connected workers",
   "  send <client_id> <action> [json]     run an action on one worker",
+  "  run <action> [json]                  run a server action here (get_time, get_client_info, calculate)",
   "  broadcast <message>                  notify every worker",
   "  stats                                counters",
   "  quit                                 drain and stop the server",
@@ -127,6 +128,19 @@ export async function serverCommand(
           ? pretty(outcome.result)
           : `Error (${outcome.error.code}): ${outcome.error.message}`,
       );
+      return "continue";
+    }
+    case "run": {
+      const { words, json, error } = splitCommand(line, 2);
+      if (words.length < 2 || error) {
+        write(error ?? "Usage: run <action> [json params]");
+        return "continue";
+      }
+      try {
+        write(pretty(await broker.runAction(words[1], json)));
+      } catch (e) {
+        write(`Error: ${(e as Error).message}`);
+      }
       return "continue";
     }
     case "quit":

@@ -77,6 +77,11 @@ export interface RequesterAnswer {
   error_code?: string;
   elapsed_ms?: number;
   attempts?: number;
+  /**
+   * On `NO_WORKERS` and `UNKNOWN_COMMAND` failures: the commands that can be asked for now
+   * (workers' declared actions and the server's own), sorted.
+   */
+  available_commands?: string[];
   [extra: string]: unknown;
 }
 

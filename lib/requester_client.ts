@@ -314,14 +314,18 @@ export class RequesterClient {
    * says so, instead of waiting out their deadlines.
    */
   #onWorkerPort(envelope: Record<string, unknown>): void {
-    const data = envelope.data as { error?: unknown } | null;
+    const data = envelope.data as
+      | { error?: unknown; requester_port?: unknown }
+      | null;
     const said = typeof data?.error === "string" ? data.error : undefined;
+    const port = typeof data?.requester_port === "number"
+      ? ` ${data.requester_port}`
+      : " (8766 unless the server was started with --requester-port)";
     const error = new WrongPortError(
       said ??
         `${
-            redactUrl(this.url)
-          } is a worker port: requesters connect to the requester port (8766 unless the server ` +
-          `was started with --requester-port)`,
+          redactUrl(this.url)
+        } is the worker port: requesters connect to the requester port${port}`,
     );
     this.#wrongPort ??= error;
     for (const pending of this.#pending.values()) pending.reject(error);

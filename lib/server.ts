@@ -263,6 +263,7 @@ export function startServer(options: ServerOptions = {}): RunningServer {
   const shown = host === "0.0.0.0" || host === "::" ? "localhost" : host;
   const port = workerServer.port;
   const requesterPort = requesterServer.port;
+  broker.listening({ worker: port, requester: requesterPort });
   log.info("Worker port listening on {scheme}://{host}:{port}", {
     scheme,
     host,

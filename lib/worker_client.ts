@@ -48,7 +48,10 @@ export interface WorkerOptions extends ConnectOptions {
    * (`ws://a:8765,ws://b:8765`): the worker tries them in turn, each once before backing off.
    */
   url: string;
-  /** A name for logs and `list`; also the worker's key for batch affinity. @default the hostname */
+  /**
+   * A name for logs and `list`; also the worker's key for batch affinity. Give each worker its
+   * own: the server renames a second `box` to `box-2`. @default `<hostname>-<pid>`
+   */
   name?: string;
   /** Relative capacity for the balancer. @default 1 */
   weight?: number;
@@ -64,6 +67,12 @@ export interface WorkerOptions extends ConnectOptions {
   heartbeatData?: () => Record<string, unknown>;
   /** How long `stop()` lets in-flight work finish, in ms. @default 10000 */
   graceMs?: number;
+  /**
+   * How long to wait for the server's `connect` greeting before registering anyway, in ms. A
+   * port that never greets is most likely the requester port, which then says so.
+   * @default 3000
+   */
+  greetingTimeoutMs?: number;
 }
 
 /** What `status()` reports. */
@@ -204,6 +213,9 @@ export class Worker {
     });
   }
 
+  /** This session reached a requester port instead of a worker port. */
+  #wrongPort = false;
+
   async #run(): Promise<void> {
     const backoff = new Backoff({
       initialMs: 500,
@@ -217,6 +229,7 @@ export class Worker {
       const opened = Date.now();
       const connects = this.#connects;
       let refused = false;
+      this.#wrongPort = false;
       try {
         await this.#session();
       } catch (error) {
@@ -232,7 +245,7 @@ export class Worker {
       this.#at = (this.#at + 1) % this.urls.length;
       const delay = this.#at !== roundStart
         ? Math.round(50 + Math.random() * 100)
-        : refused
+        : refused || this.#wrongPort
         ? backoff.maxMs
         : backoff.next();
       log.info("Reconnecting to {url} in {delay} ms", {
@@ -292,11 +305,23 @@ export class Worker {
         });
       }, interval);
     };
+    let greeted = false;
     const onValue = (value: unknown) => {
       let envelope: Envelope;
       try {
         envelope = readEnvelope(value);
       } catch (error) {
+        const wrongPort = requesterPortError(value);
+        if (wrongPort !== undefined) {
+          // Dialled the requester port: nothing will work here until the URL changes.
+          this.#wrongPort = true;
+          log.error("{url}: {error}", {
+            url: redactUrl(this.url),
+            error: wrongPort,
+          });
+          socket.terminate();
+          return;
+        }
         log.warn("Bad frame from the server: {message}", {
           message: (error as Error).message,
         });
@@ -317,6 +342,7 @@ export class Worker {
         // The registration leaves in a frame of its own: the server reads arrays from this
         // worker only once it has read the registration that says this worker sends them.
         this.#batcher = undefined;
+        greeted = true;
         this.#clientId = typeof d.client_id === "string" ? d.client_id : null;
         this.#register();
         this.#batcher = d[BATCH_ENVELOPES] === true
@@ -356,11 +382,20 @@ export class Worker {
       if (Array.isArray(value)) value.forEach(onValue);
       else onValue(value);
     };
+    const greeting = setTimeout(() => {
+      if (!greeted && socket.readyState === 1) {
+        log.warn("No greeting from {url}: registering anyway", {
+          url: redactUrl(this.url),
+        });
+        this.#register();
+      }
+    }, this.#options.greetingTimeoutMs ?? 3000);
     for (const text of early.splice(0)) onText(text);
     socket.on("pong", heard);
     socket.on("ping", heard);
     socket.on("close", (code: number, reason: Uint8Array) => {
       clearInterval(beat);
+      clearTimeout(greeting);
       this.#socket = undefined;
       this.#batcher = undefined;
       // Requests the server asked for are re-sent elsewhere by the server; stop working on them.
@@ -629,4 +664,25 @@ export class Worker {
     }
     await this.#loop;
   }
+}
+
+/**
+ * The error text of a requester-port answer (`{"success": false, "error": …}`, no `type`): what
+ * the server says to a worker that connected to the requester port. Undefined for anything else.
+ */
+function requesterPortError(value: unknown): string | undefined {
+  if (typeof value !== "object" || value === null || "type" in value) {
+    return undefined;
+  }
+  const frame = value as {
+    success?: unknown;
+    error?: unknown;
+    error_code?: unknown;
+  };
+  if (frame.success !== false || typeof frame.error !== "string") {
+    return undefined;
+  }
+  return frame.error_code === ErrorCode.WRONG_PORT
+    ? frame.error
+    : `this looks like a requester port, which answered: ${frame.error}`;
 }

@@ -292,7 +292,7 @@ Deno.test("requester - on the worker port it exits at once with a message naming
     assert.equal(out.code, 1, out.stderr);
     assert.match(
       out.stderr,
-      /is a worker port: requesters connect to the requester port/,
+      /is the worker port: requesters connect to the requester port/,
     );
   } finally {
     await program.stop("SIGTERM");
@@ -341,7 +341,7 @@ Deno.test("flags - a token given as a flag works and warns that the environment 
       String(requesterPort),
       "--token",
       "s3cret",
-      "get_time",
+      "get_market",
     ]);
     assert.match(
       out.stderr,

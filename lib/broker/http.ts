@@ -1,5 +1,6 @@
 /**
- * Plain HTTP on both ports: `/health`, a hint for browsers, and who may upgrade.
+ * Plain HTTP on both ports: `/health` (liveness), `/health/ready` (readiness: 503 while no
+ * worker can serve), a hint for browsers, and who may upgrade.
  *
  * @module
  */
@@ -43,6 +44,19 @@ export function plainHttp(
   if (req.method === "GET" && path === "/metrics") {
     return core.metrics.text().then((text) =>
       new Response(text, { headers: { "content-type": Metrics.CONTENT_TYPE } })
+    );
+  }
+  if (req.method === "GET" && path === "/health/ready") {
+    // Readiness, for load balancers and orchestrators: alive is not enough, someone must serve.
+    const stats = core.stats();
+    const reason = stats.status !== "ok"
+      ? "the server is shutting down"
+      : stats.healthy_workers === 0
+      ? stats.workers === 0 ? "no worker is connected" : "no worker is healthy"
+      : null;
+    return json(
+      { ...stats, ready: reason === null, reason, port, version: VERSION },
+      reason === null ? 200 : 503,
     );
   }
   return new Response(

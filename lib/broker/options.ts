@@ -160,6 +160,8 @@ export interface BrokerCore {
   readonly draining: boolean;
   /** Closed: not taking new connections either. */
   readonly closed: boolean;
+  /** The bound ports, once known ({@linkcode Broker.listening}), for "wrong port" messages. */
+  readonly ports: { worker?: number; requester?: number };
   stats(): BrokerStats;
   /** Live counters for `/metrics` and the dashboard. */
   readonly metrics: Metrics;

@@ -13,8 +13,10 @@ import {
   ErrorCode,
   NO_WORKERS_TEXT,
   type ProtocolError,
+  SwitchyardError,
   TIMEOUT_TEXT,
 } from "../errors.ts";
+import { offers } from "../balancer.ts";
 import { shortId } from "../_id.ts";
 import { logger } from "../log.ts";
 import {
@@ -268,6 +270,83 @@ export class RequesterPort implements RequestRunner {
     this.#answer(peer, failureAnswer(requestId, error, code));
   }
 
+  /**
+   * A worker's envelope on the requester port: say where it belongs. The connection stays, as
+   * for any bad frame; a Switchyard worker hangs up on its own when it reads this.
+   */
+  #wrongPort(peer: RequesterPeer): void {
+    const port = this.#core.ports.worker;
+    log.warn("A worker at {address} connected to the requester port", {
+      address: peer.address,
+    });
+    this.#reject(
+      peer,
+      null,
+      ErrorCode.WRONG_PORT,
+      `This is the requester port: workers connect to the worker port${
+        port === undefined ? " (8765 by default)" : ` ${port}`
+      }`,
+    );
+  }
+
+  /**
+   * What a requester may ask for now: every action a connected worker declared, and the
+   * server's own actions. Workers that declared no list (original ones) serve anything and add
+   * nothing here.
+   */
+  #availableCommands(): string[] {
+    const names = new Set(Object.keys(this.#core.actions));
+    for (const worker of this.#core.dispatcher.registry.all()) {
+      for (const action of worker.actions ?? []) names.add(action);
+    }
+    if (names.has("get_market")) names.add(BATCH_COMMAND);
+    return [...names].sort();
+  }
+
+  /** A server action, run here because no connected worker offers it. */
+  async #runServerAction(
+    request: RequesterRequest,
+    started: number,
+    signal: CancelSignal,
+  ): Promise<RequesterAnswer> {
+    const id = request.request_id;
+    const handler = this.#core.actions[request.command];
+    const deadline = this.#deadline(request, started) - started;
+    // The requester going away cancels it, as it would a worker's request.
+    const cancelled = new AbortController();
+    const onCancel = () => cancelled.abort(new Error("Requester disconnected"));
+    signal.addEventListener("abort", onCancel, { once: true });
+    try {
+      const result = await handler(request.data, {
+        signal: AbortSignal.any([
+          AbortSignal.timeout(Math.max(1, deadline)),
+          cancelled.signal,
+        ]),
+        requestId: id,
+      });
+      return {
+        request_id: id,
+        success: true,
+        data: result,
+        error: null,
+        processed_by: "server",
+        elapsed_ms: this.#core.clock.now() - started,
+      };
+    } catch (error) {
+      return failureAnswer(
+        id,
+        error instanceof Error ? error.message : String(error),
+        error instanceof SwitchyardError ? error.code : ErrorCode.INVALID_DATA,
+        {
+          processed_by: "server",
+          elapsed_ms: this.#core.clock.now() - started,
+        },
+      );
+    } finally {
+      signal.removeEventListener("abort", onCancel);
+    }
+  }
+
   #onRequesterFrame(peer: RequesterPeer, raw: unknown): void {
     if (typeof raw !== "string") {
       return this.#reject(
@@ -292,6 +371,7 @@ export class RequesterPort implements RequestRunner {
         maxTimeoutSeconds: this.#core.options.maxTimeoutMs / 1000,
       });
     } catch (error) {
+      if (isWorkerEnvelope(raw)) return this.#wrongPort(peer);
       const e = error as ProtocolError;
       return this.#reject(peer, e.requestId ?? null, e.code, e.message);
     }
@@ -473,7 +553,9 @@ export class RequesterPort implements RequestRunner {
       const summary = outcome.data.summary;
       tracker.finish(summary.success, summary.failed);
       if (outcome.noWorkers) {
-        return failureAnswer(id, NO_WORKERS_TEXT, ErrorCode.NO_WORKERS);
+        return failureAnswer(id, NO_WORKERS_TEXT, ErrorCode.NO_WORKERS, {
+          available_commands: this.#availableCommands(),
+        });
       }
       if (outcome.tooLarge) {
         return failureAnswer(
@@ -491,6 +573,14 @@ export class RequesterPort implements RequestRunner {
         processed_by: `distributed_${outcome.workersUsed}_workers`,
         elapsed_ms: this.#core.clock.now() - started,
       };
+    }
+    if (
+      Object.hasOwn(this.#core.actions, request.command) &&
+      !this.#core.dispatcher.registry.all().some((w) =>
+        offers(w, request.command)
+      )
+    ) {
+      return await this.#runServerAction(request, started, signal);
     }
     const outcome: Outcome = await this.#core.dispatcher.submit(
       request.command,
@@ -520,6 +610,8 @@ export class RequesterPort implements RequestRunner {
       };
     }
     const e = outcome.error;
+    const unserved = e.code === ErrorCode.NO_WORKERS ||
+      e.code === ErrorCode.UNKNOWN_COMMAND;
     return failureAnswer(
       id,
       e.code === ErrorCode.TIMEOUT ? TIMEOUT_TEXT : e.message,
@@ -528,6 +620,8 @@ export class RequesterPort implements RequestRunner {
         processed_by: outcome.worker?.id ?? null,
         elapsed_ms,
         attempts: outcome.attempts,
+        // Additive: what could have been asked, so "No available workers" is not a dead end.
+        ...(unserved ? { available_commands: this.#availableCommands() } : {}),
       },
     );
   }
@@ -537,4 +631,16 @@ function tooLargeText(chars: number, limit: number): string {
   return `Answer too large: ${
     Number.isFinite(chars) ? `more than ${chars}` : "too many"
   } characters (limit ${limit}); send the batch with "stream": true to receive each item in a frame of its own`;
+}
+
+/** Whether `raw` is a worker's envelope (`type`, `msg_id`, no `command`), sent to this port. */
+function isWorkerEnvelope(raw: string): boolean {
+  try {
+    const frame = JSON.parse(raw);
+    return typeof frame === "object" && frame !== null &&
+      typeof frame.type === "string" && "msg_id" in frame &&
+      !("command" in frame);
+  } catch {
+    return false;
+  }
 }

@@ -101,6 +101,9 @@ export class WorkerPort {
         heartbeat_interval: core.options.heartbeatIntervalMs / 1000,
         max_frame_bytes: core.options.maxWorkerFrameBytes,
         [BATCH_ENVELOPES]: true,
+        // Additive: lets a requester client that dialled this port by mistake say so.
+        port: "worker",
+        requester_port: core.ports.requester ?? null,
       }));
       log.info("Worker {id} connected from {address}", {
         id,
@@ -113,11 +116,20 @@ export class WorkerPort {
     socket.onclose = (event) => {
       this.#sockets.delete(id);
       this.#batchers.delete(id);
-      log.info("Worker {id} ({name}) disconnected: code {code}", {
-        id,
-        name: worker.name,
-        code: event.code,
-      });
+      // 1000/1001 is a worker that said goodbye; anything else (1006: no close frame at all) is
+      // a crash, a kill or a network cut, which an operator wants to see.
+      const graceful = event.code === 1000 || event.code === 1001;
+      // Deno reports a connection that ended without a close frame as code 0; RFC 6455 calls
+      // that 1006.
+      const fields = { id, name: worker.name, code: event.code || 1006 };
+      if (graceful) {
+        log.info("Worker {id} ({name}) disconnected: code {code}", fields);
+      } else {
+        log.warn(
+          "Worker {id} ({name}) lost: connection dropped without a close frame (code {code})",
+          fields,
+        );
+      }
       core.dispatcher.workerLost(
         worker,
         `connection closed (code ${event.code})`,
@@ -213,6 +225,7 @@ export class WorkerPort {
     try {
       envelope = readEnvelope(value);
     } catch (error) {
+      if (isRequesterFrame(value)) return this.#wrongPort(worker, socket);
       return this.#badFrame(worker, socket, error as ProtocolError);
     }
     try {
@@ -228,6 +241,44 @@ export class WorkerPort {
       });
       this.#workerError(socket, e.code, e.message, envelope.msg_id);
     }
+  }
+
+  /**
+   * A requester frame on the worker port: say where it belongs. The connection stays, as for
+   * any bad frame; a Switchyard requester client fails its requests on its own.
+   */
+  #wrongPort(worker: Peer, socket: WebSocket): void {
+    const port = this.#core.ports.requester;
+    const error =
+      `This is the worker port: requesters connect to the requester port${
+        port === undefined ? " (8766 by default)" : ` ${port}`
+      }`;
+    log.warn("A requester at {address} connected to the worker port", {
+      address: worker.address,
+    });
+    this.#workerError(socket, ErrorCode.WRONG_PORT, error);
+  }
+
+  /**
+   * A name another worker already has gets a suffix (`name-2`, `name-3`…), so that `list`, logs
+   * and metrics tell them apart; the worker is told nothing and keeps working.
+   */
+  #uniqueName(worker: Peer): void {
+    const taken = new Set(
+      this.#core.dispatcher.registry.all().filter((w) => w !== worker).map((
+        w,
+      ) => w.name),
+    );
+    if (!taken.has(worker.name)) return;
+    const asked = worker.name;
+    let n = 2;
+    while (taken.has(`${asked}-${n}`)) n++;
+    worker.name = `${asked}-${n}`;
+    log.warn(
+      "Worker {id} asked for the name {asked}, which another worker has: it is {name} here " +
+        "(give each worker its own --name)",
+      { id: worker.id, asked, name: worker.name },
+    );
   }
 
   #onWorkerEnvelope(worker: Peer, socket: WebSocket, envelope: Envelope): void {
@@ -247,6 +298,7 @@ export class WorkerPort {
             new EnvelopeBatcher((frame) => socket.send(frame)),
           );
         }
+        this.#uniqueName(worker);
         if (Array.isArray(data.non_retriable)) {
           for (const action of data.non_retriable) {
             if (typeof action === "string") {
@@ -411,4 +463,11 @@ export class WorkerPort {
       id: worker.id,
     });
   }
+}
+
+/** Whether `value` is a requester's frame (`command`, no `type`), sent to the worker port. */
+function isRequesterFrame(value: unknown): boolean {
+  return typeof value === "object" && value !== null &&
+    typeof (value as { command?: unknown }).command === "string" &&
+    !("type" in value);
 }

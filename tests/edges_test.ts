@@ -1,0 +1,256 @@
+// The rough edges a new user meets on the server side: what an unknown command is told, server
+// actions without workers, the wrong port both ways, readiness, alike names, lost workers.
+import assert from "node:assert/strict";
+import { serverCommand } from "../lib/console.ts";
+import { RequesterClient, Worker, WrongPortError } from "../lib/mod.ts";
+import { RawPeer, startTestServer, startWorker, waitFor } from "./_helpers.ts";
+import { Program, runProgram, startServerProgram } from "./_procs.ts";
+
+Deno.test("edges - an unknown command keeps 'No available workers' and lists what is offered", async () => {
+  await using server = startTestServer();
+  const worker = await startWorker(server, {
+    actions: { word_count: () => 0 },
+  });
+  const client = new RequesterClient(server.requesterUrl);
+  await client.connect();
+  try {
+    const answer = await client.request("wrod_count");
+    assert.equal(answer.success, false);
+    assert.equal(answer.error, "No available workers");
+    assert.equal(answer.error_code, "UNKNOWN_COMMAND");
+    const offered = answer.available_commands!;
+    assert.deepEqual(offered, [...offered].sort());
+    for (const name of ["word_count", "get_time", "calculate"]) {
+      assert.ok(offered.includes(name), `${name} in ${offered}`);
+    }
+    assert.ok(!offered.includes("wrod_count"));
+  } finally {
+    await client.close();
+    await worker.stop();
+  }
+});
+
+Deno.test("edges - the requester CLI prints the available commands on a failed answer", async () => {
+  const { program, requesterPort } = await startServerProgram();
+  try {
+    const out = await runProgram("requester.ts", [
+      "127.0.0.1",
+      String(requesterPort),
+      "get_tiem",
+    ]);
+    assert.equal(out.code, 1);
+    assert.equal(JSON.parse(out.stdout).error, "No available workers");
+    assert.match(
+      out.stderr,
+      /available commands: calculate, get_client_info, get_time/,
+    );
+  } finally {
+    await program.stop("SIGTERM");
+  }
+});
+
+Deno.test("edges - server actions answer requesters while no worker offers them, and the console runs them", async () => {
+  await using server = startTestServer();
+  const client = new RequesterClient(server.requesterUrl);
+  await client.connect();
+  try {
+    const sum = await client.request("calculate", { a: 10, b: 20, op: "+" });
+    assert.equal(sum.success, true, JSON.stringify(sum));
+    assert.equal(sum.data, 30);
+    assert.equal(sum.processed_by, "server");
+    const bad = await client.request("calculate", { a: 1, b: 0, op: "/" });
+    assert.equal(bad.success, false);
+    assert.equal(bad.error, "Division by zero");
+    assert.equal(bad.processed_by, "server");
+    const clients = await client.request("get_client_info");
+    assert.deepEqual(clients.data, []);
+
+    // A worker that offers the action takes it over.
+    const worker = await startWorker(server, {
+      actions: { calculate: () => "from the worker" },
+    });
+    try {
+      await waitFor(() => server.broker.workers().some((w) => w.registered));
+      const served = await client.request("calculate", { a: 1, b: 2 });
+      assert.equal(served.data, "from the worker");
+      assert.equal(served.processed_by, worker.status().client_id);
+    } finally {
+      await worker.stop();
+    }
+
+    const out: string[] = [];
+    await serverCommand(
+      server.broker,
+      'run calculate {"a": 6, "b": 7, "op": "*"}',
+      (t) => out.push(t),
+    );
+    assert.deepEqual(out, ["42"]);
+    out.length = 0;
+    await serverCommand(server.broker, "run nope", (t) => out.push(t));
+    assert.match(
+      out[0],
+      /^Error: Unknown server action 'nope': the server offers get_time, get_client_info, calculate/,
+    );
+    out.length = 0;
+    await serverCommand(server.broker, "run", (t) => out.push(t));
+    assert.deepEqual(out, ["Usage: run <action> [json params]"]);
+  } finally {
+    await client.close();
+  }
+});
+
+Deno.test("edges - a requester frame on the worker port is told the requester port; the connection stays", async () => {
+  await using server = startTestServer();
+  const peer = await RawPeer.open(server.workerUrl);
+  try {
+    const hello = await peer.envelope("connect");
+    assert.equal(hello.data.port, "worker");
+    assert.equal(hello.data.requester_port, server.requesterPort);
+    peer.send({ request_id: "r1", command: "get_time", data: {} });
+    const error = await peer.envelope("error");
+    assert.equal(error.data.code, "WRONG_PORT");
+    assert.equal(
+      error.data.error,
+      `This is the worker port: requesters connect to the requester port ${server.requesterPort}`,
+    );
+    assert.equal(peer.socket.readyState, 1);
+
+    // The library client fails at once, naming the right port.
+    const client = new RequesterClient(server.workerUrl);
+    await client.connect();
+    await assert.rejects(
+      client.request("get_time"),
+      (e: Error) =>
+        e instanceof WrongPortError &&
+        e.message ===
+          `${server.workerUrl} is the worker port: requesters connect to the requester port ${server.requesterPort}`,
+    );
+    await client.close();
+  } finally {
+    await peer.close();
+  }
+});
+
+Deno.test("edges - a worker envelope on the requester port is told the worker port; a Worker gives up that socket", async () => {
+  await using server = startTestServer();
+  const peer = await RawPeer.open(server.requesterUrl);
+  try {
+    peer.sendEnvelope("connect", { name: "lost" });
+    const answer = await peer.answer(null);
+    assert.equal(answer.error_code, "WRONG_PORT");
+    assert.equal(
+      answer.error,
+      `This is the requester port: workers connect to the worker port ${server.port}`,
+    );
+    assert.equal(peer.socket.readyState, 1);
+  } finally {
+    await peer.close();
+  }
+  const worker = new Worker({
+    url: server.requesterUrl,
+    name: "wrong-port",
+    backoff: { initialMs: 10, maxMs: 60_000 },
+    greetingTimeoutMs: 50,
+  });
+  const running = worker.start();
+  try {
+    // It hangs up by itself and waits out its longest backoff before trying again.
+    await waitFor(() => worker.status().connects === 1);
+    await waitFor(() => !worker.status().connected);
+    await waitFor(() => server.broker.stats().requesters === 0);
+    assert.equal(worker.status().connects, 1);
+    assert.equal(server.broker.workers().length, 0);
+  } finally {
+    await worker.stop();
+    await running;
+  }
+});
+
+Deno.test("edges - GET /health/ready is 503 until a worker can serve, then 200", async () => {
+  await using server = startTestServer();
+  const ready = async () => {
+    const res = await fetch(
+      `http://127.0.0.1:${server.requesterPort}/health/ready`,
+    );
+    return { status: res.status, body: await res.json() };
+  };
+  const before = await ready();
+  assert.equal(before.status, 503);
+  assert.equal(before.body.ready, false);
+  assert.equal(before.body.reason, "no worker is connected");
+  const live = await fetch(`http://127.0.0.1:${server.port}/health`);
+  assert.equal(live.status, 200);
+  await live.body?.cancel();
+  const worker = await startWorker(server);
+  try {
+    await waitFor(() => server.broker.stats().healthy_workers === 1);
+    const after = await ready();
+    assert.equal(after.status, 200);
+    assert.equal(after.body.ready, true);
+    assert.equal(after.body.reason, null);
+  } finally {
+    await worker.stop();
+  }
+});
+
+Deno.test("edges - workers named alike get unique names, with a warning", async () => {
+  const { program, workerPort, requesterPort } = await startServerProgram();
+  const peers: RawPeer[] = [];
+  try {
+    for (let i = 0; i < 3; i++) {
+      const peer = await RawPeer.open(`ws://127.0.0.1:${workerPort}`);
+      await peer.envelope("connect");
+      peer.sendEnvelope("connect", { name: "same", actions: ["x"] });
+      peers.push(peer);
+    }
+    const client = new RequesterClient(`ws://127.0.0.1:${requesterPort}`);
+    await client.connect();
+    let names: string[] = [];
+    for (let i = 0; i < 200 && names.length < 3; i++) {
+      const info = await client.request("get_client_info");
+      names = (info.data as { name: string; registered: boolean }[])
+        .filter((w) => w.registered).map((w) => w.name).sort();
+      if (names.length < 3) await new Promise((r) => setTimeout(r, 10));
+    }
+    await client.close();
+    assert.deepEqual(names, ["same", "same-2", "same-3"]);
+    await program.waitFor(
+      /WRN.*asked for the name same, which another worker has: it is same-3 here/,
+    );
+  } finally {
+    for (const peer of peers) await peer.close();
+    await program.stop("SIGTERM");
+  }
+});
+
+Deno.test("edges - a worker killed without a close frame is logged as a warning, a clean stop as info", async () => {
+  const { program, workerPort } = await startServerProgram();
+  const start = (name: string) =>
+    new Program("worker.ts", [
+      "127.0.0.1",
+      String(workerPort),
+      "--name",
+      name,
+      "--provider",
+      "demo",
+      "--no-console",
+    ]);
+  const killed = start("killed");
+  const stopped = start("stopped");
+  try {
+    await program.waitFor(/registered as killed/);
+    await program.waitFor(/registered as stopped/);
+    await killed.stop("SIGKILL");
+    await program.waitFor(
+      /\[WRN\].*Worker \w+ \(killed\) lost: connection dropped without a close frame \(code 1006\)/,
+    );
+    await stopped.stop("SIGTERM");
+    await program.waitFor(
+      /\[INF\].*Worker \w+ \(stopped\) disconnected: code 1000/,
+    );
+  } finally {
+    await killed.stop();
+    await stopped.stop();
+    await program.stop("SIGTERM");
+  }
+});
