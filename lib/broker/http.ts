@@ -1,6 +1,6 @@
 /**
  * Plain HTTP on both ports: `/health` (liveness), `/health/ready` (readiness: 503 while no
- * worker can serve), a hint for browsers, and who may upgrade.
+ * worker can serve), `/metrics`, a hint for browsers, and who may upgrade.
  *
  * @module
  */
