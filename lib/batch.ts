@@ -496,8 +496,11 @@ export async function runBatch(
             } else if (!item) inProgress.set(key, Math.min(d, current.length));
             report();
           },
-          resend: () => {
+          resend: (lost) => {
             current = current.filter((i) => !settled.has(i));
+            errors.push(
+              `${current.length} items re-sent: worker ${lost.worker} lost them (${lost.reason})`,
+            );
             return current.map((i) => items[i]);
           },
         },

@@ -80,9 +80,10 @@ export interface SubmitOptions {
   onProgress?: (progress: Progress) => void;
   /**
    * Asks workers to stream finished parts (`progress.item`), and gives the params to send when
-   * the job moves to another worker: only what is still unfinished.
+   * the job moves to another worker: only what is still unfinished. `lost` names the worker
+   * that lost it, and why.
    */
-  resend?: () => unknown;
+  resend?: (lost: { worker: string; reason: string }) => unknown;
 }
 
 /** A unit of work in the dispatcher. */
@@ -362,7 +363,9 @@ export class Dispatcher {
           attempt: job.attempts + 1,
         },
       );
-      if (job.resend) job.params = job.resend();
+      if (job.resend) {
+        job.params = job.resend({ worker: worker.id, reason });
+      }
       this.#place(job, true);
     } else {
       job.settle({

