@@ -2,19 +2,33 @@
  * A worker with its own action and its own message type, added through the library's API.
  *
  * Run it against a server: `deno run -A examples/custom_handler.ts ws://localhost:8765`, then
- * `deno task requester word_count '{"text": "to be or not to be"}'`.
+ * `deno task requester word_count '{"text": "to be or not to be"}'`. Against a server with a
+ * worker token and a private CA: `SWITCHYARD_WORKER_TOKEN=… deno run -A
+ * examples/custom_handler.ts wss://server:8765 --ca ca.pem`.
  *
  * @module
  */
 
-import { Worker } from "../lib/mod.ts";
+import { parseArgs } from "node:util";
+import { setupLogging, Worker } from "../lib/mod.ts";
+
+/** Options for {@linkcode customWorker}. */
+export interface CustomWorkerOptions {
+  /** Called with each `announce` message. @default print it */
+  onAnnounce?: (message: string) => void;
+  /** The worker token, when the server wants one. */
+  token?: string;
+  /** PEM text of a CA to trust for `wss://`. */
+  ca?: string;
+}
 
 /** Builds the example worker: `word_count` action, and a handler for `announce` frames. */
 export function customWorker(
   url: string,
-  onAnnounce?: (message: string) => void,
+  options: CustomWorkerOptions = {},
 ): Worker {
-  const worker = new Worker({ url, name: "custom-example" });
+  const { onAnnounce, token, ca } = options;
+  const worker = new Worker({ url, name: "custom-example", token, ca });
 
   // An action: params in, result out; throw to answer with an error.
   worker.registerAction("word_count", (params, ctx) => {
@@ -42,7 +56,16 @@ export function customWorker(
 }
 
 if (import.meta.main) {
-  const worker = customWorker(Deno.args[0] ?? "ws://localhost:8765");
+  const { values, positionals } = parseArgs({
+    args: Deno.args,
+    allowPositionals: true,
+    options: { ca: { type: "string" } },
+  });
+  setupLogging({ level: "info" });
+  const worker = customWorker(positionals[0] ?? "ws://localhost:8765", {
+    token: Deno.env.get("SWITCHYARD_WORKER_TOKEN"),
+    ca: values.ca ? Deno.readTextFileSync(values.ca) : undefined,
+  });
   Deno.addSignalListener(
     "SIGINT",
     () => void worker.stop().then(() => Deno.exit(0)),

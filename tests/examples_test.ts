@@ -5,10 +5,9 @@ import { customWorker } from "../examples/custom_handler.ts";
 Deno.test("examples/custom_handler - serves its own action and handles its own message type", async () => {
   const server = startServer({ host: "127.0.0.1", port: 0, requesterPort: 0 });
   const announced = Promise.withResolvers<string>();
-  const worker = customWorker(
-    server.workerUrl,
-    (message) => announced.resolve(message),
-  );
+  const worker = customWorker(server.workerUrl, {
+    onAnnounce: (message) => announced.resolve(message),
+  });
   const running = worker.start();
   const clientId = await worker.ready();
   const client = new RequesterClient(server.requesterUrl);
