@@ -347,7 +347,7 @@ function explain(answer: { success: boolean; available_commands?: unknown }) {
       `requester: ${
         offered.length > 0
           ? `available commands: ${offered.join(", ")}`
-          : "no worker is connected, and the server answers no command of that name"
+          : "no worker is connected"
       }`,
     );
   }

@@ -279,7 +279,7 @@ async function main(): Promise<void> {
   try {
     server = startServer(opts);
   } catch (error) {
-    console.error(`server: cannot listen: ${(error as Error).message}`);
+    console.error(`server: ${(error as Error).message}`);
     Deno.exit(1);
   }
   const stop = async (why: string) => {

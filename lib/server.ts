@@ -236,10 +236,21 @@ export function startServer(options: ServerOptions = {}): RunningServer {
     name: string,
     port: number,
     handler: Deno.ServeHandler<Deno.NetAddr>,
-  ) =>
-    options.guard === false
-      ? listenPlain(host, port, handler, tls)
-      : listenGuarded(name, host, port, handler, options, tls);
+  ) => {
+    try {
+      return options.guard === false
+        ? listenPlain(host, port, handler, tls)
+        : listenGuarded(name, host, port, handler, options, tls);
+    } catch (error) {
+      // Deno's "Address already in use" names no port, and there are two.
+      throw new Error(
+        `Cannot listen on ${host}:${port} (${name.toLowerCase()} port): ${
+          (error as Error).message
+        }`,
+        { cause: error },
+      );
+    }
+  };
   let workerServer: Port;
   try {
     workerServer = listen("Worker", options.port ?? 8765, broker.handleWorker);

@@ -412,3 +412,28 @@ Deno.test("requester - ws:// against a TLS port or wss:// against a plain one sa
     await program.stop("SIGTERM");
   }
 });
+
+Deno.test("server - a port already taken is named in the error", async () => {
+  const taken = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  try {
+    const out = await runProgram("server.ts", [
+      "--host",
+      "127.0.0.1",
+      "--port",
+      "0",
+      "--requester-port",
+      String(taken.addr.port),
+      "--no-console",
+    ]);
+    assert.equal(out.code, 1, out.stderr);
+    assert.match(
+      out.stderr,
+      new RegExp(
+        `^server: Cannot listen on 127\\.0\\.0\\.1:${taken.addr.port} \\(requester port\\): .*in use`,
+        "m",
+      ),
+    );
+  } finally {
+    taken.close();
+  }
+});

@@ -37,29 +37,53 @@ Deno.test("edges - an unknown command keeps 'No available workers' and lists wha
 });
 
 Deno.test("edges - the requester CLI prints the available commands on a failed answer", async () => {
-  const { program, requesterPort } = await startServerProgram();
+  const { program, workerPort, requesterPort } = await startServerProgram();
+  const ask = (command: string) =>
+    runProgram("requester.ts", ["127.0.0.1", String(requesterPort), command]);
+  const worker = new Program("worker.ts", [
+    "127.0.0.1",
+    String(workerPort),
+    "--provider",
+    "demo",
+    "--no-console",
+  ]);
   try {
-    const out = await runProgram("requester.ts", [
-      "127.0.0.1",
-      String(requesterPort),
-      "get_tiem",
-    ]);
+    const alone = await ask("get_tiem");
+    assert.equal(alone.code, 1);
+    assert.equal(JSON.parse(alone.stdout).error, "No available workers");
+    assert.match(alone.stderr, /^requester: no worker is connected$/m);
+
+    await program.waitFor(/registered as/);
+    const out = await ask("get_tiem");
     assert.equal(out.code, 1);
     assert.equal(JSON.parse(out.stdout).error, "No available workers");
     assert.match(
       out.stderr,
-      /available commands: calculate, get_client_info, get_time/,
+      /^requester: available commands: calculate, get_client_info, get_market, get_markets, .*get_time/m,
     );
   } finally {
+    await worker.stop("SIGTERM");
     await program.stop("SIGTERM");
   }
 });
 
-Deno.test("edges - server actions answer requesters while no worker offers them, and the console runs them", async () => {
+Deno.test("edges - server actions answer requesters while no connected worker offers them, and the console runs them", async () => {
   await using server = startTestServer();
   const client = new RequesterClient(server.requesterUrl);
   await client.connect();
+  let market: Worker | undefined;
   try {
+    // No worker at all: "No available workers" means just that.
+    const none = await client.request("calculate", { a: 1, b: 2 });
+    assert.equal(none.error, "No available workers");
+    assert.deepEqual(none.available_commands, []);
+
+    // A worker that serves other things: the server answers its own actions.
+    market = await startWorker(server, {
+      name: "market",
+      actions: { get_market: () => [] },
+    });
+    await waitFor(() => server.broker.workers().some((w) => w.registered));
     const sum = await client.request("calculate", { a: 10, b: 20, op: "+" });
     assert.equal(sum.success, true, JSON.stringify(sum));
     assert.equal(sum.data, 30);
@@ -69,7 +93,11 @@ Deno.test("edges - server actions answer requesters while no worker offers them,
     assert.equal(bad.error, "Division by zero");
     assert.equal(bad.processed_by, "server");
     const clients = await client.request("get_client_info");
-    assert.deepEqual(clients.data, []);
+    assert.equal(clients.processed_by, "server");
+    assert.deepEqual(
+      (clients.data as { name: string }[]).map((w) => w.name),
+      ["market"],
+    );
 
     // A worker that offers the action takes it over.
     const worker = await startWorker(server, {
@@ -102,6 +130,7 @@ Deno.test("edges - server actions answer requesters while no worker offers them,
     assert.deepEqual(out, ["Usage: run <action> [json params]"]);
   } finally {
     await client.close();
+    await market?.stop();
   }
 });
 
@@ -248,7 +277,7 @@ Deno.test("edges - a worker killed without a close frame is logged as a warning,
     await program.waitFor(/registered as stopped/);
     await killed.stop("SIGKILL");
     await program.waitFor(
-      /\[WRN\].*Worker \w+ \(killed\) lost: connection dropped without a close frame \(code 1006\)/,
+      /\[WRN\].*Worker \w+ \(killed\) lost: the connection ended without a goodbye \(code 1006\)/,
     );
     await stopped.stop("SIGTERM");
     await program.waitFor(

@@ -67,3 +67,27 @@ Deno.test("library - deno doc lib/mod.ts prints no warnings", async () => {
   assert.doesNotMatch(doc.stderr, /warning/i);
   assert.match(doc.stdout, /class RequesterClient/);
 });
+
+Deno.test("library - the README's TypeScript snippets pass deno lint and deno check", async () => {
+  const root = new URL("../", import.meta.url);
+  const readme = await Deno.readTextFile(new URL("README.md", root));
+  const blocks = [...readme.matchAll(/```ts\n([^]*?)```/g)].map((m) => m[1]);
+  assert.ok(blocks.length > 0, "the README has a ts snippet");
+  const dir = await Deno.makeTempDir({ prefix: "switchyard-readme-" });
+  try {
+    const files: string[] = [];
+    for (const [i, block] of blocks.entries()) {
+      files.push(`${dir}/snippet_${i}.ts`);
+      await Deno.writeTextFile(
+        files[i],
+        block.replaceAll('"./lib/mod.ts"', `"${MOD}"`),
+      );
+    }
+    for (const command of ["lint", "check"]) {
+      const out = await deno([command, ...files], dir);
+      assert.equal(out.code, 0, `deno ${command}:\n${out.stderr}`);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

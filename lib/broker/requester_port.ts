@@ -291,19 +291,23 @@ export class RequesterPort implements RequestRunner {
 
   /**
    * What a requester may ask for now: every action a connected worker declared, and the
-   * server's own actions. Workers that declared no list (original ones) serve anything and add
+   * server's own actions (while any worker is connected). Workers that declared no list (original ones) serve anything and add
    * nothing here.
    */
   #availableCommands(): string[] {
-    const names = new Set(Object.keys(this.#core.actions));
-    for (const worker of this.#core.dispatcher.registry.all()) {
+    const workers = this.#core.dispatcher.registry.all();
+    // The server's own actions are served only next to at least one worker (see `#run`).
+    const names = new Set(
+      workers.length > 0 ? Object.keys(this.#core.actions) : [],
+    );
+    for (const worker of workers) {
       for (const action of worker.actions ?? []) names.add(action);
     }
     if (names.has("get_market")) names.add(BATCH_COMMAND);
     return [...names].sort();
   }
 
-  /** A server action, run here because no connected worker offers it. */
+  /** A server action, run here because no connected worker offers it (see `#run`). */
   async #runServerAction(
     request: RequesterRequest,
     started: number,
@@ -574,11 +578,14 @@ export class RequesterPort implements RequestRunner {
         elapsed_ms: this.#core.clock.now() - started,
       };
     }
+    // A server action no connected worker offers (`calculate` next to market workers) is run
+    // here. With no worker at all, "No available workers" keeps meaning just that, as it did in
+    // the original system, for the probes that rely on it.
+    const workers = this.#core.dispatcher.registry.all();
     if (
+      workers.length > 0 &&
       Object.hasOwn(this.#core.actions, request.command) &&
-      !this.#core.dispatcher.registry.all().some((w) =>
-        offers(w, request.command)
-      )
+      !workers.some((w) => offers(w, request.command))
     ) {
       return await this.#runServerAction(request, started, signal);
     }

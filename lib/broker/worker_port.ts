@@ -113,20 +113,28 @@ export class WorkerPort {
     };
     socket.onmessage = (event) =>
       this.#onWorkerFrame(worker, socket, event.data);
+    let gone = false;
     socket.onclose = (event) => {
+      // Deno can report one close twice (the idle timeout giving up, then the socket ending).
+      if (gone) return;
+      gone = true;
       this.#sockets.delete(id);
       this.#batchers.delete(id);
-      // 1000/1001 is a worker that said goodbye; anything else (1006: no close frame at all) is
-      // a crash, a kill or a network cut, which an operator wants to see.
-      const graceful = event.code === 1000 || event.code === 1001;
-      // Deno reports a connection that ended without a close frame as code 0; RFC 6455 calls
-      // that 1006.
-      const fields = { id, name: worker.name, code: event.code || 1006 };
+      // A worker that said goodbye sent `disconnect` or closed with 1000, or the server is the
+      // one closing. Anything else is a loss an operator wants to see: no close frame at all (a
+      // crash, a kill, a cable; Deno reports 0 or 1005, RFC 6455 calls it 1006), or the idle
+      // timeout closing a peer that stopped answering pings (1001).
+      const graceful = worker.draining || event.code === 1000 || core.closed;
+      const fields = {
+        id,
+        name: worker.name,
+        code: event.code === 0 || event.code === 1005 ? 1006 : event.code,
+      };
       if (graceful) {
         log.info("Worker {id} ({name}) disconnected: code {code}", fields);
       } else {
         log.warn(
-          "Worker {id} ({name}) lost: connection dropped without a close frame (code {code})",
+          "Worker {id} ({name}) lost: the connection ended without a goodbye (code {code})",
           fields,
         );
       }
