@@ -40,19 +40,20 @@ Deno.test("edges - the requester CLI prints the available commands on a failed a
   const { program, workerPort, requesterPort } = await startServerProgram();
   const ask = (command: string) =>
     runProgram("requester.ts", ["127.0.0.1", String(requesterPort), command]);
-  const worker = new Program("worker.ts", [
-    "127.0.0.1",
-    String(workerPort),
-    "--provider",
-    "demo",
-    "--no-console",
-  ]);
+  let worker: Program | undefined;
   try {
     const alone = await ask("get_tiem");
     assert.equal(alone.code, 1);
     assert.equal(JSON.parse(alone.stdout).error, "No available workers");
     assert.match(alone.stderr, /^requester: no worker is connected$/m);
 
+    worker = new Program("worker.ts", [
+      "127.0.0.1",
+      String(workerPort),
+      "--provider",
+      "demo",
+      "--no-console",
+    ]);
     await program.waitFor(/registered as/);
     const out = await ask("get_tiem");
     assert.equal(out.code, 1);
@@ -62,7 +63,7 @@ Deno.test("edges - the requester CLI prints the available commands on a failed a
       /^requester: available commands: calculate, get_client_info, get_market, get_markets, .*get_time/m,
     );
   } finally {
-    await worker.stop("SIGTERM");
+    await worker?.stop("SIGTERM");
     await program.stop("SIGTERM");
   }
 });
