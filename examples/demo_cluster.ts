@@ -124,9 +124,12 @@ async function main(): Promise<number> {
     return worker;
   });
   await Promise.all(workers.map((w) => w.ready()));
-  // Wait until each server sees all four workers (announcements every 250 ms).
+  // Wait until each server sees all four workers registered (announcements every 250 ms): a
+  // batch hashes symbols onto worker names.
   for (let i = 0; i < 400; i++) {
-    if (servers.every((s) => s.broker.workers().length === 4)) break;
+    const seen = (s: typeof servers[number]) =>
+      s.broker.workers().filter((w) => w.registered).length === 4;
+    if (servers.every(seen)) break;
     await new Promise((r) => setTimeout(r, 25));
   }
   console.log(
@@ -146,6 +149,15 @@ async function main(): Promise<number> {
   }));
   const homes: Map<string, string>[] = [];
   for (const [i, client] of clients.entries()) {
+    // Remote load is known from announcements every 250 ms: let the last batch's load reach
+    // every server, or a worker still counted busy would pass its symbols on to another.
+    for (let k = 0; k < 400; k++) {
+      const idle = servers.every((s) =>
+        s.broker.workers().every((w) => w.in_flight === 0)
+      );
+      if (idle) break;
+      await new Promise((r) => setTimeout(r, 25));
+    }
     const answer = await client.request("get_markets", items);
     const data = answer.data as {
       results: { code: string; processed_by: string; data: unknown[] }[];
