@@ -285,6 +285,10 @@ export function startServer(options: ServerOptions = {}): RunningServer {
     host,
     port: requesterPort,
   });
+  log.info(
+    "Dashboard and HTTP API on {web}://{host}:{port}/ (GET /metrics on both ports)",
+    { web: scheme === "wss" ? "https" : "http", host, port: requesterPort },
+  );
   if (!isLoopback(host) && (!options.workerToken || !options.requesterToken)) {
     log.warn(
       "Listening on {host} without {which}: anyone who can reach this machine can connect. " +
