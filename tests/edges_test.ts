@@ -11,6 +11,7 @@ import {
   waitFor,
 } from "./_helpers.ts";
 import { Program, runProgram, startServerProgram } from "./_procs.ts";
+import { startFakeEastmoney } from "./_fake_eastmoney.ts";
 
 Deno.test("edges - an unknown command keeps 'No available workers' and lists what is offered", async () => {
   await using server = startTestServer();
@@ -339,5 +340,36 @@ Deno.test("edges - a batch whose worker is lost lists the re-send in distributed
     await client.close();
     await good?.stop();
     await peer.close();
+  }
+});
+
+Deno.test("edges - a worker logs an upstream failure as a warning", async () => {
+  await using fake = await startFakeEastmoney({
+    synthetic: true,
+    failMode: "http503",
+  });
+  const { program, workerPort, requesterPort } = await startServerProgram();
+  const worker = new Program("worker.ts", [
+    "127.0.0.1",
+    String(workerPort),
+    "--eastmoney-url",
+    fake.url,
+    "--rate-limit",
+    "0",
+    "--no-console",
+  ]);
+  try {
+    await program.waitFor(/registered as/);
+    const out = await runProgram("requester.ts", [
+      "127.0.0.1",
+      String(requesterPort),
+      "get_market",
+      '{"symbol_type":"etf","code":"512880","start_date":"2025-01-01"}',
+    ]);
+    assert.equal(JSON.parse(out.stdout).data?.success ?? false, false);
+    await worker.waitFor(/\[WRN\].*Provider eastmoney failed for 512880/);
+  } finally {
+    await worker.stop("SIGTERM");
+    await program.stop("SIGTERM");
   }
 });

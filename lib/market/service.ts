@@ -381,7 +381,8 @@ export function createMarketService(
         ) {
           return failure(p.code, error);
         }
-        logger.info("Provider {provider} failed for {code}: {message}", {
+        // An upstream that blocks or fails is what an operator of many workers watches for.
+        logger.warn("Provider {provider} failed for {code}: {message}", {
           provider: provider.name,
           code: p.code,
           message: error.message,
