@@ -109,8 +109,25 @@ export type {
 export type { LoggingOptions } from "./log.ts";
 export type { ConnectOptions } from "./_connect.ts";
 export type {
+  Adjust,
+  Bar,
+  BreakerOptions,
+  Clock as MarketClock,
+  CookieJar,
+  DayPeriod,
+  HostStatus,
+  ListedSymbol,
+  MarketErrorCode,
+  MarketFailure,
   MarketParams,
   MarketResult,
   MarketService,
   MarketServiceOptions,
+  MarketStats,
+  MarketSuccess,
+  MinutePeriod,
+  Period,
+  SymbolListResult,
+  SymbolType,
+  UpstreamStatus,
 } from "./market/mod.ts";

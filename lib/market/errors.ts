@@ -21,6 +21,7 @@ export const RETRIABLE_ERROR_CODES: readonly MarketErrorCode[] = Object.freeze([
 export class MarketParamsError extends TypeError {
   /** The item error code. */
   readonly errorCode = "INVALID_PARAMS" as const;
+  /** Creates the error; `options.cause` keeps what it came from. */
   constructor(message: string, options?: ErrorOptions) {
     super(message, options);
     this.name = "MarketParamsError";
@@ -31,6 +32,7 @@ export class MarketParamsError extends TypeError {
 export class UnknownCodeError extends Error {
   /** The item error code. */
   readonly errorCode = "UNKNOWN_CODE" as const;
+  /** Creates the error; `options.cause` keeps what it came from. */
   constructor(message: string, options?: ErrorOptions) {
     super(message, options);
     this.name = "UnknownCodeError";
@@ -48,6 +50,7 @@ export class UpstreamBlockedError extends Error {
   readonly host: string;
   /** When this client may call the host again (cool-down end, budget refill), epoch ms. */
   readonly retryAt: number | undefined;
+  /** Creates the error for `host`; `options.retryAt` tells when to come back. */
   constructor(
     host: string,
     message: string,
@@ -66,6 +69,7 @@ export class UpstreamUnavailableError extends Error {
   readonly errorCode = "UPSTREAM_UNAVAILABLE" as const;
   /** The upstream host, or the CSV folder. */
   readonly host: string;
+  /** Creates the error for `host`; `options.cause` keeps what it came from. */
   constructor(host: string, message: string, options?: ErrorOptions) {
     super(message, options);
     this.name = "UpstreamUnavailableError";
