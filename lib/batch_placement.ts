@@ -51,13 +51,14 @@ function finite(n: number | null | undefined): number {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { fetchCapacity } from "./batch_placement.ts";
  * const now = 1_000_000;
  * const upstream = { hosts: { "a.example": { cooldown_until: 0, budget_hour: 50, budget_day: 400, rate: 0.5 } } };
- * console.assert(fetchCapacity(upstream, now, now + 60_000) === 31); // 1 now, then one per 2 s
- * console.assert(fetchCapacity(upstream, now, now + 600_000) === 50); // the hour's budget
+ * assert.equal(fetchCapacity(upstream, now, now + 60_000), 31); // 1 now, then one per 2 s
+ * assert.equal(fetchCapacity(upstream, now, now + 600_000), 50); // the hour's budget
  * const cooling = { hosts: { "a.example": { cooldown_until: now + 120_000, rate: 1 } } };
- * console.assert(fetchCapacity(cooling, now, now + 60_000) === 0);
+ * assert.equal(fetchCapacity(cooling, now, now + 60_000), 0);
  * ```
  */
 export function fetchCapacity(

@@ -130,14 +130,19 @@ export async function startWorker(
 
 /**
  * A connected RequesterClient that `await using` closes at the end of the scope, failed or not.
+ * Each request carries the server's default deadline (30 s) unless the test says otherwise, so
+ * the client gives up after 35 s instead of its own 300 s default when a regression stalls.
  */
 export async function connectClient(
   url: string,
   options?: RequesterClientOptions,
 ): Promise<RequesterClient & AsyncDisposable> {
-  const client = Object.assign(new RequesterClient(url, options), {
-    [Symbol.asyncDispose]: () => client.close(),
-  });
+  const client = Object.assign(
+    new RequesterClient(url, { timeout: 30, ...options }),
+    {
+      [Symbol.asyncDispose]: () => client.close(),
+    },
+  );
   await client.connect();
   return client;
 }

@@ -34,10 +34,11 @@ export interface CookieJar {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseCookieFile } from "./cookies.ts";
  * const jar = parseCookieFile(".eastmoney.com\tTRUE\t/\tFALSE\t0\tct\tabc\n");
- * console.assert(jar.headerFor("push2his.eastmoney.com") === "ct=abc");
- * console.assert(jar.headerFor("web.ifzq.gtimg.cn") === undefined);
+ * assert.equal(jar.headerFor("push2his.eastmoney.com"), "ct=abc");
+ * assert.equal(jar.headerFor("web.ifzq.gtimg.cn"), undefined);
  * ```
  */
 export function parseCookieFile(text: string): CookieJar {

@@ -66,9 +66,10 @@ const INDEX_MARKETS = [1, 0, 2, 47] as const;
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { secidCandidates } from "./secid.ts";
- * console.assert(secidCandidates("index", "000859").join() === "1.000859,2.000859,47.000859");
- * console.assert(secidCandidates("index", "980017")[0] === "0.980017");
+ * assert.equal(secidCandidates("index", "000859").join(), "1.000859,2.000859,47.000859");
+ * assert.equal(secidCandidates("index", "980017")[0], "0.980017");
  * ```
  */
 export function secidCandidates(

@@ -13,9 +13,10 @@
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseHeaderFlags } from "./upstream_options.ts";
  * const headers = parseHeaderFlags(["User-Agent: my-browser/1.0", "X-Forwarded-For:10.0.0.1"]);
- * console.assert(headers["User-Agent"] === "my-browser/1.0");
+ * assert.equal(headers["User-Agent"], "my-browser/1.0");
  * ```
  */
 export function parseHeaderFlags(

@@ -67,10 +67,11 @@ type Bar = Record<string, unknown>;
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { renderMarketFile } from "./market_files.ts";
  * const result = { success: true, code: "510300", data: [{ date: "2025-01-02", open: 1, high: 2, low: 0.5, close: 1.5, volume: 10 }] };
  * const csv = renderMarketFile(result, "csv", "akshare");
- * console.assert(csv === "日期,开盘,收盘,最高,最低,成交量,成交额,振幅,涨跌幅,涨跌额,换手率\n2025-01-02,1,1.5,2,0.5,10,,,,,\n");
+ * assert.equal(csv, "日期,开盘,收盘,最高,最低,成交量,成交额,振幅,涨跌幅,涨跌额,换手率\n2025-01-02,1,1.5,2,0.5,10,,,,,\n");
  * ```
  */
 export function renderMarketFile(

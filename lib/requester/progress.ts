@@ -69,6 +69,7 @@ export function progressLine(
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { plainProgress } from "./progress.ts";
  * const lines: string[] = [];
  * let now = 0;
@@ -76,7 +77,8 @@ export function progressLine(
  * now = 500; view.update({ done: 1, failed: 0, total: 4 });
  * now = 1000; view.update({ done: 2, failed: 0, total: 4 });
  * now = 2000; view.stop({ done: 4, failed: 1, total: 4 });
- * console.assert(lines.length === 2 && lines[1] === "markets: 4/4 done, 1 failed, 2.0/s, ETA 0s");
+ * assert.equal(lines.length, 2);
+ * assert.equal(lines[1], "markets: 4/4 done, 1 failed, 2.0/s, ETA 0s");
  * ```
  */
 export function plainProgress(

@@ -74,9 +74,11 @@ export function uniqueSymbols(symbols: Iterable<SymbolSpec>): SymbolSpec[] {
  *
  * @example
  * ```ts
+ * import assert from "node:assert/strict";
  * import { parseSymbolList } from "./symbols.ts";
  * const list = parseSymbolList("code,type,error\n510300,etf,x\n000001,index,\"a, b\"\n", "etf");
- * console.assert(list.length === 2 && list[1].symbol_type === "index");
+ * assert.equal(list.length, 2);
+ * assert.equal(list[1].symbol_type, "index");
  * ```
  */
 export function parseSymbolList(
