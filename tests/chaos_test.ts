@@ -152,7 +152,10 @@ Deno.test({
 
       /** Sends one logical request until it gets a final answer; returns that answer. */
       const call = async (id: string, command: string, data: unknown) => {
-        for (let attempt = 0; attempt < 50; attempt++) {
+        // Bounded by time, not by count: while the pool refills on a loaded machine, answers
+        // say NO_WORKERS for seconds, far more than a fixed number of quick retries covers.
+        const until = Date.now() + 120_000;
+        for (let attempt = 0; Date.now() < until; attempt++) {
           const answer = await client.send(
             `${id}#${attempt}`,
             command,
@@ -162,7 +165,7 @@ Deno.test({
           if (answer && isFinal(answer)) return answer;
           retries++;
           await reconnect();
-          await sleep(20);
+          await sleep(50);
         }
         throw new Error(`${id} never got a final answer`);
       };
@@ -214,6 +217,20 @@ Deno.test({
         }
       })();
 
+      /** Until the server (whichever is up) has all four workers, or 30 s have passed. */
+      const fullPool = async () => {
+        const until = Date.now() + 30_000;
+        while (running && Date.now() < until) {
+          try {
+            const res = await fetch(`http://127.0.0.1:${workerPort}/health`);
+            if ((await res.json()).workers >= workers.length) return;
+          } catch {
+            // the server is restarting
+          }
+          await sleep(50);
+        }
+      };
+
       const chaos = (async () => {
         while (running) {
           // A kill every ~1.2 s with four workers: each worker lives a few seconds, far harsher
@@ -226,6 +243,9 @@ Deno.test({
           kills++;
           await sleep(100 + random() * 200);
           workers[i] = new Program("worker.ts", workerArgs(i));
+          // One worker lost at a time is the premise: wait for the new one before the next
+          // kill, or on a loaded machine (slow restarts) the pool empties and nothing can answer.
+          await fullPool();
         }
       })();
 
