@@ -46,6 +46,8 @@ Options:
   --provider LIST         market data sources, a fallback chain (default eastmoney):
                           eastmoney, tencent, csv, demo — e.g. eastmoney,tencent
   --eastmoney-url URL     Eastmoney base URL (default https://push2his.eastmoney.com)
+  --eastmoney-list-url URL  Eastmoney symbol list base URL, for list_symbols (default
+                          --eastmoney-url when given, else https://push2.eastmoney.com)
   --tencent-url URL       Tencent base URL (default https://proxy.finance.qq.com/ifzqgtimg)
   --csv-dir DIR           directory of <code>.csv files for the csv provider
   --cache-dir DIR         keep fetched series on disk across restarts
@@ -94,6 +96,7 @@ function parse(args: string[]) {
       provider: { type: "string" },
       "eastmoney-url": { type: "string" },
       "tencent-url": { type: "string" },
+      "eastmoney-list-url": { type: "string" },
       "csv-dir": { type: "string" },
       "cache-dir": { type: "string" },
       "rate-limit": { type: "string" },
@@ -176,6 +179,7 @@ async function main(): Promise<void> {
     providers: flags.providers,
     eastmoneyUrl: values["eastmoney-url"],
     tencentUrl: values["tencent-url"],
+    eastmoneyListUrl: values["eastmoney-list-url"],
     csvDir: values["csv-dir"],
     cacheDir: values["cache-dir"],
     rateLimit: flags.rateLimit,

@@ -126,6 +126,21 @@ Deno.test("worker - --header, --cookie-file and budgets reach the upstream; hear
       )
     );
     assert.equal((later.data.upstream as typeof upstream).cache.misses, 1);
+
+    // list_symbols is served too, from the same base URL as the K-lines.
+    socket!.send(
+      encodeEnvelope(
+        "request",
+        { action: "list_symbols", params: { symbol_type: "index" } },
+        "req-2",
+      ),
+    );
+    const list = await until(() =>
+      frames.find((f) => f.type === "response" && f.data.request_id === "req-2")
+    );
+    const listed = list.data.result as { success: boolean; count: number };
+    assert.equal(listed.success, true, JSON.stringify(list.data));
+    assert.equal(listed.count, 6);
   } finally {
     await worker.stop();
     socket?.close();

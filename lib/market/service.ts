@@ -55,7 +55,10 @@ export interface MarketServiceOptions {
   providers?: string[];
   /** Eastmoney base URL. @default "https://push2his.eastmoney.com" */
   eastmoneyUrl?: string;
-  /** Eastmoney's list API base URL, for `list_symbols`. @default "https://push2.eastmoney.com" */
+  /**
+   * Eastmoney's list API base URL, for `list_symbols`. @default `eastmoneyUrl` when that is set
+   * (a mirror or a test server serves both), else "https://push2.eastmoney.com"
+   */
   eastmoneyListUrl?: string;
   /** Tencent base URL. @default "https://proxy.finance.qq.com/ifzqgtimg" */
   tencentUrl?: string;
@@ -238,7 +241,7 @@ export function createMarketService(
   let lister: SymbolLister | undefined;
   const listerOf = () =>
     lister ??= createSymbolLister({
-      baseUrl: options.eastmoneyListUrl,
+      baseUrl: options.eastmoneyListUrl ?? options.eastmoneyUrl,
       gateFor,
       clock,
       cacheDir: options.cacheDir,
