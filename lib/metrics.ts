@@ -28,12 +28,10 @@ export type RefusalReason =
   | "too_many_connections"
   | "shutting_down";
 
-/** What a worker looks like to the metrics. */
-export type MeteredWorker = WorkerRecord;
-
 /** What the metrics read from the broker when scraped. */
 export interface MetricsSource {
-  workers(): readonly MeteredWorker[];
+  /** The connected workers. */
+  workers(): readonly WorkerRecord[];
   /** Requests waiting for a free worker. */
   queued(): number;
   /** Requests in flight from requesters. */
@@ -52,7 +50,7 @@ export interface MetricsOptions {
   timelineSeconds?: number;
   /** Recent failures kept for the dashboard. @default 50 */
   recentErrors?: number;
-  /** @default the wall clock */
+  /** The clock for the timeline and cool-downs. @default the wall clock */
   clock?: Clock;
   /** Version for `switchyard_build_info`. */
   version?: string;
@@ -92,15 +90,21 @@ const OUTCOMES: ReadonlySet<string> = new Set(
 export interface RecentError {
   /** Epoch ms. */
   at: number;
+  /** The command, or "" for a frame rejected before it named one. */
   command: string;
+  /** The answer's wire error code. */
   error_code: string;
+  /** The answer's error text. */
   error: string;
 }
 
 /** A batch in flight, as the dashboard shows it. */
 export interface BatchView {
+  /** The batch's request_id. */
   id: string;
+  /** Items in the batch. */
   total: number;
+  /** Items finished so far. */
   done: number;
   /** Epoch ms. */
   started: number;
@@ -108,8 +112,11 @@ export interface BatchView {
 
 /** Per-second totals, oldest first, ending at `end` (epoch seconds, exclusive). */
 export interface Timeline {
+  /** The second after the last one, in epoch seconds. */
   end: number;
+  /** Requests answered per second. */
   requests: number[];
+  /** Requests answered with a failure per second. */
   failures: number[];
   /** Mean latency per second in ms; null for a second without requests. */
   mean_ms: (number | null)[];
@@ -119,7 +126,9 @@ export interface Timeline {
 
 /** Updates one batch in flight; see {@linkcode Metrics.batchStarted}. */
 export interface BatchTracker {
+  /** Sets how many items are finished. */
   progress(done: number): void;
+  /** Ends the tracking with the batch's item counts; later calls do nothing. */
   finish(success: number, failed: number): void;
 }
 
@@ -133,7 +142,8 @@ class Series {
 /** The broker's live counters; see the module doc. */
 export class Metrics {
   /** The Prometheus text content type. */
-  static readonly CONTENT_TYPE = Registry.PROMETHEUS_CONTENT_TYPE;
+  static readonly CONTENT_TYPE: string = Registry.PROMETHEUS_CONTENT_TYPE;
+  /** The prom-client registry the text is rendered from; register more metrics on it. */
   readonly registry: Registry = new Registry();
   #clock: Clock;
   #maxCommands: number;
@@ -157,6 +167,7 @@ export class Metrics {
   #latencySum: Float64Array;
   #latencyMax: Float64Array;
 
+  /** Defines every metric on a registry of its own. */
   constructor(options: MetricsOptions = {}) {
     this.#clock = options.clock ?? { now: () => Date.now() };
     this.#maxCommands = options.maxCommands ?? 64;
@@ -429,7 +440,7 @@ export class Metrics {
     const perWorker = (
       name: string,
       help: string,
-      value: (w: MeteredWorker) => number | undefined,
+      value: (w: WorkerRecord) => number | undefined,
       type: "gauge" | "counter" = "gauge",
     ) => {
       const config = { name, help, labelNames: ["worker", "name"], registers };

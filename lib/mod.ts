@@ -65,6 +65,7 @@ export {
   parseRequesterFrame,
 } from "./protocol.ts";
 export { setupLogging } from "./log.ts";
+export { Metrics } from "./metrics.ts";
 export { createMarketService, parseProviderList } from "./market/mod.ts";
 
 export type { ActionContext, ActionHandler } from "./action.ts";
@@ -107,6 +108,20 @@ export type {
   ResponseData,
 } from "./protocol.ts";
 export type { LoggingOptions } from "./log.ts";
+export type {
+  BatchTracker,
+  BatchView,
+  MetricsOptions,
+  MetricsSource,
+  PortName,
+  RecentError,
+  RefusalReason,
+  Timeline,
+} from "./metrics.ts";
+export type {
+  UpstreamHost as WorkerUpstreamHost,
+  UpstreamStatus as WorkerUpstreamStatus,
+} from "./upstream_status.ts";
 export type { ConnectOptions } from "./_connect.ts";
 export type {
   Adjust,

@@ -21,7 +21,9 @@ export interface UpstreamHost {
 
 /** The `upstream` field of a worker heartbeat, cleaned. */
 export interface UpstreamStatus {
+  /** By host name. */
   hosts: Record<string, UpstreamHost>;
+  /** The market cache's counters; null when the worker did not say. */
   cache: { hits: number; misses: number } | null;
 }
 
