@@ -458,8 +458,10 @@ export class Guard {
     } catch {
       return this.#drop(tracked);
     }
-    const up = conn.readable.pipeTo(upstream.writable).catch(() => {});
-    const down = upstream.readable.pipeTo(conn.writable).catch(() => {});
+    // Plain read/write with one buffer per direction: web-streams pipeTo cost the broker ~50
+    // to ~100 us of CPU per request at full load (bench: broker against broker-noguard).
+    const up = pump(conn, upstream);
+    const down = pump(upstream, conn);
     await Promise.race([up, down]);
     this.#closeConn(conn);
     this.#closeConn(upstream);
@@ -476,5 +478,21 @@ export class Guard {
     await this.#loop;
     for (const t of [...this.#open]) this.#drop(t);
     await Promise.all([...this.#tasks]);
+  }
+}
+
+/** Copies `from` to `to` until `from` ends or either fails. */
+async function pump(from: Deno.Conn, to: Deno.Conn): Promise<void> {
+  const buffer = new Uint8Array(64 * 1024);
+  try {
+    for (;;) {
+      const n = await from.read(buffer);
+      if (n === null) return;
+      for (let done = 0; done < n;) {
+        done += await to.write(buffer.subarray(done, n));
+      }
+    }
+  } catch {
+    // One side closed: the caller closes both.
   }
 }
