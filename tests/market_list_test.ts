@@ -212,3 +212,18 @@ Deno.test("minute periods - a provider chain without eastmoney answers INVALID_P
   );
   market.close();
 });
+
+Deno.test("list_symbols - one caller giving up does not fail another waiting for the same list", async () => {
+  await using fake = await startFakeEastmoney({ latencyMs: 30 });
+  const market = serviceFor(fake.url);
+  const quitter = new AbortController();
+  const first = market.listSymbols({ symbol_type: "etf" }, quitter.signal);
+  const second = market.listSymbols({ symbol_type: "etf" });
+  quitter.abort(new Error("gave up"));
+  await assert.rejects(first, { message: "gave up" });
+  const list = await second;
+  assert.ok(list.success && !list.cached, JSON.stringify(list));
+  assert.equal(list.count, fakeListings().etf.length);
+  assert.equal(fake.calls, 3, "one fetch for both callers");
+  market.close();
+});

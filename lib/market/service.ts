@@ -496,6 +496,7 @@ export function createMarketService(
     }),
     close: () => {
       closed = true;
+      lister?.close();
       for (const flight of flights.values()) {
         flight.controller.abort(
           new UpstreamUnavailableError("", "Market service is closed"),

@@ -64,6 +64,20 @@ export interface SymbolLister {
   readonly host: string;
   /** Every listed symbol of `symbolType`, from today's cache or from Eastmoney. */
   list(symbolType: SymbolType, signal: AbortSignal): Promise<SymbolList>;
+  /** Cancels list fetches in flight. */
+  close(): void;
+}
+
+/** `promise`, or a rejection with `signal.reason` as soon as `signal` aborts. */
+function untilAborted<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(resolve, reject).finally(() =>
+      signal.removeEventListener("abort", onAbort)
+    );
+  });
 }
 
 interface Stored {
@@ -81,6 +95,7 @@ export function createSymbolLister(options: SymbolListerOptions): SymbolLister {
   const memory = new Map<SymbolType, Stored>();
   const flights = new Map<SymbolType, Promise<Stored>>();
   const dir = options.cacheDir?.replace(/\/+$/, "");
+  const closing = new AbortController();
 
   async function page(
     symbolType: SymbolType,
@@ -222,7 +237,9 @@ export function createSymbolLister(options: SymbolListerOptions): SymbolLister {
     }
     let flight = flights.get(symbolType);
     if (flight === undefined) {
-      flight = fetchList(symbolType, signal).then(async (fresh) => {
+      // One fetch for every caller, not tied to the first caller's signal: one caller giving up
+      // must not fail the others. `close()` ends it.
+      flight = fetchList(symbolType, closing.signal).then(async (fresh) => {
         remember(fresh);
         await writeDisk(fresh);
         return fresh;
@@ -230,9 +247,9 @@ export function createSymbolLister(options: SymbolListerOptions): SymbolLister {
       flights.set(symbolType, flight);
       flight.catch(() => {}).finally(() => flights.delete(symbolType));
     }
-    const fresh = await flight;
+    const fresh = await untilAborted(flight, signal);
     return { symbolType, symbols: fresh.symbols, cached: false };
   }
 
-  return { host, list };
+  return { host, list, close: () => closing.abort(new Error("Closed")) };
 }
