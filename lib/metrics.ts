@@ -16,6 +16,7 @@
 
 import { Counter, Gauge, Registry } from "npm:prom-client@15.1.3";
 import { ErrorCode } from "./errors.ts";
+import type { GuardStats } from "./guard.ts";
 import type { Clock, WorkerRecord } from "./registry.ts";
 import type { UpstreamHost } from "./upstream_status.ts";
 
@@ -151,6 +152,7 @@ export class Metrics {
   #series = new Map<string, Series>();
   #other = new Series();
   #source: MetricsSource | undefined;
+  #guard: (() => Record<PortName, GuardStats> | undefined) | undefined;
   #connections: Record<PortName, number> = { worker: 0, requester: 0 };
   #refusals = new Map<string, number>();
   #batches = new Map<string, BatchView>();
@@ -185,6 +187,11 @@ export class Metrics {
   /** Sets what is read at scrape time. */
   attach(source: MetricsSource): void {
     this.#source = source;
+  }
+
+  /** Sets where the ports' connection guards report what they refused (see `guard.ts`). */
+  attachGuard(stats: () => Record<PortName, GuardStats> | undefined): void {
+    this.#guard = stats;
   }
 
   /**
@@ -673,6 +680,49 @@ export class Metrics {
         for (const [key, n] of m.#refusals) {
           const [port, reason] = key.split("\n");
           this.inc({ port, reason }, n);
+        }
+        const guard = m.#guard?.();
+        if (!guard) return;
+        for (const port of ["worker", "requester"] as const) {
+          const g = guard[port];
+          this.inc(
+            { port, reason: "per_address_limit" },
+            g.refused_per_address,
+          );
+          this.inc({ port, reason: "open_connection_limit" }, g.refused_total);
+          this.inc({ port, reason: "header_timeout" }, g.header_timeouts);
+          this.inc({ port, reason: "oversized_head" }, g.oversized_heads);
+          this.inc({ port, reason: "evicted" }, g.evicted);
+        }
+      },
+    });
+    new Counter({
+      name: "switchyard_accept_errors_total",
+      help: "Errors accepting TCP connections (such as EMFILE), by port",
+      labelNames: ["port"],
+      registers,
+      collect() {
+        this.reset();
+        const guard = m.#guard?.();
+        if (!guard) return;
+        for (const port of ["worker", "requester"] as const) {
+          this.inc({ port }, guard[port].accept_errors);
+        }
+      },
+    });
+    new Gauge({
+      name: "switchyard_tcp_connections",
+      help:
+        "Open TCP connections by port and state (pending: no complete request head yet; open: all)",
+      labelNames: ["port", "state"],
+      registers,
+      collect() {
+        this.reset();
+        const guard = m.#guard?.();
+        if (!guard) return;
+        for (const port of ["worker", "requester"] as const) {
+          this.set({ port, state: "open" }, guard[port].open);
+          this.set({ port, state: "pending" }, guard[port].pending);
         }
       },
     });

@@ -318,6 +318,10 @@ export function startServer(options: ServerOptions = {}): RunningServer {
   const stopListening = async () => {
     await Promise.all([workerServer.shutdown(), requesterServer.shutdown()]);
   };
+  if (workerServer.stats && requesterServer.stats) {
+    const [w, r] = [workerServer.stats, requesterServer.stats];
+    broker.metrics.attachGuard(() => ({ worker: w(), requester: r() }));
+  }
   return {
     broker,
     port,

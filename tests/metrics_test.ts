@@ -368,3 +368,47 @@ Deno.test("metrics - commands offered by no one share one series, up to the cap"
     );
   });
 });
+
+Deno.test("metrics - connections the guard refused are counted by port and reason", async () => {
+  await using server = startTestServer({ maxPerAddress: 2 });
+  const conns: Deno.Conn[] = [];
+  try {
+    for (let i = 0; i < 3; i++) {
+      conns.push(
+        await Deno.connect({ hostname: "127.0.0.1", port: server.port }),
+      );
+    }
+    // The third connection from this address is one too many on the worker port.
+    const refused = async () =>
+      value(
+        await scrape(server.requesterPort),
+        "switchyard_connection_refusals_total",
+        {
+          port: "worker",
+          reason: "per_address_limit",
+        },
+      );
+    // The guard refuses as it accepts: poll, bounded, until the count shows it.
+    for (let i = 0; i < 200 && await refused() === 0; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    assert.equal(await refused(), 1);
+    const samples = await scrape(server.requesterPort);
+    assert.equal(
+      value(samples, "switchyard_tcp_connections", {
+        port: "worker",
+        state: "pending",
+      }),
+      2,
+    );
+    assert.equal(
+      value(samples, "switchyard_connection_refusals_total", {
+        port: "requester",
+        reason: "per_address_limit",
+      }),
+      0,
+    );
+  } finally {
+    for (const conn of conns) conn.close();
+  }
+});
