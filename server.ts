@@ -5,6 +5,8 @@
  * @module
  */
 
+import { RUNTIME_FRAME_CAP } from "./lib/_frame_size.ts";
+import { DEFAULT_WORKER_FRAME_BYTES } from "./lib/broker/options.ts";
 import { parseArgs } from "node:util";
 import { STRATEGIES, type Strategy } from "./lib/balancer.ts";
 import { runStdinConsole, serverCommand } from "./lib/console.ts";
@@ -42,8 +44,9 @@ Options:
   --queue-timeout S        longest wait for a free worker before "Server busy" (default: deadline)
   --max-attempts N         workers one request may try on failover (default 3)
   --max-in-flight N        requests in flight per requester connection (default 1000)
-  --max-frame BYTES        largest requester frame (default 1048576)
-  --max-worker-frame BYTES largest worker frame (default 67108864)
+  --max-frame BYTES        largest requester frame, UTF-8 bytes (default 1048576)
+  --max-worker-frame BYTES largest worker frame, UTF-8 bytes (default 66060288; both limits
+                           must stay below Deno's 67108864-byte message cap)
   --max-batch N            items in one get_markets batch (default 10000)
   --max-connections N      WebSocket connections per port (default 10000)
   --max-open-connections N TCP connections per port, upgraded or not (default: from the
@@ -70,6 +73,17 @@ Options:
   --log-format FORMAT      text | json (default text)
   -h, --help               this text
 `;
+
+function frameFlag(name: string, bytes: number): number {
+  if (bytes >= RUNTIME_FRAME_CAP) {
+    throw new FlagError(
+      `Invalid --${name} ${bytes}: Deno closes a connection on a message of ${RUNTIME_FRAME_CAP} bytes or more before the server sees it, so the limit must be at most ${
+        RUNTIME_FRAME_CAP - 1
+      }`,
+    );
+  }
+  return bytes;
+}
 
 function options(
   args: string[],
@@ -177,8 +191,14 @@ function options(
       : seconds("queue-timeout", 0),
     maxAttempts: count("max-attempts", 3),
     maxInFlightPerConnection: count("max-in-flight", 1000),
-    maxRequesterFrameBytes: count("max-frame", 1024 * 1024),
-    maxWorkerFrameBytes: count("max-worker-frame", 64 * 1024 * 1024),
+    maxRequesterFrameBytes: frameFlag(
+      "max-frame",
+      count("max-frame", 1024 * 1024),
+    ),
+    maxWorkerFrameBytes: frameFlag(
+      "max-worker-frame",
+      count("max-worker-frame", DEFAULT_WORKER_FRAME_BYTES),
+    ),
     maxBatchItems: count("max-batch", 10_000),
     maxConnections: count("max-connections", 10_000),
     maxOpenConnections: values["max-open-connections"] === undefined

@@ -27,7 +27,10 @@ export interface WorkerLoad {
   ewmaMs?: number;
   /** Smoothed failure rate in [0, 1], already decayed for the time since the last failure. */
   failureRate: number;
+  /** Earns new work: heard from, not silent while holding work, no recent timeout. */
   healthy: boolean;
+  /** Unhealthy for a timeout only, and due one request to show that it answers again. */
+  probe?: boolean;
   draining: boolean;
   /** The actions the worker offers; `null` when it never said, meaning all of them. */
   actions: ReadonlySet<string> | null;
@@ -38,9 +41,19 @@ export function offers(worker: WorkerLoad, action: string): boolean {
   return worker.actions === null || worker.actions.has(action);
 }
 
+/**
+ * The health predicate every placement uses (single requests, batches): whether the worker earns
+ * new work now. A worker loses it when its heartbeats stop, when it holds work and stays silent,
+ * or when a request of its times out; it gets it back by being heard from, or by answering.
+ */
+export function isHealthy(worker: WorkerLoad): boolean {
+  return worker.healthy;
+}
+
 /** Whether a worker may take one more `action` request now. */
 export function isCandidate(worker: WorkerLoad, action: string): boolean {
-  return worker.healthy && !worker.draining &&
+  return (worker.healthy || (worker.probe === true && worker.inFlight === 0)) &&
+    !worker.draining &&
     worker.inFlight < worker.maxConcurrency &&
     offers(worker, action);
 }

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { isCandidate, offers, rendezvousOrder } from "./balancer.ts";
+import { isCandidate, isHealthy, offers, rendezvousOrder } from "./balancer.ts";
 import { Cancellation, type CancelSignal } from "./_cancel.ts";
 import type { Dispatcher, Peer } from "./dispatcher.ts";
 import { RETRIABLE_RESULT_CODES } from "./dispatcher.ts";
@@ -287,9 +287,13 @@ export async function runBatch(
     } else pending.push(i);
   });
   const eligibleOf = () => {
-    const all = dispatcher.registry.all().filter((w) =>
-      offers(w, BATCH_COMMAND) && !w.draining && w.healthy
+    // The same health as single requests (isHealthy): no item to a worker with recent timeouts
+    // or silent while holding work, unless no healthy worker is left.
+    const offering = dispatcher.registry.all().filter((w) =>
+      offers(w, BATCH_COMMAND) && !w.draining
     );
+    let all = offering.filter(isHealthy);
+    if (all.length === 0) all = offering.filter((w) => w.mayProbe);
     const open = all.filter((w) => !avoid.has(w.id) && !w.blocked);
     return open.length > 0 ? open : all.filter((w) => !avoid.has(w.id));
   };

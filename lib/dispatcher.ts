@@ -265,6 +265,8 @@ export class Dispatcher {
       return false;
     }
     this.#release(worker, job);
+    // It answers: whatever a timeout or silence took from it, it earns back.
+    worker.answered();
     const elapsed = this.clock.now() - job.startedAt;
     if (!response.success) {
       const code = response.error_code ?? ErrorCode.WORKER_ERROR;
@@ -354,7 +356,11 @@ export class Dispatcher {
     this.#release(worker, job);
     job.excluded.add(worker.id);
     job.lastError = new WorkerError(reason, ErrorCode.WORKER_LOST);
-    if (this.#mayRetry(job) && this.#hasOtherWorker(job)) {
+    // A worker's `non_retriable` covers the requests that worker held, no one else's.
+    if (
+      this.#mayRetry(job) && !worker.nonRetriable.has(job.command) &&
+      this.#hasOtherWorker(job)
+    ) {
       log.info(
         "Re-dispatching {command} after worker {worker} lost it (attempt {attempt})",
         {
@@ -397,7 +403,30 @@ export class Dispatcher {
     }
   }
 
-  /** Marks an action as not safe to run twice (a worker said so when it registered). */
+  /**
+   * A worker holds work and has been silent past the stall timeout (frozen, or cut off without
+   * a close): its retriable requests that it has held at least `olderThanMs` move to other
+   * workers, as if it had left; a late answer from it is dropped. Returns how many moved.
+   */
+  resendStalled(worker: Peer, olderThanMs: number, reason: string): number {
+    const now = this.clock.now();
+    let moved = 0;
+    for (const [msgId, job] of [...worker.jobs]) {
+      if (now - job.startedAt < olderThanMs) continue;
+      if (
+        !this.#mayRetry(job) || worker.nonRetriable.has(job.command) ||
+        !this.#hasOtherWorker(job)
+      ) continue;
+      worker.abandoned.add(msgId);
+      this.#tell(worker, msgId, reason);
+      this.#orphan(worker, job, `Worker '${worker.id}' stalled: ${reason}`);
+      moved++;
+    }
+    if (moved > 0) this.pump();
+    return moved;
+  }
+
+  /** Marks an action as not safe to run twice, on every worker (the server's own list). */
   markNonRetriable(action: string): void {
     this.#nonRetriable.add(action);
   }
@@ -477,7 +506,10 @@ export class Dispatcher {
 
   #anyRoom(): boolean {
     for (const w of this.registry.all()) {
-      if (w.healthy && !w.draining && w.inFlight < w.maxConcurrency) {
+      if (
+        (w.healthy || (w.mayProbe && w.inFlight === 0)) &&
+        !w.draining && w.inFlight < w.maxConcurrency
+      ) {
         return true;
       }
     }
@@ -498,7 +530,18 @@ export class Dispatcher {
         if (w && isCandidate(w, job.command)) return w;
       }
     }
-    return this.balancer.pick(offering, job.command);
+    return this.balancer.pick(offering, job.command) ??
+      this.#probeWhenNoneHealthy(offering);
+  }
+
+  /** With no healthy worker to offer the action, one that only timed out gets one request. */
+  #probeWhenNoneHealthy(offering: readonly Peer[]): Peer | undefined {
+    let probe: Peer | undefined;
+    for (const w of offering) {
+      if (w.healthy && !w.draining) return undefined;
+      if (!probe && w.mayProbe && !w.draining && w.inFlight === 0) probe = w;
+    }
+    return probe;
   }
 
   #noWorkers(job: Job): SwitchyardError {
@@ -607,8 +650,10 @@ export class Dispatcher {
     if (job.done) return;
     const worker = job.worker;
     if (worker && job.msgId) {
-      // A worker that sits on a request past its deadline looks slow and unreliable from now on.
+      // A worker that sits on a request past its deadline looks slow and unreliable from now on,
+      // and gets no new work until it answers one in time.
       worker.recordFailure();
+      worker.timedOutAt = this.clock.now() || 1;
       worker.ewmaMs = Math.max(
         worker.ewmaMs ?? 0,
         this.clock.now() - job.startedAt,

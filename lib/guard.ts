@@ -180,7 +180,7 @@ export class Guard {
   #closed = false;
   #loop: Promise<void>;
   #tasks = new Set<Promise<void>>();
-  #logTimer: ReturnType<typeof setInterval>;
+  #logTimer: ReturnType<typeof setInterval> | undefined;
 
   constructor(options: GuardOptions) {
     this.#o = options;
@@ -468,14 +468,22 @@ export class Guard {
     await Promise.all([up, down]);
   }
 
+  /** Stops accepting: the port is free again; open connections stay. */
+  async stopAccepting(): Promise<void> {
+    if (!this.#closed) {
+      this.#closed = true;
+      this.#listener.close();
+    }
+    await this.#loop;
+  }
+
   /** Stops accepting and closes every connection. */
   async close(): Promise<void> {
-    if (this.#closed) return;
-    this.#closed = true;
+    if (this.#logTimer === undefined) return;
     clearInterval(this.#logTimer);
+    this.#logTimer = undefined;
     this.flushLog();
-    this.#listener.close();
-    await this.#loop;
+    await this.stopAccepting();
     for (const t of [...this.#open]) this.#drop(t);
     await Promise.all([...this.#tasks]);
   }

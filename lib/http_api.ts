@@ -167,14 +167,16 @@ class TooLarge extends Error {}
 
 async function readBody(req: Request, max: number): Promise<string> {
   const declared = Number(req.headers.get("content-length"));
-  if (Number.isFinite(declared) && declared > max * 4) throw new TooLarge();
+  if (Number.isFinite(declared) && declared > max) throw new TooLarge();
   if (!req.body) return "";
   const decoder = new TextDecoder();
   let text = "";
+  let bytes = 0;
   for await (const chunk of req.body) {
+    // The limit is in bytes, as on a WebSocket.
+    bytes += chunk.length;
+    if (bytes > max) throw new TooLarge();
     text += decoder.decode(chunk, { stream: true });
-    // Four UTF-8 bytes at most per character: past that the text is surely too long.
-    if (text.length > max) throw new TooLarge();
   }
   return text + decoder.decode();
 }
@@ -270,7 +272,7 @@ export class HttpApi {
         return failure(
           413,
           ErrorCode.FRAME_TOO_LARGE,
-          `Request body too large (limit ${this.#runner.maxFrameBytes} characters)`,
+          `Request body too large (limit ${this.#runner.maxFrameBytes} bytes)`,
         );
       }
       throw error;

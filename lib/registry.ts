@@ -7,6 +7,7 @@
  */
 
 import type { WorkerLoad } from "./balancer.ts";
+import { ErrorCode, ProtocolError } from "./errors.ts";
 import type { UpstreamStatus } from "./upstream_status.ts";
 
 /** A clock in ms; inject one in tests. */
@@ -16,6 +17,23 @@ export interface Clock {
 
 /** The wall clock. */
 export const systemClock: Clock = { now: () => Date.now() };
+
+/**
+ * Bounds on what a worker may say of itself in `connect`: past one, the registration is refused
+ * with an `error` frame naming the field, and nothing of it is applied.
+ */
+export const REGISTRATION_LIMITS = {
+  /** Characters of `name` and of `version`. */
+  text: 200,
+  /** Entries of `actions` and of `non_retriable`. */
+  listEntries: 1000,
+  /** Characters of one action name. */
+  actionName: 200,
+  /** Characters of `host` as JSON. */
+  hostJson: 4096,
+  /** The largest `weight`: a worker with more to give says so with `max_concurrency`. */
+  weight: 100,
+} as const;
 
 /** What a worker says of itself in its `connect` frame. */
 export interface WorkerRegistration {
@@ -61,6 +79,9 @@ const LATENCY_ALPHA = 0.3;
 const FAILURE_ALPHA = 0.25;
 const FAILURE_HALF_LIFE_MS = 30_000;
 
+/** How long a worker whose request timed out waits before it may take one request again, in ms. */
+export const PROBE_AFTER_MS = 5000;
+
 /** One connected worker: its registration, its live load and its record. */
 export class WorkerRecord implements WorkerLoad {
   readonly id: string;
@@ -87,6 +108,14 @@ export class WorkerRecord implements WorkerLoad {
   lastSeen: number;
   /** Whether the worker ever sent a heartbeat; only those are judged by heartbeat silence. */
   heartbeats = false;
+  /** Attached to another server of a cluster, which judges its silence. */
+  readonly remote: boolean = false;
+  /** Silent past the silence limit while holding work: no new work until its next frame. */
+  silent = false;
+  /** When one of its requests last passed its deadline; 0 once it answered in time since. */
+  timedOutAt = 0;
+  /** Actions this worker said must not run twice; they apply to its own requests only. */
+  nonRetriable: ReadonlySet<string> = new Set();
   #failureRate = 0;
   #failureAt = 0;
   #clock: Clock;
@@ -104,8 +133,29 @@ export class WorkerRecord implements WorkerLoad {
     this.maxConcurrency = options.defaultConcurrency;
   }
 
+  /**
+   * Whether the worker earns new work: heard from (heartbeats), not silent while holding work,
+   * and no request of its timed out since it last answered one in time.
+   */
   get healthy(): boolean {
-    return !this.unhealthy;
+    return !this.unhealthy && !this.silent && this.timedOutAt === 0;
+  }
+
+  /**
+   * A worker whose requests timed out gets one request at a time again after
+   * {@linkcode PROBE_AFTER_MS}: answering it in time makes it healthy again.
+   */
+  get probe(): boolean {
+    return this.mayProbe &&
+      this.#clock.now() - this.timedOutAt >= PROBE_AFTER_MS;
+  }
+
+  /**
+   * Unhealthy only for a timeout (still heard from, not silent): when no healthy worker offers
+   * an action, such a worker takes one request at a time of it rather than none.
+   */
+  get mayProbe(): boolean {
+    return this.timedOutAt !== 0 && !this.unhealthy && !this.silent;
   }
 
   get failureRate(): number {
@@ -120,28 +170,81 @@ export class WorkerRecord implements WorkerLoad {
       this.blockedUntil > this.#clock.now();
   }
 
-  /** Applies a `connect` frame's data, ignoring fields of the wrong type. */
+  /**
+   * Applies a `connect` frame's data, ignoring fields of the wrong type. Throws a
+   * {@linkcode ProtocolError} (and applies nothing) when a field passes its
+   * {@linkcode REGISTRATION_LIMITS} bound; `weight` and `max_concurrency` are capped instead.
+   */
   register(data: WorkerRegistration, maxConcurrencyCap: number): void {
+    const limits = REGISTRATION_LIMITS;
+    const tooLarge = (field: string, detail: string) =>
+      new ProtocolError(
+        ErrorCode.INVALID_FIELD,
+        `Field '${field}' of connect is too large: ${detail}`,
+      );
+    for (const field of ["name", "version"] as const) {
+      const value = data[field];
+      if (typeof value === "string" && value.length > limits.text) {
+        throw tooLarge(
+          field,
+          `${value.length} characters (limit ${limits.text})`,
+        );
+      }
+    }
+    const lists: Record<string, string[] | undefined> = {};
+    for (const field of ["actions", "non_retriable"] as const) {
+      const value = data[field];
+      if (!Array.isArray(value)) continue;
+      if (value.length > limits.listEntries) {
+        throw tooLarge(
+          field,
+          `${value.length} entries (limit ${limits.listEntries})`,
+        );
+      }
+      const names = value.filter((a): a is string => typeof a === "string");
+      const long = names.find((a) => a.length > limits.actionName);
+      if (long !== undefined) {
+        throw tooLarge(
+          field,
+          `an entry of ${long.length} characters (limit ${limits.actionName})`,
+        );
+      }
+      lists[field] = names;
+    }
+    let host: unknown = undefined;
+    if (data.host !== undefined) {
+      const json = JSON.stringify(data.host) ?? "";
+      if (json.length > limits.hostJson) {
+        throw tooLarge(
+          "host",
+          `${json.length} characters of JSON (limit ${limits.hostJson})`,
+        );
+      }
+      host = JSON.parse(json || "null");
+    }
     this.registered = true;
     if (typeof data.name === "string" && data.name.trim() !== "") {
-      this.name = data.name.trim().slice(0, 100);
+      this.name = data.name.trim();
     }
     if (
       typeof data.weight === "number" && data.weight > 0 &&
       Number.isFinite(data.weight)
     ) {
-      this.weight = Math.min(data.weight, 1000);
+      this.weight = Math.min(data.weight, limits.weight);
     }
     if (Number.isInteger(data.max_concurrency) && data.max_concurrency! > 0) {
       this.maxConcurrency = Math.min(data.max_concurrency!, maxConcurrencyCap);
     }
-    if (Array.isArray(data.actions)) {
-      this.actions = new Set(data.actions.filter((a) => typeof a === "string"));
-    }
-    if (typeof data.version === "string") {
-      this.version = data.version.slice(0, 100);
-    }
-    if (data.host !== undefined) this.host = data.host;
+    if (lists.actions) this.actions = new Set(lists.actions);
+    if (lists.non_retriable) this.nonRetriable = new Set(lists.non_retriable);
+    if (typeof data.version === "string") this.version = data.version;
+    if (data.host !== undefined) this.host = host;
+  }
+
+  /** The worker answered a request in time: it earns new work again. */
+  answered(): void {
+    this.timedOutAt = 0;
+    this.silent = false;
   }
 
   recordSuccess(elapsedMs: number): void {

@@ -143,6 +143,8 @@ class InnerServer {
 
 interface Port {
   port: number;
+  /** Frees the port for a new server; open connections stay until `shutdown`. */
+  stopAccepting(): Promise<void>;
   shutdown(): Promise<void>;
   finished: Promise<void>;
   stats?: () => GuardStats;
@@ -193,6 +195,7 @@ function listenGuarded(
     port: guard.port,
     finished: inner.finished,
     stats: () => guard.stats(),
+    stopAccepting: () => guard.stopAccepting(),
     async shutdown() {
       await guard.close();
       await inner.shutdown();
@@ -216,6 +219,7 @@ function listenPlain(
       log.error("HTTP server stopped: {error}", { error });
     }),
     shutdown: () => server.shutdown(),
+    stopAccepting: () => Promise.resolve(),
   };
 }
 
@@ -334,6 +338,12 @@ export function startServer(options: ServerOptions = {}): RunningServer {
       await stopListening();
     },
     async close() {
+      // New connections are refused at once (so clients back off and the port is free for a
+      // restart) while the open ones are closed in order.
+      await Promise.all([
+        workerServer.stopAccepting(),
+        requesterServer.stopAccepting(),
+      ]);
       await broker.close();
       await stopListening();
     },

@@ -368,7 +368,7 @@ const requesterCases: RequesterCase[] = [
       data: "x".repeat(500),
     }),
     requestId: "r8",
-    error: /^Frame too large: \d+ characters \(limit 200\)$/,
+    error: /^Frame too large: \d+ bytes \(limit 200\)$/,
     code: "FRAME_TOO_LARGE",
     options: { maxRequesterFrameBytes: 200 },
   },
@@ -552,7 +552,7 @@ const workerCases: WorkerCase[] = [
     name: "a frame over the size limit",
     frame: JSON.stringify({ type: "custom", data: "x".repeat(2000) }),
     code: "FRAME_TOO_LARGE",
-    error: /^Frame too large: \d+ characters \(limit 1000\)$/,
+    error: /^Frame too large: \d+ bytes \(limit 1000\)$/,
     options: { maxWorkerFrameBytes: 1000 },
   },
   {

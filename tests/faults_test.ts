@@ -515,7 +515,7 @@ Deno.test("limits - a 2 MB worker answer passes; a 2 MB requester frame is FRAME
     assert.equal(refused.error_code, "FRAME_TOO_LARGE");
     assert.match(
       refused.error,
-      /^Frame too large: \d+ characters \(limit 1048576\)$/,
+      /^Frame too large: \d+ bytes \(limit 1048576\)$/,
     );
     requester.send({ request_id: "after", command: "get_time" });
     assert.equal((await requester.answer("after")).success, true);

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { RUNTIME_FRAME_CAP } from "../_frame_size.ts";
 import type { ActionHandler } from "../action.ts";
 import type { Strategy } from "../balancer.ts";
 import type { Dispatcher } from "../dispatcher.ts";
@@ -36,6 +37,18 @@ export interface BrokerOptions {
   heartbeatTimeoutMs?: number;
   /** Heartbeat silence after which a worker is dropped, in ms. @default 60000 */
   cleanupIntervalMs?: number;
+  /**
+   * Silence of a worker that holds work after which it gets no new work until its next frame,
+   * in ms. Judged on each sweep, so the worker stops getting work within this plus
+   * `sweepIntervalMs`. @default 2000
+   */
+  silenceMs?: number;
+  /**
+   * Silence of a worker that holds work after which its retriable requests are re-sent to other
+   * workers, in ms (see `docs/delivery.md` for the duplicate-execution trade-off); 0 never.
+   * @default 1.5 × heartbeatIntervalMs (15000)
+   */
+  stallTimeoutMs?: number;
   /** WebSocket idle timeout in seconds: pings after half, closes after all. @default 30 */
   idleTimeoutSeconds?: number;
   /** Requests waiting for a free worker before `Server busy`. @default 1000 */
@@ -46,9 +59,16 @@ export interface BrokerOptions {
   queueTimeoutMs?: number;
   /** Requests in flight on one requester connection. @default 1000 */
   maxInFlightPerConnection?: number;
-  /** Largest requester frame, in bytes. @default 1048576 */
+  /**
+   * Largest requester frame, in bytes of UTF-8; must be below Deno's own 64 MiB message cap
+   * ({@linkcode RUNTIME_FRAME_CAP}) so that a larger frame is answered `FRAME_TOO_LARGE`.
+   * @default 1048576
+   */
   maxRequesterFrameBytes?: number;
-  /** Largest worker frame, in bytes (market answers are large). @default 67108864 */
+  /**
+   * Largest worker frame, in bytes of UTF-8 (market answers are large); below Deno's cap too.
+   * @default 66060288 (63 MiB)
+   */
   maxWorkerFrameBytes?: number;
   /** Items in one `get_markets` batch. @default 10000 */
   maxBatchItems?: number;
@@ -124,6 +144,20 @@ export type ResolvedOptions = Required<
   >
 >;
 
+/** The default largest worker frame: 63 MiB, under the runtime's 64 MiB cap. */
+export const DEFAULT_WORKER_FRAME_BYTES = 63 * 1024 * 1024;
+
+function frameLimit(name: string, bytes: number): number {
+  if (!(bytes > 0) || bytes >= RUNTIME_FRAME_CAP) {
+    throw new RangeError(
+      `Invalid ${name} ${bytes}: it must be between 1 and ${
+        RUNTIME_FRAME_CAP - 1
+      } bytes, as Deno closes a connection on a message of ${RUNTIME_FRAME_CAP} bytes or more before the server sees it`,
+    );
+  }
+  return bytes;
+}
+
 /** Fills in the defaults. */
 export function resolveOptions(options: BrokerOptions): ResolvedOptions {
   const heartbeatIntervalMs = options.heartbeatIntervalMs ?? 10_000;
@@ -133,12 +167,20 @@ export function resolveOptions(options: BrokerOptions): ResolvedOptions {
     heartbeatIntervalMs,
     heartbeatTimeoutMs: options.heartbeatTimeoutMs ?? 3 * heartbeatIntervalMs,
     cleanupIntervalMs: options.cleanupIntervalMs ?? 60_000,
+    silenceMs: options.silenceMs ?? 2000,
+    stallTimeoutMs: options.stallTimeoutMs ?? 1.5 * heartbeatIntervalMs,
     idleTimeoutSeconds: options.idleTimeoutSeconds ?? 30,
     maxQueue: options.maxQueue ?? 1000,
     maxAttempts: options.maxAttempts ?? 3,
     maxInFlightPerConnection: options.maxInFlightPerConnection ?? 1000,
-    maxRequesterFrameBytes: options.maxRequesterFrameBytes ?? 1024 * 1024,
-    maxWorkerFrameBytes: options.maxWorkerFrameBytes ?? 64 * 1024 * 1024,
+    maxRequesterFrameBytes: frameLimit(
+      "maxRequesterFrameBytes",
+      options.maxRequesterFrameBytes ?? 1024 * 1024,
+    ),
+    maxWorkerFrameBytes: frameLimit(
+      "maxWorkerFrameBytes",
+      options.maxWorkerFrameBytes ?? DEFAULT_WORKER_FRAME_BYTES,
+    ),
     maxBatchItems: options.maxBatchItems ?? 10_000,
     maxAnswerBytes: options.maxAnswerBytes ?? 200 * 1024 * 1024,
     maxBufferedBytes: options.maxBufferedBytes ?? 16 * 1024 * 1024,

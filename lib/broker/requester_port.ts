@@ -6,6 +6,7 @@
  * @module
  */
 
+import { overBytes, utf8Bytes } from "../_frame_size.ts";
 import { Cancellation, type CancelSignal } from "../_cancel.ts";
 import { BATCH_COMMAND, readBatchItems, runBatch } from "../batch.ts";
 import type { Outcome } from "../dispatcher.ts";
@@ -75,7 +76,7 @@ export class RequesterPort implements RequestRunner {
     this.handle = this.handle.bind(this);
   }
 
-  /** Largest requester frame, in characters. */
+  /** Largest requester frame, in bytes. */
   get maxFrameBytes(): number {
     return this.#core.options.maxRequesterFrameBytes;
   }
@@ -360,13 +361,15 @@ export class RequesterPort implements RequestRunner {
         "Binary frames are not supported: send a JSON text frame",
       );
     }
-    if (raw.length > this.#core.options.maxRequesterFrameBytes) {
+    if (overBytes(raw, this.#core.options.maxRequesterFrameBytes)) {
       const id = REQUEST_ID_PEEK.exec(raw.slice(0, 1000))?.[1] ?? null;
       return this.#reject(
         peer,
         id,
         ErrorCode.FRAME_TOO_LARGE,
-        `Frame too large: ${raw.length} characters (limit ${this.#core.options.maxRequesterFrameBytes})`,
+        `Frame too large: ${
+          utf8Bytes(raw)
+        } bytes (limit ${this.#core.options.maxRequesterFrameBytes})`,
       );
     }
     let request: RequesterRequest;

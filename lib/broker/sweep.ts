@@ -1,6 +1,8 @@
 /**
  * The sweep: what runs on a timer rather than on a frame. It expires requests that waited too
- * long for a worker and judges workers by heartbeat silence: first no new work, later dropped.
+ * long for a worker and judges workers by silence: a worker silent while it holds work gets no
+ * new work, and past the stall timeout its retriable requests move to other workers; a worker
+ * whose heartbeats stop gets no new work, and later is dropped.
  *
  * @module
  */
@@ -20,7 +22,31 @@ export function sweep(
 ): void {
   core.dispatcher.expireQueued();
   const now = core.clock.now();
+  const { silenceMs, stallTimeoutMs } = core.options;
   for (const worker of core.dispatcher.registry.all()) {
+    if (worker.inFlight > 0 && !worker.remote) {
+      const quiet = now - worker.lastSeen;
+      if (quiet > silenceMs && !worker.silent) {
+        log.warn(
+          "Worker {id} holds {n} requests and has been silent for {ms} ms: no new work until it is heard from",
+          { id: worker.id, n: worker.inFlight, ms: quiet },
+        );
+        worker.silent = true;
+      }
+      if (stallTimeoutMs > 0 && quiet > stallTimeoutMs) {
+        const moved = core.dispatcher.resendStalled(
+          worker,
+          stallTimeoutMs,
+          `silent for ${Math.round(quiet / 1000)} s while holding work`,
+        );
+        if (moved > 0) {
+          log.warn(
+            "Worker {id} stalled: {n} retriable requests re-sent to other workers",
+            { id: worker.id, n: moved },
+          );
+        }
+      }
+    }
     if (!worker.heartbeats) continue;
     const silent = now - worker.lastSeen;
     if (silent > core.options.cleanupIntervalMs) {

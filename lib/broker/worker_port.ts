@@ -5,6 +5,7 @@
  * @module
  */
 
+import { overBytes, utf8Bytes } from "../_frame_size.ts";
 import { Peer } from "../dispatcher.ts";
 import { ErrorCode, ProtocolError, SwitchyardError } from "../errors.ts";
 import { shortId } from "../_id.ts";
@@ -83,8 +84,10 @@ export class WorkerPort {
     }
     const worker = new Peer(id, address, (frame) => {
       const batcher = this.#batchers.get(id);
-      if (batcher) batcher.push(frame);
-      else socket.send(frame);
+      if (batcher) {
+        this.#checkReading(worker, socket);
+        batcher.push(frame);
+      } else this.#send(worker, socket, frame);
     }, {
       clock: core.clock,
       defaultConcurrency: core.options.defaultConcurrency,
@@ -148,6 +151,37 @@ export class WorkerPort {
     return response;
   }
 
+  /**
+   * Sends to a worker unless it stopped reading: past `maxBufferedBytes` unread, the worker is
+   * dropped as a requester would be, so that it cannot make the server hold its frames.
+   */
+  #send(worker: Peer, socket: WebSocket, frame: string): void {
+    this.#checkReading(worker, socket);
+    socket.send(frame);
+  }
+
+  /** Throws (and drops the worker) when its socket is closed or its unread bytes are too many. */
+  #checkReading(worker: Peer, socket: WebSocket): void {
+    if (socket.readyState !== WebSocket.OPEN) {
+      throw new Error("Worker socket is not open");
+    }
+    const limit = this.#core.options.maxBufferedBytes;
+    if (socket.bufferedAmount > limit) {
+      log.warn("Dropping worker {id}: {bytes} bytes unread (limit {limit})", {
+        id: worker.id,
+        bytes: socket.bufferedAmount,
+        limit,
+      });
+      socket.close(1008, "Too slow: frames are not being read");
+      // The close frame waits behind the unread bytes: forget the worker now.
+      this.#sockets.delete(worker.id);
+      queueMicrotask(() =>
+        this.#core.dispatcher.workerLost(worker, "frames are not being read")
+      );
+      throw new Error(`Worker ${worker.id} does not read its frames`);
+    }
+  }
+
   /** Closes a worker's socket and forgets it (the sweep drops silent workers this way). */
   disconnect(id: string, code: number, reason: string): void {
     this.#batchers.get(id)?.flush();
@@ -174,37 +208,55 @@ export class WorkerPort {
   }
 
   #workerError(
+    worker: Peer,
     socket: WebSocket,
     code: string,
     error: string,
     msgId?: string,
   ): void {
-    if (socket.readyState !== WebSocket.OPEN) return;
-    socket.send(
+    this.#trySend(
+      worker,
+      socket,
       encodeEnvelope(MessageType.ERROR, { error, code, msg_id: msgId ?? null }),
     );
+  }
+
+  /** {@linkcode #send} for replies: a worker that is gone or dropped just misses them. */
+  #trySend(worker: Peer, socket: WebSocket, frame: string): void {
+    try {
+      this.#send(worker, socket, frame);
+    } catch {
+      // Closed or dropped for not reading; said in the log once already.
+    }
   }
 
   #onWorkerFrame(worker: Peer, socket: WebSocket, raw: unknown): void {
     const core = this.#core;
     worker.lastSeen = core.clock.now();
+    if (worker.silent) {
+      worker.silent = false;
+      core.dispatcher.pump();
+    }
     if (typeof raw !== "string") {
       log.warn("Worker {id} sent a binary frame", { id: worker.id });
       return this.#workerError(
+        worker,
         socket,
         ErrorCode.BINARY_FRAME,
         "Binary frames are not supported: send JSON text",
       );
     }
-    if (raw.length > core.options.maxWorkerFrameBytes) {
-      log.warn("Worker {id} sent a frame of {size} characters", {
+    if (overBytes(raw, core.options.maxWorkerFrameBytes)) {
+      const size = utf8Bytes(raw);
+      log.warn("Worker {id} sent a frame of {size} bytes", {
         id: worker.id,
-        size: raw.length,
+        size,
       });
       return this.#workerError(
+        worker,
         socket,
         ErrorCode.FRAME_TOO_LARGE,
-        `Frame too large: ${raw.length} characters (limit ${core.options.maxWorkerFrameBytes})`,
+        `Frame too large: ${size} bytes (limit ${core.options.maxWorkerFrameBytes})`,
       );
     }
     let value: unknown;
@@ -225,7 +277,7 @@ export class WorkerPort {
       id: worker.id,
       message: error.message,
     });
-    this.#workerError(socket, error.code, error.message);
+    this.#workerError(worker, socket, error.code, error.message);
   }
 
   #onWorkerValue(worker: Peer, socket: WebSocket, value: unknown): void {
@@ -247,7 +299,7 @@ export class WorkerPort {
         id: worker.id,
         message: e.message,
       });
-      this.#workerError(socket, e.code, e.message, envelope.msg_id);
+      this.#workerError(worker, socket, e.code, e.message, envelope.msg_id);
     }
   }
 
@@ -299,6 +351,7 @@ export class WorkerPort {
             "Field 'data' of connect must be an object",
           );
         }
+        // Its `non_retriable` stays with it (Peer.nonRetriable): it covers its own requests.
         worker.register(data as WorkerRegistration, 1024);
         if (data[BATCH_ENVELOPES] === true && !this.#batchers.has(worker.id)) {
           this.#batchers.set(
@@ -307,13 +360,6 @@ export class WorkerPort {
           );
         }
         this.#uniqueName(worker);
-        if (Array.isArray(data.non_retriable)) {
-          for (const action of data.non_retriable) {
-            if (typeof action === "string") {
-              this.#core.dispatcher.markNonRetriable(action);
-            }
-          }
-        }
         log.info(
           "Worker {id} registered as {name} (weight {weight}, concurrency {max})",
           {
@@ -342,10 +388,14 @@ export class WorkerPort {
         if (data && data.upstream !== undefined) {
           worker.upstream = readUpstreamStatus(data.upstream);
         }
-        socket.send(encodeEnvelope(MessageType.HEARTBEAT, {
-          status: "alive",
-          server_time: this.#core.clock.now() / 1000,
-        }));
+        this.#trySend(
+          worker,
+          socket,
+          encodeEnvelope(MessageType.HEARTBEAT, {
+            status: "alive",
+            server_time: this.#core.clock.now() / 1000,
+          }),
+        );
         if (wasUnhealthy) {
           log.info("Worker {id} is healthy again", { id: worker.id });
           this.#core.dispatcher.pump();
@@ -363,6 +413,7 @@ export class WorkerPort {
             },
           );
           this.#workerError(
+            worker,
             socket,
             ErrorCode.UNKNOWN_REQUEST,
             `Unknown request id '${response.request_id}': no request of yours waits for it`,
@@ -459,8 +510,9 @@ export class WorkerPort {
           : ErrorCode.INVALID_DATA,
       };
     }
-    if (socket.readyState !== WebSocket.OPEN) return;
-    socket.send(
+    this.#trySend(
+      worker,
+      socket,
       encodeEnvelope(MessageType.RESPONSE, {
         request_id: envelope.msg_id,
         ...reply,

@@ -14,6 +14,7 @@ import type { WorkerState } from "./wire.ts";
 
 /** A worker of another server; see the module doc. */
 export class RemotePeer extends Peer {
+  override readonly remote = true;
   /** The id of the server the worker is attached to. */
   readonly server: string;
   /** That server's name, as listings show it. */
