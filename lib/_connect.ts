@@ -122,6 +122,18 @@ export function openSocket(
         );
         return;
       }
+      if (status === 429) {
+        // The server holds back an address after many wrong tokens: the same fix, and the same
+        // long wait before the next try.
+        reject(
+          new UnauthorizedError(
+            `Cannot connect to ${
+              redactUrl(url)
+            }: too many failed tries from this address (HTTP 429): check --token (or its environment variable)`,
+          ),
+        );
+        return;
+      }
       reject(new Error(`Cannot connect to ${redactUrl(url)}: HTTP ${status}`));
     };
     const cleanup = () => {

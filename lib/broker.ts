@@ -11,6 +11,7 @@
  * @module
  */
 
+import { AuthLimiter } from "./auth.ts";
 import type { ActionHandler } from "./action.ts";
 import { Dispatcher, type Outcome } from "./dispatcher.ts";
 import { ErrorCode, SwitchyardError } from "./errors.ts";
@@ -102,6 +103,12 @@ export class Broker {
       ports: this.#ports,
       stats: () => this.stats(),
       metrics: this.metrics,
+      auth: new AuthLimiter({
+        maxFailures: this.#o.maxAuthFailures,
+        windowMs: this.#o.authWindowMs,
+        logIntervalMs: this.#o.authLogIntervalMs,
+        clock: this.clock,
+      }),
     };
     this.#core = core;
     this.#workerPort = new WorkerPort(core, {
@@ -279,6 +286,7 @@ export class Broker {
     this.#closed = true;
     this.#draining = true;
     if (this.#sweeper !== undefined) clearInterval(this.#sweeper);
+    this.#core.auth.flush();
     this.#requesterPort.closeSite();
     this.dispatcher.failAll(
       new SwitchyardError(ErrorCode.SHUTTING_DOWN, "Server is shutting down"),

@@ -26,6 +26,7 @@ export type PortName = "worker" | "requester";
 /** Why a connection was refused. */
 export type RefusalReason =
   | "unauthorized"
+  | "rate_limited"
   | "too_many_connections"
   | "shutting_down";
 

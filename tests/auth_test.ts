@@ -1,6 +1,7 @@
 // Tokens per port: who may connect where, and that a token never leaks into the logs.
 
 import assert from "node:assert/strict";
+import net from "node:net";
 import { resetSync } from "npm:@logtape/logtape@2.4.2";
 import { setupLogging } from "../lib/log.ts";
 import { RequesterClient } from "../lib/requester_client.ts";
@@ -221,13 +222,104 @@ Deno.test("auth - tokens never appear in the logs, and a refused worker logs 'un
       await worker.stop();
       await queryWorker.stop();
     }
+    // Refusals are summed up per interval, and when the server closes.
+    await server.close();
     assert.ok(lines.length > 10, `too few log lines: ${lines.length}`);
-    assert.ok(lines.some((l) => /Refused a worker connection/.test(l)));
+    assert.ok(
+      lines.some((l) =>
+        /Refused \d+ connections with a missing or invalid token/.test(l)
+      ),
+    );
     for (const line of lines) {
       assert.equal(line.includes(WORKER_TOKEN), false, line);
       assert.equal(line.includes(REQUESTER_TOKEN), false, line);
       assert.equal(line.includes("tok-"), false, line);
     }
+  } finally {
+    resetSync();
+  }
+});
+
+/** A raw WebSocket handshake from `localAddress`; resolves with the status line. */
+function handshakeFrom(
+  port: number,
+  localAddress: string,
+  token: string,
+): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: "127.0.0.1", port, localAddress });
+    socket.on("error", reject);
+    socket.once("connect", () =>
+      socket.write(
+        `GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+          `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n` +
+          `Authorization: Bearer ${token}\r\n\r\n`,
+      ));
+    socket.once("data", (d: Uint8Array) => {
+      resolve(new TextDecoder().decode(d).split("\r\n")[0]);
+      socket.destroy();
+    });
+  });
+}
+
+Deno.test("auth - wrong tokens from one address get 429 past the limit, summed up in one log line", async () => {
+  const lines: string[] = [];
+  setupLogging({ level: "debug", write: (line) => void lines.push(line) });
+  let offset = 0;
+  const clock = { now: () => Date.now() + offset };
+  try {
+    await using server = startTestServer({
+      workerToken: WORKER_TOKEN,
+      requesterToken: REQUESTER_TOKEN,
+      maxAuthFailures: 5,
+      clock,
+    });
+    const statuses: number[] = [];
+    for (let i = 0; i < 12; i++) {
+      const res = await fetch(server.requesterUrl.replace(/^ws/, "http"), {
+        headers: { ...UPGRADE_HEADERS, authorization: `Bearer wrong-${i}` },
+      });
+      statuses.push(res.status);
+      if (res.status === 429) {
+        assert.match(await res.text(), /Too many failed tries/);
+        assert.ok(Number(res.headers.get("retry-after")) > 0);
+      } else await res.body?.cancel();
+    }
+    assert.deepEqual(statuses, [...Array(5).fill(401), ...Array(7).fill(429)]);
+    // While it waits, even the right token from that address is not looked at.
+    assert.equal(
+      (await handshakeStatus(server.requesterUrl, {
+        authorization: `Bearer ${REQUESTER_TOKEN}`,
+      })).status,
+      429,
+    );
+    // Another address is not held back by it.
+    assert.match(
+      await handshakeFrom(server.requesterPort, "127.0.0.2", REQUESTER_TOKEN),
+      /^HTTP\/1\.1 101/,
+    );
+    // The first try is said at once; the rest wait for one line once the interval has passed.
+    const summary = () =>
+      lines.filter((l) => /missing or invalid token/.test(l));
+    assert.equal(summary().length, 1, lines.join(""));
+    assert.match(summary()[0], /Refused 1 connections with a missing/);
+    server.broker.sweep();
+    assert.equal(summary().length, 1, lines.join(""));
+    offset += 10_000;
+    server.broker.sweep();
+    assert.equal(summary().length, 2, lines.join(""));
+    assert.match(
+      summary()[1],
+      /Refused 4 connections with a missing or invalid token and 8 more with 429 .* from 1 addresses, most from 127\.0\.0\.1 \(12\)/,
+    );
+    // The window passes: the address may try again.
+    offset += 60_000;
+    assert.equal(
+      (await handshakeStatus(server.requesterUrl, {
+        authorization: "Bearer wrong",
+      })).status,
+      401,
+    );
   } finally {
     resetSync();
   }

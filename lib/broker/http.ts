@@ -82,15 +82,21 @@ export function refuseUpgrade(
     core.metrics.refused(port, "shutting_down");
     return new Response("Server is shutting down\n", { status: 503 });
   }
+  if (token !== undefined) {
+    // An address that keeps failing is told to wait, without its token being looked at.
+    const wait = core.auth.retryAfter(address);
+    if (wait > 0) {
+      core.metrics.refused(port, "rate_limited");
+      return new Response(
+        `Too many failed tries: missing or invalid token; retry in ${wait} s\n`,
+        { status: 429, headers: { "retry-after": String(wait) } },
+      );
+    }
+  }
   if (!authorized(req, token)) {
     core.metrics.refused(port, "unauthorized");
-    log.warn(
-      "Refused a {port} connection from {address}: missing or invalid token",
-      {
-        port,
-        address,
-      },
-    );
+    // Counted and summed up in one line per interval (AuthLimiter), never one line per try.
+    core.auth.failed(address);
     return new Response("Unauthorized: missing or invalid token\n", {
       status: 401,
       headers: { "www-authenticate": "Bearer" },

@@ -10,6 +10,7 @@ import type { ActionHandler } from "../action.ts";
 import type { Strategy } from "../balancer.ts";
 import type { Dispatcher } from "../dispatcher.ts";
 import type { Metrics } from "../metrics.ts";
+import type { AuthLimiter } from "../auth.ts";
 import type { Envelope } from "../protocol.ts";
 import type { Clock, WorkerInfo } from "../registry.ts";
 import type { ClusterStatus } from "../cluster/link.ts";
@@ -84,6 +85,15 @@ export interface BrokerOptions {
   maxConnections?: number;
   /** `max_concurrency` of a worker that never registered. @default 16 */
   defaultConcurrency?: number;
+  /**
+   * Failed token tries one IP address may make in `authWindowMs` before it is answered 429
+   * without its token being looked at. @default 20
+   */
+  maxAuthFailures?: number;
+  /** The window of `maxAuthFailures`, in ms. @default 60000 */
+  authWindowMs?: number;
+  /** How often failed tries are summed up in one log line, in ms. @default 10000 */
+  authLogIntervalMs?: number;
   /** Token workers must present. @default none */
   workerToken?: string;
   /** Token requesters must present. @default none */
@@ -187,6 +197,9 @@ export function resolveOptions(options: BrokerOptions): ResolvedOptions {
     maxConnections: options.maxConnections ?? 10_000,
     defaultConcurrency: options.defaultConcurrency ?? 16,
     sweepIntervalMs: options.sweepIntervalMs ?? 1000,
+    maxAuthFailures: options.maxAuthFailures ?? 20,
+    authWindowMs: options.authWindowMs ?? 60_000,
+    authLogIntervalMs: options.authLogIntervalMs ?? 10_000,
     dashboardIntervalMs: options.dashboardIntervalMs ?? 1000,
   };
 }
@@ -207,4 +220,6 @@ export interface BrokerCore {
   stats(): BrokerStats;
   /** Live counters for `/metrics` and the dashboard. */
   readonly metrics: Metrics;
+  /** Failed token tries by address: 429 past the limit, one log line per interval. */
+  readonly auth: AuthLimiter;
 }

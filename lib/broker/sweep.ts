@@ -21,6 +21,7 @@ export function sweep(
   disconnect: (id: string, code: number, reason: string) => void,
 ): void {
   core.dispatcher.expireQueued();
+  core.auth.tick();
   const now = core.clock.now();
   const { silenceMs, stallTimeoutMs } = core.options;
   for (const worker of core.dispatcher.registry.all()) {

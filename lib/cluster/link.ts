@@ -459,6 +459,7 @@ export class ClusterLink {
         connected_since: info.connected_since,
         last_seen: info.last_seen,
         by: byWorker.get(w.id) ?? {},
+        non_retriable: [...w.nonRetriable],
       };
     });
     const state: ServerState = {

@@ -54,6 +54,7 @@ export class RemotePeer extends Peer {
     this.draining = state.draining;
     this.unhealthy = !state.healthy;
     this.blockedSources = state.blocked;
+    this.nonRetriable = new Set(state.non_retriable ?? []);
     // Latency as measured here includes the hop; the worker's server's figure stands in until
     // this server has its own.
     if (this.ewmaMs === undefined && state.latency_ms !== null) {

@@ -35,6 +35,8 @@ export interface WorkerState {
   last_seen: string;
   /** Of `in_flight`, how many each origin server sent. */
   by: Record<string, number>;
+  /** Actions this worker said must not run twice: they cover its own requests only. */
+  non_retriable?: string[];
 }
 
 /** One server's announcement on the state subject. */

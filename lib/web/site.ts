@@ -18,6 +18,7 @@ import "npm:lightweight-charts@5.2.1/package.json" with { type: "json" };
 import page from "./dashboard.html" with { type: "text" };
 import script from "./dashboard.js" with { type: "text" };
 import { presentedToken } from "../auth.ts";
+import { remoteAddress } from "../broker/http.ts";
 import { HttpApi, type RequestRunner } from "../http_api.ts";
 import { logger } from "../log.ts";
 import { workerState } from "../metrics.ts";
@@ -134,11 +135,17 @@ export class WebSite {
       Object.hasOwn(ASSETS, path);
     if (!api && !dashboard) return undefined;
     const presented = presentedToken(req);
+    const address = remoteAddress(info);
+    const wait = this.#token ? this.#core.auth.retryAfter(address) : 0;
+    if (wait > 0) {
+      return new Response(
+        `Too many failed tries: missing or invalid token; retry in ${wait} s\n`,
+        { status: 429, headers: { "retry-after": String(wait) } },
+      );
+    }
     if (!this.#allowed(presented ?? cookieToken(req))) {
-      log.warn("Refused {method} {path}: missing or invalid token", {
-        method: req.method,
-        path,
-      });
+      // Counted and summed up in one log line per interval, never one line per try.
+      this.#core.auth.failed(address);
       if (dashboard && req.method === "GET") return this.#login();
       return new Response(
         JSON.stringify({
