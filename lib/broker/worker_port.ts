@@ -316,7 +316,7 @@ export class WorkerPort {
     log.warn("A requester at {address} connected to the worker port", {
       address: worker.address,
     });
-    this.#workerError(socket, ErrorCode.WRONG_PORT, error);
+    this.#workerError(worker, socket, ErrorCode.WRONG_PORT, error);
   }
 
   /**
