@@ -10,8 +10,10 @@ import {
   startTestServer,
   startWorker,
   type TestServer,
+  waitFor,
   within,
 } from "./_helpers.ts";
+import { NATS_MISSING, NatsCluster } from "./_nats.ts";
 
 /** A real Worker whose `slow` action runs until its signal aborts, and says so. */
 async function slowWorker(server: TestServer) {
@@ -144,4 +146,42 @@ Deno.test("requester cancel - RequesterClient with cancelOnAbort stops the work,
     await client.close();
     await worker.stop();
   }
+});
+
+Deno.test({
+  name:
+    "requester cancel - in a cluster, a cancel at one server stops the worker attached to another",
+  ignore: NATS_MISSING !== undefined,
+  fn: async () => {
+    await using nats = await new NatsCluster(1).start();
+    const servers = ["s0", "s1"].map((serverName) =>
+      startTestServer({
+        cluster: { servers: nats.urls, name: "cancel", serverName },
+      })
+    );
+    let slow: Awaited<ReturnType<typeof slowWorker>> | undefined;
+    let requester: RawPeer | undefined;
+    try {
+      const links = await Promise.all(servers.map((s) => s.cluster!));
+      await Promise.all(links.map((l) => l.start()));
+      // The only worker is on s1; the requester talks to s0.
+      slow = await slowWorker(servers[1]);
+      await waitFor(
+        () => servers[0].broker.workers().some((w) => w.registered),
+        "s0 to see the worker of s1",
+        10_000,
+      );
+      requester = await RawPeer.open(servers[0].requesterUrl);
+      requester.send({ request_id: "far", command: "slow", timeout: 30 });
+      await within(slow.running, "the handler on s1 to start");
+      requester.send({ request_id: "far", cancel: true });
+      const answer = await requester.answer("far");
+      assert.equal(answer.error_code, "CANCELLED");
+      await within(slow.stopped, "the handler on s1 to see its signal abort");
+    } finally {
+      await requester?.close();
+      await slow?.worker.stop();
+      await Promise.all(servers.map((s) => s.close()));
+    }
+  },
 });
