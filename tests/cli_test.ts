@@ -440,3 +440,30 @@ Deno.test("server - a port already taken is named in the error", async () => {
     taken.close();
   }
 });
+
+Deno.test("server - --log-format json writes one object per line, values unquoted in the message", async () => {
+  const { program, workerPort } = await startServerProgram([
+    "--log-format",
+    "json",
+  ]);
+  try {
+    const line = program.lines.find((l) =>
+      l.includes("Worker port listening")
+    )!;
+    const record = JSON.parse(line);
+    assert.equal(record.level, "INFO");
+    assert.equal(record.logger, "switchyard.server");
+    assert.equal(
+      record.message,
+      `Worker port listening on ws://127.0.0.1:${workerPort}`,
+    );
+    assert.deepEqual(record.properties, {
+      scheme: "ws",
+      host: "127.0.0.1",
+      port: workerPort,
+    });
+    assert.ok(!Number.isNaN(Date.parse(record["@timestamp"])));
+  } finally {
+    await program.stop("SIGTERM");
+  }
+});
