@@ -76,6 +76,7 @@ export type {
   ClusterOptions,
   ClusterServer,
   ClusterStatus,
+  ClusterWorker,
 } from "./cluster/link.ts";
 export type {
   WorkerMessageHandler,

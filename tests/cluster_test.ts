@@ -111,6 +111,15 @@ for (const nodes of [1, 3]) {
             ["s0", "s1", "s2"],
           );
           assert.equal(health.cluster.nats, "connected");
+          assert.deepEqual(
+            health.cluster.workers.map((
+              w: { name: string; server: string },
+            ) => [
+              w.name,
+              w.server,
+            ]),
+            [["only-on-s1", "s1"]],
+          );
           assert.equal(health.workers, 1);
         }
       } finally {

@@ -71,7 +71,10 @@ export interface ClusterOptions {
   stateIntervalMs?: number;
   /** Silence after which a server counts as gone, in ms. @default 1500 */
   deadAfterMs?: number;
-  /** How long a request may be missing from its server's ledger before it counts as lost, in ms. @default 1000 */
+  /**
+   * How long a request the worker's server has not acknowledged may be missing from its ledger
+   * before it counts as lost, in ms; one it has acknowledged counts as lost at once. @default 5000
+   */
   lostAfterMs?: number;
 }
 
@@ -93,6 +96,20 @@ export interface ClusterServer {
   last_heard_ms: number;
 }
 
+/** A worker of the cluster, as `/health` lists it. */
+export interface ClusterWorker {
+  /** Its `client_id` on its server. */
+  client_id: string;
+  /** Its name. */
+  name: string;
+  /** The name of the server it is attached to. */
+  server: string;
+  /** Whether it takes work. */
+  healthy: boolean;
+  /** Requests it holds (for another server's worker: as last announced, plus this server's). */
+  in_flight: number;
+}
+
 /** The link's state, for `/health` and `stats`. */
 export interface ClusterStatus {
   /** The cluster name. */
@@ -109,6 +126,8 @@ export interface ClusterStatus {
   nats_error?: string;
   /** Every server this one knows, itself first. */
   servers: ClusterServer[];
+  /** Every worker of the cluster, with the server it is attached to. */
+  workers: ClusterWorker[];
 }
 
 interface KnownServer {
@@ -159,6 +178,11 @@ export class ClusterLink {
   #background: Promise<void>[] = [];
   /** Subjects and payloads to publish at the end of this turn, alternating. */
   #outbox: string[] = [];
+  #lastTick = 0;
+  /** The last sequence number of a request sent to each server. */
+  #seqTo = new Map<string, number>();
+  /** The highest sequence number read from each origin server. */
+  #seenFrom = new Map<string, number>();
 
   #requesters: () => number;
 
@@ -185,7 +209,7 @@ export class ClusterLink {
     this.#prefix = subjectPrefix(name);
     this.#stateIntervalMs = options.stateIntervalMs ?? 250;
     this.#deadAfterMs = options.deadAfterMs ?? 1500;
-    this.#lostAfterMs = options.lostAfterMs ?? 1000;
+    this.#lostAfterMs = options.lostAfterMs ?? 5000;
   }
 
   /** Connects (retrying until it works) and starts announcing; resolves once connected. */
@@ -275,6 +299,7 @@ export class ClusterLink {
       },
     });
     this.#background.push(this.#watch(nc));
+    this.#lastTick = this.#core.clock.now();
     this.#timer = setInterval(() => this.#tick(), this.#stateIntervalMs);
     this.#announce();
   }
@@ -298,9 +323,7 @@ export class ClusterLink {
           const now = this.#core.clock.now();
           for (const server of this.#servers.values()) {
             for (const peer of server.workers.values()) {
-              for (const msgId of peer.sentAt.keys()) {
-                peer.sentAt.set(msgId, now);
-              }
+              for (const sent of peer.sent.values()) sent.at = now;
             }
           }
           log.info("NATS is back ({server}): rejoined cluster {name}", {
@@ -349,6 +372,13 @@ export class ClusterLink {
         ? this.#nc?.getServer() ?? null
         : null,
       servers,
+      workers: this.#core.dispatcher.registry.all().map((w) => ({
+        client_id: w.id,
+        name: w.name,
+        server: w instanceof RemotePeer ? w.serverName : this.serverName,
+        healthy: w.healthy && !w.draining,
+        in_flight: w.inFlight,
+      })),
       ...(this.#error ? { nats_error: this.#error } : {}),
     };
   }
@@ -413,6 +443,13 @@ export class ClusterLink {
 
   #tick(): void {
     const now = this.#core.clock.now();
+    // A tick that comes late means this process was stalled (CPU starved, a long GC): the
+    // others' announcements may be waiting unread in the socket, so their silence is ours.
+    const stalled = now - this.#lastTick - this.#stateIntervalMs;
+    this.#lastTick = now;
+    if (stalled > this.#stateIntervalMs) {
+      for (const server of this.#servers.values()) server.lastHeard += stalled;
+    }
     for (const server of [...this.#servers.values()]) {
       if (now - server.lastHeard > this.#deadAfterMs) {
         log.warn(
@@ -472,8 +509,11 @@ export class ClusterLink {
       workers,
       non_retriable: [...this.#core.dispatcher.nonRetriable],
       ledger,
+      seen: Object.fromEntries(this.#seenFrom),
     };
     try {
+      // Whatever this turn answered goes out before the ledger that no longer lists it.
+      this.#flush();
       nc.publish(`${this.#prefix}.state`, JSON.stringify(state));
     } catch (error) {
       log.debug("Announcing failed: {error}", { error });
@@ -567,20 +607,39 @@ export class ClusterLink {
       this.#gone.add(`${state.id}/${id}`);
       dispatcher.workerLost(peer, `it left server ${state.name}`);
     }
-    this.#checkLedger(server, state.ledger?.[this.id] ?? [], now);
+    this.#checkLedger(
+      server,
+      state.ledger?.[this.id] ?? [],
+      state.seen?.[this.id] ?? 0,
+      now,
+    );
     // New remote capacity, or remote capacity freed since the last announcement.
     if (added || dispatcher.queued > 0) dispatcher.pump();
   }
 
-  /** Requests the worker's server has not heard of, long after they were sent, were lost. */
-  #checkLedger(server: KnownServer, held: string[], now: number): void {
+  /**
+   * Finds requests lost between the servers. The worker's server announces, after everything it
+   * published before (answers included: the outbox is flushed first), the requests of ours it
+   * holds and the highest sequence number of ours it has read. A request still waiting here
+   * that it has read but no longer holds lost its answer on the way; one it never read and
+   * still does not hold after `lostAfterMs` was itself lost.
+   */
+  #checkLedger(
+    server: KnownServer,
+    held: string[],
+    seen: number,
+    now: number,
+  ): void {
     const ledger = new Set(held);
     for (const peer of server.workers.values()) {
-      for (const [msgId, sentAt] of peer.sentAt) {
+      for (const [msgId, sent] of peer.sent) {
         if (!peer.jobs.has(msgId)) {
-          peer.sentAt.delete(msgId);
-        } else if (now - sentAt > this.#lostAfterMs && !ledger.has(msgId)) {
-          peer.sentAt.delete(msgId);
+          peer.sent.delete(msgId);
+        } else if (
+          !ledger.has(msgId) &&
+          (sent.seq <= seen || now - sent.at > this.#lostAfterMs)
+        ) {
+          peer.sent.delete(msgId);
           log.warn(
             "Request {msgId} to worker {worker} on {server} was lost on the way: moving it",
             { msgId, worker: peer.id, server: server.name },
@@ -597,6 +656,8 @@ export class ClusterLink {
 
   #dropServer(server: KnownServer, reason: string): void {
     this.#servers.delete(server.id);
+    this.#seqTo.delete(server.id);
+    this.#seenFrom.delete(server.id);
     for (const peer of server.workers.values()) {
       this.#core.dispatcher.workerLost(peer, reason);
     }
@@ -620,14 +681,16 @@ export class ClusterLink {
     // The dispatcher files the job under its msg_id before sending, so its deadline is known.
     const msgId = /"msg_id":"([^"]+)"/.exec(frame)?.[1];
     const job = msgId ? peer.jobs.get(msgId) : undefined;
+    const seq = (this.#seqTo.get(peer.server) ?? 0) + 1;
+    this.#seqTo.set(peer.server, seq);
     let left = 0;
     if (job && msgId) {
       const now = this.#core.clock.now();
       left = Math.max(1, job.deadline - now);
-      peer.sentAt.set(msgId, now);
+      peer.sent.set(msgId, { at: now, seq });
     }
     // One line in front of the envelope, cheaper than NATS headers on both sides.
-    const data = `${this.id} ${peer.id} ${left}\n${frame}`;
+    const data = `${this.id} ${peer.id} ${left} ${seq}\n${frame}`;
     const max = nc.info?.max_payload ?? Infinity;
     if (data.length * 3 > max && encoder.encode(data).length > max) {
       throw new Error(
@@ -688,7 +751,7 @@ export class ClusterLink {
   #onAnswer(a: RelayAnswer): void {
     const peer = this.#peerOf(a.w);
     if (!peer) return;
-    peer.sentAt.delete(a.m);
+    peer.sent.delete(a.m);
     if (
       !a.s && (a.c === ErrorCode.WORKER_LOST || a.c === ErrorCode.NO_WORKERS ||
         a.c === ErrorCode.SHUTTING_DOWN)
@@ -725,8 +788,13 @@ export class ClusterLink {
   #onRelayed(msg: Msg): void {
     const text = msg.string();
     const nl = text.indexOf("\n");
-    const [origin = "", workerId = "", t = "0"] = text.slice(0, nl).split(" ");
+    const [origin = "", workerId = "", t = "0", n = "0"] = text.slice(0, nl)
+      .split(" ");
     const left = Number(t);
+    const seq = Number(n);
+    if (seq > (this.#seenFrom.get(origin) ?? 0)) {
+      this.#seenFrom.set(origin, seq);
+    }
     const envelope: Envelope = decodeEnvelope(text.slice(nl + 1));
     const key = `${origin}\u0000${envelope.msg_id}`;
     if (envelope.type === MessageType.CANCEL) {

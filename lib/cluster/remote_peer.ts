@@ -19,9 +19,11 @@ export class RemotePeer extends Peer {
   readonly server: string;
   /** That server's name, as listings show it. */
   serverName: string;
-  /** When each request was handed to NATS, by `msg_id`: a request missing from the server's
-   * ledger well after it was sent was lost on the way. */
-  readonly sentAt: Map<string, number> = new Map();
+  /**
+   * Each request handed to NATS, by `msg_id`: when, and its sequence number towards the worker's
+   * server, which says whether that server has had it yet (see the ledger check in `link.ts`).
+   */
+  readonly sent: Map<string, { at: number; seq: number }> = new Map();
   #state: WorkerState;
 
   constructor(

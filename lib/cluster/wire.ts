@@ -5,8 +5,8 @@
  *   load, and the ledger of requests it is running for each other server. Silence for
  *   `deadAfterMs` means the server is gone.
  * - `switchyard.<cluster>.srv.<server>.req` — to the server that holds the worker: one line
- *   `<origin server> <worker client_id> <ms left until the deadline>`, then the worker-protocol
- *   envelope (`request` or `cancel`) as the dispatcher wrote it.
+ *   `<origin server> <worker client_id> <ms left until the deadline> <sequence number>`, then the
+ *   worker-protocol envelope (`request` or `cancel`) as the dispatcher wrote it.
  * - `switchyard.<cluster>.srv.<server>.res` / `.prog` — back to the origin: the answer, or a
  *   progress report (streamed batch items included).
  *
@@ -52,6 +52,8 @@ export interface ServerState {
   non_retriable?: string[];
   /** Per origin server: the `msg_id`s of its requests this server holds now. */
   ledger: Record<string, string[]>;
+  /** Per origin server: the highest sequence number of its requests this server has read. */
+  seen?: Record<string, number>;
   /** The server's last word: it is shutting down. */
   leaving?: true;
 }
