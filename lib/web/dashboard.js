@@ -109,7 +109,13 @@ function drawWorkers(workers, now) {
         "tr",
         { "data-id": w.client_id, "data-state": w.state },
         el("td", {}, w.client_id),
-        el("td", {}, w.name),
+        el(
+          "td",
+          {},
+          w.name,
+          // In a cluster: the server the worker is attached to.
+          ...(w.server ? [el("div", { class: "dim" }, `@ ${w.server}`)] : []),
+        ),
         el("td", {}, el("span", { class: `state ${w.state}` }, w.state)),
         el("td", {}, fmt(w.weight, w.weight % 1 ? 1 : 0)),
         el(
