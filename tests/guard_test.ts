@@ -285,7 +285,7 @@ Deno.test({
       );
       try {
         await client.connect();
-        const answer = await client.request("get_time", {}, { timeout: 5 });
+        const answer = await client.request("get_time", {}, { timeout: 10 });
         assert.equal(answer.error_code, "NO_WORKERS");
       } finally {
         await client.close();
@@ -299,13 +299,14 @@ Deno.test({
     const summaries = server.lines.filter((l) =>
       /Requester port refused or closed connections/.test(l)
     );
+    // Hundreds of refusals, a handful of lines: one per 10 s interval and one at the end.
     assert.ok(
-      summaries.length >= 1 && summaries.length <= 3,
+      summaries.length >= 1 && summaries.length < 10,
       server.lines.join("\n"),
     );
     assert.match(
       summaries.join("\n"),
-      /closed to make room for other addresses/,
+      /closed to make room for other addresses|over the connection limit/,
     );
   },
 });
