@@ -31,6 +31,8 @@ export interface BatchData {
 export interface BatchOptions {
   deadline: number;
   signal?: CancelSignal;
+  /** Who asked, for the dispatcher's fair queueing (see `SubmitOptions.owner`). */
+  owner?: string;
   /** How many rounds an item may be re-sent after an upstream failure. @default 2 */
   maxRetryRounds?: number;
   /** Called whenever the count of finished items grows. */
@@ -489,6 +491,7 @@ export async function runBatch(
         indexes.map((i) => items[i]),
         {
           deadline: options.deadline,
+          owner: options.owner,
           preferred,
           // Workers that cannot fetch before the deadline take nothing, not even spill-over.
           exclude: [...avoid, ...unusable],

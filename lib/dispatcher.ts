@@ -74,6 +74,11 @@ export interface SubmitOptions {
   preferred?: readonly string[];
   /** Never run on these workers. */
   exclude?: Iterable<string>;
+  /**
+   * Who asked (a requester connection): the queue and free worker slots are shared fairly
+   * between owners. Jobs without one share one lane.
+   */
+  owner?: string;
   /** Ends the job early: the requester went away. */
   signal?: CancelSignal;
   /** Called with a worker's progress reports for this job. */
@@ -95,6 +100,8 @@ export interface Job {
   readonly only?: string;
   readonly preferred?: readonly string[];
   readonly excluded: Set<string>;
+  /** Whose job it is, for fair queueing; "" when nobody said. */
+  readonly owner: string;
   readonly onProgress?: SubmitOptions["onProgress"];
   readonly resend?: SubmitOptions["resend"];
   attempts: number;
@@ -173,6 +180,8 @@ export class Dispatcher {
   readonly maxAttempts: number;
   readonly queueTimeoutMs: number;
   #queue: Job[] = [];
+  /** Which owner's turn comes first on the next fair pump. */
+  #turn = 0;
   #nonRetriable: Set<string>;
   #deadlines = new Deadlines<Job>((job) => this.#expire(job));
 
@@ -218,6 +227,7 @@ export class Dispatcher {
       only: options.only,
       preferred: options.preferred,
       excluded: new Set(options.exclude),
+      owner: options.owner ?? "",
       onProgress: options.onProgress,
       resend: options.resend,
       attempts: 0,
@@ -388,6 +398,7 @@ export class Dispatcher {
     if (this.#queue.length === 0) return;
     const waiting = this.#queue;
     this.#queue = [];
+    if (this.#severalOwners(waiting)) return this.#pumpFair(waiting);
     for (let i = 0; i < waiting.length; i++) {
       const job = waiting[i];
       if (job.done) continue;
@@ -570,13 +581,106 @@ export class Dispatcher {
     );
   }
 
+  #severalOwners(jobs: readonly Job[]): boolean {
+    const first = jobs[0].owner;
+    for (let i = 1; i < jobs.length; i++) {
+      if (jobs[i].owner !== first) return true;
+    }
+    return false;
+  }
+
+  /**
+   * Free slots go round the owners that wait, one job each in turn (each owner's own jobs in
+   * order, re-sent ones first), so that one owner's backlog cannot hold the others back.
+   */
+  #pumpFair(waiting: Job[]): void {
+    const lanes = new Map<string, Job[]>();
+    for (const job of waiting) {
+      if (job.done) continue;
+      const lane = lanes.get(job.owner);
+      if (lane) lane.push(job);
+      else lanes.set(job.owner, [job]);
+    }
+    // Start the turn after the owner served first last time, so no owner is always first.
+    const owners = [...lanes.keys()];
+    const start = this.#turn++ % owners.length;
+    const order = [...owners.slice(start), ...owners.slice(0, start)];
+    let placed = true;
+    while (placed && this.#anyRoom()) {
+      placed = false;
+      for (const owner of order) {
+        const lane = lanes.get(owner)!;
+        while (lane.length > 0) {
+          const job = lane.shift()!;
+          if (job.done) continue;
+          const worker = this.#choose(job);
+          if (worker) {
+            this.#send(job, worker);
+            placed = true;
+            break;
+          }
+          if (this.#offering(job).length === 0) {
+            this.#fail(job, this.#noWorkers(job));
+            continue;
+          }
+          // No worker for this one now (the action's workers are busy): it keeps its place.
+        }
+        if (!this.#anyRoom()) break;
+      }
+    }
+    // What is left keeps its order; a job a failed send put back is there already.
+    const back = new Set(this.#queue);
+    for (const job of waiting) {
+      if (!job.done && job.worker === undefined && !back.has(job)) {
+        this.#queue.push(job);
+      }
+    }
+  }
+
+  /**
+   * The queue is full: an owner holding fewer queued jobs than the one holding most takes the
+   * newest place of that one, whose request gets `Server busy`. Returns whether room was made.
+   */
+  #makeRoomFor(owner: string): boolean {
+    const counts = new Map<string, number>();
+    for (const job of this.#queue) {
+      counts.set(job.owner, (counts.get(job.owner) ?? 0) + 1);
+    }
+    let heaviest = "";
+    let most = 0;
+    for (const [o, n] of counts) {
+      if (n > most) {
+        most = n;
+        heaviest = o;
+      }
+    }
+    if (heaviest === owner || (counts.get(owner) ?? 0) + 1 >= most) {
+      return false;
+    }
+    for (let i = this.#queue.length - 1; i >= 0; i--) {
+      const job = this.#queue[i];
+      if (job.owner !== heaviest) continue;
+      this.#fail(
+        job,
+        new ServerBusyError(
+          `Server busy: the queue is full (limit ${this.maxQueue}) and this connection holds the largest share of it`,
+        ),
+      );
+      return true;
+    }
+    return false;
+  }
+
   #place(job: Job, front: boolean): void {
     const worker = this.#choose(job);
     if (worker) return this.#send(job, worker);
     if (this.#offering(job).length === 0) {
       return this.#fail(job, this.#noWorkers(job));
     }
-    if (!front && this.#queue.length >= this.maxQueue) {
+    if (
+      !front && this.#queue.length >= this.maxQueue &&
+      !this.#makeRoomFor(job.owner)
+    ) {
       return this.#fail(
         job,
         new ServerBusyError(

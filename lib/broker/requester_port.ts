@@ -45,6 +45,8 @@ interface RequesterPeer {
   requests: Map<string, Cancellation>;
   /** Dropped for not reading: forgotten, though its socket may linger until the peer reads. */
   dropped?: boolean;
+  /** Its lane in the fair queue: the connection, or for HTTP callers their address. */
+  lane?: string;
 }
 
 // A request_id still readable from a frame too large to parse, so its error reaches the waiter.
@@ -92,6 +94,8 @@ export class RequesterPort implements RequestRunner {
       socket: undefined as unknown as WebSocket,
       address: options.address,
       requests: new Map(),
+      // One HTTP request is one call: all calls from an address share a lane of the queue.
+      lane: `http ${options.address.replace(/:\d+$/, "")}`,
       sink: (frame) => {
         if ("success" in frame) done.resolve(frame);
         else options.onFrame?.(frame);
@@ -518,6 +522,7 @@ export class RequesterPort implements RequestRunner {
         {
           deadline: this.#deadline(request, started),
           signal,
+          owner: peer.lane ?? peer.id,
           onProgress: (done, total) => {
             tracker.progress(done);
             if (!request.progress) return;
@@ -598,6 +603,8 @@ export class RequesterPort implements RequestRunner {
       {
         deadline: this.#deadline(request, started),
         signal,
+        // Fair queueing: each connection is a lane of the queue and of free worker slots.
+        owner: peer.lane ?? peer.id,
         onProgress: request.progress
           ? (p) =>
             this.#answer(peer, {
