@@ -37,6 +37,8 @@ declare class WebSocket {
   /** Stops reading the socket (backpressure) until `resume()`. */
   pause(): void;
   resume(): void;
+  /** Sends a ping frame. */
+  ping(): void;
   on(event: "open", listener: () => void): this;
   on(
     event: "message",

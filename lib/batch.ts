@@ -53,7 +53,7 @@ export interface BatchOptions {
    * slow requester can make the server hold.
    */
   flow?: { ready(): boolean };
-  /** Streamed batches with `flow`: items started and not yet sent, at most. @default 96 */
+  /** Streamed batches with `flow`: items started and not yet sent, at most. @default 32 */
   window?: number;
 }
 
@@ -231,7 +231,7 @@ export async function runBatch(
   options.signal?.addEventListener("abort", onAbort, { once: true });
   if (options.signal?.aborted) stop.abort();
   const flow = options.onItem ? options.flow : undefined;
-  const window = options.window ?? 96;
+  const window = options.window ?? 32;
   let out = 0;
   let wake: (() => void) | undefined;
   const release = (n: number) => {

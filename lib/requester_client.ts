@@ -91,6 +91,7 @@ const STREAM_HIGH_WATER = 16;
 const STREAM_LOW_WATER = 4;
 // How often a held socket is read briefly, for pings: well inside the server's idle timeout.
 const BREATH_MS = 3000;
+const KEEP_ALIVE_MS = 5000;
 
 interface Pending {
   /** The request frame, kept for resubmission. */
@@ -383,15 +384,24 @@ export class RequesterClient {
       if (iterating && queue.length >= STREAM_HIGH_WATER) hold(true);
       wake?.();
     });
+    // Frames of our own keep the server's idle timer from closing a connection whose pings
+    // wait behind a backlog of items.
+    const keepAlive = setInterval(() => {
+      try {
+        this.#socket?.ping();
+      } catch { /* closing */ }
+    }, KEEP_ALIVE_MS);
     answer.then(
       () => {
         ended = true;
+        clearInterval(keepAlive);
         hold(false);
         wake?.();
       },
       (error) => {
         failure = { error };
         ended = true;
+        clearInterval(keepAlive);
         hold(false);
         wake?.();
       },

@@ -545,7 +545,7 @@ export class RequesterPort implements RequestRunner {
             ? undefined
             : this.#core.options.maxAnswerBytes,
           // A streamed batch goes at the requester's pace: no new items start while more than
-          // a quarter of the unread limit waits for it.
+          // a sixteenth of the unread limit waits for it (little stands before a ping).
           flow: request.stream
             ? {
               // An HTTP caller (a sink, no socket) is paced by its own response stream.
@@ -554,7 +554,7 @@ export class RequesterPort implements RequestRunner {
                   ? peer.sinkReady?.() ?? true
                   : peer.socket.readyState !== WebSocket.OPEN ||
                     peer.socket.bufferedAmount <
-                      this.#core.options.maxBufferedBytes / 4,
+                      this.#core.options.maxBufferedBytes / 16,
             }
             : undefined,
         },

@@ -92,6 +92,9 @@ export interface MarketsJobReport {
   failedFile?: string;
 }
 
+// How often one symbol may be re-queued after the connection dropped under it.
+const MAX_DROPS = 3;
+
 /** The name of the failures file in the output folder. */
 export const FAILED_FILE = "failed.txt";
 
@@ -174,6 +177,27 @@ export async function runMarketsJob(
       retriable: retriable ?? RETRIABLE.has(code),
     });
 
+  const queue = [...todo];
+  // Symbols re-queued after a dropped connection, and how often.
+  const drops = new Map<number, number>();
+  let reconnecting: Promise<boolean> | undefined;
+  const reconnect = () =>
+    reconnecting ??= (async () => {
+      for (
+        let attempt = 0;
+        attempt < 5 && !options.signal?.aborted;
+        attempt++
+      ) {
+        try {
+          await client.connect(options.signal);
+          return true;
+        } catch {
+          await sleep(500 * 2 ** attempt, options.signal);
+        }
+      }
+      return false;
+    })().finally(() => reconnecting = undefined);
+
   const runBatch = async (indexes: number[]): Promise<void> => {
     const items = indexes.map((i) => {
       const item: Record<string, unknown> = {
@@ -206,8 +230,20 @@ export async function runMarketsJob(
     } catch (error) {
       lost = error as Error;
     }
+    const dropped = lost !== undefined && !options.signal?.aborted &&
+      (lost as { code?: unknown }).code === "CONNECTION_CLOSED";
+    const requeued = new Set<number>();
+    if (dropped && await reconnect()) {
+      // The line dropped, not the job: what did not arrive goes back in the queue, a few times.
+      indexes.forEach((i, k) => {
+        if (seen.has(k) || (drops.get(i) ?? 0) >= MAX_DROPS) return;
+        drops.set(i, (drops.get(i) ?? 0) + 1);
+        requeued.add(i);
+      });
+      queue.push(...requeued);
+    }
     indexes.forEach((i, k) => {
-      if (seen.has(k)) return;
+      if (seen.has(k) || requeued.has(i)) return;
       if (lost) {
         const code = (lost as { code?: unknown }).code;
         fail(
@@ -298,7 +334,6 @@ export async function runMarketsJob(
   };
 
   const size = Math.max(1, options.batchSize ?? 200);
-  const queue = [...todo];
   const maxWaitMs = options.maxWaitMs ?? 600_000;
   const lane = async () => {
     while (queue.length > 0) {
