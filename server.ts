@@ -53,6 +53,11 @@ Options:
                            descriptor limit, (ulimit -n - 64) / 6, at most 10000)
   --max-per-address N      TCP connections from one IP address per port (default 256)
   --header-timeout S       time to send a complete request head (default 5)
+  --silence-timeout S      a worker silent this long while holding work gets no new work
+                           until it is heard from (default 2; judged every second)
+  --stall-timeout S        ... and past this, its retriable requests move to other workers
+                           (default 1.5 x heartbeat interval = 15; 0 never)
+  --max-auth-failures N    wrong tokens per address a minute before HTTP 429 (default 20)
   --non-retriable LIST     actions never re-run after a worker vanished (comma list)
   --worker-token T         token workers must present (or SWITCHYARD_WORKER_TOKEN)
   --requester-token T      token requesters must present (or SWITCHYARD_REQUESTER_TOKEN)
@@ -115,6 +120,9 @@ function options(
       "max-open-connections": { type: "string" },
       "max-per-address": { type: "string" },
       "header-timeout": { type: "string" },
+      "silence-timeout": { type: "string" },
+      "stall-timeout": { type: "string" },
+      "max-auth-failures": { type: "string" },
       "non-retriable": { type: "string" },
       "worker-token": { type: "string" },
       "requester-token": { type: "string" },
@@ -206,6 +214,11 @@ function options(
       : count("max-open-connections", 0),
     maxPerAddress: count("max-per-address", 256),
     headerTimeoutMs: seconds("header-timeout", 5),
+    silenceMs: seconds("silence-timeout", 2),
+    stallTimeoutMs: values["stall-timeout"] === "0"
+      ? 0
+      : seconds("stall-timeout", 1.5 * heartbeatIntervalMs / 1000),
+    maxAuthFailures: count("max-auth-failures", 20),
     nonRetriableActions: values["non-retriable"]?.split(",").map((s) =>
       s.trim()
     ).filter(Boolean),
