@@ -15,6 +15,7 @@ import {
   waitFor,
 } from "./_helpers.ts";
 import { NATS_MISSING, NatsCluster } from "./_nats.ts";
+import { runProgram } from "./_procs.ts";
 
 const ignore = NATS_MISSING !== undefined;
 
@@ -466,4 +467,72 @@ Deno.test({
       await closeAll(servers, [], workers);
     }
   },
+});
+
+Deno.test({
+  name: "cluster: servers authenticate to NATS with a user and password",
+  ignore,
+  fn: async () => {
+    await using nats = await new NatsCluster(
+      1,
+      'authorization { user: "yard", password: "pa55" }',
+    ).start();
+    const servers = ["s0", "s1"].map((name) =>
+      startTestServer({
+        cluster: {
+          servers: nats.urls,
+          name: "userpass",
+          serverName: name,
+          user: "yard",
+          password: "pa55",
+        },
+      })
+    );
+    const workers: Worker[] = [];
+    try {
+      await Promise.all(servers.map(async (s) => (await s.cluster!).start()));
+      workers.push(
+        await startWorker(servers[1], {
+          name: "w",
+          actions: { who: whoAmI("w") },
+        }),
+      );
+      await waitFor(
+        () => servers[0].broker.workers().length === 1,
+        "s0 to see s1's worker through an authenticated NATS",
+      );
+      assert.equal(servers[0].broker.stats().cluster?.nats, "connected");
+    } finally {
+      await closeAll(servers, [], workers);
+    }
+  },
+});
+
+Deno.test("cluster flags - mistakes get one clear line and exit 2", async () => {
+  for (
+    const [args, message] of [
+      [
+        ["--cluster", "http://h:4222"],
+        /Invalid --cluster URL 'http:\/\/h:4222'/,
+      ],
+      [
+        ["--cluster", "nats://h:4222", "--cluster-name", "a.b"],
+        /Invalid --cluster-name 'a\.b'/,
+      ],
+      [["--cluster-name", "x"], /--cluster-name needs --cluster/],
+    ] as const
+  ) {
+    const out = await runProgram("server.ts", [
+      "--host",
+      "127.0.0.1",
+      "--port",
+      "0",
+      "--requester-port",
+      "0",
+      "--no-console",
+      ...args,
+    ]);
+    assert.equal(out.code, 2, out.stderr);
+    assert.match(out.stderr, message);
+  }
 });
