@@ -177,6 +177,7 @@ export class Guard {
   };
   #logged: GuardStats = { ...this.#stats };
   #lastAcceptError = "";
+  #shedAt = 0;
   #closed = false;
   #loop: Promise<void>;
   #tasks = new Set<Promise<void>>();
@@ -269,7 +270,11 @@ export class Guard {
   #shed(): void {
     const open = this.#open.size;
     const cap = Math.max(8, Math.floor(open * 0.9));
-    if (cap < this.maxConnections) {
+    // Closed descriptors come back a moment later: lower the limit at most once a second, so
+    // that one burst of errors does not ratchet it down to nothing.
+    const now = Date.now();
+    if (cap < this.maxConnections && now - this.#shedAt >= 1000) {
+      this.#shedAt = now;
       log.warn(
         "{name} port ran out of descriptors with {open} connections open: holding at most {cap} from now on",
         { name: this.#o.name ?? "A", open, cap },
@@ -433,20 +438,30 @@ export class Guard {
     if (!head || !this.#open.has(tracked) || this.#closed) {
       return this.#drop(tracked);
     }
-    let upstream: Deno.TcpConn;
-    try {
-      upstream = await Deno.connect({
-        hostname: "127.0.0.1",
-        port: this.#o.target(),
-      });
-    } catch (error) {
-      this.#stats.accept_errors++;
-      this.#lastAcceptError = error instanceof Error
-        ? error.message
-        : String(error);
-      return this.#drop(tracked, "503 Service Unavailable");
-    }
+    // Its head is complete: from now on it is no longer the first to give way.
     tracked.pending = false;
+    let upstream: Deno.TcpConn | undefined;
+    // Out of descriptors here too (shed), or the server behind is starting again after its own
+    // accept loop failed: try again a few times before giving up on a connection that did
+    // everything right.
+    for (let attempt = 0; upstream === undefined; attempt++) {
+      try {
+        upstream = await Deno.connect({
+          hostname: "127.0.0.1",
+          port: this.#o.target(),
+        });
+      } catch (error) {
+        this.#stats.accept_errors++;
+        this.#lastAcceptError = error instanceof Error
+          ? error.message
+          : String(error);
+        if (attempt >= 4 || !this.#open.has(tracked) || this.#closed) {
+          return this.#drop(tracked, "503 Service Unavailable");
+        }
+        if (/too many open files/i.test(this.#lastAcceptError)) this.#shed();
+        await new Promise((resolve) => setTimeout(resolve, 20 << attempt));
+      }
+    }
     tracked.upstream = upstream;
     if (!this.#open.has(tracked)) return this.#drop(tracked);
     upstream.setNoDelay(true);
