@@ -244,10 +244,13 @@ export async function runBatch(
   const admit = async (n: number) => {
     while (!stop.aborted) {
       if ((out === 0 || out + n <= window) && flow!.ready()) break;
+      // Released items wake it at once; the timer re-checks the requester's reading.
+      let timer: ReturnType<typeof setTimeout> | undefined;
       await new Promise<void>((resolve) => {
         wake = resolve;
-        setTimeout(resolve, 10);
+        timer = setTimeout(resolve, 10);
       });
+      clearTimeout(timer);
       wake = undefined;
     }
     out += n;

@@ -125,6 +125,7 @@ export class RequesterClient {
   #socket: WebSocket | undefined;
   #holds = 0;
   #breath: ReturnType<typeof setInterval> | undefined;
+  #exhale: ReturnType<typeof setTimeout> | undefined;
   #pending = new Map<string, Pending>();
   /**
    * Ids of aborted requests whose answer may still come, each with the timer that frees it at
@@ -448,13 +449,15 @@ export class RequesterClient {
         const s = this.#socket;
         if (!s || this.#holds <= 0) return;
         s.resume();
-        setTimeout(() => {
+        clearTimeout(this.#exhale);
+        this.#exhale = setTimeout(() => {
           if (this.#holds > 0) this.#socket?.pause();
         }, 20);
       }, BREATH_MS);
     } else {
       socket.resume();
       clearInterval(this.#breath);
+      clearTimeout(this.#exhale);
       this.#breath = undefined;
     }
   }
@@ -570,6 +573,7 @@ export class RequesterClient {
   /** Closes the connection; requests still in flight reject with a ConnectionClosedError. */
   async close(): Promise<void> {
     clearInterval(this.#breath);
+    clearTimeout(this.#exhale);
     this.#breath = undefined;
     this.#closing = true;
     this.#stop.abort();
