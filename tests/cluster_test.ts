@@ -536,3 +536,134 @@ Deno.test("cluster flags - mistakes get one clear line and exit 2", async () => 
     assert.match(out.stderr, message);
   }
 });
+
+/** A CA and a certificate it signed for 127.0.0.1, made with the openssl CLI in a temp dir. */
+async function makePki(): Promise<{ dir: string; ca: string }> {
+  const dir = await Deno.makeTempDir({ prefix: "nats-tls-" });
+  const run = async (args: string[]) => {
+    const out = await new Deno.Command("openssl", {
+      args,
+      cwd: dir,
+      stdout: "null",
+      stderr: "piped",
+    }).output();
+    if (!out.success) {
+      throw new Error(new TextDecoder().decode(out.stderr));
+    }
+  };
+  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+  await run([
+    "req",
+    "-x509",
+    ...ec,
+    "-nodes",
+    "-keyout",
+    "ca.key",
+    "-out",
+    "ca.pem",
+    "-days",
+    "2",
+    "-subj",
+    "/CN=cluster-test-ca",
+    "-addext",
+    "basicConstraints=critical,CA:TRUE",
+    "-addext",
+    "keyUsage=critical,keyCertSign,cRLSign",
+  ]);
+  await run([
+    "req",
+    ...ec,
+    "-nodes",
+    "-keyout",
+    "server.key",
+    "-out",
+    "server.csr",
+    "-subj",
+    "/CN=127.0.0.1",
+  ]);
+  await Deno.writeTextFile(
+    `${dir}/ext.cnf`,
+    "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n" +
+      "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+  );
+  await run([
+    "x509",
+    "-req",
+    "-in",
+    "server.csr",
+    "-CA",
+    "ca.pem",
+    "-CAkey",
+    "ca.key",
+    "-CAcreateserial",
+    "-out",
+    "server.pem",
+    "-days",
+    "2",
+    "-extfile",
+    "ext.cnf",
+  ]);
+  return { dir, ca: await Deno.readTextFile(`${dir}/ca.pem`) };
+}
+
+function hasOpenssl(): boolean {
+  try {
+    return new Deno.Command("openssl", {
+      args: ["version"],
+      stdout: "null",
+      stderr: "null",
+    }).outputSync().success;
+  } catch {
+    return false;
+  }
+}
+
+Deno.test({
+  name:
+    "cluster: servers reach NATS over TLS trusting its CA; one that does not trust it stays out",
+  ignore: ignore || !hasOpenssl(),
+  fn: async () => {
+    const pki = await makePki();
+    try {
+      await using nats = await new NatsCluster(
+        1,
+        `tls { cert_file: "${pki.dir}/server.pem", key_file: "${pki.dir}/server.key" }`,
+      ).start();
+      const urls = nats.urls.map((u) => u.replace("nats://", "tls://"));
+      const servers = ["s0", "s1", "untrusting"].map((name) =>
+        startTestServer({
+          cluster: {
+            servers: urls,
+            name: "tls",
+            serverName: name,
+            tlsCa: name === "untrusting" ? undefined : pki.ca,
+          },
+        })
+      );
+      const workers: Worker[] = [];
+      try {
+        await Promise.all(servers.map((s) => s.cluster!));
+        workers.push(
+          await startWorker(servers[1], {
+            name: "w",
+            actions: { who: whoAmI("w") },
+          }),
+        );
+        await waitFor(
+          () => servers[0].broker.workers().length === 1,
+          "s0 to see s1's worker over TLS",
+        );
+        await waitFor(
+          () => servers[2].broker.stats().cluster?.nats_error !== undefined,
+          "the untrusting server to say why it is out",
+        );
+        assert.notEqual(servers[2].broker.stats().cluster?.nats, "connected");
+        assert.equal(servers[2].broker.workers().length, 0);
+      } finally {
+        await closeAll(servers, [], workers);
+      }
+    } finally {
+      await Deno.remove(pki.dir, { recursive: true });
+    }
+  },
+});
