@@ -53,13 +53,19 @@ export interface GuardStats {
   open: number;
   /** Connections waiting for their head now. */
   pending: number;
+  /** Connections admitted past the limits. */
   accepted: number;
+  /** Refused with 429: their address held `maxPerAddress` connections already. */
   refused_per_address: number;
+  /** Refused with 503: the port was full and nobody could give way. */
   refused_total: number;
   /** Connections closed to make room for an address that held fewer. */
   evicted: number;
+  /** Closed with 408: no complete request head within the header timeout. */
   header_timeouts: number;
+  /** Closed with 431: a request head over 16 KiB. */
   oversized_heads: number;
+  /** Failed accepts (EMFILE and the like) and failed connects to the server behind. */
   accept_errors: number;
 }
 

@@ -70,6 +70,7 @@ export { createMarketService, parseProviderList } from "./market/mod.ts";
 
 export type { ActionContext, ActionHandler } from "./action.ts";
 export type { RunningServer, ServerOptions } from "./server.ts";
+export type { GuardStats } from "./guard.ts";
 export type { BrokerOptions, BrokerStats, MessageHandler } from "./broker.ts";
 export type {
   ClusterLink,
