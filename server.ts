@@ -57,6 +57,9 @@ Options:
                            until it is heard from (default 2; judged every second)
   --stall-timeout S        ... and past this, its retriable requests move to other workers
                            (default 1.5 x heartbeat interval = 15; 0 never)
+  --no-guard               bind Deno.serve directly: faster, but no header timeout, no
+                           per-address limit and no recovery from EMFILE (trusted networks
+                           only; see docs/operations.md)
   --max-auth-failures N    wrong tokens per address a minute before HTTP 429 (default 20)
   --non-retriable LIST     actions never re-run after a worker vanished (comma list)
   --worker-token T         token workers must present (or SWITCHYARD_WORKER_TOKEN)
@@ -120,6 +123,7 @@ function options(
       "max-open-connections": { type: "string" },
       "max-per-address": { type: "string" },
       "header-timeout": { type: "string" },
+      "no-guard": { type: "boolean" },
       "silence-timeout": { type: "string" },
       "stall-timeout": { type: "string" },
       "max-auth-failures": { type: "string" },
@@ -214,6 +218,7 @@ function options(
       : count("max-open-connections", 0),
     maxPerAddress: count("max-per-address", 256),
     headerTimeoutMs: seconds("header-timeout", 5),
+    guard: !values["no-guard"],
     silenceMs: seconds("silence-timeout", 2),
     stallTimeoutMs: values["stall-timeout"] === "0"
       ? 0
