@@ -185,6 +185,8 @@ export class Broker {
         this.#core,
         options,
         () => this.#requesterPort.connected,
+        (type, data, clientId) =>
+          this.#workerPort.sendMessage(type, data, clientId),
       );
       this.#cluster = link;
       link.start().catch((error) =>
@@ -249,17 +251,23 @@ export class Broker {
     });
   }
 
-  /** Sends a notification to every worker; returns how many got it. */
+  /**
+   * Sends a notification to every worker (in a cluster: of every server); returns how many got
+   * it (workers of other servers: how many it was sent towards).
+   */
   broadcast(message: string): number {
     return this.sendMessage(MessageType.NOTIFICATION, { message });
   }
 
   /**
    * Sends an envelope of any type (a custom one too) to one worker, or to all when `clientId`
-   * is omitted; returns how many got it.
+   * is omitted (in a cluster: a worker of any server); returns how many got it (workers of
+   * other servers: how many it was sent towards).
    */
   sendMessage(type: string, data: unknown, clientId?: string): number {
-    return this.#workerPort.sendMessage(type, data, clientId);
+    const local = this.#workerPort.sendMessage(type, data, clientId);
+    if (!this.#cluster || (clientId !== undefined && local > 0)) return local;
+    return local + this.#cluster.sendMessage(type, data, clientId);
   }
 
   /** Judges worker health from heartbeat silence; runs on its own every `sweepIntervalMs`. */

@@ -8,7 +8,7 @@ import type { RequesterAnswer } from "../lib/protocol.ts";
 import { RequesterClient } from "../lib/requester_client.ts";
 import { Worker } from "../lib/worker_client.ts";
 import { mulberry32 } from "./_helpers.ts";
-import { Program, startServerProgram } from "./_procs.ts";
+import { type Program, startServerProgram } from "./_procs.ts";
 import { NATS_MISSING, NatsCluster } from "./_nats.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

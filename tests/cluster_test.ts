@@ -296,6 +296,62 @@ Deno.test({
 });
 
 Deno.test({
+  name:
+    "cluster: console broadcast and custom messages reach workers of every server, once each",
+  ignore,
+  fn: async () => {
+    await using nats = await new NatsCluster(1).start();
+    const { servers } = await startServers(nats, 3);
+    const workers: Worker[] = [];
+    try {
+      const got = new Map<string, string[]>();
+      for (const [i, name] of ["here", "far1", "far2"].entries()) {
+        const worker = await startWorker(servers[i], { name });
+        got.set(name, []);
+        const seen = (envelope: { type: string; data: unknown }) => {
+          got.get(name)!.push(
+            `${envelope.type} ${JSON.stringify(envelope.data)}`,
+          );
+        };
+        worker.onMessage("notification", seen).onMessage("ops_note", seen);
+        workers.push(worker);
+      }
+      await converged(servers, 3);
+      const lines: string[] = [];
+      await serverCommand(
+        servers[0].broker,
+        "broadcast maintenance at noon",
+        (t) => lines.push(t),
+      );
+      assert.equal(lines.join("\n"), "Sent to 3 workers");
+      // A custom type to one worker of another server, and to nobody for an unknown id.
+      assert.equal(
+        servers[0].broker.sendMessage("ops_note", { n: 1 }, idOf(workers[2])),
+        1,
+      );
+      assert.equal(servers[0].broker.sendMessage("ops_note", {}, "nobody"), 0);
+      // NATS keeps one publisher's order: once the last message is in, any duplicate of the
+      // broadcast would be in too.
+      for (const w of workers) {
+        servers[0].broker.sendMessage("ops_note", { end: true }, idOf(w));
+      }
+      const end = 'ops_note {"end":true}';
+      await waitFor(
+        () => [...got.values()].every((m) => m.includes(end)),
+        "every worker to get the last message",
+        5000,
+      );
+      const note = 'notification {"message":"maintenance at noon"}';
+      assert.deepEqual(got.get("here"), [note, end]);
+      assert.deepEqual(got.get("far1"), [note, end]);
+      assert.deepEqual(got.get("far2"), [note, 'ops_note {"n":1}', end]);
+    } finally {
+      await closeAll(servers, [], workers);
+    }
+  },
+});
+
+Deno.test({
   name: "demo:cluster - runs, shows affinity across servers, exits 0",
   ignore,
   fn: async () => {

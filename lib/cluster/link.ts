@@ -33,6 +33,7 @@ import {
 import type { BrokerCore } from "../broker/options.ts";
 import { RemotePeer } from "./remote_peer.ts";
 import {
+  type ClusterMessage,
   type RelayAnswer,
   type RelayProgress,
   type ServerState,
@@ -146,6 +147,13 @@ interface Relayed {
   cancel: Cancellation;
 }
 
+/** Sends an envelope to this server's workers (all, or one); returns how many got it. */
+export type LocalDelivery = (
+  type: string,
+  data: unknown,
+  clientId?: string,
+) => number;
+
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
@@ -185,12 +193,17 @@ export class ClusterLink {
   #seenFrom = new Map<string, number>();
 
   #requesters: () => number;
+  #deliver: LocalDelivery;
 
-  /** A link for the broker whose parts `core` gives; `requesters` counts its requesters. */
+  /**
+   * A link for the broker whose parts `core` gives; `requesters` counts its requesters and
+   * `deliver` hands another server's console messages to this server's workers.
+   */
   constructor(
     core: BrokerCore,
     options: ClusterOptions,
     requesters: () => number = () => 0,
+    deliver: LocalDelivery = () => 0,
   ) {
     const name = options.name ?? "switchyard";
     if (!validClusterName(name)) {
@@ -203,6 +216,7 @@ export class ClusterLink {
     }
     this.#core = core;
     this.#requesters = requesters;
+    this.#deliver = deliver;
     this.#options = options;
     this.name = name;
     this.serverName = options.serverName ?? this.id;
@@ -291,6 +305,11 @@ export class ClusterLink {
     nc.subscribe(`${this.#prefix}.state`, {
       callback: (error, msg) => {
         if (!error) this.#onState(msg);
+      },
+    });
+    nc.subscribe(`${this.#prefix}.msg`, {
+      callback: (error, msg) => {
+        if (!error) this.#onMessage(msg);
       },
     });
     nc.subscribe(`${this.#prefix}.srv.${this.id}.*`, {
@@ -670,6 +689,45 @@ export class ClusterLink {
     }
   }
 
+  // ---- console messages (broadcasts, custom types) ---------------------------------------------
+
+  /**
+   * Sends an envelope to the other servers' workers: to every one when `clientId` is omitted,
+   * else to that worker if it is attached to another server. Returns how many workers it was
+   * sent towards (as this server knows them now); 0 without NATS.
+   */
+  sendMessage(type: string, data: unknown, clientId?: string): number {
+    if (!this.#nc || this.#nats !== "connected" || this.#closed) return 0;
+    const body: ClusterMessage = { o: this.id, t: type, d: data };
+    if (clientId === undefined) {
+      let n = 0;
+      for (const server of this.#servers.values()) n += server.workers.size;
+      this.#publish(`${this.#prefix}.msg`, JSON.stringify(body));
+      return n;
+    }
+    const peer = this.#peerOf(clientId);
+    if (!peer) return 0;
+    body.w = clientId;
+    this.#publish(
+      `${this.#prefix}.srv.${peer.server}.msg`,
+      JSON.stringify(body),
+    );
+    return 1;
+  }
+
+  #onMessage(msg: Msg): void {
+    let body: ClusterMessage;
+    try {
+      body = JSON.parse(msg.string());
+    } catch {
+      return log.warn("Ignored a malformed cluster message");
+    }
+    if (body.o === this.id || typeof body.t !== "string") return;
+    // Never to another server's worker that happens to be in this registry: only local ones.
+    if (body.w !== undefined && this.#peerOf(body.w)) return;
+    this.#deliver(body.t, body.d, body.w);
+  }
+
   // ---- this server's requests to other servers' workers ---------------------------------------
 
   #relay(peer: RemotePeer, frame: string): void {
@@ -735,6 +793,7 @@ export class ClusterLink {
       if (kind === "req") this.#onRelayed(msg);
       else if (kind === "res") this.#onAnswer(JSON.parse(msg.string()));
       else if (kind === "prog") this.#onProgress(JSON.parse(msg.string()));
+      else if (kind === "msg") this.#onMessage(msg);
     } catch (error) {
       log.warn("Ignored a malformed cluster {kind} message: {error}", {
         kind,

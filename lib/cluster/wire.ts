@@ -9,6 +9,8 @@
  *   worker-protocol envelope (`request` or `cancel`) as the dispatcher wrote it.
  * - `switchyard.<cluster>.srv.<server>.res` / `.prog` — back to the origin: the answer, or a
  *   progress report (streamed batch items included).
+ * - `switchyard.<cluster>.msg` — a console `broadcast` or custom message for every worker of
+ *   every server; `switchyard.<cluster>.srv.<server>.msg` — one for one worker of that server.
  *
  * @module
  */
@@ -77,6 +79,18 @@ export interface RelayProgress {
   d: number;
   t?: number;
   i?: { index: number; result: unknown };
+}
+
+/** A console message (notification or custom type) for other servers' workers. */
+export interface ClusterMessage {
+  /** The sending server's id. */
+  o: string;
+  /** The envelope type. */
+  t: string;
+  /** The envelope data. */
+  d: unknown;
+  /** The worker's `client_id`, when the message is for one worker. */
+  w?: string;
 }
 
 /** The subject prefix of one cluster. */
