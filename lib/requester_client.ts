@@ -86,9 +86,18 @@ export interface BatchStream extends AsyncIterable<StreamedItem> {
 }
 
 // Items a stream's caller may fall behind by before the socket stops being read, and where
-// reading resumes.
+// reading resumes; a full daily history is ~0.5 MB of text, so bytes bound the hold as well.
 const STREAM_HIGH_WATER = 16;
 const STREAM_LOW_WATER = 4;
+const STREAM_HIGH_BYTES = 4 << 20;
+const STREAM_LOW_BYTES = 1 << 20;
+// The server writes item frames with these keys first: such a frame is routed from its head
+// and kept as text until the caller takes it (its parsed objects take twice the memory).
+const ITEM_HEAD =
+  /^\{"request_id":"([^"\\]*)","item":\{"index":(\d+),"result":/;
+
+/** A streamed item as it waits for the caller: parsed, or still the frame's text. */
+type ArrivedItem = { index: number; result?: unknown; text?: string };
 // How often a held socket is read briefly, for pings: well inside the server's idle timeout.
 const BREATH_MS = 3000;
 const KEEP_ALIVE_MS = 5000;
@@ -102,7 +111,7 @@ interface Pending {
   resolve(answer: RequesterAnswer): void;
   reject(error: unknown): void;
   onProgress?: RequestOptions["onProgress"];
-  onItem?: (item: StreamedItem) => void;
+  onItem?: (item: ArrivedItem) => void;
 }
 
 /**
@@ -263,6 +272,14 @@ export class RequesterClient {
   }
 
   #onMessage(text: string): void {
+    const head = ITEM_HEAD.exec(text.slice(0, 200));
+    if (head) {
+      const pending = this.#pending.get(head[1]);
+      if (pending?.onItem) {
+        pending.onItem({ index: Number(head[2]), text });
+        return;
+      }
+    }
     let message: Record<string, unknown>;
     try {
       message = JSON.parse(text);
@@ -367,7 +384,8 @@ export class RequesterClient {
     data: unknown,
     options: RequestOptions = {},
   ): BatchStream {
-    const queue: StreamedItem[] = [];
+    const queue: ArrivedItem[] = [];
+    let queuedBytes = 0;
     let wake: (() => void) | undefined;
     let ended = false;
     let failure: { error: unknown } | undefined;
@@ -382,7 +400,11 @@ export class RequesterClient {
     };
     const answer = this.#send(command, data, options, (item) => {
       queue.push(item);
-      if (iterating && queue.length >= STREAM_HIGH_WATER) hold(true);
+      queuedBytes += item.text?.length ?? 0;
+      if (
+        iterating &&
+        (queue.length >= STREAM_HIGH_WATER || queuedBytes >= STREAM_HIGH_BYTES)
+      ) hold(true);
       wake?.();
     });
     // Frames of our own keep the server's idle timer from closing a connection whose pings
@@ -416,8 +438,15 @@ export class RequesterClient {
         try {
           while (true) {
             if (queue.length > 0) {
-              if (queue.length <= STREAM_LOW_WATER) hold(false);
-              yield queue.shift()!;
+              const next = queue.shift()!;
+              queuedBytes -= next.text?.length ?? 0;
+              if (
+                queue.length <= STREAM_LOW_WATER &&
+                queuedBytes <= STREAM_LOW_BYTES
+              ) hold(false);
+              yield next.text === undefined
+                ? { index: next.index, result: next.result }
+                : { index: next.index, result: itemResult(next.text) };
               continue;
             }
             hold(false);
@@ -466,7 +495,7 @@ export class RequesterClient {
     command: string,
     data: unknown,
     options: RequestOptions,
-    onItem?: (item: StreamedItem) => void,
+    onItem?: (item: ArrivedItem) => void,
   ): Promise<RequesterAnswer> {
     const socket = this.#socket;
     if (this.#wrongPort) return Promise.reject(this.#wrongPort);
@@ -593,5 +622,15 @@ export class RequesterClient {
       await this.#closed;
       clearTimeout(t);
     }
+  }
+}
+
+/** The `result` of an item frame kept as text (null when the frame is not valid JSON). */
+function itemResult(text: string): unknown {
+  try {
+    return (JSON.parse(text) as { item?: { result?: unknown } }).item?.result ??
+      null;
+  } catch {
+    return null;
   }
 }
