@@ -246,6 +246,10 @@ export class ClusterLink {
       // A NATS node that vanishes without closing TCP is noticed within ~6 s.
       pingInterval: 2000,
       maxPingOut: 3,
+      // Every subject this server publishes on, it either ignores (its own state and
+      // broadcasts) or does not subscribe to (other servers' direct subjects): echoes would only
+      // cost reads.
+      noEcho: true,
     };
     if (o.token) options.token = o.token;
     if (o.user) {
