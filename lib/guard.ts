@@ -17,6 +17,7 @@
  */
 
 import { logger } from "./log.ts";
+import { relayWebSocket } from "./_ws_relay.ts";
 
 const log = logger("guard");
 
@@ -45,6 +46,12 @@ export interface GuardOptions {
   logIntervalMs?: number;
   /** A name for log lines ("worker", "requester"). */
   name?: string;
+  /**
+   * The text of the answer to a WebSocket message too large for the runtime to take
+   * (64 MiB or more), given its size. With it, such a message is
+   * thrown away by the guard and answered instead of closing the connection.
+   */
+  oversizeAnswer?: (bytes: number) => string;
 }
 
 /** What the guard refused or closed, since it started. */
@@ -472,15 +479,29 @@ export class Guard {
     if (!this.#open.has(tracked)) return this.#drop(tracked);
     upstream.setNoDelay(true);
     if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
+    const websocket = this.#o.oversizeAnswer !== undefined &&
+      /^upgrade:[ \t]*websocket[ \t]*$/im.test(head.head);
     try {
       const rewritten = rewriteHead(head.head, this.#o.secret, tracked.address);
       await upstream.write(encoder.encode(rewritten));
-      if (head.rest.length > 0) await upstream.write(head.rest);
+      if (!websocket && head.rest.length > 0) await upstream.write(head.rest);
     } catch {
       return this.#drop(tracked);
     }
     // Plain read/write with one buffer per direction: web-streams pipeTo cost the broker ~50
     // to ~100 us of CPU per request at full load (bench: broker against broker-noguard).
+    if (websocket) {
+      // Frame headers are read on the way: see lib/_ws_relay.ts.
+      await relayWebSocket(
+        conn,
+        upstream,
+        head.rest,
+        this.#o.oversizeAnswer!,
+      );
+      this.#closeConn(conn);
+      this.#closeConn(upstream);
+      return;
+    }
     const up = pump(conn, upstream);
     const down = pump(upstream, conn);
     await Promise.race([up, down]);

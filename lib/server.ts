@@ -7,6 +7,9 @@
 import { Broker, type BrokerOptions } from "./broker.ts";
 import { Guard, type GuardStats, relayedPeer } from "./guard.ts";
 import { logger } from "./log.ts";
+import { resolveOptions } from "./broker/options.ts";
+import { encodeEnvelope, failureAnswer, MessageType } from "./protocol.ts";
+import { ErrorCode } from "./errors.ts";
 import type { ClusterLink, ClusterOptions } from "./cluster/link.ts";
 
 const log = logger("server");
@@ -157,6 +160,7 @@ function listenGuarded(
   handler: Deno.ServeHandler<Deno.NetAddr>,
   options: ServerOptions,
   tls: { cert?: string; key?: string },
+  oversizeAnswer: (bytes: number) => string,
 ): Port {
   const secret = crypto.randomUUID();
   const inner = new InnerServer((req, info) => {
@@ -186,6 +190,7 @@ function listenGuarded(
       maxPerAddress: options.maxPerAddress,
       maxConnections: options.maxOpenConnections,
       logIntervalMs: options.refusalLogIntervalMs,
+      oversizeAnswer,
     });
   } catch (error) {
     void inner.shutdown();
@@ -233,6 +238,7 @@ export function isLoopback(host: string): boolean {
 export function startServer(options: ServerOptions = {}): RunningServer {
   const host = options.host ?? "0.0.0.0";
   const broker = new Broker(options);
+  const frames = resolveOptions(options);
   const tls = options.cert && options.key
     ? { cert: options.cert, key: options.key }
     : {};
@@ -240,11 +246,20 @@ export function startServer(options: ServerOptions = {}): RunningServer {
     name: string,
     port: number,
     handler: Deno.ServeHandler<Deno.NetAddr>,
+    oversizeAnswer: (bytes: number) => string,
   ) => {
     try {
       return options.guard === false
         ? listenPlain(host, port, handler, tls)
-        : listenGuarded(name, host, port, handler, options, tls);
+        : listenGuarded(
+          name,
+          host,
+          port,
+          handler,
+          options,
+          tls,
+          oversizeAnswer,
+        );
     } catch (error) {
       // Deno's "Address already in use" names no port, and there are two.
       throw new Error(
@@ -257,7 +272,19 @@ export function startServer(options: ServerOptions = {}): RunningServer {
   };
   let workerServer: Port;
   try {
-    workerServer = listen("Worker", options.port ?? 8765, broker.handleWorker);
+    // A message the runtime would refuse is answered by the guard, in each port's own words.
+    const limit = frames.maxWorkerFrameBytes;
+    workerServer = listen(
+      "Worker",
+      options.port ?? 8765,
+      broker.handleWorker,
+      (bytes) =>
+        encodeEnvelope(MessageType.ERROR, {
+          error: `Frame too large: ${bytes} bytes (limit ${limit})`,
+          code: ErrorCode.FRAME_TOO_LARGE,
+          msg_id: null,
+        }),
+    );
   } catch (error) {
     void broker.close();
     throw error;
@@ -268,6 +295,12 @@ export function startServer(options: ServerOptions = {}): RunningServer {
       "Requester",
       options.requesterPort ?? 8766,
       broker.handleRequester,
+      (bytes) =>
+        JSON.stringify(failureAnswer(
+          null,
+          `Frame too large: ${bytes} bytes (limit ${frames.maxRequesterFrameBytes})`,
+          ErrorCode.FRAME_TOO_LARGE,
+        )),
     );
   } catch (error) {
     void workerServer.shutdown();
