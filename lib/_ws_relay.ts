@@ -157,7 +157,7 @@ class FrameWalker {
         size = headerLength(buf[i + 1]);
       } else {
         // A header split across reads: its bytes are held until it is whole.
-        if (this.#headLen === 0) cut(i);
+        cut(i);
         const need = this.#headLen < 2 ? 2 : headerLength(this.#head[1]);
         const take = Math.min(need - this.#headLen, n - i);
         this.#head.set(buf.subarray(i, i + take), this.#headLen);
@@ -330,16 +330,17 @@ async function pumpDown(from: Deno.Conn, down: Downstream): Promise<void> {
           await writeAll(down.conn, chunk);
           continue;
         }
-        const restAt = chunk.length - (head.length - (end + 4));
-        await writeAll(down.conn, chunk.subarray(0, restAt));
         if (!/^HTTP\/1\.1 101/.test(head)) {
-          // Not upgraded: copy whatever else comes.
+          // Not upgraded (401, 503): the body and whatever else comes passes as it is.
+          await writeAll(down.conn, chunk);
           for (;;) {
             const m = await from.read(buffer);
             if (m === null) return;
             await writeAll(down.conn, buffer.subarray(0, m));
           }
         }
+        const restAt = chunk.length - (head.length - (end + 4));
+        await writeAll(down.conn, chunk.subarray(0, restAt));
         down.upgraded = true;
         chunk = chunk.subarray(restAt);
         head = "";
