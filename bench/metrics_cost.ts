@@ -12,8 +12,8 @@
  */
 
 import { parseArgs } from "node:util";
-import { Counter, Histogram, Registry } from "npm:prom-client@15.1.3";
-import { LATENCY_BUCKETS, Metrics } from "../lib/metrics.ts";
+import { Metrics } from "../lib/metrics.ts";
+import { promRecorder } from "./_metrics_server.ts";
 import { runLoad } from "./_load.ts";
 import { cpuSeconds, type Helper, spawnHelper } from "./_spawn.ts";
 import { spread, spreadText } from "./core.ts";
@@ -25,20 +25,7 @@ const VARIANTS = ["off", "on", "prom"] as const;
 function microbench(rounds: number): { ours: number[]; prom: number[] } {
   const n = 1_000_000;
   const metrics = new Metrics({ isKnownCommand: () => true });
-  const registers = [new Registry()];
-  const requests = new Counter({
-    name: "requests_total",
-    help: "requests",
-    labelNames: ["command", "outcome"],
-    registers,
-  });
-  const latency = new Histogram({
-    name: "request_duration_seconds",
-    help: "latency",
-    labelNames: ["command"],
-    buckets: [...LATENCY_BUCKETS],
-    registers,
-  });
+  const record = promRecorder();
   const ours: number[] = [];
   const prom: number[] = [];
   const now = Date.now();
@@ -50,8 +37,7 @@ function microbench(rounds: number): { ours: number[]; prom: number[] } {
     ours.push((performance.now() - t) * 1e6 / n);
     t = performance.now();
     for (let i = 0; i < n; i++) {
-      requests.inc({ command: "echo", outcome: "success" });
-      latency.observe({ command: "echo" }, (i % 50) / 10000);
+      record("echo", undefined, (i % 50) / 10);
     }
     prom.push((performance.now() - t) * 1e6 / n);
   }
