@@ -15,6 +15,7 @@ import {
   waitFor,
 } from "./_helpers.ts";
 import { NATS_MISSING, NatsCluster } from "./_nats.ts";
+import { hasOpenssl, makePki } from "./_pki.ts";
 import { runProgram } from "./_procs.ts";
 
 const ignore = NATS_MISSING !== undefined;
@@ -592,87 +593,6 @@ Deno.test("cluster flags - mistakes get one clear line and exit 2", async () => 
     assert.match(out.stderr, message);
   }
 });
-
-/** A CA and a certificate it signed for 127.0.0.1, made with the openssl CLI in a temp dir. */
-async function makePki(): Promise<{ dir: string; ca: string }> {
-  const dir = await Deno.makeTempDir({ prefix: "nats-tls-" });
-  const run = async (args: string[]) => {
-    const out = await new Deno.Command("openssl", {
-      args,
-      cwd: dir,
-      stdout: "null",
-      stderr: "piped",
-    }).output();
-    if (!out.success) {
-      throw new Error(new TextDecoder().decode(out.stderr));
-    }
-  };
-  const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
-  await run([
-    "req",
-    "-x509",
-    ...ec,
-    "-nodes",
-    "-keyout",
-    "ca.key",
-    "-out",
-    "ca.pem",
-    "-days",
-    "2",
-    "-subj",
-    "/CN=cluster-test-ca",
-    "-addext",
-    "basicConstraints=critical,CA:TRUE",
-    "-addext",
-    "keyUsage=critical,keyCertSign,cRLSign",
-  ]);
-  await run([
-    "req",
-    ...ec,
-    "-nodes",
-    "-keyout",
-    "server.key",
-    "-out",
-    "server.csr",
-    "-subj",
-    "/CN=127.0.0.1",
-  ]);
-  await Deno.writeTextFile(
-    `${dir}/ext.cnf`,
-    "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n" +
-      "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-  );
-  await run([
-    "x509",
-    "-req",
-    "-in",
-    "server.csr",
-    "-CA",
-    "ca.pem",
-    "-CAkey",
-    "ca.key",
-    "-CAcreateserial",
-    "-out",
-    "server.pem",
-    "-days",
-    "2",
-    "-extfile",
-    "ext.cnf",
-  ]);
-  return { dir, ca: await Deno.readTextFile(`${dir}/ca.pem`) };
-}
-
-function hasOpenssl(): boolean {
-  try {
-    return new Deno.Command("openssl", {
-      args: ["version"],
-      stdout: "null",
-      stderr: "null",
-    }).outputSync().success;
-  } catch {
-    return false;
-  }
-}
 
 Deno.test({
   name:
