@@ -11,12 +11,12 @@
  */
 
 import {
-  connect,
   credsAuthenticator,
   type Msg,
   type NatsConnection,
   type NodeConnectionOptions,
 } from "npm:@nats-io/transport-node@3.4.0";
+import { connectNats } from "./nats_connect.ts";
 import { setImmediate } from "node:timers";
 import { Cancellation } from "../_cancel.ts";
 import { type Peer, RecentIds } from "../dispatcher.ts";
@@ -269,7 +269,7 @@ export class ClusterLink {
     let nc: NatsConnection | undefined;
     let delay = 250;
     while (!this.#closed) {
-      const attempt = connect(options);
+      const attempt = connectNats(options);
       this.#connecting = attempt.then(() => {}, () => {});
       try {
         nc = await attempt;
