@@ -11,7 +11,11 @@ import { Cancellation, type CancelSignal } from "./_cancel.ts";
 import type { Dispatcher, Peer } from "./dispatcher.ts";
 import { RETRIABLE_RESULT_CODES } from "./dispatcher.ts";
 import { ErrorCode, ProtocolError } from "./errors.ts";
-import { planPlacement, UPSTREAM_BUDGET } from "./batch_placement.ts";
+import {
+  fetchRate,
+  planPlacement,
+  UPSTREAM_BUDGET,
+} from "./batch_placement.ts";
 
 /** The command name of a batch. */
 export const BATCH_COMMAND = "get_markets";
@@ -116,6 +120,8 @@ export function assignGroups(
   limits: {
     weight?: ReadonlyMap<string, number>;
     capacity?: ReadonlyMap<string, number>;
+    /** The name of the worker that last served a code, tried before its rendezvous home. */
+    lastServed?: (code: string) => string | undefined;
   } = {},
 ): Map<string, number[]> {
   const shares = new Map<string, number[]>();
@@ -140,6 +146,12 @@ export function assignGroups(
   }));
   for (const [code, indexes] of groups) {
     const order = rendezvousOrder(code, keyed);
+    // The worker that served the code last has it in its cache, wherever the hash points.
+    const served = limits.lastServed?.(code);
+    const last = served === undefined
+      ? -1
+      : order.findIndex((o) => o.w.name === served);
+    if (last > 0) order.unshift(...order.splice(last, 1));
     const room = (o: (typeof keyed)[number]) =>
       capOf(o.w) - (load.get(o.w.id) ?? 0);
     const home = order.find((o) => room(o) >= indexes.length) ??
@@ -157,6 +169,43 @@ const committed = new WeakMap<Peer, number>();
 
 function commit(worker: Peer | undefined, n: number): void {
   if (worker) committed.set(worker, (committed.get(worker) ?? 0) + n);
+}
+
+/** Items of streamed batches sent to each worker and not yet back, over every batch. */
+const outstanding = new WeakMap<Peer, number>();
+
+function owe(worker: Peer | undefined, n: number): void {
+  if (worker) outstanding.set(worker, (outstanding.get(worker) ?? 0) + n);
+}
+
+/**
+ * How fast each worker has been finishing items lately (ms per item, smoothed): a worker that
+ * answers from its cache finishes in milliseconds, one that fetches waits on its rate limit.
+ */
+const pace = new WeakMap<Peer, { msPerItem: number; lastAt: number }>();
+
+function notePace(worker: Peer | undefined, sentAt: number, now: number): void {
+  if (!worker) return;
+  const seen = pace.get(worker);
+  const since = Math.max(sentAt, seen?.lastAt ?? 0);
+  const ms = Math.max(0, now - since);
+  pace.set(worker, {
+    msPerItem: seen ? seen.msPerItem * 0.8 + ms * 0.2 : ms,
+    lastAt: now,
+  });
+}
+
+/** Which worker (by name) last served each code, per dispatcher: the cache it warmed. */
+const servedBy = new WeakMap<Dispatcher, Map<string, string>>();
+const SERVED_CODES = 50_000;
+
+function noteServed(dispatcher: Dispatcher, code: string, name: string): void {
+  let map = servedBy.get(dispatcher);
+  if (!map) servedBy.set(dispatcher, map = new Map());
+  // Re-inserted at the end: the map's order is its least recently served first.
+  map.delete(code);
+  map.set(code, name);
+  if (map.size > SERVED_CODES) map.delete(map.keys().next().value!);
 }
 
 // A worker that vanishes takes its unfinished sub-batch with it and the sub-batch starts over
@@ -239,21 +288,122 @@ export async function runBatch(
     out -= n;
     wake?.();
   };
-  // Waits until the window has room for `n` more items (always for the first) and the
-  // requester has read most of what it was sent.
-  const admit = async (n: number) => {
+  // Released items wake it at once; the timer re-checks the requester's reading and the
+  // workers that other batches share.
+  const nap = async () => {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    await new Promise<void>((resolve) => {
+      wake = resolve;
+      timer = setTimeout(resolve, 10);
+    });
+    clearTimeout(timer);
+    wake = undefined;
+  };
+  /**
+   * Streamed: each worker's share waits in a queue of its own, and a worker is sent its next
+   * chunk only while it holds few items (over every batch), so what it holds is what it is
+   * about to fetch. A worker that ran out takes from the back of the queue that will take longest
+   * to drain, when it would fetch those items sooner than their home would reach them: the job
+   * ends when the workers do, not when the largest share does. A worker that answers from its
+   * cache drains fast, so its queue is left to it and its cache.
+   */
+  const pullChunks = async (
+    shares: Map<string, number[]>,
+    runChunk: (workerId: string, indexes: number[]) => Promise<void>,
+    { size, usable }: { size: number; usable: ReadonlySet<string> },
+  ): Promise<void> => {
+    const queues = new Map<string, number[]>();
+    for (const [id, indexes] of shares) queues.set(id, [...indexes]);
+    const running: Promise<void>[] = [];
+    const open = (id: string) => {
+      const w = dispatcher.registry.get(id);
+      return w && usable.has(id) && !avoid.has(id) && !w.blocked &&
+          !w.draining
+        ? w
+        : undefined;
+    };
+    const held = (w: Peer) => outstanding.get(w) ?? 0;
+    // Rate-limited workers get two chunks at a time; the others as many as the window allows.
+    const room = (w: Peer) =>
+      fetchRate(w.upstream, dispatcher.clock.now()) === undefined
+        ? Infinity
+        : 2 * size - held(w);
+    const msPerItem = (w: Peer, cached: boolean) => {
+      const rate = fetchRate(w.upstream, dispatcher.clock.now());
+      const fetching = rate === undefined
+        ? 0
+        : rate > 0
+        ? 1000 / rate
+        : Infinity;
+      return cached ? pace.get(w)?.msPerItem ?? fetching : fetching;
+    };
+    const next = ():
+      | { worker: Peer; from: number[]; n: number }
+      | undefined => {
+      const takers = [...new Set([...queues.keys(), ...usable])]
+        .map(open)
+        .filter((w): w is Peer =>
+          w !== undefined && isCandidate(w, BATCH_COMMAND) && room(w) > 0
+        )
+        .sort((a, b) => held(a) / a.weight - held(b) / b.weight);
+      const own = takers.find((w) => (queues.get(w.id)?.length ?? 0) > 0);
+      if (own) {
+        const from = queues.get(own.id)!;
+        return { worker: own, from, n: Math.min(size, from.length) };
+      }
+      const thief = takers[0];
+      if (!thief) return undefined;
+      let best: { from: number[]; finish: number } | undefined;
+      for (const [id, from] of queues) {
+        if (from.length === 0 || id === thief.id) continue;
+        const home = open(id);
+        // Items whose home cannot take them any more go to whoever can.
+        const finish = home
+          ? (held(home) + from.length) * msPerItem(home, true)
+          : Infinity;
+        if (!best || finish > best.finish) best = { from, finish };
+      }
+      if (!best) return undefined;
+      const n = Math.min(size, Math.ceil(best.from.length / 2));
+      const mine = (held(thief) + n) * msPerItem(thief, false);
+      return best.finish > mine
+        ? { worker: thief, from: best.from, n }
+        : undefined;
+    };
     while (!stop.aborted) {
-      if ((out === 0 || out + n <= window) && flow!.ready()) break;
-      // Released items wake it at once; the timer re-checks the requester's reading.
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      await new Promise<void>((resolve) => {
-        wake = resolve;
-        timer = setTimeout(resolve, 10);
-      });
-      clearTimeout(timer);
-      wake = undefined;
+      let queued = 0;
+      for (const q of queues.values()) queued += q.length;
+      if (queued === 0) break;
+      const pick = next();
+      if (!pick && ![...queues.keys(), ...usable].some(open)) {
+        // Nobody left to pull: the dispatcher re-homes what it can, or says why it cannot.
+        for (const [id, from] of queues) {
+          if (from.length === 0) continue;
+          out += from.length;
+          running.push(runChunk(id, from.splice(0)));
+        }
+        break;
+      }
+      if (pick && (out === 0 || out + pick.n <= window) && flow!.ready()) {
+        const { worker, from, n } = pick;
+        const indexes = from === queues.get(worker.id)
+          ? from.splice(0, n)
+          : from.splice(from.length - n);
+        out += indexes.length;
+        running.push(runChunk(worker.id, indexes));
+        continue;
+      }
+      await nap();
     }
-    out += n;
+    for (const from of queues.values()) {
+      for (const i of from.splice(0)) {
+        finish(
+          i,
+          itemError(items[i], "Request cancelled", ErrorCode.CANCELLED),
+        );
+      }
+    }
+    await Promise.all(running);
   };
   const limit = options.maxResultChars;
   let chars = 0;
@@ -409,54 +559,22 @@ export async function runBatch(
     const unusable = eligible.filter((w) => !usableIds.has(w.id)).map((w) =>
       w.id
     );
-    const shares = assignGroups(groups, plan.usable, admitted, plan);
-    const chunks: [string, number[]][] = [];
-    if (flow) {
-      // Streamed: small chunks taken in turn from each worker's share, so that the window of
-      // items in flight keeps every worker busy.
-      const size = Math.max(
-        4,
-        Math.min(CHUNK_ITEMS, Math.floor(window / shares.size)),
-      );
-      const lists = [...shares].map(([workerId, indexes]) => {
-        const list: [string, number[]][] = [];
-        for (let k = 0; k < indexes.length; k += size) {
-          list.push([workerId, indexes.slice(k, k + size)]);
-        }
-        return list;
-      });
-      for (let k = 0; lists.some((l) => k < l.length); k++) {
-        for (const list of lists) if (k < list.length) chunks.push(list[k]);
-      }
-    } else {
-      for (const [workerId, indexes] of shares) {
-        for (
-          const chunk of chunkShare(indexes, dispatcher.registry.get(workerId))
-        ) {
-          chunks.push([workerId, chunk]);
-        }
-      }
-    }
+    const served = servedBy.get(dispatcher);
+    const shares = assignGroups(groups, plan.usable, admitted, {
+      ...plan,
+      lastServed: served ? (code) => served.get(code) : undefined,
+    });
     const retry: number[] = [];
-    // Chunks wait their turn in order (streamed batches only): the window and the requester's
-    // reading decide when the next one goes.
-    let turn = Promise.resolve();
-    await Promise.all(chunks.map(async ([workerId, indexes], c) => {
-      if (flow) {
-        const mine = turn.then(() => admit(indexes.length));
-        turn = mine;
-        await mine;
-        if (stop.aborted) {
-          release(indexes.length);
-          for (const i of indexes) {
-            finish(
-              i,
-              itemError(items[i], "Request cancelled", ErrorCode.CANCELLED),
-            );
-          }
-          return;
-        }
-      }
+    let chunkCount = 0;
+    // One chunk, to `workerId` first (whoever else is free when it has no free slot).
+    const runChunk = async (
+      workerId: string,
+      indexes: number[],
+    ): Promise<void> => {
+      const c = chunkCount++;
+      const sentAt = dispatcher.clock.now();
+      const credited = flow ? dispatcher.registry.get(workerId) : undefined;
+      owe(credited, indexes.length);
       // Spill order: home first, then whoever else is free, by least load.
       const preferred = [
         workerId,
@@ -480,6 +598,12 @@ export async function runBatch(
         settled.add(i);
         accepted++;
         release(1);
+        owe(credited, -1);
+        const worker = workerId ? dispatcher.registry.get(workerId) : undefined;
+        if (credited) notePace(worker, sentAt, dispatcher.clock.now());
+        if (worker && (result as { success?: unknown })?.success === true) {
+          noteServed(dispatcher, codeOf(items[i]), worker.name);
+        }
         if (workerId) used.add(workerId);
         if (isRetriableFailure(result) && round + 1 < maxRounds) {
           blockedOn.set(workerId, (blockedOn.get(workerId) ?? 0) + 1);
@@ -562,8 +686,28 @@ export async function runBatch(
         );
       }
       release(indexes.length - accepted);
+      owe(credited, accepted - indexes.length);
       report();
-    }));
+    };
+    if (flow) {
+      await pullChunks(shares, runChunk, {
+        size: Math.max(
+          4,
+          Math.min(CHUNK_ITEMS, Math.floor(window / shares.size)),
+        ),
+        usable: new Set(plan.usable.map((w) => w.id)),
+      });
+    } else {
+      const chunks: [string, number[]][] = [];
+      for (const [workerId, indexes] of shares) {
+        for (
+          const chunk of chunkShare(indexes, dispatcher.registry.get(workerId))
+        ) {
+          chunks.push([workerId, chunk]);
+        }
+      }
+      await Promise.all(chunks.map(([w, indexes]) => runChunk(w, indexes)));
+    }
     pending = retry.sort((a, b) => a - b);
   }
   for (const i of pending) {
@@ -593,6 +737,10 @@ export async function runBatch(
       ? { results, summary, distributed }
       : { summary, distributed },
   };
+}
+
+function codeOf(item: unknown): string {
+  return String((item as { code?: unknown } | null)?.code ?? "");
 }
 
 function annotate(result: unknown, workerId: string): unknown {

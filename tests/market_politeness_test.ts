@@ -9,20 +9,22 @@ import { within } from "./_helpers.ts";
 
 const ETF = { symbol_type: "etf", code: "510300", adjust: "none" };
 
-Deno.test("rate limiter - spaces requests by the interval plus jitter", async () => {
+Deno.test("rate limiter - jitter spreads the interval both ways, so the rate is the one asked for", async () => {
   const clock = manualClock(0);
+  const draws = [0, 1, 0.5, 0.25];
   const limiter = new RateLimiter({
     rate: 2,
     jitter: 0.2,
     clock,
-    random: () => 0.5,
+    random: () => draws.shift()!,
   });
   const times: number[] = [];
-  for (let i = 0; i < 4; i++) {
+  for (let i = 0; i < 5; i++) {
     await limiter.acquire();
     times.push(clock.now());
   }
-  assert.deepEqual(times, [0, 550, 1100, 1650]); // 500 ms + 0.2 * 0.5 * 500
+  // 500 ms ± 20 %: 400, 600, 500, 450; four intervals average to the nominal within the jitter.
+  assert.deepEqual(times, [0, 400, 1000, 1500, 1950]);
 });
 
 Deno.test("rate limiter - queues concurrent callers one interval apart and 0 disables it", async () => {
@@ -50,7 +52,8 @@ Deno.test("market service - spaces upstream calls to one host with the injected 
   for (const code of ["510300", "510500", "588000"]) {
     assert.ok((await market.getMarket({ ...ETF, code })).success);
   }
-  assert.deepEqual(clock.sleeps, [1000, 1000]);
+  // A draw of 0 is the shortest spacing the default jitter allows: 1 s - 30 %.
+  assert.deepEqual(clock.sleeps, [700, 700]);
   market.close();
 });
 
@@ -317,13 +320,13 @@ Deno.test("retry - every attempt waits for the rate limiter, retries included", 
   const market = serviceFor(fake.url, {
     clock,
     rateLimit: 1,
-    random: () => 0, // no jitter, no back-off: only the limiter spaces the attempts
+    random: () => 0, // no back-off, the shortest jittered spacing: only the limiter spaces them
     retries: 2,
   });
   try {
     assert.ok((await market.getMarket(ETF)).success);
     const start = sentAt[0];
-    assert.deepEqual(sentAt.map((t) => t - start), [0, 1000, 2000]);
+    assert.deepEqual(sentAt.map((t) => t - start), [0, 700, 1400]);
   } finally {
     market.close();
   }

@@ -1,5 +1,7 @@
 /**
- * Spacing between requests to one host, with jitter so that requests do not tick like a bot.
+ * Spacing between requests to one host, with jitter so that requests do not tick like a bot. The
+ * jitter spreads each interval evenly around the nominal one, so the rate over any minute is the
+ * rate asked for: a host sees the rate its user chose, no more and no slower.
  *
  * @module
  */
@@ -10,7 +12,7 @@ import { type Clock, systemClock } from "./clock.ts";
 export interface RateLimiterOptions {
   /** Requests per second; `0` disables the limiter. @default 1 */
   rate?: number;
-  /** Extra random spacing, as a fraction of the base interval. @default 0.3 */
+  /** How far an interval may stray either way, as a fraction of the base interval (0-1). @default 0.3 */
   jitter?: number;
   /** Time source. @default systemClock */
   clock?: Clock;
@@ -37,7 +39,7 @@ export class RateLimiter {
       );
     }
     this.#interval = rate === 0 ? 0 : 1000 / rate;
-    this.#jitter = options.jitter ?? 0.3;
+    this.#jitter = Math.min(Math.max(options.jitter ?? 0.3, 0), 1);
     this.#clock = options.clock ?? systemClock;
     this.#random = options.random ?? Math.random;
   }
@@ -47,7 +49,8 @@ export class RateLimiter {
     if (this.#interval === 0) return;
     const now = this.#clock.now();
     const at = Math.max(now, this.#next);
-    this.#next = at + this.#interval * (1 + this.#jitter * this.#random());
+    this.#next = at +
+      this.#interval * (1 + this.#jitter * (2 * this.#random() - 1));
     if (at > now) await this.#clock.sleep(at - now, signal);
   }
 }
