@@ -74,6 +74,11 @@ export interface StreamedItem {
   index: number;
   /** Its `get_market` result (or error object). */
   result: unknown;
+  /**
+   * The item's whole frame as it arrived, when it came as text: a caller that renders the item
+   * itself can read it without the parse `result` costs (`result` is parsed on first use).
+   */
+  text?: string;
 }
 
 /**
@@ -446,7 +451,7 @@ export class RequesterClient {
               ) hold(false);
               yield next.text === undefined
                 ? { index: next.index, result: next.result }
-                : { index: next.index, result: itemResult(next.text) };
+                : lazyItem(next.index, next.text);
               continue;
             }
             hold(false);
@@ -623,6 +628,23 @@ export class RequesterClient {
       clearTimeout(t);
     }
   }
+}
+
+/** A streamed item kept as text, its `result` parsed when first read. */
+function lazyItem(index: number, text: string): StreamedItem {
+  let result: unknown;
+  let parsed = false;
+  return {
+    index,
+    text,
+    get result() {
+      if (!parsed) {
+        result = itemResult(text);
+        parsed = true;
+      }
+      return result;
+    },
+  };
 }
 
 /** The `result` of an item frame kept as text (null when the frame is not valid JSON). */

@@ -16,6 +16,7 @@ import {
   renderMarketFile,
   writeFileAtomic,
 } from "./market_files.ts";
+import { readItemText } from "./market_text.ts";
 import type { JobCounts } from "./progress.ts";
 import { symbolCode, type SymbolKind, type SymbolSpec } from "./symbols.ts";
 
@@ -219,11 +220,12 @@ export async function runMarketsJob(
     let answer: RequesterAnswer | undefined;
     let lost: Error | undefined;
     try {
-      for await (const { index, result } of stream) {
+      for await (const item of stream) {
+        const { index } = item;
         const i = indexes[index];
         if (i === undefined || seen.has(index)) continue;
         seen.add(index);
-        await settle(i, result);
+        await settle(i, item);
         options.onProgress?.(counts());
       }
       answer = await stream.answer;
@@ -274,7 +276,16 @@ export async function runMarketsJob(
     options.onProgress?.(counts());
   };
 
-  const settle = async (i: number, result: unknown): Promise<void> => {
+  const settle = async (
+    i: number,
+    item: { result: unknown; text?: string },
+  ): Promise<void> => {
+    // CSV is written straight from the frame's text: no object per bar (see market_text.ts).
+    const view = item.text !== undefined && fileFormat === "csv" &&
+        format !== "table"
+      ? readItemText(item.text)
+      : undefined;
+    const result = view ? view.result : item.result;
     const r =
       (typeof result === "object" && result !== null ? result : {}) as Record<
         string,
@@ -310,22 +321,24 @@ export async function runMarketsJob(
       return;
     }
     lastProgress = Date.now();
-    const bars = Array.isArray(r.data) ? r.data.length : 0;
+    const bars = view ? view.bars : Array.isArray(r.data) ? r.data.length : 0;
+    // The full parse, only when the text could not be rendered directly.
+    const full = () => item.result as Record<string, unknown>;
     if (outDir) {
       const path = pathOf(symbols[i]);
       await writeFileAtomic(
         path,
-        renderMarketFile(r, fileFormat, options.columns),
+        view?.csv(options.columns) ??
+          renderMarketFile(full(), fileFormat, options.columns),
       );
       report.files.set(i, path);
     } else if (format === "table") {
       await write(tableView(symbols[i], r, options.tableRows ?? 5));
     } else {
+      const choice = { symbol: symbols[i], header: !headerWritten };
       await write(
-        renderMarketFile(r, fileFormat, options.columns, {
-          symbol: symbols[i],
-          header: !headerWritten,
-        }),
+        view?.csv(options.columns, choice) ??
+          renderMarketFile(full(), fileFormat, options.columns, choice),
       );
       headerWritten = true;
     }
