@@ -59,6 +59,7 @@ export function redactUrl(url: string): string {
 
 /**
  * Opens a `ws` client socket and resolves once it is open; rejects with a clear reason.
+ * `onBytes`, when given, sees each frame's bytes first and returns true for those it took.
  * `onMessage` is attached before the handshake ends: a server may send its first frame in the
  * same packet as the handshake answer, and `ws` emits it before an awaiting caller resumes.
  */
@@ -67,6 +68,7 @@ export function openSocket(
   options: ConnectOptions,
   onMessage: (text: string) => void,
   signal?: AbortSignal,
+  onBytes?: (bytes: Uint8Array) => boolean,
 ): Promise<WebSocket> {
   const init: ClientOptions = {
     handshakeTimeout: options.handshakeTimeoutMs ?? 10_000,
@@ -81,7 +83,11 @@ export function openSocket(
   // terminate() during the handshake (refused, aborted) makes `ws` emit one more "error" after
   // cleanup() removed ours; unheard, it would crash the process.
   socket.on("error", () => {});
-  socket.on("message", (data: unknown) => onMessage(messageText(data)));
+  socket.on("message", (data: unknown) => {
+    // A caller may take a frame as it came, before it is decoded to a string.
+    if (onBytes && data instanceof Uint8Array && onBytes(data)) return;
+    onMessage(messageText(data));
+  });
   return new Promise((resolve, reject) => {
     const onAbort = () => {
       cleanup();

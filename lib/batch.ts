@@ -338,7 +338,7 @@ export async function runBatch(
       return cached ? pace.get(w)?.msPerItem ?? fetching : fetching;
     };
     const next = ():
-      | { worker: Peer; from: number[]; n: number }
+      | { worker: Peer; from: number[]; n: number; take?: number[] }
       | undefined => {
       const takers = [...new Set([...queues.keys(), ...usable])]
         .map(open)
@@ -353,21 +353,31 @@ export async function runBatch(
       }
       const thief = takers[0];
       if (!thief) return undefined;
-      let best: { from: number[]; finish: number } | undefined;
+      const served = servedBy.get(dispatcher);
+      let best: { from: number[]; finish: number; cold: number[] } | undefined;
       for (const [id, from] of queues) {
         if (from.length === 0 || id === thief.id) continue;
         const home = open(id);
-        // Items whose home cannot take them any more go to whoever can.
+        // A code its home served before is likely in its cache: it stays, unless the home
+        // cannot take it any more.
+        const cold = home
+          ? from.filter((i) => served?.get(codeOf(items[i])) !== home.name)
+          : from;
+        if (cold.length === 0) continue;
         const finish = home
           ? (held(home) + from.length) * msPerItem(home, true)
           : Infinity;
-        if (!best || finish > best.finish) best = { from, finish };
+        if (!best || finish > best.finish) best = { from, finish, cold };
       }
       if (!best) return undefined;
-      const n = Math.min(size, Math.ceil(best.from.length / 2));
+      const n = Math.min(
+        size,
+        Math.ceil(best.from.length / 2),
+        best.cold.length,
+      );
       const mine = (held(thief) + n) * msPerItem(thief, false);
       return best.finish > mine
-        ? { worker: thief, from: best.from, n }
+        ? { worker: thief, from: best.from, n, take: best.cold.slice(-n) }
         : undefined;
     };
     while (!stop.aborted) {
@@ -385,10 +395,13 @@ export async function runBatch(
         break;
       }
       if (pick && (out === 0 || out + pick.n <= window) && flow!.ready()) {
-        const { worker, from, n } = pick;
-        const indexes = from === queues.get(worker.id)
-          ? from.splice(0, n)
-          : from.splice(from.length - n);
+        const { worker, from, n, take } = pick;
+        let indexes: number[];
+        if (take) {
+          const taken = new Set(take);
+          indexes = take;
+          from.splice(0, from.length, ...from.filter((i) => !taken.has(i)));
+        } else indexes = from.splice(0, n);
         out += indexes.length;
         running.push(runChunk(worker.id, indexes));
         continue;

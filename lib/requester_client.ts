@@ -75,10 +75,12 @@ export interface StreamedItem {
   /** Its `get_market` result (or error object). */
   result: unknown;
   /**
-   * The item's whole frame as it arrived, when it came as text: a caller that renders the item
-   * itself can read it without the parse `result` costs (`result` is parsed on first use).
+   * The item's whole frame as text, when it was kept as its frame: a caller that renders the
+   * item itself can read it without the parse `result` costs (`result` is parsed on first use).
    */
-  text?: string;
+  readonly text?: string;
+  /** The frame's UTF-8 bytes, when it arrived as a large frame and was kept undecoded. */
+  bytes?: Uint8Array;
 }
 
 /**
@@ -101,8 +103,16 @@ const STREAM_LOW_BYTES = 1 << 20;
 const ITEM_HEAD =
   /^\{"request_id":"([^"\\]*)","item":\{"index":(\d+),"result":/;
 
-/** A streamed item as it waits for the caller: parsed, or still the frame's text. */
-type ArrivedItem = { index: number; result?: unknown; text?: string };
+/** A streamed item as it waits for the caller: parsed, or still the frame's text or bytes. */
+type ArrivedItem = {
+  index: number;
+  result?: unknown;
+  text?: string;
+  bytes?: Uint8Array;
+};
+// Item frames this large wait as their bytes: not even decoded until the caller wants them.
+const ITEM_BYTES_MIN = 16 * 1024;
+const headDecoder = new TextDecoder();
 // How often a held socket is read briefly, for pings: well inside the server's idle timeout.
 const BREATH_MS = 3000;
 const KEEP_ALIVE_MS = 5000;
@@ -208,6 +218,7 @@ export class RequesterClient {
       this.#options,
       (text) => this.#onMessage(text),
       signal,
+      (bytes) => this.#onItemBytes(bytes),
     );
     this.#socket = socket;
     // The worker port's greeting can arrive with the handshake, before `#socket` was set.
@@ -274,6 +285,20 @@ export class RequesterClient {
       }
     })();
     return this.#reconnecting;
+  }
+
+  /** Takes a large item frame of a stream as bytes, undecoded; false for any other frame. */
+  #onItemBytes(bytes: Uint8Array): boolean {
+    if (bytes.length < ITEM_BYTES_MIN) return false;
+    const head = ITEM_HEAD.exec(headDecoder.decode(bytes.subarray(0, 200)));
+    const pending = head ? this.#pending.get(head[1]) : undefined;
+    if (!pending?.onItem) return false;
+    // A view into a larger buffer may be a read buffer the socket reuses: keep a copy.
+    const own = bytes.byteLength === bytes.buffer.byteLength
+      ? bytes
+      : bytes.slice();
+    pending.onItem({ index: Number(head![2]), bytes: own });
+    return true;
   }
 
   #onMessage(text: string): void {
@@ -405,7 +430,7 @@ export class RequesterClient {
     };
     const answer = this.#send(command, data, options, (item) => {
       queue.push(item);
-      queuedBytes += item.text?.length ?? 0;
+      queuedBytes += item.text?.length ?? item.bytes?.length ?? 0;
       if (
         iterating &&
         (queue.length >= STREAM_HIGH_WATER || queuedBytes >= STREAM_HIGH_BYTES)
@@ -444,14 +469,16 @@ export class RequesterClient {
           while (true) {
             if (queue.length > 0) {
               const next = queue.shift()!;
-              queuedBytes -= next.text?.length ?? 0;
+              queuedBytes -= next.text?.length ?? next.bytes?.length ?? 0;
               if (
                 queue.length <= STREAM_LOW_WATER &&
                 queuedBytes <= STREAM_LOW_BYTES
               ) hold(false);
-              yield next.text === undefined
-                ? { index: next.index, result: next.result }
-                : lazyItem(next.index, next.text);
+              yield next.bytes !== undefined
+                ? lazyItem(next.index, next.bytes)
+                : next.text !== undefined
+                ? lazyItem(next.index, next.text)
+                : { index: next.index, result: next.result };
               continue;
             }
             hold(false);
@@ -630,16 +657,20 @@ export class RequesterClient {
   }
 }
 
-/** A streamed item kept as text, its `result` parsed when first read. */
-function lazyItem(index: number, text: string): StreamedItem {
+/** A streamed item kept as its frame, its `result` parsed when first read. */
+function lazyItem(index: number, frame: string | Uint8Array): StreamedItem {
   let result: unknown;
   let parsed = false;
+  const bytes = typeof frame === "string" ? undefined : frame;
   return {
     index,
-    text,
+    bytes,
+    get text() {
+      return typeof frame === "string" ? frame : headDecoder.decode(frame);
+    },
     get result() {
       if (!parsed) {
-        result = itemResult(text);
+        result = itemResult(this.text!);
         parsed = true;
       }
       return result;

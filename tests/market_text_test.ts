@@ -3,6 +3,14 @@
 import assert from "node:assert/strict";
 import { renderMarketFile } from "../lib/requester/market_files.ts";
 import { readItemText } from "../lib/requester/market_text.ts";
+import { runMarketsJob } from "../lib/requester/markets_job.ts";
+import { createMarketService } from "../lib/market/service.ts";
+import { RequesterClient } from "../lib/requester_client.ts";
+import { startFakeEastmoney } from "./_fake_eastmoney.ts";
+import { startTestServer, startWorker } from "./_helpers.ts";
+
+const decode = (bytes: Uint8Array | undefined) =>
+  bytes === undefined ? undefined : new TextDecoder().decode(bytes);
 
 const frame = (result: unknown, index = 3) =>
   JSON.stringify({ request_id: "r1", item: { index, result } });
@@ -73,11 +81,14 @@ Deno.test("readItemText: CSV from the text equals renderMarketFile on the parsed
       adjust: "qfq",
     });
     for (const columns of ["english", "akshare"] as const) {
-      assert.equal(view.csv(columns), renderMarketFile(parsed, "csv", columns));
+      assert.equal(
+        decode(view.csv(columns)),
+        renderMarketFile(parsed, "csv", columns),
+      );
       const symbol = { symbol_type: "stock", code: "600000" };
       for (const header of [true, false]) {
         assert.equal(
-          view.csv(columns, { symbol, header }),
+          decode(view.csv(columns, { symbol, header })),
           renderMarketFile(parsed, "csv", columns, { symbol, header }),
         );
       }
@@ -88,7 +99,7 @@ Deno.test("readItemText: CSV from the text equals renderMarketFile on the parsed
 Deno.test("readItemText: an empty series and a failed item read the same as parsed", () => {
   const empty = readItemText(frame({ success: true, code: "1", data: [] }))!;
   assert.equal(empty.bars, 0);
-  assert.equal(empty.csv(), renderMarketFile({ data: [] }, "csv"));
+  assert.equal(decode(empty.csv()), renderMarketFile({ data: [] }, "csv"));
   const failed = readItemText(
     frame({ success: false, error: "no", error_code: "UNKNOWN_CODE" }),
   )!;
@@ -133,5 +144,52 @@ Deno.test("readItemText: anything but a valid item frame is undefined, never hal
       view = undefined; // the small parse of the result's other fields may throw too
     }
     assert.equal(view?.csv(), undefined, text.slice(0, 120));
+  }
+});
+
+Deno.test("markets job: files written from the frames' bytes equal the parsed series rendered", async () => {
+  await using upstream = await startFakeEastmoney({
+    synthetic: true,
+    syntheticEnd: "2020-12-31",
+  });
+  await using server = startTestServer();
+  const market = createMarketService({
+    eastmoneyUrl: upstream.url,
+    rateLimit: 0,
+  });
+  await using _worker = await startWorker(server, {
+    actions: market.actions(),
+  });
+  const client = new RequesterClient(server.requesterUrl);
+  const out = await Deno.makeTempDir();
+  try {
+    await client.connect();
+    const symbols = ["510300", "159915", "588000"].map((code) => ({
+      symbol_type: "etf" as const,
+      code,
+    }));
+    for (const columns of ["english", "akshare"] as const) {
+      const report = await runMarketsJob(client, {
+        symbols,
+        outDir: out,
+        columns,
+        write: () => Promise.resolve(),
+      });
+      assert.equal(report.ok, 3);
+      for (const s of symbols) {
+        const answer = await client.request("get_market", s);
+        const path = [...report.files.values()].find((p) =>
+          p.includes(s.code)
+        )!;
+        const written = await Deno.readTextFile(path);
+        // Large enough that the job took it as bytes, not as a string.
+        assert.ok(written.length > 16 * 1024, `${written.length} bytes`);
+        assert.equal(written, renderMarketFile(answer.data!, "csv", columns));
+      }
+    }
+  } finally {
+    await client.close();
+    market.close();
+    await Deno.remove(out, { recursive: true });
   }
 });

@@ -125,14 +125,15 @@ let tempCounter = 0;
  */
 export async function writeFileAtomic(
   path: string,
-  text: string,
+  text: string | Uint8Array,
 ): Promise<void> {
   const slash = path.lastIndexOf("/");
   const dir = slash >= 0 ? path.slice(0, slash + 1) : "";
   const base = path.slice(slash + 1);
   const temp = `${dir}.${base}.${Deno.pid}-${++tempCounter}.tmp`;
   try {
-    await Deno.writeTextFile(temp, text);
+    if (typeof text === "string") await Deno.writeTextFile(temp, text);
+    else await Deno.writeFile(temp, text);
     await Deno.rename(temp, path);
   } catch (error) {
     await Deno.remove(temp).catch(() => {});

@@ -16,7 +16,7 @@ import {
   renderMarketFile,
   writeFileAtomic,
 } from "./market_files.ts";
-import { readItemText } from "./market_text.ts";
+import { readItemBytes } from "./market_text.ts";
 import type { JobCounts } from "./progress.ts";
 import { symbolCode, type SymbolKind, type SymbolSpec } from "./symbols.ts";
 
@@ -278,12 +278,12 @@ export async function runMarketsJob(
 
   const settle = async (
     i: number,
-    item: { result: unknown; text?: string },
+    item: { result: unknown; bytes?: Uint8Array },
   ): Promise<void> => {
-    // CSV is written straight from the frame's text: no object per bar (see market_text.ts).
-    const view = item.text !== undefined && fileFormat === "csv" &&
+    // CSV is written straight from the frame's bytes: no object per bar (see market_text.ts).
+    const view = item.bytes !== undefined && fileFormat === "csv" &&
         format !== "table"
-      ? readItemText(item.text)
+      ? readItemBytes(item.bytes)
       : undefined;
     const result = view ? view.result : item.result;
     const r =
@@ -336,9 +336,11 @@ export async function runMarketsJob(
       await write(tableView(symbols[i], r, options.tableRows ?? 5));
     } else {
       const choice = { symbol: symbols[i], header: !headerWritten };
+      const bytes = view?.csv(options.columns, choice);
       await write(
-        view?.csv(options.columns, choice) ??
-          renderMarketFile(full(), fileFormat, options.columns, choice),
+        bytes
+          ? new TextDecoder().decode(bytes)
+          : renderMarketFile(full(), fileFormat, options.columns, choice),
       );
       headerWritten = true;
     }
