@@ -45,7 +45,7 @@ export interface BatchOptions {
    * Streams the batch: called once per item, in completion order, as soon as it is final. The
    * outcome's `data` then has no `results`.
    */
-  onItem?: (index: number, result: unknown) => void;
+  onItem?: (index: number, result: unknown) => number | void;
   /**
    * Without `onItem`: once the results pass this many characters of JSON the batch stops, and
    * the outcome's `tooLarge` says so. @default no limit
@@ -59,6 +59,12 @@ export interface BatchOptions {
   flow?: { ready(): boolean };
   /** Streamed batches with `flow`: items started and not yet sent, at most. @default 32 */
   window?: number;
+  /**
+   * Streamed batches with `flow`, when `onItem` returns the size of what it sent: the window
+   * shrinks so that a window's worth of items of the average size so far stays under this many
+   * bytes (but not under 8 items). @default 4 MiB
+   */
+  windowBytes?: number;
 }
 
 /** Reads a batch's `data`: a list, or `{"markets": [...]}`. */
@@ -280,7 +286,17 @@ export async function runBatch(
   options.signal?.addEventListener("abort", onAbort, { once: true });
   if (options.signal?.aborted) stop.abort();
   const flow = options.onItem ? options.flow : undefined;
-  const window = options.window ?? 32;
+  const maxWindow = options.window ?? 32;
+  const windowBytes = options.windowBytes ?? 4 * 1024 * 1024;
+  let sentBytes = 0;
+  let sentItems = 0;
+  // Items finished at once wait in this process until sent: with large items (a full daily
+  // history is ~0.5 MB) the window is what bounds the server's memory, so it counts bytes too.
+  const windowNow = () =>
+    sentItems === 0 ? maxWindow : Math.max(
+      Math.min(8, maxWindow),
+      Math.min(maxWindow, Math.floor(windowBytes * sentItems / sentBytes)),
+    );
   let out = 0;
   let wake: (() => void) | undefined;
   const release = (n: number) => {
@@ -394,7 +410,9 @@ export async function runBatch(
         }
         break;
       }
-      if (pick && (out === 0 || out + pick.n <= window) && flow!.ready()) {
+      if (
+        pick && (out === 0 || out + pick.n <= windowNow()) && flow!.ready()
+      ) {
         const { worker, from, n, take } = pick;
         let indexes: number[];
         if (take) {
@@ -436,7 +454,14 @@ export async function runBatch(
       typeof result === "object" && result !== null &&
       (result as { success?: unknown }).success === true
     ) success++;
-    if (onItem) return onItem(index, result);
+    if (onItem) {
+      const bytes = onItem(index, result);
+      if (typeof bytes === "number" && bytes > 0) {
+        sentBytes += bytes;
+        sentItems++;
+      }
+      return;
+    }
     results![index] = result;
     if (limit !== undefined && !tooLarge) {
       chars += jsonChars(result) + 1;
@@ -705,8 +730,8 @@ export async function runBatch(
     if (flow) {
       await pullChunks(shares, runChunk, {
         size: Math.max(
-          4,
-          Math.min(CHUNK_ITEMS, Math.floor(window / shares.size)),
+          2,
+          Math.min(CHUNK_ITEMS, Math.floor(windowNow() / shares.size)),
         ),
         usable: new Set(plan.usable.map((w) => w.id)),
       });

@@ -197,14 +197,18 @@ export class RequesterPort implements RequestRunner {
     return response;
   }
 
+  /** Sends `answer`; returns the characters sent (0 when nothing went, or not on a socket). */
   #answer(
     peer: RequesterPeer,
     answer: RequesterAnswer | Record<string, unknown>,
     paced = false,
-  ): void {
-    if (peer.sink) return peer.sink(answer as Record<string, unknown>);
+  ): number {
+    if (peer.sink) {
+      peer.sink(answer as Record<string, unknown>);
+      return 0;
+    }
     const socket = peer.socket;
-    if (socket.readyState !== WebSocket.OPEN) return;
+    if (socket.readyState !== WebSocket.OPEN) return 0;
     // Streamed items are paced by the batch (flow control above) instead: a requester that
     // reads slowly gets its items slowly, rather than dropped.
     if (socket.bufferedAmount > this.#core.options.maxBufferedBytes && !paced) {
@@ -224,7 +228,7 @@ export class RequesterPort implements RequestRunner {
       peer.dropped = true;
       this.#lingering++;
       this.#forget(peer, "Requester dropped: answers are not being read");
-      return;
+      return 0;
     }
     let text: string;
     try {
@@ -246,6 +250,7 @@ export class RequesterPort implements RequestRunner {
       ));
     }
     socket.send(text);
+    return text.length;
   }
 
   #forget(peer: RequesterPeer, reason: string): void {
