@@ -62,7 +62,7 @@ export interface BatchOptions {
   /**
    * Streamed batches with `flow`, when `onItem` returns the size of what it sent: the window
    * shrinks so that a window's worth of items of the average size so far stays under this many
-   * bytes (but not under 8 items). @default 4 MiB
+   * bytes, but not under 8 items nor under three per worker. @default 4 MiB
    */
   windowBytes?: number;
 }
@@ -158,8 +158,12 @@ export function assignGroups(
       ? -1
       : order.findIndex((o) => o.w.name === served);
     if (last > 0) order.unshift(...order.splice(last, 1));
+    // A cache hit costs the worker nothing of its rate: the fair-share cap does not apply to
+    // the code's last server, only what it can fetch before the deadline.
     const room = (o: (typeof keyed)[number]) =>
-      capOf(o.w) - (load.get(o.w.id) ?? 0);
+      (last >= 0 && o === order[0]
+        ? limits.capacity?.get(o.w.id) ?? Infinity
+        : capOf(o.w)) - (load.get(o.w.id) ?? 0);
     const home = order.find((o) => room(o) >= indexes.length) ??
       order.reduce((a, b) => room(b) > room(a) ? b : a);
     load.set(home.w.id, (load.get(home.w.id) ?? 0) + indexes.length);
@@ -290,12 +294,19 @@ export async function runBatch(
   const windowBytes = options.windowBytes ?? 4 * 1024 * 1024;
   let sentBytes = 0;
   let sentItems = 0;
+  // Workers this round can place items on (set by each round).
+  let placing = 1;
   // Items finished at once wait in this process until sent: with large items (a full daily
   // history is ~0.5 MB) the window is what bounds the server's memory, so it counts bytes too.
+  // But every worker keeps about three items in hand, or it idles between its rate-limit slots.
   const windowNow = () =>
-    sentItems === 0 ? maxWindow : Math.max(
-      Math.min(8, maxWindow),
-      Math.min(maxWindow, Math.floor(windowBytes * sentItems / sentBytes)),
+    sentItems === 0 ? maxWindow : Math.min(
+      maxWindow,
+      Math.max(
+        8,
+        3 * placing,
+        Math.floor(windowBytes * sentItems / sentBytes),
+      ),
     );
   let out = 0;
   let wake: (() => void) | undefined;
@@ -597,6 +608,7 @@ export async function runBatch(
     const unusable = eligible.filter((w) => !usableIds.has(w.id)).map((w) =>
       w.id
     );
+    placing = Math.max(1, plan.usable.length);
     const served = servedBy.get(dispatcher);
     const shares = assignGroups(groups, plan.usable, admitted, {
       ...plan,

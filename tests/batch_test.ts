@@ -437,3 +437,46 @@ Deno.test("batch - runs on three workers with the real market service on the dem
   for (const worker of workers) await worker.stop();
   for (const service of services) service.close();
 });
+
+Deno.test("batch - a code goes back to the worker that served it last, not to a newer rendezvous home", async () => {
+  await using server = startTestServer();
+  const calls: Item[][][] = [[], [], []];
+  const workers = [
+    await startWorker(server, {
+      name: "w1",
+      actions: { get_markets: stubMarkets("w1", calls[1]) },
+    }),
+    await startWorker(server, {
+      name: "w2",
+      actions: { get_markets: stubMarkets("w2", calls[2]) },
+    }),
+  ];
+  const client = new RequesterClient(server.requesterUrl);
+  await client.connect();
+  try {
+    const items = CODES.map((code) => ({ code }));
+    assert.ok((await client.request("get_markets", items)).success);
+    // A third worker joins: some of the codes hash to it now, but their caches are elsewhere.
+    workers.push(
+      await startWorker(server, {
+        name: "w0",
+        actions: { get_markets: stubMarkets("w0", calls[0]) },
+      }),
+    );
+    const before = calls[1].flat().length + calls[2].flat().length;
+    assert.ok((await client.request("get_markets", items)).success);
+    assert.deepEqual(
+      calls[0],
+      [],
+      "the newcomer took a code another worker holds",
+    );
+    assert.equal(calls[1].flat().length + calls[2].flat().length, before + 30);
+    // New codes do reach it.
+    const fresh = CODES.map((code) => ({ code: String(Number(code) + 1) }));
+    assert.ok((await client.request("get_markets", fresh)).success);
+    assert.ok(calls[0].flat().length > 0, "the newcomer got no new code");
+  } finally {
+    await client.close();
+    for (const worker of workers) await worker.stop();
+  }
+});
