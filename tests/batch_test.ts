@@ -12,6 +12,7 @@ import {
   startTestServer,
   startWorker,
   type TestServer,
+  waitFor,
 } from "./_helpers.ts";
 
 interface Item {
@@ -475,6 +476,66 @@ Deno.test("batch - a code goes back to the worker that served it last, not to a 
     const fresh = CODES.map((code) => ({ code: String(Number(code) + 1) }));
     assert.ok((await client.request("get_markets", fresh)).success);
     assert.ok(calls[0].flat().length > 0, "the newcomer got no new code");
+  } finally {
+    await client.close();
+    for (const worker of workers) await worker.stop();
+  }
+});
+
+Deno.test("batch - streamed: a worker that ran dry takes items from a slower worker's queue", async () => {
+  await using server = startTestServer({ heartbeatIntervalMs: 30 });
+  const served = { slow: 0, fast: 0 };
+  const handler = (slow: boolean): ActionHandler => async (params) => {
+    const items = params as Item[];
+    const out = [];
+    for (const item of items) {
+      // The slow worker stands for one waiting on its rate limit.
+      if (slow) await new Promise((r) => setTimeout(r, 30));
+      served[slow ? "slow" : "fast"]++;
+      out.push({ success: true, code: item.code, data: [] });
+    }
+    return out;
+  };
+  // All say they may fetch 30 times a second: placement holds back what they cannot start.
+  const heartbeatData = () => ({
+    upstream: { hosts: { "quotes.example": { cooldown_until: 0, rate: 30 } } },
+  });
+  const workers = [];
+  for (const name of ["slow", "fast1", "fast2", "fast3"]) {
+    workers.push(
+      await startWorker(server, {
+        name,
+        heartbeatData,
+        actions: { get_markets: handler(name === "slow") },
+      }),
+    );
+  }
+  const client = new RequesterClient(server.requesterUrl);
+  await client.connect();
+  try {
+    await waitFor(
+      () => server.broker.workers().every((w) => w.upstream !== undefined),
+      "every worker to report its upstream",
+    );
+    // Fresh codes: none is in anyone's cache, so any worker may take any of them.
+    const items = Array.from({ length: 200 }, (_, i) => ({
+      code: String(600000 + i),
+    }));
+    const seen = new Set<number>();
+    const stream = client.stream("get_markets", items);
+    for await (const { index, result } of stream) {
+      assert.equal((result as { success: boolean }).success, true);
+      seen.add(index);
+    }
+    assert.equal((await stream.answer).success, true);
+    assert.equal(seen.size, 200);
+    assert.equal(served.slow + served.fast, 200);
+    // Rendezvous alone gives the slow one 39 of these codes. It is sent two chunks (16 items)
+    // at a time, and the fast ones drain their own queues, then the rest of its.
+    assert.ok(
+      served.slow <= 25,
+      `slow served ${served.slow}, the fast ones ${served.fast}`,
+    );
   } finally {
     await client.close();
     for (const worker of workers) await worker.stop();
