@@ -23,6 +23,7 @@ import {
   MarketsExit,
 } from "./lib/requester/markets_cli.ts";
 import { symbolKind } from "./lib/requester/symbols.ts";
+import { PERIODS } from "./lib/market/params.ts";
 
 const USAGE =
   `Usage: deno task requester [HOST PORT] [command [json-data]] [options]
@@ -192,20 +193,7 @@ function parseMarkets(args: string[]): MarketsCommand {
     all: kind(values.all, "all"),
     start_date: dateFlag("start", values.start),
     end_date: dateFlag("end", values.end),
-    period: oneOf(
-      "period",
-      values.period,
-      [
-        "daily",
-        "weekly",
-        "monthly",
-        "1m",
-        "5m",
-        "15m",
-        "30m",
-        "60m",
-      ] as const,
-    ),
+    period: oneOf("period", values.period, PERIODS),
     adjust: oneOf("adjust", values.adjust, ["qfq", "hfq", "none"] as const),
     outDir: values.out,
     format,

@@ -176,16 +176,15 @@ export function assignGroups(
 
 /** Items of running batches placed on each worker and not yet finished: they share its rate. */
 const committed = new WeakMap<Peer, number>();
-
-function commit(worker: Peer | undefined, n: number): void {
-  if (worker) committed.set(worker, (committed.get(worker) ?? 0) + n);
-}
-
 /** Items of streamed batches sent to each worker and not yet back, over every batch. */
 const outstanding = new WeakMap<Peer, number>();
 
-function owe(worker: Peer | undefined, n: number): void {
-  if (worker) outstanding.set(worker, (outstanding.get(worker) ?? 0) + n);
+function add(
+  counts: WeakMap<Peer, number>,
+  worker: Peer | undefined,
+  n: number,
+): void {
+  if (worker) counts.set(worker, (counts.get(worker) ?? 0) + n);
 }
 
 /**
@@ -624,7 +623,7 @@ export async function runBatch(
       const c = chunkCount++;
       const sentAt = dispatcher.clock.now();
       const credited = flow ? dispatcher.registry.get(workerId) : undefined;
-      owe(credited, indexes.length);
+      add(outstanding, credited, indexes.length);
       // Spill order: home first, then whoever else is free, by least load.
       const preferred = [
         workerId,
@@ -637,7 +636,7 @@ export async function runBatch(
       ];
       const key = `${round}:${c}`;
       const home = dispatcher.registry.get(workerId);
-      commit(home, indexes.length);
+      add(committed, home, indexes.length);
       // What the chunk's current attempt works on. Items the worker streams back as they finish
       // are settled at once and leave it, so a worker that dies mid-chunk costs only the rest.
       let current = indexes;
@@ -648,7 +647,7 @@ export async function runBatch(
         settled.add(i);
         accepted++;
         release(1);
-        owe(credited, -1);
+        add(outstanding, credited, -1);
         const worker = workerId ? dispatcher.registry.get(workerId) : undefined;
         if (credited) notePace(worker, sentAt, dispatcher.clock.now());
         if (worker && (result as { success?: unknown })?.success === true) {
@@ -690,7 +689,7 @@ export async function runBatch(
         },
       );
       inProgress.delete(key);
-      commit(home, -indexes.length);
+      add(committed, home, -indexes.length);
       const open = current.filter((i) => !settled.has(i));
       if (!outcome.ok) {
         if (open.length > 0 && !tooLarge) {
@@ -736,7 +735,7 @@ export async function runBatch(
         );
       }
       release(indexes.length - accepted);
-      owe(credited, accepted - indexes.length);
+      add(outstanding, credited, accepted - indexes.length);
       report();
     };
     if (flow) {

@@ -112,7 +112,7 @@ type ArrivedItem = {
 };
 // Item frames this large wait as their bytes: not even decoded until the caller wants them.
 const ITEM_BYTES_MIN = 16 * 1024;
-const headDecoder = new TextDecoder();
+const frameDecoder = new TextDecoder();
 // How often a held socket is read briefly, for pings: well inside the server's idle timeout.
 const BREATH_MS = 3000;
 const KEEP_ALIVE_MS = 5000;
@@ -290,7 +290,7 @@ export class RequesterClient {
   /** Takes a large item frame of a stream as bytes, undecoded; false for any other frame. */
   #onItemBytes(bytes: Uint8Array): boolean {
     if (bytes.length < ITEM_BYTES_MIN) return false;
-    const head = ITEM_HEAD.exec(headDecoder.decode(bytes.subarray(0, 200)));
+    const head = ITEM_HEAD.exec(frameDecoder.decode(bytes.subarray(0, 200)));
     const pending = head ? this.#pending.get(head[1]) : undefined;
     if (!pending?.onItem) return false;
     // A view into a larger buffer may be a read buffer the socket reuses: keep a copy.
@@ -666,7 +666,7 @@ function lazyItem(index: number, frame: string | Uint8Array): StreamedItem {
     index,
     bytes,
     get text() {
-      return typeof frame === "string" ? frame : headDecoder.decode(frame);
+      return typeof frame === "string" ? frame : frameDecoder.decode(frame);
     },
     get result() {
       if (!parsed) {

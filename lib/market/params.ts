@@ -8,8 +8,10 @@ import { MarketParamsError } from "./errors.ts";
 import { shanghaiDate } from "./_dates.ts";
 import type { Adjust, MarketParams, Period, SymbolType } from "./types.ts";
 
-const SYMBOL_TYPES: readonly SymbolType[] = ["etf", "stock", "index"];
-const PERIODS: readonly Period[] = [
+/** The symbol kinds a market request may name. */
+export const SYMBOL_TYPES: readonly SymbolType[] = ["etf", "stock", "index"];
+/** The bar periods a market request may ask for. */
+export const PERIODS: readonly Period[] = [
   "daily",
   "weekly",
   "monthly",

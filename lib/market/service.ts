@@ -24,7 +24,7 @@ import {
 import type { CookieJar } from "./cookies.ts";
 import { type BreakerOptions, HostGate, type HostStatus } from "./host_gate.ts";
 import { HOST_LIMITS, OTHER_HOST_LIMITS } from "./politeness.ts";
-import { validateMarketParams } from "./params.ts";
+import { SYMBOL_TYPES, validateMarketParams } from "./params.ts";
 import { createProvider } from "./providers.ts";
 import { shanghaiDate } from "./_dates.ts";
 import { mapLimit } from "./_semaphore.ts";
@@ -47,7 +47,6 @@ import {
 
 const logger = getLogger(["switchyard", "market"]);
 const DAY_PERIODS: readonly Period[] = ["daily", "weekly", "monthly"];
-const SYMBOL_TYPES: readonly SymbolType[] = ["etf", "stock", "index"];
 
 /** Options for {@linkcode createMarketService}. */
 export interface MarketServiceOptions {
