@@ -6,9 +6,12 @@
  * open files"), so a flood of half-sent requests stops a port. The guard accepts connections
  * itself with `Deno.listen`: an accept error is counted and retried after a short pause; each
  * connection must deliver a complete request head within the header timeout; an address may hold
- * only so many connections; the total is bounded by the descriptors the process may open. A
- * connection that passes is relayed to the real HTTP server on a loopback port, with its head
- * marked so that the server knows the real peer address and that it came through the guard.
+ * only so many connections; the total is bounded by the descriptors the process may open.
+ *
+ * A WebSocket upgrade that passes is handed to the port's handler in this process and framed by
+ * `_websocket.ts` on the accepted connection itself: the hot path takes no second hop. Any other
+ * request is relayed to the real HTTP server on a loopback port, with its head marked so that the
+ * server knows the real peer address and that it came through the guard.
  *
  * Refusals are counted and written as one summary line per interval, never one line per
  * connection.
@@ -17,7 +20,7 @@
  */
 
 import { logger } from "./log.ts";
-import { relayWebSocket } from "./_ws_relay.ts";
+import { acceptKey, offerUpgrade } from "./_websocket.ts";
 
 const log = logger("guard");
 
@@ -47,9 +50,14 @@ export interface GuardOptions {
   /** A name for log lines ("worker", "requester"). */
   name?: string;
   /**
-   * The text of the answer to a WebSocket message too large for the runtime to take
-   * (64 MiB or more), given its size. With it, such a message is
-   * thrown away by the guard and answered instead of closing the connection.
+   * The port's handler for WebSocket upgrades, run in this process on the accepted connection
+   * (see the module doc). Without it, upgrades are relayed like any other request.
+   */
+  handleUpgrade?: Deno.ServeHandler<Deno.NetAddr>;
+  /**
+   * The text of the answer to a WebSocket message too large to take (64 MiB or more), given
+   * its size: such a message is thrown away as it arrives and answered instead of closing the
+   * connection.
    */
   oversizeAnswer?: (bytes: number) => string;
 }
@@ -453,6 +461,13 @@ export class Guard {
     }
     // Its head is complete: from now on it is no longer the first to give way.
     tracked.pending = false;
+    if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
+    if (
+      this.#o.handleUpgrade !== undefined &&
+      /^upgrade:[ \t]*websocket[ \t]*$/im.test(head.head)
+    ) {
+      return await this.#upgrade(tracked, head.head, head.rest);
+    }
     let upstream: Deno.TcpConn | undefined;
     // Out of descriptors here too (shed), or the server behind is starting again after its own
     // accept loop failed: try again a few times before giving up on a connection that did
@@ -478,36 +493,79 @@ export class Guard {
     tracked.upstream = upstream;
     if (!this.#open.has(tracked)) return this.#drop(tracked);
     upstream.setNoDelay(true);
-    if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
-    const websocket = this.#o.oversizeAnswer !== undefined &&
-      /^upgrade:[ \t]*websocket[ \t]*$/im.test(head.head);
     try {
       const rewritten = rewriteHead(head.head, this.#o.secret, tracked.address);
       await upstream.write(encoder.encode(rewritten));
-      if (!websocket && head.rest.length > 0) await upstream.write(head.rest);
+      if (head.rest.length > 0) await upstream.write(head.rest);
     } catch {
       return this.#drop(tracked);
     }
     // Plain read/write with one buffer per direction: web-streams pipeTo cost the broker ~50
     // to ~100 us of CPU per request at full load (bench: broker against broker-noguard).
-    if (websocket) {
-      // Frame headers are read on the way: see lib/_ws_relay.ts.
-      await relayWebSocket(
-        conn,
-        upstream,
-        head.rest,
-        this.#o.oversizeAnswer!,
-      );
-      this.#closeConn(conn);
-      this.#closeConn(upstream);
-      return;
-    }
     const up = pump(conn, upstream);
     const down = pump(upstream, conn);
     await Promise.race([up, down]);
     this.#closeConn(conn);
     this.#closeConn(upstream);
     await Promise.all([up, down]);
+  }
+
+  /**
+   * Runs the port's handler for an upgrade request; when it accepts, answers 101 and frames the
+   * connection here until it ends; else writes the handler's answer (401, 429, 503…) and closes.
+   */
+  async #upgrade(
+    tracked: Tracked,
+    headText: string,
+    rest: Uint8Array,
+  ): Promise<void> {
+    const { conn } = tracked;
+    const req = parseHead(headText, this.#o.cert !== undefined);
+    if (req === undefined) {
+      return this.#drop(tracked, "400 Bad Request");
+    }
+    const ended = Promise.withResolvers<void>();
+    const offer = offerUpgrade(req, conn, {
+      oversizeAnswer: this.#o.oversizeAnswer,
+    });
+    let response: Response;
+    try {
+      response = await this.#o.handleUpgrade!(req, {
+        remoteAddr: parseNetAddr(tracked.address),
+        completed: ended.promise,
+      });
+    } catch {
+      // Deno.upgradeWebSocket's own answer to a malformed upgrade.
+      response = new Response("Invalid WebSocket upgrade request\n", {
+        status: 400,
+      });
+    }
+    const socket = offer.socket;
+    try {
+      if (socket !== undefined && response === offer.response) {
+        const accept = await acceptKey(req.headers.get("sec-websocket-key")!);
+        try {
+          await writeAll(
+            conn,
+            encoder.encode(
+              "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n" +
+                `Connection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`,
+            ),
+          );
+        } catch {
+          socket.abort();
+          return this.#drop(tracked);
+        }
+        socket.start(rest);
+        await socket.closed;
+        return this.#drop(tracked);
+      }
+      socket?.abort();
+      await writeAll(conn, await serializeResponse(response)).catch(() => {});
+      this.#drop(tracked);
+    } finally {
+      ended.resolve();
+    }
   }
 
   /** Stops accepting: the port is free again; open connections stay. */
@@ -545,4 +603,79 @@ async function pump(from: Deno.Conn, to: Deno.Conn): Promise<void> {
   } catch {
     // One side closed: the caller closes both.
   }
+}
+
+async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+  for (let done = 0; done < bytes.length;) {
+    done += await conn.write(bytes.subarray(done));
+  }
+}
+
+/** A request head as a `Request` (no body: only upgrades come this way); undefined if garbled. */
+export function parseHead(head: string, tls: boolean): Request | undefined {
+  const lines = head.split("\r\n");
+  const [method, target, version] = lines[0].split(" ");
+  if (!method || !target?.startsWith("/") || !version?.startsWith("HTTP/")) {
+    return undefined;
+  }
+  try {
+    const headers = new Headers();
+    for (const line of lines.slice(1)) {
+      const colon = line.indexOf(":");
+      if (colon <= 0) return undefined;
+      headers.append(line.slice(0, colon).trim(), line.slice(colon + 1).trim());
+    }
+    // The Host header only names the URL; anything odd in it must not refuse the upgrade.
+    let url: URL;
+    try {
+      url = new URL(
+        target,
+        `${tls ? "https" : "http"}://${headers.get("host") ?? "localhost"}`,
+      );
+    } catch {
+      url = new URL(target, "http://localhost");
+    }
+    return new Request(url, { method, headers });
+  } catch {
+    return undefined;
+  }
+}
+
+/** `host:port` (or `[v6]:port`) as the address `Deno.ServeHandlerInfo` carries. */
+function parseNetAddr(address: string): Deno.NetAddr {
+  const i = address.lastIndexOf(":");
+  return {
+    transport: "tcp",
+    hostname: address.slice(0, i).replace(/^\[|\]$/g, ""),
+    port: Number(address.slice(i + 1)),
+  };
+}
+
+const STATUS_TEXT: Record<number, string> = {
+  400: "Bad Request",
+  401: "Unauthorized",
+  403: "Forbidden",
+  404: "Not Found",
+  426: "Upgrade Required",
+  429: "Too Many Requests",
+  500: "Internal Server Error",
+  503: "Service Unavailable",
+};
+
+/** A whole HTTP/1.1 answer that ends the connection. */
+async function serializeResponse(response: Response): Promise<Uint8Array> {
+  const body = new Uint8Array(await response.arrayBuffer());
+  let head = `HTTP/1.1 ${response.status} ${
+    response.statusText || STATUS_TEXT[response.status] || ""
+  }\r\n`;
+  for (const [name, value] of response.headers) {
+    if (name === "content-length" || name === "connection") continue;
+    head += `${name}: ${value}\r\n`;
+  }
+  head += `content-length: ${body.length}\r\nconnection: close\r\n\r\n`;
+  const head8 = encoder.encode(head);
+  const out = new Uint8Array(head8.length + body.length);
+  out.set(head8);
+  out.set(body, head8.length);
+  return out;
 }

@@ -191,6 +191,7 @@ function listenGuarded(
       maxConnections: options.maxOpenConnections,
       logIntervalMs: options.refusalLogIntervalMs,
       oversizeAnswer,
+      handleUpgrade: handler,
     });
   } catch (error) {
     void inner.shutdown();

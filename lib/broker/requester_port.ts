@@ -6,6 +6,7 @@
  * @module
  */
 
+import { upgradeWebSocket } from "../_websocket.ts";
 import { overBytes, utf8Bytes } from "../_frame_size.ts";
 import { Cancellation, type CancelSignal } from "../_cancel.ts";
 import { BATCH_COMMAND, readBatchItems, runBatch } from "../batch.ts";
@@ -170,7 +171,7 @@ export class RequesterPort implements RequestRunner {
     );
     if (refused) return refused;
     const address = remoteAddress(info);
-    const { socket, response } = Deno.upgradeWebSocket(req, {
+    const { socket, response } = upgradeWebSocket(req, {
       idleTimeout: this.#core.options.idleTimeoutSeconds,
     });
     const peer: RequesterPeer = {

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { upgradeWebSocket } from "../_websocket.ts";
 import { overBytes, utf8Bytes } from "../_frame_size.ts";
 import { Peer } from "../dispatcher.ts";
 import { ErrorCode, ProtocolError, SwitchyardError } from "../errors.ts";
@@ -74,7 +75,7 @@ export class WorkerPort {
     if (refused) return refused;
     // Read before the upgrade: the request object is spent afterwards.
     const address = remoteAddress(info);
-    const { socket, response } = Deno.upgradeWebSocket(req, {
+    const { socket, response } = upgradeWebSocket(req, {
       idleTimeout: core.options.idleTimeoutSeconds,
     });
     let id = shortId();

@@ -1,0 +1,315 @@
+// The ports' own WebSocket framing (lib/_websocket.ts) on real loopback sockets. The server
+// side reads three bytes at a time in the first test, so every split of a header or payload
+// across reads is met, and a small message cap exercises every length form (7, 16, 64 bits).
+
+import assert from "node:assert/strict";
+import { ConnSocket, type SocketClose } from "../lib/_websocket.ts";
+
+const encoder = new TextEncoder();
+
+/** A masked client frame (mask key 1 2 3 4). */
+function clientFrame(
+  fin: boolean,
+  opcode: number,
+  payload: Uint8Array,
+  masked = true,
+): Uint8Array {
+  const n = payload.length;
+  const size = n < 126 ? 2 : n < 65536 ? 4 : 10;
+  const key = masked ? 4 : 0;
+  const frame = new Uint8Array(size + key + n);
+  frame[0] = (fin ? 0x80 : 0) | opcode;
+  const maskBit = masked ? 0x80 : 0;
+  if (n < 126) frame[1] = maskBit | n;
+  else if (n < 65536) {
+    frame[1] = maskBit | 126;
+    frame[2] = n >> 8;
+    frame[3] = n & 255;
+  } else {
+    frame[1] = maskBit | 127;
+    new DataView(frame.buffer).setBigUint64(2, BigInt(n));
+  }
+  if (masked) frame.set([1, 2, 3, 4], size);
+  for (let i = 0; i < n; i++) {
+    frame[size + key + i] = masked ? payload[i] ^ ((i % 4) + 1) : payload[i];
+  }
+  return frame;
+}
+
+function concat(parts: Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+/** The server frames in `bytes`: [opcode, payload]. */
+function serverFrames(bytes: Uint8Array): [number, Uint8Array][] {
+  const out: [number, Uint8Array][] = [];
+  let at = 0;
+  while (at < bytes.length) {
+    assert.equal(bytes[at + 1] & 0x80, 0, "server frames are not masked");
+    let n = bytes[at + 1] & 0x7f;
+    let head = 2;
+    if (n === 126) {
+      n = (bytes[at + 2] << 8) | bytes[at + 3];
+      head = 4;
+    } else if (n === 127) {
+      n = Number(
+        new DataView(bytes.buffer, bytes.byteOffset + at + 2, 8).getBigUint64(
+          0,
+        ),
+      );
+      head = 10;
+    }
+    out.push([bytes[at] & 0x0f, bytes.subarray(at + head, at + head + n)]);
+    at += head + n;
+  }
+  return out;
+}
+
+async function writeAll(conn: Deno.Conn, bytes: Uint8Array) {
+  for (let done = 0; done < bytes.length;) {
+    done += await conn.write(bytes.subarray(done));
+  }
+}
+
+/** Reads until the peer closes, within 10 s. */
+async function readToEnd(conn: Deno.Conn): Promise<Uint8Array> {
+  const parts: Uint8Array[] = [];
+  const buffer = new Uint8Array(64 * 1024);
+  const timer = setTimeout(() => conn.close(), 10_000);
+  try {
+    for (;;) {
+      const n = await conn.read(buffer).catch(() => null);
+      if (n === null) break;
+      parts.push(buffer.slice(0, n));
+    }
+  } finally {
+    clearTimeout(timer);
+  }
+  return concat(parts);
+}
+
+interface Pair extends AsyncDisposable {
+  client: Deno.Conn;
+  socket: ConnSocket;
+  messages: (string | ArrayBuffer)[];
+  closes: SocketClose[];
+}
+
+async function pair(
+  options: ConstructorParameters<typeof ConnSocket>[1] = {},
+  narrow = false,
+): Promise<Pair> {
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const [client, accepted] = await Promise.all([
+    Deno.connect({ hostname: "127.0.0.1", port: listener.addr.port }),
+    listener.accept(),
+  ]);
+  listener.close();
+  const conn = narrow
+    ? {
+      read: (buffer: Uint8Array) => accepted.read(buffer.subarray(0, 3)),
+      write: (bytes: Uint8Array) => accepted.write(bytes),
+      close: () => accepted.close(),
+    } as unknown as Deno.Conn
+    : accepted;
+  const socket = new ConnSocket(conn, options);
+  const messages: (string | ArrayBuffer)[] = [];
+  const closes: SocketClose[] = [];
+  socket.onmessage = (event) => {
+    messages.push(event.data);
+    if (event.data === "echo me") socket.send("echoed");
+    if (event.data === "close me") socket.close(4000, "as asked");
+  };
+  socket.onclose = (event) => closes.push(event);
+  socket.start(new Uint8Array(0));
+  return {
+    client,
+    socket,
+    messages,
+    closes,
+    async [Symbol.asyncDispose]() {
+      try {
+        client.close();
+      } catch {
+        // Closed by the test.
+      }
+      await socket.closed;
+    },
+  };
+}
+
+Deno.test("websocket - in 3-byte reads: oversize single and fragmented messages are answered and thrown away; pings, fragments and the rest arrive whole", async () => {
+  await using p = await pair({
+    maxMessageBytes: 100,
+    oversizeAnswer: (n) => `too big: ${n}`,
+  }, true);
+  const sent = concat([
+    clientFrame(true, 1, new Uint8Array(200)), // 16-bit length, over
+    clientFrame(true, 1, encoder.encode("hello")),
+    clientFrame(true, 2, new Uint8Array(70000)), // 64-bit length, over
+    clientFrame(true, 9, encoder.encode("ping1")),
+    clientFrame(false, 1, new Uint8Array(60)), // fragmented, 120 in all: over
+    clientFrame(true, 9, encoder.encode("ping2")),
+    clientFrame(false, 0, new Uint8Array(30)),
+    clientFrame(true, 0, new Uint8Array(30)),
+    clientFrame(false, 1, encoder.encode("ab")), // fragmented, small: passes
+    clientFrame(true, 10, encoder.encode("pong")),
+    clientFrame(true, 0, encoder.encode("cd")),
+    clientFrame(true, 1, encoder.encode("中文")),
+    clientFrame(true, 2, new Uint8Array([7, 8, 9])),
+    clientFrame(true, 1, encoder.encode("close me")),
+  ]);
+  await writeAll(p.client, sent);
+  const frames = serverFrames(await readToEnd(p.client));
+  const decoder = new TextDecoder();
+  assert.deepEqual(
+    frames.map(([op, payload]) =>
+      op === 8
+        ? `close ${(payload[0] << 8) | payload[1]} ${
+          decoder.decode(payload.subarray(2))
+        }`
+        : `${op} ${decoder.decode(payload)}`
+    ),
+    [
+      "1 too big: 200",
+      "1 too big: 70000",
+      "10 ping1",
+      "10 ping2",
+      "1 too big: 120",
+      "close 4000 as asked",
+    ],
+  );
+  assert.deepEqual(p.messages.slice(0, 3), ["hello", "abcd", "中文"]);
+  assert.deepEqual([...new Uint8Array(p.messages[3] as ArrayBuffer)], [
+    7,
+    8,
+    9,
+  ]);
+  assert.equal(p.messages[4], "close me");
+  assert.equal(p.messages.length, 5);
+  await p.socket.closed;
+  assert.equal(p.closes.length, 1);
+  assert.equal(p.closes[0].code, 4000);
+});
+
+Deno.test("websocket - frames sent in one turn leave in one write, in order", async () => {
+  await using p = await pair();
+  for (let i = 0; i < 50; i++) p.socket.send(`m${i}`);
+  assert.equal(
+    p.socket.bufferedAmount,
+    50 * 2 + [...Array(50).keys()].reduce((n, i) => n + `m${i}`.length, 0),
+  );
+  const buffer = new Uint8Array(64 * 1024);
+  const n = await p.client.read(buffer);
+  const frames = serverFrames(buffer.subarray(0, n!));
+  assert.equal(frames.length, 50, "all 50 frames in the first read");
+  assert.deepEqual(
+    frames.map(([, payload]) => new TextDecoder().decode(payload)),
+    [...Array(50).keys()].map((i) => `m${i}`),
+  );
+});
+
+Deno.test("websocket - a peer's close is answered with the same code and reported once, clean", async () => {
+  await using p = await pair();
+  await writeAll(
+    p.client,
+    clientFrame(
+      true,
+      8,
+      new Uint8Array([0x0f, 0xa0, ...encoder.encode("bye")]),
+    ),
+  );
+  const frames = serverFrames(await readToEnd(p.client));
+  assert.deepEqual(
+    frames.map(([op, payload]) => [op, (payload[0] << 8) | payload[1]]),
+    [[8, 4000]],
+  );
+  await p.socket.closed;
+  assert.deepEqual(p.closes, [{ code: 4000, reason: "bye", wasClean: true }]);
+  assert.equal(p.socket.readyState, 3);
+});
+
+Deno.test("websocket - protocol errors close with their RFC code: unmasked 1002, bad UTF-8 1007, over the cap without an answer 1009", async () => {
+  const cases: [Uint8Array, number, Record<string, unknown>][] = [
+    [clientFrame(true, 1, encoder.encode("hi"), false), 1002, {}],
+    [clientFrame(true, 1, new Uint8Array([0xff, 0xfe])), 1007, {}],
+    [clientFrame(true, 1, new Uint8Array(50)), 1009, { maxMessageBytes: 10 }],
+    [clientFrame(true, 0, encoder.encode("x")), 1002, {}],
+    [clientFrame(false, 9, new Uint8Array(0)), 1002, {}],
+  ];
+  for (const [frame, code, options] of cases) {
+    await using p = await pair(options);
+    await writeAll(p.client, frame);
+    const frames = serverFrames(await readToEnd(p.client));
+    assert.equal(frames.at(-1)?.[0], 8, `a close frame for code ${code}`);
+    const payload = frames.at(-1)![1];
+    assert.equal((payload[0] << 8) | payload[1], code);
+    await p.socket.closed;
+    assert.equal(p.closes.length, 1);
+    assert.equal(p.closes[0].code, code);
+    assert.equal(p.messages.length, 0);
+  }
+});
+
+Deno.test("websocket - a peer that vanishes is reported as 1006; one that does not answer our close is cut off", async () => {
+  {
+    await using p = await pair();
+    p.client.close();
+    await p.socket.closed;
+    assert.deepEqual(p.closes, [{ code: 1006, reason: "", wasClean: false }]);
+  }
+  {
+    await using p = await pair();
+    p.socket.close(1000, "done");
+    // The client reads nothing and never answers: the socket still ends.
+    await p.socket.closed;
+    assert.equal(p.closes.length, 1);
+    assert.equal(p.closes[0].wasClean, false);
+  }
+});
+
+Deno.test("websocket - an idle peer is pinged after half the idle timeout and closed after all of it; a talking one is not", async () => {
+  await using p = await pair({ idleTimeout: 0.2 });
+  const buffer = new Uint8Array(1024);
+  const n = await p.client.read(buffer);
+  assert.deepEqual(serverFrames(buffer.subarray(0, n!)).map(([op]) => op), [9]);
+  await p.socket.closed;
+  assert.equal(p.closes[0].code, 1001);
+
+  await using q = await pair({ idleTimeout: 0.2 });
+  const talk = setInterval(
+    () => writeAll(q.client, clientFrame(true, 10, new Uint8Array(0))),
+    40,
+  );
+  try {
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    assert.equal(q.socket.readyState, 1, "still open after 2.5 idle timeouts");
+  } finally {
+    clearInterval(talk);
+  }
+});
+
+Deno.test("websocket - a handler that throws loses nothing: later messages on the connection still arrive", async () => {
+  await using p = await pair();
+  p.socket.onmessage = (event) => {
+    p.messages.push(event.data);
+    if (event.data === "boom") throw new Error("handler bug");
+  };
+  await writeAll(
+    p.client,
+    concat([
+      clientFrame(true, 1, encoder.encode("boom")),
+      clientFrame(true, 1, encoder.encode("after")),
+    ]),
+  );
+  for (let i = 0; i < 100 && p.messages.length < 2; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  assert.deepEqual(p.messages, ["boom", "after"]);
+});
