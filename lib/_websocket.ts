@@ -22,6 +22,9 @@ const log = logger("websocket");
 
 const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 const CHUNK = 64 * 1024;
+/** The outgoing buffer's size; a text up to a third of it is encoded straight into it. */
+const OUT_BUFFER = 16 * 1024;
+const SHORT_TEXT = 16 * 1024;
 const CONNECTING = 0;
 const OPEN = 1;
 const CLOSING = 2;
@@ -84,8 +87,11 @@ export class ConnSocket {
 
   #conn: Deno.Conn;
   #options: ConnSocketOptions;
-  #queue: Uint8Array[] = [];
-  #queued = 0;
+  /** Frames waiting for the next write, `#outLen` bytes of them. */
+  #out = new Uint8Array(OUT_BUFFER);
+  #outLen = 0;
+  /** The buffer last written, kept for the next turn. */
+  #spare: Uint8Array<ArrayBuffer> | undefined;
   #inFlight = 0;
   #flushing = false;
   #closeListeners: Listener[] = [];
@@ -106,7 +112,7 @@ export class ConnSocket {
 
   /** Bytes given to `send` that the peer's connection has not taken yet. */
   get bufferedAmount(): number {
-    return this.#queued + this.#inFlight;
+    return this.#outLen + this.#inFlight;
   }
 
   /** Resolves once the connection is closed and `onclose` has run. */
@@ -150,7 +156,7 @@ export class ConnSocket {
     }
     if (this.readyState !== OPEN) return;
     if (typeof data === "string") {
-      this.#enqueue(0x1, encoder.encode(data));
+      this.#enqueueText(data);
     } else {
       this.#enqueue(
         0x2,
@@ -196,51 +202,96 @@ export class ConnSocket {
     }
   }
 
+  /**
+   * Frames a text message into the outgoing buffer. A short string is encoded in place, behind
+   * room for the longest header it could need; the header is then written and the text moved up
+   * to meet it when the header came out shorter.
+   */
+  #enqueueText(text: string): void {
+    if (text.length > SHORT_TEXT) {
+      return this.#enqueue(0x1, encoder.encode(text));
+    }
+    const most = text.length * 3;
+    const room = most < 126 ? 2 : 4;
+    this.#reserve(room + most);
+    const at = this.#outLen;
+    const { written } = encoder.encodeInto(
+      text,
+      this.#out.subarray(at + room, at + room + most),
+    );
+    const head = this.#header(0x1, written);
+    if (head < room) {
+      this.#out.copyWithin(at + head, at + room, at + room + written);
+    }
+    this.#outLen = at + head + written;
+    this.#schedule();
+  }
+
   /** Frames a message for the next write; every frame sent in one turn leaves in one write. */
   #enqueue(opcode: number, payload: Uint8Array): void {
-    const n = payload.length;
-    const head = new Uint8Array(n < 126 ? 2 : n < 65536 ? 4 : 10);
-    head[0] = 0x80 | opcode;
-    if (n < 126) head[1] = n;
-    else if (n < 65536) {
-      head[1] = 126;
-      head[2] = n >> 8;
-      head[3] = n & 0xff;
-    } else {
-      head[1] = 127;
-      new DataView(head.buffer).setBigUint64(2, BigInt(n));
+    this.#reserve(10 + payload.length);
+    const head = this.#header(opcode, payload.length);
+    this.#out.set(payload, this.#outLen + head);
+    this.#outLen += head + payload.length;
+    this.#schedule();
+  }
+
+  /** Writes a frame header at the end of the outgoing buffer; returns its length. */
+  #header(opcode: number, n: number): number {
+    const out = this.#out;
+    const at = this.#outLen;
+    out[at] = 0x80 | opcode;
+    if (n < 126) {
+      out[at + 1] = n;
+      return 2;
     }
-    this.#queue.push(head, payload);
-    this.#queued += head.length + n;
+    if (n < 65536) {
+      out[at + 1] = 126;
+      out[at + 2] = n >> 8;
+      out[at + 3] = n & 0xff;
+      return 4;
+    }
+    out[at + 1] = 127;
+    new DataView(out.buffer, out.byteOffset + at + 2, 8).setBigUint64(
+      0,
+      BigInt(n),
+    );
+    return 10;
+  }
+
+  #reserve(bytes: number): void {
+    const need = this.#outLen + bytes;
+    if (need <= this.#out.length) return;
+    const bigger = new Uint8Array(Math.max(need, this.#out.length * 2));
+    bigger.set(this.#out.subarray(0, this.#outLen));
+    this.#out = bigger;
+  }
+
+  #schedule(): void {
     if (!this.#flushing) {
       this.#flushing = true;
       queueMicrotask(() => void this.#flush());
     }
   }
 
+  /**
+   * Writes the outgoing buffer while it has bytes. Two buffers take turns: one is written while
+   * the other fills, so a frame sent during a write joins the next one.
+   */
   async #flush(): Promise<void> {
     try {
-      while (this.#queue.length > 0) {
-        const parts = this.#queue;
-        const total = this.#queued;
-        this.#queue = [];
-        this.#queued = 0;
-        this.#inFlight = total;
-        let bytes: Uint8Array;
-        if (parts.length === 2 && parts[0].length + parts[1].length > CHUNK) {
-          // A large message alone: no copy, two writes.
-          await writeAll(this.#conn, parts[0]);
-          bytes = parts[1];
-        } else {
-          bytes = new Uint8Array(total);
-          let at = 0;
-          for (const part of parts) {
-            bytes.set(part, at);
-            at += part.length;
-          }
-        }
+      while (this.#outLen > 0) {
+        const bytes = this.#out.subarray(0, this.#outLen);
+        this.#inFlight = this.#outLen;
+        this.#out = this.#spare ?? new Uint8Array(OUT_BUFFER);
+        this.#spare = undefined;
+        this.#outLen = 0;
         await writeAll(this.#conn, bytes);
         this.#inFlight = 0;
+        // A buffer grown for one large message is let go rather than kept.
+        if (bytes.buffer.byteLength <= 4 * OUT_BUFFER) {
+          this.#spare = new Uint8Array(bytes.buffer as ArrayBuffer);
+        }
       }
     } catch {
       this.#inFlight = 0;
@@ -404,7 +455,7 @@ export class ConnSocket {
 
   #oversize(bytes: number): void {
     if (this.readyState !== OPEN) return;
-    this.#enqueue(0x1, encoder.encode(this.#options.oversizeAnswer!(bytes)));
+    this.#enqueueText(this.#options.oversizeAnswer!(bytes));
   }
 
   /** Hands a message to `onmessage`; false when the socket failed instead. */
@@ -467,8 +518,7 @@ export class ConnSocket {
     this.readyState = CLOSED;
     clearTimeout(this.#closeTimer);
     clearInterval(this.#idleTimer);
-    this.#queue = [];
-    this.#queued = 0;
+    this.#outLen = 0;
     try {
       this.#conn.close();
     } catch {

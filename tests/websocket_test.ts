@@ -313,3 +313,39 @@ Deno.test("websocket - a handler that throws loses nothing: later messages on th
   }
   assert.deepEqual(p.messages, ["boom", "after"]);
 });
+
+Deno.test("websocket - texts of every header size, ASCII and multi-byte, arrive as sent", async () => {
+  await using p = await pair();
+  const texts = [
+    "",
+    "a".repeat(125),
+    "a".repeat(126),
+    "中".repeat(41), // 123 bytes: room was made for a 4-byte header
+    "中".repeat(42), // 126 bytes
+    "é".repeat(20_000), // 40,000 bytes, encoded in place
+    "x".repeat(65_535),
+    "中".repeat(30_000), // 90,000 bytes: a 10-byte header
+  ];
+  for (const text of texts) p.socket.send(text);
+  const total = texts.reduce(
+    (n, t) => {
+      const b = encoder.encode(t).length;
+      return n + b + (b < 126 ? 2 : b < 65536 ? 4 : 10);
+    },
+    0,
+  );
+  const parts: Uint8Array[] = [];
+  let got = 0;
+  const buffer = new Uint8Array(64 * 1024);
+  while (got < total) {
+    const n = await p.client.read(buffer);
+    assert.notEqual(n, null);
+    parts.push(buffer.slice(0, n!));
+    got += n!;
+  }
+  const frames = serverFrames(concat(parts));
+  assert.deepEqual(
+    frames.map(([op, payload]) => [op, new TextDecoder().decode(payload)]),
+    texts.map((t) => [1, t]),
+  );
+});
