@@ -53,11 +53,13 @@ Options:
                            descriptor limit, (ulimit -n - 64) / 6, at most 10000)
   --max-per-address N      TCP connections from one IP address per port (default 256)
   --header-timeout S       time to send a complete request head (default 5)
+  --body-timeout S         time to send a whole request body (POST /v1/...) once its head
+                           is in (default 10)
   --silence-timeout S      a worker silent this long while holding work gets no new work
                            until it is heard from (default 2; judged every second)
   --stall-timeout S        ... and past this, its retriable requests move to other workers
                            (default 1.5 x heartbeat interval = 15; 0 never)
-  --no-guard               bind Deno.serve directly: faster, but no header timeout, no
+  --no-guard               bind Deno.serve directly: faster, but no header or body timeout, no
                            per-address limit and no recovery from EMFILE (trusted networks
                            only; see docs/operations.md)
   --max-auth-failures N    wrong tokens per address a minute before HTTP 429 (default 20)
@@ -123,6 +125,7 @@ function options(
       "max-open-connections": { type: "string" },
       "max-per-address": { type: "string" },
       "header-timeout": { type: "string" },
+      "body-timeout": { type: "string" },
       "no-guard": { type: "boolean" },
       "silence-timeout": { type: "string" },
       "stall-timeout": { type: "string" },
@@ -218,6 +221,7 @@ function options(
       : count("max-open-connections", 0),
     maxPerAddress: count("max-per-address", 256),
     headerTimeoutMs: seconds("header-timeout", 5),
+    bodyTimeoutMs: seconds("body-timeout", 10),
     guard: !values["no-guard"],
     silenceMs: seconds("silence-timeout", 2),
     stallTimeoutMs: values["stall-timeout"] === "0"

@@ -5,8 +5,9 @@
  * accept loop ends for good on the first `EMFILE` (its `finished` promise rejects with "Too many
  * open files"), so a flood of half-sent requests stops a port. The guard accepts connections
  * itself with `Deno.listen`: an accept error is counted and retried after a short pause; each
- * connection must deliver a complete request head within the header timeout; an address may hold
- * only so many connections; the total is bounded by the descriptors the process may open.
+ * connection must deliver a complete request head within the header timeout, then its whole body
+ * within the body timeout; an address may hold only so many connections; the total is bounded by
+ * the descriptors the process may open.
  *
  * A WebSocket upgrade that passes is handed to the port's handler in this process and framed by
  * `_websocket.ts` on the accepted connection itself: the hot path takes no second hop. Any other
@@ -21,6 +22,7 @@
 
 import { logger } from "./log.ts";
 import { acceptKey, offerUpgrade } from "./_websocket.ts";
+import { bodyFraming } from "./_body_framing.ts";
 
 const log = logger("guard");
 
@@ -39,6 +41,12 @@ export interface GuardOptions {
   secret: string;
   /** Time a connection has to send a complete request head, in ms. @default 5000 */
   headerTimeoutMs?: number;
+  /**
+   * Time a connection has to send the whole request body once its head is in, in ms; past it the
+   * answer is 408 (unless the server has begun answering) and the connection closes.
+   * @default 10000
+   */
+  bodyTimeoutMs?: number;
   /** Largest request head, in bytes. @default 16384 */
   maxHeadBytes?: number;
   /** Open connections in all, pending or relayed. @default {@linkcode connectionBudget} */
@@ -78,6 +86,8 @@ export interface GuardStats {
   evicted: number;
   /** Closed with 408: no complete request head within the header timeout. */
   header_timeouts: number;
+  /** Closed, with 408 when the server had not answered: no whole body within the body timeout. */
+  body_timeouts: number;
   /** Closed with 431: a request head over 16 KiB. */
   oversized_heads: number;
   /** Failed accepts (EMFILE and the like) and failed connects to the server behind. */
@@ -193,6 +203,7 @@ export class Guard {
     refused_total: 0,
     evicted: 0,
     header_timeouts: 0,
+    body_timeouts: 0,
     oversized_heads: 0,
     accept_errors: 0,
   };
@@ -249,6 +260,7 @@ export class Guard {
     add("refused_total", `over the connection limit (${this.maxConnections})`);
     add("evicted", "closed to make room for other addresses");
     add("header_timeouts", "without a complete request head in time");
+    add("body_timeouts", "without a complete request body in time");
     add("oversized_heads", "with an oversized request head");
     add("accept_errors", `failed accepts (${this.#lastAcceptError})`);
     this.#logged = { ...now };
@@ -500,11 +512,41 @@ export class Guard {
     } catch {
       return this.#drop(tracked);
     }
+    // The body must follow within the body timeout. It is timed here, in the guard, because only
+    // the guard can close the connection: `Deno.serve` (2.9) keeps a connection whose request
+    // body never completes open for good, even after its handler has answered with
+    // `connection: close`, and every path would hold one (the HTTP API's `POST /v1/request` and
+    // `/v1/markets` are the ones that wait for a body; the others answer and still hang on). The
+    // cost is following `content-length` or chunked framing as the bytes pass; with `--no-guard`
+    // there is no body timeout, as there is no header timeout.
+    const body = bodyFraming(head.head);
+    let answered = false;
+    let expired: Promise<void> | undefined;
+    if (body && !body.feed(head.rest)) {
+      tracked.timer = setTimeout(() => {
+        if (body.complete || !this.#open.has(tracked)) return;
+        this.#stats.body_timeouts++;
+        // Nothing more reaches the server; a 408 goes out unless its answer has begun (a
+        // `100 Continue` counts as begun).
+        this.#closeConn(upstream);
+        if (!answered) expired = this.#answerBodyTimeout(conn);
+      }, this.#o.bodyTimeoutMs ?? 10_000);
+    }
     // Plain read/write with one buffer per direction: web-streams pipeTo cost the broker ~50
     // to ~100 us of CPU per request at full load (bench: broker against broker-noguard).
-    const up = pump(conn, upstream);
-    const down = pump(upstream, conn);
+    const up = pump(
+      conn,
+      upstream,
+      body && !body.complete
+        ? (bytes) => {
+          if (body.feed(bytes)) clearTimeout(tracked.timer);
+        }
+        : undefined,
+    );
+    const down = pump(upstream, conn, () => answered = true);
     await Promise.race([up, down]);
+    clearTimeout(tracked.timer);
+    await expired;
     this.#closeConn(conn);
     this.#closeConn(upstream);
     await Promise.all([up, down]);
@@ -568,6 +610,20 @@ export class Guard {
     }
   }
 
+  /** Writes the 408 for a body that did not arrive in time; the caller closes. */
+  async #answerBodyTimeout(conn: Deno.Conn): Promise<void> {
+    const seconds = (this.#o.bodyTimeoutMs ?? 10_000) / 1000;
+    const text =
+      `Request body timeout: the body did not arrive whole within ${seconds} s\n`;
+    try {
+      await conn.write(encoder.encode(
+        `HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: ${text.length}\r\nconnection: close\r\n\r\n${text}`,
+      ));
+    } catch {
+      // The peer is gone: nothing to tell.
+    }
+  }
+
   /** Stops accepting: the port is free again; open connections stay. */
   async stopAccepting(): Promise<void> {
     if (!this.#closed) {
@@ -589,13 +645,18 @@ export class Guard {
   }
 }
 
-/** Copies `from` to `to` until `from` ends or either fails. */
-async function pump(from: Deno.Conn, to: Deno.Conn): Promise<void> {
+/** Copies `from` to `to` until `from` ends or either fails; `seen` sees each read first. */
+async function pump(
+  from: Deno.Conn,
+  to: Deno.Conn,
+  seen?: (bytes: Uint8Array) => void,
+): Promise<void> {
   const buffer = new Uint8Array(64 * 1024);
   try {
     for (;;) {
       const n = await from.read(buffer);
       if (n === null) return;
+      seen?.(buffer.subarray(0, n));
       for (let done = 0; done < n;) {
         done += await to.write(buffer.subarray(done, n));
       }

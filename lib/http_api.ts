@@ -165,6 +165,9 @@ export function csvRows(
 
 class TooLarge extends Error {}
 
+/** The connection ended before the body did (the client left, or the guard's body timeout). */
+class BodyLost extends Error {}
+
 async function readBody(req: Request, max: number): Promise<string> {
   const declared = Number(req.headers.get("content-length"));
   if (Number.isFinite(declared) && declared > max) throw new TooLarge();
@@ -172,11 +175,16 @@ async function readBody(req: Request, max: number): Promise<string> {
   const decoder = new TextDecoder();
   let text = "";
   let bytes = 0;
-  for await (const chunk of req.body) {
-    // The limit is in bytes, as on a WebSocket.
-    bytes += chunk.length;
-    if (bytes > max) throw new TooLarge();
-    text += decoder.decode(chunk, { stream: true });
+  try {
+    for await (const chunk of req.body) {
+      // The limit is in bytes, as on a WebSocket.
+      bytes += chunk.length;
+      if (bytes > max) throw new TooLarge();
+      text += decoder.decode(chunk, { stream: true });
+    }
+  } catch (error) {
+    if (error instanceof TooLarge) throw error;
+    throw new BodyLost("Request body lost", { cause: error });
   }
   return text + decoder.decode();
 }
@@ -273,6 +281,13 @@ export class HttpApi {
           413,
           ErrorCode.FRAME_TOO_LARGE,
           `Request body too large (limit ${this.#runner.maxFrameBytes} bytes)`,
+        );
+      }
+      // Nobody is left to read an answer; this one keeps it out of the error log.
+      if (error instanceof BodyLost) {
+        return new Response(
+          "Request body lost: the connection closed before the body was complete\n",
+          { status: 400, headers: { "content-type": "text/plain" } },
         );
       }
       throw error;

@@ -692,6 +692,7 @@ export class Metrics {
           );
           this.inc({ port, reason: "open_connection_limit" }, g.refused_total);
           this.inc({ port, reason: "header_timeout" }, g.header_timeouts);
+          this.inc({ port, reason: "body_timeout" }, g.body_timeouts);
           this.inc({ port, reason: "oversized_head" }, g.oversized_heads);
           this.inc({ port, reason: "evicted" }, g.evicted);
         }

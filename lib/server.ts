@@ -37,6 +37,11 @@ export interface ServerOptions extends BrokerOptions {
   /** Time a connection has to send a complete request head, in ms. @default 5000 */
   headerTimeoutMs?: number;
   /**
+   * Time a connection has to send the whole request body once its head is in, in ms (the HTTP
+   * API's `POST` bodies); then 408 and closed. Needs the guard. @default 10000
+   */
+  bodyTimeoutMs?: number;
+  /**
    * Open TCP connections per port, upgraded or not (`maxConnections` counts WebSockets).
    * @default from the descriptor limit, see `connectionBudget` in `guard.ts`
    */
@@ -187,6 +192,7 @@ function listenGuarded(
       target: () => inner.port,
       secret,
       headerTimeoutMs: options.headerTimeoutMs,
+      bodyTimeoutMs: options.bodyTimeoutMs,
       maxPerAddress: options.maxPerAddress,
       maxConnections: options.maxOpenConnections,
       logIntervalMs: options.refusalLogIntervalMs,

@@ -46,7 +46,11 @@ Deno.test("edges - the requester CLI prints the available commands on a failed a
     const alone = await ask("get_tiem");
     assert.equal(alone.code, 1);
     assert.equal(JSON.parse(alone.stdout).error, "No available workers");
-    assert.match(alone.stderr, /^requester: no worker is connected$/m);
+    // With no worker, the server's own actions are what can be asked for.
+    assert.match(
+      alone.stderr,
+      /^requester: available commands: calculate, get_client_info, get_time$/m,
+    );
 
     worker = new Program("worker.ts", [
       "127.0.0.1",
@@ -69,17 +73,64 @@ Deno.test("edges - the requester CLI prints the available commands on a failed a
   }
 });
 
+Deno.test("edges - with no worker connected, server actions answer and other commands get No available workers", async () => {
+  await using server = startTestServer();
+  const client = new RequesterClient(server.requesterUrl);
+  await client.connect();
+  try {
+    assert.equal(server.broker.stats().workers, 0);
+    const sum = await client.request("calculate", { a: 10, b: 20, op: "+" });
+    assert.equal(sum.success, true, JSON.stringify(sum));
+    assert.equal(sum.data, 30);
+    assert.equal(sum.processed_by, "server");
+    const time = await client.request("get_time");
+    assert.equal(time.processed_by, "server");
+    assert.match(String(time.data), /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/);
+    const clients = await client.request("get_client_info");
+    assert.equal(clients.success, true);
+    assert.deepEqual(clients.data, []);
+    const bad = await client.request("calculate", { a: 1, b: 0, op: "/" });
+    assert.equal(bad.success, false);
+    assert.equal(bad.error, "Division by zero");
+    assert.equal(bad.processed_by, "server");
+
+    // Anything else: exactly the original's text, and the server actions as what is offered.
+    for (const command of ["get_market", "get_markets", "no_such_command"]) {
+      const none = await client.request(command, [{ code: "510300" }]);
+      assert.equal(none.success, false, command);
+      assert.equal(none.error, "No available workers", command);
+      assert.equal(none.error_code, "NO_WORKERS", command);
+      assert.deepEqual(none.available_commands, [
+        "calculate",
+        "get_client_info",
+        "get_time",
+      ]);
+    }
+
+    // The HTTP API runs the same way.
+    const base = `http://127.0.0.1:${server.requesterPort}`;
+    const res = await fetch(`${base}/v1/request`, {
+      method: "POST",
+      body: JSON.stringify({
+        command: "calculate",
+        data: { a: 6, b: 7, op: "*" },
+      }),
+    });
+    assert.equal(res.status, 200);
+    const answer = await res.json();
+    assert.equal(answer.data, 42);
+    assert.equal(answer.processed_by, "server");
+  } finally {
+    await client.close();
+  }
+});
+
 Deno.test("edges - server actions answer requesters while no connected worker offers them, and the console runs them", async () => {
   await using server = startTestServer();
   const client = new RequesterClient(server.requesterUrl);
   await client.connect();
   let market: Worker | undefined;
   try {
-    // No worker at all: "No available workers" means just that.
-    const none = await client.request("calculate", { a: 1, b: 2 });
-    assert.equal(none.error, "No available workers");
-    assert.deepEqual(none.available_commands, []);
-
     // A worker that serves other things: the server answers its own actions.
     market = await startWorker(server, {
       name: "market",

@@ -4,8 +4,9 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { connectionBudget, rewriteHead } from "../lib/guard.ts";
+import { bodyFraming } from "../lib/_body_framing.ts";
 import { RequesterClient } from "../lib/requester_client.ts";
-import { RawPeer, startTestServer, waitFor } from "./_helpers.ts";
+import { RawPeer, startTestServer, startWorker, waitFor } from "./_helpers.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 
@@ -55,6 +56,177 @@ Deno.test("guard - a request head that never completes is answered 408 and close
   assert.equal(server.guardStats()!.requester.open, 0);
 });
 
+const encoder = new TextEncoder();
+
+/** A raw Deno TCP connection that has sent `text`. */
+async function sendRaw(port: number, text: string): Promise<Deno.TcpConn> {
+  const conn = await Deno.connect({ hostname: "127.0.0.1", port });
+  await conn.write(encoder.encode(text));
+  return conn;
+}
+
+/** Everything a raw Deno connection reads until the server closes it, bounded. */
+async function readUntilClosed(conn: Deno.Conn, ms = 5000): Promise<string> {
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    conn.close();
+  }, ms);
+  const decoder = new TextDecoder();
+  const buffer = new Uint8Array(4096);
+  let text = "";
+  try {
+    for (;;) {
+      const n = await conn.read(buffer);
+      if (n === null) break;
+      text += decoder.decode(buffer.subarray(0, n), { stream: true });
+    }
+  } catch (error) {
+    if (!timedOut) throw error;
+  } finally {
+    clearTimeout(timer);
+  }
+  if (timedOut) {
+    throw new Error(`Server did not close within ${ms} ms: ${text}`);
+  }
+  conn.close();
+  return text;
+}
+
+Deno.test("guard - a request body not all in within the body timeout is answered 408 and closed", async () => {
+  await using server = startTestServer({
+    bodyTimeoutMs: 150,
+    headerTimeoutMs: 60_000,
+  });
+  const port = server.requesterPort;
+  // A head with content-length and part of the body; the rest never comes.
+  const stalled = await sendRaw(
+    port,
+    "POST /v1/request HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n" +
+      'content-length: 100\r\n\r\n{"command": "get_time", ',
+  );
+  // A chunked body: one chunk, and no last chunk.
+  const chunked = await sendRaw(
+    port,
+    "POST /v1/markets HTTP/1.1\r\nHost: x\r\ntransfer-encoding: chunked\r\n\r\n" +
+      "5\r\n[{}, \r\n",
+  );
+  // A body that keeps dribbling, a byte every 20 ms: the bound is on the whole body.
+  const dribbled = await sendRaw(
+    port,
+    "POST /v1/request HTTP/1.1\r\nHost: x\r\ncontent-length: 1000\r\n\r\n{",
+  );
+  let dribbling = true;
+  const dribble = (async () => {
+    while (dribbling) {
+      await new Promise((r) => setTimeout(r, 20));
+      await dribbled.write(encoder.encode(" ")).catch(() => dribbling = false);
+    }
+  })();
+  // A path that answers without reading the body: closed all the same, without a 408.
+  const early = await sendRaw(
+    port,
+    "POST /health HTTP/1.1\r\nHost: x\r\ncontent-length: 1000000\r\n\r\n{",
+  );
+  const started = performance.now();
+  const [a, b, c, d] = await Promise.all(
+    [stalled, chunked, dribbled, early].map((conn) => readUntilClosed(conn)),
+  );
+  dribbling = false;
+  await dribble;
+  const elapsed = performance.now() - started;
+  for (const text of [a, b, c]) {
+    assert.match(text, /^HTTP\/1\.1 408 Request Timeout\r\n/);
+    assert.match(
+      text,
+      /\r\n\r\nRequest body timeout: the body did not arrive whole within 0\.15 s\n$/,
+    );
+  }
+  assert.match(d, /^HTTP\/1\.1 426 /);
+  assert.doesNotMatch(d, /408/);
+  assert.ok(elapsed < 3000, `closed after ${Math.round(elapsed)} ms`);
+  assert.equal(server.guardStats()!.requester.body_timeouts, 4);
+  assert.equal(server.guardStats()!.requester.header_timeouts, 0);
+  const metrics = await (await fetch(`http://127.0.0.1:${port}/metrics`))
+    .text();
+  assert.match(
+    metrics,
+    /^switchyard_connection_refusals_total\{port="requester",reason="body_timeout"\} 4$/m,
+  );
+  await waitFor(() => server.guardStats()!.requester.open === 0);
+});
+
+Deno.test("guard - a whole body is served however long the answer takes past the body timeout", async () => {
+  await using server = startTestServer({ bodyTimeoutMs: 100 });
+  await using _worker = await startWorker(server, {
+    actions: {
+      slow: () => new Promise((r) => setTimeout(() => r("late"), 400)),
+    },
+  });
+  const port = server.requesterPort;
+  const frame = '{"command": "slow"}';
+  const plain = await sendRaw(
+    port,
+    `POST /v1/request HTTP/1.1\r\nHost: x\r\ncontent-length: ${frame.length}\r\n\r\n${frame}`,
+  );
+  // Chunked, split at awkward places, with an extension and a trailer.
+  const chunkedText =
+    "POST /v1/request HTTP/1.1\r\nHost: x\r\ntransfer-encoding: chunked\r\n\r\n" +
+    `3;ext=1\r\n${frame.slice(0, 3)}\r\n${(frame.length - 3).toString(16)}\r\n${
+      frame.slice(3)
+    }\r\n0\r\nx-trailer: 1\r\n\r\n`;
+  const chunked = await sendRaw(port, chunkedText.slice(0, 80));
+  await chunked.write(encoder.encode(chunkedText.slice(80)));
+  for (
+    const text of await Promise.all(
+      [plain, chunked].map((c) => readUntilClosed(c)),
+    )
+  ) {
+    assert.match(text, /^HTTP\/1\.1 200 /);
+    assert.match(text, /"data":"late"/);
+  }
+  assert.equal(server.guardStats()!.requester.body_timeouts, 0);
+});
+
+Deno.test("bodyFraming() follows content-length and chunked bodies fed a byte at a time", () => {
+  const feedBytes = (head: string, body: string) => {
+    const framing = bodyFraming(head)!;
+    const bytes = encoder.encode(body);
+    const done: number[] = [];
+    for (let i = 0; i < bytes.length; i++) {
+      if (framing.feed(bytes.subarray(i, i + 1))) done.push(i);
+    }
+    return done[0];
+  };
+  const chunkedBody = "4\r\nWiki\r\n5;a=b\r\npedia\r\n0\r\nT: 1\r\n\r\n";
+  assert.equal(
+    feedBytes("POST / HTTP/1.1\r\nTransfer-Encoding: chunked", chunkedBody),
+    chunkedBody.length - 1,
+  );
+  assert.equal(
+    feedBytes("POST / HTTP/1.1\r\nContent-Length: 5", "hello, more"),
+    4,
+  );
+  // Chunked wins over a length; no body, another coding, a bad length: nothing to follow.
+  assert.equal(
+    feedBytes(
+      "POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked",
+      "0\r\n\r\n",
+    ),
+    4,
+  );
+  assert.equal(bodyFraming("GET / HTTP/1.1\r\nHost: x"), undefined);
+  assert.equal(bodyFraming("POST / HTTP/1.1\r\nContent-Length: 0"), undefined);
+  assert.equal(
+    bodyFraming("POST / HTTP/1.1\r\nTransfer-Encoding: gzip"),
+    undefined,
+  );
+  assert.equal(bodyFraming("POST / HTTP/1.1\r\nContent-Length: -1"), undefined);
+  // A malformed chunk size never completes: the body timeout ends it.
+  const broken = bodyFraming("POST / HTTP/1.1\r\nTransfer-Encoding: chunked")!;
+  assert.equal(broken.feed(encoder.encode("zz\r\n0\r\n\r\n")), false);
+});
+
 Deno.test("guard - an oversized request head is answered 431", async () => {
   await using server = startTestServer();
   const socket = await tcp(server.port);
@@ -80,7 +252,7 @@ Deno.test("guard - an address past its limit gets 429, and another address is st
     try {
       await client.connect();
       const answer = await client.request("get_time");
-      assert.equal(answer.error_code, "NO_WORKERS");
+      assert.equal(answer.processed_by, "server");
     } finally {
       await client.close();
     }
@@ -108,8 +280,8 @@ Deno.test("guard - a full port gives up the oldest half-sent request for a new c
     try {
       await client.connect();
       assert.equal(
-        (await client.request("get_time")).error_code,
-        "NO_WORKERS",
+        (await client.request("get_time")).processed_by,
+        "server",
       );
     } finally {
       await client.close();
@@ -287,7 +459,7 @@ Deno.test({
       try {
         await client.connect();
         const answer = await client.request("get_time", {}, { timeout: 10 });
-        assert.equal(answer.error_code, "NO_WORKERS");
+        assert.equal(answer.processed_by, "server");
         console.log(
           `guard: with ${partial.length} half-sent requests and ${idle.length} idle sockets ` +
             `opened, a new requester connected and was answered in ${
@@ -352,8 +524,8 @@ Deno.test({
       try {
         await client.connect();
         assert.equal(
-          (await client.request("get_time", {}, { timeout: 5 })).error_code,
-          "NO_WORKERS",
+          (await client.request("get_time", {}, { timeout: 5 })).processed_by,
+          "server",
         );
       } finally {
         await client.close();

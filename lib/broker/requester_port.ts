@@ -301,17 +301,15 @@ export class RequesterPort implements RequestRunner {
   }
 
   /**
-   * What a requester may ask for now: every action a connected worker declared, and the
-   * server's own actions (while any worker is connected). Workers that declared no list (original ones) serve anything and add
+   * What a requester may ask for now: the server's own actions, and every action a connected
+   * worker declared. Workers that declared no list (original ones) serve anything and add
    * nothing here.
    */
   #availableCommands(): string[] {
-    const workers = this.#core.dispatcher.registry.all();
-    // The server's own actions are served only next to at least one worker (see `#run`).
-    const names = new Set(
-      workers.length > 0 ? Object.keys(this.#core.actions) : [],
-    );
-    for (const worker of workers) {
+    // The server's own actions are always served, by a worker that offers them or else here
+    // (see `#run`).
+    const names = new Set(Object.keys(this.#core.actions));
+    for (const worker of this.#core.dispatcher.registry.all()) {
       for (const action of worker.actions ?? []) names.add(action);
     }
     if (names.has("get_market")) names.add(BATCH_COMMAND);
@@ -592,14 +590,14 @@ export class RequesterPort implements RequestRunner {
         elapsed_ms: this.#core.clock.now() - started,
       };
     }
-    // A server action no connected worker offers (`calculate` next to market workers) is run
-    // here. With no worker at all, "No available workers" keeps meaning just that, as it did in
-    // the original system, for the probes that rely on it.
-    const workers = this.#core.dispatcher.registry.all();
+    // A server action no connected worker offers (`calculate` next to market workers, or any
+    // server action while no worker is connected at all) is run here. Any other command with no
+    // worker still answers "No available workers"; `GET /health/ready` is the probe for workers.
     if (
-      workers.length > 0 &&
       Object.hasOwn(this.#core.actions, request.command) &&
-      !workers.some((w) => offers(w, request.command))
+      !this.#core.dispatcher.registry.all().some((w) =>
+        offers(w, request.command)
+      )
     ) {
       return await this.#runServerAction(request, started, signal);
     }
