@@ -1,4 +1,8 @@
-import { type ClientOptions, WebSocket } from "./_ws.ts";
+import {
+  connectWebSocket,
+  type ConnSocket,
+  HandshakeError,
+} from "./_websocket.ts";
 import { UnauthorizedError } from "./errors.ts";
 
 /** How a client reaches the server. */
@@ -57,116 +61,140 @@ export function redactUrl(url: string): string {
   return url.replace(/([?&]token=)[^&#]*/gi, "$1***");
 }
 
+/** A client connection as the worker and requester clients use it. */
+export class ClientSocket {
+  #socket: ConnSocket;
+  #closeListeners: ((code: number, reason: string) => void)[] = [];
+  #heardListeners: (() => void)[] = [];
+
+  constructor(socket: ConnSocket) {
+    this.#socket = socket;
+    socket.onclose = (event) => {
+      for (const listener of this.#closeListeners) {
+        listener(event.code, event.reason);
+      }
+    };
+    socket.onping = socket.onpong = () => {
+      for (const listener of this.#heardListeners) listener();
+    };
+  }
+
+  /** 0 connecting, 1 open, 2 closing, 3 closed, as `WebSocket.readyState`. */
+  get readyState(): number {
+    return this.#socket.readyState;
+  }
+
+  /** Bytes sent that the connection has not taken yet. */
+  get bufferedAmount(): number {
+    return this.#socket.bufferedAmount;
+  }
+
+  /** Runs `listener` once the connection has ended, with the close code and reason. */
+  onClose(listener: (code: number, reason: string) => void): void {
+    if (this.#socket.readyState === 3) {
+      queueMicrotask(() => listener(1006, ""));
+    } else this.#closeListeners.push(listener);
+  }
+
+  /** Runs `listener` on every ping or pong from the server. */
+  onHeard(listener: () => void): void {
+    this.#heardListeners.push(listener);
+  }
+
+  /** Sends a text message; frames sent in one turn leave in one write. */
+  send(text: string): void {
+    this.#socket.send(text);
+  }
+
+  /** Starts the closing handshake. */
+  close(code?: number, reason?: string): void {
+    this.#socket.close(code, reason);
+  }
+
+  /** Sends a ping, to keep the server's idle timer from firing while we read nothing. */
+  ping(): void {
+    this.#socket.ping();
+  }
+
+  /** Ends the connection at once. */
+  terminate(): void {
+    this.#socket.terminate();
+  }
+
+  /** Stops reading (flow control); {@linkcode resume} reads again. */
+  pause(): void {
+    this.#socket.pause();
+  }
+
+  resume(): void {
+    this.#socket.resume();
+  }
+}
+
 /**
- * Opens a `ws` client socket and resolves once it is open; rejects with a clear reason.
- * `onBytes`, when given, sees each frame's bytes first and returns true for those it took.
- * `onMessage` is attached before the handshake ends: a server may send its first frame in the
- * same packet as the handshake answer, and `ws` emits it before an awaiting caller resumes.
+ * Opens a client socket and resolves once it is open; rejects with a clear reason.
+ * `onBytes`, when given, sees each text frame's bytes first and returns true for those it took
+ * (a view into a reused buffer: copy what is kept). `onMessage` is attached before the
+ * handshake ends: a server may send its first frame in the same packet as the handshake answer.
  */
-export function openSocket(
+export async function openSocket(
   url: string,
   options: ConnectOptions,
   onMessage: (text: string) => void,
   signal?: AbortSignal,
   onBytes?: (bytes: Uint8Array) => boolean,
-): Promise<WebSocket> {
-  const init: ClientOptions = {
-    handshakeTimeout: options.handshakeTimeoutMs ?? 10_000,
-    maxPayload: options.maxPayload ?? 256 * 1024 * 1024,
-    perMessageDeflate: false,
-  };
-  if (options.token) {
-    init.headers = { authorization: `Bearer ${options.token}` };
-  }
-  if (options.ca) init.ca = options.ca;
-  const socket = new WebSocket(url, init);
-  // terminate() during the handshake (refused, aborted) makes `ws` emit one more "error" after
-  // cleanup() removed ours; unheard, it would crash the process.
-  socket.on("error", () => {});
-  socket.on("message", (data: unknown) => {
-    // A caller may take a frame as it came, before it is decoded to a string.
-    if (onBytes && data instanceof Uint8Array && onBytes(data)) return;
-    onMessage(messageText(data));
-  });
-  return new Promise((resolve, reject) => {
-    const onAbort = () => {
-      cleanup();
-      socket.terminate();
-      reject(signal!.reason);
-    };
-    const onOpen = () => {
-      cleanup();
-      resolve(socket);
-    };
-    const onError = (error: Error) => {
-      cleanup();
-      socket.terminate();
-      const hint = connectHint(url, error.message);
-      reject(
-        new Error(
-          `Cannot connect to ${redactUrl(url)}: ${error.message}${
-            hint ? `: ${hint}` : ""
-          }`,
-          { cause: error },
-        ),
+): Promise<ClientSocket> {
+  let socket: ConnSocket;
+  try {
+    socket = await connectWebSocket(url, {
+      headers: options.token
+        ? { authorization: `Bearer ${options.token}` }
+        : undefined,
+      ca: options.ca,
+      maxMessageBytes: options.maxPayload ?? 256 * 1024 * 1024,
+      handshakeTimeoutMs: options.handshakeTimeoutMs ?? 10_000,
+      signal,
+      onTextBytes: onBytes,
+      setup: (socket) => {
+        socket.onmessage = (event) => {
+          if (typeof event.data === "string") onMessage(event.data);
+          else onMessage(new TextDecoder().decode(event.data));
+        };
+      },
+    });
+  } catch (error) {
+    if (signal?.aborted) throw signal.reason;
+    const status = error instanceof HandshakeError ? error.status : undefined;
+    if (status === 401) {
+      throw new UnauthorizedError(
+        `Cannot connect to ${
+          redactUrl(url)
+        }: unauthorized (missing or wrong token): ` +
+          (options.token
+            ? "check --token (or its environment variable)"
+            : "the server wants one: give --token (or its environment variable)"),
       );
-    };
-    const onUnexpected = (_req: unknown, res: { statusCode?: number }) => {
-      cleanup();
-      socket.terminate();
-      const status = res.statusCode ?? 0;
-      if (status === 401) {
-        reject(
-          new UnauthorizedError(
-            `Cannot connect to ${
-              redactUrl(url)
-            }: unauthorized (missing or wrong token): ` +
-              (options.token
-                ? "check --token (or its environment variable)"
-                : "the server wants one: give --token (or its environment variable)"),
-          ),
-        );
-        return;
-      }
-      if (status === 429) {
-        // The server holds back an address after many wrong tokens: the same fix, and the same
-        // long wait before the next try.
-        reject(
-          new UnauthorizedError(
-            `Cannot connect to ${
-              redactUrl(url)
-            }: too many failed tries from this address (HTTP 429): check --token (or its environment variable)`,
-          ),
-        );
-        return;
-      }
-      reject(new Error(`Cannot connect to ${redactUrl(url)}: HTTP ${status}`));
-    };
-    const cleanup = () => {
-      socket.off("open", onOpen);
-      socket.off("error", onError);
-      socket.off("unexpected-response", onUnexpected);
-      signal?.removeEventListener("abort", onAbort);
-    };
-    if (signal?.aborted) return onAbort();
-    socket.on("open", onOpen);
-    socket.on("error", onError);
-    socket.on("unexpected-response", onUnexpected);
-    signal?.addEventListener("abort", onAbort, { once: true });
-  });
-}
-
-/** Reads a `ws` message as text. */
-export function messageText(data: unknown): string {
-  if (typeof data === "string") return data;
-  if (data instanceof Uint8Array) return new TextDecoder().decode(data);
-  if (Array.isArray(data)) {
-    return new TextDecoder().decode(
-      new Uint8Array(data.flatMap((chunk: Uint8Array) => [...chunk])),
+    }
+    if (status === 429) {
+      // The server holds back an address after many wrong tokens: the same fix, and the same
+      // long wait before the next try.
+      throw new UnauthorizedError(
+        `Cannot connect to ${
+          redactUrl(url)
+        }: too many failed tries from this address (HTTP 429): check --token (or its environment variable)`,
+      );
+    }
+    if (status !== undefined) {
+      throw new Error(`Cannot connect to ${redactUrl(url)}: HTTP ${status}`);
+    }
+    const message = error instanceof Error ? error.message : String(error);
+    const hint = connectHint(url, message);
+    throw new Error(
+      `Cannot connect to ${redactUrl(url)}: ${message}${
+        hint ? `: ${hint}` : ""
+      }`,
+      { cause: error },
     );
   }
-  if (data instanceof ArrayBuffer) {
-    return new TextDecoder().decode(new Uint8Array(data));
-  }
-  return String(data);
+  return new ClientSocket(socket);
 }

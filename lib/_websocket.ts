@@ -31,6 +31,7 @@ const CLOSING = 2;
 const CLOSED = 3;
 
 const encoder = new TextEncoder();
+const latin1 = new TextDecoder("latin1");
 const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
 
 /** The `Sec-WebSocket-Accept` value for a client's key. */
@@ -73,17 +74,30 @@ export interface ConnSocketOptions {
    * such a message closes the connection with 1009 (as the runtime does).
    */
   oversizeAnswer?: (bytes: number) => string;
+  /**
+   * The client end: frames sent are masked, frames received must not be (RFC 6455 §5.1).
+   * @default false
+   */
+  client?: boolean;
+  /**
+   * Sees each text message's bytes before they are decoded; returns true for those it took.
+   * The bytes are a view into a buffer the socket reuses: copy what is kept.
+   */
+  onTextBytes?: (bytes: Uint8Array) => boolean;
 }
 
 type Listener = (event: SocketClose) => void;
 
-/** A WebSocket over a `Deno.Conn`, server side; see the module doc. */
+/** A WebSocket over a `Deno.Conn`, either end; see the module doc. */
 export class ConnSocket {
   readyState: number = CONNECTING;
   onopen: ((event: Event) => void) | null = null;
   onmessage: ((event: SocketMessage) => void) | null = null;
   onclose: ((event: SocketClose) => void) | null = null;
   onerror: ((event: Event) => void) | null = null;
+  /** A ping or a pong came: the peer is alive. */
+  onping: (() => void) | null = null;
+  onpong: (() => void) | null = null;
 
   #conn: Deno.Conn;
   #options: ConnSocketOptions;
@@ -104,10 +118,35 @@ export class ConnSocket {
   #lastHeard = 0;
   #pinged = false;
   #done = Promise.withResolvers<void>();
+  readonly #client: boolean;
+  /** Set while reading is paused: resolves when it may go on. */
+  #paused: PromiseWithResolvers<void> | undefined;
 
   constructor(conn: Deno.Conn, options: ConnSocketOptions = {}) {
     this.#conn = conn;
     this.#options = options;
+    this.#client = options.client ?? false;
+  }
+
+  /** Stops reading: the peer's frames wait in the kernel and, past its buffers, in the peer. */
+  pause(): void {
+    this.#paused ??= Promise.withResolvers<void>();
+  }
+
+  /** Reads again after {@linkcode pause}. */
+  resume(): void {
+    this.#paused?.resolve();
+    this.#paused = undefined;
+  }
+
+  /** Sends a ping: traffic of our own that keeps the peer's idle timer from firing. */
+  ping(): void {
+    if (this.readyState === OPEN) this.#enqueue(0x9, new Uint8Array(0));
+  }
+
+  /** Ends the connection at once, without a closing handshake. */
+  terminate(): void {
+    this.#finish({ code: 1006, reason: "", wasClean: false });
   }
 
   /** Bytes given to `send` that the peer's connection has not taken yet. */
@@ -212,7 +251,8 @@ export class ConnSocket {
       return this.#enqueue(0x1, encoder.encode(text));
     }
     const most = text.length * 3;
-    const room = most < 126 ? 2 : 4;
+    const key = this.#client ? 4 : 0;
+    const room = (most < 126 ? 2 : 4) + key;
     this.#reserve(room + most);
     const at = this.#outLen;
     const { written } = encoder.encodeInto(
@@ -223,40 +263,51 @@ export class ConnSocket {
     if (head < room) {
       this.#out.copyWithin(at + head, at + room, at + room + written);
     }
+    if (key) mask(this.#out, at + head, written, at + head - 4);
     this.#outLen = at + head + written;
     this.#schedule();
   }
 
   /** Frames a message for the next write; every frame sent in one turn leaves in one write. */
   #enqueue(opcode: number, payload: Uint8Array): void {
-    this.#reserve(10 + payload.length);
+    this.#reserve(14 + payload.length);
     const head = this.#header(opcode, payload.length);
-    this.#out.set(payload, this.#outLen + head);
-    this.#outLen += head + payload.length;
+    const at = this.#outLen + head;
+    this.#out.set(payload, at);
+    if (this.#client) mask(this.#out, at, payload.length, at - 4);
+    this.#outLen = at + payload.length;
     this.#schedule();
   }
 
-  /** Writes a frame header at the end of the outgoing buffer; returns its length. */
+  /**
+   * Writes a frame header at the end of the outgoing buffer, with a fresh mask key on the
+   * client end; returns its length.
+   */
   #header(opcode: number, n: number): number {
     const out = this.#out;
     const at = this.#outLen;
+    const masked = this.#client ? 0x80 : 0;
     out[at] = 0x80 | opcode;
+    let length: number;
     if (n < 126) {
-      out[at + 1] = n;
-      return 2;
-    }
-    if (n < 65536) {
-      out[at + 1] = 126;
+      out[at + 1] = masked | n;
+      length = 2;
+    } else if (n < 65536) {
+      out[at + 1] = masked | 126;
       out[at + 2] = n >> 8;
       out[at + 3] = n & 0xff;
-      return 4;
+      length = 4;
+    } else {
+      out[at + 1] = masked | 127;
+      new DataView(out.buffer, out.byteOffset + at + 2, 8).setBigUint64(
+        0,
+        BigInt(n),
+      );
+      length = 10;
     }
-    out[at + 1] = 127;
-    new DataView(out.buffer, out.byteOffset + at + 2, 8).setBigUint64(
-      0,
-      BigInt(n),
-    );
-    return 10;
+    if (!masked) return length;
+    maskKey(out, at + length);
+    return length + 4;
   }
 
   #reserve(bytes: number): void {
@@ -338,11 +389,18 @@ export class ConnSocket {
           const b0 = buf[start];
           const b1 = buf[start + 1];
           if ((b0 & 0x70) !== 0) return this.#fail(1002, "Reserved bits set");
-          if ((b1 & 0x80) === 0) {
-            return this.#fail(1002, "Frames from a client must be masked");
+          const masked = (b1 & 0x80) !== 0;
+          if (masked === this.#client) {
+            return this.#fail(
+              1002,
+              this.#client
+                ? "Frames from a server must not be masked"
+                : "Frames from a client must be masked",
+            );
           }
           const len7 = b1 & 0x7f;
-          const headLen = 2 + (len7 === 126 ? 2 : len7 === 127 ? 8 : 0) + 4;
+          const headLen = 2 + (len7 === 126 ? 2 : len7 === 127 ? 8 : 0) +
+            (masked ? 4 : 0);
           if (available < headLen) break;
           const fin = (b0 & 0x80) !== 0;
           const opcode = b0 & 0x0f;
@@ -404,7 +462,7 @@ export class ConnSocket {
             break;
           }
           const at = start + headLen;
-          unmask(buf, at, length, start + headLen - 4);
+          if (masked) mask(buf, at, length, at - 4);
           start = at + length;
           const payload = buf.subarray(at, at + length);
           if (control) {
@@ -439,6 +497,8 @@ export class ConnSocket {
           bigger.set(buf.subarray(0, end));
           buf = bigger;
         }
+        if (this.#paused) await this.#paused.promise;
+        if (this.readyState === CLOSED) return;
         const n = await this.#conn.read(buf.subarray(end));
         if (n === null) break;
         end += n;
@@ -462,6 +522,7 @@ export class ConnSocket {
   #deliver(opcode: number, payload: Uint8Array): boolean {
     if (this.readyState !== OPEN) return true;
     let data: string | ArrayBuffer;
+    if (opcode === 0x1 && this.#options.onTextBytes?.(payload)) return true;
     if (opcode === 0x1) {
       try {
         data = strictUtf8.decode(payload);
@@ -484,9 +545,10 @@ export class ConnSocket {
   #control(opcode: number, payload: Uint8Array): void {
     if (opcode === 0x9) {
       if (this.readyState === OPEN) this.#enqueue(0xa, payload.slice());
+      this.onping?.();
       return;
     }
-    if (opcode !== 0x8) return; // A pong: hearing it is all it was for.
+    if (opcode === 0xa) return void this.onpong?.();
     const code = payload.length >= 2 ? (payload[0] << 8) | payload[1] : 1005;
     let reason = "";
     try {
@@ -516,6 +578,7 @@ export class ConnSocket {
     if (this.#closeEvent !== undefined) return;
     this.#closeEvent = event;
     this.readyState = CLOSED;
+    this.resume();
     clearTimeout(this.#closeTimer);
     clearInterval(this.#idleTimer);
     this.#outLen = 0;
@@ -533,7 +596,24 @@ export class ConnSocket {
   }
 }
 
-function unmask(buf: Uint8Array, at: number, length: number, keyAt: number) {
+/** Random mask keys come from a pool filled by the system's generator, 4 KiB at a time. */
+const keys = new Uint8Array(4096);
+let keyAt = keys.length;
+
+function maskKey(out: Uint8Array, at: number): void {
+  if (keyAt === keys.length) {
+    crypto.getRandomValues(keys);
+    keyAt = 0;
+  }
+  out[at] = keys[keyAt];
+  out[at + 1] = keys[keyAt + 1];
+  out[at + 2] = keys[keyAt + 2];
+  out[at + 3] = keys[keyAt + 3];
+  keyAt += 4;
+}
+
+/** XORs `length` bytes at `at` with the 4-byte key at `keyAt` (masking and unmasking alike). */
+function mask(buf: Uint8Array, at: number, length: number, keyAt: number) {
   const m0 = buf[keyAt];
   const m1 = buf[keyAt + 1];
   const m2 = buf[keyAt + 2];
@@ -564,6 +644,195 @@ function concat(parts: Uint8Array[], total: number): Uint8Array {
 async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
   for (let done = 0; done < bytes.length;) {
     done += await conn.write(bytes.subarray(done));
+  }
+}
+
+/** A handshake that the server answered with something else than 101. */
+export class HandshakeError extends Error {
+  constructor(message: string, readonly status?: number) {
+    super(message);
+    this.name = "HandshakeError";
+  }
+}
+
+/** Options for {@linkcode connectWebSocket}. */
+export interface ConnectWebSocketOptions {
+  /** Extra request headers (`authorization`…). */
+  headers?: Record<string, string>;
+  /** PEM text of a CA certificate to trust for `wss://`. */
+  ca?: string;
+  /** Largest message taken from the server, in bytes. */
+  maxMessageBytes?: number;
+  /** How long connecting and the handshake may take, in ms. @default 10000 */
+  handshakeTimeoutMs?: number;
+  /** Gives up on the attempt. */
+  signal?: AbortSignal;
+  /** Sees each text message's bytes first: {@linkcode ConnSocketOptions.onTextBytes}. */
+  onTextBytes?: (bytes: Uint8Array) => boolean;
+  /** Sets the socket's handlers before any frame is read (one may come with the handshake). */
+  setup?: (socket: ConnSocket) => void;
+}
+
+/**
+ * Opens a client WebSocket on a `Deno.connect` (or `connectTls`) connection with Nagle off, for
+ * the same reasons the ports frame their own: the runtime's client leaves Nagle on, so a
+ * 1–16 KB message stalls ~44 ms; npm `ws` avoids that but runs on Node-compat streams.
+ */
+export async function connectWebSocket(
+  url: string,
+  options: ConnectWebSocketOptions = {},
+): Promise<ConnSocket> {
+  const target = new URL(url);
+  const tls = target.protocol === "wss:";
+  if (!tls && target.protocol !== "ws:") {
+    throw new TypeError(`Not a WebSocket URL (ws:// or wss://): ${url}`);
+  }
+  const hostname = target.hostname.replace(/^\[|\]$/g, "");
+  const port = Number(target.port || (tls ? 443 : 80));
+  const deadline = AbortSignal.timeout(options.handshakeTimeoutMs ?? 10_000);
+  const signal = options.signal
+    ? AbortSignal.any([options.signal, deadline])
+    : deadline;
+  signal.throwIfAborted();
+  let conn: Deno.Conn | undefined;
+  const giveUp = () => {
+    try {
+      conn?.close();
+    } catch {
+      // Closed already.
+    }
+  };
+  signal.addEventListener("abort", giveUp, { once: true });
+  try {
+    const connecting: Promise<Deno.Conn> = tls
+      ? Deno.connectTls({
+        hostname,
+        port,
+        caCerts: options.ca ? [options.ca] : undefined,
+      })
+      : Deno.connect({ hostname, port });
+    conn = await abortable(connecting, signal, (c) => c.close());
+    if (tls) await abortable((conn as Deno.TlsConn).handshake(), signal);
+    else (conn as Deno.TcpConn).setNoDelay(true);
+    const key = btoa(
+      String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))),
+    );
+    let head = `GET ${target.pathname}${target.search} HTTP/1.1\r\n` +
+      `Host: ${target.host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n` +
+      `Sec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n`;
+    for (const [name, value] of Object.entries(options.headers ?? {})) {
+      head += `${name}: ${value}\r\n`;
+    }
+    await writeAll(conn, encoder.encode(head + "\r\n"));
+    const { status, headers, rest } = await readAnswerHead(conn, signal);
+    if (status !== 101) {
+      throw new HandshakeError(`Unexpected server response: ${status}`, status);
+    }
+    if (headers.get("sec-websocket-accept") !== await acceptKey(key)) {
+      throw new HandshakeError("Invalid Sec-WebSocket-Accept header");
+    }
+    const socket = new ConnSocket(conn, {
+      client: true,
+      maxMessageBytes: options.maxMessageBytes,
+      onTextBytes: options.onTextBytes,
+    });
+    options.setup?.(socket);
+    socket.start(rest);
+    return socket;
+  } catch (error) {
+    giveUp();
+    if (signal.aborted && !(error instanceof HandshakeError)) {
+      throw options.signal?.aborted
+        ? options.signal.reason
+        : new Error("Opening handshake has timed out");
+    }
+    throw error;
+  } finally {
+    signal.removeEventListener("abort", giveUp);
+  }
+}
+
+/** `promise`, or a rejection once `signal` aborts (what it resolves with later is cleaned up). */
+function abortable<T>(
+  promise: Promise<T>,
+  signal: AbortSignal,
+  cleanup?: (value: T) => void,
+): Promise<T> {
+  return new Promise((resolve, reject) => {
+    const onAbort = () => reject(signal.reason);
+    if (signal.aborted) onAbort();
+    signal.addEventListener("abort", onAbort, { once: true });
+    promise.then(
+      (value) => {
+        signal.removeEventListener("abort", onAbort);
+        if (signal.aborted) cleanup?.(value);
+        else resolve(value);
+      },
+      (error) => {
+        signal.removeEventListener("abort", onAbort);
+        reject(error);
+      },
+    );
+  });
+}
+
+/** Reads the server's answer head; the bytes after it are the first frames. */
+async function readAnswerHead(
+  conn: Deno.Conn,
+  signal: AbortSignal,
+): Promise<{ status: number; headers: Headers; rest: Uint8Array }> {
+  let buffer = new Uint8Array(4096);
+  let length = 0;
+  for (;;) {
+    if (length === buffer.length) {
+      if (length >= 65536) throw new HandshakeError("Answer head too long");
+      const bigger = new Uint8Array(length * 2);
+      bigger.set(buffer);
+      buffer = bigger;
+    }
+    const n = await abortable(conn.read(buffer.subarray(length)), signal);
+    if (n === null) {
+      throw new Error(
+        length === 0
+          ? "The server closed the connection during the handshake"
+          : "The server closed the connection in its answer",
+      );
+    }
+    length += n;
+    // Anything but HTTP (a TLS alert, say) is said at once rather than waited out.
+    const start = latin1.decode(buffer.subarray(0, Math.min(length, 5)));
+    if (!"HTTP/".startsWith(start.slice(0, Math.min(start.length, 5)))) {
+      throw new Error("Parse Error: Expected HTTP/: the answer is not HTTP");
+    }
+    let end = -1;
+    for (let i = Math.max(0, length - n - 3); i + 3 < length; i++) {
+      if (
+        buffer[i] === 13 && buffer[i + 1] === 10 && buffer[i + 2] === 13 &&
+        buffer[i + 3] === 10
+      ) {
+        end = i;
+        break;
+      }
+    }
+    if (end < 0) continue;
+    const lines = latin1.decode(buffer.subarray(0, end)).split("\r\n");
+    const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(lines[0])?.[1]);
+    if (!status) throw new Error(`Parse Error: bad status line: ${lines[0]}`);
+    const headers = new Headers();
+    for (const line of lines.slice(1)) {
+      const colon = line.indexOf(":");
+      if (colon > 0) {
+        try {
+          headers.append(
+            line.slice(0, colon).trim(),
+            line.slice(colon + 1).trim(),
+          );
+        } catch {
+          // A header the fetch API refuses: not one the handshake needs.
+        }
+      }
+    }
+    return { status, headers, rest: buffer.slice(end + 4, length) };
   }
 }
 

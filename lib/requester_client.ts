@@ -5,7 +5,12 @@
  * @module
  */
 
-import { type ConnectOptions, openSocket, redactUrl } from "./_connect.ts";
+import {
+  type ClientSocket,
+  type ConnectOptions,
+  openSocket,
+  redactUrl,
+} from "./_connect.ts";
 import { Backoff, sleep } from "./backoff.ts";
 import {
   ConnectionClosedError,
@@ -13,7 +18,6 @@ import {
   WrongPortError,
 } from "./errors.ts";
 import type { RequesterAnswer } from "./protocol.ts";
-import type { WebSocket } from "./_ws.ts";
 
 /** Whether `message` is a worker-port envelope (`{"type", "msg_id", …}`) rather than an answer. */
 function isWorkerEnvelope(
@@ -146,7 +150,7 @@ export class RequesterClient {
   readonly urls: readonly string[];
   #at = 0;
   #options: RequesterClientOptions;
-  #socket: WebSocket | undefined;
+  #socket: ClientSocket | undefined;
   #holds = 0;
   #breath: ReturnType<typeof setInterval> | undefined;
   #exhale: ReturnType<typeof setTimeout> | undefined;
@@ -225,8 +229,7 @@ export class RequesterClient {
     if (this.#wrongPort) socket.close(1000, "Wrong port");
     const closed = Promise.withResolvers<void>();
     this.#closed = closed.promise;
-    socket.on("error", () => {});
-    socket.on("close", (code: number) => {
+    socket.onClose((code) => {
       if (this.#socket === socket) this.#socket = undefined;
       const error = new ConnectionClosedError(
         `Connection to ${

@@ -7,7 +7,12 @@
 
 import type { ActionContext, ActionHandler } from "./action.ts";
 import { Backoff, type BackoffOptions, sleep } from "./backoff.ts";
-import { type ConnectOptions, openSocket, redactUrl } from "./_connect.ts";
+import {
+  type ClientSocket,
+  type ConnectOptions,
+  openSocket,
+  redactUrl,
+} from "./_connect.ts";
 import {
   ErrorCode,
   RequestTimeoutError,
@@ -28,7 +33,6 @@ import {
   readResponseData,
 } from "./protocol.ts";
 import { builtinWorkerActions } from "./system_info.ts";
-import type { WebSocket } from "./_ws.ts";
 
 const log = logger("worker");
 
@@ -122,7 +126,7 @@ export class Worker {
   #actions = new Map<string, ActionHandler>();
   #handlers = new Map<string, WorkerMessageHandler>();
   #nonRetriable = new Set<string>();
-  #socket: WebSocket | undefined;
+  #socket: ClientSocket | undefined;
   /** Set while the server reads several envelopes per frame (it offered `BATCH_ENVELOPES`). */
   #batcher: EnvelopeBatcher | undefined;
   #clientId: string | null = null;
@@ -391,9 +395,8 @@ export class Worker {
       }
     }, this.#options.greetingTimeoutMs ?? 3000);
     for (const text of early.splice(0)) onText(text);
-    socket.on("pong", heard);
-    socket.on("ping", heard);
-    socket.on("close", (code: number, reason: Uint8Array) => {
+    socket.onHeard(heard);
+    socket.onClose((code, reason) => {
       clearInterval(beat);
       clearTimeout(greeting);
       this.#socket = undefined;
@@ -419,16 +422,11 @@ export class Worker {
       if (!this.#stopping) {
         log.warn("Connection closed (code {code}{reason})", {
           code,
-          reason: reason?.length ? `: ${new TextDecoder().decode(reason)}` : "",
+          reason: reason ? `: ${reason}` : "",
         });
       }
       closed.resolve();
     });
-    socket.on(
-      "error",
-      (error: Error) =>
-        log.debug("Socket error: {message}", { message: error.message }),
-    );
     await closed.promise;
   }
 
@@ -465,29 +463,9 @@ export class Worker {
       this.#batcher.push(text);
       return true;
     }
-    this.#cork(socket);
+    // Frames sent in one turn leave in one write (lib/_websocket.ts).
     socket.send(text);
     return true;
-  }
-
-  #corked = false;
-
-  /**
-   * Answers to requests that arrived together are written in one system call: the first send
-   * of a turn corks the TCP socket and a microtask uncorks it once that turn's sends are done.
-   */
-  #cork(socket: WebSocket): void {
-    if (this.#corked) return;
-    const tcp =
-      (socket as unknown as { _socket?: { cork(): void; uncork(): void } })
-        ._socket;
-    if (!tcp) return;
-    this.#corked = true;
-    tcp.cork();
-    queueMicrotask(() => {
-      this.#corked = false;
-      tcp.uncork();
-    });
   }
 
   #onEnvelope(envelope: Envelope): void {
@@ -656,7 +634,9 @@ export class Worker {
     this.#batcher?.flush();
     const socket = this.#socket;
     if (socket && socket.readyState <= 1) {
-      const closed = new Promise((resolve) => socket.once("close", resolve));
+      const closed = new Promise<void>((resolve) =>
+        socket.onClose(() => resolve())
+      );
       socket.close(1000, "Worker stopping");
       const t = setTimeout(() => socket.terminate(), 2000);
       await closed;
