@@ -68,17 +68,19 @@ async function readBytes(conn: Deno.Conn, want: number): Promise<Uint8Array> {
 }
 
 Deno.test("ws relay - in 3-byte reads: oversize single and fragmented messages are dropped and answered between the server's frames; the rest passes unchanged", async () => {
-  const front = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const back = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const client = await Deno.connect({
+  // Closed by hand below as well; closing again at the end of the scope is a no-op.
+  using front = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  using back = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  using client = await Deno.connect({
     hostname: "127.0.0.1",
     port: front.addr.port,
   });
-  const [guardSide, upstream] = await Promise.all([
-    front.accept(),
-    Deno.connect({ hostname: "127.0.0.1", port: back.addr.port }),
-  ]);
-  const server = await back.accept();
+  using guardSide = await front.accept();
+  using upstream = await Deno.connect({
+    hostname: "127.0.0.1",
+    port: back.addr.port,
+  });
+  using server = await back.accept();
   front.close();
   back.close();
   // Reads of at most 3 bytes: TCP would join the small writes, and every split of a header
