@@ -170,6 +170,11 @@ export class Chromium {
     await this.#closed;
     await Deno.remove(this.#profile, { recursive: true }).catch(() => {});
   }
+
+  /** Same as `close()`, for `await using`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
 }
 
 /** One tab. */

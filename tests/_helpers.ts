@@ -1,6 +1,7 @@
 /**
- * Shared test helpers: a seeded PRNG, bounded polling, a server on port 0, real workers, and a
- * scripted raw WebSocket peer (for misbehaving workers and requesters).
+ * Shared test helpers: a seeded PRNG, bounded polling, a server on port 0, real workers, a
+ * scripted raw WebSocket peer (for misbehaving workers and requesters), and disposables that
+ * `await using` releases at the end of a test, failed or not.
  *
  * @module
  */
@@ -67,8 +68,9 @@ export async function within<T>(
 export function answerOf<T>(
   request: Promise<T>,
   what = "the answer",
+  timeoutMs = 5000,
 ): Promise<T> {
-  const bounded = within(request, what);
+  const bounded = within(request, what, timeoutMs);
   bounded.catch(() => {});
   return bounded;
 }
@@ -90,6 +92,12 @@ export function startTestServer(options: ServerOptions = {}): TestServer {
   });
 }
 
+/** A started Worker that stops itself at the end of an `await using` scope. */
+export type TestWorker = Worker & AsyncDisposable;
+
+/** A connected RequesterClient that closes itself at the end of an `await using` scope. */
+export type TestClient = RequesterClient & AsyncDisposable;
+
 /** Options for {@linkcode startWorker}. */
 export interface TestWorkerOptions extends Partial<WorkerOptions> {
   actions?: Record<string, ActionHandler>;
@@ -102,7 +110,7 @@ export interface TestWorkerOptions extends Partial<WorkerOptions> {
 export async function startWorker(
   server: RunningServer,
   options: TestWorkerOptions = {},
-): Promise<Worker & AsyncDisposable> {
+): Promise<TestWorker> {
   const { actions = {}, ...rest } = options;
   const worker = Object.assign(
     new Worker({
@@ -119,12 +127,17 @@ export async function startWorker(
   }
   const ready = worker.ready();
   void worker.start();
-  const id = await ready;
-  await waitFor(
-    () =>
-      server.broker.workers().some((w) => w.client_id === id && w.registered),
-    `worker ${id} to register`,
-  );
+  try {
+    const id = await within(ready, `worker ${worker.name} to connect`, 10_000);
+    await waitFor(
+      () =>
+        server.broker.workers().some((w) => w.client_id === id && w.registered),
+      `worker ${id} to register`,
+    );
+  } catch (error) {
+    await worker.stop();
+    throw error;
+  }
   return worker;
 }
 
@@ -136,15 +149,66 @@ export async function startWorker(
 export async function connectClient(
   url: string,
   options?: RequesterClientOptions,
-): Promise<RequesterClient & AsyncDisposable> {
+): Promise<TestClient> {
   const client = Object.assign(
     new RequesterClient(url, { timeout: 30, ...options }),
     {
       [Symbol.asyncDispose]: () => client.close(),
     },
   );
-  await client.connect();
+  try {
+    await client.connect();
+  } catch (error) {
+    await client.close();
+    throw error;
+  }
   return client;
+}
+
+/**
+ * `value` with `release` as its `[Symbol.asyncDispose]`, for `await using` on something that has
+ * none: a Worker started by hand, a client that is not connected yet, a server of the library.
+ */
+export function releasing<T extends object>(
+  value: T,
+  release: (value: T) => unknown,
+): T & AsyncDisposable {
+  return Object.assign(value, {
+    async [Symbol.asyncDispose]() {
+      await release(value);
+    },
+  });
+}
+
+/**
+ * `items` as an array that `await using` releases at the end of the scope, failed or not: every
+ * item in it then (pushed later too) is disposed, all at once, even when one of them throws.
+ */
+export function group<T extends AsyncDisposable>(
+  items: T[] = [],
+): T[] & AsyncDisposable {
+  return Object.assign(items, {
+    async [Symbol.asyncDispose]() {
+      const failed = (await Promise.allSettled(
+        items.map((item) => item[Symbol.asyncDispose]()),
+      )).flatMap((r) => r.status === "rejected" ? [r.reason] : []);
+      if (failed.length === 1) throw failed[0];
+      if (failed.length > 1) {
+        throw new AggregateError(failed, "Releasing a group failed");
+      }
+    },
+  });
+}
+
+/** A fresh temporary directory that `await using` removes, contents and all, once done. */
+export async function tempDir(
+  prefix: string,
+): Promise<{ path: string } & AsyncDisposable> {
+  const path = await Deno.makeTempDir({ prefix });
+  return {
+    path,
+    [Symbol.asyncDispose]: () => Deno.remove(path, { recursive: true }),
+  };
 }
 
 /** The server-side id of a started worker. */
@@ -274,22 +338,29 @@ export async function openRawWorker(
   registration: Record<string, unknown> | false = {},
 ): Promise<{ peer: RawPeer; id: string }> {
   const peer = await RawPeer.open(server.workerUrl);
-  const hello = await peer.envelope("connect");
-  const id = hello.data.client_id as string;
-  if (registration !== false) {
-    peer.sendEnvelope("connect", { name: "raw", ...registration });
-    await waitFor(
-      () =>
-        server.broker.workers().some((w) => w.client_id === id && w.registered),
-      `raw worker ${id} to register`,
-    );
-  } else {
-    await waitFor(
-      () => server.broker.workers().some((w) => w.client_id === id),
-      `raw worker ${id} to appear`,
-    );
+  try {
+    const hello = await peer.envelope("connect");
+    const id = hello.data.client_id as string;
+    if (registration !== false) {
+      peer.sendEnvelope("connect", { name: "raw", ...registration });
+      await waitFor(
+        () =>
+          server.broker.workers().some((w) =>
+            w.client_id === id && w.registered
+          ),
+        `raw worker ${id} to register`,
+      );
+    } else {
+      await waitFor(
+        () => server.broker.workers().some((w) => w.client_id === id),
+        `raw worker ${id} to appear`,
+      );
+    }
+    return { peer, id };
+  } catch (error) {
+    await peer.close();
+    throw error;
   }
-  return { peer, id };
 }
 
 /** Answers a worker-protocol `request` envelope on a raw worker. */

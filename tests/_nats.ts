@@ -143,8 +143,14 @@ export class NatsCluster {
     return this.nodes.map((n) => n.url);
   }
 
+  /** Starts every node; when one does not come up, stops them all and throws. */
   async start(): Promise<this> {
-    await Promise.all(this.nodes.map((n) => n.start()));
+    const started = await Promise.allSettled(this.nodes.map((n) => n.start()));
+    const failed = started.find((s) => s.status === "rejected");
+    if (failed) {
+      await this[Symbol.asyncDispose]();
+      throw failed.reason;
+    }
     return this;
   }
 

@@ -40,6 +40,15 @@ export function hasOpenssl(): boolean {
 /** A CA, and a server certificate it signed for localhost and 127.0.0.1, in a temp dir. */
 export async function makePki(): Promise<Pki> {
   const dir = await Deno.makeTempDir({ prefix: "switchyard_tls_" });
+  try {
+    return await writePki(dir);
+  } catch (error) {
+    await Deno.remove(dir, { recursive: true });
+    throw error;
+  }
+}
+
+async function writePki(dir: string): Promise<Pki> {
   const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
   await openssl([
     "req",

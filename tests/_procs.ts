@@ -107,12 +107,54 @@ export class Program {
     this.kill(signal);
     return await this.done();
   }
+
+  /** Same as `stop()`, for `await using`. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.stop();
+  }
+}
+
+/**
+ * Kills `child` (if needed) at the end of an `await using` scope, waits for it, and releases
+ * the pipes nobody read: for programs spawned by hand rather than through {@linkcode Program}.
+ */
+export function reaped(child: Deno.ChildProcess): AsyncDisposable {
+  return {
+    async [Symbol.asyncDispose]() {
+      try {
+        child.kill("SIGKILL");
+      } catch {
+        // Already gone.
+      }
+      await child.status;
+      // A pipe's getter throws when it was not piped; a locked one is its reader's to release.
+      const pipe = <T>(get: () => T) => {
+        try {
+          return get();
+        } catch {
+          return undefined;
+        }
+      };
+      const stdin = pipe(() => child.stdin);
+      if (stdin && !stdin.locked) await stdin.abort().catch(() => {});
+      for (const out of [pipe(() => child.stdout), pipe(() => child.stderr)]) {
+        if (out && !out.locked) await out.cancel().catch(() => {});
+      }
+    },
+  };
+}
+
+/** A running `server.ts` and its ports; `await using` kills it at the end of the scope. */
+export interface ServerProgram extends AsyncDisposable {
+  program: Program;
+  workerPort: number;
+  requesterPort: number;
 }
 
 /** Starts `server.ts` on free loopback ports and resolves with its ports once it listens. */
 export async function startServerProgram(
   args: string[] = [],
-): Promise<{ program: Program; workerPort: number; requesterPort: number }> {
+): Promise<ServerProgram> {
   const program = new Program("server.ts", [
     "--host",
     "127.0.0.1",
@@ -123,13 +165,23 @@ export async function startServerProgram(
     "--no-console",
     ...args,
   ]);
-  const w = await program.waitFor(
-    /Worker port listening on wss?:\/\/[^:]+:(\d+)/,
-  );
-  const r = await program.waitFor(
-    /Requester port listening on wss?:\/\/[^:]+:(\d+)/,
-  );
-  return { program, workerPort: Number(w[1]), requesterPort: Number(r[1]) };
+  try {
+    const w = await program.waitFor(
+      /Worker port listening on wss?:\/\/[^:]+:(\d+)/,
+    );
+    const r = await program.waitFor(
+      /Requester port listening on wss?:\/\/[^:]+:(\d+)/,
+    );
+    return {
+      program,
+      workerPort: Number(w[1]),
+      requesterPort: Number(r[1]),
+      [Symbol.asyncDispose]: () => program[Symbol.asyncDispose](),
+    };
+  } catch (error) {
+    await program.stop();
+    throw error;
+  }
 }
 
 /** Runs a program to completion and returns its exit code and output. */

@@ -6,7 +6,13 @@ import { resetSync } from "npm:@logtape/logtape@2.4.2";
 import { setupLogging } from "../lib/log.ts";
 import { RequesterClient } from "../lib/requester_client.ts";
 import { Worker } from "../lib/worker_client.ts";
-import { RawPeer, startTestServer, startWorker, waitFor } from "./_helpers.ts";
+import {
+  RawPeer,
+  releasing,
+  startTestServer,
+  startWorker,
+  waitFor,
+} from "./_helpers.ts";
 
 const WORKER_TOKEN = "wtok-3f9a1c-secret";
 const REQUESTER_TOKEN = "rtok-7b2e4d-secret";
@@ -86,40 +92,33 @@ Deno.test("auth - wrong tokens and the other port's token are refused", async ()
 
 Deno.test("auth - a Bearer header and a ?token= query are both accepted", async () => {
   await using server = tokenServer();
-  const worker = await startWorker(server, { token: WORKER_TOKEN });
-  const client = new RequesterClient(server.requesterUrl, {
-    token: REQUESTER_TOKEN,
-  });
-  const viaQuery = await RawPeer.open(
+  await using _worker = await startWorker(server, { token: WORKER_TOKEN });
+  await using client = releasing(
+    new RequesterClient(server.requesterUrl, { token: REQUESTER_TOKEN }),
+    (c) => c.close(),
+  );
+  await using viaQuery = await RawPeer.open(
     `${server.requesterUrl}/?token=${encodeURIComponent(REQUESTER_TOKEN)}`,
   );
-  const workerViaQuery = await RawPeer.open(
+  await using workerViaQuery = await RawPeer.open(
     `${server.workerUrl}/?token=${WORKER_TOKEN}`,
   );
-  try {
-    await workerViaQuery.envelope("connect");
-    // Registered for an action nobody asks for, so get_time goes to the real worker.
-    workerViaQuery.sendEnvelope("connect", { name: "q", actions: ["noop"] });
-    await waitFor(() => server.broker.workers().length === 2);
-    await client.connect();
-    const answer = await client.request("get_time");
-    assert.equal(answer.success, true, answer.error ?? "");
-    viaQuery.send({ request_id: "q1", command: "get_time" });
-    const queried = await viaQuery.answer("q1");
-    assert.equal(queried.success, true, queried.error);
-    // Header checks are case-insensitive on the scheme, as RFC 6750 says.
-    const lower = await RawPeer.open(server.requesterUrl, {
-      authorization: `bearer ${REQUESTER_TOKEN}`,
-    });
-    lower.send({ request_id: "l1", command: "get_time" });
-    assert.equal((await lower.answer("l1")).success, true);
-    await lower.close();
-  } finally {
-    await viaQuery.close();
-    await workerViaQuery.close();
-    await client.close();
-    await worker.stop();
-  }
+  await workerViaQuery.envelope("connect");
+  // Registered for an action nobody asks for, so get_time goes to the real worker.
+  workerViaQuery.sendEnvelope("connect", { name: "q", actions: ["noop"] });
+  await waitFor(() => server.broker.workers().length === 2);
+  await client.connect();
+  const answer = await client.request("get_time");
+  assert.equal(answer.success, true, answer.error ?? "");
+  viaQuery.send({ request_id: "q1", command: "get_time" });
+  const queried = await viaQuery.answer("q1");
+  assert.equal(queried.success, true, queried.error);
+  // Header checks are case-insensitive on the scheme, as RFC 6750 says.
+  await using lower = await RawPeer.open(server.requesterUrl, {
+    authorization: `bearer ${REQUESTER_TOKEN}`,
+  });
+  lower.send({ request_id: "l1", command: "get_time" });
+  assert.equal((await lower.answer("l1")).success, true);
 });
 
 /** Paths of the leaves of `value` that are not numbers. */
@@ -135,14 +134,15 @@ function nonNumbers(value: unknown, path = "$"): string[] {
 
 Deno.test("auth - /health answers without a token: it reveals only counts", async () => {
   await using server = tokenServer();
-  const worker = await startWorker(server, {
-    name: "payroll-host-7",
-    token: WORKER_TOKEN,
-  });
-  const client = new RequesterClient(server.requesterUrl, {
-    token: REQUESTER_TOKEN,
-  });
-  try {
+  {
+    await using worker = await startWorker(server, {
+      name: "payroll-host-7",
+      token: WORKER_TOKEN,
+    });
+    await using client = releasing(
+      new RequesterClient(server.requesterUrl, { token: REQUESTER_TOKEN }),
+      (c) => c.close(),
+    );
     await client.connect();
     const workerId = worker.status().client_id!;
     for (const port of [server.port, server.requesterPort]) {
@@ -160,9 +160,6 @@ Deno.test("auth - /health answers without a token: it reveals only counts", asyn
         assert.equal(text.includes(secret), false, `${secret} in ${text}`);
       }
     }
-  } finally {
-    await client.close();
-    await worker.stop();
   }
   // A plain GET elsewhere is not a way around the token either: no socket, no dashboard.
   const res = await fetch(`http://127.0.0.1:${server.requesterPort}/`);
@@ -176,12 +173,15 @@ Deno.test("auth - tokens never appear in the logs, and a refused worker logs 'un
   try {
     await using server = tokenServer();
     // A worker with the wrong token keeps retrying and says why.
-    const refused = new Worker({
-      url: server.workerUrl,
-      name: "refused",
-      token: `${WORKER_TOKEN}-old`,
-      backoff: { initialMs: 20, maxMs: 20 },
-    });
+    await using refused = releasing(
+      new Worker({
+        url: server.workerUrl,
+        name: "refused",
+        token: `${WORKER_TOKEN}-old`,
+        backoff: { initialMs: 20, maxMs: 20 },
+      }),
+      (w) => w.stop(),
+    );
     void refused.start();
     await waitFor(
       () =>
@@ -192,18 +192,20 @@ Deno.test("auth - tokens never appear in the logs, and a refused worker logs 'un
     await refused.stop();
 
     // Good peers, with the token in the header and in the query, do some work.
-    const worker = await startWorker(server, { token: WORKER_TOKEN });
-    const queryWorker = await startWorker(server, {
-      url: `${server.workerUrl}/?token=${WORKER_TOKEN}`,
-      name: "query-worker",
-    });
-    const client = new RequesterClient(server.requesterUrl, {
-      token: REQUESTER_TOKEN,
-    });
-    const queryClient = new RequesterClient(
-      `${server.requesterUrl}/?token=${REQUESTER_TOKEN}`,
-    );
-    try {
+    {
+      await using _worker = await startWorker(server, { token: WORKER_TOKEN });
+      await using _queryWorker = await startWorker(server, {
+        url: `${server.workerUrl}/?token=${WORKER_TOKEN}`,
+        name: "query-worker",
+      });
+      await using client = releasing(
+        new RequesterClient(server.requesterUrl, { token: REQUESTER_TOKEN }),
+        (c) => c.close(),
+      );
+      await using queryClient = releasing(
+        new RequesterClient(`${server.requesterUrl}/?token=${REQUESTER_TOKEN}`),
+        (c) => c.close(),
+      );
       await client.connect();
       await queryClient.connect();
       assert.equal((await client.request("get_time")).success, true);
@@ -216,11 +218,6 @@ Deno.test("auth - tokens never appear in the logs, and a refused worker logs 'un
         assert.equal(error.message.includes(REQUESTER_TOKEN), false);
         return true;
       });
-    } finally {
-      await client.close();
-      await queryClient.close();
-      await worker.stop();
-      await queryWorker.stop();
     }
     // Refusals are summed up per interval, and when the server closes.
     await server.close();

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { BATCH_ENVELOPES, EnvelopeBatcher } from "../lib/protocol.ts";
-import { RequesterClient } from "../lib/requester_client.ts";
 import {
+  answerOf,
+  connectClient,
   type Frame,
   openRawWorker,
   startTestServer,
@@ -63,19 +64,25 @@ Deno.test("EnvelopeBatcher - a write that throws in the deferred flush does not 
 
 /**
  * A raw worker with room for one request holds `first`; three more wait in the queue; then it
- * re-registers with room for eight, and the server sends the three in one turn.
+ * re-registers with room for eight, and the server sends the three in one turn. `await using`
+ * closes the client, the raw worker and the server at the end of the scope.
  */
 async function queuedThenReleased(announce: boolean) {
-  const server = startTestServer();
+  await using stack = new AsyncDisposableStack();
+  const server = stack.use(startTestServer());
   const { peer } = await openRawWorker(server, {
     actions: ["echo"],
     max_concurrency: 1,
     ...(announce ? { [BATCH_ENVELOPES]: true } : {}),
   });
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
+  stack.use(peer);
+  const client = stack.use(await connectClient(server.requesterUrl));
   const answers = ["a", "b", "c", "d"].map((x) =>
-    client.request("echo", { x }, { timeout: 10 })
+    answerOf(
+      client.request("echo", { x }, { timeout: 10 }),
+      `echo ${x}`,
+      15_000,
+    )
   );
   const first = await peer.envelope("request");
   await waitFor(() => server.broker.stats().queued === 3, "3 queued requests");
@@ -94,112 +101,102 @@ async function queuedThenReleased(announce: boolean) {
     "the 3 queued requests",
   );
   const frames = peer.received.slice(framesBefore);
-  return { server, peer, client, answers, first, frames };
+  const release = stack.move();
+  return {
+    server,
+    peer,
+    answers,
+    first,
+    frames,
+    [Symbol.asyncDispose]: () => release.disposeAsync(),
+  };
 }
 
 Deno.test("worker port - a worker that registered with batch_envelopes gets requests of one turn in one frame and may answer in one", async () => {
-  const { server, peer, client, answers, first, frames } =
-    await queuedThenReleased(true);
-  try {
-    const hello = peer.received.find((f: Frame) => f?.type === "connect");
-    assert.equal(hello.data[BATCH_ENVELOPES], true, "the welcome offers it");
-    const arrays = frames.filter((f: Frame) => Array.isArray(f));
-    assert.equal(arrays.length, 1, JSON.stringify(frames));
-    const requests = arrays[0] as Frame[];
-    assert.deepEqual(
-      requests.map((r) => r.data.params.x),
-      ["b", "c", "d"],
-    );
-    // All four answers in one frame, one of them for a request it does not hold.
-    const response = (msgId: string, x: unknown) => ({
-      type: "response",
-      msg_id: crypto.randomUUID(),
-      timestamp: Date.now() / 1000,
-      data: { request_id: msgId, success: true, result: x, error: null },
-    });
-    peer.send([
-      response(first.msg_id, "A"),
-      ...requests.map((r) => response(r.msg_id, r.data.params.x.toUpperCase())),
-      response("no-such-request", "?"),
-      { not: "an envelope" },
-    ]);
-    const results = await Promise.all(answers);
-    assert.deepEqual(results.map((a) => a.data), ["A", "B", "C", "D"]);
-    const errors = [
-      await peer.envelope("error"),
-      await peer.envelope("error"),
-    ];
-    assert.deepEqual(errors.map((e) => e.data.code).sort(), [
-      "INVALID_FIELD",
-      "UNKNOWN_REQUEST",
-    ]);
-    assert.equal(
-      server.broker.workers().length,
-      1,
-      "bad elements cost nothing else",
-    );
-  } finally {
-    await client.close();
-    await peer.close();
-    await server.close();
-  }
+  await using setup = await queuedThenReleased(true);
+  const { server, peer, answers, first, frames } = setup;
+  const hello = peer.received.find((f: Frame) => f?.type === "connect");
+  assert.equal(hello.data[BATCH_ENVELOPES], true, "the welcome offers it");
+  const arrays = frames.filter((f: Frame) => Array.isArray(f));
+  assert.equal(arrays.length, 1, JSON.stringify(frames));
+  const requests = arrays[0] as Frame[];
+  assert.deepEqual(
+    requests.map((r) => r.data.params.x),
+    ["b", "c", "d"],
+  );
+  // All four answers in one frame, one of them for a request it does not hold.
+  const response = (msgId: string, x: unknown) => ({
+    type: "response",
+    msg_id: crypto.randomUUID(),
+    timestamp: Date.now() / 1000,
+    data: { request_id: msgId, success: true, result: x, error: null },
+  });
+  peer.send([
+    response(first.msg_id, "A"),
+    ...requests.map((r) => response(r.msg_id, r.data.params.x.toUpperCase())),
+    response("no-such-request", "?"),
+    { not: "an envelope" },
+  ]);
+  const results = await Promise.all(answers);
+  assert.deepEqual(results.map((a) => a.data), ["A", "B", "C", "D"]);
+  const errors = [
+    await peer.envelope("error"),
+    await peer.envelope("error"),
+  ];
+  assert.deepEqual(errors.map((e) => e.data.code).sort(), [
+    "INVALID_FIELD",
+    "UNKNOWN_REQUEST",
+  ]);
+  assert.equal(
+    server.broker.workers().length,
+    1,
+    "bad elements cost nothing else",
+  );
 });
 
 Deno.test("worker port - a worker that never said batch_envelopes (an original one) only ever gets one envelope per frame", async () => {
-  const { server, peer, client, answers, first, frames } =
-    await queuedThenReleased(false);
-  try {
-    assert.ok(frames.every((f: Frame) => !Array.isArray(f)));
-    // An array from it is still a bad frame, as it always was.
-    peer.send([{ type: "heartbeat", msg_id: "h", timestamp: 0, data: {} }]);
-    const error = await peer.envelope("error");
-    assert.equal(error.data.error, "Frame must be a JSON object: got array");
-    const requests = [
-      first,
-      ...frames.filter((f: Frame) => f?.type === "request"),
-    ];
-    for (const r of requests) {
-      peer.sendEnvelope("response", {
-        request_id: r.msg_id,
-        success: true,
-        result: r.data.params.x,
-        error: null,
-      });
-    }
-    assert.deepEqual((await Promise.all(answers)).map((a) => a.data), [
-      "a",
-      "b",
-      "c",
-      "d",
-    ]);
-  } finally {
-    await client.close();
-    await peer.close();
-    await server.close();
+  await using setup = await queuedThenReleased(false);
+  const { peer, answers, first, frames } = setup;
+  assert.ok(frames.every((f: Frame) => !Array.isArray(f)));
+  // An array from it is still a bad frame, as it always was.
+  peer.send([{ type: "heartbeat", msg_id: "h", timestamp: 0, data: {} }]);
+  const error = await peer.envelope("error");
+  assert.equal(error.data.error, "Frame must be a JSON object: got array");
+  const requests = [
+    first,
+    ...frames.filter((f: Frame) => f?.type === "request"),
+  ];
+  for (const r of requests) {
+    peer.sendEnvelope("response", {
+      request_id: r.msg_id,
+      success: true,
+      result: r.data.params.x,
+      error: null,
+    });
   }
+  assert.deepEqual((await Promise.all(answers)).map((a) => a.data), [
+    "a",
+    "b",
+    "c",
+    "d",
+  ]);
 });
 
 Deno.test("worker - batches with a server that offers it, and every one of many concurrent requests is answered", async () => {
   await using server = startTestServer();
-  const worker = await startWorker(server, {
+  await using _worker = await startWorker(server, {
     concurrency: 64,
     actions: { echo: (params) => params },
   });
-  const client = new RequesterClient(server.requesterUrl);
-  try {
-    await client.connect();
-    const answers = await Promise.all(
-      Array.from(
-        { length: 200 },
-        (_, i) => client.request("echo", { i }, { timeout: 10 }),
-      ),
-    );
-    assert.deepEqual(
-      answers.map((a) => (a.data as { i: number }).i),
-      Array.from({ length: 200 }, (_, i) => i),
-    );
-  } finally {
-    await client.close();
-    await worker.stop(1000);
-  }
+  await using client = await connectClient(server.requesterUrl);
+  const answers = await Promise.all(
+    Array.from(
+      { length: 200 },
+      (_, i) => client.request("echo", { i }, { timeout: 10 }),
+    ),
+  );
+  assert.deepEqual(
+    answers.map((a) => (a.data as { i: number }).i),
+    Array.from({ length: 200 }, (_, i) => i),
+  );
 });

@@ -1,7 +1,14 @@
 import assert from "node:assert/strict";
-import { RequesterClient } from "../lib/mod.ts";
 import type { UpstreamReport } from "../lib/batch_placement.ts";
-import { idOf, startTestServer, startWorker } from "./_helpers.ts";
+import {
+  connectClient,
+  group,
+  idOf,
+  releasing,
+  startTestServer,
+  startWorker,
+  type TestWorker,
+} from "./_helpers.ts";
 import { startFakeEastmoney } from "./_fake_eastmoney.ts";
 import { createMarketService } from "../lib/market/mod.ts";
 import type { Worker } from "../lib/worker_client.ts";
@@ -20,7 +27,7 @@ async function counting(
   server: ReturnType<typeof startTestServer>,
   name: string,
   asked: Map<string, number>,
-): Promise<Worker> {
+): Promise<TestWorker> {
   return await startWorker(server, {
     name,
     actions: {
@@ -61,134 +68,109 @@ function host(fields: Partial<UpstreamReport["hosts"][string]>) {
 Deno.test("placement - a worker cooling down past the deadline gets no item; the others share by their rates", async () => {
   await using server = startTestServer();
   const asked = new Map<string, number>();
-  const workers = [
-    await counting(server, "cool", asked),
-    await counting(server, "fast", asked),
-    await counting(server, "slow", asked),
-  ];
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
-  try {
-    report(
-      server,
-      workers[0],
-      host({ cooldown_until: Date.now() + 3_600_000 }),
-    );
-    report(server, workers[1], host({ rate: 3 }));
-    report(server, workers[2], host({ rate: 1 }));
-    const answer = await client.request("get_markets", etfs(120), {
-      timeout: 120,
-    });
-    assert.equal(answer.success, true, answer.error ?? "");
-    const data = answer.data as { summary: { success: number } };
-    assert.equal(data.summary.success, 120);
-    assert.equal(asked.get("cool") ?? 0, 0, "the cooling worker was asked");
-    const fast = asked.get("fast") ?? 0;
-    const slow = asked.get("slow") ?? 0;
-    assert.equal(fast + slow, 120);
-    assert.ok(fast > 2 * slow, `fast ${fast}, slow ${slow}`);
-  } finally {
-    await client.close();
-    await Promise.all(workers.map((w) => w.stop()));
+  await using workers = group<TestWorker>();
+  for (const name of ["cool", "fast", "slow"]) {
+    workers.push(await counting(server, name, asked));
   }
+  await using client = await connectClient(server.requesterUrl);
+  report(
+    server,
+    workers[0],
+    host({ cooldown_until: Date.now() + 3_600_000 }),
+  );
+  report(server, workers[1], host({ rate: 3 }));
+  report(server, workers[2], host({ rate: 1 }));
+  const answer = await client.request("get_markets", etfs(120), {
+    timeout: 120,
+  });
+  assert.equal(answer.success, true, answer.error ?? "");
+  const data = answer.data as { summary: { success: number } };
+  assert.equal(data.summary.success, 120);
+  assert.equal(asked.get("cool") ?? 0, 0, "the cooling worker was asked");
+  const fast = asked.get("fast") ?? 0;
+  const slow = asked.get("slow") ?? 0;
+  assert.equal(fast + slow, 120);
+  assert.ok(fast > 2 * slow, `fast ${fast}, slow ${slow}`);
 });
 
 Deno.test("placement - items beyond what the budgets allow before the deadline are refused at once, retriable, and never sent", async () => {
   await using server = startTestServer();
   const asked = new Map<string, number>();
-  const workers = [
-    await counting(server, "a", asked),
-    await counting(server, "b", asked),
-  ];
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
-  try {
-    report(server, workers[0], host({ budget_hour: 8 }));
-    report(server, workers[1], host({ budget_hour: 50, budget_day: 12 }));
-    const items = etfs(30);
-    const results = new Map<number, Record<string, unknown>>();
-    const batch = client.stream("get_markets", items, { timeout: 60 });
-    for await (const { index, result } of batch) {
-      results.set(index, result as Record<string, unknown>);
-    }
-    const answer = await batch.answer;
-    assert.equal(answer.success, true);
-    assert.equal(results.size, 30);
-    const refused = [...results.values()].filter((r) =>
-      r.error_code === "UPSTREAM_BUDGET"
-    );
-    assert.equal(refused.length, 10);
-    for (const r of refused) {
-      assert.equal(r.success, false);
-      assert.equal(r.retriable, true);
-      assert.match(String(r.error), /allow about 20 of 30 items/);
-    }
-    // Whole input order: the first 20 went, the last 10 did not.
-    assert.deepEqual(
-      [...results.entries()].filter(([, r]) => r.success).map(([i]) => i)
-        .sort((a, b) => a - b),
-      Array.from({ length: 20 }, (_, i) => i),
-    );
-    assert.equal((asked.get("a") ?? 0) + (asked.get("b") ?? 0), 20);
-    assert.ok((asked.get("a") ?? 0) <= 8);
-  } finally {
-    await client.close();
-    await Promise.all(workers.map((w) => w.stop()));
+  await using workers = group<TestWorker>();
+  for (const name of ["a", "b"]) {
+    workers.push(await counting(server, name, asked));
   }
+  await using client = await connectClient(server.requesterUrl);
+  report(server, workers[0], host({ budget_hour: 8 }));
+  report(server, workers[1], host({ budget_hour: 50, budget_day: 12 }));
+  const items = etfs(30);
+  const results = new Map<number, Record<string, unknown>>();
+  const batch = client.stream("get_markets", items, { timeout: 60 });
+  for await (const { index, result } of batch) {
+    results.set(index, result as Record<string, unknown>);
+  }
+  const answer = await batch.answer;
+  assert.equal(answer.success, true);
+  assert.equal(results.size, 30);
+  const refused = [...results.values()].filter((r) =>
+    r.error_code === "UPSTREAM_BUDGET"
+  );
+  assert.equal(refused.length, 10);
+  for (const r of refused) {
+    assert.equal(r.success, false);
+    assert.equal(r.retriable, true);
+    assert.match(String(r.error), /allow about 20 of 30 items/);
+  }
+  // Whole input order: the first 20 went, the last 10 did not.
+  assert.deepEqual(
+    [...results.entries()].filter(([, r]) => r.success).map(([i]) => i)
+      .sort((a, b) => a - b),
+    Array.from({ length: 20 }, (_, i) => i),
+  );
+  assert.equal((asked.get("a") ?? 0) + (asked.get("b") ?? 0), 20);
+  assert.ok((asked.get("a") ?? 0) <= 8);
 });
 
 Deno.test("placement - when every worker is cooling down, each item says so with when to come back, and no worker is asked", async () => {
   await using server = startTestServer();
   const asked = new Map<string, number>();
-  const workers = [
-    await counting(server, "a", asked),
-    await counting(server, "b", asked),
-  ];
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
-  try {
-    const soon = Date.now() + 600_000;
-    report(server, workers[0], host({ cooldown_until: soon }));
-    report(server, workers[1], host({ cooldown_until: soon + 60_000 }));
-    const answer = await client.request("get_markets", etfs(4), {
-      timeout: 30,
-    });
-    assert.equal(answer.success, true);
-    const results = (answer.data as { results: Record<string, unknown>[] })
-      .results;
-    for (const r of results) {
-      assert.equal(r.error_code, "UPSTREAM_BUDGET");
-      assert.equal(r.retriable, true);
-      assert.equal(r.retry_at, soon);
-      assert.match(String(r.error), /cooling down or out of budget/);
-    }
-    assert.equal(asked.size, 0);
-  } finally {
-    await client.close();
-    await Promise.all(workers.map((w) => w.stop()));
+  await using workers = group<TestWorker>();
+  for (const name of ["a", "b"]) {
+    workers.push(await counting(server, name, asked));
   }
+  await using client = await connectClient(server.requesterUrl);
+  const soon = Date.now() + 600_000;
+  report(server, workers[0], host({ cooldown_until: soon }));
+  report(server, workers[1], host({ cooldown_until: soon + 60_000 }));
+  const answer = await client.request("get_markets", etfs(4), {
+    timeout: 30,
+  });
+  assert.equal(answer.success, true);
+  const results = (answer.data as { results: Record<string, unknown>[] })
+    .results;
+  for (const r of results) {
+    assert.equal(r.error_code, "UPSTREAM_BUDGET");
+    assert.equal(r.retriable, true);
+    assert.equal(r.retry_at, soon);
+    assert.match(String(r.error), /cooling down or out of budget/);
+  }
+  assert.equal(asked.size, 0);
 });
 
 Deno.test("placement - workers that report nothing are placed as before", async () => {
   await using server = startTestServer();
   const asked = new Map<string, number>();
-  const workers = [
-    await counting(server, "a", asked),
-    await counting(server, "b", asked),
-  ];
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
-  try {
-    const answer = await client.request("get_markets", etfs(60));
-    assert.equal(
-      (answer.data as { summary: { success: number } }).summary.success,
-      60,
-    );
-    assert.ok((asked.get("a") ?? 0) > 0 && (asked.get("b") ?? 0) > 0);
-  } finally {
-    await client.close();
-    await Promise.all(workers.map((w) => w.stop()));
+  await using workers = group<TestWorker>();
+  for (const name of ["a", "b"]) {
+    workers.push(await counting(server, name, asked));
   }
+  await using client = await connectClient(server.requesterUrl);
+  const answer = await client.request("get_markets", etfs(60));
+  assert.equal(
+    (answer.data as { summary: { success: number } }).summary.success,
+    60,
+  );
+  assert.ok((asked.get("a") ?? 0) > 0 && (asked.get("b") ?? 0) > 0);
 });
 
 Deno.test("placement - a worker banned mid-batch: its items move to the others, none lost, none twice, and the banned host is not pressed", async () => {
@@ -198,14 +180,17 @@ Deno.test("placement - a worker banned mid-batch: its items move to the others, 
     latencyMs: 20,
   });
   await using server = startTestServer();
-  const services = ["w0", "w1", "w2"].map((name) =>
-    createMarketService({
-      eastmoneyUrl: upstream.url,
-      rateLimit: 0,
-      headers: { "x-fake-identity": name },
-    })
-  );
-  const workers: Worker[] = [];
+  await using services = group(["w0", "w1", "w2"].map((name) =>
+    releasing(
+      createMarketService({
+        eastmoneyUrl: upstream.url,
+        rateLimit: 0,
+        headers: { "x-fake-identity": name },
+      }),
+      (market) => market.close(),
+    )
+  ));
+  await using workers = group<TestWorker>();
   for (const [i, market] of services.entries()) {
     workers.push(
       await startWorker(server, {
@@ -215,43 +200,36 @@ Deno.test("placement - a worker banned mid-batch: its items move to the others, 
       }),
     );
   }
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
-  try {
-    const items = etfs(60).map((item) => ({
-      ...item,
-      start_date: "2015-01-01",
-      end_date: "2015-03-31",
-    }));
-    const seen = new Map<number, number>();
-    let callsAtBan = -1;
-    const batch = client.stream("get_markets", items, { timeout: 60 });
-    for await (const { index, result } of batch) {
-      seen.set(index, (seen.get(index) ?? 0) + 1);
-      const r = result as { success: boolean; code: string; error?: string };
-      assert.equal(r.success, true, `${r.code}: ${r.error}`);
-      assert.equal(r.code, items[index].code);
-      if (callsAtBan < 0 && seen.size >= 10) {
-        callsAtBan = upstream.callsFrom("w0");
-        upstream.ban("w0");
-      }
+  await using client = await connectClient(server.requesterUrl);
+  const items = etfs(60).map((item) => ({
+    ...item,
+    start_date: "2015-01-01",
+    end_date: "2015-03-31",
+  }));
+  const seen = new Map<number, number>();
+  let callsAtBan = -1;
+  const batch = client.stream("get_markets", items, { timeout: 60 });
+  for await (const { index, result } of batch) {
+    seen.set(index, (seen.get(index) ?? 0) + 1);
+    const r = result as { success: boolean; code: string; error?: string };
+    assert.equal(r.success, true, `${r.code}: ${r.error}`);
+    assert.equal(r.code, items[index].code);
+    if (callsAtBan < 0 && seen.size >= 10) {
+      callsAtBan = upstream.callsFrom("w0");
+      upstream.ban("w0");
     }
-    assert.ok(callsAtBan >= 0, "the batch ended before the ban");
-    const answer = await batch.answer;
-    assert.equal(answer.success, true);
-    assert.deepEqual(
-      (answer.data as { summary: unknown }).summary,
-      { total: 60, success: 60, failed: 0 },
-    );
-    assert.equal(seen.size, 60);
-    assert.ok([...seen.values()].every((n) => n === 1), "an item came twice");
-    // A reset is a ban signal: no retry to the same host, and the breaker stops the rest.
-    const afterBan = upstream.callsFrom("w0") - callsAtBan;
-    assert.ok(afterBan <= 6, `${afterBan} requests to the banned host`);
-    assert.ok(upstream.callsFrom("w1") + upstream.callsFrom("w2") > 0);
-  } finally {
-    await client.close();
-    await Promise.all(workers.map((w) => w.stop()));
-    for (const s of services) s.close();
   }
+  assert.ok(callsAtBan >= 0, "the batch ended before the ban");
+  const answer = await batch.answer;
+  assert.equal(answer.success, true);
+  assert.deepEqual(
+    (answer.data as { summary: unknown }).summary,
+    { total: 60, success: 60, failed: 0 },
+  );
+  assert.equal(seen.size, 60);
+  assert.ok([...seen.values()].every((n) => n === 1), "an item came twice");
+  // A reset is a ban signal: no retry to the same host, and the breaker stops the rest.
+  const afterBan = upstream.callsFrom("w0") - callsAtBan;
+  assert.ok(afterBan <= 6, `${afterBan} requests to the banned host`);
+  assert.ok(upstream.callsFrom("w1") + upstream.callsFrom("w2") > 0);
 });

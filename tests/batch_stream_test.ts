@@ -1,13 +1,19 @@
 import assert from "node:assert/strict";
-import { RequesterClient } from "../lib/mod.ts";
-import { RawPeer, startTestServer, startWorker, waitFor } from "./_helpers.ts";
+import {
+  answerOf,
+  connectClient,
+  RawPeer,
+  startTestServer,
+  startWorker,
+  waitFor,
+} from "./_helpers.ts";
 
 type Item = { code: string };
 
 Deno.test("batch - a worker that dies mid-chunk loses only its unfinished items; streamed ones stand", async () => {
   await using server = startTestServer();
   // Worker A is scripted: it streams half of its chunk back, then vanishes.
-  const a = await RawPeer.open(server.workerUrl);
+  await using a = await RawPeer.open(server.workerUrl);
   const { data: hello } = await a.envelope("connect");
   a.sendEnvelope("connect", {
     name: "a",
@@ -16,14 +22,17 @@ Deno.test("batch - a worker that dies mid-chunk loses only its unfinished items;
   });
   await waitFor(() => server.broker.workers().some((w) => w.registered));
 
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
+  await using client = await connectClient(server.requesterUrl);
   const items = ["510300", "510500", "159915", "588000", "512880", "512690"]
     .map((code) => ({
       symbol_type: "etf",
       code,
     }));
-  const answer = client.request("get_markets", items, { timeout: 10 });
+  const answer = answerOf(
+    client.request("get_markets", items, { timeout: 10 }),
+    "the batch",
+    15_000,
+  );
 
   const request = await a.envelope("request");
   assert.equal(request.data.action, "get_markets");
@@ -46,7 +55,7 @@ Deno.test("batch - a worker that dies mid-chunk loses only its unfinished items;
 
   // Worker B is real, and counts what it is asked for.
   const asked: string[][] = [];
-  const b = await startWorker(server, {
+  await using _b = await startWorker(server, {
     name: "b",
     actions: {
       get_markets: (params) => {
@@ -61,42 +70,36 @@ Deno.test("batch - a worker that dies mid-chunk loses only its unfinished items;
       },
     },
   });
-  try {
-    // Let the streamed items reach the broker before A dies.
-    await new Promise((r) => setTimeout(r, 50));
-    a.socket.terminate();
-    const done = await answer;
-    assert.equal(done.success, true, done.error ?? "");
-    const data = done.data as {
-      results: { code: string; by: string; processed_by: string }[];
-      summary: { total: number; success: number };
-    };
-    assert.deepEqual(data.results.map((r) => r.code), items.map((i) => i.code));
-    assert.deepEqual(data.results.map((r) => r.by), [
-      "a",
-      "a",
-      "a",
-      "b",
-      "b",
-      "b",
-    ]);
-    assert.equal(data.results[0].processed_by, hello.client_id);
-    assert.deepEqual(
-      asked,
-      [["588000", "512880", "512690"]],
-      "B got only the unfinished items",
-    );
-    assert.deepEqual(data.summary, { total: 6, success: 6, failed: 0 });
-  } finally {
-    await client.close();
-    await b.stop();
-    await a.close();
-  }
+  // Let the streamed items reach the broker before A dies.
+  await new Promise((r) => setTimeout(r, 50));
+  a.socket.terminate();
+  const done = await answer;
+  assert.equal(done.success, true, done.error ?? "");
+  const data = done.data as {
+    results: { code: string; by: string; processed_by: string }[];
+    summary: { total: number; success: number };
+  };
+  assert.deepEqual(data.results.map((r) => r.code), items.map((i) => i.code));
+  assert.deepEqual(data.results.map((r) => r.by), [
+    "a",
+    "a",
+    "a",
+    "b",
+    "b",
+    "b",
+  ]);
+  assert.equal(data.results[0].processed_by, hello.client_id);
+  assert.deepEqual(
+    asked,
+    [["588000", "512880", "512690"]],
+    "B got only the unfinished items",
+  );
+  assert.deepEqual(data.summary, { total: 6, success: 6, failed: 0 });
 });
 
 Deno.test("batch - a worker that streams every item still yields the whole answer, in order", async () => {
   await using server = startTestServer();
-  const worker = await startWorker(server, {
+  await using _worker = await startWorker(server, {
     actions: {
       get_markets: (params, ctx) => {
         const list = params as Item[];
@@ -112,21 +115,15 @@ Deno.test("batch - a worker that streams every item still yields the whole answe
       },
     },
   });
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
-  try {
-    const items = Array.from(
-      { length: 40 },
-      (_, i) => ({
-        symbol_type: "etf",
-        code: `5100${String(i).padStart(2, "0")}`,
-      }),
-    );
-    const answer = await client.request("get_markets", items);
-    const results = (answer.data as { results: Item[] }).results;
-    assert.deepEqual(results.map((r) => r.code), items.map((i) => i.code));
-  } finally {
-    await client.close();
-    await worker.stop();
-  }
+  await using client = await connectClient(server.requesterUrl);
+  const items = Array.from(
+    { length: 40 },
+    (_, i) => ({
+      symbol_type: "etf",
+      code: `5100${String(i).padStart(2, "0")}`,
+    }),
+  );
+  const answer = await client.request("get_markets", items);
+  const results = (answer.data as { results: Item[] }).results;
+  assert.deepEqual(results.map((r) => r.code), items.map((i) => i.code));
 });

@@ -1,17 +1,20 @@
 import assert from "node:assert/strict";
 import type { ActionHandler } from "../lib/action.ts";
 import { createMarketService } from "../lib/market/mod.ts";
-import { RequesterClient } from "../lib/requester_client.ts";
+import type { RequesterClient } from "../lib/requester_client.ts";
 import type { ServerOptions } from "../lib/server.ts";
 import type { Worker } from "../lib/worker_client.ts";
 import {
   connectClient,
   type Frame,
+  group,
   idOf,
   RawPeer,
+  releasing,
   startTestServer,
   startWorker,
   type TestServer,
+  type TestWorker,
   waitFor,
 } from "./_helpers.ts";
 
@@ -35,18 +38,24 @@ function stubMarkets(name: string, calls: Item[][] = []): ActionHandler {
   };
 }
 
+/** One worker per handler; `await using` stops them all at the end of the scope. */
 async function startPool(
   server: TestServer,
   handlers: ActionHandler[],
-): Promise<Worker[]> {
-  const workers: Worker[] = [];
-  for (const [i, handler] of handlers.entries()) {
-    workers.push(
-      await startWorker(server, {
-        name: `w${i}`,
-        actions: { get_markets: handler },
-      }),
-    );
+): Promise<TestWorker[] & AsyncDisposable> {
+  const workers = group<TestWorker>();
+  try {
+    for (const [i, handler] of handlers.entries()) {
+      workers.push(
+        await startWorker(server, {
+          name: `w${i}`,
+          actions: { get_markets: handler },
+        }),
+      );
+    }
+  } catch (error) {
+    await workers[Symbol.asyncDispose]();
+    throw error;
   }
   return workers;
 }
@@ -61,15 +70,9 @@ async function withPool(
   options: ServerOptions = {},
 ) {
   await using server = startTestServer(options);
-  const workers = await startPool(server, handlers);
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
-  try {
-    await test(server, client, workers);
-  } finally {
-    await client.close();
-    for (const worker of workers) await worker.stop();
-  }
+  await using workers = await startPool(server, handlers);
+  await using client = await connectClient(server.requesterUrl);
+  await test(server, client, workers);
 }
 
 const CODES = Array.from({ length: 30 }, (_, i) => String(510000 + i * 7));
@@ -145,8 +148,8 @@ Deno.test("batch - keeps every item of a code on the same worker, batch after ba
 
 Deno.test("batch - a code keeps its home worker when the workers reconnect with new client ids", async () => {
   await using server = startTestServer();
-  const client = new RequesterClient(server.requesterUrl);
-  let workers: Worker[] = [];
+  await using client = await connectClient(server.requesterUrl);
+  await using workers = group<TestWorker>();
   const names = ["w0", "w1", "w2"];
   const start = async (order: string[]) => {
     for (const name of order) {
@@ -171,26 +174,20 @@ Deno.test("batch - a code keeps its home worker when the workers reconnect with 
         .results;
     return new Map(results.map((r) => [r.code, r.name.split(":")[0]]));
   };
-  try {
-    await client.connect();
-    await start(names);
-    const ids = new Set(workers.map(idOf));
-    const first = await homes();
-    assert.equal(new Set(first.values()).size, 3, "every worker has codes");
-    for (const worker of workers) await worker.stop();
-    workers = [];
-    await start(names.toReversed());
-    assert.equal(
-      workers.some((w) => ids.has(idOf(w))),
-      false,
-      "new client ids",
-    );
-    const second = await homes();
-    assert.deepEqual([...second], [...first]);
-  } finally {
-    await client.close();
-    for (const worker of workers) await worker.stop();
-  }
+  await start(names);
+  const ids = new Set(workers.map(idOf));
+  const first = await homes();
+  assert.equal(new Set(first.values()).size, 3, "every worker has codes");
+  for (const worker of workers) await worker.stop();
+  workers.length = 0;
+  await start(names.toReversed());
+  assert.equal(
+    workers.some((w) => ids.has(idOf(w))),
+    false,
+    "new client ids",
+  );
+  const second = await homes();
+  assert.deepEqual([...second], [...first]);
 });
 
 Deno.test("batch - accepts both a list and {markets: [...]}", async () => {
@@ -253,7 +250,7 @@ Deno.test("batch - re-sends items that a worker's blocked upstream failed to ano
 
 Deno.test("batch - sends progress frames only when the requester asks", async () => {
   await withPool([stubMarkets("a"), stubMarkets("b")], async (server) => {
-    const peer = await RawPeer.open(server.requesterUrl);
+    await using peer = await RawPeer.open(server.requesterUrl);
     const items = CODES.map((code) => ({ code }));
     peer.send({ request_id: "quiet", command: "get_markets", data: items });
     await peer.answer("quiet");
@@ -284,7 +281,6 @@ Deno.test("batch - sends progress frames only when the requester asks", async ()
       frames.indexOf(progress.at(-1)) < frames.indexOf(loud),
       "progress comes before the answer",
     );
-    await peer.close();
   });
 });
 
@@ -364,11 +360,16 @@ Deno.test("batch - answers No available workers when no worker offers get_market
 });
 
 Deno.test("batch - runs on three workers with the real market service on the demo provider", async () => {
-  const services = [0, 1, 2].map(() =>
-    createMarketService({ providers: ["demo"] })
+  await using services = group(
+    [0, 1, 2].map(() =>
+      releasing(
+        createMarketService({ providers: ["demo"] }),
+        (service) => service.close(),
+      )
+    ),
   );
   await using server = startTestServer();
-  const workers: Worker[] = [];
+  await using workers = group<TestWorker>();
   for (const [i, service] of services.entries()) {
     workers.push(
       await startWorker(server, {
@@ -434,52 +435,46 @@ Deno.test("batch - runs on three workers with the real market service on the dem
     "an invalid symbol_type fails that item alone",
   );
   assert.match(answer.processed_by!, /^distributed_[1-3]_workers$/);
-  await client.close();
-  for (const worker of workers) await worker.stop();
-  for (const service of services) service.close();
 });
 
 Deno.test("batch - a code goes back to the worker that served it last, not to a newer rendezvous home", async () => {
   await using server = startTestServer();
   const calls: Item[][][] = [[], [], []];
-  const workers = [
+  await using workers = group<TestWorker>();
+  workers.push(
     await startWorker(server, {
       name: "w1",
       actions: { get_markets: stubMarkets("w1", calls[1]) },
     }),
+  );
+  workers.push(
     await startWorker(server, {
       name: "w2",
       actions: { get_markets: stubMarkets("w2", calls[2]) },
     }),
-  ];
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
-  try {
-    const items = CODES.map((code) => ({ code }));
-    assert.ok((await client.request("get_markets", items)).success);
-    // A third worker joins: some of the codes hash to it now, but their caches are elsewhere.
-    workers.push(
-      await startWorker(server, {
-        name: "w0",
-        actions: { get_markets: stubMarkets("w0", calls[0]) },
-      }),
-    );
-    const before = calls[1].flat().length + calls[2].flat().length;
-    assert.ok((await client.request("get_markets", items)).success);
-    assert.deepEqual(
-      calls[0],
-      [],
-      "the newcomer took a code another worker holds",
-    );
-    assert.equal(calls[1].flat().length + calls[2].flat().length, before + 30);
-    // New codes do reach it.
-    const fresh = CODES.map((code) => ({ code: String(Number(code) + 1) }));
-    assert.ok((await client.request("get_markets", fresh)).success);
-    assert.ok(calls[0].flat().length > 0, "the newcomer got no new code");
-  } finally {
-    await client.close();
-    for (const worker of workers) await worker.stop();
-  }
+  );
+  await using client = await connectClient(server.requesterUrl);
+  const items = CODES.map((code) => ({ code }));
+  assert.ok((await client.request("get_markets", items)).success);
+  // A third worker joins: some of the codes hash to it now, but their caches are elsewhere.
+  workers.push(
+    await startWorker(server, {
+      name: "w0",
+      actions: { get_markets: stubMarkets("w0", calls[0]) },
+    }),
+  );
+  const before = calls[1].flat().length + calls[2].flat().length;
+  assert.ok((await client.request("get_markets", items)).success);
+  assert.deepEqual(
+    calls[0],
+    [],
+    "the newcomer took a code another worker holds",
+  );
+  assert.equal(calls[1].flat().length + calls[2].flat().length, before + 30);
+  // New codes do reach it.
+  const fresh = CODES.map((code) => ({ code: String(Number(code) + 1) }));
+  assert.ok((await client.request("get_markets", fresh)).success);
+  assert.ok(calls[0].flat().length > 0, "the newcomer got no new code");
 });
 
 Deno.test("batch - streamed: a worker that ran dry takes items from a slower worker's queue", async () => {
@@ -500,7 +495,7 @@ Deno.test("batch - streamed: a worker that ran dry takes items from a slower wor
   const heartbeatData = () => ({
     upstream: { hosts: { "quotes.example": { cooldown_until: 0, rate: 30 } } },
   });
-  const workers = [];
+  await using workers = group<TestWorker>();
   for (const name of ["slow", "fast1", "fast2", "fast3"]) {
     workers.push(
       await startWorker(server, {
@@ -510,34 +505,28 @@ Deno.test("batch - streamed: a worker that ran dry takes items from a slower wor
       }),
     );
   }
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
-  try {
-    await waitFor(
-      () => server.broker.workers().every((w) => w.upstream !== undefined),
-      "every worker to report its upstream",
-    );
-    // Fresh codes: none is in anyone's cache, so any worker may take any of them.
-    const items = Array.from({ length: 200 }, (_, i) => ({
-      code: String(600000 + i),
-    }));
-    const seen = new Set<number>();
-    const stream = client.stream("get_markets", items);
-    for await (const { index, result } of stream) {
-      assert.equal((result as { success: boolean }).success, true);
-      seen.add(index);
-    }
-    assert.equal((await stream.answer).success, true);
-    assert.equal(seen.size, 200);
-    assert.equal(served.slow + served.fast, 200);
-    // Rendezvous alone gives the slow one 39 of these codes. It is sent two chunks (16 items)
-    // at a time, and the fast ones drain their own queues, then the rest of its.
-    assert.ok(
-      served.slow <= 25,
-      `slow served ${served.slow}, the fast ones ${served.fast}`,
-    );
-  } finally {
-    await client.close();
-    for (const worker of workers) await worker.stop();
+  await using client = await connectClient(server.requesterUrl);
+  await waitFor(
+    () => server.broker.workers().every((w) => w.upstream !== undefined),
+    "every worker to report its upstream",
+  );
+  // Fresh codes: none is in anyone's cache, so any worker may take any of them.
+  const items = Array.from({ length: 200 }, (_, i) => ({
+    code: String(600000 + i),
+  }));
+  const seen = new Set<number>();
+  const stream = client.stream("get_markets", items);
+  for await (const { index, result } of stream) {
+    assert.equal((result as { success: boolean }).success, true);
+    seen.add(index);
   }
+  assert.equal((await stream.answer).success, true);
+  assert.equal(seen.size, 200);
+  assert.equal(served.slow + served.fast, 200);
+  // Rendezvous alone gives the slow one 39 of these codes. It is sent two chunks (16 items)
+  // at a time, and the fast ones drain their own queues, then the rest of its.
+  assert.ok(
+    served.slow <= 25,
+    `slow served ${served.slow}, the fast ones ${served.fast}`,
+  );
 });

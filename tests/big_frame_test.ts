@@ -5,7 +5,12 @@
 import assert from "node:assert/strict";
 import { RequesterClient } from "../lib/requester_client.ts";
 import { RUNTIME_FRAME_CAP } from "../lib/_frame_size.ts";
-import { answerOf, openRawWorker, startTestServer } from "./_helpers.ts";
+import {
+  answerOf,
+  openRawWorker,
+  releasing,
+  startTestServer,
+} from "./_helpers.ts";
 
 interface Frame {
   opcode: number;
@@ -161,6 +166,11 @@ class RawSocket {
     }
     await this.#reading;
   }
+
+  /** Same as `close()`, for `await using`. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
 }
 
 async function write(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
@@ -184,110 +194,102 @@ const encoder = new TextEncoder();
 
 Deno.test("big frames - requester: a 65 MiB frame and a 70 MiB fragmented message are answered FRAME_TOO_LARGE; the connection and a request in flight go on", async () => {
   await using server = startTestServer();
-  const { peer: worker } = await openRawWorker(server, { actions: ["work"] });
-  const socket = await RawSocket.open(server.requesterPort);
-  try {
-    await socket.text({ request_id: "held", command: "work" });
-    const held = await worker.envelope("request");
+  const { peer } = await openRawWorker(server, { actions: ["work"] });
+  await using worker = peer;
+  await using socket = await RawSocket.open(server.requesterPort);
+  await socket.text({ request_id: "held", command: "work" });
+  const held = await worker.envelope("request");
 
-    await socket.header(true, 1, 65 * MiB);
-    await socket.stream(65 * MiB);
-    const single = await socket.json((v) => v.error_code === "FRAME_TOO_LARGE");
-    assert.equal(single.request_id, null);
-    assert.equal(single.success, false);
-    assert.equal(
-      single.error,
-      `Frame too large: ${65 * MiB} bytes (limit ${1024 * 1024})`,
-    );
+  await socket.header(true, 1, 65 * MiB);
+  await socket.stream(65 * MiB);
+  const single = await socket.json((v) => v.error_code === "FRAME_TOO_LARGE");
+  assert.equal(single.request_id, null);
+  assert.equal(single.success, false);
+  assert.equal(
+    single.error,
+    `Frame too large: ${65 * MiB} bytes (limit ${1024 * 1024})`,
+  );
 
-    // Fragments: 40 MiB, a ping between, then 30 MiB: no single frame is over the cap.
-    await socket.header(false, 1, 40 * MiB);
-    await socket.stream(40 * MiB);
-    await socket.frame(true, 9, encoder.encode("between"));
-    await socket.header(true, 0, 30 * MiB);
-    await socket.stream(30 * MiB);
-    const pong = await socket.next((f) => f.opcode === 10);
-    assert.equal(pong.text, "between");
-    const fragmented = await socket.json((v) =>
-      v.error_code === "FRAME_TOO_LARGE"
-    );
-    assert.match(String(fragmented.error), new RegExp(`: ${70 * MiB} bytes`));
+  // Fragments: 40 MiB, a ping between, then 30 MiB: no single frame is over the cap.
+  await socket.header(false, 1, 40 * MiB);
+  await socket.stream(40 * MiB);
+  await socket.frame(true, 9, encoder.encode("between"));
+  await socket.header(true, 0, 30 * MiB);
+  await socket.stream(30 * MiB);
+  const pong = await socket.next((f) => f.opcode === 10);
+  assert.equal(pong.text, "between");
+  const fragmented = await socket.json((v) =>
+    v.error_code === "FRAME_TOO_LARGE"
+  );
+  assert.match(String(fragmented.error), new RegExp(`: ${70 * MiB} bytes`));
 
-    // A small fragmented message still goes through whole.
-    await socket.frame(
-      false,
-      1,
-      encoder.encode('{"request_id":"frag","comm'),
-    );
-    await socket.frame(true, 9, encoder.encode("p"));
-    await socket.frame(true, 0, encoder.encode('and":"nothing_offers_this"}'));
-    const frag = await socket.json((v) => v.request_id === "frag");
-    assert.equal(frag.error, "No available workers");
+  // A small fragmented message still goes through whole.
+  await socket.frame(
+    false,
+    1,
+    encoder.encode('{"request_id":"frag","comm'),
+  );
+  await socket.frame(true, 9, encoder.encode("p"));
+  await socket.frame(true, 0, encoder.encode('and":"nothing_offers_this"}'));
+  const frag = await socket.json((v) => v.request_id === "frag");
+  assert.equal(frag.error, "No available workers");
 
-    worker.sendEnvelope("response", {
-      request_id: held.msg_id,
-      success: true,
-      result: "held done",
-      error: null,
-    });
-    const heldAnswer = await socket.json((v) => v.request_id === "held");
-    assert.equal(heldAnswer.data, "held done");
+  worker.sendEnvelope("response", {
+    request_id: held.msg_id,
+    success: true,
+    result: "held done",
+    error: null,
+  });
+  const heldAnswer = await socket.json((v) => v.request_id === "held");
+  assert.equal(heldAnswer.data, "held done");
 
-    await socket.text({ request_id: "after", command: "work" });
-    const after = await worker.envelope("request");
-    worker.sendEnvelope("response", {
-      request_id: after.msg_id,
-      success: true,
-      result: "after done",
-      error: null,
-    });
-    const afterAnswer = await socket.json((v) => v.request_id === "after");
-    assert.equal(afterAnswer.data, "after done");
-  } finally {
-    await socket.close();
-    await worker.close();
-  }
+  await socket.text({ request_id: "after", command: "work" });
+  const after = await worker.envelope("request");
+  worker.sendEnvelope("response", {
+    request_id: after.msg_id,
+    success: true,
+    result: "after done",
+    error: null,
+  });
+  const afterAnswer = await socket.json((v) => v.request_id === "after");
+  assert.equal(afterAnswer.data, "after done");
 });
 
 Deno.test("big frames - worker: a 65 MiB frame gets an error envelope; the worker then registers and answers on the same connection", async () => {
   await using server = startTestServer();
-  const socket = await RawSocket.open(server.port);
-  const client = new RequesterClient(server.requesterUrl);
-  try {
-    const hello = await socket.json((v) => v.type === "connect");
-    await socket.header(true, 1, RUNTIME_FRAME_CAP);
-    await socket.stream(RUNTIME_FRAME_CAP);
-    const error = await socket.json((v) => v.type === "error");
-    const data = error.data as Record<string, unknown>;
-    assert.equal(data.code, "FRAME_TOO_LARGE");
-    assert.match(
-      String(data.error),
-      /^Frame too large: 67108864 bytes \(limit \d+\)$/,
-    );
+  await using socket = await RawSocket.open(server.port);
+  await using client = releasing(
+    new RequesterClient(server.requesterUrl),
+    (c) => c.close(),
+  );
+  const hello = await socket.json((v) => v.type === "connect");
+  await socket.header(true, 1, RUNTIME_FRAME_CAP);
+  await socket.stream(RUNTIME_FRAME_CAP);
+  const error = await socket.json((v) => v.type === "error");
+  const data = error.data as Record<string, unknown>;
+  assert.equal(data.code, "FRAME_TOO_LARGE");
+  assert.match(
+    String(data.error),
+    /^Frame too large: 67108864 bytes \(limit \d+\)$/,
+  );
 
-    const envelope = (type: string, data: unknown) => ({
-      type,
-      msg_id: crypto.randomUUID(),
-      timestamp: Date.now() / 1000,
-      data,
-    });
-    await socket.text(envelope("connect", { name: "raw", actions: ["work"] }));
-    await client.connect();
-    const pending = answerOf(client.request("work", {}, { timeout: 5 }));
-    const request = await socket.json((v) => v.type === "request");
-    await socket.text(envelope("response", {
-      request_id: request.msg_id,
-      success: true,
-      result: `answered by ${
-        (hello.data as Record<string, unknown>).client_id
-      }`,
-      error: null,
-    }));
-    const answer = await pending;
-    assert.equal(answer.success, true);
-    assert.match(String(answer.data), /^answered by /);
-  } finally {
-    await client.close();
-    await socket.close();
-  }
+  const envelope = (type: string, data: unknown) => ({
+    type,
+    msg_id: crypto.randomUUID(),
+    timestamp: Date.now() / 1000,
+    data,
+  });
+  await socket.text(envelope("connect", { name: "raw", actions: ["work"] }));
+  await client.connect();
+  const pending = answerOf(client.request("work", {}, { timeout: 5 }));
+  const request = await socket.json((v) => v.type === "request");
+  await socket.text(envelope("response", {
+    request_id: request.msg_id,
+    success: true,
+    result: `answered by ${(hello.data as Record<string, unknown>).client_id}`,
+    error: null,
+  }));
+  const answer = await pending;
+  assert.equal(answer.success, true);
+  assert.match(String(answer.data), /^answered by /);
 });

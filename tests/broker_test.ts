@@ -3,6 +3,7 @@ import type { ServerOptions } from "../lib/server.ts";
 import { RequesterClient } from "../lib/requester_client.ts";
 import type { Worker } from "../lib/worker_client.ts";
 import {
+  answerOf,
   connectClient,
   type Frame,
   idOf,
@@ -13,6 +14,7 @@ import {
   startWorker,
   type TestServer,
   waitFor,
+  within,
 } from "./_helpers.ts";
 
 // ---- plain HTTP and tokens -------------------------------------------------------------------
@@ -125,7 +127,7 @@ Deno.test("broker - sweep() marks a silent worker unhealthy, then drops it after
   now += 10_001;
   server.broker.sweep();
   assert.equal(info(), undefined, "dropped after the cleanup interval");
-  const closed = await peer.closed;
+  const closed = await within(peer.closed, "the worker's socket to close");
   assert.equal(closed.code, 4000);
   assert.equal(closed.reason, "Heartbeat timeout");
 });
@@ -159,7 +161,11 @@ Deno.test("broker - an unhealthy worker gets no new work until it is heard from"
   now += 5000;
   server.broker.sweep();
   await using client = await connectClient(server.requesterUrl);
-  const answering = client.request("job", {}, { timeout: 5 });
+  const answering = answerOf(
+    client.request("job", {}, { timeout: 5 }),
+    "the answer",
+    10_000,
+  );
   await waitFor(
     () => server.broker.dispatcher.queued === 1,
     "the request to queue",
@@ -189,7 +195,7 @@ Deno.test("broker - a worker's graceful stop() sends disconnect, gets no new wor
   });
   const leavingId = idOf(leaving);
   await using client = await connectClient(server.requesterUrl);
-  const first = client.request("job");
+  const first = answerOf(client.request("job"));
   await waitFor(
     () => leaving.status().in_flight === 1,
     "the job to start on the heavier worker",
@@ -217,7 +223,7 @@ Deno.test("broker - a worker's graceful stop() sends disconnect, gets no new wor
 });
 
 Deno.test("broker - drain() refuses new requests with SHUTTING_DOWN and lets in-flight work finish", async () => {
-  const server = startTestServer();
+  await using server = startTestServer();
   const gate = Promise.withResolvers<void>();
   await using _worker = await startWorker(server, {
     actions: { job: () => gate.promise.then(() => "finished") },
@@ -234,7 +240,7 @@ Deno.test("broker - drain() refuses new requests with SHUTTING_DOWN and lets in-
   const answer = await peer.answer("a");
   assert.equal(answer.data, "finished");
   await draining;
-  await peer.closed;
+  await within(peer.closed, "the requester's socket to close");
 });
 
 // ---- server actions over the worker port -----------------------------------------------------
@@ -374,21 +380,28 @@ const requesterCases: RequesterCase[] = [
   },
 ];
 
-/** A server with one real worker (which offers `hold`) and a raw requester. */
+/**
+ * A server with one real worker (which offers `hold`) and a raw requester; `await using` closes
+ * them at the end of the scope.
+ */
 async function requesterSetup(options: ServerOptions = {}) {
-  const server = startTestServer(options);
+  await using stack = new AsyncDisposableStack();
+  const server = stack.use(startTestServer(options));
   const gates: PromiseWithResolvers<void>[] = [];
-  const worker = await startWorker(server, {
-    actions: {
-      hold: async () => {
-        const gate = Promise.withResolvers<void>();
-        gates.push(gate);
-        await gate.promise;
-        return "held";
+  const worker = stack.use(
+    await startWorker(server, {
+      actions: {
+        hold: async () => {
+          const gate = Promise.withResolvers<void>();
+          gates.push(gate);
+          await gate.promise;
+          return "held";
+        },
       },
-    },
-  });
-  const peer = await RawPeer.open(server.requesterUrl);
+    }),
+  );
+  const peer = stack.use(await RawPeer.open(server.requesterUrl));
+  const release = stack.move();
   return {
     server,
     peer,
@@ -400,11 +413,7 @@ async function requesterSetup(options: ServerOptions = {}) {
       assert.equal(answer.success, true, JSON.stringify(answer));
       assert.equal(answer.processed_by, idOf(worker));
     },
-    async close() {
-      await peer.close();
-      await worker.stop();
-      await server.close();
-    },
+    [Symbol.asyncDispose]: () => release.disposeAsync(),
   };
 }
 
@@ -424,17 +433,16 @@ function assertFailure(
 
 for (const c of requesterCases) {
   Deno.test(`broker - answers ${c.name} from a requester and keeps the connection`, async () => {
-    const setup = await requesterSetup(c.options);
+    await using setup = await requesterSetup(c.options);
     setup.peer.send(c.frame);
     const answer = await setup.peer.next();
     assertFailure(answer, c);
     await setup.stillWorks();
-    await setup.close();
   });
 }
 
 Deno.test("broker - answers a duplicate request_id in flight and still answers the original", async () => {
-  const setup = await requesterSetup();
+  await using setup = await requesterSetup();
   setup.peer.send({ request_id: "twin", command: "hold" });
   await waitFor(() => setup.gates.length === 1, "the first request to start");
   setup.peer.send({ request_id: "twin", command: "hold" });
@@ -451,11 +459,10 @@ Deno.test("broker - answers a duplicate request_id in flight and still answers t
   assert.equal(original.success, true);
   assert.equal(original.data, "held");
   assert.equal(setup.gates.length, 1, "the duplicate never reached a worker");
-  await setup.close();
 });
 
 Deno.test("broker - answers a request over the in-flight limit of a connection", async () => {
-  const setup = await requesterSetup({ maxInFlightPerConnection: 1 });
+  await using setup = await requesterSetup({ maxInFlightPerConnection: 1 });
   setup.peer.send({ request_id: "first", command: "hold" });
   await waitFor(() => setup.gates.length === 1, "the first request to start");
   setup.peer.send({ request_id: "second", command: "get_time" });
@@ -467,28 +474,31 @@ Deno.test("broker - answers a request over the in-flight limit of a connection",
   setup.gates[0].resolve();
   assert.equal((await setup.peer.answer("first")).data, "held");
   await setup.stillWorks();
-  await setup.close();
 });
 
 Deno.test("broker - a bad frame does not disturb another request in flight on the same connection", async () => {
-  const setup = await requesterSetup();
+  await using setup = await requesterSetup();
   setup.peer.send({ request_id: "busy", command: "hold" });
   await waitFor(() => setup.gates.length === 1, "the request to start");
   setup.peer.send("{{{");
   assert.equal((await setup.peer.next()).error_code, "INVALID_JSON");
   setup.gates[0].resolve();
   assert.equal((await setup.peer.answer("busy")).data, "held");
-  await setup.close();
 });
 
 // ---- bad input from a worker -----------------------------------------------------------------
 
-/** A server, one raw registered worker and a requester client. */
+/**
+ * A server, one raw registered worker and a requester client; `await using` closes them at the
+ * end of the scope.
+ */
 async function workerSetup(options: ServerOptions = {}) {
-  const server: TestServer = startTestServer(options);
+  await using stack = new AsyncDisposableStack();
+  const server: TestServer = stack.use(startTestServer(options));
   const { peer, id } = await openRawWorker(server, { actions: ["job"] });
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
+  stack.use(peer);
+  const client = stack.use(await connectClient(server.requesterUrl));
+  const release = stack.move();
   return {
     server,
     peer,
@@ -500,18 +510,14 @@ async function workerSetup(options: ServerOptions = {}) {
         server.broker.workers().some((w) => w.client_id === id),
         "still registered",
       );
-      const answering = client.request("job", { ok: 1 });
+      const answering = answerOf(client.request("job", { ok: 1 }));
       const request = await peer.envelope("request");
       respond(peer, request, "still here");
       const answer = await answering;
       assert.equal(answer.data, "still here");
       assert.equal(answer.processed_by, id);
     },
-    async close() {
-      await client.close();
-      await peer.close();
-      await server.close();
-    },
+    [Symbol.asyncDispose]: () => release.disposeAsync(),
   };
 }
 
@@ -591,25 +597,23 @@ const workerCases: WorkerCase[] = [
 
 for (const c of workerCases) {
   Deno.test(`broker - answers ${c.name} from a worker with an error envelope and keeps it serving`, async () => {
-    const setup = await workerSetup(c.options);
+    await using setup = await workerSetup(c.options);
     setup.peer.send(c.frame);
     const error = await setup.peer.envelope("error");
     assert.equal(error.data.code, c.code);
     if (typeof c.error === "string") assert.equal(error.data.error, c.error);
     else assert.match(error.data.error, c.error);
     await setup.stillServes();
-    await setup.close();
   });
 }
 
 Deno.test("broker - ignores an unknown message type from a worker and keeps the connection", async () => {
-  const setup = await workerSetup();
+  await using setup = await workerSetup();
   setup.peer.sendEnvelope("telemetry", { cpu: 0.5 });
   setup.peer.sendEnvelope("heartbeat", {});
   await setup.peer.envelope("heartbeat");
   assert.deepEqual(setup.peer.received.filter((f) => f.type === "error"), []);
   await setup.stillServes();
-  await setup.close();
 });
 
 Deno.test("broker - hands a custom message type to its registered handler", async () => {
@@ -621,17 +625,22 @@ Deno.test("broker - hands a custom message type to its registered handler", asyn
     },
   });
   const { peer, id } = await openRawWorker(server);
+  await using _peer = peer;
   peer.sendEnvelope("telemetry", { cpu: 0.5 });
-  assert.deepEqual(await seen.promise, [{ cpu: 0.5 }, id]);
-  await peer.close();
+  assert.deepEqual(await within(seen.promise, "the handler"), [
+    { cpu: 0.5 },
+    id,
+  ]);
 });
 
 Deno.test("broker - rejects a worker's response to another worker's request and still answers from the right worker", async () => {
   await using server = startTestServer();
   const owner = await openRawWorker(server, { weight: 10 });
+  await using _owner = owner.peer;
   const meddler = await openRawWorker(server);
+  await using _meddler = meddler.peer;
   await using client = await connectClient(server.requesterUrl);
-  const answering = client.request("job");
+  const answering = answerOf(client.request("job"));
   const request = await owner.peer.envelope("request");
   respond(meddler.peer, request, "stolen");
   const error = await meddler.peer.envelope("error");
@@ -645,14 +654,11 @@ Deno.test("broker - rejects a worker's response to another worker's request and 
   assert.equal(answer.data, "genuine");
   assert.equal(answer.processed_by, owner.id);
   assert.equal(client.inFlight, 0);
-  await client.close();
-  await owner.peer.close();
-  await meddler.peer.close();
 });
 
 Deno.test("broker - a worker's failed response reaches the requester with its error and code", async () => {
-  const setup = await workerSetup();
-  const answering = setup.client.request("job");
+  await using setup = await workerSetup();
+  const answering = answerOf(setup.client.request("job"));
   const request = await setup.peer.envelope("request");
   setup.peer.sendEnvelope("response", {
     request_id: request.msg_id,
@@ -667,7 +673,6 @@ Deno.test("broker - a worker's failed response reaches the requester with its er
   assert.equal(answer.error_code, "INVALID_PARAMS");
   assert.equal(answer.processed_by, setup.id);
   await setup.stillServes();
-  await setup.close();
 });
 
 // Keep the Worker type import used for readers of the helpers' return types.

@@ -124,16 +124,20 @@ Deno.test({
       "0.5",
       "--no-console",
     ];
-    const workers: Program[] = [0, 1, 2, 3].map((i) =>
-      new Program("worker.ts", workerArgs(i))
-    );
+    const workers: Program[] = [];
     const retired: Program[] = [];
     const requesterUrl = `ws://127.0.0.1:${requesterPort}`;
     const clients: CountingRequester[] = [];
     let client = new CountingRequester(requesterUrl);
     clients.push(client);
+    let running = true;
+    // Set once the test ends, failed or not: the background loops below stop retrying.
+    let stopped = false;
+    // The stream of singles and the chaos, then each single: settled before the cleanup goes on.
+    const background: Promise<unknown>[] = [];
+    const singles: Promise<void>[] = [];
     const reconnect = async () => {
-      for (let i = 0; i < 200 && !client.open; i++) {
+      for (let i = 0; i < 200 && !stopped && !client.open; i++) {
         try {
           const next = new CountingRequester(requesterUrl);
           await next.connect();
@@ -147,6 +151,9 @@ Deno.test({
     let kills = 0;
     let retries = 0;
     try {
+      for (const i of [0, 1, 2, 3]) {
+        workers.push(new Program("worker.ts", workerArgs(i)));
+      }
       await waitForHealth(workerPort, (h) => h.workers === 4);
       await client.connect();
 
@@ -155,7 +162,7 @@ Deno.test({
         // Bounded by time, not by count: while the pool refills on a loaded machine, answers
         // say NO_WORKERS for seconds, far more than a fixed number of quick retries covers.
         const until = Date.now() + 120_000;
-        for (let attempt = 0; Date.now() < until; attempt++) {
+        for (let attempt = 0; !stopped && Date.now() < until; attempt++) {
           const answer = await client.send(
             `${id}#${attempt}`,
             command,
@@ -183,39 +190,40 @@ Deno.test({
       const received: { id: string; code: string; bars: Bars }[] = [];
       const logical: string[] = [];
       let marketSingles = 0;
-      let running = true;
-      const singles: Promise<void>[] = [];
       const stream = (async () => {
         for (let n = 0; running && n < 400; n++) {
           const i = Math.floor(random() * 500);
           const id = `single-${n}`;
           logical.push(id);
-          singles.push(
-            (async () => {
-              const market = random() < 0.7;
-              if (market) marketSingles++;
-              const answer = market
-                ? await call(id, "get_market", batchItems(1, i)[0])
-                : await call(id, "get_time", {});
-              assert.equal(
-                answer.success,
-                true,
-                `${id}: ${JSON.stringify(answer)}`,
-              );
-              if (market) {
-                const data = answer.data as { code: string; data: Bars };
-                assert.equal(data.code, code(i));
-                assert.ok(data.data.length > 0);
-                received.push({ id, code: code(i), bars: data.data });
-              } else {assert.match(
-                  String(answer.data),
-                  /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/,
-                );}
-            })(),
-          );
+          const single = (async () => {
+            const market = random() < 0.7;
+            if (market) marketSingles++;
+            const answer = market
+              ? await call(id, "get_market", batchItems(1, i)[0])
+              : await call(id, "get_time", {});
+            assert.equal(
+              answer.success,
+              true,
+              `${id}: ${JSON.stringify(answer)}`,
+            );
+            if (market) {
+              const data = answer.data as { code: string; data: Bars };
+              assert.equal(data.code, code(i));
+              assert.ok(data.data.length > 0);
+              received.push({ id, code: code(i), bars: data.data });
+            } else {assert.match(
+                String(answer.data),
+                /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/,
+              );}
+          })();
+          // Awaited with the others below; handled now, so that an early failure is reported
+          // there, not as an uncaught error that cancels the rest of the file.
+          single.catch(() => {});
+          singles.push(single);
           await sleep(15);
         }
       })();
+      background.push(stream);
 
       /** Until the server (whichever is up) has all four workers, or 30 s have passed. */
       const fullPool = async () => {
@@ -248,6 +256,7 @@ Deno.test({
           await fullPool();
         }
       })();
+      background.push(chaos);
 
       const checkBatch = (
         id: string,
@@ -367,12 +376,19 @@ Deno.test({
         `chaos: ${singles.length} singles + 600 batch items, ${kills} kills, 1 server restart, ${retries} resends after connection loss`,
       );
     } finally {
+      running = false;
+      stopped = true;
       if (Deno.env.get("CHAOS_LOG")) {
         Deno.writeTextFileSync(
           Deno.env.get("CHAOS_LOG")!,
           server.lines.join("\n"),
         );
       }
+      // Closing answers what the background still waits for; a reconnect under way may add a
+      // client, so they are closed again once the background has settled.
+      for (const c of clients) await c.close();
+      await Promise.allSettled(background);
+      await Promise.allSettled(singles);
       for (const c of clients) await c.close();
       await Promise.all([...workers, ...retired].map((w) => w.stop()));
       await server.stop();

@@ -2,7 +2,7 @@
 // from util-linux `script`), background jobs, the wrong port.
 import assert from "node:assert/strict";
 import { Program, runProgram, startServerProgram } from "./_procs.ts";
-import { startTestServer, startWorker } from "./_helpers.ts";
+import { startTestServer, startWorker, within } from "./_helpers.ts";
 import { setupLogging, Worker } from "../lib/mod.ts";
 
 setupLogging({ level: "error" });
@@ -121,6 +121,11 @@ class Terminal {
     await this.#reading;
     return status;
   }
+
+  /** Same as `close()`, for `await using`. */
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
 }
 
 Deno.test({
@@ -129,8 +134,8 @@ Deno.test({
   ignore: !PTY,
   fn: async () => {
     await using server = startTestServer();
-    const worker = await startWorker(server);
-    const term = new Terminal(
+    await using _worker = await startWorker(server);
+    await using term = new Terminal(
       [
         DENO,
         "run",
@@ -142,19 +147,14 @@ Deno.test({
       ]
         .map(shellQuote).join(" "),
     );
-    try {
-      await term.waitFor(/requester> /);
-      await term.type("get_time\r");
-      await term.waitFor(/"success":true[^]*requester> /);
-      await term.type("\x1b[A\r");
-      await term.waitFor(/"success":true[^]*"success":true[^]*requester> /);
-      await term.type("quit\r");
-      assert.equal((await term.done()).code, 0, term.output);
-      assert.doesNotMatch(term.output, /\^\[\[A|Cannot parse|Unknown/);
-    } finally {
-      await term.close();
-      await worker.stop();
-    }
+    await term.waitFor(/requester> /);
+    await term.type("get_time\r");
+    await term.waitFor(/"success":true[^]*requester> /);
+    await term.type("\x1b[A\r");
+    await term.waitFor(/"success":true[^]*"success":true[^]*requester> /);
+    await term.type("quit\r");
+    assert.equal((await term.done()).code, 0, term.output);
+    assert.doesNotMatch(term.output, /\^\[\[A|Cannot parse|Unknown/);
   },
 });
 
@@ -186,7 +186,7 @@ Deno.test({
       await term.waitFor(/No workers connected/);
       worker = new Worker({ url: `ws://127.0.0.1:${port}`, name: "table-row" });
       const running = worker.start();
-      const id = await worker.ready();
+      const id = await within(worker.ready(), "the worker to connect");
       // The worker's name arrives with its registration, just after the connection.
       let header = "", row = "";
       for (let tries = 0; !row.includes("table-row") && tries < 100; tries++) {
@@ -361,16 +361,16 @@ Deno.test("worker - a wrong token logs 'check --token' and waits the longest bac
     "--worker-token",
     "right",
   ]);
-  const worker = new Program("worker.ts", [
-    "127.0.0.1",
-    String(workerPort),
-    "--max-backoff",
-    "0.2",
-    "--provider",
-    "demo",
-    "--no-console",
-  ], { SWITCHYARD_WORKER_TOKEN: "wrong" });
   try {
+    await using worker = new Program("worker.ts", [
+      "127.0.0.1",
+      String(workerPort),
+      "--max-backoff",
+      "0.2",
+      "--provider",
+      "demo",
+      "--no-console",
+    ], { SWITCHYARD_WORKER_TOKEN: "wrong" });
     await worker.waitFor(
       /unauthorized \(missing or wrong token\): check --token/,
     );
@@ -392,7 +392,6 @@ Deno.test("worker - a wrong token logs 'check --token' and waits the longest bac
       /Refused \d+ connections with a missing or invalid token.*127\.0\.0\.1/,
     );
   } finally {
-    await worker.stop();
     await program.stop("SIGTERM");
   }
 });

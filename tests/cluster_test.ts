@@ -4,14 +4,16 @@
 import assert from "node:assert/strict";
 import type { ActionContext } from "../lib/action.ts";
 import { serverCommand } from "../lib/console.ts";
-import type { ClusterLink } from "../lib/cluster/link.ts";
-import { RequesterClient } from "../lib/requester_client.ts";
-import type { Worker } from "../lib/worker_client.ts";
 import {
+  answerOf,
+  connectClient,
+  group,
   idOf,
   startTestServer,
   startWorker,
+  type TestClient,
   type TestServer,
+  type TestWorker,
   waitFor,
 } from "./_helpers.ts";
 import { NATS_MISSING, NatsCluster } from "./_nats.ts";
@@ -20,13 +22,16 @@ import { runProgram } from "./_procs.ts";
 
 const ignore = NATS_MISSING !== undefined;
 
-/** `n` in-process servers joined into one cluster on `nats`. */
+/**
+ * `n` in-process servers joined into one cluster on `nats`; `await using` closes them all at the
+ * end of the scope.
+ */
 async function startServers(
   nats: NatsCluster,
   n: number,
   name = "t",
-): Promise<{ servers: TestServer[]; links: ClusterLink[] }> {
-  const servers: TestServer[] = [];
+): Promise<TestServer[] & AsyncDisposable> {
+  const servers = group<TestServer>();
   for (let i = 0; i < n; i++) {
     servers.push(startTestServer({
       cluster: {
@@ -40,19 +45,14 @@ async function startServers(
       },
     }));
   }
-  const links = await Promise.all(servers.map((s) => s.cluster!));
-  await Promise.all(links.map((l) => l.start()));
-  return { servers, links };
-}
-
-async function closeAll(
-  servers: TestServer[],
-  clients: RequesterClient[] = [],
-  workers: Worker[] = [],
-): Promise<void> {
-  await Promise.all(clients.map((c) => c.close()));
-  await Promise.all(workers.map((w) => w.stop()));
-  await Promise.all(servers.map((s) => s.close()));
+  try {
+    const links = await Promise.all(servers.map((s) => s.cluster!));
+    await Promise.all(links.map((l) => l.start()));
+  } catch (error) {
+    await servers[Symbol.asyncDispose]();
+    throw error;
+  }
+  return servers;
 }
 
 /** Waits until every server sees `count` workers. */
@@ -78,54 +78,49 @@ for (const nodes of [1, 3]) {
     ignore,
     fn: async () => {
       await using nats = await new NatsCluster(nodes).start();
-      const { servers } = await startServers(nats, 3);
-      const clients: RequesterClient[] = [];
-      const workers: Worker[] = [];
-      try {
-        workers.push(
-          await startWorker(servers[1], {
-            name: "only-on-s1",
-            actions: { who: whoAmI("only-on-s1") },
-          }),
+      await using servers = await startServers(nats, 3);
+      await using clients = group<TestClient>();
+      await using workers = group<TestWorker>();
+      workers.push(
+        await startWorker(servers[1], {
+          name: "only-on-s1",
+          actions: { who: whoAmI("only-on-s1") },
+        }),
+      );
+      await converged(servers, 1);
+      for (const server of [servers[0], servers[2]]) {
+        const client = await connectClient(server.requesterUrl);
+        clients.push(client);
+        const answer = await client.request("who", {});
+        assert.equal(answer.success, true);
+        assert.equal(answer.data, "only-on-s1");
+        assert.equal(answer.processed_by, idOf(workers[0]));
+      }
+      // Every server lists every server and every worker with the server it is attached to.
+      for (const server of servers) {
+        const listed = server.broker.workers();
+        assert.deepEqual(listed.map((w) => [w.name, w.server]), [[
+          "only-on-s1",
+          "s1",
+        ]]);
+        const health = await (await fetch(
+          server.requesterUrl.replace("ws:", "http:") + "/health",
+        )).json();
+        assert.deepEqual(
+          health.cluster.servers.map((s: { name: string }) => s.name).sort(),
+          ["s0", "s1", "s2"],
         );
-        await converged(servers, 1);
-        for (const server of [servers[0], servers[2]]) {
-          const client = new RequesterClient(server.requesterUrl);
-          clients.push(client);
-          await client.connect();
-          const answer = await client.request("who", {});
-          assert.equal(answer.success, true);
-          assert.equal(answer.data, "only-on-s1");
-          assert.equal(answer.processed_by, idOf(workers[0]));
-        }
-        // Every server lists every server and every worker with the server it is attached to.
-        for (const server of servers) {
-          const listed = server.broker.workers();
-          assert.deepEqual(listed.map((w) => [w.name, w.server]), [[
-            "only-on-s1",
-            "s1",
-          ]]);
-          const health = await (await fetch(
-            server.requesterUrl.replace("ws:", "http:") + "/health",
-          )).json();
-          assert.deepEqual(
-            health.cluster.servers.map((s: { name: string }) => s.name).sort(),
-            ["s0", "s1", "s2"],
-          );
-          assert.equal(health.cluster.nats, "connected");
-          assert.deepEqual(
-            health.cluster.workers.map((
-              w: { name: string; server: string },
-            ) => [
-              w.name,
-              w.server,
-            ]),
-            [["only-on-s1", "s1"]],
-          );
-          assert.equal(health.workers, 1);
-        }
-      } finally {
-        await closeAll(servers, clients, workers);
+        assert.equal(health.cluster.nats, "connected");
+        assert.deepEqual(
+          health.cluster.workers.map((
+            w: { name: string; server: string },
+          ) => [
+            w.name,
+            w.server,
+          ]),
+          [["only-on-s1", "s1"]],
+        );
+        assert.equal(health.workers, 1);
       }
     },
   });
@@ -136,42 +131,37 @@ Deno.test({
   ignore,
   fn: async () => {
     await using nats = await new NatsCluster(1).start();
-    const { servers } = await startServers(nats, 3);
-    const clients: RequesterClient[] = [];
-    const workers: Worker[] = [];
-    try {
-      for (const [i, server] of servers.entries()) {
-        workers.push(
-          await startWorker(server, {
-            name: `w${i}`,
-            concurrency: 2,
-            actions: {
-              // Slow enough that requests overlap, so load decides the placement.
-              slow: async () => {
-                await new Promise((r) => setTimeout(r, 20));
-                return `w${i}`;
-              },
+    await using servers = await startServers(nats, 3);
+    await using clients = group<TestClient>();
+    await using workers = group<TestWorker>();
+    for (const [i, server] of servers.entries()) {
+      workers.push(
+        await startWorker(server, {
+          name: `w${i}`,
+          concurrency: 2,
+          actions: {
+            // Slow enough that requests overlap, so load decides the placement.
+            slow: async () => {
+              await new Promise((r) => setTimeout(r, 20));
+              return `w${i}`;
             },
-          }),
-        );
-      }
-      await converged(servers, 3);
-      const client = new RequesterClient(servers[0].requesterUrl);
-      clients.push(client);
-      await client.connect();
-      const answers = await Promise.all(
-        Array.from({ length: 30 }, () => client.request("slow", {})),
+          },
+        }),
       );
-      const served = new Map<string, number>();
-      for (const a of answers) {
-        assert.equal(a.success, true, JSON.stringify(a));
-        served.set(String(a.data), (served.get(String(a.data)) ?? 0) + 1);
-      }
-      // 30 requests, 6 slots over three servers: every worker must have taken some.
-      assert.deepEqual([...served.keys()].sort(), ["w0", "w1", "w2"]);
-    } finally {
-      await closeAll(servers, clients, workers);
     }
+    await converged(servers, 3);
+    const client = await connectClient(servers[0].requesterUrl);
+    clients.push(client);
+    const answers = await Promise.all(
+      Array.from({ length: 30 }, () => client.request("slow", {})),
+    );
+    const served = new Map<string, number>();
+    for (const a of answers) {
+      assert.equal(a.success, true, JSON.stringify(a));
+      served.set(String(a.data), (served.get(String(a.data)) ?? 0) + 1);
+    }
+    // 30 requests, 6 slots over three servers: every worker must have taken some.
+    assert.deepEqual([...served.keys()].sort(), ["w0", "w1", "w2"]);
   },
 });
 
@@ -198,59 +188,54 @@ Deno.test({
   ignore,
   fn: async () => {
     await using nats = await new NatsCluster(1).start();
-    const { servers } = await startServers(nats, 3);
-    const clients: RequesterClient[] = [];
-    const workers: Worker[] = [];
-    try {
-      for (const [i, server] of servers.entries()) {
-        workers.push(
-          await startWorker(server, {
-            name: `m${i}`,
-            actions: { get_markets: markets(`m${i}`) },
-          }),
-        );
-      }
-      await converged(servers, 3);
-      const items = Array.from({ length: 60 }, (_, i) => ({
-        symbol_type: "etf",
-        code: String(510000 + i * 7),
-      }));
-      const placements: Map<string, string>[] = [];
-      for (const server of servers) {
-        const client = new RequesterClient(server.requesterUrl);
-        clients.push(client);
-        await client.connect();
-        const answer = await client.request("get_markets", items);
-        assert.equal(answer.success, true, JSON.stringify(answer.error));
-        const results = (answer.data as {
-          results: { code: string; by: string }[];
-        }).results;
-        assert.deepEqual(results.map((r) => r.code), items.map((x) => x.code));
-        placements.push(new Map(results.map((r) => [r.code, r.by])));
-      }
-      // Every worker is home to some codes, and each code has the same home whichever server
-      // took the batch.
-      assert.deepEqual(
-        new Set(placements[0].values()),
-        new Set(["m0", "m1", "m2"]),
+    await using servers = await startServers(nats, 3);
+    await using clients = group<TestClient>();
+    await using workers = group<TestWorker>();
+    for (const [i, server] of servers.entries()) {
+      workers.push(
+        await startWorker(server, {
+          name: `m${i}`,
+          actions: { get_markets: markets(`m${i}`) },
+        }),
       );
-      assert.deepEqual(placements[1], placements[0]);
-      assert.deepEqual(placements[2], placements[0]);
+    }
+    await converged(servers, 3);
+    const items = Array.from({ length: 60 }, (_, i) => ({
+      symbol_type: "etf",
+      code: String(510000 + i * 7),
+    }));
+    const placements: Map<string, string>[] = [];
+    for (const server of servers) {
+      const client = await connectClient(server.requesterUrl);
+      clients.push(client);
+      const answer = await client.request("get_markets", items);
+      assert.equal(answer.success, true, JSON.stringify(answer.error));
+      const results = (answer.data as {
+        results: { code: string; by: string }[];
+      }).results;
+      assert.deepEqual(results.map((r) => r.code), items.map((x) => x.code));
+      placements.push(new Map(results.map((r) => [r.code, r.by])));
+    }
+    // Every worker is home to some codes, and each code has the same home whichever server
+    // took the batch.
+    assert.deepEqual(
+      new Set(placements[0].values()),
+      new Set(["m0", "m1", "m2"]),
+    );
+    assert.deepEqual(placements[1], placements[0]);
+    assert.deepEqual(placements[2], placements[0]);
 
-      // Streamed through the last server: every item once, from the same homes.
-      const batch = clients[2].stream("get_markets", items);
-      const seen = new Map<number, string>();
-      for await (const { index, result } of batch) {
-        assert.ok(!seen.has(index), `item ${index} came twice`);
-        seen.set(index, (result as { by: string }).by);
-      }
-      assert.equal((await batch.answer).success, true);
-      assert.equal(seen.size, items.length);
-      for (const [index, by] of seen) {
-        assert.equal(by, placements[0].get(items[index].code));
-      }
-    } finally {
-      await closeAll(servers, clients, workers);
+    // Streamed through the last server: every item once, from the same homes.
+    const batch = clients[2].stream("get_markets", items);
+    const seen = new Map<number, string>();
+    for await (const { index, result } of batch) {
+      assert.ok(!seen.has(index), `item ${index} came twice`);
+      seen.set(index, (result as { by: string }).by);
+    }
+    assert.equal((await batch.answer).success, true);
+    assert.equal(seen.size, items.length);
+    for (const [index, by] of seen) {
+      assert.equal(by, placements[0].get(items[index].code));
     }
   },
 });
@@ -261,38 +246,34 @@ Deno.test({
   ignore,
   fn: async () => {
     await using nats = await new NatsCluster(1).start();
-    const { servers } = await startServers(nats, 2);
-    const workers: Worker[] = [];
-    try {
-      workers.push(
-        await startWorker(servers[1], {
-          name: "far",
-          actions: { who: whoAmI("far") },
-        }),
-      );
-      await converged(servers, 1);
-      const lines: string[] = [];
-      await serverCommand(servers[0].broker, "list", (t) => lines.push(t));
-      const table = lines.join("\n").split("\n");
-      assert.match(table[0], /^CLIENT_ID +NAME +SERVER +ADDRESS/);
-      assert.match(table[1], new RegExp(`^${idOf(workers[0])} +far +s1 `));
-      lines.length = 0;
-      await serverCommand(
-        servers[0].broker,
-        `send ${idOf(workers[0])} who`,
-        (t) => lines.push(t),
-      );
-      assert.match(lines.join("\n"), /far/);
-      const info = await servers[0].broker.runAction("get_client_info", {});
-      assert.deepEqual(
-        (info as { name: string; server: string }[]).map((
-          w,
-        ) => [w.name, w.server]),
-        [["far", "s1"]],
-      );
-    } finally {
-      await closeAll(servers, [], workers);
-    }
+    await using servers = await startServers(nats, 2);
+    await using workers = group<TestWorker>();
+    workers.push(
+      await startWorker(servers[1], {
+        name: "far",
+        actions: { who: whoAmI("far") },
+      }),
+    );
+    await converged(servers, 1);
+    const lines: string[] = [];
+    await serverCommand(servers[0].broker, "list", (t) => lines.push(t));
+    const table = lines.join("\n").split("\n");
+    assert.match(table[0], /^CLIENT_ID +NAME +SERVER +ADDRESS/);
+    assert.match(table[1], new RegExp(`^${idOf(workers[0])} +far +s1 `));
+    lines.length = 0;
+    await serverCommand(
+      servers[0].broker,
+      `send ${idOf(workers[0])} who`,
+      (t) => lines.push(t),
+    );
+    assert.match(lines.join("\n"), /far/);
+    const info = await servers[0].broker.runAction("get_client_info", {});
+    assert.deepEqual(
+      (info as { name: string; server: string }[]).map((
+        w,
+      ) => [w.name, w.server]),
+      [["far", "s1"]],
+    );
   },
 });
 
@@ -302,53 +283,49 @@ Deno.test({
   ignore,
   fn: async () => {
     await using nats = await new NatsCluster(1).start();
-    const { servers } = await startServers(nats, 3);
-    const workers: Worker[] = [];
-    try {
-      const got = new Map<string, string[]>();
-      for (const [i, name] of ["here", "far1", "far2"].entries()) {
-        const worker = await startWorker(servers[i], { name });
-        got.set(name, []);
-        const seen = (envelope: { type: string; data: unknown }) => {
-          got.get(name)!.push(
-            `${envelope.type} ${JSON.stringify(envelope.data)}`,
-          );
-        };
-        worker.onMessage("notification", seen).onMessage("ops_note", seen);
-        workers.push(worker);
-      }
-      await converged(servers, 3);
-      const lines: string[] = [];
-      await serverCommand(
-        servers[0].broker,
-        "broadcast maintenance at noon",
-        (t) => lines.push(t),
-      );
-      assert.equal(lines.join("\n"), "Sent to 3 workers");
-      // A custom type to one worker of another server, and to nobody for an unknown id.
-      assert.equal(
-        servers[0].broker.sendMessage("ops_note", { n: 1 }, idOf(workers[2])),
-        1,
-      );
-      assert.equal(servers[0].broker.sendMessage("ops_note", {}, "nobody"), 0);
-      // NATS keeps one publisher's order: once the last message is in, any duplicate of the
-      // broadcast would be in too.
-      for (const w of workers) {
-        servers[0].broker.sendMessage("ops_note", { end: true }, idOf(w));
-      }
-      const end = 'ops_note {"end":true}';
-      await waitFor(
-        () => [...got.values()].every((m) => m.includes(end)),
-        "every worker to get the last message",
-        5000,
-      );
-      const note = 'notification {"message":"maintenance at noon"}';
-      assert.deepEqual(got.get("here"), [note, end]);
-      assert.deepEqual(got.get("far1"), [note, end]);
-      assert.deepEqual(got.get("far2"), [note, 'ops_note {"n":1}', end]);
-    } finally {
-      await closeAll(servers, [], workers);
+    await using servers = await startServers(nats, 3);
+    await using workers = group<TestWorker>();
+    const got = new Map<string, string[]>();
+    for (const [i, name] of ["here", "far1", "far2"].entries()) {
+      const worker = await startWorker(servers[i], { name });
+      got.set(name, []);
+      const seen = (envelope: { type: string; data: unknown }) => {
+        got.get(name)!.push(
+          `${envelope.type} ${JSON.stringify(envelope.data)}`,
+        );
+      };
+      worker.onMessage("notification", seen).onMessage("ops_note", seen);
+      workers.push(worker);
     }
+    await converged(servers, 3);
+    const lines: string[] = [];
+    await serverCommand(
+      servers[0].broker,
+      "broadcast maintenance at noon",
+      (t) => lines.push(t),
+    );
+    assert.equal(lines.join("\n"), "Sent to 3 workers");
+    // A custom type to one worker of another server, and to nobody for an unknown id.
+    assert.equal(
+      servers[0].broker.sendMessage("ops_note", { n: 1 }, idOf(workers[2])),
+      1,
+    );
+    assert.equal(servers[0].broker.sendMessage("ops_note", {}, "nobody"), 0);
+    // NATS keeps one publisher's order: once the last message is in, any duplicate of the
+    // broadcast would be in too.
+    for (const w of workers) {
+      servers[0].broker.sendMessage("ops_note", { end: true }, idOf(w));
+    }
+    const end = 'ops_note {"end":true}';
+    await waitFor(
+      () => [...got.values()].every((m) => m.includes(end)),
+      "every worker to get the last message",
+      5000,
+    );
+    const note = 'notification {"message":"maintenance at noon"}';
+    assert.deepEqual(got.get("here"), [note, end]);
+    assert.deepEqual(got.get("far1"), [note, end]);
+    assert.deepEqual(got.get("far2"), [note, 'ops_note {"n":1}', end]);
   },
 });
 
@@ -379,45 +356,42 @@ Deno.test({
       1,
       'authorization { token: "s3cret" }',
     ).start();
-    const servers = ["s0", "s1", "bad"].map((name) =>
-      startTestServer({
-        cluster: {
-          servers: nats.urls,
-          name: "auth",
-          serverName: name,
-          token: name === "bad" ? "wrong" : "s3cret",
-        },
-      })
+    await using servers = group(
+      ["s0", "s1", "bad"].map((name) =>
+        startTestServer({
+          cluster: {
+            servers: nats.urls,
+            name: "auth",
+            serverName: name,
+            token: name === "bad" ? "wrong" : "s3cret",
+          },
+        })
+      ),
     );
-    const workers: Worker[] = [];
-    try {
-      await Promise.all(servers.map((s) => s.cluster!));
-      workers.push(
-        await startWorker(servers[1], {
-          name: "w",
-          actions: { who: whoAmI("w") },
-        }),
-      );
-      await waitFor(
-        () => servers[0].broker.workers().length === 1,
-        "s0 to see s1's worker",
-      );
-      const client = new RequesterClient(servers[0].requesterUrl);
-      await client.connect();
-      assert.equal((await client.request("who")).data, "w");
-      await client.close();
-      await waitFor(
-        () => servers[2].broker.stats().cluster?.nats_error !== undefined,
-        "the bad server to say why it is out",
-      );
-      const bad = servers[2].broker.stats().cluster!;
-      assert.notEqual(bad.nats, "connected");
-      assert.match(bad.nats_error!, /author/i);
-      assert.deepEqual(bad.servers.map((s) => s.name), ["bad"]);
-      assert.equal(servers[2].broker.workers().length, 0);
-    } finally {
-      await closeAll(servers, [], workers);
-    }
+    await using workers = group<TestWorker>();
+    await Promise.all(servers.map((s) => s.cluster!));
+    workers.push(
+      await startWorker(servers[1], {
+        name: "w",
+        actions: { who: whoAmI("w") },
+      }),
+    );
+    await waitFor(
+      () => servers[0].broker.workers().length === 1,
+      "s0 to see s1's worker",
+    );
+    await using client = await connectClient(servers[0].requesterUrl);
+    assert.equal((await client.request("who")).data, "w");
+    await client.close();
+    await waitFor(
+      () => servers[2].broker.stats().cluster?.nats_error !== undefined,
+      "the bad server to say why it is out",
+    );
+    const bad = servers[2].broker.stats().cluster!;
+    assert.notEqual(bad.nats, "connected");
+    assert.match(bad.nats_error!, /author/i);
+    assert.deepEqual(bad.servers.map((s) => s.name), ["bad"]);
+    assert.equal(servers[2].broker.workers().length, 0);
   },
 });
 
@@ -427,59 +401,56 @@ Deno.test({
   ignore,
   fn: async () => {
     await using nats = await new NatsCluster(1).start();
-    const { servers } = await startServers(nats, 2);
-    const clients: RequesterClient[] = [];
-    const workers: Worker[] = [];
+    await using servers = await startServers(nats, 2);
+    await using clients = group<TestClient>();
+    await using workers = group<TestWorker>();
     const calls = { far: 0, near: 0 };
-    try {
-      const far = await startWorker(servers[1], { name: "far" });
-      workers.push(far);
-      far.registerAction(
-        "charge",
-        (_p, ctx) => {
-          calls.far++;
-          // Holds the request until the worker goes away.
-          return new Promise((_, reject) =>
-            ctx.signal.addEventListener(
-              "abort",
-              () => reject(ctx.signal.reason),
-            )
-          );
-        },
-        { retriable: false },
-      );
-      await waitFor(
-        () =>
-          servers[0].broker.workers().some((w) =>
-            w.actions?.includes("charge")
-          ),
-        "s0 to see far's charge action",
-      );
-      const client = new RequesterClient(servers[0].requesterUrl);
-      clients.push(client);
-      await client.connect();
-      const answer = client.request("charge", {}, { timeout: 10 });
-      await waitFor(() => calls.far === 1, "far to start charging");
-      // A second worker that would take the request again, if it were retriable.
-      workers.push(
-        await startWorker(servers[0], {
-          name: "near",
-          actions: {
-            charge: () => {
-              calls.near++;
-              return "charged twice";
-            },
+    const far = await startWorker(servers[1], { name: "far" });
+    workers.push(far);
+    far.registerAction(
+      "charge",
+      (_p, ctx) => {
+        calls.far++;
+        // Holds the request until the worker goes away.
+        return new Promise((_, reject) =>
+          ctx.signal.addEventListener(
+            "abort",
+            () => reject(ctx.signal.reason),
+          )
+        );
+      },
+      { retriable: false },
+    );
+    await waitFor(
+      () =>
+        servers[0].broker.workers().some((w) => w.actions?.includes("charge")),
+      "s0 to see far's charge action",
+    );
+    const client = await connectClient(servers[0].requesterUrl);
+    clients.push(client);
+    const answer = answerOf(
+      client.request("charge", {}, { timeout: 10 }),
+      "the charge",
+      15_000,
+    );
+    await waitFor(() => calls.far === 1, "far to start charging");
+    // A second worker that would take the request again, if it were retriable.
+    workers.push(
+      await startWorker(servers[0], {
+        name: "near",
+        actions: {
+          charge: () => {
+            calls.near++;
+            return "charged twice";
           },
-        }),
-      );
-      await far.stop(0);
-      const result = await answer;
-      assert.equal(result.success, false);
-      assert.equal(result.error_code, "WORKER_LOST");
-      assert.deepEqual(calls, { far: 1, near: 0 });
-    } finally {
-      await closeAll(servers, clients, workers);
-    }
+        },
+      }),
+    );
+    await far.stop(0);
+    const result = await answer;
+    assert.equal(result.success, false);
+    assert.equal(result.error_code, "WORKER_LOST");
+    assert.deepEqual(calls, { far: 1, near: 0 });
   },
 });
 
@@ -490,7 +461,7 @@ Deno.test({
   fn: async () => {
     await using nats = await new NatsCluster(1).start();
     // Silence alone would take a minute to count: only the leaving message can be quick.
-    const servers = ["s0", "s1"].map((name) =>
+    await using servers = group(["s0", "s1"].map((name) =>
       startTestServer({
         cluster: {
           servers: nats.urls,
@@ -499,30 +470,26 @@ Deno.test({
           deadAfterMs: 60_000,
         },
       })
+    ));
+    await using workers = group<TestWorker>();
+    await Promise.all(servers.map(async (s) => (await s.cluster!).start()));
+    workers.push(
+      await startWorker(servers[1], {
+        name: "w1",
+        actions: { who: whoAmI("w1") },
+      }),
     );
-    const workers: Worker[] = [];
-    try {
-      await Promise.all(servers.map(async (s) => (await s.cluster!).start()));
-      workers.push(
-        await startWorker(servers[1], {
-          name: "w1",
-          actions: { who: whoAmI("w1") },
-        }),
-      );
-      await waitFor(
-        () => servers[0].broker.workers().length === 1,
-        "s0 to see w1",
-      );
-      await servers[1].close();
-      await waitFor(
-        () =>
-          servers[0].broker.workers().length === 0 &&
-          servers[0].broker.stats().cluster!.servers.length === 1,
-        "s0 to drop s1 and its worker",
-      );
-    } finally {
-      await closeAll(servers, [], workers);
-    }
+    await waitFor(
+      () => servers[0].broker.workers().length === 1,
+      "s0 to see w1",
+    );
+    await servers[1].close();
+    await waitFor(
+      () =>
+        servers[0].broker.workers().length === 0 &&
+        servers[0].broker.stats().cluster!.servers.length === 1,
+      "s0 to drop s1 and its worker",
+    );
   },
 });
 
@@ -534,7 +501,7 @@ Deno.test({
       1,
       'authorization { user: "yard", password: "pa55" }',
     ).start();
-    const servers = ["s0", "s1"].map((name) =>
+    await using servers = group(["s0", "s1"].map((name) =>
       startTestServer({
         cluster: {
           servers: nats.urls,
@@ -544,24 +511,20 @@ Deno.test({
           password: "pa55",
         },
       })
+    ));
+    await using workers = group<TestWorker>();
+    await Promise.all(servers.map(async (s) => (await s.cluster!).start()));
+    workers.push(
+      await startWorker(servers[1], {
+        name: "w",
+        actions: { who: whoAmI("w") },
+      }),
     );
-    const workers: Worker[] = [];
-    try {
-      await Promise.all(servers.map(async (s) => (await s.cluster!).start()));
-      workers.push(
-        await startWorker(servers[1], {
-          name: "w",
-          actions: { who: whoAmI("w") },
-        }),
-      );
-      await waitFor(
-        () => servers[0].broker.workers().length === 1,
-        "s0 to see s1's worker through an authenticated NATS",
-      );
-      assert.equal(servers[0].broker.stats().cluster?.nats, "connected");
-    } finally {
-      await closeAll(servers, [], workers);
-    }
+    await waitFor(
+      () => servers[0].broker.workers().length === 1,
+      "s0 to see s1's worker through an authenticated NATS",
+    );
+    assert.equal(servers[0].broker.stats().cluster?.nats, "connected");
   },
 });
 
@@ -599,14 +562,14 @@ Deno.test({
     "cluster: servers reach NATS over TLS trusting its CA; one that does not trust it stays out",
   ignore: ignore || !hasOpenssl(),
   fn: async () => {
-    const pki = await makePki();
-    try {
-      await using nats = await new NatsCluster(
-        1,
-        `tls { cert_file: "${pki.dir}/server.pem", key_file: "${pki.dir}/server.key" }`,
-      ).start();
-      const urls = nats.urls.map((u) => u.replace("nats://", "tls://"));
-      const servers = ["s0", "s1", "untrusting"].map((name) =>
+    await using pki = await makePki();
+    await using nats = await new NatsCluster(
+      1,
+      `tls { cert_file: "${pki.dir}/server.pem", key_file: "${pki.dir}/server.key" }`,
+    ).start();
+    const urls = nats.urls.map((u) => u.replace("nats://", "tls://"));
+    await using servers = group(
+      ["s0", "s1", "untrusting"].map((name) =>
         startTestServer({
           cluster: {
             servers: urls,
@@ -615,31 +578,25 @@ Deno.test({
             tlsCa: name === "untrusting" ? undefined : pki.ca,
           },
         })
-      );
-      const workers: Worker[] = [];
-      try {
-        await Promise.all(servers.map((s) => s.cluster!));
-        workers.push(
-          await startWorker(servers[1], {
-            name: "w",
-            actions: { who: whoAmI("w") },
-          }),
-        );
-        await waitFor(
-          () => servers[0].broker.workers().length === 1,
-          "s0 to see s1's worker over TLS",
-        );
-        await waitFor(
-          () => servers[2].broker.stats().cluster?.nats_error !== undefined,
-          "the untrusting server to say why it is out",
-        );
-        assert.notEqual(servers[2].broker.stats().cluster?.nats, "connected");
-        assert.equal(servers[2].broker.workers().length, 0);
-      } finally {
-        await closeAll(servers, [], workers);
-      }
-    } finally {
-      await Deno.remove(pki.dir, { recursive: true });
-    }
+      ),
+    );
+    await using workers = group<TestWorker>();
+    await Promise.all(servers.map((s) => s.cluster!));
+    workers.push(
+      await startWorker(servers[1], {
+        name: "w",
+        actions: { who: whoAmI("w") },
+      }),
+    );
+    await waitFor(
+      () => servers[0].broker.workers().length === 1,
+      "s0 to see s1's worker over TLS",
+    );
+    await waitFor(
+      () => servers[2].broker.stats().cluster?.nats_error !== undefined,
+      "the untrusting server to say why it is out",
+    );
+    assert.notEqual(servers[2].broker.stats().cluster?.nats, "connected");
+    assert.equal(servers[2].broker.workers().length, 0);
   },
 });

@@ -10,7 +10,12 @@ import type { ActionContext } from "../lib/action.ts";
 import { createMarketService } from "../lib/market/mod.ts";
 import { RequesterClient } from "../lib/mod.ts";
 import { Chromium } from "./_chromium.ts";
-import { startTestServer, startWorker } from "./_helpers.ts";
+import {
+  answerOf,
+  releasing,
+  startTestServer,
+  startWorker,
+} from "./_helpers.ts";
 
 const CHROMIUM = Deno.env.get("CHROMIUM_PATH") ?? "/usr/bin/chromium";
 const ARTIFACTS = new URL("./artifacts/dashboard/", import.meta.url);
@@ -63,148 +68,144 @@ Deno.test({
   ignore: !available,
   async fn() {
     await Deno.mkdir(ARTIFACTS, { recursive: true });
-    const server = startTestServer({
+    await using server = startTestServer({
       requesterToken: TOKEN,
       dashboardIntervalMs: INTERVAL_MS,
     });
-    const market = createMarketService({ providers: ["demo"] });
+    await using market = releasing(
+      createMarketService({ providers: ["demo"] }),
+      (m) => m.close(),
+    );
     const batch = gatedBatch();
-    const alpha = await startWorker(server, {
+    await using _alpha = await startWorker(server, {
       name: "alpha",
       actions: { ...market.actions(), get_markets: batch.handler },
     });
-    const client = new RequesterClient(server.requesterUrl, { token: TOKEN });
-    let browser: Chromium | undefined;
-    let beta: Awaited<ReturnType<typeof startWorker>> | undefined;
-    try {
-      browser = await Chromium.launch(CHROMIUM);
-      const page = await browser.newPage(1280, 1000);
-      const base = `http://127.0.0.1:${server.requesterPort}`;
-      const shot = (name: string) =>
-        page.screenshot(new URL(`${name}.png`, ARTIFACTS).pathname);
-      const rows = () =>
-        page.evaluate<string[]>(
-          `[...document.querySelectorAll("#workers tbody tr")].map((tr) => tr.children[1].textContent)`,
-        );
-
-      // Without the token: the hint, not the dashboard.
-      await page.goto(`${base}/`);
-      assert.match(
-        await page.evaluate<string>("document.body.innerText"),
-        /needs the requester token/,
-      );
-      assert.equal(
-        await page.evaluate("document.querySelector('#workers')"),
-        null,
+    await using client = releasing(
+      new RequesterClient(server.requesterUrl, { token: TOKEN }),
+      (c) => c.close(),
+    );
+    await using browser = await Chromium.launch(CHROMIUM);
+    const page = await browser.newPage(1280, 1000);
+    const base = `http://127.0.0.1:${server.requesterPort}`;
+    const shot = (name: string) =>
+      page.screenshot(new URL(`${name}.png`, ARTIFACTS).pathname);
+    const rows = () =>
+      page.evaluate<string[]>(
+        `[...document.querySelectorAll("#workers tbody tr")].map((tr) => tr.children[1].textContent)`,
       );
 
-      // With it once in the address: a cookie from then on, and the token leaves the address.
-      assert.equal(await page.goto(`${base}/?token=${TOKEN}`), `${base}/`);
-      await page.waitFor(workerRows(1));
-      assert.deepEqual(await rows(), ["alpha"]);
-      assert.equal(
-        await page.evaluate(
-          `document.querySelector("#workers tbody tr .state").textContent`,
-        ),
-        "ready",
-      );
+    // Without the token: the hint, not the dashboard.
+    await page.goto(`${base}/`);
+    assert.match(
+      await page.evaluate<string>("document.body.innerText"),
+      /needs the requester token/,
+    );
+    assert.equal(
+      await page.evaluate("document.querySelector('#workers')"),
+      null,
+    );
 
-      // A worker joins, then leaves: the page follows without a reload.
-      let since = performance.now();
-      beta = await startWorker(server, { name: "beta" });
-      await page.waitFor(workerRows(2));
-      const joinMs = performance.now() - since;
-      assert.deepEqual((await rows()).sort(), ["alpha", "beta"]);
-      await shot("workers");
-      since = performance.now();
-      await beta.stop();
-      beta = undefined;
-      await page.waitFor(workerRows(1));
-      const leaveMs = performance.now() - since;
-      assert.deepEqual(await rows(), ["alpha"]);
+    // With it once in the address: a cookie from then on, and the token leaves the address.
+    assert.equal(await page.goto(`${base}/?token=${TOKEN}`), `${base}/`);
+    await page.waitFor(workerRows(1));
+    assert.deepEqual(await rows(), ["alpha"]);
+    assert.equal(
+      await page.evaluate(
+        `document.querySelector("#workers tbody tr .state").textContent`,
+      ),
+      "ready",
+    );
 
-      // A batch of four: its progress bar moves item by item.
-      await client.connect();
-      const answer = client.request(
+    // A worker joins, then leaves: the page follows without a reload.
+    let since = performance.now();
+    await using beta = await startWorker(server, { name: "beta" });
+    await page.waitFor(workerRows(2));
+    const joinMs = performance.now() - since;
+    assert.deepEqual((await rows()).sort(), ["alpha", "beta"]);
+    await shot("workers");
+    since = performance.now();
+    await beta.stop();
+    await page.waitFor(workerRows(1));
+    const leaveMs = performance.now() - since;
+    assert.deepEqual(await rows(), ["alpha"]);
+
+    // A batch of four: its progress bar moves item by item.
+    await client.connect();
+    const answer = answerOf(
+      client.request(
         "get_markets",
         ["510300", "510500", "159915", "588000"].map((code) => ({
           symbol_type: "etf",
           code,
         })),
         { timeout: 60 },
+      ),
+      "the batch",
+      65_000,
+    );
+    const progress = (value: number) =>
+      page.waitFor(
+        `(() => {
+          const bar = document.querySelector("#batches .batch progress");
+          return bar !== null && bar.max === 4 && bar.value === ${value};
+        })()`,
       );
-      const progress = (value: number) =>
-        page.waitFor(
-          `(() => {
-            const bar = document.querySelector("#batches .batch progress");
-            return bar !== null && bar.max === 4 && bar.value === ${value};
-          })()`,
-        );
-      await progress(0);
-      batch.release(0);
-      await progress(1);
-      batch.release(1);
-      await progress(2);
-      await shot("batch");
-      batch.release(2);
-      batch.release(3);
-      assert.equal((await answer).success, true);
-      await page.waitFor(
-        'document.querySelectorAll("#batches .batch").length === 0',
-      );
+    await progress(0);
+    batch.release(0);
+    await progress(1);
+    batch.release(1);
+    await progress(2);
+    await shot("batch");
+    batch.release(2);
+    batch.release(3);
+    assert.equal((await answer).success, true);
+    await page.waitFor(
+      'document.querySelectorAll("#batches .batch").length === 0',
+    );
 
-      // The symbol view: a demo symbol's daily bars as candles, drawn on the canvas.
-      await page.evaluate(`(() => {
-        const form = document.querySelector("#symbol-form");
-        form.elements.code.value = "510300";
-        form.elements.start_date.value = "2024-01-01";
-        form.requestSubmit();
-      })()`);
-      await page.waitFor("globalThis.dashboard.symbolBars > 0");
-      const counts = await page.evaluate<{ bars: number; candles: number }>(
-        "({ bars: dashboard.symbolBars, candles: dashboard.candleCount() })",
-      );
-      assert.ok(counts.bars > 100, `only ${counts.bars} bars`);
-      assert.equal(counts.candles, counts.bars);
-      assert.match(
-        await page.evaluate<string>(
-          'document.querySelector("#symbol-status").textContent',
-        ),
-        /510300.*bars \(source: demo\)/,
-      );
-      // Candle colours on the chart's canvases: pixels really drawn, not only data held.
-      const coloured = await page.evaluate<number>(`(() => {
-        let n = 0;
-        for (const c of document.querySelectorAll("#symbol-chart canvas")) {
-          const ctx = c.getContext("2d");
-          if (!ctx || c.width === 0 || c.height === 0) continue;
-          const { data } = ctx.getImageData(0, 0, c.width, c.height);
-          for (let i = 0; i < data.length; i += 4) {
-            const r = data[i], g = data[i + 1], b = data[i + 2];
-            // The page's up (red) and down (green) candle colours.
-            if ((r > 150 && g < 80 && b < 80) || (g > 100 && r < 60 && b < 90)) n++;
-          }
+    // The symbol view: a demo symbol's daily bars as candles, drawn on the canvas.
+    await page.evaluate(`(() => {
+      const form = document.querySelector("#symbol-form");
+      form.elements.code.value = "510300";
+      form.elements.start_date.value = "2024-01-01";
+      form.requestSubmit();
+    })()`);
+    await page.waitFor("globalThis.dashboard.symbolBars > 0");
+    const counts = await page.evaluate<{ bars: number; candles: number }>(
+      "({ bars: dashboard.symbolBars, candles: dashboard.candleCount() })",
+    );
+    assert.ok(counts.bars > 100, `only ${counts.bars} bars`);
+    assert.equal(counts.candles, counts.bars);
+    assert.match(
+      await page.evaluate<string>(
+        'document.querySelector("#symbol-status").textContent',
+      ),
+      /510300.*bars \(source: demo\)/,
+    );
+    // Candle colours on the chart's canvases: pixels really drawn, not only data held.
+    const coloured = await page.evaluate<number>(`(() => {
+      let n = 0;
+      for (const c of document.querySelectorAll("#symbol-chart canvas")) {
+        const ctx = c.getContext("2d");
+        if (!ctx || c.width === 0 || c.height === 0) continue;
+        const { data } = ctx.getImageData(0, 0, c.width, c.height);
+        for (let i = 0; i < data.length; i += 4) {
+          const r = data[i], g = data[i + 1], b = data[i + 2];
+          // The page's up (red) and down (green) candle colours.
+          if ((r > 150 && g < 80 && b < 80) || (g > 100 && r < 60 && b < 90)) n++;
         }
-        return n;
-      })()`);
-      assert.ok(coloured > 500, `only ${coloured} candle-coloured pixels`);
-      await shot("symbol");
+      }
+      return n;
+    })()`);
+    assert.ok(coloured > 500, `only ${coloured} candle-coloured pixels`);
+    await shot("symbol");
 
-      assert.deepEqual(page.errors, []);
-      console.log(
-        `dashboard_test: join shown after ${
-          Math.round(joinMs)
-        } ms, leave after ${
-          Math.round(leaveMs)
-        } ms; ${counts.candles} candles, ${coloured} candle pixels; screenshots in ${ARTIFACTS.pathname}`,
-      );
-    } finally {
-      await browser?.close();
-      client.close();
-      await beta?.stop();
-      await alpha.stop();
-      market.close();
-      await server.close();
-    }
+    assert.deepEqual(page.errors, []);
+    console.log(
+      `dashboard_test: join shown after ${Math.round(joinMs)} ms, leave after ${
+        Math.round(leaveMs)
+      } ms; ${counts.candles} candles, ${coloured} candle pixels; screenshots in ${ARTIFACTS.pathname}`,
+    );
   },
 });

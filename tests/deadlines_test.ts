@@ -1,13 +1,17 @@
 import assert from "node:assert/strict";
 import { Deadlines } from "../lib/_deadlines.ts";
+import { releasing, within } from "./_helpers.ts";
 
 Deno.test("deadlines - expire in due order across durations, and never after cancel", async () => {
   const expired: string[] = [];
   const all = Promise.withResolvers<void>();
-  const deadlines = new Deadlines<string>((item) => {
-    expired.push(item);
-    if (expired.length === 4) all.resolve();
-  });
+  await using deadlines = releasing(
+    new Deadlines<string>((item) => {
+      expired.push(item);
+      if (expired.length === 4) all.resolve();
+    }),
+    (d) => d.close(),
+  );
   deadlines.add("b-30", 30);
   const cancelled = deadlines.add("x-10", 10);
   deadlines.add("a-5", 5);
@@ -15,9 +19,8 @@ Deno.test("deadlines - expire in due order across durations, and never after can
   deadlines.add("d-40", 40);
   cancelled.cancel();
   cancelled.cancel();
-  await all.promise;
+  await within(all.promise, "four deadlines to expire");
   assert.deepEqual(expired, ["a-5", "b-30", "c-30", "d-40"]);
-  deadlines.close();
 });
 
 Deno.test("deadlines - cancelled items never expire, even once their deadline has passed", async () => {
@@ -43,7 +46,7 @@ Deno.test("deadlines - cancelled items never expire, even once their deadline ha
     for (const i of [30, 0, 59, ...handles.keys()]) handles[i].cancel();
     deadlines.add("last-short", 30);
     deadlines.add("last-long", 130);
-    await sentinels.promise;
+    await within(sentinels.promise, "both lanes' last items");
     assert.deepEqual(fired.sort(), ["last-long", "last-short"]);
   } finally {
     deadlines.close();
@@ -53,31 +56,37 @@ Deno.test("deadlines - cancelled items never expire, even once their deadline ha
 Deno.test("deadlines - close() stops the timers", () => {
   let fired = 0;
   const deadlines = new Deadlines<number>(() => fired++);
-  deadlines.add(1, 1000).cancel();
-  deadlines.add(2, 5);
-  assert.equal(
-    deadlines.armed,
-    true,
-    "a lane keeps its timer until it fires, even when emptied",
-  );
-  deadlines.close();
-  assert.equal(deadlines.armed, false);
-  assert.equal(fired, 0);
-  // The sanitizer fails this test if any timer is still pending.
+  try {
+    deadlines.add(1, 1000).cancel();
+    deadlines.add(2, 5);
+    assert.equal(
+      deadlines.armed,
+      true,
+      "a lane keeps its timer until it fires, even when emptied",
+    );
+    deadlines.close();
+    assert.equal(deadlines.armed, false);
+    assert.equal(fired, 0);
+    // The sanitizer fails this test if any timer is still pending.
+  } finally {
+    deadlines.close(); // again, in case an assertion above failed first
+  }
 });
 
 Deno.test("deadlines - a head cancelled early re-arms for the next item", async () => {
   const expired: number[] = [];
   const done = Promise.withResolvers<void>();
-  const deadlines = new Deadlines<number>((item) => {
-    expired.push(item);
-    done.resolve();
-  });
+  await using deadlines = releasing(
+    new Deadlines<number>((item) => {
+      expired.push(item);
+      done.resolve();
+    }),
+    (d) => d.close(),
+  );
   const first = deadlines.add(1, 5);
   await new Promise((r) => setTimeout(r, 2));
   deadlines.add(2, 5);
   first.cancel();
-  await done.promise;
+  await within(done.promise, "the second deadline to expire");
   assert.deepEqual(expired, [2]);
-  deadlines.close();
 });

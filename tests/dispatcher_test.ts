@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import {
+  answerOf,
   connectClient,
   idOf,
   openRawWorker,
@@ -14,7 +15,7 @@ Deno.test("dispatcher - a worker that never registers still gets work", async ()
   await using server = startTestServer();
   const { peer, id } = await openRawWorker(server, false);
   await using client = await connectClient(server.requesterUrl);
-  const answering = client.request("anything", { n: 1 });
+  const answering = answerOf(client.request("anything", { n: 1 }));
   const request = await peer.envelope("request");
   assert.deepEqual(request.data, { action: "anything", params: { n: 1 } });
   respond(peer, request, "done");
@@ -144,7 +145,7 @@ Deno.test("dispatcher - moves in-flight work to another worker when its worker d
     actions: { job: (p) => ({ got: p }) },
   });
   await using client = await connectClient(server.requesterUrl);
-  const answering = client.request("job", { x: 1 });
+  const answering = answerOf(client.request("job", { x: 1 }));
   const request = await doomed.envelope("request");
   assert.equal(request.data.action, "job");
   await doomed.close();
@@ -160,7 +161,7 @@ Deno.test("dispatcher - answers WORKER_LOST when the only worker disconnects wit
   await using server = startTestServer();
   const { peer, id } = await openRawWorker(server);
   await using client = await connectClient(server.requesterUrl);
-  const answering = client.request("job");
+  const answering = answerOf(client.request("job"));
   await peer.envelope("request");
   await peer.close();
   const answer = await answering;
@@ -179,7 +180,7 @@ Deno.test("dispatcher - gives up with WORKER_LOST after maxAttempts workers vani
   const b = await openRawWorker(server);
   const c = await openRawWorker(server);
   await using client = await connectClient(server.requesterUrl);
-  const answering = client.request("job");
+  const answering = answerOf(client.request("job"));
   const holders: typeof a[] = [];
   for (let i = 0; i < 2; i++) {
     const holding = () =>
@@ -222,8 +223,8 @@ Deno.test("dispatcher - queues requests while every worker is at max_concurrency
     },
   });
   await using client = await connectClient(server.requesterUrl);
-  const first = client.request("hold");
-  const second = client.request("hold");
+  const first = answerOf(client.request("hold"));
+  const second = answerOf(client.request("hold"));
   await waitFor(
     () => gates.length === 1 && server.broker.dispatcher.queued === 1,
     "one running, one queued",
@@ -247,14 +248,14 @@ Deno.test("dispatcher - answers Server busy when the queue is full", async () =>
     actions: { hold: () => gate.promise.then(() => "ok") },
   });
   await using client = await connectClient(server.requesterUrl);
-  const running = client.request("hold");
+  const running = answerOf(client.request("hold"));
   await waitFor(
     () =>
       server.broker.stats().in_flight === 1 &&
       server.broker.dispatcher.running === 1,
     "running",
   );
-  const queued = client.request("hold");
+  const queued = answerOf(client.request("hold"));
   await waitFor(() => server.broker.dispatcher.queued === 1, "queued");
   const refused = await client.request("hold");
   assert.equal(refused.success, false);
@@ -276,9 +277,9 @@ Deno.test("dispatcher - a queued request fails with No available workers when th
     actions: { hold: () => gate.promise.then(() => "done") },
   });
   await using client = await connectClient(server.requesterUrl);
-  const running = client.request("hold", {}, { timeout: 10 });
+  const running = answerOf(client.request("hold", {}, { timeout: 10 }));
   await waitFor(() => server.broker.dispatcher.running === 1, "running");
-  const queued = client.request("hold", {}, { timeout: 10 });
+  const queued = answerOf(client.request("hold", {}, { timeout: 10 }));
   await waitFor(() => server.broker.dispatcher.queued === 1, "queued");
   const stopping = worker.stop();
   await waitFor(

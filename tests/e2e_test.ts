@@ -1,8 +1,8 @@
 // The three programs as subprocesses, talking over real sockets.
 
 import assert from "node:assert/strict";
-import { RequesterClient } from "../lib/mod.ts";
 import { startFakeEastmoney } from "./_fake_eastmoney.ts";
+import { connectClient, group } from "./_helpers.ts";
 import {
   Program,
   runProgram,
@@ -11,95 +11,93 @@ import {
 } from "./_procs.ts";
 
 Deno.test("e2e - server, two workers and the requester CLI serve commands and stop cleanly", async () => {
-  const server = await startServerProgram();
+  await using server = await startServerProgram();
   const url = `ws://127.0.0.1:${server.workerPort}`;
-  const workers = ["one", "two"].map((name) =>
-    new Program("worker.ts", [
-      "--url",
-      url,
-      "--name",
-      name,
-      "--provider",
-      "demo",
-      "--no-console",
-    ])
-  );
-  try {
-    await waitForHealth(server.workerPort, (h) => h.workers === 2);
-    const host = ["127.0.0.1", String(server.requesterPort)];
-
-    const time = await runProgram("requester.ts", [...host, "get_time"]);
-    assert.equal(time.code, 0, time.stderr);
-    const answer = JSON.parse(time.stdout);
-    assert.equal(answer.success, true);
-    assert.match(answer.data, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/);
-    assert.match(answer.processed_by, /^[a-z0-9]{6}$/);
-
-    const batch = await runProgram("requester.ts", [
-      ...host,
-      "--compact",
-      "get_markets",
-      JSON.stringify([
-        {
-          symbol_type: "etf",
-          code: "510300",
-          start_date: "2025-01-01",
-          end_date: "2025-01-31",
-        },
-        { symbol_type: "etf", code: "12345" },
-        {
-          symbol_type: "index",
-          code: "000300",
-          start_date: "2025-01-01",
-          end_date: "2025-01-31",
-        },
+  await using workers = group<Program>();
+  for (const name of ["one", "two"]) {
+    workers.push(
+      new Program("worker.ts", [
+        "--url",
+        url,
+        "--name",
+        name,
+        "--provider",
+        "demo",
+        "--no-console",
       ]),
-    ]);
-    assert.equal(batch.code, 0, batch.stderr);
-    const data = JSON.parse(batch.stdout).data;
-    assert.deepEqual(data.summary, { total: 3, success: 2, failed: 1 });
-    assert.deepEqual(data.results.map((r: { code: string }) => r.code), [
-      "510300",
-      "12345",
-      "000300",
-    ]);
-    assert.equal(data.results[1].error_code, "INVALID_PARAMS");
-
-    const unknown = await runProgram("requester.ts", [
-      ...host,
-      "no_such_command",
-    ]);
-    assert.equal(unknown.code, 1);
-    assert.equal(JSON.parse(unknown.stdout).success, false);
-
-    const badFlag = await runProgram("requester.ts", [
-      ...host,
-      "--timeout",
-      "soon",
-      "get_time",
-    ]);
-    assert.equal(badFlag.code, 2);
-    assert.match(badFlag.stderr, /Invalid --timeout 'soon'/);
-
-    const badJson = await runProgram("requester.ts", [
-      ...host,
-      "get_market",
-      "{oops",
-    ]);
-    assert.equal(badJson.code, 2);
-    assert.match(badJson.stderr, /Cannot parse json-data/);
-
-    // A worker stops gracefully on SIGTERM and the server notices.
-    workers[0].kill("SIGTERM");
-    assert.equal((await workers[0].done()).code, 0);
-    await waitForHealth(server.workerPort, (h) => h.workers === 1);
-
-    server.program.kill("SIGTERM");
-    assert.equal((await server.program.done()).code, 0);
-  } finally {
-    await Promise.all(workers.map((w) => w.stop()));
-    await server.program.stop();
+    );
   }
+  await waitForHealth(server.workerPort, (h) => h.workers === 2);
+  const host = ["127.0.0.1", String(server.requesterPort)];
+
+  const time = await runProgram("requester.ts", [...host, "get_time"]);
+  assert.equal(time.code, 0, time.stderr);
+  const answer = JSON.parse(time.stdout);
+  assert.equal(answer.success, true);
+  assert.match(answer.data, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/);
+  assert.match(answer.processed_by, /^[a-z0-9]{6}$/);
+
+  const batch = await runProgram("requester.ts", [
+    ...host,
+    "--compact",
+    "get_markets",
+    JSON.stringify([
+      {
+        symbol_type: "etf",
+        code: "510300",
+        start_date: "2025-01-01",
+        end_date: "2025-01-31",
+      },
+      { symbol_type: "etf", code: "12345" },
+      {
+        symbol_type: "index",
+        code: "000300",
+        start_date: "2025-01-01",
+        end_date: "2025-01-31",
+      },
+    ]),
+  ]);
+  assert.equal(batch.code, 0, batch.stderr);
+  const data = JSON.parse(batch.stdout).data;
+  assert.deepEqual(data.summary, { total: 3, success: 2, failed: 1 });
+  assert.deepEqual(data.results.map((r: { code: string }) => r.code), [
+    "510300",
+    "12345",
+    "000300",
+  ]);
+  assert.equal(data.results[1].error_code, "INVALID_PARAMS");
+
+  const unknown = await runProgram("requester.ts", [
+    ...host,
+    "no_such_command",
+  ]);
+  assert.equal(unknown.code, 1);
+  assert.equal(JSON.parse(unknown.stdout).success, false);
+
+  const badFlag = await runProgram("requester.ts", [
+    ...host,
+    "--timeout",
+    "soon",
+    "get_time",
+  ]);
+  assert.equal(badFlag.code, 2);
+  assert.match(badFlag.stderr, /Invalid --timeout 'soon'/);
+
+  const badJson = await runProgram("requester.ts", [
+    ...host,
+    "get_market",
+    "{oops",
+  ]);
+  assert.equal(badJson.code, 2);
+  assert.match(badJson.stderr, /Cannot parse json-data/);
+
+  // A worker stops gracefully on SIGTERM and the server notices.
+  workers[0].kill("SIGTERM");
+  assert.equal((await workers[0].done()).code, 0);
+  await waitForHealth(server.workerPort, (h) => h.workers === 1);
+
+  server.program.kill("SIGTERM");
+  assert.equal((await server.program.done()).code, 0);
 });
 
 Deno.test("e2e - bad flags exit 2 with a one-line reason", async () => {
@@ -123,73 +121,71 @@ Deno.test("e2e - a batch of 120 items over 3 worker processes survives a worker 
     synthetic: true,
     latencyMs: 40,
   });
-  const server = await startServerProgram();
+  await using server = await startServerProgram();
   const url = `ws://127.0.0.1:${server.workerPort}`;
-  const workers = [0, 1, 2].map((i) =>
-    new Program("worker.ts", [
-      "--url",
-      url,
-      "--name",
-      `w${i}`,
-      "--eastmoney-url",
-      upstream.url,
-      "--rate-limit",
-      "0",
-      "--no-console",
-    ])
-  );
-  const client = new RequesterClient(`ws://127.0.0.1:${server.requesterPort}`);
-  try {
-    await waitForHealth(server.workerPort, (h) => h.workers === 3);
-    await client.connect();
-    const prefixes = ["510", "512", "159", "588"];
-    const items = Array.from({ length: 120 }, (_, i) => ({
-      symbol_type: "etf",
-      code: `${prefixes[i % 4]}${String(100 + i).padStart(3, "0")}`,
-      start_date: "2015-01-01",
-      end_date: "2015-03-31",
-    }));
-    let killed = false;
-    const answer = await client.request("get_markets", items, {
-      timeout: 60,
-      onProgress: ({ done }) => {
-        if (!killed && done >= 10) {
-          killed = true;
-          workers[1].kill("SIGKILL");
-        }
-      },
-    });
-    assert.equal(
-      killed,
-      true,
-      "the batch ended before a worker could be killed",
+  await using workers = group<Program>();
+  for (const i of [0, 1, 2]) {
+    workers.push(
+      new Program("worker.ts", [
+        "--url",
+        url,
+        "--name",
+        `w${i}`,
+        "--eastmoney-url",
+        upstream.url,
+        "--rate-limit",
+        "0",
+        "--no-console",
+      ]),
     );
-    assert.equal(answer.success, true, answer.error ?? "");
-    const data = answer.data as {
-      results: { success: boolean; code: string; data: unknown[] }[];
-      summary: { total: number; success: number; failed: number };
-    };
-    assert.equal(data.results.length, items.length);
-    data.results.forEach((r, i) => {
-      assert.equal(r.code, items[i].code, `item ${i} out of order`);
-      assert.equal(r.success, true, JSON.stringify(r));
-      assert.ok(r.data.length > 0);
-    });
-    assert.deepEqual(data.summary, { total: 120, success: 120, failed: 0 });
-    // Every code is asked of the upstream by exactly one worker, unless the worker holding it
-    // died first and the item was re-sent: the killed worker had unfinished items, and they
-    // went elsewhere.
-    const resent = items.filter((item) => upstream.callsFor(item.code) > 1);
-    assert.ok(
-      resent.length > 0,
-      "no item was fetched twice: the killed worker held nothing unfinished",
-    );
-    assert.ok(items.every((item) => upstream.callsFor(item.code) >= 1));
-  } finally {
-    await client.close();
-    await Promise.all(workers.map((w) => w.stop()));
-    await server.program.stop();
   }
+  await waitForHealth(server.workerPort, (h) => h.workers === 3);
+  await using client = await connectClient(
+    `ws://127.0.0.1:${server.requesterPort}`,
+  );
+  const prefixes = ["510", "512", "159", "588"];
+  const items = Array.from({ length: 120 }, (_, i) => ({
+    symbol_type: "etf",
+    code: `${prefixes[i % 4]}${String(100 + i).padStart(3, "0")}`,
+    start_date: "2015-01-01",
+    end_date: "2015-03-31",
+  }));
+  let killed = false;
+  const answer = await client.request("get_markets", items, {
+    timeout: 60,
+    onProgress: ({ done }) => {
+      if (!killed && done >= 10) {
+        killed = true;
+        workers[1].kill("SIGKILL");
+      }
+    },
+  });
+  assert.equal(
+    killed,
+    true,
+    "the batch ended before a worker could be killed",
+  );
+  assert.equal(answer.success, true, answer.error ?? "");
+  const data = answer.data as {
+    results: { success: boolean; code: string; data: unknown[] }[];
+    summary: { total: number; success: number; failed: number };
+  };
+  assert.equal(data.results.length, items.length);
+  data.results.forEach((r, i) => {
+    assert.equal(r.code, items[i].code, `item ${i} out of order`);
+    assert.equal(r.success, true, JSON.stringify(r));
+    assert.ok(r.data.length > 0);
+  });
+  assert.deepEqual(data.summary, { total: 120, success: 120, failed: 0 });
+  // Every code is asked of the upstream by exactly one worker, unless the worker holding it
+  // died first and the item was re-sent: the killed worker had unfinished items, and they
+  // went elsewhere.
+  const resent = items.filter((item) => upstream.callsFor(item.code) > 1);
+  assert.ok(
+    resent.length > 0,
+    "no item was fetched twice: the killed worker held nothing unfinished",
+  );
+  assert.ok(items.every((item) => upstream.callsFor(item.code) >= 1));
 });
 
 Deno.test("e2e - the server warns loudly when it listens beyond loopback without tokens", async () => {

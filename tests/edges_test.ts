@@ -2,8 +2,10 @@
 // actions without workers, the wrong port both ways, readiness, alike names, lost workers.
 import assert from "node:assert/strict";
 import { serverCommand } from "../lib/console.ts";
-import { RequesterClient, Worker, WrongPortError } from "../lib/mod.ts";
+import { Worker, WrongPortError } from "../lib/mod.ts";
 import {
+  answerOf,
+  connectClient,
   openRawWorker,
   RawPeer,
   startTestServer,
@@ -15,26 +17,20 @@ import { startFakeEastmoney } from "./_fake_eastmoney.ts";
 
 Deno.test("edges - an unknown command keeps 'No available workers' and lists what is offered", async () => {
   await using server = startTestServer();
-  const worker = await startWorker(server, {
+  await using _worker = await startWorker(server, {
     actions: { word_count: () => 0 },
   });
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
-  try {
-    const answer = await client.request("wrod_count");
-    assert.equal(answer.success, false);
-    assert.equal(answer.error, "No available workers");
-    assert.equal(answer.error_code, "UNKNOWN_COMMAND");
-    const offered = answer.available_commands!;
-    assert.deepEqual(offered, [...offered].sort());
-    for (const name of ["word_count", "get_time", "calculate"]) {
-      assert.ok(offered.includes(name), `${name} in ${offered}`);
-    }
-    assert.ok(!offered.includes("wrod_count"));
-  } finally {
-    await client.close();
-    await worker.stop();
+  await using client = await connectClient(server.requesterUrl);
+  const answer = await client.request("wrod_count");
+  assert.equal(answer.success, false);
+  assert.equal(answer.error, "No available workers");
+  assert.equal(answer.error_code, "UNKNOWN_COMMAND");
+  const offered = answer.available_commands!;
+  assert.deepEqual(offered, [...offered].sort());
+  for (const name of ["word_count", "get_time", "calculate"]) {
+    assert.ok(offered.includes(name), `${name} in ${offered}`);
   }
+  assert.ok(!offered.includes("wrod_count"));
 });
 
 Deno.test("edges - the requester CLI prints the available commands on a failed answer", async () => {
@@ -75,148 +71,128 @@ Deno.test("edges - the requester CLI prints the available commands on a failed a
 
 Deno.test("edges - with no worker connected, server actions answer and other commands get No available workers", async () => {
   await using server = startTestServer();
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
-  try {
-    assert.equal(server.broker.stats().workers, 0);
-    const sum = await client.request("calculate", { a: 10, b: 20, op: "+" });
-    assert.equal(sum.success, true, JSON.stringify(sum));
-    assert.equal(sum.data, 30);
-    assert.equal(sum.processed_by, "server");
-    const time = await client.request("get_time");
-    assert.equal(time.processed_by, "server");
-    assert.match(String(time.data), /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/);
-    const clients = await client.request("get_client_info");
-    assert.equal(clients.success, true);
-    assert.deepEqual(clients.data, []);
-    const bad = await client.request("calculate", { a: 1, b: 0, op: "/" });
-    assert.equal(bad.success, false);
-    assert.equal(bad.error, "Division by zero");
-    assert.equal(bad.processed_by, "server");
+  await using client = await connectClient(server.requesterUrl);
+  assert.equal(server.broker.stats().workers, 0);
+  const sum = await client.request("calculate", { a: 10, b: 20, op: "+" });
+  assert.equal(sum.success, true, JSON.stringify(sum));
+  assert.equal(sum.data, 30);
+  assert.equal(sum.processed_by, "server");
+  const time = await client.request("get_time");
+  assert.equal(time.processed_by, "server");
+  assert.match(String(time.data), /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/);
+  const clients = await client.request("get_client_info");
+  assert.equal(clients.success, true);
+  assert.deepEqual(clients.data, []);
+  const bad = await client.request("calculate", { a: 1, b: 0, op: "/" });
+  assert.equal(bad.success, false);
+  assert.equal(bad.error, "Division by zero");
+  assert.equal(bad.processed_by, "server");
 
-    // Anything else: exactly the original's text, and the server actions as what is offered.
-    for (const command of ["get_market", "get_markets", "no_such_command"]) {
-      const none = await client.request(command, [{ code: "510300" }]);
-      assert.equal(none.success, false, command);
-      assert.equal(none.error, "No available workers", command);
-      assert.equal(none.error_code, "NO_WORKERS", command);
-      assert.deepEqual(none.available_commands, [
-        "calculate",
-        "get_client_info",
-        "get_time",
-      ]);
-    }
-
-    // The HTTP API runs the same way.
-    const base = `http://127.0.0.1:${server.requesterPort}`;
-    const res = await fetch(`${base}/v1/request`, {
-      method: "POST",
-      body: JSON.stringify({
-        command: "calculate",
-        data: { a: 6, b: 7, op: "*" },
-      }),
-    });
-    assert.equal(res.status, 200);
-    const answer = await res.json();
-    assert.equal(answer.data, 42);
-    assert.equal(answer.processed_by, "server");
-  } finally {
-    await client.close();
+  // Anything else: exactly the original's text, and the server actions as what is offered.
+  for (const command of ["get_market", "get_markets", "no_such_command"]) {
+    const none = await client.request(command, [{ code: "510300" }]);
+    assert.equal(none.success, false, command);
+    assert.equal(none.error, "No available workers", command);
+    assert.equal(none.error_code, "NO_WORKERS", command);
+    assert.deepEqual(none.available_commands, [
+      "calculate",
+      "get_client_info",
+      "get_time",
+    ]);
   }
+
+  // The HTTP API runs the same way.
+  const base = `http://127.0.0.1:${server.requesterPort}`;
+  const res = await fetch(`${base}/v1/request`, {
+    method: "POST",
+    body: JSON.stringify({
+      command: "calculate",
+      data: { a: 6, b: 7, op: "*" },
+    }),
+  });
+  assert.equal(res.status, 200);
+  const answer = await res.json();
+  assert.equal(answer.data, 42);
+  assert.equal(answer.processed_by, "server");
 });
 
 Deno.test("edges - server actions answer requesters while no connected worker offers them, and the console runs them", async () => {
   await using server = startTestServer();
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
-  let market: Worker | undefined;
-  try {
-    // A worker that serves other things: the server answers its own actions.
-    market = await startWorker(server, {
-      name: "market",
-      actions: { get_market: () => [] },
-    });
-    await waitFor(() => server.broker.workers().some((w) => w.registered));
-    const sum = await client.request("calculate", { a: 10, b: 20, op: "+" });
-    assert.equal(sum.success, true, JSON.stringify(sum));
-    assert.equal(sum.data, 30);
-    assert.equal(sum.processed_by, "server");
-    const bad = await client.request("calculate", { a: 1, b: 0, op: "/" });
-    assert.equal(bad.success, false);
-    assert.equal(bad.error, "Division by zero");
-    assert.equal(bad.processed_by, "server");
-    const clients = await client.request("get_client_info");
-    assert.equal(clients.processed_by, "server");
-    assert.deepEqual(
-      (clients.data as { name: string }[]).map((w) => w.name),
-      ["market"],
-    );
+  await using client = await connectClient(server.requesterUrl);
+  // A worker that serves other things: the server answers its own actions.
+  await using _market = await startWorker(server, {
+    name: "market",
+    actions: { get_market: () => [] },
+  });
+  await waitFor(() => server.broker.workers().some((w) => w.registered));
+  const sum = await client.request("calculate", { a: 10, b: 20, op: "+" });
+  assert.equal(sum.success, true, JSON.stringify(sum));
+  assert.equal(sum.data, 30);
+  assert.equal(sum.processed_by, "server");
+  const bad = await client.request("calculate", { a: 1, b: 0, op: "/" });
+  assert.equal(bad.success, false);
+  assert.equal(bad.error, "Division by zero");
+  assert.equal(bad.processed_by, "server");
+  const clients = await client.request("get_client_info");
+  assert.equal(clients.processed_by, "server");
+  assert.deepEqual(
+    (clients.data as { name: string }[]).map((w) => w.name),
+    ["market"],
+  );
 
-    // A worker that offers the action takes it over.
-    const worker = await startWorker(server, {
+  // A worker that offers the action takes it over.
+  {
+    await using worker = await startWorker(server, {
       actions: { calculate: () => "from the worker" },
     });
-    try {
-      await waitFor(() => server.broker.workers().some((w) => w.registered));
-      const served = await client.request("calculate", { a: 1, b: 2 });
-      assert.equal(served.data, "from the worker");
-      assert.equal(served.processed_by, worker.status().client_id);
-    } finally {
-      await worker.stop();
-    }
-
-    const out: string[] = [];
-    await serverCommand(
-      server.broker,
-      'run calculate {"a": 6, "b": 7, "op": "*"}',
-      (t) => out.push(t),
-    );
-    assert.deepEqual(out, ["42"]);
-    out.length = 0;
-    await serverCommand(server.broker, "run nope", (t) => out.push(t));
-    assert.match(
-      out[0],
-      /^Error: Unknown server action 'nope': the server offers get_time, get_client_info, calculate/,
-    );
-    out.length = 0;
-    await serverCommand(server.broker, "run", (t) => out.push(t));
-    assert.deepEqual(out, ["Usage: run <action> [json params]"]);
-  } finally {
-    await client.close();
-    await market?.stop();
+    await waitFor(() => server.broker.workers().some((w) => w.registered));
+    const served = await client.request("calculate", { a: 1, b: 2 });
+    assert.equal(served.data, "from the worker");
+    assert.equal(served.processed_by, worker.status().client_id);
   }
+
+  const out: string[] = [];
+  await serverCommand(
+    server.broker,
+    'run calculate {"a": 6, "b": 7, "op": "*"}',
+    (t) => out.push(t),
+  );
+  assert.deepEqual(out, ["42"]);
+  out.length = 0;
+  await serverCommand(server.broker, "run nope", (t) => out.push(t));
+  assert.match(
+    out[0],
+    /^Error: Unknown server action 'nope': the server offers get_time, get_client_info, calculate/,
+  );
+  out.length = 0;
+  await serverCommand(server.broker, "run", (t) => out.push(t));
+  assert.deepEqual(out, ["Usage: run <action> [json params]"]);
 });
 
 Deno.test("edges - a requester frame on the worker port is told the requester port; the connection stays", async () => {
   await using server = startTestServer();
-  const peer = await RawPeer.open(server.workerUrl);
-  try {
-    const hello = await peer.envelope("connect");
-    assert.equal(hello.data.port, "worker");
-    assert.equal(hello.data.requester_port, server.requesterPort);
-    peer.send({ request_id: "r1", command: "get_time", data: {} });
-    const error = await peer.envelope("error");
-    assert.equal(error.data.code, "WRONG_PORT");
-    assert.equal(
-      error.data.error,
-      `This is the worker port: requesters connect to the requester port ${server.requesterPort}`,
-    );
-    assert.equal(peer.socket.readyState, 1);
+  await using peer = await RawPeer.open(server.workerUrl);
+  const hello = await peer.envelope("connect");
+  assert.equal(hello.data.port, "worker");
+  assert.equal(hello.data.requester_port, server.requesterPort);
+  peer.send({ request_id: "r1", command: "get_time", data: {} });
+  const error = await peer.envelope("error");
+  assert.equal(error.data.code, "WRONG_PORT");
+  assert.equal(
+    error.data.error,
+    `This is the worker port: requesters connect to the requester port ${server.requesterPort}`,
+  );
+  assert.equal(peer.socket.readyState, 1);
 
-    // The library client fails at once, naming the right port.
-    const client = new RequesterClient(server.workerUrl);
-    await client.connect();
-    await assert.rejects(
-      client.request("get_time"),
-      (e: Error) =>
-        e instanceof WrongPortError &&
-        e.message ===
-          `${server.workerUrl} is the worker port: requesters connect to the requester port ${server.requesterPort}`,
-    );
-    await client.close();
-  } finally {
-    await peer.close();
-  }
+  // The library client fails at once, naming the right port.
+  await using client = await connectClient(server.workerUrl);
+  await assert.rejects(
+    client.request("get_time"),
+    (e: Error) =>
+      e instanceof WrongPortError &&
+      e.message ===
+        `${server.workerUrl} is the worker port: requesters connect to the requester port ${server.requesterPort}`,
+  );
 });
 
 Deno.test("edges - a worker envelope on the requester port is told the worker port; a Worker gives up that socket", async () => {
@@ -291,8 +267,9 @@ Deno.test("edges - workers named alike get unique names, with a warning", async 
       peer.sendEnvelope("connect", { name: "same", actions: ["x"] });
       peers.push(peer);
     }
-    const client = new RequesterClient(`ws://127.0.0.1:${requesterPort}`);
-    await client.connect();
+    await using client = await connectClient(
+      `ws://127.0.0.1:${requesterPort}`,
+    );
     let names: string[] = [];
     for (let i = 0; i < 200 && names.length < 3; i++) {
       const info = await client.request("get_client_info");
@@ -349,49 +326,46 @@ Deno.test("edges - a batch whose worker is lost lists the re-send in distributed
     name: "doomed",
     actions: ["get_markets"],
   });
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
-  let good: Worker | undefined;
-  try {
-    const codes = ["510300", "159915", "000300"];
-    const answering = client.request(
+  await using _peer = peer;
+  await using client = await connectClient(server.requesterUrl);
+  const codes = ["510300", "159915", "000300"];
+  const answering = answerOf(
+    client.request(
       "get_markets",
       codes.map((code) => ({ symbol_type: "etf", code })),
-    );
-    await peer.envelope("request");
-    good = await startWorker(server, {
-      name: "good",
-      actions: {
-        get_markets: (params) =>
-          (params as { code: string }[]).map((item) => ({
-            success: true,
-            code: item.code,
-            data: [],
-          })),
-      },
-    });
-    await waitFor(() =>
-      server.broker.workers().some((w) => w.name === "good" && w.registered)
-    );
-    peer.socket.terminate();
-    const answer = await answering;
-    assert.equal(answer.success, true, JSON.stringify(answer));
-    const data = answer.data as {
-      summary: { success: number };
-      distributed: { errors: string[] | null };
-    };
-    assert.equal(data.summary.success, 3);
-    assert.ok(
-      data.distributed.errors?.some((e) =>
-        e.startsWith(`3 items re-sent: worker ${doomed} lost them`)
-      ),
-      JSON.stringify(data.distributed),
-    );
-  } finally {
-    await client.close();
-    await good?.stop();
-    await peer.close();
-  }
+    ),
+    "the batch",
+    20_000,
+  );
+  await peer.envelope("request");
+  await using _good = await startWorker(server, {
+    name: "good",
+    actions: {
+      get_markets: (params) =>
+        (params as { code: string }[]).map((item) => ({
+          success: true,
+          code: item.code,
+          data: [],
+        })),
+    },
+  });
+  await waitFor(() =>
+    server.broker.workers().some((w) => w.name === "good" && w.registered)
+  );
+  peer.socket.terminate();
+  const answer = await answering;
+  assert.equal(answer.success, true, JSON.stringify(answer));
+  const data = answer.data as {
+    summary: { success: number };
+    distributed: { errors: string[] | null };
+  };
+  assert.equal(data.summary.success, 3);
+  assert.ok(
+    data.distributed.errors?.some((e) =>
+      e.startsWith(`3 items re-sent: worker ${doomed} lost them`)
+    ),
+    JSON.stringify(data.distributed),
+  );
 });
 
 Deno.test("edges - a worker logs an upstream failure as a warning", async () => {

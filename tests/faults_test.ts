@@ -10,15 +10,19 @@ import { RequesterClient } from "../lib/requester_client.ts";
 import { startServer } from "../lib/server.ts";
 import { Worker } from "../lib/worker_client.ts";
 import {
+  answerOf,
+  connectClient,
   type Frame,
   idOf,
   mulberry32,
   openRawWorker,
   RawPeer,
+  releasing,
   respond,
   startTestServer,
   startWorker,
   waitFor,
+  within,
 } from "./_helpers.ts";
 import { Program, startServerProgram, waitForHealth } from "./_procs.ts";
 
@@ -109,43 +113,49 @@ Deno.test("faults - a stuck worker times the request out, its late answer is dro
 // ---- (b) frozen worker process -------------------------------------------------------------------
 
 async function frozenWorkerScenario(cleanupIntervalMs: number) {
-  const server = startServer({
-    host: "127.0.0.1",
-    port: 0,
-    requesterPort: 0,
-    heartbeatIntervalMs: 200,
-    heartbeatTimeoutMs: 600,
-    cleanupIntervalMs,
-    sweepIntervalMs: 50,
-  });
-  const frozen = new Program("worker.ts", [
-    "--url",
-    server.workerUrl,
-    "--name",
-    "frozen",
-    "--provider",
-    "demo",
-    "--max-backoff",
-    "0.1",
-    "--no-console",
-  ]);
-  const other = await startWorker(server, { name: "other" });
-  const client = new RequesterClient(server.requesterUrl);
+  await using stack = new AsyncDisposableStack();
+  const server = stack.use(releasing(
+    startServer({
+      host: "127.0.0.1",
+      port: 0,
+      requesterPort: 0,
+      heartbeatIntervalMs: 200,
+      heartbeatTimeoutMs: 600,
+      cleanupIntervalMs,
+      sweepIntervalMs: 50,
+    }),
+    (s) => s.close(),
+  ));
+  const frozen = stack.use(
+    new Program("worker.ts", [
+      "--url",
+      server.workerUrl,
+      "--name",
+      "frozen",
+      "--provider",
+      "demo",
+      "--max-backoff",
+      "0.1",
+      "--no-console",
+    ]),
+  );
+  // A stopped process cannot be killed until it runs again.
+  stack.defer(() => frozen.kill("SIGCONT"));
+  const other = stack.use(await startWorker(server, { name: "other" }));
+  const client = stack.use(releasing(
+    new RequesterClient(server.requesterUrl),
+    (c) => c.close(),
+  ));
   const findFrozen = () =>
     server.broker.workers().find((w) => w.name === "frozen" && w.registered);
+  const release = stack.move();
   return {
     server,
     frozen,
     other,
     client,
     findFrozen,
-    async [Symbol.asyncDispose]() {
-      frozen.kill("SIGCONT");
-      await client.close();
-      await other.stop();
-      await frozen.stop();
-      await server.close();
-    },
+    [Symbol.asyncDispose]: () => release.disposeAsync(),
   };
 }
 
@@ -273,7 +283,7 @@ Deno.test("faults - after a server restart 50 workers re-register with spread-ou
   try {
     const ready = workers.map((w) => w.ready());
     workers.forEach((w) => void w.start());
-    await Promise.all(ready);
+    await within(Promise.all(ready), "50 workers to connect", 20_000);
     await waitFor(
       () =>
         server.broker.workers().filter((w) => w.registered).length === WORKERS,
@@ -284,8 +294,8 @@ Deno.test("faults - after a server restart 50 workers re-register with spread-ou
     const inFlight = [0, 1, 2].map(() =>
       client.request("hang", {}, { timeout: 30 })
     );
-    await waitFor(() => server.broker.stats().in_flight === 3);
     const rejected = Promise.allSettled(inFlight);
+    await waitFor(() => server.broker.stats().in_flight === 3);
 
     restarting = true;
     await server.close();
@@ -357,61 +367,64 @@ Deno.test("faults - after a server restart 50 workers re-register with spread-ou
 // ---- (d) graceful drain --------------------------------------------------------------------------
 
 Deno.test("faults - drain() answers the in-flight request, refuses new ones with SHUTTING_DOWN, then closes", async () => {
-  const server = startServer({
-    host: "127.0.0.1",
-    port: 0,
-    requesterPort: 0,
-    sweepIntervalMs: 0,
+  await using server = releasing(
+    startServer({
+      host: "127.0.0.1",
+      port: 0,
+      requesterPort: 0,
+      sweepIntervalMs: 0,
+    }),
+    (s) => s.close(),
+  );
+  await using _worker = await startWorker(server, {
+    actions: { sleep: sleepAction },
   });
-  const worker = await startWorker(server, { actions: { sleep: sleepAction } });
-  const client = new RequesterClient(server.requesterUrl);
-  try {
-    await client.connect();
-    const slow = client.request("sleep", { ms: 300 });
-    await waitFor(() => server.broker.stats().in_flight === 1);
-    const drained = server.drain(5000);
-    const late = await client.request("get_time");
-    assert.equal(late.success, false);
-    assert.equal(late.error_code, "SHUTTING_DOWN");
-    const health = await (await fetch(
-      `http://127.0.0.1:${server.requesterPort}/health`,
-    )).json();
-    assert.equal(health.status, "draining");
-    const answer = await slow;
-    assert.equal(answer.success, true, answer.error ?? "");
-    assert.deepEqual(answer.data, { slept: 300 });
-    await drained;
-    await server.finished;
-    assert.equal(client.connected, false);
-  } finally {
-    await client.close();
-    await worker.stop();
-    await server.close();
-  }
+  await using client = await connectClient(server.requesterUrl);
+  const slow = answerOf(
+    client.request("sleep", { ms: 300 }),
+    "the slow request",
+    10_000,
+  );
+  await waitFor(() => server.broker.stats().in_flight === 1);
+  const drained = server.drain(5000);
+  const late = await client.request("get_time");
+  assert.equal(late.success, false);
+  assert.equal(late.error_code, "SHUTTING_DOWN");
+  const health = await (await fetch(
+    `http://127.0.0.1:${server.requesterPort}/health`,
+  )).json();
+  assert.equal(health.status, "draining");
+  const answer = await slow;
+  assert.equal(answer.success, true, answer.error ?? "");
+  assert.deepEqual(answer.data, { slept: 300 });
+  await drained;
+  await server.finished;
+  assert.equal(client.connected, false);
 });
 
 Deno.test("faults - server.ts on SIGTERM finishes an in-flight slow request and exits 0", async () => {
-  const server = await startServerProgram(["--grace", "5"]);
-  const worker = new Program("tests/_slow_worker.ts", [
+  await using server = await startServerProgram(["--grace", "5"]);
+  await using worker = new Program("tests/_slow_worker.ts", [
     `ws://127.0.0.1:${server.workerPort}`,
   ]);
-  const client = new RequesterClient(`ws://127.0.0.1:${server.requesterPort}`);
-  try {
-    await worker.waitFor(/slow worker connected/);
-    await waitForHealth(server.workerPort, (h) => h.workers === 1);
-    await client.connect();
-    const slow = client.request("sleep", { ms: 400 });
-    await waitForHealth(server.workerPort, (h) => h.in_flight === 1);
-    server.program.kill("SIGTERM");
-    const answer = await slow;
-    assert.equal(answer.success, true, answer.error ?? "");
-    assert.deepEqual(answer.data, { slept: 400 });
-    assert.equal((await server.program.done()).code, 0);
-  } finally {
-    await client.close();
-    await worker.stop();
-    await server.program.stop();
-  }
+  await using client = releasing(
+    new RequesterClient(`ws://127.0.0.1:${server.requesterPort}`),
+    (c) => c.close(),
+  );
+  await worker.waitFor(/slow worker connected/);
+  await waitForHealth(server.workerPort, (h) => h.workers === 1);
+  await client.connect();
+  const slow = answerOf(
+    client.request("sleep", { ms: 400 }),
+    "the slow request",
+    10_000,
+  );
+  await waitForHealth(server.workerPort, (h) => h.in_flight === 1);
+  server.program.kill("SIGTERM");
+  const answer = await slow;
+  assert.equal(answer.success, true, answer.error ?? "");
+  assert.deepEqual(answer.data, { slept: 400 });
+  assert.equal((await server.program.done()).code, 0);
 });
 
 // ---- (e) slow reader -----------------------------------------------------------------------------
@@ -419,47 +432,40 @@ Deno.test("faults - server.ts on SIGTERM finishes an in-flight slow request and 
 Deno.test("faults - a requester that stops reading is dropped past maxBufferedBytes; others are unaffected", async () => {
   await using server = startTestServer({ maxBufferedBytes: 2 * 1024 * 1024 });
   const blob = "x".repeat(1024 * 1024);
-  const worker = await startWorker(server, {
+  await using _worker = await startWorker(server, {
     concurrency: 64,
     actions: { blob: () => blob },
   });
-  const slow = await RawPeer.open(server.requesterUrl);
-  const good = new RequesterClient(server.requesterUrl);
-  try {
-    await good.connect();
-    await waitFor(() => server.broker.stats().requesters === 2);
-    // deno-lint-ignore no-explicit-any
-    (slow.socket as any)._socket.pause();
-    for (let i = 0; i < 30; i++) {
-      slow.send({ request_id: `s${i}`, command: "blob" });
-    }
-    // The good requester keeps getting its megabytes meanwhile.
-    for (let i = 0; i < 10; i++) {
-      const answer = await good.request("blob");
-      assert.equal(answer.success, true);
-      assert.equal((answer.data as string).length, blob.length);
-    }
-    await waitFor(
-      () => server.broker.stats().requesters === 1,
-      "the slow reader to be dropped",
-      5000,
-    );
-    // Its remaining requests were cancelled, not left running for nobody.
-    await waitFor(() => server.broker.stats().in_flight === 0);
-    assert.equal((await good.request("get_time")).success, true);
-    // Once it reads again it learns why.
-    // deno-lint-ignore no-explicit-any
-    (slow.socket as any)._socket.resume();
-    const closed = await slow.closed;
-    assert.equal(closed.code, 1008);
-    assert.match(closed.reason, /Too slow/);
-    const answered = slow.received.filter((f) => f?.success === true).length;
-    assert.ok(answered < 30, `${answered} answers reached the slow reader`);
-  } finally {
-    await slow.close();
-    await good.close();
-    await worker.stop();
+  await using slow = await RawPeer.open(server.requesterUrl);
+  await using good = await connectClient(server.requesterUrl);
+  await waitFor(() => server.broker.stats().requesters === 2);
+  // deno-lint-ignore no-explicit-any
+  (slow.socket as any)._socket.pause();
+  for (let i = 0; i < 30; i++) {
+    slow.send({ request_id: `s${i}`, command: "blob" });
   }
+  // The good requester keeps getting its megabytes meanwhile.
+  for (let i = 0; i < 10; i++) {
+    const answer = await good.request("blob");
+    assert.equal(answer.success, true);
+    assert.equal((answer.data as string).length, blob.length);
+  }
+  await waitFor(
+    () => server.broker.stats().requesters === 1,
+    "the slow reader to be dropped",
+    5000,
+  );
+  // Its remaining requests were cancelled, not left running for nobody.
+  await waitFor(() => server.broker.stats().in_flight === 0);
+  assert.equal((await good.request("get_time")).success, true);
+  // Once it reads again it learns why.
+  // deno-lint-ignore no-explicit-any
+  (slow.socket as any)._socket.resume();
+  const closed = await within(slow.closed, "the slow reader's socket to close");
+  assert.equal(closed.code, 1008);
+  assert.match(closed.reason, /Too slow/);
+  const answered = slow.received.filter((f) => f?.success === true).length;
+  assert.ok(answered < 30, `${answered} answers reached the slow reader`);
 });
 
 // ---- (f) limits ----------------------------------------------------------------------------------
@@ -502,27 +508,24 @@ Deno.test("limits - maxConnections per port refuses the extra connection with 50
 Deno.test("limits - a 2 MB worker answer passes; a 2 MB requester frame is FRAME_TOO_LARGE", async () => {
   await using server = startTestServer();
   const big = "y".repeat(2 * 1024 * 1024);
-  const worker = await startWorker(server, { actions: { big: () => big } });
-  const requester = await RawPeer.open(server.requesterUrl);
-  try {
-    requester.send({ request_id: "big-answer", command: "big" });
-    const answer = await requester.answer("big-answer");
-    assert.equal(answer.success, true);
-    assert.equal(answer.data.length, big.length);
-    requester.send({ request_id: "big-frame", command: "big", data: big });
-    const refused = await requester.answer("big-frame");
-    assert.equal(refused.success, false);
-    assert.equal(refused.error_code, "FRAME_TOO_LARGE");
-    assert.match(
-      refused.error,
-      /^Frame too large: \d+ bytes \(limit 1048576\)$/,
-    );
-    requester.send({ request_id: "after", command: "get_time" });
-    assert.equal((await requester.answer("after")).success, true);
-  } finally {
-    await requester.close();
-    await worker.stop();
-  }
+  await using _worker = await startWorker(server, {
+    actions: { big: () => big },
+  });
+  await using requester = await RawPeer.open(server.requesterUrl);
+  requester.send({ request_id: "big-answer", command: "big" });
+  const answer = await requester.answer("big-answer");
+  assert.equal(answer.success, true);
+  assert.equal(answer.data.length, big.length);
+  requester.send({ request_id: "big-frame", command: "big", data: big });
+  const refused = await requester.answer("big-frame");
+  assert.equal(refused.success, false);
+  assert.equal(refused.error_code, "FRAME_TOO_LARGE");
+  assert.match(
+    refused.error,
+    /^Frame too large: \d+ bytes \(limit 1048576\)$/,
+  );
+  requester.send({ request_id: "after", command: "get_time" });
+  assert.equal((await requester.answer("after")).success, true);
 });
 
 Deno.test("limits - maxBatchItems, maxInFlightPerConnection and maxQueue answer clearly", async () => {

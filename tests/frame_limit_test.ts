@@ -2,9 +2,9 @@
 // ASCII only, so characters and bytes agree.
 
 import assert from "node:assert/strict";
-import { RequesterClient } from "../lib/requester_client.ts";
 import {
   answerOf,
+  connectClient,
   openRawWorker,
   RawPeer,
   startTestServer,
@@ -20,55 +20,46 @@ function sized(size: number, make: (pad: string) => unknown): string {
 
 Deno.test("frame limit - a requester frame of exactly maxRequesterFrameBytes passes, one more is FRAME_TOO_LARGE", async () => {
   await using server = startTestServer({ maxRequesterFrameBytes: 1000 });
-  const requester = await RawPeer.open(server.requesterUrl);
-  try {
-    const frame = (id: string, size: number) =>
-      sized(size, (pad) => ({
-        request_id: id,
-        command: "nothing_offers_this",
-        data: pad,
-      }));
-    requester.send(frame("at", 1000));
-    const at = await requester.answer("at");
-    assert.equal(at.error, "No available workers");
-    requester.send(frame("over", 1001));
-    const over = await requester.answer("over");
-    assert.equal(over.error_code, "FRAME_TOO_LARGE");
-    assert.match(over.error, /\b1001\b.*\(limit 1000\)$/);
-  } finally {
-    await requester.close();
-  }
+  await using requester = await RawPeer.open(server.requesterUrl);
+  const frame = (id: string, size: number) =>
+    sized(size, (pad) => ({
+      request_id: id,
+      command: "nothing_offers_this",
+      data: pad,
+    }));
+  requester.send(frame("at", 1000));
+  const at = await requester.answer("at");
+  assert.equal(at.error, "No available workers");
+  requester.send(frame("over", 1001));
+  const over = await requester.answer("over");
+  assert.equal(over.error_code, "FRAME_TOO_LARGE");
+  assert.match(over.error, /\b1001\b.*\(limit 1000\)$/);
 });
 
 Deno.test("frame limit - a worker frame of exactly maxWorkerFrameBytes passes, one more is FRAME_TOO_LARGE", async () => {
   await using server = startTestServer({ maxWorkerFrameBytes: 2000 });
   const { peer } = await openRawWorker(server, { actions: ["work"] });
-  const client = new RequesterClient(server.requesterUrl);
-  try {
-    await client.connect();
-    const response = (msgId: string, size: number) =>
-      sized(size, (pad) => ({
-        type: "response",
-        msg_id: "m",
-        timestamp: 1,
-        data: { request_id: msgId, success: true, result: pad, error: null },
-      }));
-    const first = answerOf(client.request("work", {}, { timeout: 5 }));
-    const request = await peer.envelope("request");
-    peer.send(response(request.msg_id, 2000));
-    const answer = await first;
-    assert.equal(answer.success, true);
-    assert.match(String(answer.data), /^x+$/);
+  await using _peer = peer;
+  await using client = await connectClient(server.requesterUrl);
+  const response = (msgId: string, size: number) =>
+    sized(size, (pad) => ({
+      type: "response",
+      msg_id: "m",
+      timestamp: 1,
+      data: { request_id: msgId, success: true, result: pad, error: null },
+    }));
+  const first = answerOf(client.request("work", {}, { timeout: 5 }));
+  const request = await peer.envelope("request");
+  peer.send(response(request.msg_id, 2000));
+  const answer = await first;
+  assert.equal(answer.success, true);
+  assert.match(String(answer.data), /^x+$/);
 
-    const second = answerOf(client.request("work", {}, { timeout: 0.3 }));
-    const again = await peer.envelope("request");
-    peer.send(response(again.msg_id, 2001));
-    const error = await peer.envelope("error");
-    assert.equal(error.data.code, "FRAME_TOO_LARGE");
-    assert.match(error.data.error, /\b2001\b.*\(limit 2000\)$/);
-    assert.equal((await second).error_code, "TIMEOUT");
-  } finally {
-    await client.close();
-    await peer.close();
-  }
+  const second = answerOf(client.request("work", {}, { timeout: 0.3 }));
+  const again = await peer.envelope("request");
+  peer.send(response(again.msg_id, 2001));
+  const error = await peer.envelope("error");
+  assert.equal(error.data.code, "FRAME_TOO_LARGE");
+  assert.match(error.data.error, /\b2001\b.*\(limit 2000\)$/);
+  assert.equal((await second).error_code, "TIMEOUT");
 });

@@ -3,8 +3,8 @@
 // Meanwhile a well-behaved worker and requester keep working and never see an error.
 
 import assert from "node:assert/strict";
-import { RequesterClient } from "../lib/requester_client.ts";
 import {
+  connectClient,
   type Frame,
   mulberry32,
   openRawWorker,
@@ -419,19 +419,19 @@ Deno.test("fuzz - hostile frames on both ports never disturb good peers or the s
     maxInFlightPerConnection: 100_000,
     maxQueue: 100_000,
   });
-  const worker = await startWorker(server, {
+  await using worker = await startWorker(server, {
     name: "good",
     actions: {
       [GOOD_ACTION]: (params) => params,
     },
   });
-  const good = new RequesterClient(server.requesterUrl);
-  await good.connect();
-  const fuzzRequester = await RawPeer.open(server.requesterUrl);
+  await using good = await connectClient(server.requesterUrl);
+  await using fuzzRequester = await RawPeer.open(server.requesterUrl);
   const { peer: fuzzWorker, id: fuzzWorkerId } = await openRawWorker(server, {
     name: "fuzzer",
     actions: ["fuzz_only"],
   });
+  await using _fuzzWorker = fuzzWorker;
 
   // The good requester keeps asking throughout; every answer must be right.
   let goodRequests = 0;
@@ -613,9 +613,5 @@ Deno.test("fuzz - hostile frames on both ports never disturb good peers or the s
   } finally {
     stopGood = true;
     await goodLoop.catch(() => {});
-    await fuzzRequester.close();
-    await fuzzWorker.close();
-    await good.close();
-    await worker.stop();
   }
 });

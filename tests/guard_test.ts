@@ -359,11 +359,18 @@ async function startLimitedServer(fdLimit: number, args: string[]) {
       }
     }
   })();
-  await waitFor(
-    () => lines.some((l) => /Requester port listening/.test(l)),
-    "the server to listen",
-    20_000,
-  );
+  try {
+    await waitFor(
+      () => lines.some((l) => /Requester port listening/.test(l)),
+      "the server to listen",
+      20_000,
+    );
+  } catch (error) {
+    child.kill("SIGKILL");
+    await child.status;
+    await collected;
+    throw error;
+  }
   const port = (which: string) =>
     Number(
       lines.find((l) => l.includes(`${which} port listening`))!.match(

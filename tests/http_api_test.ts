@@ -4,27 +4,38 @@
 import assert from "node:assert/strict";
 import { createMarketService } from "../lib/market/mod.ts";
 import type { ActionContext } from "../lib/action.ts";
-import { startTestServer, startWorker, type TestServer } from "./_helpers.ts";
+import {
+  releasing,
+  startTestServer,
+  startWorker,
+  type TestServer,
+  within,
+} from "./_helpers.ts";
 
 const TOKEN = "api-token";
 
 async function marketServer(
   options: Parameters<typeof startTestServer>[0] = {},
 ) {
-  const server = startTestServer({ requesterToken: TOKEN, ...options });
-  const market = createMarketService({ providers: ["demo"] });
-  const worker = await startWorker(server, {
-    name: "demo",
-    actions: market.actions(),
-  });
+  await using stack = new AsyncDisposableStack();
+  const server = stack.use(
+    startTestServer({ requesterToken: TOKEN, ...options }),
+  );
+  const market = stack.use(releasing(
+    createMarketService({ providers: ["demo"] }),
+    (m) => m.close(),
+  ));
+  stack.use(
+    await startWorker(server, {
+      name: "demo",
+      actions: market.actions(),
+    }),
+  );
+  const release = stack.move();
   return {
     server,
     base: `http://127.0.0.1:${server.requesterPort}`,
-    async [Symbol.asyncDispose]() {
-      await worker.stop();
-      await market.close?.();
-      await server.close();
-    },
+    [Symbol.asyncDispose]: () => release.disposeAsync(),
   };
 }
 
@@ -244,7 +255,7 @@ Deno.test("http api - a batch that fails before any item is a plain error with i
 Deno.test("http api - a client that stops reading a stream cancels its request on the worker", async () => {
   await using server: TestServer = startTestServer();
   const cancelled = Promise.withResolvers<void>();
-  const worker = await startWorker(server, {
+  await using _worker = await startWorker(server, {
     actions: {
       slow: (_params: unknown, ctx: ActionContext) =>
         new Promise((_, reject) => {
@@ -256,21 +267,17 @@ Deno.test("http api - a client that stops reading a stream cancels its request o
         }),
     },
   });
-  try {
-    const res = await fetch(
-      `http://127.0.0.1:${server.requesterPort}/v1/request?format=ndjson`,
-      {
-        method: "POST",
-        body: '{"command": "slow", "timeout": 60, "progress": true}',
-      },
-    );
-    assert.equal(res.status, 200);
-    const reader = res.body!.getReader();
-    const first = new TextDecoder().decode((await reader.read()).value);
-    assert.deepEqual(JSON.parse(first).progress, { done: 1, total: 10 });
-    await reader.cancel();
-    await cancelled.promise;
-  } finally {
-    await worker.stop();
-  }
+  const res = await fetch(
+    `http://127.0.0.1:${server.requesterPort}/v1/request?format=ndjson`,
+    {
+      method: "POST",
+      body: '{"command": "slow", "timeout": 60, "progress": true}',
+    },
+  );
+  assert.equal(res.status, 200);
+  const reader = res.body!.getReader();
+  const first = new TextDecoder().decode((await reader.read()).value);
+  assert.deepEqual(JSON.parse(first).progress, { done: 1, total: 10 });
+  await reader.cancel();
+  await within(cancelled.promise, "the request to be cancelled");
 });

@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { decodeEnvelope, encodeEnvelope } from "../lib/protocol.ts";
 import { startFakeEastmoney } from "./_fake_eastmoney.ts";
 import { Program, runProgram } from "./_procs.ts";
+import { tempDir } from "./_helpers.ts";
 
 interface Frame {
   type: string;
@@ -13,7 +14,8 @@ interface Frame {
 
 Deno.test("worker - --header, --cookie-file and budgets reach the upstream; heartbeats carry upstream status", async () => {
   await using fake = await startFakeEastmoney({ synthetic: true });
-  const dir = await Deno.makeTempDir({ prefix: "switchyard_worker_" });
+  await using tmp = await tempDir("switchyard_worker_");
+  const dir = tmp.path;
   const cookieFile = `${dir}/cookies.txt`;
   await Deno.writeTextFile(
     cookieFile,
@@ -145,31 +147,27 @@ Deno.test("worker - --header, --cookie-file and budgets reach the upstream; hear
     await worker.stop();
     socket?.close();
     await server.shutdown();
-    await Deno.remove(dir, { recursive: true });
   }
 });
 
 Deno.test("worker - bad --header, --cookie-file and --proxy values exit 2 with a clear message", async () => {
-  const dir = await Deno.makeTempDir({ prefix: "switchyard_worker_" });
-  try {
-    await Deno.writeTextFile(`${dir}/bad.txt`, "no cookie here\n");
-    for (
-      const [args, message] of [
-        [
-          ["--header", "NoColon"],
-          /Invalid --header "NoColon": expected NAME:VALUE/,
-        ],
-        [["--cookie-file", `${dir}/bad.txt`], /Cannot read cookie file line 1/],
-        [["--cookie-file", `${dir}/absent.txt`], /Cannot read --cookie-file/],
-        [["--proxy", "socks5://127.0.0.1:1080"], /Invalid --proxy "socks5:/],
-        [["--budget-hour=-1"], /Invalid --budget-hour '-1'/],
-      ] as const
-    ) {
-      const out = await runProgram("worker.ts", [...args, "--no-console"]);
-      assert.equal(out.code, 2, `${args.join(" ")}: ${out.stderr}`);
-      assert.match(out.stderr, message);
-    }
-  } finally {
-    await Deno.remove(dir, { recursive: true });
+  await using tmp = await tempDir("switchyard_worker_");
+  const dir = tmp.path;
+  await Deno.writeTextFile(`${dir}/bad.txt`, "no cookie here\n");
+  for (
+    const [args, message] of [
+      [
+        ["--header", "NoColon"],
+        /Invalid --header "NoColon": expected NAME:VALUE/,
+      ],
+      [["--cookie-file", `${dir}/bad.txt`], /Cannot read cookie file line 1/],
+      [["--cookie-file", `${dir}/absent.txt`], /Cannot read --cookie-file/],
+      [["--proxy", "socks5://127.0.0.1:1080"], /Invalid --proxy "socks5:/],
+      [["--budget-hour=-1"], /Invalid --budget-hour '-1'/],
+    ] as const
+  ) {
+    const out = await runProgram("worker.ts", [...args, "--no-console"]);
+    assert.equal(out.code, 2, `${args.join(" ")}: ${out.stderr}`);
+    assert.match(out.stderr, message);
   }
 });

@@ -3,7 +3,7 @@ import { createMarketService } from "../lib/market/mod.ts";
 import type { Worker } from "../lib/worker_client.ts";
 import { parseSymbolList } from "../lib/requester/symbols.ts";
 import { startFakeEastmoney } from "./_fake_eastmoney.ts";
-import { startTestServer, startWorker, waitFor } from "./_helpers.ts";
+import { startTestServer, startWorker, tempDir, waitFor } from "./_helpers.ts";
 import { Program, runProgram } from "./_procs.ts";
 import type { RunningServer } from "../lib/server.ts";
 
@@ -18,12 +18,15 @@ function codes(n: number): string[] {
   );
 }
 
-/** Workers with fresh market services: an empty cache, so every series costs an upstream call. */
+/**
+ * Workers with fresh market services: an empty cache, so every series costs an upstream call.
+ * `stop()`, or `await using`, stops them.
+ */
 async function marketWorkers(
   server: RunningServer,
   upstreamUrl: string,
   n: number,
-): Promise<{ stop(): Promise<void> }> {
+): Promise<{ stop(): Promise<void> } & AsyncDisposable> {
   const services = Array.from(
     { length: n },
     () =>
@@ -34,21 +37,25 @@ async function marketWorkers(
       }),
   );
   const workers: Worker[] = [];
-  for (const [i, market] of services.entries()) {
-    workers.push(
-      await startWorker(server, {
-        name: `m${i}`,
-        concurrency: 2,
-        actions: market.actions(),
-      }),
-    );
-  }
-  return {
-    async stop() {
-      await Promise.all(workers.map((w) => w.stop(0)));
-      for (const s of services) s.close();
-    },
+  const stop = async () => {
+    await Promise.all(workers.map((w) => w.stop(0)));
+    for (const s of services) s.close();
   };
+  try {
+    for (const [i, market] of services.entries()) {
+      workers.push(
+        await startWorker(server, {
+          name: `m${i}`,
+          concurrency: 2,
+          actions: market.actions(),
+        }),
+      );
+    }
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return { stop, [Symbol.asyncDispose]: stop };
 }
 
 async function csvFiles(dir: string): Promise<string[]> {
@@ -68,7 +75,8 @@ Deno.test("markets CLI - an interrupted run resumed: no symbol fetched twice, ev
     latencyMs: 60,
   });
   await using server = startTestServer();
-  const dir = await Deno.makeTempDir({ prefix: "markets_cli_" });
+  await using tmp = await tempDir("markets_cli_");
+  const dir = tmp.path;
   const list = codes(40);
   const listFile = `${dir}/list.txt`;
   await Deno.writeTextFile(listFile, list.join("\n") + "\n");
@@ -157,7 +165,6 @@ Deno.test("markets CLI - an interrupted run resumed: no symbol fetched twice, ev
     assert.equal(upstream.calls - callsAfter, 0, "upstream calls on run 3");
   } finally {
     await workers.stop();
-    await Deno.remove(dir, { recursive: true });
   }
 });
 
@@ -168,38 +175,34 @@ Deno.test("markets CLI - failures: exit 1, a summary with the reason, and a fail
     unknownCodes: ["510999"],
   });
   await using server = startTestServer();
-  const workers = await marketWorkers(server, upstream.url, 1);
-  const dir = await Deno.makeTempDir({ prefix: "markets_cli_" });
-  try {
-    const run = await runProgram("requester.ts", [
-      "--url",
-      server.requesterUrl,
-      "markets",
-      "510300",
-      "510999",
-      "--out",
-      dir,
-      "--columns",
-      "akshare",
-      ...RANGE,
-    ]);
-    assert.equal(run.code, 1, run.stderr);
-    assert.match(run.stderr, /failed\s+1/);
-    assert.match(run.stderr, /510999\s+UNKNOWN_CODE/);
-    const failed = await Deno.readTextFile(`${dir}/failed.txt`);
-    assert.deepEqual(parseSymbolList(failed, "stock"), [
-      { code: "510999", symbol_type: "etf" },
-    ]);
-    const csv = await Deno.readTextFile(`${dir}/etf_510300_daily_qfq.csv`);
-    assert.equal(
-      csv.split("\n")[0],
-      "日期,开盘,收盘,最高,最低,成交量,成交额,振幅,涨跌幅,涨跌额,换手率",
-    );
-    assert.deepEqual(await csvFiles(dir), ["etf_510300_daily_qfq.csv"]);
-  } finally {
-    await workers.stop();
-    await Deno.remove(dir, { recursive: true });
-  }
+  await using _workers = await marketWorkers(server, upstream.url, 1);
+  await using tmp = await tempDir("markets_cli_");
+  const dir = tmp.path;
+  const run = await runProgram("requester.ts", [
+    "--url",
+    server.requesterUrl,
+    "markets",
+    "510300",
+    "510999",
+    "--out",
+    dir,
+    "--columns",
+    "akshare",
+    ...RANGE,
+  ]);
+  assert.equal(run.code, 1, run.stderr);
+  assert.match(run.stderr, /failed\s+1/);
+  assert.match(run.stderr, /510999\s+UNKNOWN_CODE/);
+  const failed = await Deno.readTextFile(`${dir}/failed.txt`);
+  assert.deepEqual(parseSymbolList(failed, "stock"), [
+    { code: "510999", symbol_type: "etf" },
+  ]);
+  const csv = await Deno.readTextFile(`${dir}/etf_510300_daily_qfq.csv`);
+  assert.equal(
+    csv.split("\n")[0],
+    "日期,开盘,收盘,最高,最低,成交量,成交额,振幅,涨跌幅,涨跌额,换手率",
+  );
+  assert.deepEqual(await csvFiles(dir), ["etf_510300_daily_qfq.csv"]);
 });
 
 Deno.test("markets CLI - bad flags exit 2 with one line, an unreachable server exits 3", async () => {
@@ -256,7 +259,7 @@ Deno.test("demo - ends by writing its batch to CSV files through the markets com
 Deno.test("markets CLI - --all lists the universe through list_symbols, and without --out prints one CSV with the symbol leading each row", async () => {
   await using server = startTestServer();
   const asked: unknown[] = [];
-  const worker = await startWorker(server, {
+  await using _worker = await startWorker(server, {
     actions: {
       list_symbols: (params) => {
         asked.push(params);
@@ -285,28 +288,24 @@ Deno.test("markets CLI - --all lists the universe through list_symbols, and with
         })),
     },
   });
-  try {
-    const run = await runProgram("requester.ts", [
-      "--url",
-      server.requesterUrl,
-      "markets",
-      "--all",
-      "etf",
-      "--format",
-      "csv",
-    ]);
-    assert.equal(run.code, 0, run.stderr);
-    assert.deepEqual(asked, [{ symbol_type: "etf" }]);
-    const lines = run.stdout.trim().split("\n");
-    assert.equal(
-      lines[0],
-      "symbol_type,code,date,open,close,high,low,volume,amount,amplitude,pct_change,change,turnover",
-    );
-    assert.deepEqual(lines.slice(1).sort(), [
-      "etf,159915,2025-01-02,1,1.5,2,0.5,7,,,,,",
-      "etf,510300,2025-01-02,1,1.5,2,0.5,7,,,,,",
-    ]);
-  } finally {
-    await worker.stop();
-  }
+  const run = await runProgram("requester.ts", [
+    "--url",
+    server.requesterUrl,
+    "markets",
+    "--all",
+    "etf",
+    "--format",
+    "csv",
+  ]);
+  assert.equal(run.code, 0, run.stderr);
+  assert.deepEqual(asked, [{ symbol_type: "etf" }]);
+  const lines = run.stdout.trim().split("\n");
+  assert.equal(
+    lines[0],
+    "symbol_type,code,date,open,close,high,low,volume,amount,amplitude,pct_change,change,turnover",
+  );
+  assert.deepEqual(lines.slice(1).sort(), [
+    "etf,159915,2025-01-02,1,1.5,2,0.5,7,,,,,",
+    "etf,510300,2025-01-02,1,1.5,2,0.5,7,,,,,",
+  ]);
 });

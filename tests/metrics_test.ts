@@ -2,9 +2,9 @@
 // text.
 
 import assert from "node:assert/strict";
-import { RequesterClient } from "../lib/mod.ts";
 import { Metrics } from "../lib/metrics.ts";
 import {
+  connectClient,
   openRawWorker,
   RawPeer,
   startTestServer,
@@ -91,7 +91,7 @@ async function scrape(port: number): Promise<Sample[]> {
 
 Deno.test("metrics - requests, latency, workers and connections on both ports", async () => {
   await using server = startTestServer({ requesterToken: "r-token" });
-  const worker = await startWorker(server, {
+  await using _worker = await startWorker(server, {
     name: "alpha",
     actions: {
       echo: (params) => params,
@@ -100,124 +100,118 @@ Deno.test("metrics - requests, latency, workers and connections on both ports", 
       },
     },
   });
-  const client = new RequesterClient(server.requesterUrl, {
+  await using client = await connectClient(server.requesterUrl, {
     token: "r-token",
   });
-  try {
-    await client.connect();
-    for (let i = 0; i < 5; i++) {
-      assert.equal((await client.request("echo", { i })).success, true);
-    }
-    assert.equal((await client.request("fail", {})).success, false);
-    // Unknown commands, each a new name: they must not each make a series.
-    for (let i = 0; i < 30; i++) {
-      const answer = await client.request(`no_such_${i}`, {});
-      assert.equal(answer.error, "No available workers");
-    }
-    // A refused connection: wrong token.
-    await assert.rejects(
-      RawPeer.open(server.requesterUrl, {
-        authorization: "Bearer wrong",
+  for (let i = 0; i < 5; i++) {
+    assert.equal((await client.request("echo", { i })).success, true);
+  }
+  assert.equal((await client.request("fail", {})).success, false);
+  // Unknown commands, each a new name: they must not each make a series.
+  for (let i = 0; i < 30; i++) {
+    const answer = await client.request(`no_such_${i}`, {});
+    assert.equal(answer.error, "No available workers");
+  }
+  // A refused connection: wrong token.
+  await assert.rejects(
+    RawPeer.open(server.requesterUrl, {
+      authorization: "Bearer wrong",
+    }),
+  );
+
+  for (const port of [server.port, server.requesterPort]) {
+    const samples = await scrape(port);
+    assert.equal(
+      value(samples, "switchyard_requests_total", {
+        command: "echo",
+        outcome: "success",
       }),
+      5,
+    );
+    assert.equal(
+      value(samples, "switchyard_requests_total", {
+        command: "fail",
+        outcome: "worker_error",
+      }),
+      1,
+    );
+    assert.equal(
+      value(samples, "switchyard_requests_total", {
+        command: "other",
+        outcome: "unknown_command",
+      }),
+      30,
+    );
+    const commands = new Set(
+      pick(samples, "switchyard_requests_total").map((s) => s.labels.command),
+    );
+    assert.deepEqual([...commands].sort(), ["echo", "fail", "other"]);
+    // The histogram: cumulative buckets ending at +Inf = count.
+    const buckets = pick(
+      samples,
+      "switchyard_request_duration_seconds_bucket",
+      { command: "echo" },
+    );
+    assert.ok(buckets.length > 5);
+    for (let i = 1; i < buckets.length; i++) {
+      assert.ok(buckets[i].value >= buckets[i - 1].value);
+    }
+    assert.equal(buckets.at(-1)!.labels.le, "+Inf");
+    assert.equal(buckets.at(-1)!.value, 5);
+    assert.equal(
+      value(samples, "switchyard_request_duration_seconds_count", {
+        command: "echo",
+      }),
+      5,
+    );
+    assert.ok(
+      value(samples, "switchyard_request_duration_seconds_sum", {
+        command: "echo",
+      }) >= 0,
     );
 
-    for (const port of [server.port, server.requesterPort]) {
-      const samples = await scrape(port);
-      assert.equal(
-        value(samples, "switchyard_requests_total", {
-          command: "echo",
-          outcome: "success",
-        }),
-        5,
-      );
-      assert.equal(
-        value(samples, "switchyard_requests_total", {
-          command: "fail",
-          outcome: "worker_error",
-        }),
-        1,
-      );
-      assert.equal(
-        value(samples, "switchyard_requests_total", {
-          command: "other",
-          outcome: "unknown_command",
-        }),
-        30,
-      );
-      const commands = new Set(
-        pick(samples, "switchyard_requests_total").map((s) => s.labels.command),
-      );
-      assert.deepEqual([...commands].sort(), ["echo", "fail", "other"]);
-      // The histogram: cumulative buckets ending at +Inf = count.
-      const buckets = pick(
-        samples,
-        "switchyard_request_duration_seconds_bucket",
-        { command: "echo" },
-      );
-      assert.ok(buckets.length > 5);
-      for (let i = 1; i < buckets.length; i++) {
-        assert.ok(buckets[i].value >= buckets[i - 1].value);
-      }
-      assert.equal(buckets.at(-1)!.labels.le, "+Inf");
-      assert.equal(buckets.at(-1)!.value, 5);
-      assert.equal(
-        value(samples, "switchyard_request_duration_seconds_count", {
-          command: "echo",
-        }),
-        5,
-      );
-      assert.ok(
-        value(samples, "switchyard_request_duration_seconds_sum", {
-          command: "echo",
-        }) >= 0,
-      );
-
-      assert.equal(value(samples, "switchyard_workers", { state: "ready" }), 1);
-      const id = server.broker.workers()[0].client_id;
-      assert.equal(
-        value(samples, "switchyard_worker_served_total", {
-          worker: id,
-          name: "alpha",
-        }),
-        6,
-      );
-      assert.equal(
-        value(samples, "switchyard_worker_failed_total", { worker: id }),
-        1,
-      );
-      assert.equal(
-        value(samples, "switchyard_worker_in_flight", { worker: id }),
-        0,
-      );
-      assert.equal(value(samples, "switchyard_queue_depth"), 0);
-      assert.equal(value(samples, "switchyard_requests_in_flight"), 0);
-      assert.equal(
-        value(samples, "switchyard_connections", { port: "requester" }),
-        1,
-      );
-      assert.equal(
-        value(samples, "switchyard_connections", { port: "worker" }),
-        1,
-      );
-      assert.equal(
-        value(samples, "switchyard_connections_total", { port: "worker" }),
-        1,
-      );
-      assert.equal(
-        value(samples, "switchyard_connection_refusals_total", {
-          port: "requester",
-          reason: "unauthorized",
-        }),
-        1,
-      );
-      assert.equal(
-        value(samples, "switchyard_build_info", { version: "0.1.0" }),
-        1,
-      );
-    }
-  } finally {
-    client.close();
-    await worker.stop();
+    assert.equal(value(samples, "switchyard_workers", { state: "ready" }), 1);
+    const id = server.broker.workers()[0].client_id;
+    assert.equal(
+      value(samples, "switchyard_worker_served_total", {
+        worker: id,
+        name: "alpha",
+      }),
+      6,
+    );
+    assert.equal(
+      value(samples, "switchyard_worker_failed_total", { worker: id }),
+      1,
+    );
+    assert.equal(
+      value(samples, "switchyard_worker_in_flight", { worker: id }),
+      0,
+    );
+    assert.equal(value(samples, "switchyard_queue_depth"), 0);
+    assert.equal(value(samples, "switchyard_requests_in_flight"), 0);
+    assert.equal(
+      value(samples, "switchyard_connections", { port: "requester" }),
+      1,
+    );
+    assert.equal(
+      value(samples, "switchyard_connections", { port: "worker" }),
+      1,
+    );
+    assert.equal(
+      value(samples, "switchyard_connections_total", { port: "worker" }),
+      1,
+    );
+    assert.equal(
+      value(samples, "switchyard_connection_refusals_total", {
+        port: "requester",
+        reason: "unauthorized",
+      }),
+      1,
+    );
+    assert.equal(
+      value(samples, "switchyard_build_info", { version: "0.1.0" }),
+      1,
+    );
   }
 });
 

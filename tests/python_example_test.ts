@@ -2,7 +2,7 @@
 // against a real server and a worker serving demo market data.
 import assert from "node:assert/strict";
 import { createMarketService, Worker } from "../lib/mod.ts";
-import { startTestServer } from "./_helpers.ts";
+import { releasing, startTestServer, within } from "./_helpers.ts";
 
 const DOC = new URL("../docs/python.md", import.meta.url);
 
@@ -44,34 +44,35 @@ Deno.test({
       code = code.replace("additional_headers=", "extra_headers=");
     }
     await using server = startTestServer({ requesterToken: "py-token" });
-    const market = createMarketService({ providers: ["demo"] });
-    const worker = new Worker({ url: server.workerUrl, name: "py-demo" });
+    await using market = releasing(
+      createMarketService({ providers: ["demo"] }),
+      (m) => m.close(),
+    );
+    // stop() also waits for the loop that start() runs.
+    await using worker = releasing(
+      new Worker({ url: server.workerUrl, name: "py-demo" }),
+      (w) => w.stop(),
+    );
     for (const [name, handler] of Object.entries(market.actions())) {
       worker.registerAction(name, handler);
     }
-    const running = worker.start();
-    await worker.ready();
-    try {
-      const out = await new Deno.Command(found!.python, {
-        args: ["-c", code],
-        env: {
-          SWITCHYARD_URL: server.requesterUrl,
-          SWITCHYARD_REQUESTER_TOKEN: "py-token",
-        },
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
-      const stdout = new TextDecoder().decode(out.stdout);
-      assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
-      const lines = stdout.trim().split("\n");
-      assert.match(lines[0], /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/);
-      assert.match(lines[1], /^510300 \d+ bars, last \d{4}-\d\d-\d\d$/);
-      assert.match(lines[2], /^510300 True \d+$/);
-      assert.match(lines[3], /^000300 True \d+$/);
-    } finally {
-      await worker.stop();
-      await running;
-      market.close();
-    }
+    void worker.start();
+    await within(worker.ready(), "the worker to connect");
+    const out = await new Deno.Command(found!.python, {
+      args: ["-c", code],
+      env: {
+        SWITCHYARD_URL: server.requesterUrl,
+        SWITCHYARD_REQUESTER_TOKEN: "py-token",
+      },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stdout = new TextDecoder().decode(out.stdout);
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    const lines = stdout.trim().split("\n");
+    assert.match(lines[0], /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/);
+    assert.match(lines[1], /^510300 \d+ bars, last \d{4}-\d\d-\d\d$/);
+    assert.match(lines[2], /^510300 True \d+$/);
+    assert.match(lines[3], /^000300 True \d+$/);
   },
 });

@@ -110,7 +110,7 @@ Deno.test("requester client - connect() after a drop reconnects and requests wor
 });
 
 Deno.test("requester client - a request in flight when the real server closes rejects or answers SHUTTING_DOWN, never hangs", async () => {
-  const server = startTestServer();
+  await using server = startTestServer();
   const { peer } = await openRawWorker(server);
   await using client = await connectClient(server.requesterUrl);
   const pending = client.request("job").then(
@@ -123,16 +123,16 @@ Deno.test("requester client - a request in flight when the real server closes re
   if ("error" in outcome) {
     assert.ok(outcome.error instanceof ConnectionClosedError);
   } else assert.equal(outcome.answer.error_code, "SHUTTING_DOWN");
-  await peer.closed;
+  await within(peer.closed, "the worker's socket to close");
 });
 
 Deno.test("requester client - reconnects to a restarted server on the same port", async () => {
-  const first = startTestServer();
+  await using first = startTestServer();
   const port = first.requesterPort;
   await using client = await connectClient(first.requesterUrl);
   await first.close();
   await assert.rejects(client.request("get_time"), ConnectionClosedError);
-  const second = startTestServer({ requesterPort: port });
+  await using second = startTestServer({ requesterPort: port });
   await using worker = await startWorker(second);
   await client.connect();
   const answer = await client.request("get_time");

@@ -3,10 +3,8 @@
 
 import assert from "node:assert/strict";
 import { RequesterClient } from "../lib/requester_client.ts";
-import { startServer } from "../lib/server.ts";
-import { Worker } from "../lib/worker_client.ts";
 import { Program, runProgram, startServerProgram } from "./_procs.ts";
-import { waitFor } from "./_helpers.ts";
+import { connectClient, startTestServer, startWorker } from "./_helpers.ts";
 import { hasOpenssl, makePki } from "./_pki.ts";
 
 const OPENSSL = hasOpenssl();
@@ -28,54 +26,40 @@ Deno.test({
   ignore: !OPENSSL,
   async fn() {
     await using pki = await makePki();
-    const server = startServer({
+    await using server = startTestServer({
       host: "localhost",
-      port: 0,
-      requesterPort: 0,
-      sweepIntervalMs: 0,
       cert: pki.cert,
       key: pki.key,
     });
-    const worker = new Worker({
+    assert.match(server.workerUrl, /^wss:\/\/localhost:\d+$/);
+    // Resolves once the server has the worker's registration.
+    await using _worker = await startWorker(server, {
       url: `wss://localhost:${server.port}`,
       name: "tls-worker",
       ca: pki.ca,
-      backoff: { initialMs: 10, maxMs: 50 },
+      actions: { echo: (params) => params },
     });
-    worker.registerAction("echo", (params) => params);
-    const client = new RequesterClient(
+    await using client = await connectClient(
       `wss://localhost:${server.requesterPort}`,
       { ca: pki.ca },
     );
-    try {
-      assert.match(server.workerUrl, /^wss:\/\/localhost:\d+$/);
-      const ready = worker.ready();
-      void worker.start();
-      await ready;
-      await waitFor(() => server.broker.workers().some((w) => w.registered));
-      await client.connect();
-      const answer = await client.request("echo", { text: "über TLS" });
-      assert.equal(answer.success, true, answer.error ?? "");
-      assert.deepEqual(answer.data, { text: "über TLS" });
+    const answer = await client.request("echo", { text: "über TLS" });
+    assert.equal(answer.success, true, answer.error ?? "");
+    assert.deepEqual(answer.data, { text: "über TLS" });
 
-      for (const port of [server.port, server.requesterPort]) {
-        const health = await getHealth(
-          `https://localhost:${port}/health`,
-          pki.ca,
-        );
-        assert.equal(health.workers, 1);
-      }
-      // 127.0.0.1 is in the certificate too.
-      const byIp = await getHealth(
-        `https://127.0.0.1:${server.requesterPort}/health`,
+    for (const port of [server.port, server.requesterPort]) {
+      const health = await getHealth(
+        `https://localhost:${port}/health`,
         pki.ca,
       );
-      assert.equal(byIp.requesters, 1);
-    } finally {
-      await client.close();
-      await worker.stop();
-      await server.close();
+      assert.equal(health.workers, 1);
     }
+    // 127.0.0.1 is in the certificate too.
+    const byIp = await getHealth(
+      `https://127.0.0.1:${server.requesterPort}/health`,
+      pki.ca,
+    );
+    assert.equal(byIp.requesters, 1);
   },
 });
 
@@ -84,40 +68,33 @@ Deno.test({
   ignore: !OPENSSL,
   async fn() {
     await using pki = await makePki();
-    const server = startServer({
+    await using server = startTestServer({
       host: "localhost",
-      port: 0,
-      requesterPort: 0,
-      sweepIntervalMs: 0,
       cert: pki.cert,
       key: pki.key,
     });
-    try {
-      const client = new RequesterClient(
-        `wss://localhost:${server.requesterPort}`,
-      );
-      await assert.rejects(
-        client.connect(),
-        /^Error: Cannot connect to wss:\/\/localhost:\d+: .*(certificate|issuer).*: trust the server's certificate authority with --ca/i,
-      );
-      // A plain ws:// client on a TLS port fails too, rather than hanging.
-      const plain = new RequesterClient(
-        `ws://localhost:${server.requesterPort}`,
-        { handshakeTimeoutMs: 2000 },
-      );
-      await assert.rejects(
-        plain.connect(),
-        /Cannot connect to ws:\/\/.*: the server speaks TLS: use wss:\/\/localhost:\d+$/,
-      );
-      // fetch without the CA refuses the certificate as well.
-      await assert.rejects(
-        fetch(`https://localhost:${server.requesterPort}/health`),
-        TypeError,
-      );
-      assert.equal(server.broker.stats().requesters, 0);
-    } finally {
-      await server.close();
-    }
+    const client = new RequesterClient(
+      `wss://localhost:${server.requesterPort}`,
+    );
+    await assert.rejects(
+      client.connect(),
+      /^Error: Cannot connect to wss:\/\/localhost:\d+: .*(certificate|issuer).*: trust the server's certificate authority with --ca/i,
+    );
+    // A plain ws:// client on a TLS port fails too, rather than hanging.
+    const plain = new RequesterClient(
+      `ws://localhost:${server.requesterPort}`,
+      { handshakeTimeoutMs: 2000 },
+    );
+    await assert.rejects(
+      plain.connect(),
+      /Cannot connect to ws:\/\/.*: the server speaks TLS: use wss:\/\/localhost:\d+$/,
+    );
+    // fetch without the CA refuses the certificate as well.
+    await assert.rejects(
+      fetch(`https://localhost:${server.requesterPort}/health`),
+      TypeError,
+    );
+    assert.equal(server.broker.stats().requesters, 0);
   },
 });
 
@@ -127,13 +104,13 @@ Deno.test({
   ignore: !OPENSSL,
   async fn() {
     await using pki = await makePki();
-    const server = await startServerProgram([
+    await using server = await startServerProgram([
       "--cert",
       pki.certFile,
       "--key",
       pki.keyFile,
     ]);
-    const worker = new Program("worker.ts", [
+    await using worker = new Program("worker.ts", [
       "--url",
       `wss://localhost:${server.workerPort}`,
       "--ca",
@@ -144,45 +121,40 @@ Deno.test({
       "demo",
       "--no-console",
     ]);
-    try {
-      const until = Date.now() + 20_000;
-      while (
-        (await getHealth(
-          `https://localhost:${server.workerPort}/health`,
-          pki.ca,
-        )).workers !== 1
-      ) {
-        assert.ok(Date.now() < until, worker.lines.join("\n"));
-        await new Promise((r) => setTimeout(r, 50));
-      }
-      const out = await runProgram("requester.ts", [
-        "--url",
-        `wss://localhost:${server.requesterPort}`,
-        "--ca",
-        pki.caFile,
-        "--compact",
-        "get_time",
-      ]);
-      assert.equal(out.code, 0, out.stderr);
-      const answer = JSON.parse(out.stdout);
-      assert.equal(answer.success, true);
-      assert.match(answer.data, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/);
-
-      const untrusted = await runProgram("requester.ts", [
-        "--url",
-        `wss://localhost:${server.requesterPort}`,
-        "get_time",
-      ]);
-      assert.equal(untrusted.code, 2);
-      assert.match(untrusted.stderr, /Cannot connect to wss:\/\/localhost/);
-
-      worker.kill("SIGTERM");
-      assert.equal((await worker.done()).code, 0);
-      server.program.kill("SIGTERM");
-      assert.equal((await server.program.done()).code, 0);
-    } finally {
-      await worker.stop();
-      await server.program.stop();
+    const until = Date.now() + 20_000;
+    while (
+      (await getHealth(
+        `https://localhost:${server.workerPort}/health`,
+        pki.ca,
+      )).workers !== 1
+    ) {
+      assert.ok(Date.now() < until, worker.lines.join("\n"));
+      await new Promise((r) => setTimeout(r, 50));
     }
+    const out = await runProgram("requester.ts", [
+      "--url",
+      `wss://localhost:${server.requesterPort}`,
+      "--ca",
+      pki.caFile,
+      "--compact",
+      "get_time",
+    ]);
+    assert.equal(out.code, 0, out.stderr);
+    const answer = JSON.parse(out.stdout);
+    assert.equal(answer.success, true);
+    assert.match(answer.data, /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/);
+
+    const untrusted = await runProgram("requester.ts", [
+      "--url",
+      `wss://localhost:${server.requesterPort}`,
+      "get_time",
+    ]);
+    assert.equal(untrusted.code, 2);
+    assert.match(untrusted.stderr, /Cannot connect to wss:\/\/localhost/);
+
+    worker.kill("SIGTERM");
+    assert.equal((await worker.done()).code, 0);
+    server.program.kill("SIGTERM");
+    assert.equal((await server.program.done()).code, 0);
   },
 });

@@ -6,8 +6,9 @@
 import assert from "node:assert/strict";
 import { isCandidate } from "../lib/balancer.ts";
 import { PROBE_AFTER_MS, REGISTRATION_LIMITS } from "../lib/registry.ts";
-import { RequesterClient } from "../lib/requester_client.ts";
 import {
+  answerOf,
+  connectClient,
   type Frame,
   idOf,
   openRawWorker,
@@ -97,52 +98,53 @@ Deno.test("non_retriable - one worker's list covers its own requests only, and l
   await waitFor(() => server.broker.workers().length === 0);
   // A retriable action on a worker that vanishes still moves to another worker.
   const doomed = await openRawWorker(server, { actions: ["get_data"] });
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
-  const survivor = await startWorker(server, {
+  await using client = await connectClient(server.requesterUrl);
+  await using survivor = await startWorker(server, {
     name: "survivor",
     actions: { get_data: () => "from survivor" },
   });
-  try {
-    // Only the doomed worker is free at first: the survivor is told to drain for a moment.
-    const survivorPeer = server.broker.dispatcher.registry.get(
-      idOf(survivor),
-    )!;
-    survivorPeer.draining = true;
-    const pending = client.request("get_data", {}, { timeout: 10 });
-    await doomed.peer.envelope("request");
-    survivorPeer.draining = false;
-    await doomed.peer.close();
-    const answer = await pending;
-    assert.equal(answer.success, true, JSON.stringify(answer));
-    assert.equal(answer.data, "from survivor");
-    assert.equal(answer.attempts, 2);
+  // Only the doomed worker is free at first: the survivor is told to drain for a moment.
+  const survivorPeer = server.broker.dispatcher.registry.get(
+    idOf(survivor),
+  )!;
+  survivorPeer.draining = true;
+  const pending = answerOf(
+    client.request("get_data", {}, { timeout: 10 }),
+    "the first get_data",
+    15_000,
+  );
+  await doomed.peer.envelope("request");
+  survivorPeer.draining = false;
+  await doomed.peer.close();
+  const answer = await pending;
+  assert.equal(answer.success, true, JSON.stringify(answer));
+  assert.equal(answer.data, "from survivor");
+  assert.equal(answer.attempts, 2);
 
-    // The worker's own list covers what it held: that request is not run twice.
-    const careful = await openRawWorker(server, {
-      actions: ["get_data"],
-      non_retriable: ["get_data"],
-    });
-    survivorPeer.draining = true;
-    const held = client.request("get_data", {}, { timeout: 10 });
-    await careful.peer.envelope("request");
-    survivorPeer.draining = false;
-    await careful.peer.close();
-    const lost = await held;
-    assert.equal(lost.success, false);
-    assert.equal(lost.error_code, "WORKER_LOST");
-  } finally {
-    await client.close();
-    await survivor.stop();
-  }
+  // The worker's own list covers what it held: that request is not run twice.
+  const careful = await openRawWorker(server, {
+    actions: ["get_data"],
+    non_retriable: ["get_data"],
+  });
+  survivorPeer.draining = true;
+  const held = answerOf(
+    client.request("get_data", {}, { timeout: 10 }),
+    "the held get_data",
+    15_000,
+  );
+  await careful.peer.envelope("request");
+  survivorPeer.draining = false;
+  await careful.peer.close();
+  const lost = await held;
+  assert.equal(lost.success, false);
+  assert.equal(lost.error_code, "WORKER_LOST");
 });
 
 Deno.test("health - a worker whose request timed out gets no new work until it answers one in time", async () => {
   const clock = manualClock();
   await using server = startTestServer({ clock });
   const swallower = await openRawWorker(server, { actions: ["echo"] });
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
+  await using client = await connectClient(server.requesterUrl);
   try {
     const first = await client.request("echo", { n: 0 }, { timeout: 0.2 });
     assert.equal(first.error_code, "TIMEOUT");
@@ -176,7 +178,11 @@ Deno.test("health - a worker whose request timed out gets no new work until it a
       await good.stop();
     }
     await waitFor(() => server.broker.workers().length === 1);
-    const probe = client.request("echo", { n: "probe" }, { timeout: 5 });
+    const probe = answerOf(
+      client.request("echo", { n: "probe" }, { timeout: 5 }),
+      "the probe",
+      10_000,
+    );
     const request = await swallower.peer.next((f: Frame) =>
       f.type === "request" && f.data.params.n === "probe"
     );
@@ -187,7 +193,6 @@ Deno.test("health - a worker whose request timed out gets no new work until it a
       true,
     );
   } finally {
-    await client.close();
     await swallower.peer.close();
   }
 });
@@ -196,10 +201,13 @@ Deno.test("health - a worker silent while holding work stops getting new work; a
   const clock = manualClock();
   await using server = startTestServer({ clock, silenceMs: 2000 });
   const quiet = await openRawWorker(server, { actions: ["echo"] });
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
+  await using client = await connectClient(server.requesterUrl);
   try {
-    const held = client.request("echo", { n: "held" }, { timeout: 10 });
+    const held = answerOf(
+      client.request("echo", { n: "held" }, { timeout: 10 }),
+      "the held echo",
+      15_000,
+    );
     const request = await quiet.peer.envelope("request");
     const record = server.broker.dispatcher.registry.get(quiet.id)!;
     clock.advance(1500);
@@ -214,7 +222,6 @@ Deno.test("health - a worker silent while holding work stops getting new work; a
     respond(quiet.peer, request, "done");
     assert.equal((await held).success, true);
   } finally {
-    await client.close();
     await quiet.peer.close();
   }
 });
@@ -226,11 +233,18 @@ Deno.test("stall - a frozen worker's retriable requests move on after the stall 
     actions: ["echo", "pay"],
     non_retriable: ["pay"],
   });
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
+  await using client = await connectClient(server.requesterUrl);
   try {
-    const echo = client.request("echo", { n: 1 }, { timeout: 30 });
-    const pay = client.request("pay", { n: 2 }, { timeout: 30 });
+    const echo = answerOf(
+      client.request("echo", { n: 1 }, { timeout: 30 }),
+      "the echo",
+      35_000,
+    );
+    const pay = answerOf(
+      client.request("pay", { n: 2 }, { timeout: 30 }),
+      "the payment",
+      35_000,
+    );
     const requests = [
       await frozen.peer.envelope("request"),
       await frozen.peer.envelope("request"),
@@ -270,7 +284,6 @@ Deno.test("stall - a frozen worker's retriable requests move on after the stall 
       await good.stop();
     }
   } finally {
-    await client.close();
     await frozen.peer.close();
   }
 });
@@ -281,8 +294,7 @@ Deno.test("batch - no item goes to a worker with a recent timeout while a health
     actions: ["get_markets", "get_market"],
     weight: 100,
   });
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
+  await using client = await connectClient(server.requesterUrl);
   try {
     const timedOut = await client.request("get_market", { code: "1" }, {
       timeout: 0.2,
@@ -320,7 +332,6 @@ Deno.test("batch - no item goes to a worker with a recent timeout while a health
       await good.stop();
     }
   } finally {
-    await client.close();
     await swallower.peer.close();
   }
 });
@@ -328,8 +339,7 @@ Deno.test("batch - no item goes to a worker with a recent timeout while a health
 Deno.test("worker socket - a worker that stops reading is dropped past the unread-bytes cap", async () => {
   await using server = startTestServer({ maxBufferedBytes: 256 * 1024 });
   const reader = await openRawWorker(server, { actions: ["echo"] });
-  const client = new RequesterClient(server.requesterUrl);
-  await client.connect();
+  await using client = await connectClient(server.requesterUrl);
   try {
     // Stop reading: the server's frames pile up in its socket buffer.
     (reader.peer.socket as unknown as { pause(): void }).pause();
@@ -351,7 +361,6 @@ Deno.test("worker socket - a worker that stops reading is dropped past the unrea
       !server.broker.workers().some((w) => w.client_id === reader.id)
     );
   } finally {
-    await client.close();
     reader.peer.socket.terminate();
   }
 });
