@@ -612,22 +612,29 @@ function maskKey(out: Uint8Array, at: number): void {
   keyAt += 4;
 }
 
-/** XORs `length` bytes at `at` with the 4-byte key at `keyAt` (masking and unmasking alike). */
+/**
+ * XORs `length` bytes at `at` with the 4-byte key at `keyAt` (masking and unmasking alike):
+ * bytewise up to a 4-byte boundary, then a word at a time with the key turned to match.
+ */
 function mask(buf: Uint8Array, at: number, length: number, keyAt: number) {
-  const m0 = buf[keyAt];
-  const m1 = buf[keyAt + 1];
-  const m2 = buf[keyAt + 2];
-  const m3 = buf[keyAt + 3];
+  const key = [buf[keyAt], buf[keyAt + 1], buf[keyAt + 2], buf[keyAt + 3]];
   const end = at + length;
   let i = at;
-  for (; i + 4 <= end; i += 4) {
-    buf[i] ^= m0;
-    buf[i + 1] ^= m1;
-    buf[i + 2] ^= m2;
-    buf[i + 3] ^= m3;
+  let k = 0;
+  for (; i < end && (buf.byteOffset + i) % 4 !== 0; i++, k++) {
+    buf[i] ^= key[k & 3];
   }
-  const mask = [m0, m1, m2, m3];
-  for (let k = 0; i < end; i++, k++) buf[i] ^= mask[k];
+  const words = (end - i) >> 2;
+  if (words > 0) {
+    // Little-endian words: the byte at the lowest address is the word's low byte.
+    const word = key[k & 3] | key[(k + 1) & 3] << 8 | key[(k + 2) & 3] << 16 |
+      key[(k + 3) & 3] << 24;
+    const view = new Uint32Array(buf.buffer, buf.byteOffset + i, words);
+    for (let w = 0; w < words; w++) view[w] ^= word;
+    i += words * 4;
+    k += words * 4;
+  }
+  for (; i < end; i++, k++) buf[i] ^= key[k & 3];
 }
 
 function concat(parts: Uint8Array[], total: number): Uint8Array {
