@@ -127,6 +127,58 @@ for (const nodes of [1, 3]) {
 }
 
 Deno.test({
+  name:
+    "cluster: requests and answers that cross in one turn share NATS messages, and each gets its own answer",
+  ignore,
+  fn: async () => {
+    await using nats = await new NatsCluster(1).start();
+    await using servers = await startServers(nats, 2);
+    await using workers = group<TestWorker>();
+    workers.push(
+      await startWorker(servers[1], {
+        name: "doubler",
+        concurrency: 64,
+        actions: { double: (p) => (p as { n: number }).n * 2 },
+      }),
+    );
+    await converged(servers, 1);
+    // A client of our own on the relay subjects counts the NATS messages.
+    const { connectNats } = await import("../lib/cluster/nats_connect.ts");
+    const spy = await connectNats({ servers: nats.urls });
+    const counts = { req: 0, res: 0 };
+    spy.subscribe("switchyard.t.srv.*.*", {
+      callback: (_error, msg) => {
+        const kind = msg.subject.slice(msg.subject.lastIndexOf(".") + 1);
+        if (kind === "req" || kind === "res") counts[kind]++;
+      },
+    });
+    await spy.flush();
+    try {
+      await using client = await connectClient(servers[0].requesterUrl);
+      const n = 60;
+      const answers = await Promise.all(
+        Array.from({ length: n }, (_, i) => client.request("double", { n: i })),
+      );
+      assert.deepEqual(
+        answers.map((a) => [a.success, a.data]),
+        Array.from({ length: n }, (_, i) => [true, i * 2]),
+      );
+      await spy.flush();
+      assert.ok(
+        counts.req > 0 && counts.req < n,
+        `${n} requests crossed in ${counts.req} messages`,
+      );
+      assert.ok(
+        counts.res > 0 && counts.res < n,
+        `${n} answers crossed in ${counts.res} messages`,
+      );
+    } finally {
+      await spy.close();
+    }
+  },
+});
+
+Deno.test({
   name: "cluster: one balancer over the workers of every server",
   ignore,
   fn: async () => {

@@ -778,13 +778,38 @@ export class ClusterLink {
     this.#outbox = [];
     const nc = this.#nc;
     if (!nc) return;
-    for (let i = 0; i < out.length; i += 2) {
+    // A batch stays well inside NATS's max_payload even if every character took 3 bytes.
+    const limit = Math.floor((nc.info?.max_payload ?? 1_048_576) / 3);
+    for (let i = 0; i < out.length;) {
+      const subject = out[i];
+      let data = out[i + 1];
+      i += 2;
+      // Requests, answers and progress for one server that follow each other in this turn
+      // leave as one NATS message: every message costs nats-server and both clients the same,
+      // whatever it carries. Only neighbours merge, so that nothing overtakes (a streamed
+      // item's progress must reach the origin before its batch's answer).
+      const kind = batchable(subject);
+      if (kind !== undefined) {
+        const parts = [data];
+        let size = data.length;
+        while (
+          i < out.length && out[i] === subject &&
+          size + out[i + 1].length + 1 <= limit
+        ) {
+          parts.push(out[i + 1]);
+          size += out[i + 1].length + 1;
+          i += 2;
+        }
+        if (parts.length > 1) {
+          data = kind === "req" ? parts.join("\n") : `[${parts.join(",")}]`;
+        }
+      }
       try {
-        nc.publish(out[i], out[i + 1]);
+        nc.publish(subject, data);
       } catch (error) {
         // A lost request or answer is caught by the ledger check on the other side.
         log.debug("Publishing to {subject} failed: {error}", {
-          subject: out[i],
+          subject,
           error,
         });
       }
@@ -794,10 +819,16 @@ export class ClusterLink {
   #onDirect(msg: Msg): void {
     const kind = msg.subject.slice(msg.subject.lastIndexOf(".") + 1);
     try {
-      if (kind === "req") this.#onRelayed(msg);
-      else if (kind === "res") this.#onAnswer(JSON.parse(msg.string()));
-      else if (kind === "prog") this.#onProgress(JSON.parse(msg.string()));
-      else if (kind === "msg") this.#onMessage(msg);
+      if (kind === "req") this.#onRelayedBatch(msg.string());
+      else if (kind === "res") {
+        const value = JSON.parse(msg.string());
+        if (Array.isArray(value)) value.forEach((a) => this.#onAnswer(a));
+        else this.#onAnswer(value);
+      } else if (kind === "prog") {
+        const value = JSON.parse(msg.string());
+        if (Array.isArray(value)) value.forEach((p) => this.#onProgress(p));
+        else this.#onProgress(value);
+      } else if (kind === "msg") this.#onMessage(msg);
     } catch (error) {
       log.warn("Ignored a malformed cluster {kind} message: {error}", {
         kind,
@@ -848,17 +879,37 @@ export class ClusterLink {
 
   // ---- other servers' requests to this server's workers ---------------------------------------
 
-  #onRelayed(msg: Msg): void {
-    const text = msg.string();
-    const nl = text.indexOf("\n");
-    const [origin = "", workerId = "", t = "0", n = "0"] = text.slice(0, nl)
-      .split(" ");
+  /**
+   * One or more requests, each a header line and an envelope line: JSON text never holds a raw
+   * line break, so the lines pair up.
+   */
+  #onRelayedBatch(text: string): void {
+    let at = 0;
+    while (at < text.length) {
+      const nl = text.indexOf("\n", at);
+      if (nl < 0) throw new Error("a request without its envelope");
+      let end = text.indexOf("\n", nl + 1);
+      if (end < 0) end = text.length;
+      try {
+        this.#onRelayed(text.slice(at, nl), text.slice(nl + 1, end));
+      } catch (error) {
+        // One malformed request must not cost the others of its batch.
+        log.warn("Ignored a malformed cluster req message: {error}", {
+          error: (error as Error).message,
+        });
+      }
+      at = end + 1;
+    }
+  }
+
+  #onRelayed(header: string, frame: string): void {
+    const [origin = "", workerId = "", t = "0", n = "0"] = header.split(" ");
     const left = Number(t);
     const seq = Number(n);
     if (seq > (this.#seenFrom.get(origin) ?? 0)) {
       this.#seenFrom.set(origin, seq);
     }
-    const envelope: Envelope = decodeEnvelope(text.slice(nl + 1));
+    const envelope: Envelope = decodeEnvelope(frame);
     const key = `${origin}\u0000${envelope.msg_id}`;
     if (envelope.type === MessageType.CANCEL) {
       const msgId = (envelope.data as { request_id?: unknown })?.request_id;
@@ -976,4 +1027,10 @@ export class ClusterLink {
       } satisfies RelayAnswer,
     );
   }
+}
+
+/** Which relayed subjects batch, and how: `req` by lines, `res` and `prog` as JSON arrays. */
+function batchable(subject: string): "req" | "res" | "prog" | undefined {
+  const kind = subject.slice(subject.lastIndexOf(".") + 1);
+  return kind === "req" || kind === "res" || kind === "prog" ? kind : undefined;
 }
