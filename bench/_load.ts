@@ -7,6 +7,7 @@
  */
 
 import { connect as natsConnect } from "npm:@nats-io/transport-node@3.4.0";
+import { openSocket } from "../lib/_connect.ts";
 import { WebSocket } from "../lib/_ws.ts";
 import { NATS_SUBJECT } from "./_nats_worker.ts";
 import { type LoadSummary, summarize } from "./_stats.ts";
@@ -15,7 +16,7 @@ import { type LoadSummary, summarize } from "./_stats.ts";
  * Which client sends the frames: npm `ws` (TCP_NODELAY), Deno's built-in WebSocket client, or
  * NATS request-reply on the `echo` subject (`url` is then `nats://…`).
  */
-export type ClientKind = "ws" | "deno" | "nats";
+export type ClientKind = "ws" | "deno" | "nats" | "switchyard";
 
 /** Options for {@linkcode runLoad}. */
 export interface LoadOptions {
@@ -33,7 +34,10 @@ export interface LoadOptions {
   command: string;
   /** The `data` of every request. */
   data: unknown;
-  /** npm `ws` (TCP_NODELAY), Deno's built-in client, or NATS. @default "ws" */
+  /**
+   * npm `ws` (TCP_NODELAY), Deno's built-in client, NATS, or the client our workers and
+   * `RequesterClient` use (`lib/_connect.ts`). @default "ws"
+   */
   client?: ClientKind;
 }
 
@@ -107,6 +111,15 @@ async function openConn(url: string, kind: ClientKind): Promise<Conn> {
         ),
       onText: (l) => listener = l,
       close: () => void nc.close(),
+    };
+  }
+  if (kind === "switchyard") {
+    let listener = (_text: string) => {};
+    const socket = await openSocket(url, {}, (text) => listener(text));
+    return {
+      send: (text) => socket.send(text),
+      onText: (l) => listener = l,
+      close: () => socket.close(),
     };
   }
   if (kind === "ws") {

@@ -4,9 +4,9 @@
  * (the floor), a feature-less relay (`Deno.serve` + a Map of pending ids + round robin, 2
  * workers on npm `ws`) and NATS request-reply (`nats-server` + 2 queue-group workers on the
  * official client; skipped, saying so, when `nats-server` is not installed). The broker runs
- * twice, as shipped and without the guard in front of its ports (`broker-noguard`), so the
- * guard's cost shows. Plus the Nagle regression guard (2 KB requests from Deno's built-in
- * client vs npm `ws`).
+ * twice, as shipped (the ports' own WebSocket framing behind the connection guard) and with
+ * `--no-guard` (`broker-noguard`: `Deno.serve` and the runtime's WebSocket). Plus the Nagle
+ * regression guard (2 KB requests from Deno's built-in client, npm `ws` and our own client).
  *
  * The rows of one load run interleaved in short runs (broker, relay, NATS, echo, broker, …), so
  * load from other programs skews every side of a ratio alike; ratios are taken run by run and
@@ -254,7 +254,7 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
     );
     helpers.push(...workers);
     // The same broker without the guard in front of its ports (`startServer({ guard: false })`):
-    // the guard relays every byte of every connection through a loopback hop of its own.
+    // `Deno.serve` and the runtime's WebSocket instead of the guard's own framing.
     const bare = await spawnHelper("_server.ts", ["--no-guard"]);
     helpers.push(bare);
     const bareWorkers = await Promise.all(
@@ -402,7 +402,7 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
     const guardSeconds = Math.min(seconds, 3);
     const pad = "p".repeat(2048);
     await measure(
-      (["deno", "ws"] as const).map((client) => ({
+      (["deno", "ws", "switchyard"] as const).map((client) => ({
         row: {
           target: "broker",
           connections: 1,
@@ -498,13 +498,16 @@ function coreChecks(rows: CoreRow[]): Check[] {
     });
   }
   const guard = rows.filter((r) => r.note?.startsWith("2KB-req"));
-  const ws = guard.find((r) => r.client === "ws");
   const deno = guard.find((r) => r.client === "deno");
-  if (ws && deno) {
+  for (const kind of ["switchyard", "ws"] as const) {
+    const row = guard.find((r) => r.client === kind);
+    if (!row || !deno) continue;
     checks.push({
-      name: "Nagle guard: 2 KB requests via npm ws p50 < 40 ms",
-      pass: ws.result.p50 < 40,
-      detail: `ws p50 ${fixed(ws.result.p50)} ms, Deno built-in client p50 ${
+      name: `Nagle guard: 2 KB requests via ${
+        kind === "ws" ? "npm ws" : "our client (lib/_connect.ts)"
+      } p50 < 40 ms`,
+      pass: row.result.p50 < 40,
+      detail: `p50 ${fixed(row.result.p50)} ms, Deno built-in client p50 ${
         fixed(deno.result.p50)
       } ms (shows the stall when >= 40)`,
     });

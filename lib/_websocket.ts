@@ -711,16 +711,25 @@ export async function connectWebSocket(
   };
   signal.addEventListener("abort", giveUp, { once: true });
   try {
-    const connecting: Promise<Deno.Conn> = tls
-      ? Deno.connectTls({
-        hostname,
-        port,
-        caCerts: options.ca ? [options.ca] : undefined,
-      })
-      : Deno.connect({ hostname, port });
-    conn = await abortable(connecting, signal, (c) => c.close());
-    if (tls) await abortable((conn as Deno.TlsConn).handshake(), signal);
-    else (conn as Deno.TcpConn).setNoDelay(true);
+    const tcp = await abortable(
+      Deno.connect({ hostname, port }),
+      signal,
+      (c) => c.close(),
+    );
+    conn = tcp;
+    // Nagle goes off on the TCP socket itself, before TLS (a TlsConn cannot switch it).
+    tcp.setNoDelay(true);
+    if (tls) {
+      conn = await abortable(
+        Deno.startTls(tcp, {
+          hostname,
+          caCerts: options.ca ? [options.ca] : undefined,
+        }),
+        signal,
+        (c) => c.close(),
+      );
+      await abortable((conn as Deno.TlsConn).handshake(), signal);
+    }
     const key = btoa(
       String.fromCharCode(...crypto.getRandomValues(new Uint8Array(16))),
     );
