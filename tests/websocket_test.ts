@@ -349,3 +349,12 @@ Deno.test("websocket - texts of every header size, ASCII and multi-byte, arrive 
     texts.map((t) => [1, t]),
   );
 });
+
+Deno.test("websocket - a text that holds U+FFFD itself is valid and arrives; one that is not UTF-8 closes with 1007", async () => {
+  await using p = await pair();
+  await writeAll(p.client, clientFrame(true, 1, encoder.encode("a\uFFFDb")));
+  await writeAll(p.client, clientFrame(true, 1, new Uint8Array([0x61, 0xc3])));
+  await p.socket.closed;
+  assert.deepEqual(p.messages, ["a\uFFFDb"]);
+  assert.equal(p.closes[0].code, 1007);
+});
