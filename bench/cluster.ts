@@ -47,7 +47,14 @@ export interface ClusterReport {
   skipped?: string;
   rows: ClusterRow[];
   /** CPU µs per request of servers + workers, local vs every request crossing servers. */
-  hop?: { localUs: Spread; crossUs: Spread; extraUs: Spread; ratio: Spread };
+  hop?: {
+    localUs: Spread;
+    crossUs: Spread;
+    extraUs: Spread;
+    ratio: Spread;
+    /** Median µs per request of each process (s0, s1, worker, nats-server), local and crossing. */
+    byProcess: { local: number[]; cross: number[] };
+  };
   /** After a server is SIGKILLed, per kill. */
   recovery?: {
     failed: number[];
@@ -208,23 +215,32 @@ export async function runClusterBench(
     await workersSeen(h0.info.port as number, 1);
     const localUs: number[] = [];
     const crossUs: number[] = [];
-    const cpuRun = async (pids: number[]) => {
+    const localBy: number[][] = [];
+    const crossBy: number[][] = [];
+    const cpuRun = async (pids: number[], by: number[][]) => {
       const before = await cpuSeconds(pids);
       const run = await load([h0.info.requesterPort as number], seconds);
       const after = await cpuSeconds(pids);
-      const cpu = after.reduce((s, v, k) => s + v - before[k], 0);
-      return (cpu * 1e6) / Math.max(1, run.answers);
+      const each = after.map((v, k) =>
+        (v - before[k]) * 1e6 / Math.max(1, run.answers)
+      );
+      by.push(each);
+      return each.reduce((s, v) => s + v, 0);
     };
     let remote: Helper[] = [];
     for (let r = 0; r < runs; r++) {
       log(`cluster: hop run ${r + 1}/${runs}`);
       // Same processes measured each way: the worker moves between the servers.
       // nats-server counts too: the hop's cost includes the broker in the middle.
-      localUs.push(await cpuRun([h0.pid, h1.pid, local[0].pid, nats.pid]));
+      localUs.push(
+        await cpuRun([h0.pid, h1.pid, local[0].pid, nats.pid], localBy),
+      );
       await local[0].stop();
       remote = await startWorkers([[wsUrl(h1.info.port as number)]]);
       await workersSeen(h0.info.port as number, 1);
-      crossUs.push(await cpuRun([h0.pid, h1.pid, remote[0].pid, nats.pid]));
+      crossUs.push(
+        await cpuRun([h0.pid, h1.pid, remote[0].pid, nats.pid], crossBy),
+      );
       await remote[0].stop();
       local.splice(
         0,
@@ -239,6 +255,10 @@ export async function runClusterBench(
       crossUs: spread(crossUs),
       extraUs: spread(crossUs.map((c, k) => c - localUs[k])),
       ratio: spread(crossUs.map((c, k) => c / localUs[k])),
+      byProcess: {
+        local: [0, 1, 2, 3].map((i) => spread(localBy.map((b) => b[i])).median),
+        cross: [0, 1, 2, 3].map((i) => spread(crossBy.map((b) => b[i])).median),
+      },
     };
     checks.push({
       name:
@@ -357,6 +377,9 @@ export function clusterTable(report: ClusterReport): string {
       }-${fixed(h.crossUs.max, 0)}): the hop costs ${
         fixed(h.extraUs.median, 0)
       } µs, ${spreadText(h.ratio)}`,
+      `  by process, µs per request (medians): s0 (requesters' server) / s1 / worker / nats-server: local ${
+        h.byProcess.local.map((v) => fixed(v, 1)).join(" / ")
+      }; crossing ${h.byProcess.cross.map((v) => fixed(v, 1)).join(" / ")}`,
     );
   }
   if (report.recovery) {
