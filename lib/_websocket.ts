@@ -368,7 +368,9 @@ export class ConnSocket {
     /** The size to answer once the skipped bytes are gone (the message's last frame came). */
     let answer = 0;
     /** Fragments of a message in progress. */
-    let fragments: Uint8Array[] = [];
+    // One growing buffer, not a list of pieces: a message sent a byte per fragment must cost
+    // its bytes, not an object per byte.
+    let fragments = new Uint8Array(0);
     let fragmentBytes = 0;
     let fragmentOpcode = 0;
     const max = this.#options.maxMessageBytes ?? RUNTIME_FRAME_CAP;
@@ -409,6 +411,9 @@ export class ConnSocket {
           if (len7 === 126) length = (buf[start + 2] << 8) | buf[start + 3];
           else if (len7 === 127) {
             length = 0;
+            if (buf[start + 2] & 0x80) {
+              return this.#fail(1002, "Payload length over 2^63");
+            }
             for (let i = 2; i < 10; i++) length = length * 256 + buf[start + i];
           }
           const control = opcode >= 0x8;
@@ -430,7 +435,7 @@ export class ConnSocket {
                 if (this.#options.oversizeAnswer === undefined) {
                   return this.#fail(1009, "Message too big");
                 }
-                fragments = [];
+                fragments = new Uint8Array(0);
                 fragmentBytes = 0;
                 fragmentOpcode = 0;
               }
@@ -472,12 +477,19 @@ export class ConnSocket {
           }
           if (!fin || fragmentOpcode !== 0) {
             if (fragmentOpcode === 0) fragmentOpcode = opcode;
-            fragments.push(payload.slice());
+            if (fragmentBytes + length > fragments.length) {
+              const bigger = new Uint8Array(
+                Math.max(fragmentBytes + length, fragments.length * 2, 1024),
+              );
+              bigger.set(fragments.subarray(0, fragmentBytes));
+              fragments = bigger;
+            }
+            fragments.set(payload, fragmentBytes);
             fragmentBytes += length;
             if (!fin) continue;
-            const whole = concat(fragments, fragmentBytes);
+            const whole = fragments.subarray(0, fragmentBytes);
             const kind = fragmentOpcode;
-            fragments = [];
+            fragments = new Uint8Array(0);
             fragmentBytes = 0;
             fragmentOpcode = 0;
             if (!this.#deliver(kind, whole)) return;
@@ -551,7 +563,11 @@ export class ConnSocket {
 
   #control(opcode: number, payload: Uint8Array): void {
     if (opcode === 0x9) {
-      if (this.readyState === OPEN) this.#enqueue(0xa, payload.slice());
+      // A peer that pings and never reads would have its pongs pile up here: past 64 KiB
+      // unsent, pings go unanswered (RFC 6455 lets a pong answer only the latest ping).
+      if (this.readyState === OPEN && this.bufferedAmount < 64 * 1024) {
+        this.#enqueue(0xa, payload.slice());
+      }
       this.onping?.();
       return;
     }
@@ -642,17 +658,6 @@ function mask(buf: Uint8Array, at: number, length: number, keyAt: number) {
     k += words * 4;
   }
   for (; i < end; i++, k++) buf[i] ^= key[k & 3];
-}
-
-function concat(parts: Uint8Array[], total: number): Uint8Array {
-  if (parts.length === 1) return parts[0];
-  const out = new Uint8Array(total);
-  let at = 0;
-  for (const part of parts) {
-    out.set(part, at);
-    at += part.length;
-  }
-  return out;
 }
 
 async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {

@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { RequesterClient } from "../lib/requester_client.ts";
 import { RUNTIME_FRAME_CAP } from "../lib/_frame_size.ts";
+import { concat, frameHeader, writeAll as write } from "./_frames.ts";
 import {
   answerOf,
   openRawWorker,
@@ -120,25 +121,9 @@ class RawSocket {
     return JSON.parse(frame.text) as Record<string, unknown>;
   }
 
-  /** One frame header; its payload is written separately. */
+  /** One frame header, mask key 0 0 0 0; its payload is written separately. */
   header(fin: boolean, opcode: number, length: number): Promise<void> {
-    const head = new Uint8Array(14);
-    head[0] = (fin ? 0x80 : 0) | opcode;
-    let at: number;
-    if (length < 126) {
-      head[1] = 0x80 | length;
-      at = 2;
-    } else if (length < 65536) {
-      head[1] = 0x80 | 126;
-      head[2] = length >> 8;
-      head[3] = length & 255;
-      at = 4;
-    } else {
-      head[1] = 0x80 | 127;
-      new DataView(head.buffer).setBigUint64(2, BigInt(length));
-      at = 10;
-    }
-    return write(this.conn, head.subarray(0, at + 4)); // mask key 0 0 0 0
+    return write(this.conn, frameHeader(fin, opcode, length, [0, 0, 0, 0]));
   }
 
   async frame(fin: boolean, opcode: number, payload: Uint8Array) {
@@ -171,22 +156,6 @@ class RawSocket {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
-}
-
-async function write(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  for (let done = 0; done < bytes.length;) {
-    done += await conn.write(bytes.subarray(done));
-  }
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
 }
 
 const MiB = 1024 * 1024;

@@ -4,46 +4,20 @@
 
 import assert from "node:assert/strict";
 import { ConnSocket, type SocketClose } from "../lib/_websocket.ts";
+import { concat, frameHeader, writeAll } from "./_frames.ts";
 
 const encoder = new TextEncoder();
 
-/** A masked client frame (mask key 1 2 3 4). */
+/** A client frame, masked with the key 1 2 3 4 unless `masked` is false. */
 function clientFrame(
   fin: boolean,
   opcode: number,
   payload: Uint8Array,
   masked = true,
 ): Uint8Array {
-  const n = payload.length;
-  const size = n < 126 ? 2 : n < 65536 ? 4 : 10;
-  const key = masked ? 4 : 0;
-  const frame = new Uint8Array(size + key + n);
-  frame[0] = (fin ? 0x80 : 0) | opcode;
-  const maskBit = masked ? 0x80 : 0;
-  if (n < 126) frame[1] = maskBit | n;
-  else if (n < 65536) {
-    frame[1] = maskBit | 126;
-    frame[2] = n >> 8;
-    frame[3] = n & 255;
-  } else {
-    frame[1] = maskBit | 127;
-    new DataView(frame.buffer).setBigUint64(2, BigInt(n));
-  }
-  if (masked) frame.set([1, 2, 3, 4], size);
-  for (let i = 0; i < n; i++) {
-    frame[size + key + i] = masked ? payload[i] ^ ((i % 4) + 1) : payload[i];
-  }
-  return frame;
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
+  const key = masked ? [1, 2, 3, 4] : undefined;
+  const body = payload.map((b, i) => key ? b ^ key[i % 4] : b);
+  return concat([frameHeader(fin, opcode, payload.length, key), body]);
 }
 
 /** The server frames in `bytes`: [opcode, payload]. */
@@ -69,12 +43,6 @@ function serverFrames(bytes: Uint8Array): [number, Uint8Array][] {
     at += head + n;
   }
   return out;
-}
-
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array) {
-  for (let done = 0; done < bytes.length;) {
-    done += await conn.write(bytes.subarray(done));
-  }
 }
 
 /** Reads until the peer closes, within 10 s. */
@@ -104,6 +72,7 @@ interface Pair extends AsyncDisposable {
 async function pair(
   options: ConstructorParameters<typeof ConnSocket>[1] = {},
   narrow = false,
+  stuck = false,
 ): Promise<Pair> {
   const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
   const [client, accepted] = await Promise.all([
@@ -111,10 +80,13 @@ async function pair(
     listener.accept(),
   ]);
   listener.close();
-  const conn = narrow
+  const conn = narrow || stuck
     ? {
-      read: (buffer: Uint8Array) => accepted.read(buffer.subarray(0, 3)),
-      write: (bytes: Uint8Array) => accepted.write(bytes),
+      read: (buffer: Uint8Array) =>
+        accepted.read(narrow ? buffer.subarray(0, 3) : buffer),
+      // A peer that never reads: after the kernel's buffers, writes never finish.
+      write: (bytes: Uint8Array) =>
+        stuck ? new Promise<number>(() => {}) : accepted.write(bytes),
       close: () => accepted.close(),
     } as unknown as Deno.Conn
     : accepted;
@@ -357,4 +329,58 @@ Deno.test("websocket - a text that holds U+FFFD itself is valid and arrives; one
   await p.socket.closed;
   assert.deepEqual(p.messages, ["a\uFFFDb"]);
   assert.equal(p.closes[0].code, 1007);
+});
+
+Deno.test("websocket - hostile framing: a message a byte per fragment arrives whole; a length over 2^63 closes with 1002", async () => {
+  {
+    await using p = await pair();
+    const text = "x".repeat(5000);
+    const frames = [...text].map((c, i) =>
+      clientFrame(i === text.length - 1, i === 0 ? 1 : 0, encoder.encode(c))
+    );
+    await writeAll(p.client, concat(frames));
+    for (let i = 0; i < 200 && p.messages.length === 0; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    assert.deepEqual(p.messages, [text]);
+  }
+  {
+    await using p = await pair();
+    const head = new Uint8Array([
+      0x81,
+      0x80 | 127,
+      0x80,
+      0,
+      0,
+      0,
+      0,
+      0,
+      0,
+      1,
+      1,
+      2,
+      3,
+      4,
+    ]);
+    await writeAll(p.client, head);
+    await p.socket.closed;
+    assert.equal(p.closes[0].code, 1002);
+  }
+});
+
+Deno.test("websocket - a peer that pings and never reads gets no more pongs past 64 KiB unsent", async () => {
+  await using p = await pair({}, false, true);
+  const ping = clientFrame(true, 9, new Uint8Array(125));
+  await writeAll(p.client, concat(Array.from({ length: 2000 }, () => ping)));
+  for (let i = 0; i < 200 && p.socket.bufferedAmount < 64 * 1024; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  // Let the rest of the 250 KB of pings arrive too.
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  assert.ok(p.socket.bufferedAmount >= 64 * 1024, "pongs were queued");
+  assert.ok(
+    p.socket.bufferedAmount < 64 * 1024 + 200,
+    `${p.socket.bufferedAmount} bytes queued`,
+  );
+  p.socket.terminate();
 });
