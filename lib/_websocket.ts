@@ -456,14 +456,12 @@ export class ConnSocket {
             return this.#fail(1002, `Unknown opcode ${opcode}`);
           }
           if (available < headLen + length) {
-            // Wait for the rest; make room for the whole frame first.
-            const need = headLen + length;
-            if (need > buf.length - start) {
-              const bigger = new Uint8Array(Math.max(need, buf.length * 2));
-              bigger.set(buf.subarray(start, end));
+            // Wait for the rest. The buffer grows as the bytes come, never ahead of them: a
+            // header alone must not make the server set aside the length it claims.
+            if (start > 0 && headLen + length > buf.length - start) {
+              buf.copyWithin(0, start, end);
               end -= start;
               start = 0;
-              buf = bigger;
             }
             break;
           }

@@ -384,3 +384,21 @@ Deno.test("websocket - a peer that pings and never reads gets no more pongs past
   );
   p.socket.terminate();
 });
+
+Deno.test("websocket - a header that claims a large frame sets nothing aside until the bytes come", async () => {
+  await using sockets = new AsyncDisposableStack();
+  const before = Deno.memoryUsage().external;
+  for (let i = 0; i < 16; i++) {
+    const p = await pair();
+    sockets.use(p);
+    // 60 MiB claimed (under the 64 MiB cap), 10 bytes sent.
+    const head = frameHeader(true, 1, 60 * 1024 * 1024, [1, 2, 3, 4]);
+    await writeAll(p.client, concat([head, new Uint8Array(10)]));
+  }
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  const grown = Deno.memoryUsage().external - before;
+  assert.ok(
+    grown < 64 * 1024 * 1024,
+    `${grown} bytes set aside for 16 claims of 60 MiB`,
+  );
+});
