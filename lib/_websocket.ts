@@ -21,9 +21,17 @@ import { logger } from "./log.ts";
 const log = logger("websocket");
 
 const GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+/**
+ * Buffers start small and grow with use: an idle connection costs a few KiB (a flood of them
+ * must not cost the server a read buffer each of the size a busy one wants).
+ */
+const READ_MIN = 4 * 1024;
+/** A busy connection's read buffer: frames beyond it grow it for their time only. */
 const CHUNK = 64 * 1024;
-/** The outgoing buffer's size; a text up to a third of it is encoded straight into it. */
-const OUT_BUFFER = 16 * 1024;
+const OUT_MIN = 4 * 1024;
+/** Written buffers up to this size are kept for the next turn. */
+const OUT_KEEP = 64 * 1024;
+/** Texts up to this many characters are encoded straight into the outgoing buffer. */
 const SHORT_TEXT = 16 * 1024;
 const CONNECTING = 0;
 const OPEN = 1;
@@ -103,7 +111,7 @@ export class ConnSocket {
   #conn: Deno.Conn;
   #options: ConnSocketOptions;
   /** Frames waiting for the next write, `#outLen` bytes of them. */
-  #out = new Uint8Array(OUT_BUFFER);
+  #out = new Uint8Array(0);
   #outLen = 0;
   /** The buffer last written, kept for the next turn. */
   #spare: Uint8Array<ArrayBuffer> | undefined;
@@ -314,7 +322,9 @@ export class ConnSocket {
   #reserve(bytes: number): void {
     const need = this.#outLen + bytes;
     if (need <= this.#out.length) return;
-    const bigger = new Uint8Array(Math.max(need, this.#out.length * 2));
+    const bigger = new Uint8Array(
+      Math.max(need, this.#out.length * 2, OUT_MIN),
+    );
     bigger.set(this.#out.subarray(0, this.#outLen));
     this.#out = bigger;
   }
@@ -335,13 +345,13 @@ export class ConnSocket {
       while (this.#outLen > 0) {
         const bytes = this.#out.subarray(0, this.#outLen);
         this.#inFlight = this.#outLen;
-        this.#out = this.#spare ?? new Uint8Array(OUT_BUFFER);
+        this.#out = this.#spare ?? new Uint8Array(0);
         this.#spare = undefined;
         this.#outLen = 0;
         await writeAll(this.#conn, bytes);
         this.#inFlight = 0;
         // A buffer grown for one large message is let go rather than kept.
-        if (bytes.buffer.byteLength <= 4 * OUT_BUFFER) {
+        if (bytes.buffer.byteLength <= OUT_KEEP) {
           this.#spare = new Uint8Array(bytes.buffer as ArrayBuffer);
         }
       }
@@ -357,7 +367,7 @@ export class ConnSocket {
   }
 
   async #readLoop(initial: Uint8Array): Promise<void> {
-    let buf = new Uint8Array(Math.max(CHUNK, initial.length));
+    let buf = new Uint8Array(Math.max(READ_MIN, initial.length));
     buf.set(initial);
     let start = 0;
     let end = initial.length;
@@ -367,6 +377,8 @@ export class ConnSocket {
     let oversize = 0;
     /** The size to answer once the skipped bytes are gone (the message's last frame came). */
     let answer = 0;
+    /** The last read filled the buffer to its end. */
+    let filled = false;
     /** Fragments of a message in progress. */
     // One growing buffer, not a list of pieces: a message sent a byte per fragment must cost
     // its bytes, not an object per byte.
@@ -496,8 +508,12 @@ export class ConnSocket {
         if (this.readyState === CLOSED) return;
         if (start === end) {
           start = end = 0;
-          // A large frame's buffer goes once it is handled.
+          // A large frame's buffer goes once it is handled; a read that filled a small buffer
+          // says the peer is busy: the next reads get more room, up to CHUNK.
           if (buf.length > CHUNK) buf = new Uint8Array(CHUNK);
+          else if (filled && buf.length < CHUNK) {
+            buf = new Uint8Array(buf.length * 2);
+          }
         } else if (start > 0 && buf.length - end < CHUNK / 4) {
           buf.copyWithin(0, start, end);
           end -= start;
@@ -513,6 +529,7 @@ export class ConnSocket {
         const n = await this.#conn.read(buf.subarray(end));
         if (n === null) break;
         end += n;
+        filled = end === buf.length;
         this.#lastHeard = Date.now();
         this.#pinged = false;
       }

@@ -402,3 +402,20 @@ Deno.test("websocket - a header that claims a large frame sets nothing aside unt
     `${grown} bytes set aside for 16 claims of 60 MiB`,
   );
 });
+
+Deno.test("websocket - an idle connection holds a few KiB of buffers, not a busy one's", async () => {
+  await using sockets = new AsyncDisposableStack();
+  const before = Deno.memoryUsage().external;
+  const n = 100;
+  for (let i = 0; i < n; i++) {
+    const p = await pair();
+    sockets.use(p);
+    await writeAll(p.client, clientFrame(true, 1, encoder.encode("echo me")));
+  }
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  const perConnection = (Deno.memoryUsage().external - before) / n;
+  assert.ok(
+    perConnection < 16 * 1024,
+    `${perConnection} bytes per idle connection`,
+  );
+});
