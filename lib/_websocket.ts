@@ -40,8 +40,9 @@ const CLOSED = 3;
 
 const encoder = new TextEncoder();
 const latin1 = new TextDecoder("latin1");
-const utf8 = new TextDecoder();
-const strictUtf8 = new TextDecoder("utf-8", { fatal: true });
+// A leading U+FEFF is part of the message, not a byte-order mark to drop.
+const utf8 = new TextDecoder("utf-8", { ignoreBOM: true });
+const strictUtf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 /** The `Sec-WebSocket-Accept` value for a client's key. */
 export async function acceptKey(key: string): Promise<string> {

@@ -419,3 +419,12 @@ Deno.test("websocket - an idle connection holds a few KiB of buffers, not a busy
     `${perConnection} bytes per idle connection`,
   );
 });
+
+Deno.test("websocket - a text that starts with U+FEFF keeps it", async () => {
+  await using p = await pair();
+  await writeAll(p.client, clientFrame(true, 1, encoder.encode("\uFEFF{}")));
+  for (let i = 0; i < 100 && p.messages.length === 0; i++) {
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+  assert.deepEqual(p.messages, ["\uFEFF{}"]);
+});
