@@ -158,7 +158,11 @@ export async function openSocket(
       setup: (socket) => {
         socket.onmessage = (event) => {
           if (typeof event.data === "string") onMessage(event.data);
-          else onMessage(new TextDecoder().decode(event.data));
+          else {
+            onMessage(
+              new TextDecoder("utf-8", { ignoreBOM: true }).decode(event.data),
+            );
+          }
         };
       },
     });

@@ -194,7 +194,11 @@ export class ConnSocket {
     if (idle > 0) {
       this.#idleTimer = setInterval(() => this.#checkIdle(idle), idle / 2);
     }
-    this.onopen?.(new Event("open"));
+    try {
+      this.onopen?.(new Event("open"));
+    } catch (error) {
+      log.error("An open handler failed: {error}", { error });
+    }
     void this.#readLoop(initial);
   }
 
@@ -232,7 +236,13 @@ export class ConnSocket {
   #sendClose(code: number, reason: string): void {
     if (this.#closeSent) return;
     this.#closeSent = true;
-    const text = encoder.encode(reason).subarray(0, 123);
+    let text = encoder.encode(reason);
+    if (text.length > 123) {
+      // Cut at a character boundary: a continuation byte starts with the bits 10.
+      let end = 123;
+      while (end > 0 && (text[end] & 0xc0) === 0x80) end--;
+      text = text.subarray(0, end);
+    }
     const payload = new Uint8Array(2 + text.length);
     payload[0] = code >> 8;
     payload[1] = code & 0xff;
@@ -588,20 +598,36 @@ export class ConnSocket {
       return;
     }
     if (opcode === 0xa) return void this.onpong?.();
+    if (payload.length === 1) return this.#fail(1002, "Close frame of 1 byte");
     const code = payload.length >= 2 ? (payload[0] << 8) | payload[1] : 1005;
-    let reason = "";
+    if (payload.length >= 2 && !validCloseCode(code)) {
+      return this.#fail(1002, `Invalid close code ${code}`);
+    }
+    let reason: string;
     try {
       reason = strictUtf8.decode(payload.subarray(2));
     } catch {
-      // A garbled reason is still a close.
+      return this.#fail(1007, "Close reason is not valid UTF-8");
     }
     this.#peerClosed = { code, reason, wasClean: true };
     if (this.readyState === OPEN) {
       this.readyState = CLOSING;
       this.#sendClose(code === 1005 ? 1000 : code, "");
     }
-    // Our close frame goes out with the next write; the connection ends after it.
-    if (!this.#flushing) this.#finish(this.#peerClosed);
+    this.#closeSoon();
+  }
+
+  /**
+   * Ends the connection once our close frame is written, or after a second whatever happens:
+   * a peer that stopped reading must not hold a closing socket (and its port's bookkeeping)
+   * open, however much it goes on sending.
+   */
+  #closeSoon(): void {
+    if (!this.#flushing) return this.#finish(this.#peerClosed!);
+    this.#closeTimer ??= setTimeout(
+      () => this.#finish({ ...this.#peerClosed!, wasClean: false }),
+      1000,
+    );
   }
 
   #fail(code: number, reason: string): void {
@@ -610,7 +636,7 @@ export class ConnSocket {
       this.#sendClose(code, reason);
     }
     this.#peerClosed = { code, reason, wasClean: false };
-    if (!this.#flushing) this.#finish(this.#peerClosed);
+    this.#closeSoon();
   }
 
   #finish(event: SocketClose): void {
@@ -626,13 +652,22 @@ export class ConnSocket {
     } catch {
       // Closed already.
     }
-    try {
-      this.onclose?.(event);
-      for (const listener of this.#closeListeners) listener(event);
-    } finally {
-      this.#done.resolve();
+    // A handler that throws must not take the process down from a timer or a read loop.
+    for (const listener of [this.onclose, ...this.#closeListeners]) {
+      try {
+        listener?.(event);
+      } catch (error) {
+        log.error("A close handler failed: {error}", { error });
+      }
     }
+    this.#done.resolve();
   }
+}
+
+/** Close codes a peer may send (RFC 6455 §7.4): defined ones, and 3000–4999. */
+function validCloseCode(code: number): boolean {
+  return (code >= 1000 && code <= 1003) || (code >= 1007 && code <= 1014) ||
+    (code >= 3000 && code <= 4999);
 }
 
 /** Random mask keys come from a pool filled by the system's generator, 4 KiB at a time. */

@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { ConnSocket, type SocketClose } from "../lib/_websocket.ts";
 import { concat, frameHeader, writeAll } from "./_frames.ts";
+import { within } from "./_helpers.ts";
 
 const encoder = new TextEncoder();
 
@@ -427,4 +428,37 @@ Deno.test("websocket - a text that starts with U+FEFF keeps it", async () => {
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
   assert.deepEqual(p.messages, ["\uFEFF{}"]);
+});
+
+Deno.test("websocket - a peer that sends a close and never reads is cut off; bad close frames are protocol errors", async () => {
+  {
+    await using p = await pair({}, false, true);
+    p.socket.send("x".repeat(1000)); // its write never ends: the close frame cannot go out
+    await writeAll(
+      p.client,
+      clientFrame(true, 8, new Uint8Array([0x03, 0xe8])),
+    );
+    const ping = setInterval(
+      () => writeAll(p.client, clientFrame(true, 9, new Uint8Array(0))),
+      50,
+    );
+    try {
+      await within(p.socket.closed, "the closing socket to end", 3000);
+    } finally {
+      clearInterval(ping);
+    }
+    assert.equal(p.closes.length, 1);
+    assert.equal(p.closes[0].code, 1000);
+  }
+  const cases: [Uint8Array, number][] = [
+    [new Uint8Array([0x03]), 1002], // one byte
+    [new Uint8Array([0x03, 0xee]), 1002], // 1006 may not be sent
+    [new Uint8Array([0x03, 0xe8, 0xff]), 1007], // reason not UTF-8
+  ];
+  for (const [payload, code] of cases) {
+    await using p = await pair();
+    await writeAll(p.client, clientFrame(true, 8, payload));
+    await p.socket.closed;
+    assert.equal(p.closes[0].code, code, `close payload ${[...payload]}`);
+  }
 });
