@@ -474,11 +474,13 @@ export class Guard {
     // Its head is complete: from now on it is no longer the first to give way.
     tracked.pending = false;
     if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
-    if (
-      this.#o.handleUpgrade !== undefined &&
-      /^upgrade:[ \t]*websocket[ \t]*$/im.test(head.head)
-    ) {
-      return await this.#upgrade(tracked, head.head, head.rest);
+    if (this.#o.handleUpgrade !== undefined && /^upgrade:/im.test(head.head)) {
+      // The same test the ports make (`lib/broker/http.ts`): a request they would not take for
+      // an upgrade (two Upgrade headers, say) is relayed like any other.
+      const req = parseHead(head.head, this.#o.cert !== undefined);
+      if (req?.headers.get("upgrade")?.toLowerCase() === "websocket") {
+        return await this.#upgrade(tracked, req, head.rest);
+      }
     }
     let upstream: Deno.TcpConn | undefined;
     // Out of descriptors here too (shed), or the server behind is starting again after its own
@@ -558,14 +560,10 @@ export class Guard {
    */
   async #upgrade(
     tracked: Tracked,
-    headText: string,
+    req: Request,
     rest: Uint8Array,
   ): Promise<void> {
     const { conn } = tracked;
-    const req = parseHead(headText, this.#o.cert !== undefined);
-    if (req === undefined) {
-      return this.#drop(tracked, "400 Bad Request");
-    }
     const ended = Promise.withResolvers<void>();
     const offer = offerUpgrade(req, conn, {
       oversizeAnswer: this.#o.oversizeAnswer,
@@ -603,7 +601,11 @@ export class Guard {
         return this.#drop(tracked);
       }
       socket?.abort();
-      await writeAll(conn, await serializeResponse(response)).catch(() => {});
+      // Refusals (401, 429, 503…) are short; anything that does not end soon is cut off.
+      const bytes = await serializeResponse(response, 5000).catch(() =>
+        undefined
+      );
+      if (bytes) await writeAll(conn, bytes).catch(() => {});
       this.#drop(tracked);
     } finally {
       ended.resolve();
@@ -723,9 +725,24 @@ const STATUS_TEXT: Record<number, string> = {
   503: "Service Unavailable",
 };
 
-/** A whole HTTP/1.1 answer that ends the connection. */
-async function serializeResponse(response: Response): Promise<Uint8Array> {
-  const body = new Uint8Array(await response.arrayBuffer());
+/** A whole HTTP/1.1 answer that ends the connection; rejects if its body takes over `limitMs`. */
+async function serializeResponse(
+  response: Response,
+  limitMs: number,
+): Promise<Uint8Array> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const late = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      response.body?.cancel().catch(() => {});
+      reject(new Error("The answer did not end in time"));
+    }, limitMs);
+  });
+  let body: Uint8Array;
+  try {
+    body = new Uint8Array(await Promise.race([response.arrayBuffer(), late]));
+  } finally {
+    clearTimeout(timer);
+  }
   let head = `HTTP/1.1 ${response.status} ${
     response.statusText || STATUS_TEXT[response.status] || ""
   }\r\n`;

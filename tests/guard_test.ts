@@ -548,3 +548,30 @@ Deno.test({
     );
   },
 });
+
+Deno.test("guard - a head the ports would not take for an upgrade (two Upgrade headers) is relayed as plain HTTP, and its stream answers", async () => {
+  await using server = startTestServer();
+  const conn = await Deno.connect({
+    hostname: "127.0.0.1",
+    port: server.requesterPort,
+  });
+  try {
+    await conn.write(
+      new TextEncoder().encode(
+        "GET /events HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nUpgrade: h2c\r\n\r\n",
+      ),
+    );
+    const buffer = new Uint8Array(4096);
+    const timer = setTimeout(() => conn.close(), 5000);
+    const n = await conn.read(buffer).finally(() => clearTimeout(timer));
+    const text = new TextDecoder().decode(buffer.subarray(0, n ?? 0));
+    assert.match(text, /^HTTP\/1\.1 200/);
+    assert.match(text, /text\/event-stream/);
+  } finally {
+    try {
+      conn.close();
+    } catch {
+      // Closed by the timer.
+    }
+  }
+});
