@@ -821,19 +821,29 @@ export class ClusterLink {
     try {
       if (kind === "req") this.#onRelayedBatch(msg.string());
       else if (kind === "res") {
-        const value = JSON.parse(msg.string());
-        if (Array.isArray(value)) value.forEach((a) => this.#onAnswer(a));
-        else this.#onAnswer(value);
+        this.#each(kind, JSON.parse(msg.string()), (a) => this.#onAnswer(a));
       } else if (kind === "prog") {
-        const value = JSON.parse(msg.string());
-        if (Array.isArray(value)) value.forEach((p) => this.#onProgress(p));
-        else this.#onProgress(value);
+        this.#each(kind, JSON.parse(msg.string()), (p) => this.#onProgress(p));
       } else if (kind === "msg") this.#onMessage(msg);
     } catch (error) {
       log.warn("Ignored a malformed cluster {kind} message: {error}", {
         kind,
         error: (error as Error).message,
       });
+    }
+  }
+
+  /** Runs `handle` on each element of a batch (or on a lone value); one bad element costs only itself. */
+  #each<T>(kind: string, value: T | T[], handle: (item: T) => void): void {
+    for (const item of Array.isArray(value) ? value : [value]) {
+      try {
+        handle(item);
+      } catch (error) {
+        log.warn("Ignored a malformed cluster {kind} message: {error}", {
+          kind,
+          error: (error as Error).message,
+        });
+      }
     }
   }
 
