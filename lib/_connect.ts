@@ -61,75 +61,12 @@ export function redactUrl(url: string): string {
   return url.replace(/([?&]token=)[^&#]*/gi, "$1***");
 }
 
-/** A client connection as the worker and requester clients use it. */
-export class ClientSocket {
-  #socket: ConnSocket;
-  #closeListeners: ((code: number, reason: string) => void)[] = [];
-  #heardListeners: (() => void)[] = [];
-
-  constructor(socket: ConnSocket) {
-    this.#socket = socket;
-    socket.onclose = (event) => {
-      for (const listener of this.#closeListeners) {
-        listener(event.code, event.reason);
-      }
-    };
-    socket.onping = socket.onpong = () => {
-      for (const listener of this.#heardListeners) listener();
-    };
-  }
-
-  /** 0 connecting, 1 open, 2 closing, 3 closed, as `WebSocket.readyState`. */
-  get readyState(): number {
-    return this.#socket.readyState;
-  }
-
-  /** Bytes sent that the connection has not taken yet. */
-  get bufferedAmount(): number {
-    return this.#socket.bufferedAmount;
-  }
-
-  /** Runs `listener` once the connection has ended, with the close code and reason. */
-  onClose(listener: (code: number, reason: string) => void): void {
-    if (this.#socket.readyState === 3) {
-      queueMicrotask(() => listener(1006, ""));
-    } else this.#closeListeners.push(listener);
-  }
-
-  /** Runs `listener` on every ping or pong from the server. */
-  onHeard(listener: () => void): void {
-    this.#heardListeners.push(listener);
-  }
-
-  /** Sends a text message; frames sent in one turn leave in one write. */
-  send(text: string): void {
-    this.#socket.send(text);
-  }
-
-  /** Starts the closing handshake. */
-  close(code?: number, reason?: string): void {
-    this.#socket.close(code, reason);
-  }
-
-  /** Sends a ping, to keep the server's idle timer from firing while we read nothing. */
-  ping(): void {
-    this.#socket.ping();
-  }
-
-  /** Ends the connection at once. */
-  terminate(): void {
-    this.#socket.terminate();
-  }
-
-  /** Stops reading (flow control); {@linkcode resume} reads again. */
-  pause(): void {
-    this.#socket.pause();
-  }
-
-  resume(): void {
-    this.#socket.resume();
-  }
-}
+/**
+ * A client connection as the worker and requester clients use it: the framing the ports use,
+ * client side (`send`, `close`, `terminate`, `pause`/`resume`, `ping`, `onping`/`onpong` and
+ * `addEventListener("close")`).
+ */
+export type ClientSocket = ConnSocket;
 
 /**
  * Opens a client socket and resolves once it is open; rejects with a clear reason.
@@ -200,5 +137,5 @@ export async function openSocket(
       { cause: error },
     );
   }
-  return new ClientSocket(socket);
+  return socket;
 }

@@ -154,7 +154,10 @@ export class ConnSocket {
     if (this.readyState === OPEN) this.#enqueue(0x9, new Uint8Array(0));
   }
 
-  /** Ends the connection at once, without a closing handshake. */
+  /**
+   * Ends the connection at once, without a closing handshake (also a socket that never opened,
+   * when its handshake answer could not be written).
+   */
   terminate(): void {
     this.#finish({ code: 1006, reason: "", wasClean: false });
   }
@@ -169,18 +172,19 @@ export class ConnSocket {
     return this.#done.promise;
   }
 
-  /** Ends a socket that never opened (its handshake answer could not be written). */
-  abort(): void {
-    this.#finish({ code: 1006, reason: "", wasClean: false });
-  }
-
-  /** Only `"close"` is dispatched to listeners; the ports use nothing else. */
+  /**
+   * Only `"close"` is dispatched to listeners, the one event the ports and clients listen to; a
+   * listener added after the close hears it too, in a microtask.
+   */
   addEventListener(
     type: string,
     listener: Listener,
     _options?: { once?: boolean },
   ): void {
-    if (type === "close") this.#closeListeners.push(listener);
+    if (type !== "close") return;
+    const closed = this.#closeEvent;
+    if (closed) queueMicrotask(() => listener(closed));
+    else this.#closeListeners.push(listener);
   }
 
   /**
@@ -711,7 +715,26 @@ function mask(buf: Uint8Array, at: number, length: number, keyAt: number) {
   for (; i < end; i++, k++) buf[i] ^= key[k & 3];
 }
 
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
+/** Where the blank line that ends an HTTP head starts in `buffer[from, length)`; -1 if not yet. */
+export function headEnd(
+  buffer: Uint8Array,
+  from: number,
+  length: number,
+): number {
+  for (let i = from; i + 3 < length; i++) {
+    if (
+      buffer[i] === 13 && buffer[i + 1] === 10 && buffer[i + 2] === 13 &&
+      buffer[i + 3] === 10
+    ) return i;
+  }
+  return -1;
+}
+
+/** Writes all of `bytes` (a write may take only part). */
+export async function writeAll(
+  conn: Deno.Conn,
+  bytes: Uint8Array,
+): Promise<void> {
   for (let done = 0; done < bytes.length;) {
     done += await conn.write(bytes.subarray(done));
   }
@@ -883,16 +906,7 @@ async function readAnswerHead(
     if (!"HTTP/".startsWith(start.slice(0, Math.min(start.length, 5)))) {
       throw new Error("Parse Error: Expected HTTP/: the answer is not HTTP");
     }
-    let end = -1;
-    for (let i = Math.max(0, length - n - 3); i + 3 < length; i++) {
-      if (
-        buffer[i] === 13 && buffer[i + 1] === 10 && buffer[i + 2] === 13 &&
-        buffer[i + 3] === 10
-      ) {
-        end = i;
-        break;
-      }
-    }
+    const end = headEnd(buffer, Math.max(0, length - n - 3), length);
     if (end < 0) continue;
     const lines = latin1.decode(buffer.subarray(0, end)).split("\r\n");
     const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(lines[0])?.[1]);

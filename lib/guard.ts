@@ -21,7 +21,7 @@
  */
 
 import { logger } from "./log.ts";
-import { acceptKey, offerUpgrade } from "./_websocket.ts";
+import { acceptKey, headEnd, offerUpgrade, writeAll } from "./_websocket.ts";
 import { bodyFraming } from "./_body_framing.ts";
 
 const log = logger("guard");
@@ -97,7 +97,6 @@ export interface GuardStats {
 /** The header that carries `<secret> <address>` from the guard to the server. */
 export const PEER_HEADER = "x-switchyard-peer";
 
-const CRLF2 = new Uint8Array([13, 10, 13, 10]);
 const encoder = new TextEncoder();
 const latin1 = new TextDecoder("latin1");
 
@@ -126,16 +125,6 @@ export function connectionBudget(limit: number | undefined): number {
   if (limit === undefined) return 10_000;
   const perPort = (limit - FD_RESERVE) / FDS_PER_CONNECTION / 2;
   return Math.max(8, Math.min(10_000, Math.floor(perPort)));
-}
-
-function indexOf(haystack: Uint8Array, needle: Uint8Array, from = 0): number {
-  outer: for (let i = from; i <= haystack.length - needle.length; i++) {
-    for (let j = 0; j < needle.length; j++) {
-      if (haystack[i + j] !== needle[j]) continue outer;
-    }
-    return i;
-  }
-  return -1;
 }
 
 /**
@@ -327,10 +316,7 @@ export class Guard {
 
   #refuse(conn: Deno.Conn, status: string, text = status): void {
     // Best effort, never awaited: a peer that does not read must not hold us.
-    const body = `${text}\n`;
-    conn.write(encoder.encode(
-      `HTTP/1.1 ${status}\r\ncontent-type: text/plain\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`,
-    )).catch(() => {}).finally(() => {
+    conn.write(plainAnswer(status, text)).catch(() => {}).finally(() => {
       try {
         conn.close();
       } catch {
@@ -444,7 +430,7 @@ export class Guard {
       if (n === null) return undefined;
       const from = Math.max(0, length - 3);
       length += n;
-      const end = indexOf(buffer.subarray(0, length), CRLF2, from);
+      const end = headEnd(buffer, from, length);
       if (end >= 0) {
         return {
           head: latin1.decode(buffer.subarray(0, end)),
@@ -571,7 +557,7 @@ export class Guard {
     let response: Response;
     try {
       response = await this.#o.handleUpgrade!(req, {
-        remoteAddr: parseNetAddr(tracked.address),
+        remoteAddr: parseAddress(tracked.address),
         completed: ended.promise,
       });
     } catch {
@@ -593,14 +579,14 @@ export class Guard {
             ),
           );
         } catch {
-          socket.abort();
+          socket.terminate();
           return this.#drop(tracked);
         }
         socket.start(rest);
         await socket.closed;
         return this.#drop(tracked);
       }
-      socket?.abort();
+      socket?.terminate();
       // Refusals (401, 429, 503…) are short; anything that does not end soon is cut off.
       const bytes = await serializeResponse(response, 5000).catch(() =>
         undefined
@@ -615,12 +601,14 @@ export class Guard {
   /** Writes the 408 for a body that did not arrive in time; the caller closes. */
   async #answerBodyTimeout(conn: Deno.Conn): Promise<void> {
     const seconds = (this.#o.bodyTimeoutMs ?? 10_000) / 1000;
-    const text =
-      `Request body timeout: the body did not arrive whole within ${seconds} s\n`;
     try {
-      await conn.write(encoder.encode(
-        `HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: ${text.length}\r\nconnection: close\r\n\r\n${text}`,
-      ));
+      await writeAll(
+        conn,
+        plainAnswer(
+          "408 Request Timeout",
+          `Request body timeout: the body did not arrive whole within ${seconds} s`,
+        ),
+      );
     } catch {
       // The peer is gone: nothing to tell.
     }
@@ -668,12 +656,6 @@ async function pump(
   }
 }
 
-async function writeAll(conn: Deno.Conn, bytes: Uint8Array): Promise<void> {
-  for (let done = 0; done < bytes.length;) {
-    done += await conn.write(bytes.subarray(done));
-  }
-}
-
 /** A request head as a `Request` (no body: only upgrades come this way); undefined if garbled. */
 export function parseHead(head: string, tls: boolean): Request | undefined {
   const lines = head.split("\r\n");
@@ -705,7 +687,7 @@ export function parseHead(head: string, tls: boolean): Request | undefined {
 }
 
 /** `host:port` (or `[v6]:port`) as the address `Deno.ServeHandlerInfo` carries. */
-function parseNetAddr(address: string): Deno.NetAddr {
+export function parseAddress(address: string): Deno.NetAddr {
   const i = address.lastIndexOf(":");
   return {
     transport: "tcp",
@@ -724,6 +706,24 @@ const STATUS_TEXT: Record<number, string> = {
   500: "Internal Server Error",
   503: "Service Unavailable",
 };
+
+/** A plain-text HTTP/1.1 answer (`status` as "408 Request Timeout") that ends the connection. */
+function plainAnswer(status: string, text: string): Uint8Array {
+  const body = encoder.encode(`${text}\n`);
+  return concatBytes(
+    encoder.encode(
+      `HTTP/1.1 ${status}\r\ncontent-type: text/plain\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n`,
+    ),
+    body,
+  );
+}
+
+function concatBytes(head: Uint8Array, body: Uint8Array): Uint8Array {
+  const out = new Uint8Array(head.length + body.length);
+  out.set(head);
+  out.set(body, head.length);
+  return out;
+}
 
 /** A whole HTTP/1.1 answer that ends the connection; rejects if its body takes over `limitMs`. */
 async function serializeResponse(
@@ -751,9 +751,5 @@ async function serializeResponse(
     head += `${name}: ${value}\r\n`;
   }
   head += `content-length: ${body.length}\r\nconnection: close\r\n\r\n`;
-  const head8 = encoder.encode(head);
-  const out = new Uint8Array(head8.length + body.length);
-  out.set(head8);
-  out.set(body, head8.length);
-  return out;
+  return concatBytes(encoder.encode(head), body);
 }

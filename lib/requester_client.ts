@@ -229,7 +229,7 @@ export class RequesterClient {
     if (this.#wrongPort) socket.close(1000, "Wrong port");
     const closed = Promise.withResolvers<void>();
     this.#closed = closed.promise;
-    socket.onClose((code) => {
+    socket.addEventListener("close", ({ code }) => {
       if (this.#socket === socket) this.#socket = undefined;
       const error = new ConnectionClosedError(
         `Connection to ${

@@ -5,7 +5,7 @@
  */
 
 import { Broker, type BrokerOptions } from "./broker.ts";
-import { Guard, type GuardStats, relayedPeer } from "./guard.ts";
+import { Guard, type GuardStats, parseAddress, relayedPeer } from "./guard.ts";
 import { logger } from "./log.ts";
 import { resolveOptions } from "./broker/options.ts";
 import { encodeEnvelope, failureAnswer, MessageType } from "./protocol.ts";
@@ -73,12 +73,6 @@ export interface RunningServer {
   cluster?: Promise<ClusterLink>;
   /** What each port's guard refused; undefined without guards. */
   guardStats(): { worker: GuardStats; requester: GuardStats } | undefined;
-}
-
-function parseAddress(text: string): Deno.NetAddr {
-  const i = text.lastIndexOf(":");
-  const host = text.slice(0, i).replace(/^\[|\]$/g, "");
-  return { transport: "tcp", hostname: host, port: Number(text.slice(i + 1)) };
 }
 
 /**

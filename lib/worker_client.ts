@@ -395,8 +395,8 @@ export class Worker {
       }
     }, this.#options.greetingTimeoutMs ?? 3000);
     for (const text of early.splice(0)) onText(text);
-    socket.onHeard(heard);
-    socket.onClose((code, reason) => {
+    socket.onping = socket.onpong = heard;
+    socket.addEventListener("close", ({ code, reason }) => {
       clearInterval(beat);
       clearTimeout(greeting);
       this.#socket = undefined;
@@ -636,7 +636,7 @@ export class Worker {
     const socket = this.#socket;
     if (socket && socket.readyState <= 1) {
       const closed = new Promise<void>((resolve) =>
-        socket.onClose(() => resolve())
+        socket.addEventListener("close", () => resolve())
       );
       socket.close(1000, "Worker stopping");
       const t = setTimeout(() => socket.terminate(), 2000);

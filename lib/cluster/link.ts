@@ -894,22 +894,19 @@ export class ClusterLink {
    * line break, so the lines pair up.
    */
   #onRelayedBatch(text: string): void {
-    let at = 0;
-    while (at < text.length) {
-      const nl = text.indexOf("\n", at);
-      if (nl < 0) throw new Error("a request without its envelope");
-      let end = text.indexOf("\n", nl + 1);
-      if (end < 0) end = text.length;
-      try {
-        this.#onRelayed(text.slice(at, nl), text.slice(nl + 1, end));
-      } catch (error) {
-        // One malformed request must not cost the others of its batch.
-        log.warn("Ignored a malformed cluster req message: {error}", {
-          error: (error as Error).message,
-        });
-      }
-      at = end + 1;
+    const lines = text.split("\n");
+    if (lines.length % 2 !== 0) {
+      throw new Error("a request without its envelope");
     }
+    const requests: [string, string][] = [];
+    for (let k = 0; k < lines.length; k += 2) {
+      requests.push([lines[k], lines[k + 1]]);
+    }
+    this.#each(
+      "req",
+      requests,
+      ([header, frame]) => this.#onRelayed(header, frame),
+    );
   }
 
   #onRelayed(header: string, frame: string): void {
