@@ -1,5 +1,7 @@
 // WebSocket frames by hand, for tests that speak the wire format on bare TCP sockets.
 
+export { writeAll } from "../lib/_websocket.ts";
+
 /** `parts` joined into one array. */
 export function concat(parts: Uint8Array[]): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
@@ -9,16 +11,6 @@ export function concat(parts: Uint8Array[]): Uint8Array {
     at += p.length;
   }
   return out;
-}
-
-/** Writes all of `bytes`. */
-export async function writeAll(
-  conn: Deno.Conn,
-  bytes: Uint8Array,
-): Promise<void> {
-  for (let done = 0; done < bytes.length;) {
-    done += await conn.write(bytes.subarray(done));
-  }
 }
 
 /** A frame header for a payload of `length` bytes, masked with `key` when given (client). */
