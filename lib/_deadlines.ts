@@ -4,14 +4,28 @@
 // order, with a single timer armed for its head. Removing an item is O(1); arming and clearing a
 // timer per request was a tenth of the server's CPU under load.
 
-interface Node<T> {
-  item: T;
-  /** Due time on the monotonic clock (`performance.now()`), in ms. */
-  due: number;
-  lane: Lane<T>;
-  prev?: Node<T>;
-  next?: Node<T>;
-  removed: boolean;
+/** One deadline, and its own handle: no closure per deadline. */
+class Node<T> implements DeadlineHandle {
+  prev?: Node<T> = undefined;
+  next?: Node<T> = undefined;
+  removed = false;
+  constructor(
+    readonly item: T,
+    /** Due time on the monotonic clock (`performance.now()`), in ms. */
+    readonly due: number,
+    readonly lane: Lane<T>,
+  ) {}
+
+  cancel(): void {
+    if (this.removed) return;
+    this.removed = true;
+    const lane = this.lane;
+    if (this.prev) this.prev.next = this.next;
+    else lane.head = this.next;
+    if (this.next) this.next.prev = this.prev;
+    else lane.tail = this.prev;
+    this.prev = this.next = undefined;
+  }
 }
 
 interface Lane<T> {
@@ -47,12 +61,7 @@ export class Deadlines<T> {
       lane = { key, armedFor: Infinity };
       this.#lanes.set(key, lane);
     }
-    const node: Node<T> = {
-      item,
-      due: performance.now() + delay,
-      lane,
-      removed: false,
-    };
+    const node = new Node(item, performance.now() + delay, lane);
     // Same duration, later start: almost always the new tail. Walk back for the rare exception.
     let after = lane.tail;
     while (after && after.due > node.due) after = after.prev;
@@ -73,21 +82,7 @@ export class Deadlines<T> {
       clearTimeout(lane.timer);
       this.#arm(lane);
     }
-    return { cancel: () => this.#remove(node) };
-  }
-
-  #remove(node: Node<T>): void {
-    if (node.removed) return;
-    node.removed = true;
-    const lane = node.lane;
-    if (node.prev) node.prev.next = node.next;
-    else lane.head = node.next;
-    if (node.next) node.next.prev = node.prev;
-    else lane.tail = node.prev;
-    node.prev = node.next = undefined;
-    // The lane's timer stays armed even when the lane empties: it wakes up once, re-arms for
-    // the new head or retires the lane. Clearing and re-creating it per request under light
-    // load would cost as much as the per-request timers this class replaces.
+    return node;
   }
 
   #arm(lane: Lane<T>): void {
@@ -104,7 +99,7 @@ export class Deadlines<T> {
     const now = performance.now();
     while (lane.head && lane.head.due <= now + 1) {
       const node = lane.head;
-      this.#remove(node);
+      node.cancel();
       this.#onExpire(node.item);
     }
     if (this.#lanes.get(lane.key) !== lane || lane.timer !== undefined) return;

@@ -344,10 +344,12 @@ export class ConnSocket {
     this.#out = bigger;
   }
 
+  readonly #flushTask = () => void this.#flush();
+
   #schedule(): void {
     if (!this.#flushing) {
       this.#flushing = true;
-      queueMicrotask(() => void this.#flush());
+      queueMicrotask(this.#flushTask);
     }
   }
 
@@ -358,17 +360,18 @@ export class ConnSocket {
   async #flush(): Promise<void> {
     try {
       while (this.#outLen > 0) {
-        const bytes = this.#out.subarray(0, this.#outLen);
-        this.#inFlight = this.#outLen;
+        const full = this.#out;
+        const length = this.#outLen;
+        this.#inFlight = length;
         this.#out = this.#spare ?? new Uint8Array(0);
         this.#spare = undefined;
         this.#outLen = 0;
-        await writeAll(this.#conn, bytes);
+        // Most writes take every byte at once: no view and no loop until one does not.
+        const n = await this.#conn.write(full.subarray(0, length));
+        if (n < length) await writeAll(this.#conn, full.subarray(n, length));
         this.#inFlight = 0;
         // A buffer grown for one large message is let go rather than kept.
-        if (bytes.buffer.byteLength <= OUT_KEEP) {
-          this.#spare = new Uint8Array(bytes.buffer as ArrayBuffer);
-        }
+        if (full.length <= OUT_KEEP) this.#spare = full;
       }
     } catch {
       this.#inFlight = 0;
@@ -695,24 +698,36 @@ function maskKey(out: Uint8Array, at: number): void {
  * bytewise up to a 4-byte boundary, then a word at a time with the key turned to match.
  */
 function mask(buf: Uint8Array, at: number, length: number, keyAt: number) {
-  const key = [buf[keyAt], buf[keyAt + 1], buf[keyAt + 2], buf[keyAt + 3]];
+  const k0 = buf[keyAt], k1 = buf[keyAt + 1], k2 = buf[keyAt + 2];
+  const k3 = buf[keyAt + 3];
   const end = at + length;
   let i = at;
-  let k = 0;
-  for (; i < end && (buf.byteOffset + i) % 4 !== 0; i++, k++) {
-    buf[i] ^= key[k & 3];
-  }
-  const words = (end - i) >> 2;
-  if (words > 0) {
+  if (length >= 64) {
+    // Long payloads go a word at a time from the first aligned byte; short ones (most
+    // requests and answers) are not worth the view this needs.
+    const key = [k0, k1, k2, k3];
+    let k = 0;
+    for (; (buf.byteOffset + i) % 4 !== 0; i++, k++) buf[i] ^= key[k & 3];
     // Little-endian words: the byte at the lowest address is the word's low byte.
     const word = key[k & 3] | key[(k + 1) & 3] << 8 | key[(k + 2) & 3] << 16 |
       key[(k + 3) & 3] << 24;
+    const words = (end - i) >> 2;
     const view = new Uint32Array(buf.buffer, buf.byteOffset + i, words);
     for (let w = 0; w < words; w++) view[w] ^= word;
     i += words * 4;
     k += words * 4;
+    for (; i < end; i++, k++) buf[i] ^= key[k & 3];
+    return;
   }
-  for (; i < end; i++, k++) buf[i] ^= key[k & 3];
+  for (; i + 3 < end; i += 4) {
+    buf[i] ^= k0;
+    buf[i + 1] ^= k1;
+    buf[i + 2] ^= k2;
+    buf[i + 3] ^= k3;
+  }
+  if (i < end) buf[i++] ^= k0;
+  if (i < end) buf[i++] ^= k1;
+  if (i < end) buf[i] ^= k2;
 }
 
 /** Where the blank line that ends an HTTP head starts in `buffer[from, length)`; -1 if not yet. */

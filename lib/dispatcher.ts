@@ -96,10 +96,11 @@ export interface Job {
   readonly command: string;
   params: unknown;
   readonly deadline: number;
-  readonly retriable: boolean;
+  retriable: boolean;
   readonly only?: string;
   readonly preferred?: readonly string[];
-  readonly excluded: Set<string>;
+  /** Workers not to try (made on first use: most jobs never exclude one). */
+  excluded?: Set<string>;
   /** Whose job it is, for fair queueing; "" when nobody said. */
   readonly owner: string;
   readonly onProgress?: SubmitOptions["onProgress"];
@@ -115,6 +116,64 @@ export interface Job {
   lastError?: SwitchyardError;
   done: boolean;
   settle(outcome: Outcome): void;
+}
+
+/**
+ * A job as {@linkcode Dispatcher.dispatch} makes it: a class with every field set from the start,
+ * so that all jobs share one shape and settling costs no closure per job.
+ */
+class QueuedJob implements Job {
+  readonly command: string;
+  params: unknown;
+  readonly deadline: number;
+  retriable: boolean;
+  readonly only?: string;
+  readonly preferred?: readonly string[];
+  excluded?: Set<string>;
+  readonly owner: string;
+  readonly onProgress?: SubmitOptions["onProgress"];
+  readonly resend?: SubmitOptions["resend"];
+  attempts = 0;
+  worker?: Peer = undefined;
+  msgId?: string = undefined;
+  startedAt: number;
+  expiry?: DeadlineHandle = undefined;
+  queuedAt?: number = undefined;
+  lastError?: SwitchyardError = undefined;
+  done = false;
+  onAbort?: () => void = undefined;
+  #signal?: CancelSignal;
+  #notify: (outcome: Outcome) => void;
+
+  constructor(
+    command: string,
+    params: unknown,
+    options: SubmitOptions,
+    notify: (outcome: Outcome) => void,
+    now: number,
+  ) {
+    this.command = command;
+    this.params = params;
+    this.deadline = options.deadline;
+    this.retriable = options.retriable ?? true;
+    this.only = options.only;
+    this.preferred = options.preferred;
+    this.excluded = options.exclude ? new Set(options.exclude) : undefined;
+    this.owner = options.owner ?? "";
+    this.onProgress = options.onProgress;
+    this.resend = options.resend;
+    this.startedAt = now;
+    this.#signal = options.signal;
+    this.#notify = notify;
+  }
+
+  settle(outcome: Outcome): void {
+    if (this.done) return;
+    this.done = true;
+    this.expiry?.cancel();
+    if (this.onAbort) this.#signal?.removeEventListener("abort", this.onAbort);
+    this.#notify(outcome);
+  }
 }
 
 /** A bounded set that forgets its oldest members: ids of requests that ended without an answer. */
@@ -214,51 +273,39 @@ export class Dispatcher {
     options: SubmitOptions,
   ): Promise<Outcome> {
     const { promise, resolve } = Promise.withResolvers<Outcome>();
+    this.dispatch(command, params, options, resolve);
+    return promise;
+  }
+
+  /**
+   * {@linkcode submit} with a callback: `done` is called once with the outcome (possibly before
+   * this returns, when the job cannot be placed). No promise stands between a worker's answer
+   * and the caller: the broker's own requests take this path.
+   */
+  dispatch(
+    command: string,
+    params: unknown,
+    options: SubmitOptions,
+    done: (outcome: Outcome) => void,
+  ): void {
     const signal = options.signal;
-    const now = this.clock.now();
-    const onAbort = () =>
-      this.#cancel(job, ErrorCode.CANCELLED, "Request cancelled");
-    const job: Job = {
-      command,
-      params,
-      deadline: options.deadline,
-      retriable: (options.retriable ?? true) &&
-        !this.#nonRetriable.has(command),
-      only: options.only,
-      preferred: options.preferred,
-      excluded: new Set(options.exclude),
-      owner: options.owner ?? "",
-      onProgress: options.onProgress,
-      resend: options.resend,
-      attempts: 0,
-      // Every field from the start: one object shape for all jobs keeps the hot path monomorphic.
-      worker: undefined,
-      msgId: undefined,
-      startedAt: now,
-      queuedAt: undefined,
-      expiry: undefined,
-      lastError: undefined,
-      done: false,
-      settle: (outcome) => {
-        if (job.done) return;
-        job.done = true;
-        job.expiry?.cancel();
-        signal?.removeEventListener("abort", onAbort);
-        resolve(outcome);
-      },
-    };
+    const job = new QueuedJob(command, params, options, done, this.clock.now());
+    if (this.#nonRetriable.has(command)) job.retriable = false;
     if (signal?.aborted) {
       job.settle({
         ok: false,
         error: new SwitchyardError(ErrorCode.CANCELLED, "Request cancelled"),
         attempts: 0,
       });
-      return promise;
+      return;
     }
-    signal?.addEventListener("abort", onAbort, { once: true });
-    job.expiry = this.#deadlines.add(job, options.deadline - now);
+    if (signal) {
+      job.onAbort = () =>
+        this.#cancel(job, ErrorCode.CANCELLED, "Request cancelled");
+      signal.addEventListener("abort", job.onAbort, { once: true });
+    }
+    job.expiry = this.#deadlines.add(job, options.deadline - job.startedAt);
     this.#place(job, false);
-    return promise;
   }
 
   /** Takes a worker's `response`; returns false when no job of this worker waits for it. */
@@ -295,7 +342,7 @@ export class Dispatcher {
       // The worker is fine but its upstream is not: count it against the worker's score and
       // give another worker (another IP address) a chance.
       worker.recordFailure();
-      job.excluded.add(worker.id);
+      (job.excluded ??= new Set()).add(worker.id);
       job.lastError = new WorkerError(
         String(
           (response.result as { error?: unknown }).error ?? "Upstream blocked",
@@ -364,7 +411,7 @@ export class Dispatcher {
 
   #orphan(worker: Peer, job: Job, reason: string): void {
     this.#release(worker, job);
-    job.excluded.add(worker.id);
+    (job.excluded ??= new Set()).add(worker.id);
     job.lastError = new WorkerError(reason, ErrorCode.WORKER_LOST);
     // A worker's `non_retriable` covers the requests that worker held, no one else's.
     if (
@@ -507,7 +554,7 @@ export class Dispatcher {
       return w && offers(w, job.command) ? [w] : [];
     }
     return this.registry.all().filter((w) =>
-      offers(w, job.command) && !job.excluded.has(w.id)
+      offers(w, job.command) && !job.excluded?.has(w.id)
     );
   }
 
@@ -722,7 +769,7 @@ export class Dispatcher {
         error,
       });
       this.#release(worker, job);
-      job.excluded.add(worker.id);
+      (job.excluded ??= new Set()).add(worker.id);
       this.#place(job, true);
     }
   }

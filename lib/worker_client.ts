@@ -532,12 +532,15 @@ export class Worker {
     }
   }
 
-  async #serve(envelope: Envelope): Promise<void> {
+  /**
+   * Runs a request's action and answers it. An action that answers at once (no promise) is
+   * answered in the same turn; an async one when its promise settles.
+   */
+  #serve(envelope: Envelope): void {
     const msgId = envelope.msg_id;
     const running = new Running();
     this.#running.set(msgId, running);
-    let streamed: Set<number> | undefined;
-    let reply: Record<string, unknown>;
+    let result: unknown;
     try {
       const { action, params } = readRequestData(envelope.data);
       const stream = (envelope.data as { stream?: unknown }).stream === true;
@@ -561,7 +564,7 @@ export class Worker {
         },
         requestId: msgId,
         progress: (done, total, item) => {
-          if (stream && item) (streamed ??= new Set()).add(item.index);
+          if (stream && item) (running.streamed ??= new Set()).add(item.index);
           this.#send(
             MessageType.PROGRESS,
             stream && item
@@ -570,28 +573,56 @@ export class Worker {
           );
         },
       };
-      let result = await handler(params, ctx);
-      if (streamed && Array.isArray(result)) {
-        // Already delivered one by one: the final list carries nulls in their places.
-        const sent = streamed;
-        result = result.map((r, i) => sent.has(i) ? null : r);
-      }
-      reply = { success: true, result: result ?? null, error: null };
-      this.#served++;
+      result = handler(params, ctx);
     } catch (error) {
+      return this.#reply(msgId, running, error, true);
+    }
+    if (
+      typeof result === "object" && result !== null &&
+      typeof (result as PromiseLike<unknown>).then === "function"
+    ) {
+      Promise.resolve(result).then(
+        (value) => this.#reply(msgId, running, value, false),
+        (error) => this.#reply(msgId, running, error, true),
+      );
+    } else this.#reply(msgId, running, result, false);
+  }
+
+  #reply(
+    msgId: string,
+    running: Running,
+    outcome: unknown,
+    failed: boolean,
+  ): void {
+    let reply: Record<string, unknown>;
+    if (failed) {
       this.#failed++;
       reply = {
+        request_id: msgId,
         success: false,
         result: null,
-        error: error instanceof Error ? error.message : String(error),
-        error_code: errorCode(error),
+        error: outcome instanceof Error ? outcome.message : String(outcome),
+        error_code: errorCode(outcome),
       };
-    } finally {
-      this.#running.delete(msgId);
-      if (this.#running.size === 0) this.#idle?.resolve();
+    } else {
+      let result = outcome;
+      const sent = running.streamed;
+      if (sent && Array.isArray(result)) {
+        // Already delivered one by one: the final list carries nulls in their places.
+        result = result.map((r, i) => sent.has(i) ? null : r);
+      }
+      this.#served++;
+      reply = {
+        request_id: msgId,
+        success: true,
+        result: result ?? null,
+        error: null,
+      };
     }
+    this.#running.delete(msgId);
+    if (this.#running.size === 0) this.#idle?.resolve();
     if (running.aborted) return;
-    this.#send(MessageType.RESPONSE, { request_id: msgId, ...reply });
+    this.#send(MessageType.RESPONSE, reply);
   }
 
   /** Asks the server to run one of its actions (console `request`). */
@@ -674,6 +705,8 @@ function requesterPortError(value: unknown): string | undefined {
  */
 class Running {
   #controller: AbortController | undefined;
+  /** Indexes of items already streamed (`progress` with an item). */
+  streamed: Set<number> | undefined = undefined;
   #reason: unknown;
   aborted = false;
 

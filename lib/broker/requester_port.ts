@@ -10,7 +10,7 @@ import { upgradeWebSocket } from "../_websocket.ts";
 import { overBytes, utf8Bytes } from "../_frame_size.ts";
 import { Cancellation, type CancelSignal } from "../_cancel.ts";
 import { BATCH_COMMAND, readBatchItems, runBatch } from "../batch.ts";
-import type { Outcome } from "../dispatcher.ts";
+import type { Outcome, SubmitOptions } from "../dispatcher.ts";
 import {
   ErrorCode,
   NO_WORKERS_TEXT,
@@ -419,7 +419,7 @@ export class RequesterPort implements RequestRunner {
     const cancellation = new Cancellation();
     peer.requests.set(id, cancellation);
     this.#active++;
-    void this.#serve(peer, request, cancellation);
+    this.#serve(peer, request, cancellation);
   }
 
   /**
@@ -440,24 +440,80 @@ export class RequesterPort implements RequestRunner {
     cancellation.abort();
   }
 
-  async #serve(
+  /**
+   * Runs one request and answers it. A command for the workers goes straight to the dispatcher
+   * with a callback, with no promise between the worker's answer and the requester's; a batch
+   * or a server action runs as an async task.
+   */
+  #serve(
     peer: RequesterPeer,
     request: RequesterRequest,
     cancellation: Cancellation,
-  ): Promise<void> {
-    const id = request.request_id;
+  ): void {
     const started = this.#core.clock.now();
-    let answer: RequesterAnswer;
+    if (request.command === BATCH_COMMAND || this.#runsHere(request.command)) {
+      this.#run(peer, request, cancellation).then(
+        (answer) => this.#finish(peer, request, cancellation, started, answer),
+        (error) => this.#crashed(peer, request, cancellation, started, error),
+      );
+      return;
+    }
     try {
-      answer = await this.#run(peer, request, cancellation);
+      this.#core.dispatcher.dispatch(
+        request.command,
+        request.data,
+        this.#submitOptions(peer, request, cancellation, started),
+        (outcome) =>
+          this.#finish(
+            peer,
+            request,
+            cancellation,
+            started,
+            this.#outcomeAnswer(request, outcome, started),
+          ),
+      );
     } catch (error) {
-      log.error("Request {id} failed unexpectedly: {error}", { id, error });
-      answer = failureAnswer(
-        id,
+      // Answered already if the throw came after the outcome.
+      if (peer.requests.get(request.request_id) === cancellation) {
+        this.#crashed(peer, request, cancellation, started, error);
+      }
+    }
+  }
+
+  /** A bug of ours while serving a request: logged, and answered as an internal error. */
+  #crashed(
+    peer: RequesterPeer,
+    request: RequesterRequest,
+    cancellation: Cancellation,
+    started: number,
+    error: unknown,
+  ): void {
+    log.error("Request {id} failed unexpectedly: {error}", {
+      id: request.request_id,
+      error,
+    });
+    this.#finish(
+      peer,
+      request,
+      cancellation,
+      started,
+      failureAnswer(
+        request.request_id,
         `Internal error: ${error}`,
         ErrorCode.WORKER_ERROR,
-      );
-    }
+      ),
+    );
+  }
+
+  /** Counts a request's answer and sends it, unless nobody should get it any more. */
+  #finish(
+    peer: RequesterPeer,
+    request: RequesterRequest,
+    cancellation: Cancellation,
+    started: number,
+    answer: RequesterAnswer,
+  ): void {
+    const id = request.request_id;
     peer.requests.delete(id);
     this.#active--;
     const byRequester = this.#cancelledByRequester.delete(cancellation);
@@ -494,6 +550,39 @@ export class RequesterPort implements RequestRunner {
       this.#answer(peer, answer, request.stream);
     }
     if (this.#active === 0) this.#idle?.resolve();
+  }
+
+  /**
+   * Whether the server runs `command` itself: a server action no connected worker offers
+   * (`calculate` next to market workers, or any server action while no worker is connected at
+   * all). Any other command with no worker still answers "No available workers";
+   * `GET /health/ready` is the probe for workers.
+   */
+  #runsHere(command: string): boolean {
+    return Object.hasOwn(this.#core.actions, command) &&
+      !this.#core.dispatcher.registry.all().some((w) => offers(w, command));
+  }
+
+  #submitOptions(
+    peer: RequesterPeer,
+    request: RequesterRequest,
+    signal: CancelSignal,
+    started: number,
+  ): SubmitOptions {
+    const id = request.request_id;
+    return {
+      deadline: this.#deadline(request, started),
+      signal,
+      // Fair queueing: each connection is a lane of the queue and of free worker slots.
+      owner: peer.lane ?? peer.id,
+      onProgress: request.progress
+        ? (p) =>
+          this.#answer(peer, {
+            request_id: id,
+            progress: { done: p.done, total: p.total },
+          })
+        : undefined,
+    };
   }
 
   #deadline(request: RequesterRequest, now: number): number {
@@ -590,34 +679,24 @@ export class RequesterPort implements RequestRunner {
         elapsed_ms: this.#core.clock.now() - started,
       };
     }
-    // A server action no connected worker offers (`calculate` next to market workers, or any
-    // server action while no worker is connected at all) is run here. Any other command with no
-    // worker still answers "No available workers"; `GET /health/ready` is the probe for workers.
-    if (
-      Object.hasOwn(this.#core.actions, request.command) &&
-      !this.#core.dispatcher.registry.all().some((w) =>
-        offers(w, request.command)
-      )
-    ) {
+    if (this.#runsHere(request.command)) {
       return await this.#runServerAction(request, started, signal);
     }
-    const outcome: Outcome = await this.#core.dispatcher.submit(
+    const outcome = await this.#core.dispatcher.submit(
       request.command,
       request.data,
-      {
-        deadline: this.#deadline(request, started),
-        signal,
-        // Fair queueing: each connection is a lane of the queue and of free worker slots.
-        owner: peer.lane ?? peer.id,
-        onProgress: request.progress
-          ? (p) =>
-            this.#answer(peer, {
-              request_id: id,
-              progress: { done: p.done, total: p.total },
-            })
-          : undefined,
-      },
+      this.#submitOptions(peer, request, signal, started),
     );
+    return this.#outcomeAnswer(request, outcome, started);
+  }
+
+  /** The requester's answer for a dispatched command's outcome. */
+  #outcomeAnswer(
+    request: RequesterRequest,
+    outcome: Outcome,
+    started: number,
+  ): RequesterAnswer {
+    const id = request.request_id;
     const elapsed_ms = this.#core.clock.now() - started;
     if (outcome.ok) {
       return {
