@@ -117,9 +117,14 @@ export async function runBatchBench(
             hostConcurrency: 2,
             cacheEntries: 1024,
           });
+          // Reporting its upstream as `worker.ts` does: placement paces by the rate it states.
           const worker = new Worker({
             url: server.workerUrl,
             name: `batch-${n}-${i}`,
+            heartbeatData: () => ({
+              blocked_sources: market.blockedSources(),
+              upstream: market.upstreamStatus(),
+            }),
           });
           for (const [name, handler] of Object.entries(market.actions())) {
             worker.registerAction(name, handler);

@@ -1,7 +1,8 @@
 /**
  * Distributed `get_markets`: split a batch by code, place each code on its rendezvous home among
  * the eligible workers (so a code meets the same worker's cache batch after batch), run the
- * shares in parallel, re-send what failed for an upstream reason, and merge in input order.
+ * shares in parallel in chunks pulled as workers free up (one that runs out takes from the share
+ * that will take longest), re-send what failed for an upstream reason, and merge in input order.
  *
  * @module
  */
@@ -57,7 +58,10 @@ export interface BatchOptions {
    * slow requester can make the server hold.
    */
   flow?: { ready(): boolean };
-  /** Streamed batches with `flow`: items started and not yet sent, at most. @default 32 */
+  /**
+   * Items out on workers at once, at most. It keeps shares waiting here, where a worker that
+   * runs out can take from the one that will take longest. @default 32
+   */
   window?: number;
   /**
    * Streamed batches with `flow`, when `onItem` returns the size of what it sent: the window
@@ -221,24 +225,6 @@ function noteServed(dispatcher: Dispatcher, code: string, name: string): void {
 // elsewhere, so large shares are cut into chunks: less work lost per failure, finer progress.
 const CHUNK_ITEMS = 25;
 
-/**
- * Cuts a worker's share into chunks of about {@linkcode CHUNK_ITEMS}, but never more chunks than
- * the worker has free slots: extra chunks would spill to other workers and lose cache affinity.
- */
-export function chunkShare(indexes: number[], worker?: Peer): number[][] {
-  const free = worker
-    ? Math.max(1, worker.maxConcurrency - worker.inFlight)
-    : 1;
-  const count = Math.min(Math.ceil(indexes.length / CHUNK_ITEMS), free);
-  if (count <= 1) return [indexes];
-  const size = Math.ceil(indexes.length / count);
-  const chunks: number[][] = [];
-  for (let i = 0; i < indexes.length; i += size) {
-    chunks.push(indexes.slice(i, i + size));
-  }
-  return chunks;
-}
-
 /** The outcome of {@linkcode runBatch}. */
 export interface BatchOutcome {
   /** The answer's `data`; without `results` when the batch was streamed. */
@@ -310,7 +296,6 @@ export async function runBatch(
   let out = 0;
   let wake: (() => void) | undefined;
   const release = (n: number) => {
-    if (!flow) return;
     out -= n;
     wake?.();
   };
@@ -326,7 +311,7 @@ export async function runBatch(
     wake = undefined;
   };
   /**
-   * Streamed: each worker's share waits in a queue of its own, and a worker is sent its next
+   * Each worker's share waits in a queue of its own, and a worker is sent its next
    * chunk only while it holds few items (over every batch), so what it holds is what it is
    * about to fetch. A worker that ran out takes from the back of the queue that will take longest
    * to drain, when it would fetch those items sooner than their home would reach them: the job
@@ -421,7 +406,8 @@ export async function runBatch(
         break;
       }
       if (
-        pick && (out === 0 || out + pick.n <= windowNow()) && flow!.ready()
+        pick && (out === 0 || out + pick.n <= windowNow()) &&
+        (flow?.ready() ?? true)
       ) {
         const { worker, from, n, take } = pick;
         let indexes: number[];
@@ -622,7 +608,7 @@ export async function runBatch(
     ): Promise<void> => {
       const c = chunkCount++;
       const sentAt = dispatcher.clock.now();
-      const credited = flow ? dispatcher.registry.get(workerId) : undefined;
+      const credited = dispatcher.registry.get(workerId);
       add(outstanding, credited, indexes.length);
       // Spill order: home first, then whoever else is free, by least load.
       const preferred = [
@@ -738,25 +724,13 @@ export async function runBatch(
       add(outstanding, credited, accepted - indexes.length);
       report();
     };
-    if (flow) {
-      await pullChunks(shares, runChunk, {
-        size: Math.max(
-          2,
-          Math.min(CHUNK_ITEMS, Math.floor(windowNow() / shares.size)),
-        ),
-        usable: new Set(plan.usable.map((w) => w.id)),
-      });
-    } else {
-      const chunks: [string, number[]][] = [];
-      for (const [workerId, indexes] of shares) {
-        for (
-          const chunk of chunkShare(indexes, dispatcher.registry.get(workerId))
-        ) {
-          chunks.push([workerId, chunk]);
-        }
-      }
-      await Promise.all(chunks.map(([w, indexes]) => runChunk(w, indexes)));
-    }
+    await pullChunks(shares, runChunk, {
+      size: Math.max(
+        2,
+        Math.min(CHUNK_ITEMS, Math.floor(windowNow() / shares.size)),
+      ),
+      usable: new Set(plan.usable.map((w) => w.id)),
+    });
     pending = retry.sort((a, b) => a - b);
   }
   for (const i of pending) {

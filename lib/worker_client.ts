@@ -301,12 +301,7 @@ export class Worker {
           return;
         }
         unanswered++;
-        this.#send(MessageType.HEARTBEAT, {
-          status: "alive",
-          in_flight: this.#running.size,
-          served: this.#served,
-          ...this.#options.heartbeatData?.(),
-        });
+        this.#heartbeat();
       }, interval);
     };
     let greeted = false;
@@ -349,6 +344,10 @@ export class Worker {
         greeted = true;
         this.#clientId = typeof d.client_id === "string" ? d.client_id : null;
         this.#register();
+        // What the worker reports of itself (its upstream's rate, budgets and cool-downs) goes
+        // out at once rather than a heartbeat interval later: the server places batch items by
+        // it, and the first batch often comes right after the worker joins.
+        if (this.#options.heartbeatData) this.#heartbeat();
         this.#batcher = d[BATCH_ENVELOPES] === true
           ? new EnvelopeBatcher(
             (frame) => socket.send(frame),
@@ -428,6 +427,15 @@ export class Worker {
       closed.resolve();
     });
     await closed.promise;
+  }
+
+  #heartbeat(): void {
+    this.#send(MessageType.HEARTBEAT, {
+      status: "alive",
+      in_flight: this.#running.size,
+      served: this.#served,
+      ...this.#options.heartbeatData?.(),
+    });
   }
 
   #register(): void {
