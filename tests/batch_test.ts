@@ -477,7 +477,7 @@ Deno.test("batch - a code goes back to the worker that served it last, not to a 
   assert.ok(calls[0].flat().length > 0, "the newcomer got no new code");
 });
 
-Deno.test("batch - streamed: a worker that ran dry takes items from a slower worker's queue", async () => {
+async function ranDry(streamed: boolean): Promise<void> {
   await using server = startTestServer({ heartbeatIntervalMs: 30 });
   const served = { slow: 0, fast: 0 };
   const handler = (slow: boolean): ActionHandler => async (params) => {
@@ -514,19 +514,51 @@ Deno.test("batch - streamed: a worker that ran dry takes items from a slower wor
   const items = Array.from({ length: 200 }, (_, i) => ({
     code: String(600000 + i),
   }));
-  const seen = new Set<number>();
-  const stream = client.stream("get_markets", items);
-  for await (const { index, result } of stream) {
-    assert.equal((result as { success: boolean }).success, true);
-    seen.add(index);
+  if (streamed) {
+    const seen = new Set<number>();
+    const stream = client.stream("get_markets", items);
+    for await (const { index, result } of stream) {
+      assert.equal((result as { success: boolean }).success, true);
+      seen.add(index);
+    }
+    assert.equal((await stream.answer).success, true);
+    assert.equal(seen.size, 200);
+  } else {
+    const answer = await client.request("get_markets", items);
+    assert.equal(answer.success, true);
+    const results = (answer.data as { results: { success: boolean }[] })
+      .results;
+    assert.equal(results.length, 200);
+    assert.ok(results.every((r) => r.success));
   }
-  assert.equal((await stream.answer).success, true);
-  assert.equal(seen.size, 200);
   assert.equal(served.slow + served.fast, 200);
   // Rendezvous alone gives the slow one 39 of these codes. It is sent two chunks (16 items)
   // at a time, and the fast ones drain their own queues, then the rest of its.
   assert.ok(
     served.slow <= 25,
     `slow served ${served.slow}, the fast ones ${served.fast}`,
+  );
+}
+
+Deno.test("batch - streamed: a worker that ran dry takes items from a slower worker's queue", () =>
+  ranDry(true));
+
+Deno.test("batch - one answer: a worker that ran dry takes items from a slower worker's queue", () =>
+  ranDry(false));
+
+Deno.test("batch - a worker that reports its upstream reports it on registering, not a heartbeat interval later", async () => {
+  await using server = startTestServer({ heartbeatIntervalMs: 60_000 });
+  await using _worker = await startWorker(server, {
+    name: "reports",
+    heartbeatData: () => ({
+      upstream: { hosts: { "quotes.example": { cooldown_until: 0, rate: 7 } } },
+    }),
+    actions: { get_markets: () => [] },
+  });
+  await waitFor(
+    () =>
+      server.broker.workers()[0]?.upstream?.hosts["quotes.example"]?.rate ===
+        7,
+    "the worker's upstream report",
   );
 });
