@@ -185,6 +185,7 @@ export class EnvelopeBatcher {
   #scheduled = false;
   #write: (frame: string) => void;
   #maxChars: number;
+  readonly #flushTask = () => this.flush();
 
   constructor(write: (frame: string) => void, maxChars = 64 * 1024) {
     this.#write = write;
@@ -202,7 +203,7 @@ export class EnvelopeBatcher {
     this.#chars += envelope.length + 1;
     if (!this.#scheduled) {
       this.#scheduled = true;
-      queueMicrotask(() => this.flush());
+      queueMicrotask(this.#flushTask);
     }
   }
 
@@ -211,10 +212,12 @@ export class EnvelopeBatcher {
     this.#scheduled = false;
     const queued = this.#queued;
     if (queued.length === 0) return;
-    this.#queued = [];
+    const frame = queued.length === 1 ? queued[0] : `[${queued.join(",")}]`;
+    // One list for the batcher's life: what it held is in `frame` now.
+    queued.length = 0;
     this.#chars = 0;
     try {
-      this.#write(queued.length === 1 ? queued[0] : `[${queued.join(",")}]`);
+      this.#write(frame);
     } catch {
       // The socket closed under us. What was queued counts as sent, as it would had the socket
       // closed a moment later: the close handler re-places the jobs the peer held.

@@ -463,6 +463,11 @@ export class Worker {
     });
   }
 
+  /** {@linkcode #send} for action contexts: one function for the worker's life. */
+  readonly #sendFor = (type: string, data: unknown): void => {
+    this.#send(type, data);
+  };
+
   #send(type: string, data: unknown, msgId?: string): boolean {
     const socket = this.#socket;
     if (!socket || socket.readyState !== 1) return false;
@@ -563,24 +568,13 @@ export class Worker {
           { code: ErrorCode.UNKNOWN_ACTION },
         );
       }
-      const stop = this.#stop.signal;
-      let signal: AbortSignal | undefined;
-      const ctx: ActionContext = {
-        // Made only when an action asks: most never look, and it is per-request garbage.
-        get signal() {
-          return signal ??= AbortSignal.any([running.signal, stop]);
-        },
-        requestId: msgId,
-        progress: (done, total, item) => {
-          if (stream && item) (running.streamed ??= new Set()).add(item.index);
-          this.#send(
-            MessageType.PROGRESS,
-            stream && item
-              ? { request_id: msgId, done, total, item }
-              : { request_id: msgId, done, total },
-          );
-        },
-      };
+      const ctx = new Context(
+        msgId,
+        running,
+        this.#stop.signal,
+        stream,
+        this.#sendFor,
+      );
       result = handler(params, ctx);
     } catch (error) {
       return this.#reply(msgId, running, error, true);
@@ -711,6 +705,42 @@ function requesterPortError(value: unknown): string | undefined {
  * A request being served: its abort signal is made only when the action asks for it (an
  * `AbortController` per request is measurable at tens of thousands of requests a second).
  */
+/**
+ * What an action is handed: its signal and `progress` are made only when the action reads them
+ * (most never do), so a request costs no closure or signal it does not use.
+ */
+class Context implements ActionContext {
+  #signal: AbortSignal | undefined;
+  #progress: ActionContext["progress"];
+
+  constructor(
+    readonly requestId: string,
+    readonly running: Running,
+    readonly stop: AbortSignal,
+    readonly stream: boolean,
+    readonly send: (type: string, data: unknown) => void,
+  ) {}
+
+  get signal(): AbortSignal {
+    return this.#signal ??= AbortSignal.any([this.running.signal, this.stop]);
+  }
+
+  // A bound function: actions pass it on detached (`getMarkets(params, signal, ctx.progress)`).
+  get progress(): NonNullable<ActionContext["progress"]> {
+    return this.#progress ??= (done, total, item) => {
+      if (this.stream && item) {
+        (this.running.streamed ??= new Set()).add(item.index);
+      }
+      this.send(
+        MessageType.PROGRESS,
+        this.stream && item
+          ? { request_id: this.requestId, done, total, item }
+          : { request_id: this.requestId, done, total },
+      );
+    };
+  }
+}
+
 class Running {
   #controller: AbortController | undefined;
   /** Indexes of items already streamed (`progress` with an item). */
