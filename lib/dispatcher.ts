@@ -91,8 +91,11 @@ export interface SubmitOptions {
   resend?: (lost: { worker: string; reason: string }) => unknown;
 }
 
-/** A unit of work in the dispatcher. */
-export interface Job {
+/**
+ * A unit of work in the dispatcher. Every field is set from the start, so that all jobs share
+ * one shape, and settling costs no closure per job.
+ */
+export class Job {
   readonly command: string;
   params: unknown;
   readonly deadline: number;
@@ -105,42 +108,17 @@ export interface Job {
   readonly owner: string;
   readonly onProgress?: SubmitOptions["onProgress"];
   readonly resend?: SubmitOptions["resend"];
-  attempts: number;
-  worker?: Peer;
-  msgId?: string;
-  startedAt: number;
-  /** Cancels the deadline once the job is settled. */
-  expiry?: DeadlineHandle;
-  /** When the job last joined the queue. */
-  queuedAt?: number;
-  lastError?: SwitchyardError;
-  done: boolean;
-  settle(outcome: Outcome): void;
-}
-
-/**
- * A job as {@linkcode Dispatcher.dispatch} makes it: a class with every field set from the start,
- * so that all jobs share one shape and settling costs no closure per job.
- */
-class QueuedJob implements Job {
-  readonly command: string;
-  params: unknown;
-  readonly deadline: number;
-  retriable: boolean;
-  readonly only?: string;
-  readonly preferred?: readonly string[];
-  excluded?: Set<string>;
-  readonly owner: string;
-  readonly onProgress?: SubmitOptions["onProgress"];
-  readonly resend?: SubmitOptions["resend"];
   attempts = 0;
   worker?: Peer = undefined;
   msgId?: string = undefined;
   startedAt: number;
+  /** Cancels the deadline once the job is settled. */
   expiry?: DeadlineHandle = undefined;
+  /** When the job last joined the queue. */
   queuedAt?: number = undefined;
   lastError?: SwitchyardError = undefined;
   done = false;
+  /** Its listener on the submitter's signal, removed when it settles. */
   onAbort?: () => void = undefined;
   #signal?: CancelSignal;
   #notify: (outcome: Outcome) => void;
@@ -167,6 +145,7 @@ class QueuedJob implements Job {
     this.#notify = notify;
   }
 
+  /** Ends the job with `outcome`; only the first call counts. */
   settle(outcome: Outcome): void {
     if (this.done) return;
     this.done = true;
@@ -289,7 +268,7 @@ export class Dispatcher {
     done: (outcome: Outcome) => void,
   ): void {
     const signal = options.signal;
-    const job = new QueuedJob(command, params, options, done, this.clock.now());
+    const job = new Job(command, params, options, done, this.clock.now());
     if (this.#nonRetriable.has(command)) job.retriable = false;
     if (signal?.aborted) {
       job.settle({
