@@ -608,8 +608,9 @@ export async function runBatch(
     ): Promise<void> => {
       const c = chunkCount++;
       const sentAt = dispatcher.clock.now();
-      const credited = dispatcher.registry.get(workerId);
-      add(outstanding, credited, indexes.length);
+      const home = dispatcher.registry.get(workerId);
+      add(outstanding, home, indexes.length);
+      add(committed, home, indexes.length);
       // Spill order: home first, then whoever else is free, by least load.
       const preferred = [
         workerId,
@@ -621,8 +622,6 @@ export async function runBatch(
           ) => w.id),
       ];
       const key = `${round}:${c}`;
-      const home = dispatcher.registry.get(workerId);
-      add(committed, home, indexes.length);
       // What the chunk's current attempt works on. Items the worker streams back as they finish
       // are settled at once and leave it, so a worker that dies mid-chunk costs only the rest.
       let current = indexes;
@@ -633,9 +632,9 @@ export async function runBatch(
         settled.add(i);
         accepted++;
         release(1);
-        add(outstanding, credited, -1);
+        add(outstanding, home, -1);
         const worker = workerId ? dispatcher.registry.get(workerId) : undefined;
-        if (credited) notePace(worker, sentAt, dispatcher.clock.now());
+        if (home) notePace(worker, sentAt, dispatcher.clock.now());
         if (worker && (result as { success?: unknown })?.success === true) {
           noteServed(dispatcher, codeOf(items[i]), worker.name);
         }
@@ -721,7 +720,7 @@ export async function runBatch(
         );
       }
       release(indexes.length - accepted);
-      add(outstanding, credited, accepted - indexes.length);
+      add(outstanding, home, accepted - indexes.length);
       report();
     };
     await pullChunks(shares, runChunk, {

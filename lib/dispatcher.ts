@@ -99,7 +99,7 @@ export class Job {
   readonly command: string;
   params: unknown;
   readonly deadline: number;
-  retriable: boolean;
+  readonly retriable: boolean;
   readonly only?: string;
   readonly preferred?: readonly string[];
   /** Workers not to try (made on first use: most jobs never exclude one). */
@@ -129,11 +129,13 @@ export class Job {
     options: SubmitOptions,
     notify: (outcome: Outcome) => void,
     now: number,
+    /** Whether the action may run again elsewhere (the caller's word and the server's list). */
+    retriable: boolean,
   ) {
     this.command = command;
     this.params = params;
     this.deadline = options.deadline;
-    this.retriable = options.retriable ?? true;
+    this.retriable = retriable;
     this.only = options.only;
     this.preferred = options.preferred;
     this.excluded = options.exclude ? new Set(options.exclude) : undefined;
@@ -268,8 +270,14 @@ export class Dispatcher {
     done: (outcome: Outcome) => void,
   ): void {
     const signal = options.signal;
-    const job = new Job(command, params, options, done, this.clock.now());
-    if (this.#nonRetriable.has(command)) job.retriable = false;
+    const job = new Job(
+      command,
+      params,
+      options,
+      done,
+      this.clock.now(),
+      (options.retriable ?? true) && !this.#nonRetriable.has(command),
+    );
     if (signal?.aborted) {
       job.settle({
         ok: false,

@@ -710,30 +710,41 @@ function requesterPortError(value: unknown): string | undefined {
  * (most never do), so a request costs no closure or signal it does not use.
  */
 class Context implements ActionContext {
+  readonly requestId: string;
+  #running: Running;
+  #stop: AbortSignal;
+  #stream: boolean;
+  #send: (type: string, data: unknown) => void;
   #signal: AbortSignal | undefined;
   #progress: ActionContext["progress"];
 
   constructor(
-    readonly requestId: string,
-    readonly running: Running,
-    readonly stop: AbortSignal,
-    readonly stream: boolean,
-    readonly send: (type: string, data: unknown) => void,
-  ) {}
+    requestId: string,
+    running: Running,
+    stop: AbortSignal,
+    stream: boolean,
+    send: (type: string, data: unknown) => void,
+  ) {
+    this.requestId = requestId;
+    this.#running = running;
+    this.#stop = stop;
+    this.#stream = stream;
+    this.#send = send;
+  }
 
   get signal(): AbortSignal {
-    return this.#signal ??= AbortSignal.any([this.running.signal, this.stop]);
+    return this.#signal ??= AbortSignal.any([this.#running.signal, this.#stop]);
   }
 
   // A bound function: actions pass it on detached (`getMarkets(params, signal, ctx.progress)`).
   get progress(): NonNullable<ActionContext["progress"]> {
     return this.#progress ??= (done, total, item) => {
-      if (this.stream && item) {
-        (this.running.streamed ??= new Set()).add(item.index);
+      if (this.#stream && item) {
+        (this.#running.streamed ??= new Set()).add(item.index);
       }
-      this.send(
+      this.#send(
         MessageType.PROGRESS,
-        this.stream && item
+        this.#stream && item
           ? { request_id: this.requestId, done, total, item }
           : { request_id: this.requestId, done, total },
       );

@@ -98,6 +98,17 @@ export type TestWorker = Worker & AsyncDisposable;
 /** A connected RequesterClient that closes itself at the end of an `await using` scope. */
 export type TestClient = RequesterClient & AsyncDisposable;
 
+/** A `get_markets` answer of one empty success per item, for tests about placement, not bars. */
+export function emptyBars(
+  params: unknown,
+): { success: true; code: string; data: never[] }[] {
+  return (params as { code: string }[]).map((item) => ({
+    success: true,
+    code: item.code,
+    data: [],
+  }));
+}
+
 /** Options for {@linkcode startWorker}. */
 export interface TestWorkerOptions extends Partial<WorkerOptions> {
   actions?: Record<string, ActionHandler>;

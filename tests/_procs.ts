@@ -145,6 +145,28 @@ export function reaped(child: Deno.ChildProcess): AsyncDisposable {
 }
 
 /** A running `server.ts` and its ports; `await using` kills it at the end of the scope. */
+/** `count` `worker.ts` processes named `w0`… on `url`, fetching from `upstreamUrl` unthrottled. */
+export function marketWorkers(
+  url: string,
+  upstreamUrl: string,
+  count: number,
+  extra: string[] = [],
+): Program[] {
+  return Array.from({ length: count }, (_, i) =>
+    new Program("worker.ts", [
+      "--url",
+      url,
+      "--name",
+      `w${i}`,
+      "--eastmoney-url",
+      upstreamUrl,
+      "--rate-limit",
+      "0",
+      ...extra,
+      "--no-console",
+    ]));
+}
+
 export interface ServerProgram extends AsyncDisposable {
   program: Program;
   workerPort: number;

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import type { UpstreamReport } from "../lib/batch_placement.ts";
 import {
   connectClient,
+  emptyBars,
   group,
   idOf,
   releasing,
@@ -34,7 +35,7 @@ async function counting(
       get_markets: (params) => {
         const list = params as Item[];
         asked.set(name, (asked.get(name) ?? 0) + list.length);
-        return list.map((p) => ({ success: true, code: p.code, data: [] }));
+        return emptyBars(list);
       },
     },
   });

@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import { startFakeEastmoney } from "./_fake_eastmoney.ts";
 import { connectClient, group } from "./_helpers.ts";
 import {
+  marketWorkers,
   Program,
   runProgram,
   startServerProgram,
@@ -123,22 +124,7 @@ Deno.test("e2e - a batch of 120 items over 3 worker processes survives a worker 
   });
   await using server = await startServerProgram();
   const url = `ws://127.0.0.1:${server.workerPort}`;
-  await using workers = group<Program>();
-  for (const i of [0, 1, 2]) {
-    workers.push(
-      new Program("worker.ts", [
-        "--url",
-        url,
-        "--name",
-        `w${i}`,
-        "--eastmoney-url",
-        upstream.url,
-        "--rate-limit",
-        "0",
-        "--no-console",
-      ]),
-    );
-  }
+  await using workers = group(marketWorkers(url, upstream.url, 3));
   await waitForHealth(server.workerPort, (h) => h.workers === 3);
   await using client = await connectClient(
     `ws://127.0.0.1:${server.requesterPort}`,

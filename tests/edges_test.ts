@@ -6,6 +6,7 @@ import { Worker, WrongPortError } from "../lib/mod.ts";
 import {
   answerOf,
   connectClient,
+  emptyBars,
   openRawWorker,
   RawPeer,
   startTestServer,
@@ -341,12 +342,7 @@ Deno.test("edges - a batch whose worker is lost lists the re-send in distributed
   await using _good = await startWorker(server, {
     name: "good",
     actions: {
-      get_markets: (params) =>
-        (params as { code: string }[]).map((item) => ({
-          success: true,
-          code: item.code,
-          data: [],
-        })),
+      get_markets: emptyBars,
     },
   });
   await waitFor(() =>

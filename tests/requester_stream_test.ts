@@ -8,7 +8,7 @@ import {
   startWorker,
   waitFor,
 } from "./_helpers.ts";
-import { Program } from "./_procs.ts";
+import { marketWorkers } from "./_procs.ts";
 
 type Item = { symbol_type: string; code: string };
 
@@ -41,24 +41,9 @@ Deno.test("stream - a streamed 300-item batch over worker processes, one SIGKILL
     latencyMs: 30,
   });
   await using server = startTestServer();
-  await using workers = group<Program>();
-  for (const i of [0, 1, 2]) {
-    workers.push(
-      new Program("worker.ts", [
-        "--url",
-        server.workerUrl,
-        "--name",
-        `w${i}`,
-        "--eastmoney-url",
-        upstream.url,
-        "--rate-limit",
-        "0",
-        "--concurrency",
-        "4",
-        "--no-console",
-      ]),
-    );
-  }
+  await using workers = group(
+    marketWorkers(server.workerUrl, upstream.url, 3, ["--concurrency", "4"]),
+  );
   await waitFor(
     () => server.broker.workers().filter((w) => w.registered).length === 3,
     "three workers",

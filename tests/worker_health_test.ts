@@ -9,6 +9,7 @@ import { PROBE_AFTER_MS, REGISTRATION_LIMITS } from "../lib/registry.ts";
 import {
   answerOf,
   connectClient,
+  emptyBars,
   type Frame,
   idOf,
   openRawWorker,
@@ -303,12 +304,7 @@ Deno.test("batch - no item goes to a worker with a recent timeout while a health
     const good = await startWorker(server, {
       name: "good",
       actions: {
-        get_markets: (params) =>
-          (params as { code: string }[]).map((item) => ({
-            success: true,
-            code: item.code,
-            data: [],
-          })),
+        get_markets: emptyBars,
       },
     });
     try {

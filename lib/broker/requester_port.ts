@@ -451,8 +451,13 @@ export class RequesterPort implements RequestRunner {
     cancellation: Cancellation,
   ): void {
     const started = this.#core.clock.now();
-    if (request.command === BATCH_COMMAND || this.#runsHere(request.command)) {
-      this.#run(peer, request, cancellation).then(
+    const task = request.command === BATCH_COMMAND
+      ? this.#runBatch(peer, request, cancellation)
+      : this.#runsHere(request.command)
+      ? this.#runServerAction(request, started, cancellation)
+      : undefined;
+    if (task) {
+      task.then(
         (answer) => this.#finish(peer, request, cancellation, started, answer),
         (error) => this.#crashed(peer, request, cancellation, started, error),
       );
@@ -592,102 +597,91 @@ export class RequesterPort implements RequestRunner {
     return now + ms;
   }
 
-  async #run(
+  async #runBatch(
     peer: RequesterPeer,
     request: RequesterRequest,
     signal: CancelSignal,
   ): Promise<RequesterAnswer> {
     const started = this.#core.clock.now();
     const id = request.request_id;
-    if (request.command === BATCH_COMMAND) {
-      let items: unknown[];
-      try {
-        items = readBatchItems(request.data, this.#core.options.maxBatchItems);
-      } catch (error) {
-        const e = error as ProtocolError;
-        return failureAnswer(id, e.message, e.code);
-      }
-      let lastSent = 0;
-      const tracker = this.#core.metrics.batchStarted(id, items.length);
-      const outcome = await runBatch(
-        this.#core.dispatcher,
-        items,
-        {
-          deadline: this.#deadline(request, started),
-          signal,
-          owner: peer.lane ?? peer.id,
-          onProgress: (done, total) => {
-            tracker.progress(done);
-            if (!request.progress) return;
-            // At most ~20 frames a second, and always the final count.
-            const now = this.#core.clock.now();
-            if (done < total && now - lastSent < 50) return;
-            lastSent = now;
-            this.#answer(peer, { request_id: id, progress: { done, total } });
-          },
-          // Streamed: each item leaves as it is final, and the server keeps none of them.
-          onItem: request.stream
-            ? (index, result) =>
-              this.#answer(
-                peer,
-                { request_id: id, item: { index, result } },
-                true,
-              )
-            : undefined,
-          maxResultChars: request.stream
-            ? undefined
-            : this.#core.options.maxAnswerBytes,
-          // A streamed batch goes at the requester's pace: no new items start while more than
-          // a sixteenth of the unread limit waits for it (little stands before a ping).
-          flow: request.stream
-            ? {
-              // An HTTP caller (a sink, no socket) is paced by its own response stream.
-              ready: () =>
-                peer.sink
-                  ? peer.sinkReady?.() ?? true
-                  : peer.socket.readyState !== WebSocket.OPEN ||
-                    peer.socket.bufferedAmount <
-                      this.#core.options.maxBufferedBytes / 16,
-            }
-            : undefined,
+    let items: unknown[];
+    try {
+      items = readBatchItems(request.data, this.#core.options.maxBatchItems);
+    } catch (error) {
+      const e = error as ProtocolError;
+      return failureAnswer(id, e.message, e.code);
+    }
+    let lastSent = 0;
+    const tracker = this.#core.metrics.batchStarted(id, items.length);
+    const outcome = await runBatch(
+      this.#core.dispatcher,
+      items,
+      {
+        deadline: this.#deadline(request, started),
+        signal,
+        owner: peer.lane ?? peer.id,
+        onProgress: (done, total) => {
+          tracker.progress(done);
+          if (!request.progress) return;
+          // At most ~20 frames a second, and always the final count.
+          const now = this.#core.clock.now();
+          if (done < total && now - lastSent < 50) return;
+          lastSent = now;
+          this.#answer(peer, { request_id: id, progress: { done, total } });
         },
-      ).catch((error) => {
-        tracker.finish(0, items.length);
-        throw error;
+        // Streamed: each item leaves as it is final, and the server keeps none of them.
+        onItem: request.stream
+          ? (index, result) =>
+            this.#answer(
+              peer,
+              { request_id: id, item: { index, result } },
+              true,
+            )
+          : undefined,
+        maxResultChars: request.stream
+          ? undefined
+          : this.#core.options.maxAnswerBytes,
+        // A streamed batch goes at the requester's pace: no new items start while more than
+        // a sixteenth of the unread limit waits for it (little stands before a ping).
+        flow: request.stream
+          ? {
+            // An HTTP caller (a sink, no socket) is paced by its own response stream.
+            ready: () =>
+              peer.sink
+                ? peer.sinkReady?.() ?? true
+                : peer.socket.readyState !== WebSocket.OPEN ||
+                  peer.socket.bufferedAmount <
+                    this.#core.options.maxBufferedBytes / 16,
+          }
+          : undefined,
+      },
+    ).catch((error) => {
+      tracker.finish(0, items.length);
+      throw error;
+    });
+    const summary = outcome.data.summary;
+    tracker.finish(summary.success, summary.failed);
+    if (outcome.noWorkers) {
+      return failureAnswer(id, NO_WORKERS_TEXT, ErrorCode.NO_WORKERS, {
+        available_commands: this.#availableCommands(),
       });
-      const summary = outcome.data.summary;
-      tracker.finish(summary.success, summary.failed);
-      if (outcome.noWorkers) {
-        return failureAnswer(id, NO_WORKERS_TEXT, ErrorCode.NO_WORKERS, {
-          available_commands: this.#availableCommands(),
-        });
-      }
-      if (outcome.tooLarge) {
-        return failureAnswer(
-          id,
-          tooLargeText(outcome.tooLarge.chars, outcome.tooLarge.limit),
-          ErrorCode.ANSWER_TOO_LARGE,
-          { elapsed_ms: this.#core.clock.now() - started },
-        );
-      }
-      return {
-        request_id: id,
-        success: true,
-        data: outcome.data,
-        error: null,
-        processed_by: `distributed_${outcome.workersUsed}_workers`,
-        elapsed_ms: this.#core.clock.now() - started,
-      };
     }
-    if (this.#runsHere(request.command)) {
-      return await this.#runServerAction(request, started, signal);
+    if (outcome.tooLarge) {
+      return failureAnswer(
+        id,
+        tooLargeText(outcome.tooLarge.chars, outcome.tooLarge.limit),
+        ErrorCode.ANSWER_TOO_LARGE,
+        { elapsed_ms: this.#core.clock.now() - started },
+      );
     }
-    const outcome = await this.#core.dispatcher.submit(
-      request.command,
-      request.data,
-      this.#submitOptions(peer, request, signal, started),
-    );
-    return this.#outcomeAnswer(request, outcome, started);
+    return {
+      request_id: id,
+      success: true,
+      data: outcome.data,
+      error: null,
+      processed_by: `distributed_${outcome.workersUsed}_workers`,
+      elapsed_ms: this.#core.clock.now() - started,
+    };
   }
 
   /** The requester's answer for a dispatched command's outcome. */
