@@ -50,7 +50,8 @@ export type Target =
   | "nats"
   | "broker"
   | "broker-noguard"
-  | "broker-inproc";
+  | "broker-inproc"
+  | "broker-twin";
 
 /** A median with the smallest and largest value it was taken from. */
 export interface Spread {
@@ -218,8 +219,10 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
     });
     for (const row of measured) {
       for (const base of measured) {
-        if (base === row || !BASELINES.includes(base.target)) continue;
-        if (!row.target.startsWith("broker")) continue;
+        if (base === row || !row.target.startsWith("broker")) continue;
+        const control = row.target === "broker-twin" &&
+          base.target === "broker";
+        if (!control && !BASELINES.includes(base.target)) continue;
         row.ratios[base.target] = {
           rps: spread(row.runs.map((r, k) => r.rps / base.runs[k].rps)),
           p50: spread(row.runs.map((r, k) => r.p50 / base.runs[k].p50)),
@@ -269,6 +272,23 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
     );
     helpers.push(...bareWorkers);
     const bareUrl = `ws://127.0.0.1:${bare.info.requesterPort}`;
+    // A second broker, identical to the first, measured beside it in the 1x1 rows: the two
+    // differ only by chance (where the scheduler puts eight processes on the CPUs), so their
+    // ratio shows how finely a 1x1 ratio can be read on this machine.
+    const twin = await spawnHelper("_server.ts");
+    helpers.push(twin);
+    const twinWorkers = await Promise.all(
+      [1, 2].map((i) =>
+        spawnHelper("_echo_worker.ts", [
+          "--url",
+          `ws://127.0.0.1:${twin.info.port}`,
+          "--name",
+          `w${i}`,
+        ])
+      ),
+    );
+    helpers.push(...twinWorkers);
+    const twinUrl = `ws://127.0.0.1:${twin.info.requesterPort}`;
     const relay = await spawnHelper("_relay_server.ts");
     helpers.push(relay);
     const relayWorkers = await Promise.all(
@@ -311,6 +331,12 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
       server: bare.pid,
       worker1: bareWorkers[0].pid,
       worker2: bareWorkers[1].pid,
+    };
+    const twinProcs = {
+      client: Deno.pid,
+      server: twin.pid,
+      worker1: twinWorkers[0].pid,
+      worker2: twinWorkers[1].pid,
     };
     const relayProcs = {
       client: Deno.pid,
@@ -367,6 +393,14 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
             procs: relayProcs,
           },
         ];
+        if (c === 1) {
+          specs.push({
+            row: { ...row, client: "ws", target: "broker-twin" },
+            url: twinUrl,
+            data: { size },
+            procs: twinProcs,
+          });
+        }
         if (nats && natsProcs) {
           specs.push({
             row: { ...row, client: "nats", target: "nats" },
@@ -387,11 +421,23 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
           procs: echoProcs,
           pin: c === 1 ? { client: Deno.pid, server: echo.pid } : undefined,
         });
-        await measure(specs);
+        // A lone request's latency swings from run to run with where the scheduler puts the
+        // processes (a wake-up across CPUs costs tens of microseconds, on the same CPU a few):
+        // 1x1 rows take three times as many runs, each a third as long, for a steadier median.
+        await measure(specs, seconds, c === 1 ? runCount * 3 : runCount);
       }
     }
     await Promise.all(
-      [echo, bare, ...bareWorkers, relay, ...relayWorkers, ...natsWorkers].map((
+      [
+        echo,
+        bare,
+        ...bareWorkers,
+        twin,
+        ...twinWorkers,
+        relay,
+        ...relayWorkers,
+        ...natsWorkers,
+      ].map((
         h,
       ) => h.stop()),
     );
@@ -466,6 +512,7 @@ function coreChecks(rows: CoreRow[]): Check[] {
     base: Target,
     what: "rps" | "p50",
     limit: number,
+    note = "",
   ) => {
     const ratio = r.ratios[base]?.[what];
     if (ratio === undefined) return;
@@ -474,7 +521,7 @@ function coreChecks(rows: CoreRow[]): Check[] {
         ? `throughput ${r.name} >= ${fixed(limit, 2)}x ${base}`
         : `latency ${r.name} p50 <= ${fixed(limit, 2)}x ${base}`,
       pass: what === "rps" ? ratio.median >= limit : ratio.median <= limit,
-      detail: `median of ${r.runs.length} runs ${spreadText(ratio)}`,
+      detail: `median of ${r.runs.length} runs ${spreadText(ratio)}${note}`,
     });
   };
   for (const r of broker.filter((r) => r.connections === 4)) {
@@ -484,7 +531,21 @@ function coreChecks(rows: CoreRow[]): Check[] {
     ratioCheck(r, "echo", "rps", 0.3);
   }
   for (const r of broker.filter((r) => r.connections === 1)) {
-    ratioCheck(r, "relay", "p50", 1.1);
+    const twin = rows.find((t) =>
+      t.target === "broker-twin" && t.size === r.size
+    );
+    const control = twin?.ratios.broker?.p50;
+    ratioCheck(
+      r,
+      "relay",
+      "p50",
+      1.1,
+      control
+        ? `; an identical broker beside it: ${
+          spreadText(control)
+        } of its p50, ${spreadText(twin!.ratios.relay?.p50)} of the relay's`
+        : "",
+    );
     ratioCheck(r, "echo", "p50", 3.5);
   }
   // A Nagle/delayed-ACK stall pins latencies at ~40-44 ms; without queueing (1x1) even p90
@@ -560,12 +621,14 @@ export function coreRatioTable(rows: CoreRow[]): string {
       "p50/relay",
       "p50/nats",
       "p50/echo",
+      "p50/broker (control)",
     ],
     withRatios.map((r) => [
       r.name,
       ...(["rps", "p50"] as const).flatMap((what) =>
         BASELINES.map((base) => spreadText(r.ratios[base]?.[what]))
       ),
+      spreadText(r.ratios.broker?.p50),
     ]),
   );
 }

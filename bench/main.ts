@@ -22,7 +22,7 @@ type Section = typeof SECTIONS[number];
 const USAGE = `Usage: deno task bench [options]
 
   --seconds T      measured seconds per core row (default 10) or soak length (default 60)
-  --runs N         interleaved runs per core row, N >= 3 (default 5)
+  --runs N         interleaved runs per core row (1x1 rows: 3N), N >= 3 (default 5)
   --section LIST   core, batch, soak, cluster, markets or all, comma-separated (default core,batch)
   --json           print one JSON document instead of tables
   --strict         exit 1 when a target is missed
@@ -94,7 +94,9 @@ async function main(args: string[]): Promise<number> {
     out.core = core;
     checks.push(...core.checks);
     print(
-      `core (${seconds ?? 10} s per row in ${runs} interleaved runs)`,
+      `core (${
+        seconds ?? 10
+      } s per row in ${runs} interleaved runs, 1x1 rows in ${runs * 3})`,
       coreTable(core.rows) +
         (core.skipped.length ? `\n${core.skipped.join("\n")}` : ""),
     );
