@@ -143,6 +143,36 @@ async function crossCore(
   await pinProcess(pin.server, on ? "1" : all);
 }
 
+/**
+ * A broker subprocess (`args` go to `_server.ts`) with two echo workers, its requester URL and
+ * the processes whose CPU its rows count. Its helpers join `helpers`, which the section stops.
+ */
+async function spawnBroker(helpers: Helper[], args: string[] = []) {
+  const server = await spawnHelper("_server.ts", args);
+  helpers.push(server);
+  const workers = await Promise.all(
+    [1, 2].map((i) =>
+      spawnHelper("_echo_worker.ts", [
+        "--url",
+        `ws://127.0.0.1:${server.info.port}`,
+        "--name",
+        `w${i}`,
+      ])
+    ),
+  );
+  helpers.push(...workers);
+  return {
+    url: `ws://127.0.0.1:${server.info.requesterPort}`,
+    helpers: [server, ...workers],
+    procs: {
+      client: Deno.pid,
+      server: server.pid,
+      worker1: workers[0].pid,
+      worker2: workers[1].pid,
+    },
+  };
+}
+
 /** Runs the core section. */
 export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
   const seconds = options.seconds ?? 10;
@@ -246,49 +276,14 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
     const echo = await spawnHelper("_echo_server.ts");
     helpers.push(echo);
     const echoUrl = `ws://127.0.0.1:${echo.info.port}`;
-    const server = await spawnHelper("_server.ts");
-    helpers.push(server);
-    const workerUrl = `ws://127.0.0.1:${server.info.port}`;
-    const requesterUrl = `ws://127.0.0.1:${server.info.requesterPort}`;
-    const workers = await Promise.all(
-      [1, 2].map((i) =>
-        spawnHelper("_echo_worker.ts", ["--url", workerUrl, "--name", `w${i}`])
-      ),
-    );
-    helpers.push(...workers);
+    const broker = await spawnBroker(helpers);
     // The same broker without the guard in front of its ports (`startServer({ guard: false })`):
     // `Deno.serve` and the runtime's WebSocket instead of the guard's own framing.
-    const bare = await spawnHelper("_server.ts", ["--no-guard"]);
-    helpers.push(bare);
-    const bareWorkers = await Promise.all(
-      [1, 2].map((i) =>
-        spawnHelper("_echo_worker.ts", [
-          "--url",
-          `ws://127.0.0.1:${bare.info.port}`,
-          "--name",
-          `w${i}`,
-        ])
-      ),
-    );
-    helpers.push(...bareWorkers);
-    const bareUrl = `ws://127.0.0.1:${bare.info.requesterPort}`;
+    const bare = await spawnBroker(helpers, ["--no-guard"]);
     // A second broker, identical to the first, measured beside it in the 1x1 rows: the two
     // differ only by chance (where the scheduler puts eight processes on the CPUs), so their
     // ratio shows how finely a 1x1 ratio can be read on this machine.
-    const twin = await spawnHelper("_server.ts");
-    helpers.push(twin);
-    const twinWorkers = await Promise.all(
-      [1, 2].map((i) =>
-        spawnHelper("_echo_worker.ts", [
-          "--url",
-          `ws://127.0.0.1:${twin.info.port}`,
-          "--name",
-          `w${i}`,
-        ])
-      ),
-    );
-    helpers.push(...twinWorkers);
-    const twinUrl = `ws://127.0.0.1:${twin.info.requesterPort}`;
+    const twin = await spawnBroker(helpers);
     const relay = await spawnHelper("_relay_server.ts");
     helpers.push(relay);
     const relayWorkers = await Promise.all(
@@ -320,24 +315,6 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
       helpers.push(...natsWorkers);
     }
     const echoProcs = { client: Deno.pid, echo: echo.pid };
-    const brokerProcs = {
-      client: Deno.pid,
-      server: server.pid,
-      worker1: workers[0].pid,
-      worker2: workers[1].pid,
-    };
-    const bareProcs = {
-      client: Deno.pid,
-      server: bare.pid,
-      worker1: bareWorkers[0].pid,
-      worker2: bareWorkers[1].pid,
-    };
-    const twinProcs = {
-      client: Deno.pid,
-      server: twin.pid,
-      worker1: twinWorkers[0].pid,
-      worker2: twinWorkers[1].pid,
-    };
     const relayProcs = {
       client: Deno.pid,
       server: relay.pid,
@@ -353,8 +330,8 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
     // Warm up the JIT of every process before measuring.
     const warm: [string, ClientKind][] = [
       [echoUrl, "ws"],
-      [requesterUrl, "ws"],
-      [bareUrl, "ws"],
+      [broker.url, "ws"],
+      [bare.url, "ws"],
       [relayUrl, "ws"],
     ];
     if (nats) warm.push([nats.url, "nats"]);
@@ -376,15 +353,15 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
         const specs: Spec[] = [
           {
             row: { ...row, client: "ws", target: "broker" },
-            url: requesterUrl,
+            url: broker.url,
             data: { size },
-            procs: brokerProcs,
+            procs: broker.procs,
           },
           {
             row: { ...row, client: "ws", target: "broker-noguard" },
-            url: bareUrl,
+            url: bare.url,
             data: { size },
-            procs: bareProcs,
+            procs: bare.procs,
           },
           {
             row: { ...row, client: "ws", target: "relay" },
@@ -396,9 +373,9 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
         if (c === 1) {
           specs.push({
             row: { ...row, client: "ws", target: "broker-twin" },
-            url: twinUrl,
+            url: twin.url,
             data: { size },
-            procs: twinProcs,
+            procs: twin.procs,
           });
         }
         if (nats && natsProcs) {
@@ -430,10 +407,8 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
     await Promise.all(
       [
         echo,
-        bare,
-        ...bareWorkers,
-        twin,
-        ...twinWorkers,
+        ...bare.helpers,
+        ...twin.helpers,
         relay,
         ...relayWorkers,
         ...natsWorkers,
@@ -457,14 +432,14 @@ export async function runCore(options: CoreOptions = {}): Promise<CoreReport> {
           client,
           note: `2KB-req ${client}-client`,
         },
-        url: requesterUrl,
+        url: broker.url,
         data: { size: SMALL, pad },
-        procs: brokerProcs,
+        procs: broker.procs,
       })),
       guardSeconds,
       3,
     );
-    await Promise.all([...workers, server].map((h) => h.stop()));
+    await Promise.all(broker.helpers.map((h) => h.stop()));
 
     log("core: broker in the bench process + 2 worker subprocesses");
     inproc = startServer({ host: "127.0.0.1", port: 0, requesterPort: 0 });
