@@ -5,6 +5,9 @@ import {
 } from "./_websocket.ts";
 import { UnauthorizedError } from "./errors.ts";
 
+// A leading U+FEFF is part of the message, as the ports read it.
+const utf8 = new TextDecoder("utf-8", { ignoreBOM: true });
+
 /** How a client reaches the server. */
 export interface ConnectOptions {
   /** Shared-secret token, sent as `Authorization: Bearer`. */
@@ -94,12 +97,11 @@ export async function openSocket(
       onTextBytes: onBytes,
       setup: (socket) => {
         socket.onmessage = (event) => {
-          if (typeof event.data === "string") onMessage(event.data);
-          else {
-            onMessage(
-              new TextDecoder("utf-8", { ignoreBOM: true }).decode(event.data),
-            );
-          }
+          onMessage(
+            typeof event.data === "string"
+              ? event.data
+              : utf8.decode(event.data),
+          );
         };
       },
     });

@@ -702,10 +702,6 @@ function requesterPortError(value: unknown): string | undefined {
 }
 
 /**
- * A request being served: its abort signal is made only when the action asks for it (an
- * `AbortController` per request is measurable at tens of thousands of requests a second).
- */
-/**
  * What an action is handed: its signal and `progress` are made only when the action reads them
  * (most never do), so a request costs no closure or signal it does not use.
  */
@@ -752,6 +748,10 @@ class Context implements ActionContext {
   }
 }
 
+/**
+ * A request being served: its abort signal is made only when the action asks for it (an
+ * `AbortController` per request is measurable at tens of thousands of requests a second).
+ */
 class Running {
   #controller: AbortController | undefined;
   /** Indexes of items already streamed (`progress` with an item). */

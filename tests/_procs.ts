@@ -144,7 +144,6 @@ export function reaped(child: Deno.ChildProcess): AsyncDisposable {
   };
 }
 
-/** A running `server.ts` and its ports; `await using` kills it at the end of the scope. */
 /** `count` `worker.ts` processes named `w0`… on `url`, fetching from `upstreamUrl` unthrottled. */
 export function marketWorkers(
   url: string,
@@ -167,6 +166,7 @@ export function marketWorkers(
     ]));
 }
 
+/** A running `server.ts` and its ports; `await using` kills it at the end of the scope. */
 export interface ServerProgram extends AsyncDisposable {
   program: Program;
   workerPort: number;

@@ -69,6 +69,21 @@ async function converged(servers: TestServer[], count: number): Promise<void> {
 
 const whoAmI = (name: string) => () => name;
 
+/** Starts worker `name` (it answers `who`) on s1, kept in `workers`, and waits until s0 sees it. */
+async function workerOnS1(
+  servers: TestServer[],
+  workers: TestWorker[],
+  name: string,
+): Promise<void> {
+  workers.push(
+    await startWorker(servers[1], { name, actions: { who: whoAmI(name) } }),
+  );
+  await waitFor(
+    () => servers[0].broker.workers().length === 1,
+    `s0 to see s1's worker ${name}`,
+  );
+}
+
 /**
  * Of three servers, the first two join the cluster (s0 sees the worker "w" started on s1, kept
  * in `workers`) and NATS refuses the third, which says why and holds no worker.
@@ -78,16 +93,7 @@ async function twoJoinThirdRefused(
   workers: TestWorker[],
 ): Promise<void> {
   await Promise.all(servers.map((s) => s.cluster!));
-  workers.push(
-    await startWorker(servers[1], {
-      name: "w",
-      actions: { who: whoAmI("w") },
-    }),
-  );
-  await waitFor(
-    () => servers[0].broker.workers().length === 1,
-    "s0 to see s1's worker",
-  );
+  await workerOnS1(servers, workers, "w");
   await waitFor(
     () => servers[2].broker.stats().cluster?.nats_error !== undefined,
     "the refused server to say why it is out",
@@ -536,16 +542,7 @@ Deno.test({
     ));
     await using workers = group<TestWorker>();
     await Promise.all(servers.map(async (s) => (await s.cluster!).start()));
-    workers.push(
-      await startWorker(servers[1], {
-        name: "w1",
-        actions: { who: whoAmI("w1") },
-      }),
-    );
-    await waitFor(
-      () => servers[0].broker.workers().length === 1,
-      "s0 to see w1",
-    );
+    await workerOnS1(servers, workers, "w1");
     await servers[1].close();
     await waitFor(
       () =>
@@ -577,16 +574,7 @@ Deno.test({
     ));
     await using workers = group<TestWorker>();
     await Promise.all(servers.map(async (s) => (await s.cluster!).start()));
-    workers.push(
-      await startWorker(servers[1], {
-        name: "w",
-        actions: { who: whoAmI("w") },
-      }),
-    );
-    await waitFor(
-      () => servers[0].broker.workers().length === 1,
-      "s0 to see s1's worker through an authenticated NATS",
-    );
+    await workerOnS1(servers, workers, "w");
     assert.equal(servers[0].broker.stats().cluster?.nats, "connected");
   },
 });

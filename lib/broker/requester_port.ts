@@ -452,7 +452,7 @@ export class RequesterPort implements RequestRunner {
   ): void {
     const started = this.#core.clock.now();
     const task = request.command === BATCH_COMMAND
-      ? this.#runBatch(peer, request, cancellation)
+      ? this.#runBatch(peer, request, started, cancellation)
       : this.#runsHere(request.command)
       ? this.#runServerAction(request, started, cancellation)
       : undefined;
@@ -600,9 +600,9 @@ export class RequesterPort implements RequestRunner {
   async #runBatch(
     peer: RequesterPeer,
     request: RequesterRequest,
+    started: number,
     signal: CancelSignal,
   ): Promise<RequesterAnswer> {
-    const started = this.#core.clock.now();
     const id = request.request_id;
     let items: unknown[];
     try {

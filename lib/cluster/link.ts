@@ -895,11 +895,8 @@ export class ClusterLink {
    */
   #onRelayedBatch(text: string): void {
     const lines = text.split("\n");
-    if (lines.length % 2 !== 0) {
-      throw new Error("a request without its envelope");
-    }
     const requests: [string, string][] = [];
-    for (let k = 0; k < lines.length; k += 2) {
+    for (let k = 0; k + 1 < lines.length; k += 2) {
       requests.push([lines[k], lines[k + 1]]);
     }
     this.#each(
@@ -907,6 +904,10 @@ export class ClusterLink {
       requests,
       ([header, frame]) => this.#onRelayed(header, frame),
     );
+    // A torn batch loses only its last, incomplete request.
+    if (lines.length % 2 !== 0) {
+      throw new Error("a request without its envelope");
+    }
   }
 
   #onRelayed(header: string, frame: string): void {
