@@ -16,7 +16,7 @@ import {
   serverUrl,
 } from "./lib/_flags.ts";
 import { setupLogging } from "./lib/log.ts";
-import { RequesterClient } from "./lib/requester_client.ts";
+import { RequesterClient } from "./lib/requester/requester_client.ts";
 import {
   type MarketsCommand,
   marketsCommand,

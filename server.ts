@@ -5,10 +5,10 @@
  * @module
  */
 
-import { RUNTIME_FRAME_CAP } from "./lib/_frame_size.ts";
+import { RUNTIME_FRAME_CAP } from "./lib/transport/_frame_size.ts";
 import { DEFAULT_WORKER_FRAME_BYTES } from "./lib/broker/options.ts";
 import { parseArgs } from "node:util";
-import { STRATEGIES, type Strategy } from "./lib/balancer.ts";
+import { STRATEGIES, type Strategy } from "./lib/broker/balancer.ts";
 import { runStdinConsole, serverCommand } from "./lib/console.ts";
 import {
   consoleMode,
@@ -26,7 +26,7 @@ import {
 import { logger, setupLogging } from "./lib/log.ts";
 import type { ClusterOptions } from "./lib/cluster/link.ts";
 import { validClusterName } from "./lib/cluster/wire.ts";
-import { type ServerOptions, startServer } from "./lib/server.ts";
+import { type ServerOptions, startServer } from "./lib/broker/server.ts";
 
 const USAGE = `Usage: deno task start [options]
 

@@ -27,7 +27,7 @@ import {
   parseHeaderFlags,
   parseProviderList,
 } from "./lib/market/mod.ts";
-import { Worker } from "./lib/worker_client.ts";
+import { Worker } from "./lib/worker/worker_client.ts";
 
 const USAGE = `Usage: deno task worker [HOST] [PORT] [options]
 

@@ -7,7 +7,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { startServer } from "../lib/server.ts";
+import { startServer } from "../lib/broker/server.ts";
 
 if (import.meta.main) {
   const { values } = parseArgs({

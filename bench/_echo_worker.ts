@@ -7,7 +7,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { Worker } from "../lib/worker_client.ts";
+import { Worker } from "../lib/worker/worker_client.ts";
 import { createMarketService } from "../lib/market/mod.ts";
 import { payload, requestedSize } from "./_payload.ts";
 

@@ -7,8 +7,8 @@
  */
 
 import { connect as natsConnect } from "npm:@nats-io/transport-node@3.4.0";
-import { openSocket } from "../lib/_connect.ts";
-import { WebSocket } from "../lib/_ws.ts";
+import { openSocket } from "../lib/transport/_connect.ts";
+import { WebSocket } from "../lib/transport/_ws.ts";
 import { NATS_SUBJECT } from "./_nats_worker.ts";
 import { type LoadSummary, summarize } from "./_stats.ts";
 
@@ -36,7 +36,7 @@ export interface LoadOptions {
   data: unknown;
   /**
    * npm `ws` (TCP_NODELAY), Deno's built-in client, NATS, or the client our workers and
-   * `RequesterClient` use (`lib/_connect.ts`). @default "ws"
+   * `RequesterClient` use (`lib/transport/_connect.ts`). @default "ws"
    */
   client?: ClientKind;
 }

@@ -8,8 +8,8 @@
 
 import { parseArgs } from "node:util";
 import { Counter, Histogram, Registry } from "npm:prom-client@15.1.3";
-import { LATENCY_BUCKETS } from "../lib/metrics.ts";
-import { startServer } from "../lib/server.ts";
+import { LATENCY_BUCKETS } from "../lib/broker/metrics.ts";
+import { startServer } from "../lib/broker/server.ts";
 
 /**
  * Records one request the way prom-client's own API does: `Counter.inc()` and

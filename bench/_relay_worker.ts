@@ -7,7 +7,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { WebSocket } from "../lib/_ws.ts";
+import { WebSocket } from "../lib/transport/_ws.ts";
 import { payload, requestedSize } from "./_payload.ts";
 
 if (import.meta.main) {

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { startServer } from "../lib/server.ts";
+import { startServer } from "../lib/broker/server.ts";
 
 if (import.meta.main) {
   const server = startServer({

@@ -15,9 +15,9 @@
  * @module
  */
 
-import { startServer } from "../lib/server.ts";
-import { RequesterClient } from "../lib/requester_client.ts";
-import { Worker } from "../lib/worker_client.ts";
+import { startServer } from "../lib/broker/server.ts";
+import { RequesterClient } from "../lib/requester/requester_client.ts";
+import { Worker } from "../lib/worker/worker_client.ts";
 import { createMarketService, type MarketService } from "../lib/market/mod.ts";
 import { cpuSeconds, spawnHelper } from "./_spawn.ts";
 import { type Check, fixed, table } from "./_stats.ts";

@@ -15,7 +15,7 @@
  * @module
  */
 
-import { startServer } from "../lib/server.ts";
+import { startServer } from "../lib/broker/server.ts";
 import {
   type ClientKind,
   type LoadResult,
@@ -540,7 +540,7 @@ function coreChecks(rows: CoreRow[]): Check[] {
     if (!row || !deno) continue;
     checks.push({
       name: `Nagle guard: 2 KB requests via ${
-        kind === "ws" ? "npm ws" : "our client (lib/_connect.ts)"
+        kind === "ws" ? "npm ws" : "our client (lib/transport/_connect.ts)"
       } p50 < 40 ms`,
       pass: row.result.p50 < 40,
       detail: `p50 ${fixed(row.result.p50)} ms, Deno built-in client p50 ${

@@ -12,7 +12,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { Metrics } from "../lib/metrics.ts";
+import { Metrics } from "../lib/broker/metrics.ts";
 import { promRecorder } from "./_metrics_server.ts";
 import { runLoad } from "./_load.ts";
 import { cpuSeconds, type Helper, spawnHelper } from "./_spawn.ts";

@@ -7,7 +7,7 @@
  */
 
 import { mulberry32 } from "../lib/_random.ts";
-import { RequesterClient } from "../lib/requester_client.ts";
+import { RequesterClient } from "../lib/requester/requester_client.ts";
 import { batchItems } from "./batch.ts";
 import { type Helper, rssMiB, spawnHelper } from "./_spawn.ts";
 import { type Check, fixed, summarize, table } from "./_stats.ts";

@@ -9,9 +9,9 @@
 
 import { createMarketService } from "../lib/market/mod.ts";
 import { setupLogging } from "../lib/log.ts";
-import { RequesterClient } from "../lib/requester_client.ts";
-import { startServer } from "../lib/server.ts";
-import { Worker } from "../lib/worker_client.ts";
+import { RequesterClient } from "../lib/requester/requester_client.ts";
+import { startServer } from "../lib/broker/server.ts";
+import { Worker } from "../lib/worker/worker_client.ts";
 
 const CODES = [
   "510300",

@@ -8,8 +8,8 @@
 
 import process from "node:process";
 import { createInterface } from "node:readline";
-import type { Broker } from "./broker.ts";
-import type { Worker } from "./worker_client.ts";
+import type { Broker } from "./broker/broker.ts";
+import type { Worker } from "./worker/worker_client.ts";
 
 /** What a console command asks of the program. */
 export type ConsoleResult = "continue" | "quit";

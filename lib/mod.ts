@@ -30,20 +30,20 @@
  * @module
  */
 
-export { startServer } from "./server.ts";
-export { Broker, VERSION } from "./broker.ts";
-export { Worker, WORKER_VERSION } from "./worker_client.ts";
-export { RequesterClient } from "./requester_client.ts";
+export { startServer } from "./broker/server.ts";
+export { Broker, VERSION } from "./broker/broker.ts";
+export { Worker, WORKER_VERSION } from "./worker/worker_client.ts";
+export { RequesterClient } from "./requester/requester_client.ts";
 export {
   Balancer,
   loadScore,
   rendezvousOrder,
   STRATEGIES,
-} from "./balancer.ts";
+} from "./broker/balancer.ts";
 export { Backoff } from "./backoff.ts";
-export { Dispatcher } from "./dispatcher.ts";
-export { LocalRegistry } from "./registry.ts";
-export { calculate } from "./server_actions.ts";
+export { Dispatcher } from "./broker/dispatcher.ts";
+export { LocalRegistry } from "./broker/registry.ts";
+export { calculate } from "./broker/server_actions.ts";
 export {
   ConnectionClosedError,
   ErrorCode,
@@ -65,13 +65,17 @@ export {
   parseRequesterFrame,
 } from "./protocol.ts";
 export { setupLogging } from "./log.ts";
-export { Metrics } from "./metrics.ts";
+export { Metrics } from "./broker/metrics.ts";
 export { createMarketService, parseProviderList } from "./market/mod.ts";
 
 export type { ActionContext, ActionHandler } from "./action.ts";
-export type { RunningServer, ServerOptions } from "./server.ts";
-export type { GuardStats } from "./guard.ts";
-export type { BrokerOptions, BrokerStats, MessageHandler } from "./broker.ts";
+export type { RunningServer, ServerOptions } from "./broker/server.ts";
+export type { GuardStats } from "./transport/guard.ts";
+export type {
+  BrokerOptions,
+  BrokerStats,
+  MessageHandler,
+} from "./broker/broker.ts";
 export type {
   ClusterLink,
   ClusterOptions,
@@ -83,26 +87,30 @@ export type {
   WorkerMessageHandler,
   WorkerOptions,
   WorkerStatus,
-} from "./worker_client.ts";
+} from "./worker/worker_client.ts";
 export type {
   BatchStream,
   RequesterClientOptions,
   RequestOptions,
   StreamedItem,
-} from "./requester_client.ts";
-export type { BalancerOptions, Strategy, WorkerLoad } from "./balancer.ts";
+} from "./requester/requester_client.ts";
+export type {
+  BalancerOptions,
+  Strategy,
+  WorkerLoad,
+} from "./broker/balancer.ts";
 export type { BackoffOptions } from "./backoff.ts";
 export type {
   DispatcherOptions,
   Outcome,
   SubmitOptions,
-} from "./dispatcher.ts";
+} from "./broker/dispatcher.ts";
 export type {
   Clock,
   WorkerInfo,
   WorkerRegistration,
   WorkerRegistry,
-} from "./registry.ts";
+} from "./broker/registry.ts";
 export type {
   Envelope,
   RequesterAnswer,
@@ -119,12 +127,12 @@ export type {
   RecentError,
   RefusalReason,
   Timeline,
-} from "./metrics.ts";
+} from "./broker/metrics.ts";
 export type {
   UpstreamHost as WorkerUpstreamHost,
   UpstreamStatus as WorkerUpstreamStatus,
 } from "./upstream_status.ts";
-export type { ConnectOptions } from "./_connect.ts";
+export type { ConnectOptions } from "./transport/_connect.ts";
 export type {
   Adjust,
   Bar,

@@ -7,7 +7,7 @@
  * @module
  */
 
-import { WebSocket } from "../lib/_ws.ts";
+import { WebSocket } from "../lib/transport/_ws.ts";
 
 /** Flags for a quiet, sandbox-free headless browser with a fresh profile. */
 export const CHROMIUM_FLAGS: readonly string[] = [

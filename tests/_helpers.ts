@@ -11,13 +11,13 @@ import {
   type RunningServer,
   type ServerOptions,
   startServer,
-} from "../lib/server.ts";
+} from "../lib/broker/server.ts";
 import {
   RequesterClient,
   type RequesterClientOptions,
-} from "../lib/requester_client.ts";
-import { Worker, type WorkerOptions } from "../lib/worker_client.ts";
-import { WebSocket } from "../lib/_ws.ts";
+} from "../lib/requester/requester_client.ts";
+import { Worker, type WorkerOptions } from "../lib/worker/worker_client.ts";
+import { WebSocket } from "../lib/transport/_ws.ts";
 
 export { mulberry32 } from "../lib/_random.ts";
 

@@ -4,8 +4,8 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { resetSync } from "npm:@logtape/logtape@2.4.2";
 import { setupLogging } from "../lib/log.ts";
-import { RequesterClient } from "../lib/requester_client.ts";
-import { Worker } from "../lib/worker_client.ts";
+import { RequesterClient } from "../lib/requester/requester_client.ts";
+import { Worker } from "../lib/worker/worker_client.ts";
 import {
   RawPeer,
   releasing,

@@ -7,7 +7,7 @@ import {
   rendezvousOrder,
   type Strategy,
   type WorkerLoad,
-} from "../lib/balancer.ts";
+} from "../lib/broker/balancer.ts";
 import { mulberry32 } from "./_helpers.ts";
 
 function load(id: string, fields: Partial<WorkerLoad> = {}): WorkerLoad {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import type { UpstreamReport } from "../lib/batch_placement.ts";
+import type { UpstreamReport } from "../lib/broker/batch_placement.ts";
 import {
   connectClient,
   emptyBars,
@@ -12,7 +12,7 @@ import {
 } from "./_helpers.ts";
 import { startFakeEastmoney } from "./_fake_eastmoney.ts";
 import { createMarketService } from "../lib/market/mod.ts";
-import type { Worker } from "../lib/worker_client.ts";
+import type { Worker } from "../lib/worker/worker_client.ts";
 
 type Item = { symbol_type: string; code: string };
 

@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
 import type { ActionHandler } from "../lib/action.ts";
 import { createMarketService } from "../lib/market/mod.ts";
-import type { RequesterClient } from "../lib/requester_client.ts";
-import type { ServerOptions } from "../lib/server.ts";
-import type { Worker } from "../lib/worker_client.ts";
+import type { RequesterClient } from "../lib/requester/requester_client.ts";
+import type { ServerOptions } from "../lib/broker/server.ts";
+import type { Worker } from "../lib/worker/worker_client.ts";
 import {
   connectClient,
   type Frame,

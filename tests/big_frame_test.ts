@@ -3,8 +3,8 @@
 // A raw TCP client writes the frames itself, so sizes, fragments and pings are exact.
 
 import assert from "node:assert/strict";
-import { RequesterClient } from "../lib/requester_client.ts";
-import { RUNTIME_FRAME_CAP } from "../lib/_frame_size.ts";
+import { RequesterClient } from "../lib/requester/requester_client.ts";
+import { RUNTIME_FRAME_CAP } from "../lib/transport/_frame_size.ts";
 import { concat, frameHeader, writeAll as write } from "./_frames.ts";
 import {
   answerOf,

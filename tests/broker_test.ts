@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
-import type { ServerOptions } from "../lib/server.ts";
-import { RequesterClient } from "../lib/requester_client.ts";
-import type { Worker } from "../lib/worker_client.ts";
+import type { ServerOptions } from "../lib/broker/server.ts";
+import { RequesterClient } from "../lib/requester/requester_client.ts";
+import type { Worker } from "../lib/worker/worker_client.ts";
 import {
   answerOf,
   connectClient,

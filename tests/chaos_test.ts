@@ -4,7 +4,7 @@
 // run), however many times it was re-sent, and nothing may hang.
 
 import assert from "node:assert/strict";
-import { WebSocket } from "../lib/_ws.ts";
+import { WebSocket } from "../lib/transport/_ws.ts";
 import { startFakeEastmoney } from "./_fake_eastmoney.ts";
 import { mulberry32 } from "./_helpers.ts";
 import { Program, startServerProgram, waitForHealth } from "./_procs.ts";

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import type { ActionContext } from "../lib/action.ts";
 import type { RequesterAnswer } from "../lib/protocol.ts";
-import { Worker } from "../lib/worker_client.ts";
+import { Worker } from "../lib/worker/worker_client.ts";
 import {
   answerOf,
   connectClient,

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { Deadlines } from "../lib/_deadlines.ts";
+import { Deadlines } from "../lib/broker/_deadlines.ts";
 import { releasing, within } from "./_helpers.ts";
 
 Deno.test("deadlines - expire in due order across durations, and never after cancel", async () => {

@@ -6,9 +6,9 @@ import type { ActionContext } from "../lib/action.ts";
 import { resetSync } from "npm:@logtape/logtape@2.4.2";
 import { ConnectionClosedError } from "../lib/errors.ts";
 import { setupLogging } from "../lib/log.ts";
-import { RequesterClient } from "../lib/requester_client.ts";
-import { startServer } from "../lib/server.ts";
-import { Worker } from "../lib/worker_client.ts";
+import { RequesterClient } from "../lib/requester/requester_client.ts";
+import { startServer } from "../lib/broker/server.ts";
+import { Worker } from "../lib/worker/worker_client.ts";
 import {
   answerOf,
   connectClient,

@@ -3,9 +3,9 @@
 
 import assert from "node:assert/strict";
 import net from "node:net";
-import { connectionBudget, rewriteHead } from "../lib/guard.ts";
-import { bodyFraming } from "../lib/_body_framing.ts";
-import { RequesterClient } from "../lib/requester_client.ts";
+import { connectionBudget, rewriteHead } from "../lib/transport/guard.ts";
+import { bodyFraming } from "../lib/transport/_body_framing.ts";
+import { RequesterClient } from "../lib/requester/requester_client.ts";
 import { RawPeer, startTestServer, startWorker, waitFor } from "./_helpers.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;

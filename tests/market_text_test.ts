@@ -5,7 +5,7 @@ import { renderMarketFile } from "../lib/requester/market_files.ts";
 import { readItemText } from "../lib/requester/market_text.ts";
 import { runMarketsJob } from "../lib/requester/markets_job.ts";
 import { createMarketService } from "../lib/market/service.ts";
-import { RequesterClient } from "../lib/requester_client.ts";
+import { RequesterClient } from "../lib/requester/requester_client.ts";
 import { startFakeEastmoney } from "./_fake_eastmoney.ts";
 import { startTestServer, startWorker } from "./_helpers.ts";
 

@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
 import { createMarketService } from "../lib/market/mod.ts";
-import type { Worker } from "../lib/worker_client.ts";
+import type { Worker } from "../lib/worker/worker_client.ts";
 import { parseSymbolList } from "../lib/requester/symbols.ts";
 import { startFakeEastmoney } from "./_fake_eastmoney.ts";
 import { startTestServer, startWorker, tempDir, waitFor } from "./_helpers.ts";
 import { Program, runProgram } from "./_procs.ts";
-import type { RunningServer } from "../lib/server.ts";
+import type { RunningServer } from "../lib/broker/server.ts";
 
 function codes(n: number): string[] {
   const prefixes = ["510", "512", "159", "588"];

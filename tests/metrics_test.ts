@@ -2,7 +2,7 @@
 // text.
 
 import assert from "node:assert/strict";
-import { Metrics } from "../lib/metrics.ts";
+import { Metrics } from "../lib/broker/metrics.ts";
 import {
   connectClient,
   openRawWorker,

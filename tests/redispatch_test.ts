@@ -2,8 +2,8 @@
 // an action marked non-retriable, and a lost job's place in the queue.
 
 import assert from "node:assert/strict";
-import { RequesterClient } from "../lib/requester_client.ts";
-import type { Worker } from "../lib/worker_client.ts";
+import { RequesterClient } from "../lib/requester/requester_client.ts";
+import type { Worker } from "../lib/worker/worker_client.ts";
 import {
   answerOf,
   type Frame,

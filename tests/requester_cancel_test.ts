@@ -3,7 +3,7 @@
 
 import assert from "node:assert/strict";
 import type { ActionContext } from "../lib/action.ts";
-import type { Worker } from "../lib/worker_client.ts";
+import type { Worker } from "../lib/worker/worker_client.ts";
 import {
   answerOf,
   connectClient,

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { ConnectionClosedError, RequestTimeoutError } from "../lib/errors.ts";
-import { RequesterClient } from "../lib/requester_client.ts";
+import { RequesterClient } from "../lib/requester/requester_client.ts";
 import {
   answerOf,
   connectClient,

@@ -3,7 +3,7 @@ import {
   calculate,
   formatLocalTime,
   serverActions,
-} from "../lib/server_actions.ts";
+} from "../lib/broker/server_actions.ts";
 
 Deno.test("calculate() does + - * / ** %", () => {
   assert.equal(calculate({ a: 10, b: 20, op: "+" }), 30);

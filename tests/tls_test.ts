@@ -2,7 +2,7 @@
 // trust the CA by `ca`, and clients that do not.
 
 import assert from "node:assert/strict";
-import { RequesterClient } from "../lib/requester_client.ts";
+import { RequesterClient } from "../lib/requester/requester_client.ts";
 import { Program, runProgram, startServerProgram } from "./_procs.ts";
 import { connectClient, startTestServer, startWorker } from "./_helpers.ts";
 import { hasOpenssl, makePki } from "./_pki.ts";

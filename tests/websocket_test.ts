@@ -1,9 +1,9 @@
-// The ports' own WebSocket framing (lib/_websocket.ts) on real loopback sockets. The server
+// The ports' own WebSocket framing (lib/transport/_websocket.ts) on real loopback sockets. The server
 // side reads three bytes at a time in the first test, so every split of a header or payload
 // across reads is met, and a small message cap exercises every length form (7, 16, 64 bits).
 
 import assert from "node:assert/strict";
-import { ConnSocket, type SocketClose } from "../lib/_websocket.ts";
+import { ConnSocket, type SocketClose } from "../lib/transport/_websocket.ts";
 import { concat, frameHeader, writeAll } from "./_frames.ts";
 import { within } from "./_helpers.ts";
 

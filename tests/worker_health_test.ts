@@ -4,8 +4,8 @@
 // called by hand.
 
 import assert from "node:assert/strict";
-import { isCandidate } from "../lib/balancer.ts";
-import { PROBE_AFTER_MS, REGISTRATION_LIMITS } from "../lib/registry.ts";
+import { isCandidate } from "../lib/broker/balancer.ts";
+import { PROBE_AFTER_MS, REGISTRATION_LIMITS } from "../lib/broker/registry.ts";
 import {
   answerOf,
   connectClient,

@@ -5,9 +5,9 @@
  * @module
  */
 
-import { authorized } from "../auth.ts";
+import { authorized } from "./auth.ts";
 import { logger } from "../log.ts";
-import { Metrics } from "../metrics.ts";
+import { Metrics } from "./metrics.ts";
 import { type BrokerCore, VERSION } from "./options.ts";
 
 const log = logger("broker");

@@ -5,14 +5,14 @@
  * @module
  */
 
-import { RUNTIME_FRAME_CAP } from "../_frame_size.ts";
+import { RUNTIME_FRAME_CAP } from "../transport/_frame_size.ts";
 import type { ActionHandler } from "../action.ts";
-import type { Strategy } from "../balancer.ts";
-import type { Dispatcher } from "../dispatcher.ts";
-import type { Metrics } from "../metrics.ts";
-import type { AuthLimiter } from "../auth.ts";
+import type { Strategy } from "./balancer.ts";
+import type { Dispatcher } from "./dispatcher.ts";
+import type { Metrics } from "./metrics.ts";
+import type { AuthLimiter } from "./auth.ts";
 import type { Envelope } from "../protocol.ts";
-import type { Clock, WorkerInfo } from "../registry.ts";
+import type { Clock, WorkerInfo } from "./registry.ts";
 import type { ClusterStatus } from "../cluster/link.ts";
 
 /** The version the server reports in `connect` and `/health`. */

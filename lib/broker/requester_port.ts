@@ -6,11 +6,11 @@
  * @module
  */
 
-import { upgradeWebSocket } from "../_websocket.ts";
-import { overBytes, utf8Bytes } from "../_frame_size.ts";
+import { upgradeWebSocket } from "../transport/_websocket.ts";
+import { overBytes, utf8Bytes } from "../transport/_frame_size.ts";
 import { Cancellation, type CancelSignal } from "../_cancel.ts";
-import { BATCH_COMMAND, readBatchItems, runBatch } from "../batch.ts";
-import type { Outcome, SubmitOptions } from "../dispatcher.ts";
+import { BATCH_COMMAND, readBatchItems, runBatch } from "./batch.ts";
+import type { Outcome, SubmitOptions } from "./dispatcher.ts";
 import {
   ErrorCode,
   NO_WORKERS_TEXT,
@@ -18,7 +18,7 @@ import {
   SwitchyardError,
   TIMEOUT_TEXT,
 } from "../errors.ts";
-import { offers } from "../balancer.ts";
+import { offers } from "./balancer.ts";
 import { shortId } from "../_id.ts";
 import { logger } from "../log.ts";
 import {
@@ -29,7 +29,7 @@ import {
 } from "../protocol.ts";
 import { plainHttp, refuseUpgrade, remoteAddress } from "./http.ts";
 import type { BrokerCore } from "./options.ts";
-import type { RequestRunner, RunOptions } from "../http_api.ts";
+import type { RequestRunner, RunOptions } from "./http_api.ts";
 import { WebSite } from "../web/site.ts";
 
 const log = logger("broker");

@@ -5,9 +5,9 @@
  * @module
  */
 
-import { upgradeWebSocket } from "../_websocket.ts";
-import { overBytes, utf8Bytes } from "../_frame_size.ts";
-import { Peer } from "../dispatcher.ts";
+import { upgradeWebSocket } from "../transport/_websocket.ts";
+import { overBytes, utf8Bytes } from "../transport/_frame_size.ts";
+import { Peer } from "./dispatcher.ts";
 import { ErrorCode, ProtocolError, SwitchyardError } from "../errors.ts";
 import { shortId } from "../_id.ts";
 import { logger } from "../log.ts";
@@ -22,7 +22,7 @@ import {
   readRequestData,
   readResponseData,
 } from "../protocol.ts";
-import type { WorkerRegistration } from "../registry.ts";
+import type { WorkerRegistration } from "./registry.ts";
 import { readUpstreamStatus } from "../upstream_status.ts";
 import { plainHttp, refuseUpgrade, remoteAddress } from "./http.ts";
 import { type BrokerCore, type MessageHandler, VERSION } from "./options.ts";

@@ -19,8 +19,8 @@ import {
 import { connectNats } from "./nats_connect.ts";
 import { setImmediate } from "node:timers";
 import { Cancellation } from "../_cancel.ts";
-import { type Peer, RecentIds } from "../dispatcher.ts";
-import type { WorkerLoad } from "../balancer.ts";
+import { type Peer, RecentIds } from "../broker/dispatcher.ts";
+import type { WorkerLoad } from "../broker/balancer.ts";
 import { ErrorCode } from "../errors.ts";
 import { shortId } from "../_id.ts";
 import { logger } from "../log.ts";

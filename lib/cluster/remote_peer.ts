@@ -8,8 +8,8 @@
  * @module
  */
 
-import { Peer } from "../dispatcher.ts";
-import type { Clock, WorkerInfo } from "../registry.ts";
+import { Peer } from "../broker/dispatcher.ts";
+import type { Clock, WorkerInfo } from "../broker/registry.ts";
 import type { WorkerState } from "./wire.ts";
 
 /** A worker of another server; see the module doc. */

@@ -1,6 +1,6 @@
 // The part of npm `csv-parse/sync` that lib/market/csv.ts uses. The package's own declarations
 // open with `/// <reference types="node" />`, which `deno doc` (2.9.6) cannot resolve and warns
-// about in the docs of every project importing `lib/mod.ts`; see lib/_ws_types.d.ts.
+// about in the docs of every project importing `lib/mod.ts`; see lib/transport/_ws_types.d.ts.
 
 /** Options of `parse` that lib/market/csv.ts sets (csv-parse 7). */
 export interface Options {

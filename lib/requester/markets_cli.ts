@@ -5,7 +5,7 @@
  * @module
  */
 
-import { RequesterClient } from "../requester_client.ts";
+import { RequesterClient } from "./requester_client.ts";
 import type { ColumnStyle, MarketFileFormat } from "./market_files.ts";
 import {
   listSymbols,

@@ -7,7 +7,7 @@
  */
 
 import type { RequesterAnswer } from "../protocol.ts";
-import type { RequesterClient } from "../requester_client.ts";
+import type { RequesterClient } from "./requester_client.ts";
 import {
   type ColumnStyle,
   type MarketFileFormat,

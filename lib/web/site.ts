@@ -17,12 +17,12 @@ import { createHash, timingSafeEqual } from "node:crypto";
 import "npm:lightweight-charts@5.2.1/package.json" with { type: "json" };
 import page from "./dashboard.html" with { type: "text" };
 import script from "./dashboard.js" with { type: "text" };
-import { presentedToken } from "../auth.ts";
+import { presentedToken } from "../broker/auth.ts";
 import { remoteAddress } from "../broker/http.ts";
-import { HttpApi, type RequestRunner } from "../http_api.ts";
+import { HttpApi, type RequestRunner } from "../broker/http_api.ts";
 import { logger } from "../log.ts";
-import { workerState } from "../metrics.ts";
-import type { WorkerInfo } from "../registry.ts";
+import { workerState } from "../broker/metrics.ts";
+import type { WorkerInfo } from "../broker/registry.ts";
 import type { BrokerCore } from "../broker/options.ts";
 import { VERSION } from "../broker/options.ts";
 

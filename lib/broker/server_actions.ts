@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { ActionHandler } from "./action.ts";
+import type { ActionHandler } from "../action.ts";
 import type { WorkerInfo } from "./registry.ts";
 
 /** `YYYY-MM-DD HH:MM:SS` in the process's local time zone, as the original prints it. */

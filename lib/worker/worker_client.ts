@@ -5,22 +5,22 @@
  * @module
  */
 
-import type { ActionContext, ActionHandler } from "./action.ts";
-import { Backoff, type BackoffOptions, sleep } from "./backoff.ts";
+import type { ActionContext, ActionHandler } from "../action.ts";
+import { Backoff, type BackoffOptions, sleep } from "../backoff.ts";
 import {
   type ClientSocket,
   type ConnectOptions,
   openSocket,
   redactUrl,
-} from "./_connect.ts";
+} from "../transport/_connect.ts";
 import {
   ErrorCode,
   RequestTimeoutError,
   UnauthorizedError,
   WorkerError,
-} from "./errors.ts";
-import { messageId } from "./_id.ts";
-import { logger } from "./log.ts";
+} from "../errors.ts";
+import { messageId } from "../_id.ts";
+import { logger } from "../log.ts";
 import {
   BATCH_ENVELOPES,
   encodeEnvelope,
@@ -31,7 +31,7 @@ import {
   readEnvelope,
   readRequestData,
   readResponseData,
-} from "./protocol.ts";
+} from "../protocol.ts";
 import { builtinWorkerActions } from "./system_info.ts";
 
 const log = logger("worker");
@@ -476,7 +476,7 @@ export class Worker {
       this.#batcher.push(text);
       return true;
     }
-    // Frames sent in one turn leave in one write (lib/_websocket.ts).
+    // Frames sent in one turn leave in one write (lib/transport/_websocket.ts).
     socket.send(text);
     return true;
   }

@@ -12,34 +12,30 @@
  */
 
 import { AuthLimiter } from "./auth.ts";
-import type { ActionHandler } from "./action.ts";
+import type { ActionHandler } from "../action.ts";
 import { Dispatcher, type Outcome } from "./dispatcher.ts";
-import { ErrorCode, SwitchyardError } from "./errors.ts";
-import { MessageType } from "./protocol.ts";
+import { ErrorCode, SwitchyardError } from "../errors.ts";
+import { MessageType } from "../protocol.ts";
 import { type Clock, systemClock, type WorkerInfo } from "./registry.ts";
 import { serverActions } from "./server_actions.ts";
-import { logger } from "./log.ts";
+import { logger } from "../log.ts";
 import { Metrics } from "./metrics.ts";
 import { BATCH_COMMAND } from "./batch.ts";
-import { RequesterPort } from "./broker/requester_port.ts";
-import { WorkerPort } from "./broker/worker_port.ts";
-import { sweep } from "./broker/sweep.ts";
-import type { ClusterLink, ClusterOptions } from "./cluster/link.ts";
+import { RequesterPort } from "./requester_port.ts";
+import { WorkerPort } from "./worker_port.ts";
+import { sweep } from "./sweep.ts";
+import type { ClusterLink, ClusterOptions } from "../cluster/link.ts";
 import {
   type BrokerCore,
   type BrokerOptions,
   type BrokerStats,
   type ResolvedOptions,
   resolveOptions,
-} from "./broker/options.ts";
+} from "./options.ts";
 
-export { VERSION } from "./broker/options.ts";
-import { VERSION } from "./broker/options.ts";
-export type {
-  BrokerOptions,
-  BrokerStats,
-  MessageHandler,
-} from "./broker/options.ts";
+export { VERSION } from "./options.ts";
+import { VERSION } from "./options.ts";
+export type { BrokerOptions, BrokerStats, MessageHandler } from "./options.ts";
 
 /** The broker; see the module doc. */
 export class Broker {
@@ -180,7 +176,7 @@ export class Broker {
     }
     this.#joining = (async () => {
       // Loaded only here, so that a server without a cluster never loads the NATS client.
-      const { ClusterLink } = await import("./cluster/link.ts");
+      const { ClusterLink } = await import("../cluster/link.ts");
       const link = new ClusterLink(
         this.#core,
         options,

@@ -10,14 +10,14 @@ import {
   type ConnectOptions,
   openSocket,
   redactUrl,
-} from "./_connect.ts";
-import { Backoff, sleep } from "./backoff.ts";
+} from "../transport/_connect.ts";
+import { Backoff, sleep } from "../backoff.ts";
 import {
   ConnectionClosedError,
   RequestTimeoutError,
   WrongPortError,
-} from "./errors.ts";
-import type { RequesterAnswer } from "./protocol.ts";
+} from "../errors.ts";
+import type { RequesterAnswer } from "../protocol.ts";
 
 /** Whether `message` is a worker-port envelope (`{"type", "msg_id", …}`) rather than an answer. */
 function isWorkerEnvelope(

@@ -4,8 +4,8 @@
  * @module
  */
 
-import type { ActionHandler } from "./action.ts";
-import { formatLocalTime } from "./server_actions.ts";
+import type { ActionHandler } from "../action.ts";
+import { formatLocalTime } from "../broker/server_actions.ts";
 
 const startedAt = Date.now();
 

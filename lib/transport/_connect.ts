@@ -3,7 +3,7 @@ import {
   type ConnSocket,
   HandshakeError,
 } from "./_websocket.ts";
-import { UnauthorizedError } from "./errors.ts";
+import { UnauthorizedError } from "../errors.ts";
 
 // A leading U+FEFF is part of the message, as the ports read it.
 const utf8 = new TextDecoder("utf-8", { ignoreBOM: true });

@@ -2,7 +2,7 @@
 // `@types/ws`. `@types/ws` pulls in `@types/node`, whose `/// <reference path="zlib.d.ts" />`
 // lines `deno doc` (2.9.6) resolves as package names and warns about, ~80 times, in the docs of
 // every project importing `lib/mod.ts` (denoland/deno#36751). `deno check` never minded; these
-// declarations keep both quiet. Signatures follow `ws` 8.18 (lib/_ws.ts pins the version).
+// declarations keep both quiet. Signatures follow `ws` 8.18 (lib/transport/_ws.ts pins the version).
 
 /** Options of the `ws` client constructor that Switchyard sets. */
 export interface ClientOptions {

@@ -6,7 +6,7 @@
  */
 
 import { createHash, timingSafeEqual } from "node:crypto";
-import { logger } from "./log.ts";
+import { logger } from "../log.ts";
 
 const authLog = logger("auth");
 

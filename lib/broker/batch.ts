@@ -8,10 +8,10 @@
  */
 
 import { isCandidate, isHealthy, offers, rendezvousOrder } from "./balancer.ts";
-import { Cancellation, type CancelSignal } from "./_cancel.ts";
+import { Cancellation, type CancelSignal } from "../_cancel.ts";
 import type { Dispatcher, Peer } from "./dispatcher.ts";
 import { RETRIABLE_RESULT_CODES } from "./dispatcher.ts";
-import { ErrorCode, ProtocolError } from "./errors.ts";
+import { ErrorCode, ProtocolError } from "../errors.ts";
 import {
   fetchRate,
   planPlacement,

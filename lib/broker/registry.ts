@@ -7,8 +7,8 @@
  */
 
 import type { WorkerLoad } from "./balancer.ts";
-import { ErrorCode, ProtocolError } from "./errors.ts";
-import type { UpstreamStatus } from "./upstream_status.ts";
+import { ErrorCode, ProtocolError } from "../errors.ts";
+import type { UpstreamStatus } from "../upstream_status.ts";
 
 /** A clock in ms; inject one in tests. */
 export interface Clock {

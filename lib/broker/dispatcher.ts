@@ -14,18 +14,18 @@ import {
   ServerBusyError,
   SwitchyardError,
   WorkerError,
-} from "./errors.ts";
-import type { CancelSignal } from "./_cancel.ts";
+} from "../errors.ts";
+import type { CancelSignal } from "../_cancel.ts";
 import { type DeadlineHandle, Deadlines } from "./_deadlines.ts";
-import { messageId } from "./_id.ts";
-import { encodeEnvelope, MessageType, type ResponseData } from "./protocol.ts";
+import { messageId } from "../_id.ts";
+import { encodeEnvelope, MessageType, type ResponseData } from "../protocol.ts";
 import {
   type Clock,
   LocalRegistry,
   WorkerRecord,
   type WorkerRegistry,
 } from "./registry.ts";
-import { logger } from "./log.ts";
+import { logger } from "../log.ts";
 
 const log = logger("dispatch");
 

@@ -20,7 +20,7 @@
  * @module
  */
 
-import { logger } from "./log.ts";
+import { logger } from "../log.ts";
 import { acceptKey, headEnd, offerUpgrade, writeAll } from "./_websocket.ts";
 import { bodyFraming } from "./_body_framing.ts";
 

@@ -18,7 +18,7 @@
  * @module
  */
 
-import { ErrorCode } from "./errors.ts";
+import { ErrorCode } from "../errors.ts";
 
 /** What the HTTP API needs of the requester port. */
 export interface RequestRunner {

@@ -15,10 +15,10 @@
  */
 
 import { Counter, Gauge, Registry } from "npm:prom-client@15.1.3";
-import { ErrorCode } from "./errors.ts";
-import type { GuardStats } from "./guard.ts";
+import { ErrorCode } from "../errors.ts";
+import type { GuardStats } from "../transport/guard.ts";
 import type { Clock, WorkerRecord } from "./registry.ts";
-import type { UpstreamHost } from "./upstream_status.ts";
+import type { UpstreamHost } from "../upstream_status.ts";
 
 /** The two ports, as metric labels name them. */
 export type PortName = "worker" | "requester";

@@ -16,7 +16,7 @@
  */
 
 import { RUNTIME_FRAME_CAP } from "./_frame_size.ts";
-import { logger } from "./log.ts";
+import { logger } from "../log.ts";
 
 const log = logger("websocket");
 

@@ -5,12 +5,17 @@
  */
 
 import { Broker, type BrokerOptions } from "./broker.ts";
-import { Guard, type GuardStats, parseAddress, relayedPeer } from "./guard.ts";
-import { logger } from "./log.ts";
-import { resolveOptions } from "./broker/options.ts";
-import { encodeEnvelope, failureAnswer, MessageType } from "./protocol.ts";
-import { ErrorCode } from "./errors.ts";
-import type { ClusterLink, ClusterOptions } from "./cluster/link.ts";
+import {
+  Guard,
+  type GuardStats,
+  parseAddress,
+  relayedPeer,
+} from "../transport/guard.ts";
+import { logger } from "../log.ts";
+import { resolveOptions } from "./options.ts";
+import { encodeEnvelope, failureAnswer, MessageType } from "../protocol.ts";
+import { ErrorCode } from "../errors.ts";
+import type { ClusterLink, ClusterOptions } from "../cluster/link.ts";
 
 const log = logger("server");
 
