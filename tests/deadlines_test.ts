@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { Deadlines } from "../lib/broker/_deadlines.ts";
 import { releasing, within } from "./_helpers.ts";
+import { ManualTimers } from "./_manual_timers.ts";
 
 Deno.test("deadlines - expire in due order across durations, and never after cancel", async () => {
   const expired: string[] = [];
@@ -73,20 +74,38 @@ Deno.test("deadlines - close() stops the timers", () => {
   }
 });
 
-Deno.test("deadlines - a head cancelled early re-arms for the next item", async () => {
+Deno.test("deadlines - a head cancelled early re-arms for the next item", () => {
+  const timers = new ManualTimers();
   const expired: number[] = [];
-  const done = Promise.withResolvers<void>();
-  await using deadlines = releasing(
-    new Deadlines<number>((item) => {
-      expired.push(item);
-      done.resolve();
-    }),
-    (d) => d.close(),
-  );
+  const deadlines = new Deadlines<number>((item) => expired.push(item), timers);
   const first = deadlines.add(1, 5);
-  await new Promise((r) => setTimeout(r, 2));
+  timers.advance(2);
   deadlines.add(2, 5);
   first.cancel();
-  await within(done.promise, "the second deadline to expire");
+  timers.advance(3);
+  assert.deepEqual(
+    expired,
+    [],
+    "the cancelled head's time came, and nothing else was due",
+  );
+  assert.equal(deadlines.armed, true, "the lane re-armed for the next item");
+  timers.advance(1);
+  assert.deepEqual(expired, []);
+  timers.advance(1);
   assert.deepEqual(expired, [2]);
+  assert.equal(timers.pending, 0, "an emptied lane retires its timer");
+});
+
+Deno.test("deadlines - an earlier deadline in a lane re-arms its timer sooner", () => {
+  const timers = new ManualTimers();
+  const expired: string[] = [];
+  const deadlines = new Deadlines<string>((item) => expired.push(item), timers);
+  deadlines.add("late", 140);
+  deadlines.add("early", 60); // the same 100 ms lane, due before the armed head
+  timers.advance(60);
+  assert.deepEqual(expired, ["early"]);
+  timers.advance(80);
+  assert.deepEqual(expired, ["early", "late"]);
+  deadlines.close();
+  assert.equal(timers.pending, 0);
 });

@@ -35,7 +35,7 @@ interface Lane<T> {
   key: number;
   head?: Node<T>;
   tail?: Node<T>;
-  timer?: ReturnType<typeof setTimeout>;
+  timer?: unknown;
   /** When the armed timer fires, on the monotonic clock. */
   armedFor: number;
 }
@@ -45,13 +45,36 @@ export interface DeadlineHandle {
   cancel(): void;
 }
 
+/**
+ * The monotonic clock and the one-shot timer a {@linkcode Deadlines} runs on. Tests pass a manual
+ * one so that "the head was cancelled before it fell due" does not depend on how busy the machine is.
+ */
+export interface DeadlineTimers {
+  /** Milliseconds on a monotonic clock. */
+  now(): number;
+  /** Arms a one-shot timer; what it returns is only ever passed back to `clearTimeout`. */
+  setTimeout(fn: () => void, ms: number): unknown;
+  clearTimeout(id: unknown): void;
+}
+
+const REAL_TIMERS: DeadlineTimers = {
+  now: () => performance.now(),
+  setTimeout: (fn, ms) => setTimeout(fn, ms),
+  clearTimeout: (id) => clearTimeout(id as ReturnType<typeof setTimeout>),
+};
+
 /** Calls `onExpire(item)` once `delayMs` has passed for it, unless its handle was cancelled. */
 export class Deadlines<T> {
   #lanes = new Map<number, Lane<T>>();
   #onExpire: (item: T) => void;
+  #timers: DeadlineTimers;
 
-  constructor(onExpire: (item: T) => void) {
+  constructor(
+    onExpire: (item: T) => void,
+    timers: DeadlineTimers = REAL_TIMERS,
+  ) {
     this.#onExpire = onExpire;
+    this.#timers = timers;
   }
 
   add(item: T, delayMs: number): DeadlineHandle {
@@ -64,7 +87,7 @@ export class Deadlines<T> {
       lane = { key, armedFor: Infinity };
       this.#lanes.set(key, lane);
     }
-    const node = new Node(item, performance.now() + delay, lane);
+    const node = new Node(item, this.#timers.now() + delay, lane);
     // Same duration, later start: almost always the new tail. Walk back for the rare exception.
     let after = lane.tail;
     while (after && after.due > node.due) after = after.prev;
@@ -82,7 +105,7 @@ export class Deadlines<T> {
     }
     if (lane.timer === undefined) this.#arm(lane);
     else if (node.due < lane.armedFor) {
-      clearTimeout(lane.timer);
+      this.#timers.clearTimeout(lane.timer);
       this.#arm(lane);
     }
     return node;
@@ -91,15 +114,15 @@ export class Deadlines<T> {
   #arm(lane: Lane<T>): void {
     const head = lane.head!;
     lane.armedFor = head.due;
-    lane.timer = setTimeout(
+    lane.timer = this.#timers.setTimeout(
       () => this.#fire(lane),
-      Math.max(0, head.due - performance.now()),
+      Math.max(0, head.due - this.#timers.now()),
     );
   }
 
   #fire(lane: Lane<T>): void {
     lane.timer = undefined;
-    const now = performance.now();
+    const now = this.#timers.now();
     while (lane.head && lane.head.due <= now + 1) {
       const node = lane.head;
       node.cancel();
@@ -121,7 +144,7 @@ export class Deadlines<T> {
   /** Stops every timer; nothing expires afterwards. Call it when the owner closes. */
   close(): void {
     for (const lane of this.#lanes.values()) {
-      if (lane.timer !== undefined) clearTimeout(lane.timer);
+      if (lane.timer !== undefined) this.#timers.clearTimeout(lane.timer);
     }
     this.#lanes.clear();
   }
