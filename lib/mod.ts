@@ -76,13 +76,12 @@ export type {
   BrokerStats,
   MessageHandler,
 } from "./broker/broker.ts";
+export type { ClusterLink, ClusterOptions } from "./cluster/link.ts";
 export type {
-  ClusterLink,
-  ClusterOptions,
   ClusterServer,
   ClusterStatus,
   ClusterWorker,
-} from "./cluster/link.ts";
+} from "./cluster/status.ts";
 export type {
   WorkerMessageHandler,
   WorkerOptions,

@@ -13,7 +13,7 @@ import type { Metrics } from "./metrics.ts";
 import type { AuthLimiter } from "./auth.ts";
 import type { Envelope } from "../protocol.ts";
 import type { Clock, WorkerInfo } from "./registry.ts";
-import type { ClusterStatus } from "../cluster/link.ts";
+import type { ClusterStatus } from "../cluster/status.ts";
 
 /** The version the server reports in `connect` and `/health`. */
 export const VERSION = "0.1.0";
