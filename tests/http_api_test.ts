@@ -3,6 +3,10 @@
 
 import assert from "node:assert/strict";
 import { createMarketService } from "../lib/market/mod.ts";
+import { BAR_FIELDS } from "../lib/market/types.ts";
+import { barColumns } from "../lib/broker/http_api.ts";
+import { renderMarketFile } from "../lib/requester/market_files.ts";
+import { startFakeEastmoney } from "./_fake_eastmoney.ts";
 import type { ActionContext } from "../lib/action.ts";
 import {
   releasing,
@@ -16,13 +20,16 @@ const TOKEN = "api-token";
 
 async function marketServer(
   options: Parameters<typeof startTestServer>[0] = {},
+  marketOptions: Parameters<typeof createMarketService>[0] = {
+    providers: ["demo"],
+  },
 ) {
   await using stack = new AsyncDisposableStack();
   const server = stack.use(
     startTestServer({ requesterToken: TOKEN, ...options }),
   );
   const market = stack.use(releasing(
-    createMarketService({ providers: ["demo"] }),
+    createMarketService(marketOptions),
     (m) => m.close(),
   ));
   stack.use(
@@ -280,4 +287,136 @@ Deno.test("http api - a client that stops reading a stream cancels its request o
   assert.deepEqual(JSON.parse(first).progress, { done: 1, total: 10 });
   await reader.cancel();
   await within(cancelled.promise, "the request to be cancelled");
+});
+
+Deno.test("http api - the status is 2xx exactly when the body says success, a failed get_market inside a successful answer included", async () => {
+  await using upstream = await startFakeEastmoney({
+    synthetic: true,
+    unknownCodes: ["510999"],
+  });
+  await using s = await marketServer({}, {
+    eastmoneyUrl: upstream.url,
+    rateLimit: 0,
+    retries: 0,
+  });
+  const post = async (frame: unknown) => {
+    const res = await fetch(`${s.base}/v1/request`, {
+      method: "POST",
+      headers: auth,
+      body: JSON.stringify(frame),
+    });
+    return { status: res.status, body: await res.json() };
+  };
+  const market = (code: string) => ({
+    request_id: `m-${code}`,
+    command: "get_market",
+    data: { symbol_type: "etf", code, start_date: "2024-01-01" },
+  });
+
+  const unknown = await post(market("510999"));
+  assert.equal(unknown.status, 404);
+  assert.equal(unknown.body.success, false);
+  assert.equal(unknown.body.error_code, "UNKNOWN_CODE");
+  assert.match(unknown.body.error, /510999/);
+  assert.equal(unknown.body.request_id, "m-510999");
+  // The result is still there as the worker gave it.
+  assert.equal(unknown.body.data.success, false);
+  assert.equal(unknown.body.data.error_code, "UNKNOWN_CODE");
+
+  const invalid = await post(market("51030x"));
+  assert.equal(invalid.status, 400);
+  assert.equal(invalid.body.success, false);
+  assert.equal(invalid.body.error_code, "INVALID_PARAMS");
+
+  // The same as JSON lines: a failure known before the first line is a plain error.
+  const lines = await fetch(`${s.base}/v1/request?format=ndjson`, {
+    method: "POST",
+    headers: auth,
+    body: JSON.stringify(market("510999")),
+  });
+  assert.equal(lines.status, 404);
+  assert.equal((await lines.json()).success, false);
+
+  const ok = await post(market("510300"));
+  assert.equal(ok.status, 200);
+  assert.equal(ok.body.success, true);
+  assert.equal(ok.body.data.success, true);
+
+  // A batch ran, whatever its items did: 200, and the items say which failed.
+  const batch = await post({
+    command: "get_markets",
+    data: [market("510300").data, market("510999").data],
+  });
+  assert.equal(batch.status, 200);
+  assert.equal(batch.body.success, true);
+  assert.deepEqual(batch.body.data.summary, {
+    total: 2,
+    success: 1,
+    failed: 1,
+  });
+
+  for (const r of [unknown, invalid, ok, batch]) {
+    assert.equal(r.status >= 200 && r.status < 300, r.body.success === true);
+  }
+});
+
+Deno.test("http api - /v1/market CSV, batch CSV and market files share one column order", async () => {
+  await using s = await marketServer();
+  const query = "symbol_type=etf&code=510300&start_date=2025-09-01&adjust=qfq";
+  const csv = await (await fetch(`${s.base}/v1/market?${query}&format=csv`, {
+    headers: auth,
+  })).text();
+  const json = await (await fetch(`${s.base}/v1/market?${query}`, {
+    headers: auth,
+  })).json();
+  const header = csv.split("\n")[0].split(",");
+  const inOrder = (columns: string[]) =>
+    columns.filter((c) => (BAR_FIELDS as string[]).includes(c));
+  assert.deepEqual(header.slice(0, 6), [
+    "date",
+    "open",
+    "high",
+    "low",
+    "close",
+    "volume",
+  ]);
+  assert.deepEqual(
+    inOrder(header),
+    BAR_FIELDS.filter((f) => header.includes(f)),
+  );
+  const file = renderMarketFile(json, "csv").split("\n")[0].split(",");
+  assert.deepEqual(file, [...BAR_FIELDS]);
+  assert.deepEqual(file.filter((c) => header.includes(c)), header);
+  const batch = await (await fetch(`${s.base}/v1/markets?format=csv`, {
+    method: "POST",
+    headers: auth,
+    body: JSON.stringify([{ symbol_type: "etf", code: "510300" }]),
+  })).text();
+  assert.deepEqual(batch.split("\n")[0].split(","), ["code", ...header]);
+
+  // A provider that lists its fields in another order is written in the one order all the same.
+  assert.deepEqual(
+    barColumns([{
+      turnover: 1,
+      close: 1,
+      extra: "x",
+      date: "2025-01-02",
+      low: 1,
+      amount: 2,
+      high: 1,
+      volume: 3,
+      open: 1,
+    }]),
+    [
+      "date",
+      "open",
+      "high",
+      "low",
+      "close",
+      "volume",
+      "amount",
+      "turnover",
+      "extra",
+    ],
+  );
 });

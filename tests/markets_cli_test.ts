@@ -144,7 +144,7 @@ Deno.test("markets CLI - an interrupted run resumed: no symbol fetched twice, ev
       const lines = text.trimEnd().split("\n");
       assert.equal(
         lines[0],
-        "date,open,close,high,low,volume,amount,amplitude,pct_change,change,turnover",
+        "date,open,high,low,close,volume,amount,amplitude,pct_change,change,turnover",
       );
       assert.ok(text.endsWith("\n"));
       assert.match(lines[1], /^2015-01-0\d,/);
@@ -302,10 +302,10 @@ Deno.test("markets CLI - --all lists the universe through list_symbols, and with
   const lines = run.stdout.trim().split("\n");
   assert.equal(
     lines[0],
-    "symbol_type,code,date,open,close,high,low,volume,amount,amplitude,pct_change,change,turnover",
+    "symbol_type,code,date,open,high,low,close,volume,amount,amplitude,pct_change,change,turnover",
   );
   assert.deepEqual(lines.slice(1).sort(), [
-    "etf,159915,2025-01-02,1,1.5,2,0.5,7,,,,,",
-    "etf,510300,2025-01-02,1,1.5,2,0.5,7,,,,,",
+    "etf,159915,2025-01-02,1,2,0.5,1.5,7,,,,,",
+    "etf,510300,2025-01-02,1,2,0.5,1.5,7,,,,,",
   ]);
 });

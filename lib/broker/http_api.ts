@@ -12,13 +12,15 @@
  *
  * Each HTTP request runs exactly as a frame on a WebSocket connection of its own would: the same
  * parser, limits, deadlines, errors and texts. The HTTP status says how it went (400 bad input,
- * 401 token, 413 too large, 503 no workers or busy, 504 timeout, 502 worker or upstream failure);
- * the body is the requester answer.
+ * 401 token, 404 unknown code, 413 too large, 429 too many in flight, 503 no workers or busy,
+ * 504 timeout, 502 worker or upstream failure); the body is the requester answer, and says
+ * `success: true` exactly when the status is 2xx.
  *
  * @module
  */
 
 import { ErrorCode } from "../errors.ts";
+import { BAR_FIELDS } from "../market/types.ts";
 
 /** What the HTTP API needs of the requester port. */
 export interface RequestRunner {
@@ -112,19 +114,44 @@ function failure(
   }, status);
 }
 
-/** The answer's HTTP status: its own code, or for a successful `get_market`, the item's. */
-function answerStatus(answer: Record<string, unknown>): number {
-  if (answer.success !== true) return httpStatus(answer.error_code);
-  const data = answer.data as { success?: unknown; error_code?: unknown };
-  if (typeof data === "object" && data !== null && data.success === false) {
-    return httpStatus(data.error_code);
+/**
+ * The answer as the HTTP API sends it, with its status; the two always agree: 2xx exactly when
+ * the body says `success: true`. An answer that succeeded around a failed result (`data.success`
+ * false: a `get_market` item, or any action that answers so) takes the result's code and error as
+ * its own, keeping `data` as it is. A batch's answer is 200 whenever the batch ran: its items
+ * carry their own `success`, and its `summary` counts the failed ones.
+ */
+export function httpAnswer(
+  answer: Record<string, unknown>,
+): { status: number; body: Record<string, unknown> } {
+  if (answer.success !== true) {
+    return { status: httpStatus(answer.error_code), body: answer };
   }
-  return 200;
+  const data = answer.data as
+    | { success?: unknown; error?: unknown; error_code?: unknown }
+    | null;
+  if (typeof data === "object" && data !== null && data.success === false) {
+    return {
+      status: httpStatus(data.error_code),
+      body: {
+        ...answer,
+        success: false,
+        error: data.error ?? "Failed without an error message",
+        error_code: data.error_code ?? ErrorCode.WORKER_ERROR,
+      },
+    };
+  }
+  return { status: 200, body: answer };
+}
+
+function answerResponse(answer: Record<string, unknown>): Response {
+  const { status, body } = httpAnswer(answer);
+  return jsonResponse(body, status);
 }
 
 // ---- CSV -------------------------------------------------------------------------------------
 
-const BAR_COLUMNS = ["date", "open", "high", "low", "close", "volume"];
+const BAR_COLUMNS: readonly string[] = BAR_FIELDS.slice(0, 6);
 
 function csvCell(value: unknown): string {
   if (value === null || value === undefined) return "";
@@ -134,15 +161,22 @@ function csvCell(value: unknown): string {
   return /[",\r\n]/.test(text) ? `"${text.replaceAll('"', '""')}"` : text;
 }
 
-/** Columns for bars: the usual six first, then any others the first bar has, in its order. */
+/**
+ * Columns for bars: the usual six first, then the optional fields the first bar has, in
+ * `BAR_FIELDS`' order (the one order of every writer), then any others in the bar's own order.
+ */
 export function barColumns(bars: readonly unknown[]): string[] {
   const first = bars.find((b) => typeof b === "object" && b !== null) as
     | Record<string, unknown>
     | undefined;
-  const extra = first
-    ? Object.keys(first).filter((k) => !BAR_COLUMNS.includes(k))
-    : [];
-  return [...BAR_COLUMNS, ...extra];
+  if (!first) return [...BAR_COLUMNS];
+  const known = BAR_FIELDS.filter((k) =>
+    BAR_COLUMNS.includes(k) || Object.hasOwn(first, k)
+  );
+  const other = Object.keys(first).filter((k) =>
+    !(BAR_FIELDS as readonly string[]).includes(k)
+  );
+  return [...known, ...other];
 }
 
 /** CSV lines (with `\n`) for bars under `columns`, each prefixed by `prefix` cells. */
@@ -334,20 +368,7 @@ export class HttpApi {
     const answer = await this.#runner.run(JSON.stringify(frame), {
       address,
     });
-    const status = answerStatus(answer);
-    if (status !== 200) {
-      // A failed item carries its own error; answer with it as the top-level one.
-      const item = answer.data as Record<string, unknown> | null;
-      if (answer.success === true && item) {
-        return jsonResponse({
-          ...answer,
-          success: false,
-          error: item.error,
-          error_code: item.error_code,
-        }, status);
-      }
-      return jsonResponse(answer, status);
-    }
+    if (httpAnswer(answer).status !== 200) return answerResponse(answer);
     const result = answer.data as { data?: unknown[]; code?: string };
     if (format === "json") return jsonResponse(result, 200);
     const bars = Array.isArray(result?.data) ? result.data : [];
@@ -382,7 +403,7 @@ export class HttpApi {
       const answer = await this.#runner.run(raw, {
         address,
       });
-      return jsonResponse(answer, answerStatus(answer));
+      return answerResponse(answer);
     }
     // JSON lines: every frame the WebSocket API would send, in order, the answer last.
     return this.#streamed(address, raw, "ndjson", format === "ndjson");
@@ -486,9 +507,7 @@ export class HttpApi {
       return answer;
     });
     const early = await first.promise;
-    if (early && early.success !== true) {
-      return jsonResponse(early, answerStatus(early));
-    }
+    if (early && httpAnswer(early).status !== 200) return answerResponse(early);
     void done.then((answer) => {
       const data = answer.data as { results?: unknown[] } | null;
       if (answer.success === true && Array.isArray(data?.results)) {

@@ -4,7 +4,7 @@
  * File names: `<code>.csv`, or `<symbol_type>_<code>[_...].csv` (akshare-style exports such as
  * `etf_510300_daily_qfq.csv`). When a name carries `qfq`, `hfq` or `none` after the code, the
  * file serves only that adjustment; otherwise it serves any. Columns are found by header name,
- * English (`date,open,close,high,low,volume,amount,...`) or akshare's Chinese
+ * English (`date,open,high,low,close,volume,amount,...`) or akshare's Chinese
  * (`日期,开盘,收盘,最高,最低,成交量,成交额,振幅,涨跌幅,涨跌额,换手率`); others are ignored.
  *
  * @module

@@ -67,6 +67,24 @@ export interface Bar {
   turnover?: number;
 }
 
+/**
+ * The bar fields in their one column order, for every writer of bars in English (HTTP CSV,
+ * market files, JSON lines): the price columns as OHLC, then volume, then the optional ones.
+ */
+export const BAR_FIELDS: readonly (keyof Bar)[] = [
+  "date",
+  "open",
+  "high",
+  "low",
+  "close",
+  "volume",
+  "amount",
+  "amplitude",
+  "pct_change",
+  "change",
+  "turnover",
+];
+
 /** What a provider returns: a whole series from one source, oldest bar first. */
 export interface Series {
   /** Instrument name as the provider knows it. */

@@ -6,6 +6,9 @@
  */
 
 import { stringify } from "npm:csv-stringify@6.9.0/sync";
+import { BAR_FIELDS } from "../market/types.ts";
+
+export { BAR_FIELDS };
 
 /** File formats of a market job. */
 export type MarketFileFormat = "csv" | "jsonl" | "json";
@@ -13,8 +16,8 @@ export type MarketFileFormat = "csv" | "jsonl" | "json";
 /** Column naming: English, or akshare's Chinese headers (so pandas code written for akshare works). */
 export type ColumnStyle = "english" | "akshare";
 
-/** Bar fields in akshare's column order. */
-export const BAR_FIELDS: readonly string[] = [
+/** akshare's column order of the bar fields: the close before the high and the low. */
+export const AKSHARE_FIELDS: readonly string[] = [
   "date",
   "open",
   "close",
@@ -28,7 +31,7 @@ export const BAR_FIELDS: readonly string[] = [
   "turnover",
 ];
 
-/** akshare's headers for {@linkcode BAR_FIELDS}, in the same order. */
+/** akshare's headers for {@linkcode AKSHARE_FIELDS}, in the same order. */
 export const AKSHARE_HEADERS: readonly string[] = [
   "日期",
   "开盘",
@@ -42,6 +45,18 @@ export const AKSHARE_HEADERS: readonly string[] = [
   "涨跌额",
   "换手率",
 ];
+
+/**
+ * The bar fields in the order a column style writes them, with their names: English names in
+ * the one order every English writer uses (`BAR_FIELDS`), akshare's names in akshare's order.
+ */
+export function columnsOf(
+  style: ColumnStyle,
+): { fields: readonly string[]; names: readonly string[] } {
+  return style === "akshare"
+    ? { fields: AKSHARE_FIELDS, names: AKSHARE_HEADERS }
+    : { fields: BAR_FIELDS, names: BAR_FIELDS };
+}
 
 /** The file name of one symbol's series: kind, code, period and adjustment, so runs never clash. */
 export function marketFileName(
@@ -70,8 +85,14 @@ type Bar = Record<string, unknown>;
  * import assert from "node:assert/strict";
  * import { renderMarketFile } from "./market_files.ts";
  * const result = { success: true, code: "510300", data: [{ date: "2025-01-02", open: 1, high: 2, low: 0.5, close: 1.5, volume: 10 }] };
- * const csv = renderMarketFile(result, "csv", "akshare");
- * assert.equal(csv, "日期,开盘,收盘,最高,最低,成交量,成交额,振幅,涨跌幅,涨跌额,换手率\n2025-01-02,1,1.5,2,0.5,10,,,,,\n");
+ * assert.equal(
+ *   renderMarketFile(result, "csv"),
+ *   "date,open,high,low,close,volume,amount,amplitude,pct_change,change,turnover\n2025-01-02,1,2,0.5,1.5,10,,,,,\n",
+ * );
+ * assert.equal(
+ *   renderMarketFile(result, "csv", "akshare"),
+ *   "日期,开盘,收盘,最高,最低,成交量,成交额,振幅,涨跌幅,涨跌额,换手率\n2025-01-02,1,1.5,2,0.5,10,,,,,\n",
+ * );
  * ```
  */
 export function renderMarketFile(
@@ -82,7 +103,7 @@ export function renderMarketFile(
 ): string {
   const bars = (Array.isArray(result.data) ? result.data : []) as Bar[];
   if (format === "json") return JSON.stringify(result) + "\n";
-  const names = columns === "akshare" ? AKSHARE_HEADERS : BAR_FIELDS;
+  const { fields, names } = columnsOf(columns);
   const symbol = options.symbol;
   if (format === "jsonl") {
     let out = "";
@@ -90,7 +111,7 @@ export function renderMarketFile(
       const row: Record<string, unknown> = symbol
         ? { symbol_type: symbol.symbol_type, code: symbol.code }
         : {};
-      BAR_FIELDS.forEach((field, i) => {
+      fields.forEach((field, i) => {
         if (bar[field] !== undefined) row[names[i]] = bar[field];
       });
       out += JSON.stringify(row) + "\n";
@@ -101,7 +122,7 @@ export function renderMarketFile(
   return stringify(
     bars.map((
       bar,
-    ) => [...lead, ...BAR_FIELDS.map((field) => bar[field] ?? "")]),
+    ) => [...lead, ...fields.map((field) => bar[field] ?? "")]),
     {
       header: options.header ?? true,
       columns: [...(symbol ? ["symbol_type", "code"] : []), ...names],

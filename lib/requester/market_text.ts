@@ -13,11 +13,7 @@
  * @module
  */
 
-import {
-  AKSHARE_HEADERS,
-  BAR_FIELDS,
-  type ColumnStyle,
-} from "./market_files.ts";
+import { BAR_FIELDS, columnsOf, type ColumnStyle } from "./market_files.ts";
 
 /** An item frame, read: its result without `data`, and its bars ready to render. */
 export interface ItemText {
@@ -307,7 +303,7 @@ class Out {
   }
 }
 
-const FIELD_AT = new Map(BAR_FIELDS.map((f, i) => [f, i]));
+const FIELD_AT = new Map<string, number>(BAR_FIELDS.map((f, i) => [f, i]));
 const FIELD_BYTES = BAR_FIELDS.map((f) => encoder.encode(f));
 
 /** The column of the plain key at `ks..ke`, without making a string of it. */
@@ -334,7 +330,9 @@ function barsCsv(
   columns: ColumnStyle,
   options: { symbol?: { symbol_type: string; code: string }; header?: boolean },
 ): Uint8Array | undefined {
-  const names = columns === "akshare" ? AKSHARE_HEADERS : BAR_FIELDS;
+  const { fields: order, names } = columnsOf(columns);
+  // Scanned into BAR_FIELDS' slots, written in the style's order.
+  const slots = order.map((field) => FIELD_AT.get(field)!);
   const out = new Out(s.length >> 1);
   if (options.header ?? true) {
     out.text(
@@ -384,8 +382,9 @@ function barsCsv(
     });
     if (close < 0) return -1;
     if (lead) out.copy(lead, 0, lead.length);
-    for (let f = 0; f < fields; f++) {
-      if (f > 0) out.byte(44);
+    for (let j = 0; j < fields; j++) {
+      if (j > 0) out.byte(44);
+      const f = slots[j];
       const k = kind[f];
       if (k === KIND_COPY) {
         if (quote[f]) out.byte(34);
