@@ -1,0 +1,618 @@
+/**
+ * The market store: daily bars of every symbol in one embedded DuckDB file, written only in
+ * transactions, readable without our code (the DuckDB CLI, Python's duckdb, Parquet exports).
+ *
+ * One process writes a store at a time: DuckDB locks the file, and a second writer is refused
+ * at once with {@linkcode StoreLockedError}.
+ *
+ * @module
+ */
+
+import {
+  type DuckDBAppender,
+  type DuckDBConnection,
+  DuckDBDateValue,
+  DuckDBInstance,
+} from "npm:@duckdb/node-api@1.5.6-r.1";
+import { dayNumber } from "../market/_dates.ts";
+import type { Adjust, Bar, SymbolType } from "../market/types.ts";
+
+/** The default store path of `requester.ts sync` and `store`. */
+export const DEFAULT_STORE_PATH = "data/switchyard.duckdb";
+
+/** Another process holds the store (a running sync, or a server writing into it). */
+export class StoreLockedError extends Error {
+  /** The holder's process id, when DuckDB says. */
+  readonly pid?: number;
+  constructor(path: string, pid?: number, options?: ErrorOptions) {
+    super(
+      `Store ${JSON.stringify(path)} is locked by another process${
+        pid === undefined ? "" : ` (PID ${pid})`
+      }: another sync (or a server writing into it) is running; wait for it to finish`,
+      options,
+    );
+    this.name = "StoreLockedError";
+    this.pid = pid;
+  }
+}
+
+/** Which series: one symbol's bars under one adjustment. */
+export interface SeriesKey {
+  /** Instrument kind. */
+  symbolType: SymbolType;
+  /** Six-digit code. */
+  code: string;
+  /** Price adjustment. */
+  adjust: Adjust;
+}
+
+/** What the store knows of one series. */
+export interface SeriesInfo extends SeriesKey {
+  /** Bars held (always > 0: an empty history is never stored). */
+  bars: number;
+  /** First bar's date. */
+  firstDate: string;
+  /** Last bar's date. */
+  lastDate: string;
+  /** Last bar's close. */
+  lastClose: number;
+}
+
+/** The last unadjusted bar known for a symbol: what corporate actions are detected against. */
+export interface RawLast {
+  /** Its date. */
+  date: string;
+  /** Unadjusted open. */
+  open: number;
+  /** Unadjusted high. */
+  high: number;
+  /** Unadjusted low. */
+  low: number;
+  /** Unadjusted close. */
+  close: number;
+}
+
+/** A symbol the store tracks. */
+export interface SymbolInfo {
+  /** Instrument kind. */
+  symbolType: SymbolType;
+  /** Six-digit code. */
+  code: string;
+  /** Name as last listed. */
+  name: string;
+  /** The day a complete list no longer held it (never deleted, only marked). */
+  goneSince?: string;
+  /** The last unadjusted bar known. */
+  raw?: RawLast;
+}
+
+/** Everything one write puts into the store, atomically. */
+export interface StoreChanges {
+  /** Series replaced whole (their old bars go). Never empty: callers refuse empty histories. */
+  replace?: { key: SeriesKey; bars: readonly Bar[] }[];
+  /** Bars added after a series' last bar. */
+  append?: { key: SeriesKey; bars: readonly Bar[] }[];
+  /** Symbols listed (name updates; clears a `goneSince`). */
+  symbols?: { symbolType: SymbolType; code: string; name: string }[];
+  /** Symbols no longer listed, with the day that showed it. */
+  gone?: { symbolType: SymbolType; code: string; date: string }[];
+  /** Last unadjusted bars learned. */
+  raw?: { symbolType: SymbolType; code: string; bar: RawLast }[];
+  /** Trading days learned. */
+  calendar?: readonly string[];
+  /** Key/value notes (last synced day …). */
+  meta?: Record<string, string>;
+}
+
+/** Options for {@linkcode MarketStore.open}. */
+export interface MarketStoreOptions {
+  /** Open without writing (several readers may share a file no writer holds). @default false */
+  readOnly?: boolean;
+  /** DuckDB's memory limit. @default "256MB" */
+  memoryLimit?: string;
+  /** DuckDB threads. @default 2 */
+  threads?: number;
+}
+
+/** Per kind, what `store status` prints. */
+export interface StoreStatusRow {
+  /** Instrument kind. */
+  symbolType: SymbolType;
+  /** Price adjustment. */
+  adjust: Adjust;
+  /** Series held. */
+  series: number;
+  /** Bars held. */
+  bars: number;
+  /** The latest last bar over the kind's series. */
+  lastDate?: string;
+  /** Series whose last bar is before `lastDate`. */
+  behind: number;
+}
+
+const BAR_COLUMNS =
+  "symbol_type, code, adjust, strftime(date, '%Y-%m-%d') AS date, open, high, low, close, volume, amount, amplitude, pct_change, change, turnover";
+const OPTIONAL = [
+  "amount",
+  "amplitude",
+  "pct_change",
+  "change",
+  "turnover",
+] as const;
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS bars (
+  symbol_type VARCHAR NOT NULL, code VARCHAR NOT NULL, adjust VARCHAR NOT NULL, date DATE NOT NULL,
+  open DOUBLE NOT NULL, high DOUBLE NOT NULL, low DOUBLE NOT NULL, close DOUBLE NOT NULL,
+  volume DOUBLE NOT NULL, amount DOUBLE, amplitude DOUBLE, pct_change DOUBLE, change DOUBLE,
+  turnover DOUBLE);
+CREATE TABLE IF NOT EXISTS series (
+  symbol_type VARCHAR NOT NULL, code VARCHAR NOT NULL, adjust VARCHAR NOT NULL,
+  bars BIGINT NOT NULL, first_date DATE NOT NULL, last_date DATE NOT NULL, last_close DOUBLE NOT NULL);
+CREATE TABLE IF NOT EXISTS symbols (
+  symbol_type VARCHAR NOT NULL, code VARCHAR NOT NULL, name VARCHAR NOT NULL, gone_since DATE);
+CREATE TABLE IF NOT EXISTS raw_last (
+  symbol_type VARCHAR NOT NULL, code VARCHAR NOT NULL, date DATE NOT NULL,
+  open DOUBLE NOT NULL, high DOUBLE NOT NULL, low DOUBLE NOT NULL, close DOUBLE NOT NULL);
+CREATE TABLE IF NOT EXISTS calendar (date DATE NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR NOT NULL, value VARCHAR NOT NULL);
+`;
+
+/** `${symbolType}|${code}|${adjust}`: the map key of a series. */
+export function seriesId(key: SeriesKey): string {
+  return `${key.symbolType}|${key.code}|${key.adjust}`;
+}
+
+/** A daily-bar store in one DuckDB file. */
+export class MarketStore {
+  /** The file. */
+  readonly path: string;
+  #instance: DuckDBInstance;
+  #conn: DuckDBConnection;
+  #readOnly: boolean;
+  #writing: Promise<void> = Promise.resolve();
+
+  private constructor(
+    path: string,
+    instance: DuckDBInstance,
+    conn: DuckDBConnection,
+    readOnly: boolean,
+  ) {
+    this.path = path;
+    this.#instance = instance;
+    this.#conn = conn;
+    this.#readOnly = readOnly;
+  }
+
+  /**
+   * Opens (creating when missing, unless read-only) the store at `path`.
+   *
+   * @throws {StoreLockedError} when another process holds the file.
+   */
+  static async open(
+    path: string,
+    options: MarketStoreOptions = {},
+  ): Promise<MarketStore> {
+    const readOnly = options.readOnly ?? false;
+    if (!readOnly) {
+      const dir = path.replace(/\/[^/]*$/, "");
+      if (dir !== path && dir !== "") {
+        await Deno.mkdir(dir, { recursive: true });
+      }
+    }
+    let instance: DuckDBInstance;
+    try {
+      instance = await DuckDBInstance.create(path, {
+        access_mode: readOnly ? "READ_ONLY" : "READ_WRITE",
+        memory_limit: options.memoryLimit ?? "256MB",
+        threads: String(options.threads ?? 2),
+      });
+    } catch (error) {
+      const message = (error as Error).message ?? "";
+      if (/Could not set lock|Conflicting lock/.test(message)) {
+        const pid = /PID (\d+)/.exec(message)?.[1];
+        throw new StoreLockedError(
+          path,
+          pid === undefined ? undefined : Number(pid),
+          { cause: error },
+        );
+      }
+      throw error;
+    }
+    const conn = await instance.connect();
+    if (!readOnly) await conn.run(SCHEMA);
+    return new MarketStore(path, instance, conn, readOnly);
+  }
+
+  /** Every series held, by {@linkcode seriesId}. */
+  async seriesInfo(symbolType?: SymbolType): Promise<Map<string, SeriesInfo>> {
+    const rows = await this.#rows(
+      `SELECT symbol_type, code, adjust, bars, strftime(first_date, '%Y-%m-%d'),
+         strftime(last_date, '%Y-%m-%d'), last_close FROM series ${
+        symbolType ? "WHERE symbol_type = $1" : ""
+      }`,
+      symbolType ? [symbolType] : [],
+    );
+    const out = new Map<string, SeriesInfo>();
+    for (const r of rows) {
+      const info: SeriesInfo = {
+        symbolType: r[0] as SymbolType,
+        code: r[1] as string,
+        adjust: r[2] as Adjust,
+        bars: Number(r[3]),
+        firstDate: r[4] as string,
+        lastDate: r[5] as string,
+        lastClose: r[6] as number,
+      };
+      out.set(seriesId(info), info);
+    }
+    return out;
+  }
+
+  /** Every symbol tracked, by `${symbolType}|${code}`. */
+  async symbols(symbolType?: SymbolType): Promise<Map<string, SymbolInfo>> {
+    const rows = await this.#rows(
+      `SELECT s.symbol_type, s.code, s.name, strftime(s.gone_since, '%Y-%m-%d'),
+         strftime(r.date, '%Y-%m-%d'), r.open, r.high, r.low, r.close
+       FROM symbols s LEFT JOIN raw_last r USING (symbol_type, code) ${
+        symbolType ? "WHERE s.symbol_type = $1" : ""
+      }`,
+      symbolType ? [symbolType] : [],
+    );
+    const out = new Map<string, SymbolInfo>();
+    for (const r of rows) {
+      const info: SymbolInfo = {
+        symbolType: r[0] as SymbolType,
+        code: r[1] as string,
+        name: r[2] as string,
+      };
+      if (r[3] !== null) info.goneSince = r[3] as string;
+      if (r[4] !== null) {
+        info.raw = {
+          date: r[4] as string,
+          open: r[5] as number,
+          high: r[6] as number,
+          low: r[7] as number,
+          close: r[8] as number,
+        };
+      }
+      out.set(`${info.symbolType}|${info.code}`, info);
+    }
+    return out;
+  }
+
+  /** Trading days learned, ascending. */
+  async calendar(): Promise<string[]> {
+    const rows = await this.#rows(
+      "SELECT DISTINCT strftime(date, '%Y-%m-%d') AS d FROM calendar ORDER BY d",
+    );
+    return rows.map((r) => r[0] as string);
+  }
+
+  /** A note written with `meta`. */
+  async meta(key: string): Promise<string | undefined> {
+    const rows = await this.#rows("SELECT value FROM meta WHERE key = $1", [
+      key,
+    ]);
+    return rows.length > 0 ? rows.at(-1)![0] as string : undefined;
+  }
+
+  /** One series' bars, ascending, within `[start, end]` when given. */
+  async readSeries(
+    key: SeriesKey,
+    start?: string,
+    end?: string,
+  ): Promise<Bar[]> {
+    const rows = await this.#rows(
+      `SELECT ${BAR_COLUMNS} FROM bars WHERE symbol_type = $1 AND code = $2 AND adjust = $3
+         AND date >= CAST($4 AS DATE) AND date <= CAST($5 AS DATE) ORDER BY date`,
+      [
+        key.symbolType,
+        key.code,
+        key.adjust,
+        start ?? "1900-01-01",
+        end ?? "2999-12-31",
+      ],
+    );
+    return rows.map(barOf);
+  }
+
+  /** Every symbol's bar of one day (one kind, one adjustment), by code. */
+  async crossSection(
+    symbolType: SymbolType,
+    adjust: Adjust,
+    date: string,
+  ): Promise<{ code: string; bar: Bar }[]> {
+    const rows = await this.#rows(
+      `SELECT ${BAR_COLUMNS} FROM bars WHERE symbol_type = $1 AND adjust = $2
+         AND date = CAST($3 AS DATE) ORDER BY code`,
+      [symbolType, adjust, date],
+    );
+    return rows.map((r) => ({ code: r[1] as string, bar: barOf(r) }));
+  }
+
+  /** Per kind and adjustment: series, bars, latest day and how many are behind it. */
+  async status(): Promise<StoreStatusRow[]> {
+    const rows = await this.#rows(`
+      WITH latest AS (SELECT symbol_type, adjust, max(last_date) AS d FROM series GROUP BY ALL)
+      SELECT s.symbol_type, s.adjust, count(*), sum(s.bars), strftime(l.d, '%Y-%m-%d'),
+        count(*) FILTER (WHERE s.last_date < l.d)
+      FROM series s JOIN latest l USING (symbol_type, adjust)
+      GROUP BY s.symbol_type, s.adjust, l.d ORDER BY s.symbol_type, s.adjust`);
+    return rows.map((r) => ({
+      symbolType: r[0] as SymbolType,
+      adjust: r[1] as Adjust,
+      series: Number(r[2]),
+      bars: Number(r[3]),
+      lastDate: (r[4] as string | null) ?? undefined,
+      behind: Number(r[5]),
+    }));
+  }
+
+  /** Bars held in all. */
+  async barCount(): Promise<number> {
+    const rows = await this.#rows("SELECT count(*) FROM bars");
+    return Number(rows[0][0]);
+  }
+
+  /**
+   * Writes `changes` in one transaction: all of it lands, or (on any error, or a kill) none.
+   * Replaced series lose their old bars; series statistics are recomputed from the bars.
+   */
+  commit(changes: StoreChanges): Promise<void> {
+    if (this.#readOnly) {
+      return Promise.reject(
+        new TypeError(`Store ${this.path} was opened read-only`),
+      );
+    }
+    // One writer at a time on the connection: a transaction per commit, in call order.
+    const run = this.#writing.then(() => this.#commit(changes));
+    this.#writing = run.catch(() => {});
+    return run;
+  }
+
+  async #commit(changes: StoreChanges): Promise<void> {
+    const conn = this.#conn;
+    const replace = changes.replace ?? [];
+    const append = (changes.append ?? []).filter((a) => a.bars.length > 0);
+    for (const { key, bars } of replace) {
+      if (bars.length === 0) {
+        throw new RangeError(
+          `Cannot store an empty history for ${seriesId(key)}`,
+        );
+      }
+    }
+    await conn.run("BEGIN TRANSACTION");
+    try {
+      const touched = [...replace, ...append].map((c) => c.key);
+      if (touched.length > 0) {
+        await conn.run(
+          "CREATE OR REPLACE TEMP TABLE _touched (symbol_type VARCHAR, code VARCHAR, adjust VARCHAR)",
+        );
+        await conn.run(
+          "CREATE OR REPLACE TEMP TABLE _replaced (symbol_type VARCHAR, code VARCHAR, adjust VARCHAR)",
+        );
+        await appendRows(conn, "_touched", touched, (a, k) => {
+          a.appendVarchar(k.symbolType);
+          a.appendVarchar(k.code);
+          a.appendVarchar(k.adjust);
+        });
+        if (replace.length > 0) {
+          await appendRows(conn, "_replaced", replace, (a, { key }) => {
+            a.appendVarchar(key.symbolType);
+            a.appendVarchar(key.code);
+            a.appendVarchar(key.adjust);
+          });
+          await conn.run(
+            `DELETE FROM bars WHERE (symbol_type, code, adjust) IN (SELECT * FROM _replaced)`,
+          );
+        }
+        const appender = await conn.createAppender("bars");
+        for (const { key, bars } of [...replace, ...append]) {
+          for (const bar of bars) appendBar(appender, key, bar);
+        }
+        appender.closeSync();
+        await conn.run(
+          `DELETE FROM series WHERE (symbol_type, code, adjust) IN (SELECT * FROM _touched)`,
+        );
+        await conn.run(`
+          INSERT INTO series
+          SELECT symbol_type, code, adjust, count(*), min(date), max(date), arg_max(close, date)
+          FROM bars WHERE (symbol_type, code, adjust) IN (SELECT * FROM _touched)
+          GROUP BY ALL`);
+      }
+      const symbols = changes.symbols ?? [];
+      if (symbols.length > 0) {
+        await conn.run(
+          "CREATE OR REPLACE TEMP TABLE _symbols (symbol_type VARCHAR, code VARCHAR, name VARCHAR)",
+        );
+        await appendRows(conn, "_symbols", symbols, (a, s) => {
+          a.appendVarchar(s.symbolType);
+          a.appendVarchar(s.code);
+          a.appendVarchar(s.name);
+        });
+        await conn.run(
+          "DELETE FROM symbols WHERE (symbol_type, code) IN (SELECT symbol_type, code FROM _symbols)",
+        );
+        await conn.run(
+          "INSERT INTO symbols SELECT DISTINCT ON (symbol_type, code) symbol_type, code, name, NULL FROM _symbols",
+        );
+      }
+      for (const g of changes.gone ?? []) {
+        await conn.run(
+          "UPDATE symbols SET gone_since = CAST($3 AS DATE) WHERE symbol_type = $1 AND code = $2 AND gone_since IS NULL",
+          [g.symbolType, g.code, g.date],
+        );
+      }
+      const raw = changes.raw ?? [];
+      if (raw.length > 0) {
+        await conn.run(
+          "CREATE OR REPLACE TEMP TABLE _raw AS SELECT * FROM raw_last LIMIT 0",
+        );
+        await appendRows(conn, "_raw", raw, (a, r) => {
+          a.appendVarchar(r.symbolType);
+          a.appendVarchar(r.code);
+          a.appendDate(dateValue(r.bar.date));
+          a.appendDouble(r.bar.open);
+          a.appendDouble(r.bar.high);
+          a.appendDouble(r.bar.low);
+          a.appendDouble(r.bar.close);
+        });
+        await conn.run(
+          "DELETE FROM raw_last WHERE (symbol_type, code) IN (SELECT symbol_type, code FROM _raw)",
+        );
+        await conn.run(
+          "INSERT INTO raw_last SELECT DISTINCT ON (symbol_type, code) * FROM _raw ORDER BY symbol_type, code, date DESC",
+        );
+      }
+      const days = changes.calendar ?? [];
+      if (days.length > 0) {
+        await conn.run("CREATE OR REPLACE TEMP TABLE _days (date DATE)");
+        await appendRows(conn, "_days", days, (a, d) => {
+          a.appendDate(dateValue(d));
+        });
+        await conn.run(
+          "INSERT INTO calendar SELECT DISTINCT date FROM _days WHERE date NOT IN (SELECT date FROM calendar)",
+        );
+      }
+      for (const [key, value] of Object.entries(changes.meta ?? {})) {
+        await conn.run("DELETE FROM meta WHERE key = $1", [key]);
+        await conn.run("INSERT INTO meta VALUES ($1, $2)", [key, value]);
+      }
+      await conn.run("COMMIT");
+    } catch (error) {
+      await conn.run("ROLLBACK").catch(() => {});
+      throw error;
+    }
+  }
+
+  /**
+   * Rewrites the bars table sorted by series and date, in one transaction, so that one series'
+   * bars sit together and a read skips the rest (DuckDB prunes by each row group's min/max).
+   */
+  async compact(): Promise<void> {
+    await this.#writing;
+    const conn = this.#conn;
+    await conn.run("BEGIN TRANSACTION");
+    try {
+      await conn.run(
+        "CREATE OR REPLACE TABLE _bars_sorted AS SELECT * FROM bars ORDER BY symbol_type, adjust, code, date",
+      );
+      await conn.run("DROP TABLE bars");
+      await conn.run("ALTER TABLE _bars_sorted RENAME TO bars");
+      await conn.run("COMMIT");
+    } catch (error) {
+      await conn.run("ROLLBACK").catch(() => {});
+      throw error;
+    }
+    await conn.run("CHECKPOINT");
+  }
+
+  /**
+   * Writes every table as files others read: `bars.parquet` (or `.csv`) sorted by kind,
+   * adjustment, code and date, plus `symbols` and `calendar`. Returns the paths.
+   */
+  async export(format: "parquet" | "csv", dir: string): Promise<string[]> {
+    await Deno.mkdir(dir, { recursive: true });
+    const ext = format === "parquet" ? "parquet" : "csv";
+    const options = format === "parquet"
+      ? "(FORMAT parquet, COMPRESSION zstd)"
+      : "(FORMAT csv, HEADER true)";
+    const base = dir.replace(/\/+$/, "");
+    const out: string[] = [];
+    const queries: [string, string][] = [
+      [
+        "bars",
+        "SELECT * FROM bars ORDER BY symbol_type, adjust, code, date",
+      ],
+      ["symbols", "SELECT * FROM symbols ORDER BY symbol_type, code"],
+      ["calendar", "SELECT DISTINCT date FROM calendar ORDER BY date"],
+    ];
+    for (const [name, query] of queries) {
+      const path = `${base}/${name}.${ext}`;
+      const temp = `${base}/.${name}.${crypto.randomUUID()}.${ext}`;
+      await this.#conn.run(
+        `COPY (${query}) TO '${sqlString(temp)}' ${options}`,
+      );
+      await Deno.rename(temp, path);
+      out.push(path);
+    }
+    return out;
+  }
+
+  /** Closes the file (waits for a write in progress). */
+  async close(): Promise<void> {
+    await this.#writing;
+    this.#conn.closeSync();
+    this.#instance.closeSync();
+  }
+
+  async #rows(sql: string, params: unknown[] = []): Promise<unknown[][]> {
+    const reader = await this.#conn.runAndReadAll(
+      sql,
+      params.length > 0 ? params as string[] : undefined,
+    );
+    return reader.getRows() as unknown[][];
+  }
+}
+
+function barOf(r: unknown[]): Bar {
+  const bar: Bar = {
+    date: r[3] as string,
+    open: r[4] as number,
+    high: r[5] as number,
+    low: r[6] as number,
+    close: r[7] as number,
+    volume: r[8] as number,
+  };
+  OPTIONAL.forEach((field, i) => {
+    const value = r[9 + i];
+    if (value !== null && value !== undefined) bar[field] = value as number;
+  });
+  return bar;
+}
+
+function appendBar(a: DuckDBAppender, key: SeriesKey, bar: Bar): void {
+  a.appendVarchar(key.symbolType);
+  a.appendVarchar(key.code);
+  a.appendVarchar(key.adjust);
+  a.appendDate(dateValue(bar.date));
+  a.appendDouble(bar.open);
+  a.appendDouble(bar.high);
+  a.appendDouble(bar.low);
+  a.appendDouble(bar.close);
+  a.appendDouble(bar.volume);
+  for (const field of OPTIONAL) {
+    const value = bar[field];
+    if (value === undefined) a.appendNull();
+    else a.appendDouble(value);
+  }
+  a.endRow();
+}
+
+async function appendRows<T>(
+  conn: DuckDBConnection,
+  table: string,
+  rows: readonly T[],
+  fill: (a: DuckDBAppender, row: T) => void,
+): Promise<void> {
+  const appender = await conn.createAppender(table);
+  for (const row of rows) {
+    fill(appender, row);
+    appender.endRow();
+  }
+  appender.closeSync();
+}
+
+function dateValue(date: string): DuckDBDateValue {
+  if (!/^\d{4}-\d{2}-\d{2}$/.test(date)) {
+    throw new RangeError(
+      `Invalid bar date ${JSON.stringify(date)}: expected YYYY-MM-DD`,
+    );
+  }
+  return new DuckDBDateValue(dayNumber(date));
+}
+
+function sqlString(text: string): string {
+  return text.replaceAll("'", "''");
+}

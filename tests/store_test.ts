@@ -1,0 +1,245 @@
+import assert from "node:assert/strict";
+import {
+  holidaysBetween,
+  latestClosedDay,
+  MarketStore,
+  previousTradingDay,
+  type SeriesKey,
+} from "../lib/store/mod.ts";
+import type { Bar } from "../lib/market/types.ts";
+import { tempDir } from "./_helpers.ts";
+import { FIXTURES_DIR, fixturesAvailable } from "./_fake_eastmoney.ts";
+
+const KEY: SeriesKey = { symbolType: "etf", code: "510300", adjust: "qfq" };
+
+function bars(n: number, from = "2024-01-01", price = 1): Bar[] {
+  const out: Bar[] = [];
+  let t = Date.parse(from);
+  while (out.length < n) {
+    const weekday = new Date(t).getUTCDay();
+    if (weekday !== 0 && weekday !== 6) {
+      const p = price + out.length / 1000;
+      out.push({
+        date: new Date(t).toISOString().slice(0, 10),
+        open: p,
+        high: p + 0.01,
+        low: p - 0.01,
+        close: p + 0.005,
+        volume: 1000 + out.length,
+        amount: 123456.5,
+        turnover: 0.5,
+      });
+    }
+    t += 86_400_000;
+  }
+  return out;
+}
+
+Deno.test("store - a replaced series reads back bar for bar, optional fields stay absent", async () => {
+  await using dir = await tempDir("store_");
+  const store = await MarketStore.open(`${dir.path}/s.duckdb`);
+  try {
+    const series = bars(300);
+    delete series[5].amount;
+    await store.commit({ replace: [{ key: KEY, bars: series }] });
+    assert.deepEqual(await store.readSeries(KEY), series);
+    assert.deepEqual(
+      await store.readSeries(KEY, series[10].date, series[12].date),
+      series.slice(10, 13),
+    );
+    const info = (await store.seriesInfo()).get("etf|510300|qfq");
+    assert.equal(info?.bars, 300);
+    assert.equal(info?.lastDate, series.at(-1)!.date);
+    assert.equal(info?.lastClose, series.at(-1)!.close);
+    // A second replace drops the old bars rather than adding to them.
+    await store.commit({ replace: [{ key: KEY, bars: series.slice(0, 10) }] });
+    assert.equal((await store.readSeries(KEY)).length, 10);
+  } finally {
+    await store.close();
+  }
+});
+
+Deno.test("store - an empty history is refused and the write leaves nothing behind", async () => {
+  await using dir = await tempDir("store_");
+  const store = await MarketStore.open(`${dir.path}/s.duckdb`);
+  try {
+    const other: SeriesKey = { ...KEY, code: "159915" };
+    await assert.rejects(
+      store.commit({
+        replace: [{ key: other, bars: bars(5) }, { key: KEY, bars: [] }],
+      }),
+      /Cannot store an empty history for etf\|510300\|qfq/,
+    );
+    assert.equal(await store.barCount(), 0);
+    assert.equal((await store.seriesInfo()).size, 0);
+  } finally {
+    await store.close();
+  }
+});
+
+Deno.test("store - appends, cross-sections, raw bars, gone symbols and status", async () => {
+  await using dir = await tempDir("store_");
+  const store = await MarketStore.open(`${dir.path}/s.duckdb`);
+  try {
+    const a = bars(20);
+    const b = bars(19);
+    const keyB: SeriesKey = { ...KEY, code: "159915" };
+    await store.commit({
+      replace: [{ key: KEY, bars: a.slice(0, 19) }, { key: keyB, bars: b }],
+      symbols: [
+        { symbolType: "etf", code: "510300", name: "沪深300ETF" },
+        { symbolType: "etf", code: "159915", name: "创业板ETF" },
+      ],
+    });
+    let status = await store.status();
+    assert.deepEqual(status.map((s) => [s.series, s.bars, s.behind]), [[
+      2,
+      38,
+      0,
+    ]]);
+    await store.commit({
+      append: [{ key: KEY, bars: [a[19]] }],
+      raw: [{ symbolType: "etf", code: "510300", bar: a[19] }],
+      gone: [{ symbolType: "etf", code: "159915", date: a[19].date }],
+      calendar: a.map((x) => x.date),
+      meta: { last_sync_day: a[19].date },
+    });
+    status = await store.status();
+    assert.equal(status[0].lastDate, a[19].date);
+    assert.equal(status[0].behind, 1);
+    assert.deepEqual(await store.crossSection("etf", "qfq", a[18].date), [
+      { code: "159915", bar: b[18] },
+      { code: "510300", bar: a[18] },
+    ]);
+    const symbols = await store.symbols();
+    assert.equal(symbols.get("etf|159915")?.goneSince, a[19].date);
+    assert.equal(symbols.get("etf|510300")?.raw?.close, a[19].close);
+    assert.deepEqual(await store.calendar(), a.map((x) => x.date));
+    assert.equal(await store.meta("last_sync_day"), a[19].date);
+    await store.compact();
+    assert.deepEqual(await store.readSeries(KEY), a);
+  } finally {
+    await store.close();
+  }
+});
+
+Deno.test("store - exports Parquet and CSV that DuckDB reads back without our schema", async () => {
+  await using dir = await tempDir("store_");
+  const store = await MarketStore.open(`${dir.path}/s.duckdb`);
+  const series = bars(50);
+  try {
+    await store.commit({ replace: [{ key: KEY, bars: series }] });
+    const files = await store.export("parquet", `${dir.path}/out`);
+    assert.deepEqual(files.map((f) => f.split("/").pop()), [
+      "bars.parquet",
+      "symbols.parquet",
+      "calendar.parquet",
+    ]);
+    await store.export("csv", `${dir.path}/csv`);
+  } finally {
+    await store.close();
+  }
+  const { DuckDBInstance } = await import("npm:@duckdb/node-api@1.5.6-r.1");
+  const db = await DuckDBInstance.create(":memory:");
+  const conn = await db.connect();
+  try {
+    const rows = (await conn.runAndReadAll(
+      `SELECT count(*), sum(volume), max(CAST(date AS VARCHAR)) FROM '${dir.path}/out/bars.parquet'`,
+    )).getRows();
+    assert.deepEqual(rows[0], [
+      50n,
+      series.reduce((s, b) => s + b.volume, 0),
+      series.at(-1)!.date,
+    ]);
+    const csv = await Deno.readTextFile(`${dir.path}/csv/bars.csv`);
+    assert.match(csv.split("\n")[0], /^symbol_type,code,adjust,date,open/);
+    assert.equal(csv.trim().split("\n").length, 51);
+  } finally {
+    conn.closeSync();
+    db.closeSync();
+  }
+});
+
+Deno.test("store - a second writer is refused at once with a lock error naming the holder", async () => {
+  await using dir = await tempDir("store_");
+  const path = `${dir.path}/s.duckdb`;
+  const store = await MarketStore.open(path);
+  try {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "eval",
+        `import { MarketStore } from ${
+          JSON.stringify(new URL("../lib/store/mod.ts", import.meta.url).href)
+        };
+         try { await MarketStore.open(${
+          JSON.stringify(path)
+        }); console.log("opened"); }
+         catch (e) { console.log(e.name + ": " + e.message); }`,
+      ],
+      stdout: "piped",
+      stderr: "inherit",
+    });
+    const out = new TextDecoder().decode((await child.output()).stdout);
+    assert.match(
+      out,
+      /^StoreLockedError: Store .* is locked by another process \(PID \d+\)/,
+    );
+    assert.ok(out.includes(`PID ${Deno.pid}`), out);
+  } finally {
+    await store.close();
+  }
+});
+
+Deno.test("calendar - the latest closed day, the day before, and holidays as weekdays without bars", () => {
+  const days = ["2024-09-27", "2024-09-30", "2024-10-08", "2024-10-09"];
+  // 2024-10-09 15:00 Shanghai is 07:00 UTC: just before it, the 9th is still trading.
+  assert.equal(
+    latestClosedDay(days, Date.parse("2024-10-09T06:59:59Z")),
+    "2024-10-08",
+  );
+  assert.equal(
+    latestClosedDay(days, Date.parse("2024-10-09T07:00:00Z")),
+    "2024-10-09",
+  );
+  assert.equal(
+    latestClosedDay(days, Date.parse("2024-09-01T00:00:00Z")),
+    undefined,
+  );
+  assert.equal(previousTradingDay(days, "2024-10-08"), "2024-09-30");
+  assert.equal(previousTradingDay(days, "2024-10-10"), "2024-10-09");
+  assert.equal(previousTradingDay(days, "2024-09-27"), undefined);
+  assert.deepEqual(holidaysBetween(days, "2024-09-27", "2024-10-09"), [
+    "2024-10-01",
+    "2024-10-02",
+    "2024-10-03",
+    "2024-10-04",
+    "2024-10-07",
+  ]);
+});
+
+Deno.test({
+  name:
+    "calendar - real bars: weekdays without a 510300 bar are the exchange's holidays",
+  ignore: !fixturesAvailable(),
+  fn() {
+    const days = Deno.readTextFileSync(
+      new URL("etf_510300_daily_none_11cols.csv", FIXTURES_DIR),
+    ).trim().split("\n").slice(1).map((line) => line.slice(0, 10));
+    // National Day 2024 and the Spring Festival 2025, as the SSE announced them.
+    assert.deepEqual(holidaysBetween(days, "2024-09-30", "2024-10-08"), [
+      "2024-10-01",
+      "2024-10-02",
+      "2024-10-03",
+      "2024-10-04",
+      "2024-10-07",
+    ]);
+    assert.deepEqual(holidaysBetween(days, "2025-01-27", "2025-02-05"), [
+      "2025-01-28",
+      "2025-01-29",
+      "2025-01-30",
+      "2025-01-31",
+      "2025-02-03",
+      "2025-02-04",
+    ]);
+  },
+});
