@@ -4,13 +4,13 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import { runStdinConsole, splitCommand } from "./lib/console.ts";
 import {
   consoleMode,
   FlagError,
   looksLikeHost,
   numberFlag,
+  parseFlags,
   readFlagFile,
   secretFlag,
   serverUrl,
@@ -23,13 +23,19 @@ import {
   MarketsExit,
 } from "./lib/requester/markets_cli.ts";
 import { symbolKind } from "./lib/requester/symbols.ts";
+import {
+  answerFailed,
+  EXIT_CODES_HELP,
+  exitCodeOf,
+  RequesterExit,
+} from "./lib/requester/exit_codes.ts";
 import { PERIODS } from "./lib/market/params.ts";
 
 const USAGE =
   `Usage: deno task requester [HOST PORT] [command [json-data]] [options]
 
 Sends a command to the server's requester port (default localhost 8766) and prints the answer as
-JSON; exits 1 when the answer's success is false. Without a command, opens a console.
+JSON. Without a command, opens a console.
 
 Examples:
   deno task requester get_time
@@ -39,7 +45,7 @@ Examples:
 
 Options:
   --url URL          requester port URL instead of HOST PORT (ws:// or wss://); a cluster's
-                     servers comma-separated: the requester moves to the next one if its drops
+                     servers comma-separated: the requester moves to the next one if it drops
   --resubmit         after a dropped connection, send in-flight requests again (only for
                      commands that are safe to run twice)
   --timeout S        seconds the server may take (default: the server's, 30)
@@ -48,6 +54,8 @@ Options:
   --progress         print progress frames of batches to stderr
   --compact          print the answer on one line
   -h, --help         this text
+
+${EXIT_CODES_HELP}
 `;
 
 const MARKETS_USAGE =
@@ -84,8 +92,8 @@ Options:
   -h, --help         this text
 
 Progress goes to stderr: a bar on a terminal, a line every 5 s otherwise. At the end a summary.
-Exit codes: 0 every symbol succeeded (or was complete already); 1 some failed (see failed.txt);
-2 bad flags or symbol list; 3 server unreachable or connection lost; 130 interrupted.
+
+${EXIT_CODES_HELP}
 `;
 
 function oneOf<T extends string>(
@@ -114,7 +122,7 @@ function dateFlag(name: string, value: string | undefined): string | undefined {
 }
 
 function parseMarkets(args: string[]): MarketsCommand {
-  const { values, positionals } = parseArgs({
+  const { values, positionals } = parseFlags({
     args,
     allowPositionals: true,
     options: {
@@ -253,15 +261,42 @@ async function markets(args: string[]): Promise<number> {
   }
 }
 
-/** Whether the arguments name the `markets` subcommand (after an optional HOST PORT or --url). */
+/** Flags of the requester and of `markets` that take a value (the next word, without `=`). */
+const VALUE_FLAGS = new Set([
+  "--url",
+  "--timeout",
+  "--token",
+  "--ca",
+  "--type",
+  "--file",
+  "--all",
+  "--start",
+  "--end",
+  "--period",
+  "--adjust",
+  "--out",
+  "--format",
+  "--columns",
+  "--batch-size",
+]);
+
+/** Whether the arguments name the `markets` subcommand (after an optional HOST PORT). */
 function isMarkets(args: string[]): boolean {
-  const at = args.indexOf("markets");
-  return at === 0 ||
-    (at === 2 && (/^\d+$/.test(args[1]) || args[0] === "--url"));
+  const words: string[] = [];
+  for (let i = 0; i < args.length && words.length < 3; i++) {
+    if (args[i] === "--") break;
+    if (args[i].startsWith("-")) {
+      if (VALUE_FLAGS.has(args[i])) i++;
+      continue;
+    }
+    words.push(args[i]);
+  }
+  return words[0] === "markets" ||
+    (words[2] === "markets" && /^\d+$/.test(words[1]));
 }
 
 function parse(args: string[]) {
-  const { values, positionals } = parseArgs({
+  const { values, positionals } = parseFlags({
     args,
     allowPositionals: true,
     options: {
@@ -348,7 +383,7 @@ async function main(): Promise<number> {
     flags = parse(Deno.args);
   } catch (error) {
     console.error(`requester: ${(error as Error).message}`);
-    return 2;
+    return RequesterExit.USAGE;
   }
   setupLogging({ level: "warning" });
   const client = new RequesterClient(flags.url, {
@@ -362,7 +397,7 @@ async function main(): Promise<number> {
     await client.connect();
   } catch (error) {
     console.error(`requester: ${(error as Error).message}`);
-    return 2;
+    return exitCodeOf(error);
   }
   const print = (value: unknown) =>
     console.log(
@@ -379,14 +414,14 @@ async function main(): Promise<number> {
       });
       print(answer);
       explain(answer);
-      return answer.success ? 0 : 1;
+      return answerFailed(answer) ? RequesterExit.FAILED : RequesterExit.OK;
     }
     if (consoleMode({ console: true }) === "background") {
       console.error(
         "requester: no command given, and the terminal belongs to the foreground job: " +
           "give a command, or run the console in the foreground",
       );
-      return 2;
+      return RequesterExit.USAGE;
     }
     let status = 0;
     await runStdinConsole(async (line, write) => {
@@ -412,7 +447,7 @@ async function main(): Promise<number> {
       } catch (e) {
         console.error(`requester: ${(e as Error).message}`);
         if (!client.connected) {
-          status = 1;
+          status = exitCodeOf(e);
           return "quit";
         }
       }
@@ -425,7 +460,7 @@ async function main(): Promise<number> {
     return status;
   } catch (error) {
     console.error(`requester: ${(error as Error).message}`);
-    return 1;
+    return exitCodeOf(error);
   } finally {
     await client.close();
   }

@@ -7,7 +7,6 @@
 
 import { RUNTIME_FRAME_CAP } from "./lib/transport/_frame_size.ts";
 import { DEFAULT_WORKER_FRAME_BYTES } from "./lib/broker/options.ts";
-import { parseArgs } from "node:util";
 import { STRATEGIES, type Strategy } from "./lib/broker/balancer.ts";
 import { runStdinConsole, serverCommand } from "./lib/console.ts";
 import {
@@ -18,6 +17,7 @@ import {
   logLevelFlag,
   numberFlag,
   onStopSignal,
+  parseFlags,
   portFlag,
   PROCESS_FLAGS,
   readFlagFile,
@@ -101,7 +101,7 @@ function options(
   console: ReturnType<typeof consoleMode>;
   grace: number;
 } {
-  const { values, positionals } = parseArgs({
+  const { values, positionals } = parseFlags({
     args,
     allowPositionals: true,
     options: {

@@ -5,7 +5,6 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import { runStdinConsole, workerCommand } from "./lib/console.ts";
 import {
   consoleMode,
@@ -14,6 +13,7 @@ import {
   logLevelFlag,
   numberFlag,
   onStopSignal,
+  parseFlags,
   PROCESS_FLAGS,
   readFlagFile,
   secretFlag,
@@ -82,7 +82,7 @@ function flagValue<T>(parse: () => T): T {
 }
 
 function parse(args: string[]) {
-  const { values, positionals } = parseArgs({
+  const { values, positionals } = parseFlags({
     args,
     allowPositionals: true,
     options: {

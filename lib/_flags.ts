@@ -1,5 +1,6 @@
 // Helpers shared by the entry programs' flag parsing.
 
+import { parseArgs, type ParseArgsConfig } from "node:util";
 import { inForeground } from "./console.ts";
 import { parseLevel } from "./log.ts";
 
@@ -8,6 +9,69 @@ export class FlagError extends Error {
   constructor(message: string) {
     super(message);
     this.name = "FlagError";
+  }
+}
+
+/** The edit distance between two words (insertions, deletions, substitutions, swaps). */
+function distance(a: string, b: string): number {
+  const d = Array.from(
+    { length: a.length + 1 },
+    (_, i) => Array.from({ length: b.length + 1 }, (_, j) => i === 0 ? j : i),
+  );
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      d[i][j] = Math.min(
+        d[i - 1][j] + 1,
+        d[i][j - 1] + 1,
+        d[i - 1][j - 1] + cost,
+      );
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+        d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1);
+      }
+    }
+  }
+  return d[a.length][b.length];
+}
+
+/** The known flag closest to `word`, when one is close enough to be what was meant. */
+export function closestFlag(
+  word: string,
+  known: readonly string[],
+): string | undefined {
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  for (const name of known) {
+    const d = distance(word, name);
+    if (d < bestDistance) [best, bestDistance] = [name, d];
+  }
+  return bestDistance <= Math.max(1, Math.floor(word.length / 3))
+    ? best
+    : undefined;
+}
+
+/**
+ * `parseArgs` from `node:util`, with its mistakes as {@linkcode FlagError}s worded like ours: an
+ * unknown flag names the closest known one.
+ */
+export function parseFlags<T extends ParseArgsConfig>(
+  config: T,
+): ReturnType<typeof parseArgs<T>> {
+  try {
+    return parseArgs(config);
+  } catch (error) {
+    const { code, message } = error as { code?: string; message: string };
+    if (code === "ERR_PARSE_ARGS_UNKNOWN_OPTION") {
+      const flag = /'(-[^']*)'/.exec(message)?.[1] ?? "";
+      const name = flag.replace(/^-+/, "").split("=")[0];
+      const near = closestFlag(name, Object.keys(config.options ?? {}));
+      throw new FlagError(
+        `Unknown option '${flag}'${
+          near ? `: did you mean --${near}?` : ""
+        } (see --help)`,
+      );
+    }
+    throw new FlagError(message);
   }
 }
 
@@ -185,6 +249,19 @@ export function serverUrl(
     if (!/^wss?:\/\/\S/.test(one.trim())) {
       throw new FlagError(
         `Invalid --url '${one}': expected ws://host:port or wss://host:port (several: comma-separated)`,
+      );
+    }
+    try {
+      new URL(one.trim());
+    } catch {
+      // `new URL` says only "Invalid URL"; the usual slip is a port past 65535.
+      const port = /:(\d+)(?:[/?#]|$)/.exec(one.trim())?.[1];
+      throw new FlagError(
+        `Invalid --url '${one}': ${
+          port !== undefined && Number(port) > 65535
+            ? `port ${port} is past 65535`
+            : "not a URL"
+        }`,
       );
     }
   }

@@ -290,7 +290,7 @@ Deno.test("requester - on the worker port it exits at once with a message naming
       String(workerPort),
       "get_time",
     ]);
-    assert.equal(out.code, 1, out.stderr);
+    assert.equal(out.code, 5, out.stderr);
     assert.match(
       out.stderr,
       /is the worker port: requesters connect to the requester port/,
@@ -404,7 +404,7 @@ Deno.test("requester - ws:// against a TLS port or wss:// against a plain one sa
       `wss://127.0.0.1:${requesterPort}`,
       "get_time",
     ]);
-    assert.equal(out.code, 2);
+    assert.equal(out.code, 3);
     assert.match(
       out.stderr,
       new RegExp(

@@ -149,7 +149,7 @@ Deno.test({
       `wss://localhost:${server.requesterPort}`,
       "get_time",
     ]);
-    assert.equal(untrusted.code, 2);
+    assert.equal(untrusted.code, 3);
     assert.match(untrusted.stderr, /Cannot connect to wss:\/\/localhost/);
 
     worker.kill("SIGTERM");

@@ -6,6 +6,7 @@
  */
 
 import { RequesterClient } from "./requester_client.ts";
+import { exitCodeOf, RequesterExit } from "./exit_codes.ts";
 import type { ColumnStyle, MarketFileFormat } from "./market_files.ts";
 import {
   listSymbols,
@@ -23,18 +24,11 @@ import {
   uniqueSymbols,
 } from "./symbols.ts";
 
-/** Exit codes of `requester.ts markets`. */
+/** Exit codes of `requester.ts markets`: the requester's, with "some symbols failed" named. */
 export const MarketsExit = {
-  /** Every symbol succeeded (fetched now, or its file was complete already). */
-  OK: 0,
+  ...RequesterExit,
   /** At least one symbol failed; `failed.txt` lists them. */
-  SOME_FAILED: 1,
-  /** Bad flags or a bad symbol list: nothing was requested. */
-  USAGE: 2,
-  /** The server could not be reached, or the connection was lost. */
-  UNREACHABLE: 3,
-  /** Interrupted (SIGINT/SIGTERM); files written so far are complete. */
-  INTERRUPTED: 130,
+  SOME_FAILED: RequesterExit.FAILED,
 } as const;
 
 /** Everything `requester.ts markets` was told. */
@@ -137,7 +131,7 @@ export async function marketsCommand(
     await client.connect(io.signal);
   } catch (error) {
     io.stderr(`requester markets: ${(error as Error).message}\n`);
-    return MarketsExit.UNREACHABLE;
+    return io.signal?.aborted ? MarketsExit.INTERRUPTED : exitCodeOf(error);
   }
   try {
     if (command.all) {
@@ -145,7 +139,7 @@ export async function marketsCommand(
         symbols = await collectSymbols(command, io, client);
       } catch (error) {
         io.stderr(`requester markets: ${(error as Error).message}\n`);
-        return client.connected ? MarketsExit.USAGE : MarketsExit.UNREACHABLE;
+        return client.connected ? MarketsExit.USAGE : exitCodeOf(error);
       }
       io.stderr(`${symbols.length} ${command.all} symbols listed\n`);
     }
@@ -176,10 +170,10 @@ export async function marketsCommand(
     io.stderr("\n" + summaryTable(report));
     if (io.signal?.aborted) return MarketsExit.INTERRUPTED;
     if (report.failed.length === 0) return MarketsExit.OK;
-    const lost = report.failed.every((f) =>
-      f.error_code === "CONNECTION_CLOSED"
-    );
-    return lost && !client.connected
+    const all = (code: string) =>
+      report.failed.every((f) => f.error_code === code);
+    if (all("WRONG_PORT")) return MarketsExit.WRONG_PORT;
+    return all("CONNECTION_CLOSED") && !client.connected
       ? MarketsExit.UNREACHABLE
       : MarketsExit.SOME_FAILED;
   } finally {
