@@ -14,6 +14,7 @@ export const ErrorCode = {
   INVALID_FRAME: "INVALID_FRAME",
   INVALID_FIELD: "INVALID_FIELD",
   INVALID_DATA: "INVALID_DATA",
+  INVALID_PARAMS: "INVALID_PARAMS",
   BINARY_FRAME: "BINARY_FRAME",
   FRAME_TOO_LARGE: "FRAME_TOO_LARGE",
   DUPLICATE_REQUEST_ID: "DUPLICATE_REQUEST_ID",
@@ -137,5 +138,13 @@ export class WrongPortError extends SwitchyardError {
   constructor(message: string, options?: ErrorOptions) {
     super(ErrorCode.WRONG_PORT, message, options);
     this.name = "WrongPortError";
+  }
+}
+
+/** An action's params have the wrong keys or values; the message lists what it expects. */
+export class InvalidParamsError extends SwitchyardError {
+  constructor(message: string, options?: ErrorOptions) {
+    super(ErrorCode.INVALID_PARAMS, message, options);
+    this.name = "InvalidParamsError";
   }
 }

@@ -47,6 +47,7 @@ export { calculate } from "./broker/server_actions.ts";
 export {
   ConnectionClosedError,
   ErrorCode,
+  InvalidParamsError,
   NO_WORKERS_TEXT,
   NoWorkersError,
   ProtocolError,

@@ -4,6 +4,10 @@ import {
   formatLocalTime,
   serverActions,
 } from "../lib/broker/server_actions.ts";
+import { InvalidParamsError } from "../lib/errors.ts";
+import { setupLogging } from "../lib/mod.ts";
+import { runProgram } from "./_procs.ts";
+import { startTestServer } from "./_helpers.ts";
 
 Deno.test("calculate() does + - * / ** %", () => {
   assert.equal(calculate({ a: 10, b: 20, op: "+" }), 30);
@@ -31,7 +35,7 @@ Deno.test("calculate() refuses operands that are not finite numbers", () => {
     assert.throws(
       () => calculate({ a: bad, b: 1, op: "+" }),
       (error) =>
-        error instanceof TypeError &&
+        error instanceof InvalidParamsError &&
         error.message.startsWith("Operand 'a' must be a finite number: got "),
       `operand ${String(bad)}`,
     );
@@ -53,7 +57,7 @@ Deno.test("calculate() refuses unknown operators and params that are not an obje
     assert.throws(
       () => calculate({ a: 1, b: 2, op }),
       (error) =>
-        error instanceof RangeError &&
+        error instanceof InvalidParamsError &&
         error.message ===
           `Unknown operator ${
             JSON.stringify(op)
@@ -63,10 +67,35 @@ Deno.test("calculate() refuses unknown operators and params that are not an obje
   }
   for (const params of [null, "1+1", [1, 2], 3]) {
     assert.throws(() => calculate(params), {
-      name: "TypeError",
+      name: "InvalidParamsError",
       message: /^Params must be an object/,
     });
   }
+});
+
+Deno.test("calculate() refuses a key it does not know, listing the ones it expects", () => {
+  assert.throws(() => calculate({ a: 1, b: 2, operation: "*" }), {
+    name: "InvalidParamsError",
+    message:
+      "Unknown key 'operation' for calculate: expected a, b and op (one of + - * / ** %)",
+  });
+});
+
+Deno.test("calculate - a wrong key from the requester CLI answers INVALID_PARAMS and exits 1", async () => {
+  setupLogging({ level: "error" });
+  await using server = startTestServer();
+  const out = await runProgram("requester.ts", [
+    "--url",
+    server.requesterUrl,
+    "--compact",
+    "calculate",
+    '{"a": 6, "b": 7, "operation": "*"}',
+  ]);
+  assert.equal(out.code, 1, out.stderr);
+  const answer = JSON.parse(out.stdout);
+  assert.equal(answer.success, false);
+  assert.equal(answer.error_code, "INVALID_PARAMS");
+  assert.match(answer.error, /Unknown key 'operation'.*expected a, b and op/);
 });
 
 Deno.test("calculate() refuses a result that is not finite", () => {
@@ -86,11 +115,11 @@ Deno.test("calculate() never evaluates strings", () => {
       "`${globalThis.__evaluated = 1}`",
     ]
   ) {
-    assert.throws(() => calculate({ a: 1, b: 2, op }), RangeError);
+    assert.throws(() => calculate({ a: 1, b: 2, op }), InvalidParamsError);
   }
   assert.throws(
     () => calculate({ a: "globalThis.__evaluated = 1", b: 2 }),
-    TypeError,
+    InvalidParamsError,
   );
   assert.equal(globals.__evaluated, undefined);
 });

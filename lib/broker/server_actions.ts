@@ -7,6 +7,7 @@
 
 import type { ActionHandler } from "../action.ts";
 import type { WorkerInfo } from "./registry.ts";
+import { InvalidParamsError } from "../errors.ts";
 
 /** `YYYY-MM-DD HH:MM:SS` in the process's local time zone, as the original prints it. */
 export function formatLocalTime(date: Date = new Date()): string {
@@ -29,7 +30,7 @@ const OPERATIONS: Record<string, (a: number, b: number) => number> = {
 function operand(params: Record<string, unknown>, name: "a" | "b"): number {
   const value = params[name];
   if (typeof value !== "number" || !Number.isFinite(value)) {
-    throw new TypeError(
+    throw new InvalidParamsError(
       `Operand '${name}' must be a finite number: got ${
         JSON.stringify(value) ?? "undefined"
       }`,
@@ -38,19 +39,35 @@ function operand(params: Record<string, unknown>, name: "a" | "b"): number {
   return value;
 }
 
-/** `calculate`: `{a, b, op}` with `op` one of `+ - * / ** %`. Never evaluates strings. */
+const CALCULATE_KEYS = ["a", "b", "op"];
+
+/**
+ * `calculate`: `{a, b, op}` with `op` one of `+ - * / ** %`. Never evaluates strings. A key it
+ * does not know (`operation` for `op`) is refused rather than ignored: ignoring it would answer
+ * a sum nobody asked for.
+ */
 export function calculate(params: unknown): number {
   if (typeof params !== "object" || params === null || Array.isArray(params)) {
-    throw new TypeError(
+    throw new InvalidParamsError(
       'Params must be an object such as {"a": 10, "b": 20, "op": "+"}',
     );
   }
   const p = params as Record<string, unknown>;
+  const unknown = Object.keys(p).filter((k) => !CALCULATE_KEYS.includes(k));
+  if (unknown.length > 0) {
+    throw new InvalidParamsError(
+      `Unknown key${unknown.length > 1 ? "s" : ""} ${
+        unknown.map((k) => `'${k}'`).join(", ")
+      } for calculate: expected a, b and op (one of ${
+        Object.keys(OPERATIONS).join(" ")
+      })`,
+    );
+  }
   const a = operand(p, "a");
   const b = operand(p, "b");
   const op = p.op ?? "+";
   if (typeof op !== "string" || !Object.hasOwn(OPERATIONS, op)) {
-    throw new RangeError(
+    throw new InvalidParamsError(
       `Unknown operator ${JSON.stringify(op)}: expected one of ${
         Object.keys(OPERATIONS).join(" ")
       }`,
