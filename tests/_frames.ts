@@ -1,6 +1,6 @@
 // WebSocket frames by hand, for tests that speak the wire format on bare TCP sockets.
 
-export { writeAll } from "../lib/transport/_websocket.ts";
+export { writeAll } from "../lib/transport/_http.ts";
 
 /** `parts` joined into one array. */
 export function concat(parts: Uint8Array[]): Uint8Array {

@@ -1,8 +1,5 @@
-import {
-  connectWebSocket,
-  type ConnSocket,
-  HandshakeError,
-} from "./_websocket.ts";
+import type { ConnSocket } from "./_websocket.ts";
+import { connectWebSocket, HandshakeError } from "./_ws_client.ts";
 import { UnauthorizedError } from "../errors.ts";
 
 // A leading U+FEFF is part of the message, as the ports read it.
