@@ -8,6 +8,7 @@ import { createMarketService } from "../lib/market/service.ts";
 import { RequesterClient } from "../lib/requester/requester_client.ts";
 import { startFakeEastmoney } from "./_fake_eastmoney.ts";
 import { startTestServer, startWorker } from "./_helpers.ts";
+import { parse } from "npm:csv-parse@7.0.3/sync";
 
 const decode = (bytes: Uint8Array | undefined) =>
   bytes === undefined ? undefined : new TextDecoder().decode(bytes);
@@ -91,6 +92,68 @@ Deno.test("readItemText: CSV from the text equals renderMarketFile on the parsed
           decode(view.csv(columns, { symbol, header })),
           renderMarketFile(parsed, "csv", columns, { symbol, header }),
         );
+      }
+    }
+  }
+});
+
+Deno.test("CSV round trip: every field kind comes back from both writers as it went in", () => {
+  // One bar per field kind, each kind in the date column (the one text column) and in a number
+  // column: what a worker in another language, or a CSV provider, may send.
+  const kinds: [string, unknown, string][] = [
+    ["plain text", "2025-01-02", "2025-01-02"],
+    ["a comma", "2025,01,02", "2025,01,02"],
+    ["a comma and text", "Kweichow Moutai, Inc", "Kweichow Moutai, Inc"],
+    ["a quote", 'say "hi"', 'say "hi"'],
+    ["a quote and a comma", 'a "b", c', 'a "b", c'],
+    ["a line end", "a\nb", "a\nb"],
+    ["a carriage return", "a\rb", "a\rb"],
+    ["CJK", "贵州茅台", "贵州茅台"],
+    ["an escaped CJK", "\u4e2d", "\u4e2d"],
+    ["a backslash", "x\\y", "x\\y"],
+    ["an integer", 123456, "123456"],
+    ["a fraction", 3.75, "3.75"],
+    ["a negative", -0.45, "-0.45"],
+    ["a tiny number", 1e-7, "1e-7"],
+    ["a huge number", 1e21, "1e+21"],
+    ["true", true, "1"],
+    ["false", false, ""],
+    ["null", null, ""],
+  ];
+  for (const [name, value, expected] of kinds) {
+    for (const field of ["date", "open"]) {
+      const bar: Record<string, unknown> = {
+        date: "2025-01-02",
+        open: 1,
+        high: 2,
+        low: 0.5,
+        close: 1.5,
+        volume: 10,
+      };
+      bar[field] = value;
+      const result = { success: true, code: "600000", data: [bar] };
+      const written = {
+        parsed: renderMarketFile(result, "csv"),
+        bytes: decode(readItemText(frame(result))!.csv())!,
+        "bytes, spaced": decode(
+          readItemText(
+            JSON.stringify(
+              { request_id: "r1", item: { index: 3, result } },
+              null,
+              1,
+            ),
+          )!.csv(),
+        )!,
+      };
+      for (const [writer, csv] of Object.entries(written)) {
+        const rows = parse(csv, { columns: true }) as Record<string, string>[];
+        assert.equal(rows.length, 1, `${name} in ${field}, ${writer}: ${csv}`);
+        assert.equal(
+          rows[0][field],
+          expected,
+          `${name} in ${field}, ${writer}: ${csv}`,
+        );
+        assert.equal(rows[0].volume, "10", `${name} in ${field}, ${writer}`);
       }
     }
   }

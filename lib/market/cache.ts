@@ -45,24 +45,16 @@ export function cacheKey(
 }
 
 /**
- * How long a series without a single bar is trusted, in ms. A listed code always has bars, so an
- * empty history is more often a refusal in disguise than a fact: ask again soon.
- */
-export const EMPTY_SERIES_TTL_MS = 10 * 60_000;
-
-/**
  * Whether `entry` can answer a request ending on `endDate` at time `now` (see the module doc).
- * An entry without bars is fresh only for {@linkcode EMPTY_SERIES_TTL_MS}.
+ * An entry without bars never is: a listed code always has bars, so an empty history is more
+ * often a refusal in disguise than a fact, and it is asked for again.
  */
 export function isEntryFresh(
   entry: CacheEntry,
   endDate: string,
   now: number,
 ): boolean {
-  if (entry.bars.length === 0) {
-    return now - entry.fetchedAt < EMPTY_SERIES_TTL_MS &&
-      now >= entry.fetchedAt;
-  }
+  if (entry.bars.length === 0) return false;
   if (entry.fetchedAt >= lastCloseAt(now)) return true;
   // A minute series is a sliding window: after a close its oldest day has gone upstream.
   if (entry.adjust === "qfq" || entry.period?.endsWith("m")) return false;

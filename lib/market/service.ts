@@ -282,7 +282,9 @@ export function createMarketService(
         period: p.period,
         ...series,
       };
-      if (provider.host !== undefined) {
+      // An empty history is never final: a throttled host answers one too (`klines: []`,
+      // `dktotal: 0`), so the next request asks again.
+      if (provider.host !== undefined && entry.bars.length > 0) {
         await cache.set(entry).catch((error) => {
           logger.warn("Cannot write market cache entry {key}: {error}", {
             key,

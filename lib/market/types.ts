@@ -149,7 +149,7 @@ export interface MarketSuccess {
   data: Bar[];
   /**
    * Present (`true`) when the provider has no bar at all for the code, not just none in the
-   * range. Such an answer is cached for 10 minutes only: it may be a refusal in disguise.
+   * range. Such an answer is never cached: it may be a refusal in disguise.
    */
   empty_history?: true;
 }

@@ -96,6 +96,9 @@ export interface MarketsJobReport {
 // How often one symbol may be re-queued after the connection dropped under it.
 const MAX_DROPS = 3;
 
+/** The `error_code` in `failed.txt` of a symbol whose upstream answered no bar at all. */
+export const EMPTY_HISTORY = "EMPTY_HISTORY";
+
 /** The name of the failures file in the output folder. */
 export const FAILED_FILE = "failed.txt";
 
@@ -321,6 +324,17 @@ export async function runMarketsJob(
       return;
     }
     lastProgress = Date.now();
+    if (r.empty_history === true) {
+      // Not a fact to keep: a throttled host answers an empty history too. No file, so that
+      // `--resume` and `--file failed.txt` ask again.
+      fail(
+        i,
+        "The upstream answered no bar at all for this code (a throttled host answers so too): no file written, ask again later",
+        EMPTY_HISTORY,
+        true,
+      );
+      return;
+    }
     const bars = view ? view.bars : Array.isArray(r.data) ? r.data.length : 0;
     // The full parse, only when the text could not be rendered directly.
     const full = () => item.result as Record<string, unknown>;
