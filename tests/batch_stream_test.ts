@@ -2,11 +2,14 @@ import assert from "node:assert/strict";
 import {
   answerOf,
   connectClient,
+  group,
   RawPeer,
   startTestServer,
   startWorker,
+  type TestWorker,
   waitFor,
 } from "./_helpers.ts";
+import type { ActionHandler } from "../lib/action.ts";
 
 type Item = { code: string };
 
@@ -126,4 +129,104 @@ Deno.test("batch - a worker that streams every item still yields the whole answe
   const answer = await client.request("get_markets", items);
   const results = (answer.data as { results: Item[] }).results;
   assert.deepEqual(results.map((r) => r.code), items.map((i) => i.code));
+});
+
+/**
+ * A worker whose items wait, each, until the test lets it go (standing for its rate-limit slot),
+ * and that streams each one back as it goes. `held` counts what it holds now.
+ */
+function heldWorker(bytes: number) {
+  const waiting: (() => void)[] = [];
+  const state = { received: 0, waiting };
+  const handler: ActionHandler = (params, ctx) => {
+    const list = params as Item[];
+    state.received += list.length;
+    return Promise.all(
+      list.map((item, index) =>
+        new Promise<unknown>((resolve) => {
+          waiting.push(() => {
+            const result = {
+              success: true,
+              code: item.code,
+              // Daily histories of ten years are about this large as frames.
+              data: [{ date: "2025-01-02", note: "x".repeat(bytes) }],
+            };
+            ctx.progress?.(index + 1, list.length, { index, result });
+            resolve(result);
+          });
+        })
+      ),
+    );
+  };
+  return { state, handler, release: () => waiting.shift()?.() };
+}
+
+Deno.test("batch - streamed, rate-limited workers: none idles while items wait, and none holds a long tail", async () => {
+  await using server = startTestServer({ heartbeatIntervalMs: 50 });
+  const names = ["a", "b", "c"];
+  const held = names.map(() => heldWorker(200_000));
+  await using workers = group<TestWorker>();
+  for (const [i, name] of names.entries()) {
+    workers.push(
+      await startWorker(server, {
+        name,
+        heartbeatData: () => ({
+          upstream: {
+            hosts: { "quotes.example": { cooldown_until: 0, rate: 2 } },
+          },
+        }),
+        actions: { get_markets: held[i].handler },
+      }),
+    );
+  }
+  await waitFor(
+    () => server.broker.workers().every((w) => w.upstream !== undefined),
+    "every worker to report its upstream",
+  );
+  await using client = await connectClient(server.requesterUrl);
+  const total = 60;
+  const items = Array.from({ length: total }, (_, i) => ({
+    symbol_type: "etf",
+    code: String(510000 + i),
+  }));
+  const seen = new Set<number>();
+  const stream = client.stream("get_markets", items, { timeout: 120 });
+  const reading = (async () => {
+    for await (const { index } of stream) seen.add(index);
+    return await stream.answer;
+  })();
+  // Awaited below; when a check fails first, its error is the one to report.
+  reading.catch(() => {});
+  const released = names.map(() => 0);
+  const holding = (i: number) => held[i].state.received - released[i];
+  const handedOut = () => held.reduce((s, h) => s + h.state.received, 0);
+  try {
+    // Only worker a's items are let go: b and c hold theirs, as workers whose slots are later.
+    // Each of a's items is a slot that must not pass idle while the batch has items left.
+    while (handedOut() < total) {
+      await waitFor(
+        () => handedOut() === total || names.every((_, i) => holding(i) > 0),
+        `every worker to hold an item while ${
+          total - handedOut()
+        } wait (held: ${names.map((_, i) => holding(i)).join(", ")})`,
+        20_000,
+      );
+      if (handedOut() === total) break;
+      held[0].release();
+      released[0]++;
+    }
+    // Nothing waits: b and c hold only what they can start within about a second (2/s), so
+    // the batch ends about one fetch after a runs out.
+    for (const i of [1, 2]) {
+      assert.ok(
+        holding(i) <= 2,
+        `${names[i]} holds ${holding(i)} items at the end`,
+      );
+    }
+  } finally {
+    for (const h of held) while (h.state.waiting.length > 0) h.release();
+  }
+  const answer = await reading;
+  assert.equal(answer.success, true, answer.error ?? "");
+  assert.equal(seen.size, total);
 });

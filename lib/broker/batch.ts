@@ -192,6 +192,51 @@ function add(
 }
 
 /**
+ * How long a worker takes to return an item once its rate lets it start (ms): its upstream's
+ * latency plus the round trip. Each chunk's first answer is a sample, less the rate slots of the
+ * items the worker already held; samples below the estimate replace it at once (a slow first
+ * call, a busy moment, are forgotten), those above raise it slowly.
+ */
+const latency = new WeakMap<Peer, number>();
+
+function noteLatency(worker: Peer | undefined, ms: number): void {
+  if (!worker) return;
+  const seen = latency.get(worker);
+  latency.set(
+    worker,
+    seen === undefined || ms < seen ? ms : seen * 0.9 + ms * 0.1,
+  );
+}
+
+/**
+ * Items a rate-limited worker is given to hold at once, over every batch: the one it fetches,
+ * the one for its next slot, and as many more as its slots use up in the time a finished item's
+ * replacement takes to reach it (at least half a second, or twice its measured latency). So it
+ * is never idle while items wait, and holds so few that the end of a batch finishes level: no
+ * worker has a queue of its own left when the others run out. `Infinity` for a worker without a
+ * rate limit, 1 for one whose upstream is cooling down or out of budget now.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { itemsInHand } from "./batch.ts";
+ * assert.equal(itemsInHand(2, 75), 2); // 2 req/s, 75 ms upstream: the one fetching, the next
+ * assert.equal(itemsInHand(2, 1200), 6); // a slow upstream needs more ahead of it
+ * assert.equal(itemsInHand(0, 75), 1);
+ * assert.equal(itemsInHand(undefined, 75), Infinity);
+ * ```
+ */
+export function itemsInHand(
+  rate: number | undefined,
+  latencyMs: number | undefined,
+): number {
+  if (rate === undefined) return Infinity;
+  if (rate <= 0) return 1;
+  const lead = Math.max(500, 2 * (latencyMs ?? 0));
+  return Math.max(2, Math.ceil(rate * lead / 1000) + 1);
+}
+
+/**
  * How fast each worker has been finishing items lately (ms per item, smoothed): a worker that
  * answers from its cache finishes in milliseconds, one that fetches waits on its rate limit.
  */
@@ -279,18 +324,25 @@ export async function runBatch(
   const windowBytes = options.windowBytes ?? 4 * 1024 * 1024;
   let sentBytes = 0;
   let sentItems = 0;
-  // Workers this round can place items on (set by each round).
+  // Workers this round can place items on, and the items the rate-limited ones among them hold
+  // at once (set by each round and as latencies are learnt).
   let placing = 1;
+  let hands = 0;
   // Items finished at once wait in this process until sent: with large items (a full daily
   // history is ~0.5 MB) the window is what bounds the server's memory, so it counts bytes too.
-  // But every worker keeps about three items in hand, or it idles between its rate-limit slots.
+  // But it never holds back what rate-limited workers need in hand (`itemsInHand`), or they
+  // idle between their rate-limit slots while items wait: they bring items back no faster than
+  // their rates, whatever the window.
   const windowNow = () =>
-    sentItems === 0 ? maxWindow : Math.min(
-      maxWindow,
-      Math.max(
-        8,
-        3 * placing,
-        Math.floor(windowBytes * sentItems / sentBytes),
+    Math.max(
+      hands,
+      sentItems === 0 ? maxWindow : Math.min(
+        maxWindow,
+        Math.max(
+          8,
+          3 * placing,
+          Math.floor(windowBytes * sentItems / sentBytes),
+        ),
       ),
     );
   let out = 0;
@@ -321,7 +373,7 @@ export async function runBatch(
   const pullChunks = async (
     shares: Map<string, number[]>,
     runChunk: (workerId: string, indexes: number[]) => Promise<void>,
-    { size, usable }: { size: number; usable: ReadonlySet<string> },
+    usable: ReadonlySet<string>,
   ): Promise<void> => {
     const queues = new Map<string, number[]>();
     for (const [id, indexes] of shares) queues.set(id, [...indexes]);
@@ -334,11 +386,22 @@ export async function runBatch(
         : undefined;
     };
     const held = (w: Peer) => outstanding.get(w) ?? 0;
-    // Rate-limited workers get two chunks at a time; the others as many as the window allows.
+    const hand = (w: Peer) =>
+      itemsInHand(
+        fetchRate(w.upstream, dispatcher.clock.now()),
+        latency.get(w),
+      );
+    // A chunk fills a rate-limited worker's hand; the others get an even part of the window
+    // (read now: the window shrinks once the items' sizes are known).
+    const size = (w: Peer) =>
+      hand(w) === Infinity
+        ? Math.max(
+          1,
+          Math.min(CHUNK_ITEMS, Math.floor(windowNow() / placing)),
+        )
+        : hand(w) - held(w);
     const room = (w: Peer) =>
-      fetchRate(w.upstream, dispatcher.clock.now()) === undefined
-        ? Infinity
-        : 2 * size - held(w);
+      hand(w) === Infinity ? Infinity : hand(w) - held(w);
     const msPerItem = (w: Peer, cached: boolean) => {
       const rate = fetchRate(w.upstream, dispatcher.clock.now());
       const fetching = rate === undefined
@@ -360,7 +423,7 @@ export async function runBatch(
       const own = takers.find((w) => (queues.get(w.id)?.length ?? 0) > 0);
       if (own) {
         const from = queues.get(own.id)!;
-        return { worker: own, from, n: Math.min(size, from.length) };
+        return { worker: own, from, n: Math.min(size(own), from.length) };
       }
       const thief = takers[0];
       if (!thief) return undefined;
@@ -382,7 +445,7 @@ export async function runBatch(
       }
       if (!best) return undefined;
       const n = Math.min(
-        size,
+        size(thief),
         Math.ceil(best.from.length / 2),
         best.cold.length,
       );
@@ -392,6 +455,11 @@ export async function runBatch(
         : undefined;
     };
     while (!stop.aborted) {
+      hands = 0;
+      for (const id of usable) {
+        const w = open(id);
+        if (w && hand(w) !== Infinity) hands += hand(w);
+      }
       let queued = 0;
       for (const q of queues.values()) queued += q.length;
       if (queued === 0) break;
@@ -609,6 +677,13 @@ export async function runBatch(
       const c = chunkCount++;
       const sentAt = dispatcher.clock.now();
       const home = dispatcher.registry.get(workerId);
+      // The chunk's first item waits behind what the worker held: its first answer, less those
+      // items' rate slots, measures the worker's latency.
+      const rate = fetchRate(home?.upstream, sentAt);
+      const ahead = home && rate
+        ? (outstanding.get(home) ?? 0) * 1000 / rate
+        : 0;
+      let timing = home !== undefined;
       add(outstanding, home, indexes.length);
       add(committed, home, indexes.length);
       // Spill order: home first, then whoever else is free, by least load.
@@ -635,6 +710,13 @@ export async function runBatch(
         add(outstanding, home, -1);
         const worker = workerId ? dispatcher.registry.get(workerId) : undefined;
         if (home) notePace(worker, sentAt, dispatcher.clock.now());
+        if (timing && worker === home) {
+          noteLatency(
+            home,
+            Math.max(0, dispatcher.clock.now() - sentAt - ahead),
+          );
+        }
+        timing = false;
         if (worker && (result as { success?: unknown })?.success === true) {
           noteServed(dispatcher, codeOf(items[i]), worker.name);
         }
@@ -723,13 +805,7 @@ export async function runBatch(
       add(outstanding, home, accepted - indexes.length);
       report();
     };
-    await pullChunks(shares, runChunk, {
-      size: Math.max(
-        2,
-        Math.min(CHUNK_ITEMS, Math.floor(windowNow() / shares.size)),
-      ),
-      usable: new Set(plan.usable.map((w) => w.id)),
-    });
+    await pullChunks(shares, runChunk, usableIds);
     pending = retry.sort((a, b) => a - b);
   }
   for (const i of pending) {
