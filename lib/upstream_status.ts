@@ -11,9 +11,9 @@
 export interface UpstreamHost {
   /** Epoch ms until which the worker leaves this host alone; 0 when it is not cooling down. */
   cooldown_until: number;
-  /** Requests the worker may still send this hour; null when it did not say. */
+  /** Requests the worker may still send this hour; null when it has no hourly budget or did not say. */
   budget_hour: number | null;
-  /** Requests the worker may still send today; null when it did not say. */
+  /** Requests the worker may still send today; null when it has no daily budget or did not say. */
   budget_day: number | null;
   /** Requests per second it sends now; null when it did not say. */
   rate: number | null;

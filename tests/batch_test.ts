@@ -562,3 +562,18 @@ Deno.test("batch - a worker that reports its upstream reports it on registering,
     "the worker's upstream report",
   );
 });
+
+Deno.test("batch - a worker's served count takes each batch item as one request", async () => {
+  await withPool(
+    [stubMarkets("a"), stubMarkets("b")],
+    async (server, client) => {
+      const items = CODES.map((code) => ({ symbol_type: "etf", code }));
+      const answer = await client.request("get_markets", items);
+      assert.equal(answer.success, true);
+      const served = server.broker.workers().map((w) => w.served);
+      assert.equal(served.reduce((a, b) => a + b, 0), CODES.length);
+      assert.ok(served.every((n) => n > 1), `served ${served}`);
+      assert.deepEqual(server.broker.workers().map((w) => w.failures), [0, 0]);
+    },
+  );
+});

@@ -95,6 +95,17 @@ export interface SubmitOptions {
  * A unit of work in the dispatcher. Every field is set from the start, so that all jobs share
  * one shape, and settling costs no closure per job.
  */
+/**
+ * Requests a job stands for in a worker's `served` and `failures`: a batch chunk's items, one
+ * each (a worker that fetched 300 symbols served 300, not the 12 chunks they came in).
+ */
+function unitsOf(job: Job): number {
+  // "get_markets" is batch.ts's BATCH_COMMAND, which imports this module.
+  return job.command === "get_markets" && Array.isArray(job.params)
+    ? Math.max(1, job.params.length)
+    : 1;
+}
+
 export class Job {
   readonly command: string;
   params: unknown;
@@ -314,8 +325,8 @@ export class Dispatcher {
     const elapsed = this.clock.now() - job.startedAt;
     if (!response.success) {
       const code = response.error_code ?? ErrorCode.WORKER_ERROR;
-      if (!CALLER_FAULT_CODES.has(code)) worker.recordFailure();
-      else worker.recordSuccess(elapsed);
+      if (!CALLER_FAULT_CODES.has(code)) worker.recordFailure(unitsOf(job));
+      else worker.recordSuccess(elapsed, unitsOf(job));
       job.settle({
         ok: false,
         error: new WorkerError(
@@ -328,7 +339,7 @@ export class Dispatcher {
     } else if (this.#upstreamFailed(response.result) && this.#mayRetry(job)) {
       // The worker is fine but its upstream is not: count it against the worker's score and
       // give another worker (another IP address) a chance.
-      worker.recordFailure();
+      worker.recordFailure(unitsOf(job));
       (job.excluded ??= new Set()).add(worker.id);
       job.lastError = new WorkerError(
         String(
@@ -344,7 +355,7 @@ export class Dispatcher {
           attempts: job.attempts,
         });}
     } else {
-      worker.recordSuccess(elapsed);
+      worker.recordSuccess(elapsed, unitsOf(job));
       job.settle({
         ok: true,
         result: response.result,
@@ -790,7 +801,7 @@ export class Dispatcher {
     if (worker && job.msgId) {
       // A worker that sits on a request past its deadline looks slow and unreliable from now on,
       // and gets no new work until it answers one in time.
-      worker.recordFailure();
+      worker.recordFailure(unitsOf(job));
       worker.timedOutAt = this.clock.now() || 1;
       worker.ewmaMs = Math.max(
         worker.ewmaMs ?? 0,

@@ -247,17 +247,19 @@ export class WorkerRecord implements WorkerLoad {
     this.silent = false;
   }
 
-  recordSuccess(elapsedMs: number): void {
-    this.served++;
+  /** Counts an answer of `units` requests (a batch chunk's items) that went well. */
+  recordSuccess(elapsedMs: number, units = 1): void {
+    this.served += units;
     this.ewmaMs = this.ewmaMs === undefined
       ? elapsedMs
       : this.ewmaMs + LATENCY_ALPHA * (elapsedMs - this.ewmaMs);
     if (this.#failureRate > 0) this.#decayInto(0);
   }
 
-  recordFailure(): void {
-    this.served++;
-    this.failures++;
+  /** Counts a failed answer of `units` requests (a batch chunk's items). */
+  recordFailure(units = 1): void {
+    this.served += units;
+    this.failures += units;
     this.#decayInto(1);
   }
 

@@ -33,10 +33,10 @@ export const UNLIMITED_BUDGET = 1_000_000_000;
 export interface HostStatus {
   /** Until when the host is not called (ban cool-down or `Retry-After`), epoch ms; 0 if none. */
   cooldown_until: number;
-  /** Requests left in the last rolling hour. */
-  budget_hour: number;
-  /** Requests left in the last rolling 24 hours. */
-  budget_day: number;
+  /** Requests left in the last rolling hour; null when the host has no hourly budget. */
+  budget_hour: number | null;
+  /** Requests left in the last rolling 24 hours; null when the host has no daily budget. */
+  budget_day: number | null;
   /** Requests per second this gate allows (0: no limit). */
   rate: number;
 }
@@ -162,8 +162,13 @@ export class HostGate {
       cooldown_until: this.#breaker.state === "open"
         ? this.#breaker.retryAt ?? 0
         : 0,
-      budget_hour: Math.max(0, this.#budgetHour - inHour),
-      budget_day: Math.max(0, this.#budgetDay - this.#sent.length),
+      // No budget is said as such, not as a billion less what was used.
+      budget_hour: this.#budgetHour === UNLIMITED_BUDGET
+        ? null
+        : Math.max(0, this.#budgetHour - inHour),
+      budget_day: this.#budgetDay === UNLIMITED_BUDGET
+        ? null
+        : Math.max(0, this.#budgetDay - this.#sent.length),
       rate: this.#rate,
     };
   }
