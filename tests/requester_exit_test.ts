@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { createMarketService } from "../lib/market/mod.ts";
 import { setupLogging } from "../lib/mod.ts";
 import { startTestServer, startWorker } from "./_helpers.ts";
-import { runProgram } from "./_procs.ts";
+import { Program, runProgram } from "./_procs.ts";
 
 setupLogging({ level: "error" });
 
@@ -135,4 +135,43 @@ Deno.test("flags - an unknown flag names the closest one, and a port past 65535 
   }
   const help = await runProgram("requester.ts", ["--help"]);
   assert.doesNotMatch(help.stdout, /if its drops/);
+});
+
+Deno.test("wrong port - named whatever the tokens: a requester with its token on the worker port, a worker with its token on the requester port", async () => {
+  await using server = startTestServer({
+    requesterToken: "req-secret",
+    workerToken: "wrk-secret",
+  });
+  const requesterPort = new URL(server.requesterUrl).port;
+  const workerPort = new URL(server.workerUrl).port;
+  for (const args of [["get_time"], ["markets", "510300", "--quiet"]]) {
+    const out = await runProgram("requester.ts", [
+      "--url",
+      server.workerUrl,
+      "--token",
+      "req-secret",
+      ...args,
+    ]);
+    assert.equal(out.code, 5, out.stderr);
+    assert.match(
+      out.stderr,
+      new RegExp(
+        `is the worker port: requesters connect to the requester port ${requesterPort}`,
+      ),
+    );
+    assert.doesNotMatch(out.stderr, /unauthorized/i);
+  }
+  await using worker = new Program("worker.ts", [
+    "--url",
+    server.requesterUrl,
+    "--provider",
+    "demo",
+    "--no-console",
+  ], { SWITCHYARD_WORKER_TOKEN: "wrk-secret" });
+  await worker.waitFor(
+    new RegExp(
+      `is the requester port: workers connect to the worker port ${workerPort}`,
+    ),
+  );
+  assert.doesNotMatch(worker.lines.join("\n"), /check --token/);
 });

@@ -69,6 +69,25 @@ export function plainHttp(
   );
 }
 
+/**
+ * The headers that say which port this is, on a refused upgrade: the token of the other port
+ * fails here, and a client told only "unauthorized" would check its token, not its port.
+ * Port numbers are no secret; each client compares the name with what it is.
+ */
+export function portHeaders(
+  core: BrokerCore,
+  port: PortName,
+): Record<string, string> {
+  const headers: Record<string, string> = { "x-switchyard-port": port };
+  for (const name of ["worker", "requester"] as const) {
+    const number = core.ports[name];
+    if (number !== undefined) {
+      headers[`x-switchyard-${name}-port`] = String(number);
+    }
+  }
+  return headers;
+}
+
 /** Why an upgrade is refused (closed, bad token, too many connections); undefined to accept. */
 export function refuseUpgrade(
   core: BrokerCore,
@@ -89,7 +108,10 @@ export function refuseUpgrade(
       core.metrics.refused(port, "rate_limited");
       return new Response(
         `Too many failed tries: missing or invalid token; retry in ${wait} s\n`,
-        { status: 429, headers: { "retry-after": String(wait) } },
+        {
+          status: 429,
+          headers: { "retry-after": String(wait), ...portHeaders(core, port) },
+        },
       );
     }
   }
@@ -97,10 +119,17 @@ export function refuseUpgrade(
     core.metrics.refused(port, "unauthorized");
     // Counted and summed up in one line per interval (AuthLimiter), never one line per try.
     core.auth.failed(address);
-    return new Response("Unauthorized: missing or invalid token\n", {
-      status: 401,
-      headers: { "www-authenticate": "Bearer" },
-    });
+    const other = port === "worker" ? "requester" : "worker";
+    const number = core.ports[other];
+    return new Response(
+      `Unauthorized: missing or invalid token for the ${port} port (${other}s connect to ${
+        number === undefined ? `the ${other} port` : `port ${number}`
+      })\n`,
+      {
+        status: 401,
+        headers: { "www-authenticate": "Bearer", ...portHeaders(core, port) },
+      },
+    );
   }
   const limit = core.options.maxConnections;
   if (connections >= limit) {

@@ -219,7 +219,7 @@ export class RequesterClient {
     this.#wrongPort = undefined;
     const socket = await openSocket(
       this.url,
-      this.#options,
+      { ...this.#options, role: "requester" },
       (text) => this.#onMessage(text),
       signal,
       (bytes) => this.#onItemBytes(bytes),

@@ -1,6 +1,6 @@
 import type { ConnSocket } from "./_websocket.ts";
 import { connectWebSocket, HandshakeError } from "./_ws_client.ts";
-import { UnauthorizedError } from "../errors.ts";
+import { UnauthorizedError, WrongPortError } from "../errors.ts";
 
 // A leading U+FEFF is part of the message, as the ports read it.
 const utf8 = new TextDecoder("utf-8", { ignoreBOM: true });
@@ -15,6 +15,36 @@ export interface ConnectOptions {
   maxPayload?: number;
   /** How long the handshake may take, in ms. @default 10000 */
   handshakeTimeoutMs?: number;
+  /**
+   * Which port the client means to reach: a refusal from the other port then says so, whatever
+   * the tokens, instead of blaming the token.
+   */
+  role?: "worker" | "requester";
+}
+
+/**
+ * A refusal (401, 429) from the port the client did not mean to reach, as the server names its
+ * port in `x-switchyard-port`; undefined when it is the right port or the server did not say.
+ */
+export function wrongPortRefusal(
+  url: string,
+  role: "worker" | "requester" | undefined,
+  headers: Headers | undefined,
+): WrongPortError | undefined {
+  const port = headers?.get("x-switchyard-port");
+  if (role === undefined || !port || port === role) return undefined;
+  const right = headers?.get(`x-switchyard-${role}-port`);
+  return new WrongPortError(
+    `${
+      redactUrl(url)
+    } is the ${port} port: ${role}s connect to the ${role} port${
+      right
+        ? ` ${right}`
+        : role === "worker"
+        ? " (8765 by default)"
+        : " (8766 by default)"
+    }`,
+  );
 }
 
 /**
@@ -105,6 +135,14 @@ export async function openSocket(
   } catch (error) {
     if (signal?.aborted) throw signal.reason;
     const status = error instanceof HandshakeError ? error.status : undefined;
+    if (status === 401 || status === 429) {
+      const wrong = wrongPortRefusal(
+        url,
+        options.role,
+        (error as HandshakeError).headers,
+      );
+      if (wrong) throw wrong;
+    }
     if (status === 401) {
       throw new UnauthorizedError(
         `Cannot connect to ${

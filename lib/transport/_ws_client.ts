@@ -14,7 +14,12 @@ const latin1 = new TextDecoder("latin1");
 
 /** A handshake that the server answered with something else than 101. */
 export class HandshakeError extends Error {
-  constructor(message: string, readonly status?: number) {
+  constructor(
+    message: string,
+    readonly status?: number,
+    /** The answer's headers, when there was an answer. */
+    readonly headers?: Headers,
+  ) {
     super(message);
     this.name = "HandshakeError";
   }
@@ -100,7 +105,11 @@ export async function connectWebSocket(
     await writeAll(conn, encoder.encode(head + "\r\n"));
     const { status, headers, rest } = await readAnswerHead(conn, signal);
     if (status !== 101) {
-      throw new HandshakeError(`Unexpected server response: ${status}`, status);
+      throw new HandshakeError(
+        `Unexpected server response: ${status}`,
+        status,
+        headers,
+      );
     }
     if (headers.get("sec-websocket-accept") !== await acceptKey(key)) {
       throw new HandshakeError("Invalid Sec-WebSocket-Accept header");

@@ -18,6 +18,7 @@ import {
   RequestTimeoutError,
   UnauthorizedError,
   WorkerError,
+  WrongPortError,
 } from "../errors.ts";
 import { messageId } from "../_id.ts";
 import { logger } from "../log.ts";
@@ -239,7 +240,8 @@ export class Worker {
       } catch (error) {
         if (this.#stopping) break;
         // A wrong token will not fix itself soon: say so loudly, and wait the longest.
-        refused = error instanceof UnauthorizedError;
+        refused = error instanceof UnauthorizedError ||
+          error instanceof WrongPortError;
         if (refused) log.error("{error}", { error: (error as Error).message });
         else log.warn("{error}", { error: (error as Error).message });
       }
@@ -271,7 +273,7 @@ export class Worker {
     let onText = (text: string) => void early.push(text);
     const socket = await openSocket(
       this.url,
-      this.#options,
+      { ...this.#options, role: "worker" },
       (text) => onText(text),
       this.#stop.signal,
     );
