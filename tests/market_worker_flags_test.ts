@@ -33,7 +33,9 @@ Deno.test("worker - --header, --cookie-file and budgets reach the upstream; hear
         socket!.send(
           encodeEnvelope("connect", {
             client_id: "w-test",
-            heartbeat_interval: 0.5,
+            // Short enough to see budgets move in heartbeats, long enough that a busy
+            // machine starving this scripted server never looks like silence to the worker.
+            heartbeat_interval: 2,
           }),
         );
       socket.onmessage = (event) => {
