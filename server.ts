@@ -43,6 +43,7 @@ Options:
   --max-queue N            requests waiting for a free worker (default 1000)
   --queue-timeout S        longest wait for a free worker before "Server busy" (default: deadline)
   --max-attempts N         workers one request may try on failover (default 3)
+  --no-worker-grace S      a request no worker offers waits this long for one (default 3)
   --max-in-flight N        requests in flight per requester connection (default 1000)
   --max-frame BYTES        largest requester frame, UTF-8 bytes (default 1048576)
   --max-worker-frame BYTES largest worker frame, UTF-8 bytes (default 66060288; both limits
@@ -117,6 +118,7 @@ function options(
       "max-queue": { type: "string" },
       "queue-timeout": { type: "string" },
       "max-attempts": { type: "string" },
+      "no-worker-grace": { type: "string" },
       "max-in-flight": { type: "string" },
       "max-frame": { type: "string" },
       "max-worker-frame": { type: "string" },
@@ -205,6 +207,12 @@ function options(
       ? undefined
       : seconds("queue-timeout", 0),
     maxAttempts: count("max-attempts", 3),
+    noWorkerGraceMs: numberFlag(
+      "no-worker-grace",
+      values["no-worker-grace"],
+      3,
+      { min: 0 },
+    ) * 1000,
     maxInFlightPerConnection: count("max-in-flight", 1000),
     maxRequesterFrameBytes: frameFlag(
       "max-frame",

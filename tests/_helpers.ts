@@ -85,6 +85,8 @@ export function startTestServer(options: ServerOptions = {}): TestServer {
     port: 0,
     requesterPort: 0,
     sweepIntervalMs: 0,
+    // Tests of the grace period set their own; the others want NO_WORKERS at once.
+    noWorkerGraceMs: 0,
     ...options,
   });
   return Object.assign(server, {

@@ -230,3 +230,38 @@ Deno.test("batch - streamed, rate-limited workers: none idles while items wait, 
   assert.equal(answer.success, true, answer.error ?? "");
   assert.equal(seen.size, total);
 });
+
+Deno.test("batch - a null where the final answer says an item was streamed, but no report came, is re-sent, never a success", async () => {
+  await using server = startTestServer();
+  let calls = 0;
+  await using _worker = await startWorker(server, {
+    actions: {
+      get_markets: (params) => {
+        calls++;
+        const list = params as Item[];
+        // The first answer stands for one whose streamed reports were lost on the way: the
+        // items it claims to have streamed are null, and no report ever arrived.
+        return list.map((p, i) =>
+          calls === 1 && i % 2 === 1
+            ? null
+            : { success: true, code: p.code, data: [], call: calls }
+        );
+      },
+    },
+  });
+  await using client = await connectClient(server.requesterUrl);
+  const items = ["510300", "510500", "159915", "588000"].map((code) => ({
+    symbol_type: "etf",
+    code,
+  }));
+  const answer = await client.request("get_markets", items);
+  assert.equal(answer.success, true, answer.error ?? "");
+  const data = answer.data as {
+    results: ({ code: string; success: boolean; call: number } | null)[];
+    summary: { total: number; success: number };
+  };
+  assert.ok(data.results.every((r) => r !== null), "no null item");
+  assert.deepEqual(data.results.map((r) => r!.code), items.map((i) => i.code));
+  assert.deepEqual(data.results.map((r) => r!.call), [1, 2, 1, 2]);
+  assert.deepEqual(data.summary, { total: 4, success: 4, failed: 0 });
+});

@@ -554,6 +554,13 @@ export async function runBatch(
     const open = all.filter((w) => !avoid.has(w.id) && !w.blocked);
     return open.length > 0 ? open : all.filter((w) => !avoid.has(w.id));
   };
+  // After a restart a batch can arrive before the workers are back: give them the grace period.
+  if (invalid.length === 0 && pending.length > 0 && eligibleOf().length === 0) {
+    await dispatcher.whenOffered(
+      (w) => eligibleOf().includes(w),
+      dispatcher.graceFor(BATCH_COMMAND, options.deadline),
+    );
+  }
   // Nothing can run: say so in one answer, before any item has gone out on its own.
   if (invalid.length === 0 && pending.length > 0 && eligibleOf().length === 0) {
     options.signal?.removeEventListener("abort", onAbort);
@@ -787,9 +794,29 @@ export async function runBatch(
             finish(i, itemError(items[i], message, ErrorCode.WORKER_ERROR));
           }
         } else {
+          let missing = 0;
           current.forEach((i, k) => {
-            if (!settled.has(i)) accept(i, list[k], worker.id);
+            if (settled.has(i)) return;
+            // A streaming worker puts null where it already sent the item; an item whose
+            // report never arrived (lost between servers) is missing, not a result.
+            if (list[k] === null || list[k] === undefined) {
+              missing++;
+              const lost = itemError(
+                items[i],
+                `Worker ${worker.id} streamed this item but its report never arrived`,
+                ErrorCode.WORKER_LOST,
+              );
+              if (round + 1 < maxRounds) {
+                retry.push(i);
+                lastFailure.set(i, lost);
+              } else finish(i, lost);
+            } else accept(i, list[k], worker.id);
           });
+          if (missing > 0) {
+            errors.push(
+              `${missing} items re-sent: their streamed reports from worker ${worker.id} never arrived`,
+            );
+          }
         }
       }
       for (const [workerId, blocked] of blockedOn) {

@@ -64,6 +64,7 @@ export class Broker {
       maxQueue: this.#o.maxQueue,
       maxAttempts: this.#o.maxAttempts,
       queueTimeoutMs: options.queueTimeoutMs,
+      noWorkerGraceMs: this.#o.noWorkerGraceMs,
       nonRetriableActions: options.nonRetriableActions,
       clock: this.clock,
       random: options.random,

@@ -127,6 +127,8 @@ export class Job {
   expiry?: DeadlineHandle = undefined;
   /** When the job last joined the queue. */
   queuedAt?: number = undefined;
+  /** Since when no worker has offered its action (it waits out the grace period). */
+  noWorkerSince?: number = undefined;
   lastError?: SwitchyardError = undefined;
   done = false;
   /** Its listener on the submitter's signal, removed when it settles. */
@@ -214,6 +216,13 @@ export interface DispatcherOptions {
   nonRetriableActions?: Iterable<string>;
   /** The longest a job may wait in the queue before `Server busy`, in ms. @default its deadline */
   queueTimeoutMs?: number;
+  /**
+   * How long a job whose action no worker offers waits for one to register before `NO_WORKERS`
+   * (at most half the time its deadline leaves), in ms: after a restart, requests arrive before
+   * the workers are back. It waits while no worker is registered at all, or when a worker that
+   * left offered the action; jobs for one named worker (`only`) never wait. @default 0
+   */
+  noWorkerGraceMs?: number;
   /** @default the wall clock */
   clock?: Clock;
   /** Random source for the balancer. @default Math.random */
@@ -230,7 +239,14 @@ export class Dispatcher {
   readonly maxQueue: number;
   readonly maxAttempts: number;
   readonly queueTimeoutMs: number;
+  readonly noWorkerGraceMs: number;
   #queue: Job[] = [];
+  #graceTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Actions of workers that left: a request for one waits out the grace period. */
+  #offeredBefore = new Set<string>();
+  /** Callers of whenOffered(), each with the test it waits on. */
+  #offerWaiters = new Set<{ test: (w: Peer) => boolean; wake: () => void }>();
+  #graceAt = Infinity;
   /** Which owner's turn comes first on the next fair pump. */
   #turn = 0;
   #nonRetriable: Set<string>;
@@ -243,6 +259,7 @@ export class Dispatcher {
     this.maxQueue = options.maxQueue ?? 1000;
     this.maxAttempts = options.maxAttempts ?? 3;
     this.queueTimeoutMs = options.queueTimeoutMs ?? Infinity;
+    this.noWorkerGraceMs = options.noWorkerGraceMs ?? 0;
     this.#nonRetriable = new Set(options.nonRetriableActions ?? []);
   }
 
@@ -375,6 +392,7 @@ export class Dispatcher {
   /** A worker left: its jobs move to other workers or fail with a clear error. */
   workerLost(worker: Peer, reason: string): void {
     this.registry.remove(worker.id);
+    for (const action of worker.actions ?? []) this.#offeredBefore.add(action);
     const orphans = [...worker.jobs.values()];
     for (const job of orphans) {
       this.#orphan(
@@ -387,9 +405,7 @@ export class Dispatcher {
     // pump() would keep them waiting until their deadline when no worker has room.
     for (const job of [...this.#queue]) {
       if (job.only === worker.id) this.#fail(job, new NoWorkersError());
-      else if (this.#offering(job).length === 0) {
-        this.#fail(job, this.#noWorkers(job));
-      }
+      else if (this.#offering(job).length === 0) this.#waitOrFail(job, true);
     }
     this.pump();
   }
@@ -440,6 +456,7 @@ export class Dispatcher {
 
   /** Places queued jobs on workers that have room; call whenever capacity may have appeared. */
   pump(): void {
+    if (this.#offerWaiters.size > 0) this.#wakeOfferWaiters();
     if (this.#queue.length === 0) return;
     const waiting = this.#queue;
     this.#queue = [];
@@ -453,9 +470,8 @@ export class Dispatcher {
       }
       const worker = this.#choose(job);
       if (worker) this.#send(job, worker);
-      else if (this.#offering(job).length === 0) {
-        this.#fail(job, this.#noWorkers(job));
-      } else this.#queue.push(job);
+      else if (this.#offering(job).length === 0) this.#waitOrFail(job, false);
+      else this.#queue.push(job);
     }
   }
 
@@ -480,6 +496,37 @@ export class Dispatcher {
     }
     if (moved > 0) this.pump();
     return moved;
+  }
+
+  /**
+   * Resolves true once some worker for which `test` holds is registered (checked now and
+   * whenever the queue is pumped, as every registration does), or false after `ms`.
+   */
+  whenOffered(test: (w: Peer) => boolean, ms: number): Promise<boolean> {
+    if (this.registry.all().some(test)) return Promise.resolve(true);
+    if (ms <= 0) return Promise.resolve(false);
+    const { promise, resolve } = Promise.withResolvers<boolean>();
+    const waiter = {
+      test,
+      wake: () => {
+        clearTimeout(timer);
+        this.#offerWaiters.delete(waiter);
+        resolve(true);
+      },
+    };
+    const timer = setTimeout(() => {
+      this.#offerWaiters.delete(waiter);
+      resolve(false);
+    }, ms);
+    this.#offerWaiters.add(waiter);
+    return promise;
+  }
+
+  #wakeOfferWaiters(): void {
+    const workers = this.registry.all();
+    for (const waiter of [...this.#offerWaiters]) {
+      if (workers.some(waiter.test)) waiter.wake();
+    }
   }
 
   /** Marks an action as not safe to run twice, on every worker (the server's own list). */
@@ -514,6 +561,9 @@ export class Dispatcher {
 
   /** Fails every waiting and running job, e.g. when the server shuts down. */
   failAll(error: SwitchyardError): void {
+    clearTimeout(this.#graceTimer);
+    this.#graceTimer = undefined;
+    this.#graceAt = Infinity;
     for (const job of this.#queue.splice(0)) {
       job.settle({ ok: false, error, attempts: job.attempts });
     }
@@ -528,6 +578,81 @@ export class Dispatcher {
   /** Stops every timer; pending jobs are left as they are (call failAll first). */
   close(): void {
     this.#deadlines.close();
+    clearTimeout(this.#graceTimer);
+    this.#graceTimer = undefined;
+    this.#graceAt = Infinity;
+  }
+
+  /**
+   * No worker offers the job's action: it waits in the queue for one to register (a
+   * registration pumps the queue) until its grace period ends, then fails. `queued`: it is in
+   * the queue already.
+   */
+  #waitOrFail(job: Job, queued: boolean): void {
+    if (job.only === undefined && this.#mayWaitFor(job.command)) {
+      const now = this.clock.now();
+      job.noWorkerSince ??= now;
+      const end = this.#graceEnd(job);
+      if (now < end) {
+        job.queuedAt ??= now;
+        if (!queued) this.#queue.push(job);
+        this.#armGrace(end);
+        return;
+      }
+    }
+    this.#fail(job, this.#noWorkers(job));
+  }
+
+  /**
+   * How long work for `command` that no worker offers now may wait for one, given its absolute
+   * `deadline`: the grace period, at most half the time left; 0 when it should fail at once.
+   */
+  graceFor(command: string, deadline: number): number {
+    if (!this.#mayWaitFor(command)) return 0;
+    return Math.max(
+      0,
+      Math.min(this.noWorkerGraceMs, (deadline - this.clock.now()) / 2),
+    );
+  }
+
+  #mayWaitFor(command: string): boolean {
+    // A name no worker ever offered, while workers are here, is a mistake: say so at once.
+    return this.noWorkerGraceMs > 0 &&
+      (this.registry.size === 0 || this.#offeredBefore.has(command));
+  }
+
+  #graceEnd(job: Job): number {
+    const since = job.noWorkerSince!;
+    return since + Math.min(this.noWorkerGraceMs, (job.deadline - since) / 2);
+  }
+
+  #armGrace(at: number): void {
+    if (this.#graceTimer !== undefined && this.#graceAt <= at) return;
+    clearTimeout(this.#graceTimer);
+    this.#graceAt = at;
+    this.#graceTimer = setTimeout(
+      () => this.#endGrace(),
+      Math.max(0, at - this.clock.now()),
+    );
+  }
+
+  /** Fails the queued jobs whose grace ran out with still no worker for them. */
+  #endGrace(): void {
+    this.#graceTimer = undefined;
+    this.#graceAt = Infinity;
+    const now = this.clock.now();
+    let next = Infinity;
+    for (const job of [...this.#queue]) {
+      if (job.noWorkerSince === undefined || job.done) continue;
+      if (this.#offering(job).length > 0) {
+        job.noWorkerSince = undefined;
+        continue;
+      }
+      const end = this.#graceEnd(job);
+      if (now >= end) this.#fail(job, this.#noWorkers(job));
+      else next = Math.min(next, end);
+    }
+    if (next !== Infinity) this.#armGrace(next);
   }
 
   #upstreamFailed(result: unknown): boolean {
@@ -665,7 +790,7 @@ export class Dispatcher {
             break;
           }
           if (this.#offering(job).length === 0) {
-            this.#fail(job, this.#noWorkers(job));
+            this.#waitOrFail(job, false);
             continue;
           }
           // No worker for this one now (the action's workers are busy): it keeps its place.
@@ -719,9 +844,7 @@ export class Dispatcher {
   #place(job: Job, front: boolean): void {
     const worker = this.#choose(job);
     if (worker) return this.#send(job, worker);
-    if (this.#offering(job).length === 0) {
-      return this.#fail(job, this.#noWorkers(job));
-    }
+    if (this.#offering(job).length === 0) return this.#waitOrFail(job, false);
     if (
       !front && this.#queue.length >= this.maxQueue &&
       !this.#makeRoomFor(job.owner)
@@ -743,6 +866,7 @@ export class Dispatcher {
     const msgId = messageId();
     job.msgId = msgId;
     job.worker = worker;
+    job.noWorkerSince = undefined;
     // A job sent straight from submit() started then; one that waited or moves on starts now.
     if (job.attempts++ > 0 || job.queuedAt !== undefined) {
       job.startedAt = this.clock.now();

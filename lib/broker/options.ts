@@ -58,6 +58,12 @@ export interface BrokerOptions {
   maxAttempts?: number;
   /** The longest a request may wait for a free worker before `Server busy`, in ms. @default its deadline */
   queueTimeoutMs?: number;
+  /**
+   * How long a request whose action no worker offers waits for one to register before
+   * `NO_WORKERS` (at most half the time its deadline leaves), in ms; 0 fails at once. After a
+   * restart, resubmitted requests arrive before the workers are back. @default 3000
+   */
+  noWorkerGraceMs?: number;
   /** Requests in flight on one requester connection. @default 1000 */
   maxInFlightPerConnection?: number;
   /**
@@ -182,6 +188,7 @@ export function resolveOptions(options: BrokerOptions): ResolvedOptions {
     idleTimeoutSeconds: options.idleTimeoutSeconds ?? 30,
     maxQueue: options.maxQueue ?? 1000,
     maxAttempts: options.maxAttempts ?? 3,
+    noWorkerGraceMs: options.noWorkerGraceMs ?? 3000,
     maxInFlightPerConnection: options.maxInFlightPerConnection ?? 1000,
     maxRequesterFrameBytes: frameLimit(
       "maxRequesterFrameBytes",

@@ -322,14 +322,23 @@ export class WorkerPort {
 
   /**
    * A name another worker already has gets a suffix (`name-2`, `name-3`…), so that `list`, logs
-   * and metrics tell them apart; the worker is told nothing and keeps working.
+   * and metrics tell them apart; the worker is told nothing and keeps working. The same worker
+   * back on a new connection (its `host.instance` matches) keeps its name: its old entry here is
+   * dropped, and another server's is about to be written off.
    */
   #uniqueName(worker: Peer): void {
-    const taken = new Set(
-      this.#core.dispatcher.registry.all().filter((w) => w !== worker).map((
-        w,
-      ) => w.name),
-    );
+    const instance = instanceOf(worker);
+    const taken = new Set<string>();
+    for (const w of this.#core.dispatcher.registry.all()) {
+      if (w === worker) continue;
+      if (instance !== undefined && instanceOf(w) === instance) {
+        if (!w.remote) {
+          this.#core.dispatcher.workerLost(w, "it connected again");
+        }
+        continue;
+      }
+      taken.add(w.name);
+    }
     if (!taken.has(worker.name)) return;
     const asked = worker.name;
     let n = 2;
@@ -531,4 +540,10 @@ function isRequesterFrame(value: unknown): boolean {
   return typeof value === "object" && value !== null &&
     typeof (value as { command?: unknown }).command === "string" &&
     !("type" in value);
+}
+
+/** The random id a worker sends in `host.instance`, if it sends one. */
+function instanceOf(worker: Peer): string | undefined {
+  const instance = (worker.host as { instance?: unknown } | null)?.instance;
+  return typeof instance === "string" && instance !== "" ? instance : undefined;
 }

@@ -68,6 +68,12 @@ export interface WorkerOptions extends ConnectOptions {
   stableAfterMs?: number;
   /** Heartbeat interval until the server names one, in ms. @default 10000 */
   heartbeatIntervalMs?: number;
+  /**
+   * The worker pings the server this often, in ms; when four pings in a row and `4 ×` this long
+   * pass without a byte back (a frozen or cut-off server whose TCP stays open), it moves on to
+   * its next URL. 0 turns the pings off. @default 1000
+   */
+  pingIntervalMs?: number;
   /** Extra fields for each heartbeat, such as `blocked_sources`. */
   heartbeatData?: () => Record<string, unknown>;
   /** How long `stop()` lets in-flight work finish, in ms. @default 10000 */
@@ -141,6 +147,11 @@ export class Worker {
   #loop: Promise<void> | undefined;
   #idle: PromiseWithResolvers<void> | undefined;
   #connectedListeners = new Set<(clientId: string) => void>();
+  /**
+   * Random per Worker object, sent in `host`: a server that still lists this worker from an
+   * earlier connection (its own or another cluster server's) knows it is the same one.
+   */
+  readonly #instance = messageId();
 
   constructor(options: WorkerOptions) {
     this.#options = options;
@@ -286,9 +297,27 @@ export class Worker {
     const heard = () => {
       lastHeard = Date.now();
       unanswered = 0;
+      pinged = 0;
     };
     const closed = Promise.withResolvers<void>();
     let beat: ReturnType<typeof setInterval> | undefined;
+    // Pings since the server was last heard from: a frozen server (SIGSTOP, a hung host) keeps
+    // its TCP connections open, and its workers would wait for it instead of serving elsewhere.
+    const pingMs = this.#options.pingIntervalMs ?? 1000;
+    let pinged = 0;
+    const pings = pingMs > 0
+      ? setInterval(() => {
+        if (pinged >= 4 && Date.now() - lastHeard > 4 * pingMs) {
+          log.warn("The server answers no ping for {s} s: moving on", {
+            s: Math.round((Date.now() - lastHeard) / 1000),
+          });
+          socket.terminate();
+          return;
+        }
+        pinged++;
+        socket.ping();
+      }, pingMs)
+      : undefined;
     const startHeartbeat = () => {
       clearInterval(beat);
       beat = setInterval(() => {
@@ -399,6 +428,7 @@ export class Worker {
     socket.onping = socket.onpong = heard;
     socket.addEventListener("close", ({ code, reason }) => {
       clearInterval(beat);
+      clearInterval(pings);
       clearTimeout(greeting);
       this.#socket = undefined;
       this.#batcher = undefined;
@@ -459,6 +489,7 @@ export class Worker {
           }
         })(),
         pid: Deno.pid,
+        instance: this.#instance,
         os: Deno.build.os,
         runtime: `deno ${Deno.version.deno}`,
       },
