@@ -33,6 +33,12 @@ export const HOST_LIMITS: Readonly<Record<string, Readonly<HostLimits>>> =
       budgetHour: 200,
       budgetDay: 1000,
     },
+    // The list API's delayed mirror, asked for snapshots when push2 drops connections.
+    "push2delay.eastmoney.com": {
+      rateLimit: 1 / 3,
+      budgetHour: 200,
+      budgetDay: 1000,
+    },
     // Tencent: lenient, but answers empty rows after ~5,000 calls.
     "proxy.finance.qq.com": { rateLimit: 1, budgetHour: 1000, budgetDay: 4000 },
     "web.ifzq.gtimg.cn": { rateLimit: 1, budgetHour: 1000, budgetDay: 4000 },

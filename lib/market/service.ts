@@ -39,6 +39,7 @@ import type {
   Period,
   SymbolType,
 } from "./types.ts";
+import { createSnapshotFetcher, type SnapshotPage } from "./snapshot.ts";
 import {
   createSymbolLister,
   type ListedSymbol,
@@ -59,6 +60,11 @@ export interface MarketServiceOptions {
    * (a mirror or a test server serves both), else "https://push2.eastmoney.com"
    */
   eastmoneyListUrl?: string;
+  /**
+   * Where `get_snapshot` turns when the list API fails; `null` for nowhere.
+   * @default "https://push2delay.eastmoney.com" when the list API is Eastmoney's own, else none
+   */
+  eastmoneySnapshotFallbackUrl?: string | null;
   /** Tencent base URL. @default "https://proxy.finance.qq.com/ifzqgtimg" */
   tencentUrl?: string;
   /** Folder of CSV files; required when `providers` contains `csv`. */
@@ -134,7 +140,12 @@ export interface MarketService {
    * rejects for bad params or upstream trouble; rejects only when aborted.
    */
   listSymbols(params: unknown, signal?: AbortSignal): Promise<SymbolListResult>;
-  /** The `get_market`, `get_markets` and `list_symbols` action handlers. */
+  /**
+   * One page of the day's quotes of a kind (`{"symbol_type": "stock", "page": 1}`), never
+   * cached. Never rejects for bad params or upstream trouble; rejects only when aborted.
+   */
+  getSnapshot(params: unknown, signal?: AbortSignal): Promise<SnapshotResult>;
+  /** The `get_market`, `get_markets`, `list_symbols` and `get_snapshot` action handlers. */
   actions(): Record<string, ActionHandler>;
   /** Names of providers whose host breaker is open now (for heartbeats). */
   blockedSources(): string[];
@@ -163,6 +174,9 @@ export type SymbolListResult =
     symbols: ListedSymbol[];
   }
   | Omit<MarketFailure, "code">;
+
+/** A `get_snapshot` answer. */
+export type SnapshotResult = SnapshotPage | Omit<MarketFailure, "code">;
 
 /** What a worker reports about its upstreams in heartbeats (the `upstream` field). */
 export interface UpstreamStatus {
@@ -246,6 +260,11 @@ export function createMarketService(
       cacheDir: options.cacheDir,
       resolvedSecids,
     });
+  const snapshots = createSnapshotFetcher({
+    baseUrl: options.eastmoneyListUrl ?? options.eastmoneyUrl,
+    fallbackUrl: options.eastmoneySnapshotFallbackUrl,
+    gateFor,
+  });
   if (providers.length === 0) {
     throw new TypeError("Invalid providers []: expected at least one");
   }
@@ -466,11 +485,47 @@ export function createMarketService(
     }
   }
 
+  async function getSnapshot(
+    params: unknown,
+    signal: AbortSignal = new AbortController().signal,
+  ): Promise<SnapshotResult> {
+    const p = params as { symbol_type?: unknown; page?: unknown } | null;
+    const bad = !SYMBOL_TYPES.includes(p?.symbol_type as SymbolType)
+      ? `Invalid symbol_type ${
+        JSON.stringify(p?.symbol_type) ?? "undefined"
+      }: expected one of etf, stock, index`
+      : !(Number.isInteger(p?.page) && (p!.page as number) >= 1 &&
+          (p!.page as number) <= 1000)
+      ? `Invalid page ${
+        JSON.stringify(p?.page) ?? "undefined"
+      }: expected an integer from 1 to 1000`
+      : undefined;
+    const error = bad !== undefined
+      ? new MarketParamsError(bad)
+      : closed
+      ? new UpstreamUnavailableError("", "Market service is closed")
+      : undefined;
+    try {
+      if (error !== undefined) throw error;
+      return await snapshots.page(
+        p!.symbol_type as SymbolType,
+        p!.page as number,
+        signal,
+      );
+    } catch (error) {
+      if (signal.aborted) throw signal.reason;
+      const { code: _, ...rest } = failure("", error);
+      return rest;
+    }
+  }
+
   return {
     getMarket,
     getMarkets,
     listSymbols,
+    getSnapshot,
     actions: () => ({
+      get_snapshot: (params, ctx) => getSnapshot(params, ctx.signal),
       get_market: (params, ctx) => getMarket(params, ctx.signal),
       get_markets: (params, ctx) =>
         getMarkets(params, ctx.signal, ctx.progress),

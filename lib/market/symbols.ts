@@ -16,15 +16,16 @@ import type { SymbolType } from "./types.ts";
 /** Eastmoney's list API base URL. */
 export const EASTMONEY_LIST_URL = "https://push2.eastmoney.com";
 
-/** akshare's `fs` filter per kind. */
-const FILTERS: Record<SymbolType, string> = {
+/** akshare's `fs` filter of the list API per kind. */
+export const LIST_FILTERS: Readonly<Record<SymbolType, string>> = {
   etf: "b:MK0021,b:MK0022,b:MK0023,b:MK0024,b:MK0827",
   stock: "m:0 t:6,m:0 t:80,m:1 t:2,m:1 t:23,m:0 t:81 s:2048",
   index: "b:MK0010,m:1+t:1,m:0 t:5,m:1+s:3,m:0+t:5,m:2",
 };
 
-/** Rows per page; Eastmoney answers at most 100 whatever is asked. */
-const PAGE_SIZE = 100;
+/** Rows per page of the list API; Eastmoney answers at most 100 whatever is asked. */
+export const LIST_PAGE_SIZE = 100;
+const PAGE_SIZE = LIST_PAGE_SIZE;
 
 /** One listed symbol. */
 export interface ListedSymbol {
@@ -114,7 +115,7 @@ export function createSymbolLister(options: SymbolListerOptions): SymbolLister {
       fltt: "2",
       invt: "2",
       fid: "f12",
-      fs: FILTERS[symbolType],
+      fs: LIST_FILTERS[symbolType],
       fields: "f12,f13,f14",
     }).toString();
     const body = await gate.requestJson(url.href, {

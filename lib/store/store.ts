@@ -220,7 +220,17 @@ export class MarketStore {
       throw error;
     }
     const conn = await instance.connect();
-    if (!readOnly) await conn.run(SCHEMA);
+    if (!readOnly) {
+      await conn.run(SCHEMA);
+      // Scratch tables of this connection, made once: catalog changes inside every commit
+      // would cost more than the rows.
+      await conn.run(`
+        CREATE TEMP TABLE _touched (symbol_type VARCHAR, code VARCHAR, adjust VARCHAR);
+        CREATE TEMP TABLE _replaced (symbol_type VARCHAR, code VARCHAR, adjust VARCHAR);
+        CREATE TEMP TABLE _symbols (symbol_type VARCHAR, code VARCHAR, name VARCHAR);
+        CREATE TEMP TABLE _raw AS SELECT * FROM raw_last LIMIT 0;
+        CREATE TEMP TABLE _days (date DATE);`);
+    }
     return new MarketStore(path, instance, conn, readOnly);
   }
 
@@ -245,6 +255,23 @@ export class MarketStore {
         lastClose: r[6] as number,
       };
       out.set(seriesId(info), info);
+    }
+    return out;
+  }
+
+  /** Every series' last bar, by {@linkcode seriesId}. */
+  async lastBars(symbolType?: SymbolType): Promise<Map<string, Bar>> {
+    const rows = await this.#rows(
+      `SELECT ${BAR_COLUMNS} FROM bars b SEMI JOIN series s
+         ON b.symbol_type = s.symbol_type AND b.code = s.code AND b.adjust = s.adjust
+         AND b.date = s.last_date ${
+        symbolType ? "WHERE b.symbol_type = $1" : ""
+      }`,
+      symbolType ? [symbolType] : [],
+    );
+    const out = new Map<string, Bar>();
+    for (const r of rows) {
+      out.set(`${r[0]}|${r[1]}|${r[2]}`, barOf(r));
     }
     return out;
   }
@@ -317,6 +344,21 @@ export class MarketStore {
     return rows.map(barOf);
   }
 
+  /** Every series whole, by {@linkcode seriesId} (for comparisons and checks, not for serving). */
+  async readAll(): Promise<Map<string, Bar[]>> {
+    const rows = await this.#rows(
+      `SELECT ${BAR_COLUMNS} FROM bars ORDER BY symbol_type, code, adjust, date`,
+    );
+    const out = new Map<string, Bar[]>();
+    for (const r of rows) {
+      const id = `${r[0]}|${r[1]}|${r[2]}`;
+      let list = out.get(id);
+      if (list === undefined) out.set(id, list = []);
+      list.push(barOf(r));
+    }
+    return out;
+  }
+
   /** Every symbol's bar of one day (one kind, one adjustment), by code. */
   async crossSection(
     symbolType: SymbolType,
@@ -386,19 +428,35 @@ export class MarketStore {
     try {
       const touched = [...replace, ...append].map((c) => c.key);
       if (touched.length > 0) {
-        await conn.run(
-          "CREATE OR REPLACE TEMP TABLE _touched (symbol_type VARCHAR, code VARCHAR, adjust VARCHAR)",
-        );
-        await conn.run(
-          "CREATE OR REPLACE TEMP TABLE _replaced (symbol_type VARCHAR, code VARCHAR, adjust VARCHAR)",
-        );
+        await conn.run("DELETE FROM _touched; DELETE FROM _replaced");
         await appendRows(conn, "_touched", touched, (a, k) => {
           a.appendVarchar(k.symbolType);
           a.appendVarchar(k.code);
           a.appendVarchar(k.adjust);
         });
-        if (replace.length > 0) {
-          await appendRows(conn, "_replaced", replace, (a, { key }) => {
+        // Series statistics come from the bars written and the series rows, never from a scan
+        // of all bars: a commit costs what it writes, however large the store.
+        const before = new Map<string, SeriesInfo>();
+        const existing = (await conn.runAndReadAll(
+          `SELECT symbol_type, code, adjust, bars, strftime(first_date, '%Y-%m-%d'),
+             strftime(last_date, '%Y-%m-%d'), last_close
+           FROM series SEMI JOIN _touched USING (symbol_type, code, adjust)`,
+        )).getRows();
+        for (const r of existing) {
+          const info: SeriesInfo = {
+            symbolType: r[0] as SymbolType,
+            code: r[1] as string,
+            adjust: r[2] as Adjust,
+            bars: Number(r[3]),
+            firstDate: r[4] as string,
+            lastDate: r[5] as string,
+            lastClose: r[6] as number,
+          };
+          before.set(seriesId(info), info);
+        }
+        const stale = replace.filter(({ key }) => before.has(seriesId(key)));
+        if (stale.length > 0) {
+          await appendRows(conn, "_replaced", stale, (a, { key }) => {
             a.appendVarchar(key.symbolType);
             a.appendVarchar(key.code);
             a.appendVarchar(key.adjust);
@@ -407,25 +465,61 @@ export class MarketStore {
             `DELETE FROM bars WHERE (symbol_type, code, adjust) IN (SELECT * FROM _replaced)`,
           );
         }
+        const after = new Map<string, SeriesInfo>();
         const appender = await conn.createAppender("bars");
-        for (const { key, bars } of [...replace, ...append]) {
+        for (const { key, bars } of replace) {
           for (const bar of bars) appendBar(appender, key, bar);
+          after.set(seriesId(key), {
+            ...key,
+            bars: bars.length,
+            firstDate: bars[0].date,
+            lastDate: bars[bars.length - 1].date,
+            lastClose: bars[bars.length - 1].close,
+          });
+        }
+        for (const { key, bars } of append) {
+          const id = seriesId(key);
+          const info = after.get(id) ?? before.get(id);
+          let last = info?.lastDate ?? "";
+          let added = 0;
+          let lastClose = info?.lastClose ?? 0;
+          for (const bar of bars) {
+            // Appends only ever extend a series: a bar at or before its end would duplicate it.
+            if (bar.date <= last) {
+              throw new RangeError(
+                `Cannot append bar ${bar.date} to ${id}: the series ends ${last}`,
+              );
+            }
+            appendBar(appender, key, bar);
+            last = bar.date;
+            lastClose = bar.close;
+            added++;
+          }
+          after.set(id, {
+            ...key,
+            bars: (info?.bars ?? 0) + added,
+            firstDate: info?.firstDate ?? bars[0].date,
+            lastDate: last,
+            lastClose,
+          });
         }
         appender.closeSync();
         await conn.run(
           `DELETE FROM series WHERE (symbol_type, code, adjust) IN (SELECT * FROM _touched)`,
         );
-        await conn.run(`
-          INSERT INTO series
-          SELECT symbol_type, code, adjust, count(*), min(date), max(date), arg_max(close, date)
-          FROM bars WHERE (symbol_type, code, adjust) IN (SELECT * FROM _touched)
-          GROUP BY ALL`);
+        await appendRows(conn, "series", [...after.values()], (a, info) => {
+          a.appendVarchar(info.symbolType);
+          a.appendVarchar(info.code);
+          a.appendVarchar(info.adjust);
+          a.appendBigInt(BigInt(info.bars));
+          a.appendDate(dateValue(info.firstDate));
+          a.appendDate(dateValue(info.lastDate));
+          a.appendDouble(info.lastClose);
+        });
       }
       const symbols = changes.symbols ?? [];
       if (symbols.length > 0) {
-        await conn.run(
-          "CREATE OR REPLACE TEMP TABLE _symbols (symbol_type VARCHAR, code VARCHAR, name VARCHAR)",
-        );
+        await conn.run("DELETE FROM _symbols");
         await appendRows(conn, "_symbols", symbols, (a, s) => {
           a.appendVarchar(s.symbolType);
           a.appendVarchar(s.code);
@@ -446,9 +540,7 @@ export class MarketStore {
       }
       const raw = changes.raw ?? [];
       if (raw.length > 0) {
-        await conn.run(
-          "CREATE OR REPLACE TEMP TABLE _raw AS SELECT * FROM raw_last LIMIT 0",
-        );
+        await conn.run("DELETE FROM _raw");
         await appendRows(conn, "_raw", raw, (a, r) => {
           a.appendVarchar(r.symbolType);
           a.appendVarchar(r.code);
@@ -458,6 +550,10 @@ export class MarketStore {
           a.appendDouble(r.bar.low);
           a.appendDouble(r.bar.close);
         });
+        // The newest bar wins, whichever was learned first.
+        await conn.run(
+          "INSERT INTO _raw SELECT * FROM raw_last WHERE (symbol_type, code) IN (SELECT symbol_type, code FROM _raw)",
+        );
         await conn.run(
           "DELETE FROM raw_last WHERE (symbol_type, code) IN (SELECT symbol_type, code FROM _raw)",
         );
@@ -467,7 +563,7 @@ export class MarketStore {
       }
       const days = changes.calendar ?? [];
       if (days.length > 0) {
-        await conn.run("CREATE OR REPLACE TEMP TABLE _days (date DATE)");
+        await conn.run("DELETE FROM _days");
         await appendRows(conn, "_days", days, (a, d) => {
           a.appendDate(dateValue(d));
         });
