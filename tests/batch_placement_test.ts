@@ -1,5 +1,11 @@
 import assert from "node:assert/strict";
-import type { UpstreamReport } from "../lib/broker/batch_placement.ts";
+import {
+  fetchCapacity,
+  fetchRate,
+  planPlacement,
+  type UpstreamReport,
+} from "../lib/broker/batch_placement.ts";
+import { itemsInHand } from "../lib/broker/batch.ts";
 import {
   connectClient,
   emptyBars,
@@ -233,4 +239,80 @@ Deno.test("placement - a worker banned mid-batch: its items move to the others, 
   const afterBan = upstream.callsFrom("w0") - callsAtBan;
   assert.ok(afterBan <= 6, `${afterBan} requests to the banned host`);
   assert.ok(upstream.callsFrom("w1") + upstream.callsFrom("w2") > 0);
+});
+
+Deno.test("placement - what a worker can fetch before the deadline: one now, then one per interval, within its budgets", () => {
+  const now = 1_000_000;
+  const minute = now + 60_000;
+  const at = (fields: Partial<UpstreamReport["hosts"][string]>) =>
+    fetchCapacity(host(fields), now, minute);
+  // 0.5/s for 60 s: one at once, then one every 2 s.
+  assert.equal(at({ rate: 0.5, budget_hour: null, budget_day: null }), 31);
+  assert.equal(at({ rate: 0.5, budget_hour: 20 }), 20, "the hour's budget");
+  assert.equal(at({ rate: 0.5, budget_day: 7 }), 7, "the day's budget");
+  assert.equal(at({ rate: 0, budget_hour: 50, budget_day: 40 }), 40);
+  assert.equal(at({ rate: 1, budget_hour: 0 }), 0, "no budget left");
+  // A cool-down that ends before the deadline leaves the rest of the time.
+  assert.equal(at({ rate: 1, cooldown_until: now + 30_000 }), 31);
+  assert.equal(at({ rate: 1, cooldown_until: minute }), 0);
+  // The best host counts; no host (or no report) is no limit.
+  const two = {
+    hosts: {
+      ...host({ rate: 0.1 }).hosts,
+      "quotes.example": { cooldown_until: 0, rate: 1, budget_hour: 100 },
+    },
+  };
+  assert.equal(fetchCapacity(two, now, minute), 61);
+  assert.equal(fetchCapacity({ hosts: {} }, now, minute), Infinity);
+  assert.equal(fetchCapacity(undefined, now, minute), Infinity);
+});
+
+Deno.test("placement - the rate a worker fetches at now: its fastest open host; none for no limit", () => {
+  const now = 1_000_000;
+  assert.equal(fetchRate(host({ rate: 2 }), now), 2);
+  assert.equal(fetchRate(host({ rate: 2, cooldown_until: now + 1 }), now), 0);
+  assert.equal(fetchRate(host({ rate: 2, budget_day: 0 }), now), 0);
+  assert.equal(fetchRate(host({ rate: 0 }), now), undefined);
+  assert.equal(fetchRate(host({ rate: null }), now), undefined);
+  assert.equal(fetchRate(undefined, now), undefined);
+});
+
+Deno.test("placement - a plan shares by rate, counts other batches' items against capacity, and says when a closed pool opens", () => {
+  const now = 1_000_000;
+  const deadline = now + 10_000;
+  const workers = [
+    { id: "fast", weight: 1, upstream: host({ rate: 2 }) },
+    { id: "slow", weight: 1, upstream: host({ rate: 0.5 }) },
+    {
+      id: "cool",
+      weight: 1,
+      upstream: host({ rate: 2, cooldown_until: now + 60_000 }),
+    },
+  ];
+  const plan = planPlacement(
+    workers,
+    now,
+    deadline,
+    (w) => w.id === "fast" ? 5 : 0,
+  );
+  assert.deepEqual(plan.usable.map((w) => w.id), ["fast", "slow"]);
+  assert.equal(plan.capacity.get("fast"), 21 - 5);
+  assert.equal(plan.capacity.get("slow"), 6);
+  assert.equal(plan.total, 22);
+  assert.deepEqual([...plan.weight], [["fast", 2], ["slow", 0.5]]);
+  assert.equal(plan.earliest, undefined);
+  const closed = planPlacement(workers.slice(2), now, deadline);
+  assert.equal(closed.total, 0);
+  assert.equal(closed.earliest, now + 60_000);
+});
+
+Deno.test("placement - a rate-limited worker holds the item it fetches and the next, more when its upstream is slow", () => {
+  assert.equal(itemsInHand(2, undefined), 2);
+  assert.equal(itemsInHand(2, 75), 2);
+  // Its replacement takes over a second to arrive: two more slots pass meanwhile.
+  assert.equal(itemsInHand(2, 1200), 6);
+  assert.equal(itemsInHand(30, 10), 16);
+  assert.equal(itemsInHand(1 / 30, 5000), 2);
+  assert.equal(itemsInHand(0, 75), 1, "cooling down: one, for when it opens");
+  assert.equal(itemsInHand(undefined, 75), Infinity);
 });

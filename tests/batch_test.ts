@@ -577,3 +577,59 @@ Deno.test("batch - a worker's served count takes each batch item as one request"
     },
   );
 });
+
+Deno.test("batch - on the last round a failed item is final: not counted as re-sent, its worker not blocked", async () => {
+  const tried: string[] = [];
+  const refusing = (name: string): ActionHandler => (params) => {
+    tried.push(name);
+    return (params as Item[]).map((item) => ({
+      success: false,
+      code: item.code,
+      error: "Upstream refused: HTTP 403",
+      error_code: "UPSTREAM_BLOCKED",
+      retriable: true,
+    }));
+  };
+  await withPool(
+    [refusing("w0"), refusing("w1"), refusing("w2")],
+    async (server, client, workers) => {
+      // Three rounds (the first and two re-sends), one worker each: every one refuses.
+      const answer = await client.request("get_markets", [{ code: "510300" }]);
+      assert.equal(answer.success, true, answer.error ?? "");
+      const data = answer.data as {
+        results: {
+          success: boolean;
+          error_code: string;
+          processed_by: string;
+        }[];
+        distributed: { errors: string[] | null };
+      };
+      assert.equal(tried.length, 3, `tried on ${tried.join(", ")}`);
+      assert.equal(new Set(tried).size, 3, "each round takes another worker");
+      const [result] = data.results;
+      assert.equal(result.success, false);
+      assert.equal(result.error_code, "UPSTREAM_BLOCKED");
+      const ids = workers.map(idOf);
+      const last = result.processed_by;
+      assert.ok(ids.includes(last));
+      const resent = (data.distributed.errors ?? []).filter((e) =>
+        e.includes("re-sent")
+      );
+      assert.equal(resent.length, 2, resent.join("; "));
+      assert.ok(
+        resent.every((e) => !e.includes(`worker ${last} `)),
+        `the last round's failure counts as re-sent: ${resent.join("; ")}`,
+      );
+      const registry = server.broker.dispatcher.registry;
+      for (const id of ids) {
+        assert.equal(
+          registry.get(id)?.blocked,
+          id !== last,
+          id === last
+            ? "the last round's worker is blocked, though nothing went to another"
+            : `worker ${id} was not blocked after its upstream refused`,
+        );
+      }
+    },
+  );
+});

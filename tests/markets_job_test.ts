@@ -11,6 +11,7 @@ import {
   startTestServer,
   startWorker,
   tempDir,
+  waitFor,
 } from "./_helpers.ts";
 
 setupLogging({ level: "error" });
@@ -130,6 +131,70 @@ Deno.test("markets job - an empty history is listed in failed.txt, never written
     assert.equal(again.skipped, 1, "510300 is complete");
     assert.equal(again.failed.length, 1);
     assert.ok(fake.callsFor("159999") > calls, "asked the upstream again");
+  } finally {
+    market.close();
+  }
+});
+
+Deno.test("markets job - symbols the server refuses for want of upstream budget go back in the queue, not to failed.txt", async () => {
+  await using fake = await startFakeEastmoney({ synthetic: true });
+  await using server = startTestServer({ heartbeatIntervalMs: 50 });
+  const market = createMarketService({
+    eastmoneyUrl: fake.url,
+    rateLimit: 0,
+    retries: 0,
+  });
+  await using dir = await tempDir("switchyard_budget_");
+  try {
+    const asked: number[] = [];
+    const actions = market.actions();
+    await using _worker = await startWorker(server, {
+      // Three requests left this hour, as its heartbeats say: a batch gets three symbols at most.
+      heartbeatData: () => ({
+        upstream: {
+          hosts: {
+            "push2his.eastmoney.com": {
+              cooldown_until: 0,
+              budget_hour: 3,
+              budget_day: 100,
+              rate: null,
+            },
+          },
+        },
+      }),
+      actions: {
+        ...actions,
+        get_markets: (params, ctx) => {
+          asked.push((params as unknown[]).length);
+          return actions.get_markets(params, ctx);
+        },
+      },
+    });
+    await waitFor(
+      () => server.broker.workers().every((w) => w.upstream !== undefined),
+      "the worker's upstream report",
+    );
+    await using client = await connectClient(server.requesterUrl);
+    const codes = ["510300", "510500", "159915", "588000", "512880"];
+    const report = await runMarketsJob(client, {
+      symbols: codes.map(etf),
+      outDir: dir.path,
+      ...RANGE,
+      write: () => Promise.resolve(),
+    });
+    assert.deepEqual(
+      report.failed.map((f) => `${f.code} ${f.error_code}`),
+      [],
+      "refused symbols failed instead of waiting their turn",
+    );
+    assert.equal(report.ok, 5);
+    assert.equal(await exists(`${dir.path}/${FAILED_FILE}`), false);
+    assert.ok(
+      asked.length >= 2 && asked.every((n) => n <= 3),
+      `the server sent ${
+        asked.join(" + ")
+      } items: it should refuse beyond the budget`,
+    );
   } finally {
     market.close();
   }
