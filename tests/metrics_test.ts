@@ -45,8 +45,8 @@ function parseProm(
       }
       assert.equal(consumed, m[2].length, `bad labels in: ${line}`);
     }
-    const value = m[3] === "Nan" || m[3] === "NaN" ? NaN : Number(m[3]);
-    assert.ok(m[3].toLowerCase() === "nan" || !Number.isNaN(value), line);
+    const value = Number(m[3]);
+    assert.ok(!Number.isNaN(value), `not a number: ${line}`);
     const family = m[1].replace(/_(bucket|sum|count)$/, "");
     assert.ok(
       types.has(m[1]) || types.get(family) === "histogram",
@@ -222,6 +222,13 @@ Deno.test("metrics - upstream cool-downs, budgets and cache hits from worker hea
     actions: ["get_market"],
   });
   try {
+    // Before any lookup the hit ratio has no value: no sample, never NaN.
+    const before = await (await fetch(
+      `http://127.0.0.1:${server.port}/metrics`,
+    )).text();
+    assert.match(before, /# TYPE switchyard_upstream_cache_hit_ratio gauge/);
+    assert.doesNotMatch(before, /^switchyard_upstream_cache_hit_ratio /m);
+    assert.doesNotMatch(before, /nan/i);
     const now = Date.now();
     peer.sendEnvelope("heartbeat", {
       blocked_sources: ["eastmoney"],
@@ -405,4 +412,60 @@ Deno.test("metrics - connections the guard refused are counted by port and reaso
   } finally {
     for (const conn of conns) conn.close();
   }
+});
+
+Deno.test("metrics - a batch counts as its items in the timeline and the answers, each as it finishes", async () => {
+  await using server = startTestServer();
+  const gates = Array.from({ length: 5 }, () => Promise.withResolvers<void>());
+  await using _worker = await startWorker(server, {
+    name: "markets",
+    actions: {
+      get_markets: async (params, ctx) => {
+        const items = params as { code: string }[];
+        const results = [];
+        for (const [i, item] of items.entries()) {
+          await gates[i].promise;
+          const result = item.code === "999999"
+            ? { success: false, code: item.code, error_code: "UNKNOWN_CODE" }
+            : { success: true, code: item.code, data: [] };
+          results.push(result);
+          ctx.progress?.(i + 1, items.length, { index: i, result });
+        }
+        return results;
+      },
+    },
+  });
+  await using client = await connectClient(server.requesterUrl);
+  const metrics = server.broker.metrics;
+  const timelineTotal = () =>
+    metrics.timeline().requests.reduce((a, b) => a + b, 0);
+  const codes = ["510300", "510500", "999999", "159915", "588000"];
+  const answer = client.request(
+    "get_markets",
+    codes.map((code) => ({ symbol_type: "etf", code })),
+  );
+  // Items count while the batch runs, not only when it ends.
+  gates[0].resolve();
+  gates[1].resolve();
+  await waitFor(() => metrics.answers().answered === 2, "two items counted");
+  assert.equal(timelineTotal(), 2);
+  gates[2].resolve();
+  await waitFor(() => metrics.answers().failed === 1, "the failed item");
+  gates[3].resolve();
+  gates[4].resolve();
+  assert.equal((await answer).success, true);
+  // The batch's own answer is not counted besides its items.
+  await waitFor(() => server.broker.stats().answered === 1, "the answer");
+  assert.deepEqual(metrics.answers(), { answered: 4, failed: 1 });
+  assert.equal(timelineTotal(), 5);
+  assert.equal(metrics.timeline().failures.reduce((a, b) => a + b, 0), 1);
+  // A single request counts as one, as before.
+  await client.request("get_markets", { not: "a list" }).catch(() => {});
+  assert.deepEqual(metrics.answers(), { answered: 4, failed: 2 });
+  assert.equal(timelineTotal(), 6);
+  const samples = await scrape(server.port);
+  assert.equal(
+    value(samples, "switchyard_batch_items_total", { outcome: "success" }),
+    4,
+  );
 });

@@ -43,6 +43,11 @@ export interface BatchOptions {
   /** Called whenever the count of finished items grows. */
   onProgress?: (done: number, total: number) => void;
   /**
+   * Called once per item as soon as it is final, streamed or not, with the ms since it was
+   * sent to a worker (since the batch began, for an item never sent).
+   */
+  onFinish?: (index: number, result: unknown, elapsedMs: number) => void;
+  /**
    * Streams the batch: called once per item, in completion order, as soon as it is final. The
    * outcome's `data` then has no `results`.
    */
@@ -311,6 +316,8 @@ export async function runBatch(
     ? undefined
     : new Array(items.length);
   const lastFailure = new Map<number, unknown>();
+  // When each item last left for a worker, for its latency; only kept for whoever asks.
+  const itemSentAt = new Float64Array(options.onFinish ? items.length : 0);
   const errors: string[] = [];
   const used = new Set<string>();
   const avoid = new Set<string>();
@@ -514,6 +521,10 @@ export async function runBatch(
   const finish = (index: number, result: unknown) => {
     lastFailure.delete(index);
     done++;
+    if (options.onFinish) {
+      const now = dispatcher.clock.now();
+      options.onFinish(index, result, now - (itemSentAt[index] || started));
+    }
     if (
       typeof result === "object" && result !== null &&
       (result as { success?: unknown }).success === true
@@ -683,6 +694,7 @@ export async function runBatch(
     ): Promise<void> => {
       const c = chunkCount++;
       const sentAt = dispatcher.clock.now();
+      if (options.onFinish) { for (const i of indexes) itemSentAt[i] = sentAt; }
       const home = dispatcher.registry.get(workerId);
       // The chunk's first item waits behind what the worker held: its first answer, less those
       // items' rate slots, measures the worker's latency.

@@ -16,6 +16,7 @@
 
 import { Counter, Gauge, Registry } from "npm:prom-client@15.1.3";
 import { ErrorCode } from "../errors.ts";
+import { BATCH_COMMAND } from "./batch.ts";
 import type { GuardStats } from "../transport/guard.ts";
 import type { Clock, WorkerRecord } from "./registry.ts";
 import type { UpstreamHost } from "../upstream_status.ts";
@@ -112,13 +113,24 @@ export interface BatchView {
   started: number;
 }
 
-/** Per-second totals, oldest first, ending at `end` (epoch seconds, exclusive). */
+/** Answers as the dashboard counts them: each batch item as one, in place of its batch. */
+export interface AnswerCounts {
+  /** Requests and batch items answered with success. */
+  answered: number;
+  /** Requests and batch items that failed, and rejected frames. */
+  failed: number;
+}
+
+/**
+ * Per-second totals, oldest first, ending at `end` (epoch seconds, exclusive). A batch counts
+ * as its items, each when it finishes, never as one answer at its end.
+ */
 export interface Timeline {
   /** The second after the last one, in epoch seconds. */
   end: number;
-  /** Requests answered per second. */
+  /** Requests and batch items answered per second. */
   requests: number[];
-  /** Requests answered with a failure per second. */
+  /** Requests and batch items answered with a failure per second. */
   failures: number[];
   /** Mean latency per second in ms; null for a second without requests. */
   mean_ms: (number | null)[];
@@ -130,6 +142,11 @@ export interface Timeline {
 export interface BatchTracker {
   /** Sets how many items are finished. */
   progress(done: number): void;
+  /**
+   * Counts one finished item as an answer of its own (throughput, latency, the dashboard's
+   * answered and failed): `errorCode` undefined for a success.
+   */
+  item(errorCode: string | undefined, elapsedMs: number): void;
   /** Ends the tracking with the batch's item counts; later calls do nothing. */
   finish(success: number, failed: number): void;
 }
@@ -159,6 +176,10 @@ export class Metrics {
   #batches = new Map<string, BatchView>();
   #batchOutcomes = { success: 0, failed: 0 };
   #batchItems = { success: 0, failed: 0 };
+  #answers: AnswerCounts = { answered: 0, failed: 0 };
+  // Batches finished whose own answer is still to be counted: that answer is not counted again
+  // in the timeline or the answers, its items were.
+  #batchAnswersDue = 0;
   #errors: RecentError[] = [];
   #listeners = new Set<() => void>();
   #maxErrors: number;
@@ -169,6 +190,8 @@ export class Metrics {
   #failures: Float64Array;
   #latencySum: Float64Array;
   #latencyMax: Float64Array;
+  /** Answers without a latency of their own (items of a batch that ended before they ran). */
+  #unmeasured: Float64Array;
 
   /** Defines every metric on a registry of its own. */
   constructor(options: MetricsOptions = {}) {
@@ -181,6 +204,7 @@ export class Metrics {
     this.#failures = new Float64Array(this.#slots);
     this.#latencySum = new Float64Array(this.#slots);
     this.#latencyMax = new Float64Array(this.#slots);
+    this.#unmeasured = new Float64Array(this.#slots);
     this.#second = Math.floor(this.#clock.now() / 1000);
     this.#define(options.version ?? "unknown");
   }
@@ -214,14 +238,10 @@ export class Metrics {
     series.buckets[i]++;
     series.sum += elapsedMs;
     series.count++;
-    const second = Math.floor(now / 1000);
-    if (second !== this.#second) this.#advance(second);
-    const slot = second % this.#slots;
-    this.#requests[slot]++;
-    this.#latencySum[slot] += elapsedMs;
-    if (elapsedMs > this.#latencyMax[slot]) this.#latencyMax[slot] = elapsedMs;
+    if (command === BATCH_COMMAND && this.#batchAnswersDue > 0) {
+      this.#batchAnswersDue--;
+    } else this.#answer(errorCode !== undefined, elapsedMs, now);
     if (errorCode !== undefined) {
-      this.#failures[slot]++;
       if (this.#errors.length >= this.#maxErrors) this.#errors.shift();
       this.#errors.push({
         at: now,
@@ -230,6 +250,29 @@ export class Metrics {
         error: (error ?? errorCode).slice(0, 300),
       });
     }
+  }
+
+  /** Counts one answer (a request's or a batch item's) in the timeline and the answers. */
+  #answer(failed: boolean, elapsedMs: number | undefined, now: number): void {
+    const second = Math.floor(now / 1000);
+    if (second !== this.#second) this.#advance(second);
+    const slot = second % this.#slots;
+    this.#requests[slot]++;
+    if (elapsedMs !== undefined) {
+      this.#latencySum[slot] += elapsedMs;
+      if (elapsedMs > this.#latencyMax[slot]) {
+        this.#latencyMax[slot] = elapsedMs;
+      }
+    } else this.#unmeasured[slot]++;
+    if (failed) {
+      this.#failures[slot]++;
+      this.#answers.failed++;
+    } else this.#answers.answered++;
+  }
+
+  /** Answers so far, each batch item counted as one in place of its batch. */
+  answers(): AnswerCounts {
+    return { ...this.#answers };
   }
 
   #seriesOf(command: string, succeeded: boolean): Series {
@@ -255,6 +298,7 @@ export class Metrics {
       this.#failures[slot] = 0;
       this.#latencySum[slot] = 0;
       this.#latencyMax[slot] = 0;
+      this.#unmeasured[slot] = 0;
     }
     this.#second = second;
   }
@@ -293,18 +337,30 @@ export class Metrics {
     this.#batches.set(key, view);
     this.changed();
     let finished = false;
+    let counted = 0;
     return {
       progress: (done) => {
         if (done === view.done) return;
         view.done = done;
         this.changed();
       },
+      item: (errorCode, elapsedMs) => {
+        if (finished || counted >= total) return;
+        counted++;
+        if (errorCode === undefined) this.#batchItems.success++;
+        else this.#batchItems.failed++;
+        this.#answer(errorCode !== undefined, elapsedMs, this.#clock.now());
+      },
       finish: (success, failed) => {
         if (finished) return;
         finished = true;
         this.#batches.delete(key);
-        this.#batchItems.success += success;
-        this.#batchItems.failed += failed;
+        // Items that never finished one by one (the batch broke off) count as failed now.
+        const rest = total - counted;
+        this.#batchItems.failed += rest;
+        const now = this.#clock.now();
+        for (let i = 0; i < rest; i++) this.#answer(true, undefined, now);
+        this.#batchAnswersDue++;
         if (failed === 0 && success === total) this.#batchOutcomes.success++;
         else this.#batchOutcomes.failed++;
         this.changed();
@@ -336,9 +392,9 @@ export class Metrics {
     };
     for (let s = this.#second - n + 1; s <= this.#second; s++) {
       const slot = ((s % this.#slots) + this.#slots) % this.#slots;
-      const count = this.#requests[slot];
-      out.requests.push(count);
+      out.requests.push(this.#requests[slot]);
       out.failures.push(this.#failures[slot]);
+      const count = this.#requests[slot] - this.#unmeasured[slot];
       out.mean_ms.push(
         count ? Math.round(this.#latencySum[slot] / count * 100) / 100 : null,
       );
@@ -521,7 +577,7 @@ export class Metrics {
     });
     new Counter({
       name: "switchyard_batch_items_total",
-      help: "Items of finished get_markets batches, by outcome",
+      help: "Items of get_markets batches finished, by outcome",
       labelNames: ["outcome"],
       registers,
       collect() {
@@ -631,23 +687,34 @@ export class Metrics {
         },
       });
     }
-    new Gauge({
-      name: "switchyard_upstream_cache_hit_ratio",
-      help:
-        "Cache hits over lookups, over every worker that reports its cache (NaN: none)",
-      registers,
-      collect() {
-        let hits = 0;
-        let lookups = 0;
-        for (const w of workers()) {
-          const cache = w.upstream?.cache;
-          if (!cache) continue;
-          hits += cache.hits;
-          lookups += cache.hits + cache.misses;
-        }
-        this.set(lookups ? hits / lookups : NaN);
-      },
-    });
+    const ratioHelp =
+      "Cache hits over lookups, over every worker that reports its cache (absent before the first lookup)";
+    this.registry.registerMetric(
+      // A ratio of no lookups has no value: the series is left out until there is one (a gauge
+      // of prom-client's always has a sample, and NaN is what Prometheus then shows).
+      {
+        name: "switchyard_upstream_cache_hit_ratio",
+        help: ratioHelp,
+        type: "gauge",
+        get: () => {
+          let hits = 0;
+          let lookups = 0;
+          for (const w of workers()) {
+            const cache = w.upstream?.cache;
+            if (!cache) continue;
+            hits += cache.hits;
+            lookups += cache.hits + cache.misses;
+          }
+          return {
+            name: "switchyard_upstream_cache_hit_ratio",
+            help: ratioHelp,
+            type: "gauge",
+            values: lookups ? [{ labels: {}, value: hits / lookups }] : [],
+            aggregator: "average",
+          };
+        },
+      } as unknown as Gauge,
+    );
     new Gauge({
       name: "switchyard_connections",
       help: "Open WebSocket connections, by port",

@@ -51,6 +51,8 @@ export async function runRequesterBatch(
       deadline: requestDeadline(request, started, core.options),
       signal,
       owner: peer.lane ?? peer.id,
+      onFinish: (_index, result, elapsedMs) =>
+        tracker.item(itemErrorCode(result), elapsedMs),
       onProgress: (done, total) => {
         tracker.progress(done);
         if (!request.progress) return;
@@ -99,4 +101,13 @@ export async function runRequesterBatch(
     processed_by: `distributed_${outcome.workersUsed}_workers`,
     elapsed_ms: core.clock.now() - started,
   };
+}
+
+/** A batch item's error code; undefined when it succeeded. */
+function itemErrorCode(result: unknown): string | undefined {
+  const r = result as { success?: unknown; error_code?: unknown } | null;
+  if (r?.success === true) return undefined;
+  return typeof r?.error_code === "string"
+    ? r.error_code
+    : ErrorCode.WORKER_ERROR;
 }
