@@ -15,6 +15,7 @@ import {
 import { readBatchItems, runBatch } from "./batch.ts";
 import type { BrokerCore } from "./options.ts";
 import { availableCommands } from "./requester_actions.ts";
+import { pacingAllowanceMs } from "./pacing.ts";
 import { requestDeadline } from "./requester_frames.ts";
 import { hasRoom, type RequesterPeer, tooLargeText } from "./requester_peer.ts";
 
@@ -48,7 +49,17 @@ export async function runRequesterBatch(
     core.dispatcher,
     items,
     {
-      deadline: requestDeadline(request, started, core.options),
+      deadline: requestDeadline(
+        request,
+        started,
+        core.options,
+        pacingAllowanceMs(
+          core.dispatcher.registry.all(),
+          request.command,
+          items,
+          started,
+        ),
+      ),
       signal,
       owner: peer.lane ?? peer.id,
       onFinish: (_index, result, elapsedMs) =>

@@ -114,15 +114,22 @@ export function admitRequest(
   return undefined;
 }
 
-/** When `request` must be answered by, read at `now`: its own `timeout`, capped, or the default. */
+/**
+ * When `request` must be answered by, read at `now`: its own `timeout`, capped, or the default
+ * plus `pacingMs`, what the workers' upstream pacing needs for it (see `pacing.ts`), capped too.
+ */
 export function requestDeadline(
   request: RequesterRequest,
   now: number,
   options: ResolvedOptions,
+  pacingMs = 0,
 ): number {
   const ms = request.timeout !== undefined
     ? Math.min(request.timeout * 1000, options.maxTimeoutMs)
-    : options.timeoutMs;
+    : Math.max(
+      options.timeoutMs,
+      Math.min(options.timeoutMs + pacingMs, options.maxTimeoutMs),
+    );
   return now + ms;
 }
 

@@ -23,6 +23,7 @@ import {
   runsHere,
 } from "./requester_actions.ts";
 import { runRequesterBatch, type SendAnswer } from "./requester_batch.ts";
+import { pacingAllowanceMs } from "./pacing.ts";
 import { requestDeadline } from "./requester_frames.ts";
 import type { RequesterPeer } from "./requester_peer.ts";
 
@@ -245,7 +246,17 @@ export class Requests {
   ): SubmitOptions {
     const id = request.request_id;
     return {
-      deadline: requestDeadline(request, started, this.#core.options),
+      deadline: requestDeadline(
+        request,
+        started,
+        this.#core.options,
+        pacingAllowanceMs(
+          this.#core.dispatcher.registry.all(),
+          request.command,
+          request.data,
+          started,
+        ),
+      ),
       signal,
       // Fair queueing: each connection is a lane of the queue and of free worker slots.
       owner: peer.lane ?? peer.id,

@@ -9,6 +9,7 @@
 
 import { logger } from "../log.ts";
 import type { BrokerCore } from "./options.ts";
+import { pacedSilenceMs } from "./pacing.ts";
 
 const log = logger("broker");
 
@@ -27,7 +28,11 @@ export function sweep(
   for (const worker of core.dispatcher.registry.all()) {
     if (worker.inFlight > 0 && !worker.remote) {
       const quiet = now - worker.lastSeen;
-      if (quiet > silenceMs && !worker.silent) {
+      // A worker waiting for its next upstream slot has nothing to say until its heartbeat:
+      // silence its announced pacing explains is not a sign of trouble.
+      if (
+        quiet > silenceMs + pacedSilenceMs(worker, now) && !worker.silent
+      ) {
         log.warn(
           "Worker {id} holds {n} requests and has been silent for {ms} ms: no new work until it is heard from",
           { id: worker.id, n: worker.inFlight, ms: quiet },

@@ -327,7 +327,10 @@ export class HostGate {
             : errorText(error),
           cause: error,
         },
-        retry: !hostile,
+        // A host that cannot be reached at all (no DNS answer, refused, a certificate that does
+        // not verify) will not be reached in a second either: asking again would wait a whole
+        // rate-limit slot per retry, past the request's deadline, only to fail the same way.
+        retry: !hostile && !isUnreachable(error),
       };
     } finally {
       clearTimeout(timer);
@@ -421,6 +424,12 @@ function parseRetryAfter(text: string | null, now: number): number | undefined {
   if (Number.isFinite(seconds)) return Math.max(0, seconds * 1000);
   const date = Date.parse(text);
   return Number.isNaN(date) ? undefined : Math.max(0, date - now);
+}
+
+/** Whether a fetch failed before reaching the host: DNS, a refused connection, TLS. */
+function isUnreachable(error: unknown): boolean {
+  return /dns error|failed to lookup|name or service not known|no address associated|connection refused|os error 111|certificate|invalid ?peer|tls|handshake/i
+    .test(errorText(error));
 }
 
 function isReset(error: unknown): boolean {
