@@ -24,6 +24,11 @@ import {
 } from "./lib/requester/markets_cli.ts";
 import { symbolKind } from "./lib/requester/symbols.ts";
 import {
+  storeProgram,
+  storeSubcommand,
+  syncProgram,
+} from "./lib/requester/sync_cli.ts";
+import {
   answerFailed,
   EXIT_CODES_HELP,
   exitCodeOf,
@@ -42,6 +47,8 @@ Examples:
   deno task requester localhost 8766 get_market '{"symbol_type":"etf","code":"510300"}'
   deno task requester get_markets '[{"symbol_type":"etf","code":"510300"},{"symbol_type":"etf","code":"159915"}]'
   deno task requester markets 510300 159915 --out data/     (see: requester markets --help)
+  deno task requester sync --all etf,stock,index             (see: requester sync --help)
+  deno task requester store status                           (see: requester store --help)
 
 Options:
   --url URL          requester port URL instead of HOST PORT (ws:// or wss://); a cluster's
@@ -376,8 +383,34 @@ function explain(answer: { success: boolean; available_commands?: unknown }) {
   }
 }
 
+/** `sync` and `store …`: their flags and logic live in lib/requester/sync_cli.ts. */
+async function storeCommands(which: "sync" | "store"): Promise<number> {
+  setupLogging({ level: "warning" });
+  const stop = new AbortController();
+  const onSignal = () => stop.abort(new Error("Interrupted"));
+  const signals: Deno.Signal[] = Deno.build.os === "windows"
+    ? ["SIGINT"]
+    : ["SIGINT", "SIGTERM"];
+  for (const s of signals) Deno.addSignalListener(s, onSignal);
+  const encoder = new TextEncoder();
+  const io = {
+    stdout: (text: string) => Deno.stdout.writeSync(encoder.encode(text)),
+    stderr: (text: string) => Deno.stderr.writeSync(encoder.encode(text)),
+    signal: stop.signal,
+  };
+  try {
+    return which === "sync"
+      ? await syncProgram(Deno.args, io)
+      : await storeProgram(Deno.args, io);
+  } finally {
+    for (const s of signals) Deno.removeSignalListener(s, onSignal);
+  }
+}
+
 async function main(): Promise<number> {
   if (isMarkets(Deno.args)) return await markets(Deno.args);
+  const sub = storeSubcommand(Deno.args, VALUE_FLAGS);
+  if (sub !== undefined) return await storeCommands(sub);
   let flags;
   try {
     flags = parse(Deno.args);

@@ -36,6 +36,8 @@ export interface FakeMarketOptions {
   suspendRate?: number;
   /** New stock listings per trading day after `today`. @default 2 */
   newListingsPerDay?: number;
+  /** Codes listed whose K-line answers hold no bar at all (`klines: []`, `dktotal: 0`). */
+  emptyCodes?: string[];
   /** Seed of every made-up number. @default 1 */
   seed?: number;
 }
@@ -58,8 +60,10 @@ export interface FakeMarket {
   series(symbolType: SymbolType, code: string, adjust: Adjust): Bar[];
   /** Trading days up to today. */
   days(): string[];
-  /** Quotes answer `-` (as before the open) until reset: simulates a snapshot before the close. */
+  /** When set, quotes say they were updated then (epoch ms): a snapshot taken during the session. */
   snapshotTime?: number;
+  /** Delay before each K-line answer, ms. */
+  latencyMs?: number;
   /** When set, every list page leaves its last row out, as a cut-off answer does. */
   truncateList?: boolean;
   /** Closes the server. */
@@ -287,7 +291,9 @@ export function startFakeMarket(options: FakeMarketOptions = {}): FakeMarket {
       : q.get("fqt") === "2"
       ? "hfq"
       : "none";
-    const rows = adjusted(listing, adjust, today);
+    const rows = options.emptyCodes?.includes(listing.code)
+      ? []
+      : adjusted(listing, adjust, today);
     const d = decimalsOf(listing);
     return {
       ...envelope,
@@ -328,9 +334,8 @@ export function startFakeMarket(options: FakeMarketOptions = {}): FakeMarket {
     const base = { f12: l.code, f13: l.market, f14: l.name };
     const raws = rawDays(l, today);
     const last = raws.at(-1);
-    const traded = last !== undefined && last.day === today &&
-      (market.snapshotTime === undefined ||
-        market.snapshotTime >= closeOf(calendar[today]));
+    // A snapshot taken during the session shows the day's bar so far, updated then.
+    const traded = last !== undefined && last.day === today;
     const previous = traded ? raws.at(-2) : last;
     const dash = {
       f2: "-",
@@ -404,7 +409,7 @@ export function startFakeMarket(options: FakeMarketOptions = {}): FakeMarket {
 
   const server = Deno.serve(
     { hostname: "127.0.0.1", port: 0, onListen: () => {} },
-    (request) => {
+    async (request) => {
       const url = new URL(request.url);
       const endpoint = url.pathname === "/api/qt/clist/get"
         ? "clist"
@@ -415,6 +420,9 @@ export function startFakeMarket(options: FakeMarketOptions = {}): FakeMarket {
         return new Response("Not found", { status: 404 });
       }
       counts[endpoint] = (counts[endpoint] ?? 0) + 1;
+      if (endpoint === "kline" && market.latencyMs) {
+        await new Promise((resolve) => setTimeout(resolve, market.latencyMs));
+      }
       const body = endpoint === "clist"
         ? listAnswer(url.searchParams)
         : klineAnswer(url.searchParams);
@@ -440,7 +448,8 @@ export function startFakeMarket(options: FakeMarketOptions = {}): FakeMarket {
       const l = listings.find((x) =>
         x.symbolType === symbolType && x.code === code
       );
-      return l === undefined || l.from > today
+      return l === undefined || l.from > today ||
+          options.emptyCodes?.includes(code)
         ? []
         : adjusted(l, adjust, today);
     },

@@ -15,10 +15,12 @@ import {
 } from "./_fake_market.ts";
 import {
   connectClient,
+  mulberry32,
   releasing,
   startTestServer,
   startWorker,
   tempDir,
+  waitFor,
 } from "./_helpers.ts";
 
 const KINDS: SymbolType[] = ["etf", "stock", "index"];
@@ -58,10 +60,11 @@ export async function mismatches(
   market: FakeMarket,
   store: MarketStore,
   adjusts: readonly Adjust[],
+  kinds: readonly SymbolType[] = KINDS,
 ): Promise<string[]> {
   const out: string[] = [];
   const all = await store.readAll();
-  for (const kind of KINDS) {
+  for (const kind of kinds) {
     for (const code of market.listed(kind)) {
       for (const adjust of adjusts) {
         const want = market.series(kind, code, adjust);
@@ -148,6 +151,164 @@ Deno.test("sync - a first fill, then five trading days of snapshots, ex-dates, s
     );
     assert.ok(suspended > 0, "no suspension happened");
     assert.equal(listings, 10 * ADJUSTS.length);
+  } finally {
+    await store.close();
+  }
+});
+
+const REQUESTER = new URL("../requester.ts", import.meta.url).pathname;
+
+function syncProcess(url: string, store: string, extra: string[] = []) {
+  return new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      REQUESTER,
+      "sync",
+      "--url",
+      url,
+      "--all",
+      "etf,stock,index",
+      "--adjust",
+      "none,qfq,hfq",
+      "--store",
+      store,
+      "--quiet",
+      "--batch-size",
+      "20",
+      ...extra,
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  });
+}
+
+Deno.test("sync - killed 20 times at random points (first fill and daily syncs), the next sync completes: 0 differences from a fresh fetch", async () => {
+  await using rig = await syncRig({
+    etfs: 16,
+    stocks: 24,
+    exDividendRate: 0.1,
+  });
+  await using dir = await tempDir("sync_kill_");
+  const path = `${dir.path}/s.duckdb`;
+  const random = mulberry32(20);
+  // Spread the kills over each run's life: from before the store opens to its last writes.
+  rig.market.latencyMs = 5;
+  let killed = 0;
+  for (let k = 0; k < 20; k++) {
+    if (k === 10 || k === 15) rig.market.advance();
+    const child = syncProcess(rig.server.requesterUrl, path).spawn();
+    await new Promise((r) => setTimeout(r, 300 + random() * 2500));
+    try {
+      child.kill("SIGKILL");
+      killed++;
+    } catch {
+      // it finished first: the next one starts from a complete store
+    }
+    await child.output();
+  }
+  assert.ok(killed >= 10, `only ${killed} of 20 runs were still going`);
+  rig.market.latencyMs = 0;
+  const done = await syncProcess(rig.server.requesterUrl, path).output();
+  const stderr = new TextDecoder().decode(done.stderr);
+  assert.equal(done.code, 0, stderr);
+  const store = await MarketStore.open(path);
+  try {
+    assert.deepEqual(await mismatches(rig.market, store, ADJUSTS), []);
+  } finally {
+    await store.close();
+  }
+});
+
+Deno.test("sync - a second sync on the same store stops at once with a lock error; the first is unharmed", async () => {
+  await using rig = await syncRig({ etfs: 10, stocks: 10 });
+  await using dir = await tempDir("sync_lock_");
+  const path = `${dir.path}/s.duckdb`;
+  rig.market.latencyMs = 100;
+  const first = syncProcess(rig.server.requesterUrl, path).spawn();
+  await using _reap = {
+    [Symbol.asyncDispose]: async () => {
+      try {
+        first.kill("SIGKILL");
+      } catch { /* ended */ }
+      await first.output().catch(() => {});
+    },
+  };
+  await waitFor(
+    () => (rig.market.counts().kline ?? 0) > 2,
+    "the first sync to fetch",
+  );
+  const second = await syncProcess(rig.server.requesterUrl, path).output();
+  const text = new TextDecoder().decode(second.stderr);
+  assert.equal(second.code, 6, text);
+  assert.match(
+    text,
+    /requester sync: Store ".*s\.duckdb" is locked by another process \(PID \d+\)/,
+  );
+  rig.market.latencyMs = 0;
+  const result = await first.output();
+  assert.equal(result.code, 0, new TextDecoder().decode(result.stderr));
+  const store = await MarketStore.open(path);
+  try {
+    assert.deepEqual(await mismatches(rig.market, store, ADJUSTS), []);
+  } finally {
+    await store.close();
+  }
+});
+
+Deno.test("sync - an empty history is not stored and not done: the next sync asks again", async () => {
+  await using rig = await syncRig({
+    etfs: 4,
+    stocks: 4,
+    emptyCodes: ["510002"],
+  });
+  await using dir = await tempDir("sync_empty_");
+  const store = await MarketStore.open(`${dir.path}/s.duckdb`);
+  try {
+    const now = () => rig.market.updatedAt + 60_000;
+    const first = await runSync(rig.client, { store, all: ["etf"], now });
+    assert.equal(first.empty, 1);
+    assert.equal((await store.seriesInfo()).has("etf|510002|qfq"), false);
+
+    const second = await runSync(rig.client, { store, all: ["etf"], now });
+    assert.equal(second.empty, 1);
+    assert.equal(second.requests["kline fill"], 1);
+    // (the worker may answer the empty one from its cache: what counts is that the sync asks)
+  } finally {
+    await store.close();
+  }
+});
+
+Deno.test("sync - a snapshot taken before the close adds nothing and says so; the day comes from K-lines", async () => {
+  await using rig = await syncRig({ etfs: 6, stocks: 24 });
+  await using dir = await tempDir("sync_early_");
+  const store = await MarketStore.open(`${dir.path}/s.duckdb`);
+  try {
+    const now = () => rig.market.updatedAt + 60_000;
+    await runSync(rig.client, { store, all: ["stock", "index"], now });
+    rig.market.advance();
+    rig.market.snapshotTime = Date.parse(`${rig.market.today}T05:00:00Z`); // 13:00 Shanghai
+    const notes: string[] = [];
+    const report = await runSync(rig.client, {
+      store,
+      all: ["stock", "index"],
+      now,
+      log: (line) => notes.push(line),
+    });
+    assert.match(
+      report.snapshots.stock,
+      /before the close of \d{4}-\d{2}-\d{2} \(updated 13:00 Shanghai\): adds nothing/,
+    );
+    assert.ok(
+      notes.some((n) => n.includes("before the close")),
+      notes.join("\n"),
+    );
+    assert.ok(report.gaps > 0);
+    assert.deepEqual(report.failed, []);
+    assert.deepEqual(
+      await mismatches(rig.market, store, ["qfq"], ["stock", "index"]),
+      [],
+    );
   } finally {
     await store.close();
   }

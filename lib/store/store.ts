@@ -8,14 +8,35 @@
  * @module
  */
 
-import {
-  type DuckDBAppender,
-  type DuckDBConnection,
+import type {
+  DuckDBAppender,
+  DuckDBConnection,
   DuckDBDateValue,
   DuckDBInstance,
 } from "npm:@duckdb/node-api@1.5.6-r.1";
 import { dayNumber } from "../market/_dates.ts";
 import type { Adjust, Bar, SymbolType } from "../market/types.ts";
+
+type DuckDB = typeof import("npm:@duckdb/node-api@1.5.6-r.1");
+let duckdb: DuckDB | undefined;
+
+/**
+ * DuckDB, loaded on first use: its native library needs `--allow-ffi`, which programs that never
+ * open a store (the requester's other commands, a server without `--store`) need not grant.
+ */
+async function loadDuckDB(): Promise<DuckDB> {
+  try {
+    return duckdb ??= await import("npm:@duckdb/node-api@1.5.6-r.1");
+  } catch (error) {
+    if ((error as Error)?.name === "NotCapable") {
+      throw new Error(
+        "Cannot load DuckDB, the store's database: its native library needs --allow-ffi (or -A)",
+        { cause: error },
+      );
+    }
+    throw error;
+  }
+}
 
 /** The default store path of `requester.ts sync` and `store`. */
 export const DEFAULT_STORE_PATH = "data/switchyard.duckdb";
@@ -200,6 +221,7 @@ export class MarketStore {
         await Deno.mkdir(dir, { recursive: true });
       }
     }
+    const { DuckDBInstance } = await loadDuckDB();
     let instance: DuckDBInstance;
     try {
       instance = await DuckDBInstance.create(path, {
@@ -706,7 +728,7 @@ function dateValue(date: string): DuckDBDateValue {
       `Invalid bar date ${JSON.stringify(date)}: expected YYYY-MM-DD`,
     );
   }
-  return new DuckDBDateValue(dayNumber(date));
+  return new duckdb!.DuckDBDateValue(dayNumber(date));
 }
 
 function sqlString(text: string): string {
