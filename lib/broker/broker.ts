@@ -206,6 +206,8 @@ export class Broker {
       workers: this.dispatcher.registry.size,
       healthy_workers:
         this.dispatcher.registry.all().filter((w) => w.healthy).length,
+      benched_workers:
+        this.dispatcher.registry.all().filter((w) => w.timedOutAt !== 0).length,
       requesters: requesters.connected,
       in_flight: requesters.active,
       queued: this.dispatcher.queued,

@@ -22,6 +22,7 @@ import { encodeEnvelope, MessageType, type ResponseData } from "../protocol.ts";
 import {
   type Clock,
   LocalRegistry,
+  PROBE_OWNER,
   WorkerRecord,
   type WorkerRegistry,
 } from "./registry.ts";
@@ -338,7 +339,13 @@ export class Dispatcher {
     }
     this.#release(worker, job);
     // It answers: whatever a timeout or silence took from it, it earns back.
-    worker.answered();
+    const benched = worker.answered();
+    if (benched !== undefined) {
+      log.info(
+        "Worker {id} is back: it answered {command} in time (benched because {reason})",
+        { id: worker.id, command: job.command, reason: benched },
+      );
+    }
     const elapsed = this.clock.now() - job.startedAt;
     if (!response.success) {
       const code = response.error_code ?? ErrorCode.WORKER_ERROR;
@@ -926,7 +933,18 @@ export class Dispatcher {
       // A worker that sits on a request past its deadline looks slow and unreliable from now on,
       // and gets no new work until it answers one in time.
       worker.recordFailure(unitsOf(job));
-      worker.timedOutAt = this.clock.now() || 1;
+      const probe = job.owner === PROBE_OWNER;
+      const reason = `${job.command} ${
+        probe ? "probe " : ""
+      }passed its deadline of ${
+        Math.round((job.deadline - job.startedAt) / 100) / 10
+      } s`;
+      if (worker.bench(reason)) {
+        log.warn(
+          "Worker {id} benched: {reason}; no new work until it answers a probe in time",
+          { id: worker.id, reason },
+        );
+      }
       worker.ewmaMs = Math.max(
         worker.ewmaMs ?? 0,
         this.clock.now() - job.startedAt,
@@ -934,11 +952,13 @@ export class Dispatcher {
       this.#release(worker, job);
       worker.abandoned.add(job.msgId);
       this.#tell(worker, job.msgId, "Deadline passed");
-      log.warn("Request {msgId} ({command}) timed out on worker {worker}", {
-        msgId: job.msgId,
-        command: job.command,
-        worker: worker.id,
-      });
+      if (!probe) {
+        log.warn("Request {msgId} ({command}) timed out on worker {worker}", {
+          msgId: job.msgId,
+          command: job.command,
+          worker: worker.id,
+        });
+      }
     }
     if (worker) {
       // The answer names the worker that sat on it (`processed_by`), for whoever hunts a hang.

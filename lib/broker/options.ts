@@ -128,6 +128,11 @@ export interface BrokerStats {
   workers: number;
   /** Of those, the ones heard from recently. */
   healthy_workers: number;
+  /**
+   * Of those, the ones benched because a request passed its deadline: probed, and back as soon
+   * as one answers in time (each worker's `benched` in `get_client_info` says since when, why).
+   */
+  benched_workers: number;
   /** Connected requesters. */
   requesters: number;
   /** Requests being served. */

@@ -65,6 +65,11 @@ export interface WorkerInfo {
   draining: boolean;
   registered: boolean;
   blocked_sources: string[];
+  /**
+   * Set while the worker is benched: one of its requests passed its deadline, and it gets no
+   * new work until it answers a probe in time. `since` is ISO 8601; `reason` says which request.
+   */
+  benched: { since: string; reason: string } | null;
   /** What the worker last said of its market-data upstreams; absent when it never did. */
   upstream?: UpstreamStatus;
   connected_since: string;
@@ -81,6 +86,13 @@ const FAILURE_HALF_LIFE_MS = 30_000;
 
 /** How long a worker whose request timed out waits before it may take one request again, in ms. */
 export const PROBE_AFTER_MS = 5000;
+
+/**
+ * The owner of the server's own probe requests: a benched worker that takes no work otherwise
+ * is sent a `get_time` {@linkcode PROBE_AFTER_MS} after it was benched, so it comes back as soon
+ * as it answers in time.
+ */
+export const PROBE_OWNER = "server-probe";
 
 /** One connected worker: its registration, its live load and its record. */
 export class WorkerRecord implements WorkerLoad {
@@ -114,6 +126,10 @@ export class WorkerRecord implements WorkerLoad {
   silent = false;
   /** When one of its requests last passed its deadline; 0 once it answered in time since. */
   timedOutAt = 0;
+  /** Why it was benched (the first request that passed its deadline); "" when it is not. */
+  benchedReason = "";
+  /** A probe request is on its way to it. */
+  probing = false;
   /** Actions this worker said must not run twice; they apply to its own requests only. */
   nonRetriable: ReadonlySet<string> = new Set();
   #failureRate = 0;
@@ -241,10 +257,27 @@ export class WorkerRecord implements WorkerLoad {
     if (data.host !== undefined) this.host = host;
   }
 
-  /** The worker answered a request in time: it earns new work again. */
-  answered(): void {
+  /**
+   * One of its requests passed its deadline: it is benched (see {@linkcode healthy}). Returns
+   * true when it was not benched before, so that benching is logged once.
+   */
+  bench(reason: string): boolean {
+    const fresh = this.timedOutAt === 0;
+    this.timedOutAt = this.#clock.now() || 1;
+    if (fresh) this.benchedReason = reason;
+    return fresh;
+  }
+
+  /**
+   * The worker answered a request in time: it earns new work again. Returns why it had been
+   * benched when it was, so that coming back is logged once; else undefined.
+   */
+  answered(): string | undefined {
+    const was = this.timedOutAt !== 0 ? this.benchedReason : undefined;
     this.timedOutAt = 0;
+    this.benchedReason = "";
     this.silent = false;
+    return was;
   }
 
   /** Counts an answer of `units` requests (a batch chunk's items) that went well. */
@@ -289,6 +322,10 @@ export class WorkerRecord implements WorkerLoad {
       draining: this.draining,
       registered: this.registered,
       blocked_sources: this.blockedSources,
+      benched: this.timedOutAt === 0 ? null : {
+        since: new Date(this.timedOutAt).toISOString(),
+        reason: this.benchedReason,
+      },
       ...(this.upstream ? { upstream: this.upstream } : {}),
       connected_since: new Date(this.connectedAt).toISOString(),
       last_seen: new Date(this.lastSeen).toISOString(),

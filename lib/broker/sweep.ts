@@ -10,6 +10,10 @@
 import { logger } from "../log.ts";
 import type { BrokerCore } from "./options.ts";
 import { pacedSilenceMs } from "./pacing.ts";
+import { PROBE_AFTER_MS, PROBE_OWNER } from "./registry.ts";
+
+/** What a probe asks: every worker offers it, and it answers at once. */
+const PROBE_ACTION = "get_time";
 
 const log = logger("broker");
 
@@ -52,6 +56,20 @@ export function sweep(
           );
         }
       }
+    }
+    if (
+      worker.probe && worker.inFlight === 0 && !worker.probing &&
+      !worker.remote && !worker.draining && worker.actions?.has(PROBE_ACTION)
+    ) {
+      // A benched worker may get no work at all while others are healthy (the balancer and the
+      // batches prefer those): ask it something cheap, so it can show it answers in time.
+      worker.probing = true;
+      core.dispatcher.dispatch(PROBE_ACTION, {}, {
+        deadline: now + PROBE_AFTER_MS,
+        only: worker.id,
+        retriable: false,
+        owner: PROBE_OWNER,
+      }, () => worker.probing = false);
     }
     if (!worker.heartbeats) continue;
     const silent = now - worker.lastSeen;
