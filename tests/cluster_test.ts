@@ -161,7 +161,7 @@ for (const nodes of [1, 3]) {
 
 Deno.test({
   name:
-    "cluster: requests and answers that cross in one turn share NATS messages, and each gets its own answer",
+    "cluster: a crossing request is one NATS request-reply, its metadata in headers, and each gets its own answer",
   ignore,
   fn: async () => {
     await using nats = await new NatsCluster(1).start();
@@ -175,36 +175,56 @@ Deno.test({
       }),
     );
     await converged(servers, 1);
-    // A client of our own on the relay subjects counts the NATS messages.
+    const origin = (await servers[0].cluster!).id;
+    const target = (await servers[1].cluster!).id;
+    // A client of our own on the relay subjects sees what crosses.
     const { connectNats } = await import("../lib/cluster/nats_connect.ts");
     const spy = await connectNats({ servers: nats.urls });
-    const counts = { req: 0, res: 0 };
-    spy.subscribe("switchyard.t.srv.*.*", {
+    const requests: { reply?: string; headers: (string | undefined)[] }[] = [];
+    let answers = 0;
+    spy.subscribe(`switchyard.t.srv.${target}.req`, {
+      callback: (_error, msg) =>
+        void requests.push({
+          reply: msg.reply,
+          headers: ["Sy-Origin", "Sy-Worker", "Sy-Left"].map((h) =>
+            msg.headers?.get(h)
+          ),
+        }),
+    });
+    spy.subscribe(`switchyard.t.r.${origin}.>`, {
       callback: (_error, msg) => {
-        const kind = msg.subject.slice(msg.subject.lastIndexOf(".") + 1);
-        if (kind === "req" || kind === "res") counts[kind]++;
+        if (msg.headers?.get("Sy-Kind") === "a") answers++;
       },
     });
     await spy.flush();
     try {
       await using client = await connectClient(servers[0].requesterUrl);
       const n = 60;
-      const answers = await Promise.all(
-        Array.from({ length: n }, (_, i) => client.request("double", { n: i })),
+      const got = await Promise.all(
+        Array.from(
+          { length: n },
+          (_, i) => client.request("double", { n: i }, { timeout: 20 }),
+        ),
       );
       assert.deepEqual(
-        answers.map((a) => [a.success, a.data]),
+        got.map((a) => [a.success, a.data]),
         Array.from({ length: n }, (_, i) => [true, i * 2]),
       );
       await spy.flush();
-      assert.ok(
-        counts.req > 0 && counts.req < n,
-        `${n} requests crossed in ${counts.req} messages`,
-      );
-      assert.ok(
-        counts.res > 0 && counts.res < n,
-        `${n} answers crossed in ${counts.res} messages`,
-      );
+      await waitFor(() => answers === n, `${n} answers on the reply subjects`);
+      assert.equal(requests.length, n, "one NATS message per request");
+      const worker = servers[1].broker.workers()[0].client_id;
+      for (const r of requests) {
+        assert.match(
+          r.reply ?? "",
+          new RegExp(`^switchyard\\.t\\.r\\.${origin}\\.msg_`),
+        );
+        assert.equal(r.headers[0], origin);
+        assert.equal(r.headers[1], worker);
+        // The caller's 20 s, less the moment it took to get here.
+        const left = Number(r.headers[2]);
+        assert.ok(left > 10_000 && left <= 20_000, `Sy-Left ${left}`);
+      }
     } finally {
       await spy.close();
     }

@@ -10,7 +10,15 @@
 
 import { Peer } from "../broker/dispatcher.ts";
 import type { Clock, WorkerInfo } from "../broker/registry.ts";
-import type { WorkerState } from "./wire.ts";
+import type { WorkerLoad, WorkerState } from "./wire.ts";
+
+/** What this server knows of one request it sent the worker (see `ledger.ts`). */
+export interface SentRequest {
+  /** When it was handed to NATS (or NATS came back, if it was buffered). */
+  at: number;
+  /** Progress reports received for it. */
+  progress: number;
+}
 
 /** A worker of another server; see the module doc. */
 export class RemotePeer extends Peer {
@@ -19,12 +27,10 @@ export class RemotePeer extends Peer {
   readonly server: string;
   /** That server's name, as listings show it. */
   serverName: string;
-  /**
-   * Each request handed to NATS, by `msg_id`: when, and its sequence number towards the worker's
-   * server, which says whether that server has had it yet (see the ledger check in `link.ts`).
-   */
-  readonly sent: Map<string, { at: number; seq: number }> = new Map();
+  /** Each request handed to NATS and not answered yet, by `msg_id`. */
+  readonly sent: Map<string, SentRequest> = new Map();
   #state: WorkerState;
+  #load: WorkerLoad | undefined;
 
   constructor(
     state: WorkerState,
@@ -39,11 +45,11 @@ export class RemotePeer extends Peer {
     this.server = server.id;
     this.serverName = server.name;
     this.#state = state;
-    this.update(state, "", server.name);
+    this.update(state, server.name);
   }
 
-  /** Applies the worker's server's latest announcement. */
-  update(state: WorkerState, self: string, serverName: string): void {
+  /** Applies the worker's server's latest registration of it. */
+  update(state: WorkerState, serverName: string): void {
     this.#state = state;
     this.serverName = serverName;
     this.name = state.name;
@@ -57,24 +63,28 @@ export class RemotePeer extends Peer {
     this.unhealthy = !state.healthy;
     this.blockedSources = state.blocked;
     this.nonRetriable = new Set(state.non_retriable ?? []);
+  }
+
+  /** Applies the worker's server's latest load report; `self` is this server's id. */
+  setLoad(load: WorkerLoad, self: string): void {
+    this.#load = load;
+    const [, inFlight, by, latency] = load;
     // Latency as measured here includes the hop; the worker's server's figure stands in until
     // this server has its own.
-    if (this.ewmaMs === undefined && state.latency_ms !== null) {
-      this.ewmaMs = state.latency_ms;
-    }
-    const others = Math.max(0, state.in_flight - (state.by[self] ?? 0));
-    this.inFlight = this.jobs.size + others;
+    if (this.ewmaMs === undefined && latency !== null) this.ewmaMs = latency;
+    this.inFlight = this.jobs.size + Math.max(0, inFlight - (by[self] ?? 0));
   }
 
   override info(): WorkerInfo {
     const s = this.#state;
+    const l = this.#load;
     return {
       ...super.info(),
-      served: s.served,
-      failures: s.failures,
-      latency_ms: s.latency_ms,
+      served: l?.[4] ?? 0,
+      failures: l?.[5] ?? 0,
+      latency_ms: l?.[3] ?? null,
       connected_since: s.connected_since,
-      last_seen: s.last_seen,
+      last_seen: l?.[6] ?? s.connected_since,
       server: this.serverName,
     };
   }

@@ -1,21 +1,44 @@
 /**
- * What travels between the servers of a cluster, over NATS: subjects and message shapes.
+ * What travels between the servers of a cluster, over core NATS: subjects, headers and message
+ * shapes. `docs/cluster.md` has the table.
  *
- * - `switchyard.<cluster>.state` — every server, every `stateIntervalMs`: its workers and their
- *   load, and the ledger of requests it is running for each other server. Silence for
- *   `deadAfterMs` means the server is gone.
- * - `switchyard.<cluster>.srv.<server>.req` — to the server that holds the worker: one line
- *   `<origin server> <worker client_id> <ms left until the deadline> <sequence number>`, then the
- *   worker-protocol envelope (`request` or `cancel`) as the dispatcher wrote it.
- * - `switchyard.<cluster>.srv.<server>.res` / `.prog` — back to the origin: the answer, or a
- *   progress report (streamed batch items included).
- * - `switchyard.<cluster>.msg` — a console `broadcast` or custom message for every worker of
- *   every server; `switchyard.<cluster>.srv.<server>.msg` — one for one worker of that server.
+ * - `switchyard.<cluster>.hb` — every server, every `heartbeatMs`: a {@linkcode Heartbeat}: who
+ *   it is, the version of its worker registry, and the load of the workers whose load changed.
+ * - `switchyard.<cluster>.reg` — a server's worker registry changed: a {@linkcode RegistryDelta}.
+ *   A server that misses one (the version skips) asks for a {@linkcode Snapshot} on
+ *   `srv.<id>.workers`.
+ * - `switchyard.<cluster>.srv.<id>.req` — a request for a worker of server `<id>`, with a reply
+ *   subject `switchyard.<cluster>.r.<origin>.<msg_id>` (NATS request-reply: nobody listening
+ *   answers "no responders" at once). Headers {@linkcode H_ORIGIN}, {@linkcode H_WORKER},
+ *   {@linkcode H_LEFT}; the body is the worker-protocol `request` envelope. Progress reports and
+ *   the answer go to the reply subject, told apart by {@linkcode H_KIND} and numbered by
+ *   {@linkcode H_SEQ}.
+ * - `switchyard.<cluster>.srv.<id>.cancel` — the origin gave up on a request (body: its msg_id).
+ * - `switchyard.<cluster>.srv.<id>.held` — the origin's loss check: which of these requests do
+ *   you still hold? ({@linkcode HeldReply})
+ * - `switchyard.<cluster>.name.<hex of the server name>` — answered by the server of that name,
+ *   so that a second one is refused at join.
+ * - `switchyard.<cluster>.msg`, `.srv.<id>.msg` — console messages for workers
+ *   ({@linkcode ClusterMessage}).
  *
  * @module
  */
 
-/** A worker as its server announces it. */
+/** Header: the origin server's id. */
+export const H_ORIGIN = "Sy-Origin";
+/** Header: the worker's `client_id` on its server. */
+export const H_WORKER = "Sy-Worker";
+/** Header: ms the request's caller has left; the worker's server holds it no longer. */
+export const H_LEFT = "Sy-Left";
+/** Header on a reply: `p` a progress report, `a` the answer. */
+export const H_KIND = "Sy-Kind";
+/**
+ * Header on a reply: on a progress report its number (1, 2, …); on the answer how many progress
+ * reports came before it, so that the origin knows whether one was lost.
+ */
+export const H_SEQ = "Sy-Seq";
+
+/** A worker's registration, as its server announces it. */
 export interface WorkerState {
   id: string;
   name: string;
@@ -25,60 +48,89 @@ export interface WorkerState {
   actions: string[] | null;
   version: string | null;
   host: unknown;
-  in_flight: number;
   healthy: boolean;
   draining: boolean;
   registered: boolean;
   blocked: string[];
-  latency_ms: number | null;
-  served: number;
-  failures: number;
   connected_since: string;
-  last_seen: string;
-  /** Of `in_flight`, how many each origin server sent. */
-  by: Record<string, number>;
   /** Actions this worker said must not run twice: they cover its own requests only. */
   non_retriable?: string[];
 }
 
-/** One server's announcement on the state subject. */
-export interface ServerState {
-  v: 1;
+/**
+ * A worker's load, in a heartbeat: `[client_id, in_flight, per origin server how many of
+ * in_flight it sent, latency_ms, served, failures, last_seen]`.
+ */
+export type WorkerLoad = [
+  string,
+  number,
+  Record<string, number>,
+  number | null,
+  number,
+  number,
+  string,
+];
+
+/** A server's heartbeat. */
+export interface Heartbeat {
+  v: 2;
   id: string;
   name: string;
-  at: number;
   urls: { worker?: string; requester?: string };
   requesters: number;
-  workers: WorkerState[];
+  /** The version of its worker registry: a receiver that holds another asks for a snapshot. */
+  wv: number;
+  /** The load of its workers whose load changed since the last heartbeat (all in a snapshot). */
+  load: WorkerLoad[];
   /** Actions this server never runs twice: every server must treat them so. */
   non_retriable?: string[];
-  /** Per origin server: the `msg_id`s of its requests this server holds now. */
-  ledger: Record<string, string[]>;
-  /** Per origin server: the highest sequence number of its requests this server has read. */
-  seen?: Record<string, number>;
   /** The server's last word: it is shutting down. */
   leaving?: true;
 }
 
-/** An answer from the worker's server to the origin. */
+/** A change of a server's worker registry. */
+export interface RegistryDelta {
+  v: 2;
+  id: string;
+  /** The registry's version after this change: one more than before. */
+  wv: number;
+  up: WorkerState[];
+  down: string[];
+}
+
+/** A server's whole worker registry, with the load of each. */
+export interface Snapshot {
+  v: 2;
+  id: string;
+  name: string;
+  wv: number;
+  workers: WorkerState[];
+  load: WorkerLoad[];
+}
+
+/** An answer, on a request's reply subject. */
 export interface RelayAnswer {
-  /** The origin's `msg_id`. */
-  m: string;
-  /** The worker's `client_id`. */
-  w: string;
   s: boolean;
   r?: unknown;
   e?: string | null;
   c?: string;
 }
 
-/** A progress report from the worker's server to the origin. */
+/** A progress report, on a request's reply subject. */
 export interface RelayProgress {
-  m: string;
-  w: string;
   d: number;
   t?: number;
   i?: { index: number; result: unknown };
+}
+
+/**
+ * The worker's server's reply to a loss check: of the requests asked about, the ones it holds
+ * (with how many progress reports it has sent for each), and the answers of ones it finished
+ * lately (with how many progress reports came before each).
+ */
+export interface HeldReply {
+  held: Record<string, number>;
+  done?: Record<string, [RelayAnswer, number]>;
 }
 
 /** A console message (notification or custom type) for other servers' workers. */
@@ -91,6 +143,45 @@ export interface ClusterMessage {
   d: unknown;
   /** The worker's `client_id`, when the message is for one worker. */
   w?: string;
+}
+
+/** The subjects of one cluster. */
+export class Subjects {
+  readonly prefix: string;
+  readonly heartbeat: string;
+  readonly registry: string;
+  readonly message: string;
+
+  constructor(cluster: string) {
+    this.prefix = subjectPrefix(cluster);
+    this.heartbeat = `${this.prefix}.hb`;
+    this.registry = `${this.prefix}.reg`;
+    this.message = `${this.prefix}.msg`;
+  }
+
+  /** A server's own subjects: `req`, `cancel`, `held`, `workers`, `msg`. */
+  server(id: string, kind: string): string {
+    return `${this.prefix}.srv.${id}.${kind}`;
+  }
+
+  /** Every reply subject of requests `origin` sends. */
+  replies(origin: string): string {
+    return `${this.prefix}.r.${origin}.>`;
+  }
+
+  /** The reply subject of one request. */
+  reply(origin: string, msgId: string): string {
+    return `${this.prefix}.r.${origin}.${msgId}`;
+  }
+
+  /** The subject the server named `name` answers on. */
+  name(name: string): string {
+    let hex = "";
+    for (const b of new TextEncoder().encode(name)) {
+      hex += b.toString(16).padStart(2, "0");
+    }
+    return `${this.prefix}.name.${hex}`;
+  }
 }
 
 /** The subject prefix of one cluster. */

@@ -1,0 +1,231 @@
+/**
+ * The loss ledger, on the origin's side: what became of each request this server sent to a
+ * worker of another server.
+ *
+ * NATS keeps the order of the messages one connection sends to another, and nothing more: a
+ * message can be lost when a connection breaks. So the ledger counts, per request, the progress
+ * reports it has read (each is numbered; the answer says how many came before it), and every
+ * `probeMs` it asks the worker's server, for the requests sent at least that long ago, which it
+ * still holds and how many reports it has sent for each. That question travels after the
+ * requests, and its reply after every answer and report published before it, so:
+ *
+ * - a request the worker's server does not hold, and whose answer did not come, was lost (on
+ *   the way there, or its answer on the way back); if that server finished it lately, its reply
+ *   carries the answer, which then counts as if it had arrived;
+ * - a numbered report that skips one, an answer after fewer reports than it says, or a reply
+ *   saying more reports were sent than were read, means a streamed item was lost.
+ *
+ * A lost request moves at once (retriable, with only its unfinished items) or fails with
+ * `WORKER_LOST`, as when its worker leaves. A worker's server that has left NATS answers
+ * "no responders" and is written off at once; one that does not answer at all (frozen, cut off)
+ * is written off by the membership after `deadAfterMs` of silence.
+ *
+ * @module
+ */
+
+import type { Msg } from "npm:@nats-io/transport-node@3.4.0";
+import { headers } from "npm:@nats-io/transport-node@3.4.0";
+import { logger } from "../log.ts";
+import { type LinkContext, noResponders } from "./context.ts";
+import type { RemotePeer } from "./remote_peer.ts";
+import { H_ORIGIN, type HeldReply, type RelayAnswer } from "./wire.ts";
+
+const log = logger("cluster");
+
+/** What the ledger needs from the rest of the link. */
+export interface LedgerHooks {
+  /** Takes an answer that came inside a loss-check reply. */
+  complete(peer: RemotePeer, msgId: string, answer: RelayAnswer): void;
+  /** Tells the worker's server to stop working on a request. */
+  cancel(peer: RemotePeer, msgId: string, reason: string): void;
+  /** The worker's server is off NATS: write it off now. */
+  writeOff(server: string, reason: string): void;
+  /** The name of a server, for logs. */
+  nameOf(server: string): string;
+}
+
+/** See the module doc. */
+export class Ledger {
+  #ctx: LinkContext;
+  #hooks: LedgerHooks;
+  #probeMs: number;
+  /** Every request in the ledger: its worker. */
+  #pending = new Map<string, RemotePeer>();
+  /** Servers whose loss check is under way. */
+  #probing = new Set<string>();
+
+  constructor(ctx: LinkContext, hooks: LedgerHooks, probeMs: number) {
+    this.#ctx = ctx;
+    this.#hooks = hooks;
+    this.#probeMs = probeMs;
+  }
+
+  /** Requests in the ledger. */
+  get size(): number {
+    return this.#pending.size;
+  }
+
+  /** A request went to NATS for `peer`. */
+  sent(peer: RemotePeer, msgId: string): void {
+    peer.sent.set(msgId, { at: this.#ctx.core.clock.now(), progress: 0 });
+    this.#pending.set(msgId, peer);
+  }
+
+  /** The worker a pending request went to. */
+  peerOf(msgId: string): RemotePeer | undefined {
+    return this.#pending.get(msgId);
+  }
+
+  /**
+   * Progress report number `seq` came: true to take it, false when it is not the next one (an
+   * earlier one was lost: the request moves) or the request is no longer waited for.
+   */
+  progress(peer: RemotePeer, msgId: string, seq: number): boolean {
+    const sent = peer.sent.get(msgId);
+    if (!sent) return false;
+    if (seq !== sent.progress + 1) {
+      this.lost(peer, msgId, `progress report ${sent.progress + 1} was lost`);
+      return false;
+    }
+    sent.progress = seq;
+    return true;
+  }
+
+  /**
+   * The answer came after `reports` progress reports: true to take it, false when some report
+   * never arrived (the request moves, with only its unfinished items).
+   */
+  answered(peer: RemotePeer, msgId: string, reports: number): boolean {
+    const sent = peer.sent.get(msgId);
+    this.forget(peer, msgId);
+    if (sent && reports > sent.progress) {
+      this.#move(
+        peer,
+        msgId,
+        `${reports - sent.progress} progress reports were lost`,
+      );
+      return false;
+    }
+    return true;
+  }
+
+  /** A request leaves the ledger (answered, or its worker is gone). */
+  forget(peer: RemotePeer, msgId: string): void {
+    peer.sent.delete(msgId);
+    this.#pending.delete(msgId);
+  }
+
+  /** Every request of `peer` leaves the ledger. */
+  forgetPeer(peer: RemotePeer): void {
+    for (const msgId of peer.sent.keys()) this.#pending.delete(msgId);
+    peer.sent.clear();
+  }
+
+  /** NATS is back: what was buffered went out only now, so the clock restarts for all. */
+  reconnected(): void {
+    const now = this.#ctx.core.clock.now();
+    for (const peer of this.#pending.values()) {
+      for (const sent of peer.sent.values()) sent.at = now;
+    }
+  }
+
+  /** A request is lost: the worker's server stops it, and the dispatcher moves it. */
+  lost(peer: RemotePeer, msgId: string, reason: string): void {
+    this.forget(peer, msgId);
+    this.#hooks.cancel(peer, msgId, "lost between servers");
+    this.#move(peer, msgId, reason);
+  }
+
+  #move(peer: RemotePeer, msgId: string, reason: string): void {
+    log.warn(
+      "Request {msgId} to worker {worker} on {server}: {reason}; moving it",
+      { msgId, worker: peer.id, server: peer.serverName, reason },
+    );
+    this.#ctx.core.dispatcher.jobLost(
+      peer,
+      msgId,
+      `Request lost between servers ${this.#ctx.serverName} and ${peer.serverName}: ${reason}`,
+    );
+  }
+
+  /** Asks each worker's server about the requests sent to it at least `probeMs` ago. */
+  check(): void {
+    const nc = this.#ctx.nc();
+    if (!nc || nc.isClosed() || this.#pending.size === 0) return;
+    const now = this.#ctx.core.clock.now();
+    const due = new Map<string, string[]>();
+    for (const [msgId, peer] of this.#pending) {
+      const sent = peer.sent.get(msgId);
+      if (!sent || !peer.jobs.has(msgId)) {
+        // Settled here (deadline, cancel) without an answer from there.
+        this.forget(peer, msgId);
+        continue;
+      }
+      if (now - sent.at < this.#probeMs || this.#probing.has(peer.server)) {
+        continue;
+      }
+      const ids = due.get(peer.server);
+      if (ids) ids.push(msgId);
+      else due.set(peer.server, [msgId]);
+    }
+    for (const [server, ids] of due) {
+      this.#probing.add(server);
+      const h = headers();
+      h.set(H_ORIGIN, this.#ctx.id);
+      nc.request(
+        this.#ctx.subjects.server(server, "held"),
+        JSON.stringify(ids),
+        { timeout: Math.max(1000, 2 * this.#probeMs), headers: h },
+      ).then(
+        (msg) => this.#onHeld(ids, msg),
+        (error) => {
+          if (noResponders(error)) {
+            this.#hooks.writeOff(
+              server,
+              `server ${this.#hooks.nameOf(server)} is no longer on NATS`,
+            );
+          }
+          // A timeout says nothing the membership's silence check will not say.
+        },
+      ).finally(() => this.#probing.delete(server));
+    }
+  }
+
+  #onHeld(ids: string[], msg: Msg): void {
+    let reply: HeldReply;
+    try {
+      reply = msg.json<HeldReply>();
+    } catch {
+      return log.warn("Ignored a malformed loss-check reply");
+    }
+    for (const msgId of ids) {
+      const peer = this.#pending.get(msgId);
+      const sent = peer?.sent.get(msgId);
+      if (!peer || !sent) continue;
+      const reports = reply.held?.[msgId];
+      if (reports !== undefined) {
+        if (reports > sent.progress) {
+          this.lost(
+            peer,
+            msgId,
+            `${reports - sent.progress} progress reports were lost`,
+          );
+        }
+        continue;
+      }
+      const done = reply.done?.[msgId];
+      if (done) {
+        // Its answer was lost on the way; the worker's server kept it.
+        if (this.answered(peer, msgId, done[1])) {
+          this.#hooks.complete(peer, msgId, done[0]);
+        }
+        continue;
+      }
+      this.lost(
+        peer,
+        msgId,
+        "the worker's server does not hold it and its answer never came",
+      );
+    }
+  }
+}
