@@ -10,6 +10,7 @@ import type { ActionContext } from "../lib/action.ts";
 import { createMarketService } from "../lib/market/mod.ts";
 import { RequesterClient } from "../lib/mod.ts";
 import { Chromium } from "./_chromium.ts";
+import { fakeListings, startFakeEastmoney } from "./_fake_eastmoney.ts";
 import {
   answerOf,
   releasing,
@@ -207,5 +208,238 @@ Deno.test({
         Math.round(leaveMs)
       } ms; ${counts.candles} candles, ${coloured} candle pixels; screenshots in ${ARTIFACTS.pathname}`,
     );
+  },
+});
+
+Deno.test({
+  name:
+    "dashboard - finds a symbol by prefixed code or by name, clears the chart on an error, opens a worker's details, says no budget, serves its icon",
+  ignore: !available,
+  async fn() {
+    const listings = fakeListings();
+    listings.stock.push({ code: "600519", name: "贵州茅台", market: 1 });
+    await using upstream = await startFakeEastmoney({
+      synthetic: true,
+      unknownCodes: ["510999"],
+      listings,
+    });
+    await using server = startTestServer({ requesterToken: TOKEN });
+    await using market = releasing(
+      createMarketService({
+        eastmoneyUrl: upstream.url,
+        rateLimit: 0,
+        retries: 0,
+      }),
+      (m) => m.close(),
+    );
+    await using _worker = await startWorker(server, {
+      name: "fetcher",
+      actions: market.actions(),
+      heartbeatData: () => ({
+        blocked_sources: market.blockedSources(),
+        upstream: market.upstreamStatus(),
+      }),
+    });
+    await Deno.mkdir(ARTIFACTS, { recursive: true });
+    await using browser = await Chromium.launch(CHROMIUM);
+    const page = await browser.newPage(1280, 1000);
+    const base = `http://127.0.0.1:${server.requesterPort}`;
+    const shot = (name: string) =>
+      page.screenshot(new URL(`${name}.png`, ARTIFACTS).pathname);
+
+    // Browsers ask for it before any token: an icon, not 426 or 401.
+    const icon = await fetch(`${base}/favicon.ico`);
+    assert.equal(icon.status, 200);
+    assert.equal(icon.headers.get("content-type"), "image/svg+xml");
+    assert.match(await icon.text(), /^<svg/);
+
+    await page.goto(`${base}/?token=${TOKEN}`);
+    await page.waitFor(workerRows(1));
+    const text = (selector: string) =>
+      page.evaluate<string>(
+        `document.querySelector(${
+          JSON.stringify(selector)
+        })?.textContent ?? null`,
+      );
+    const show = (kind: string, code: string) =>
+      page.evaluate(`(() => {
+      const form = document.querySelector("#symbol-form");
+      form.elements.symbol_type.value = ${JSON.stringify(kind)};
+      form.elements.code.value = ${JSON.stringify(code)};
+      form.elements.start_date.value = "2024-01-01";
+      window.dashboard.symbol = undefined;
+      form.requestSubmit();
+    })()`);
+    const shown = async () => {
+      await page.waitFor(`window.dashboard.symbol !== undefined`);
+      return await page.evaluate<
+        { symbol: unknown; bars: number; candles: number }
+      >(
+        "({ symbol: dashboard.symbol, bars: dashboard.symbolBars, candles: dashboard.candleCount() })",
+      );
+    };
+
+    await show("stock", "sh600519");
+    let s = await shown();
+    assert.deepEqual(s.symbol, { code: "600519", symbol_type: "stock" });
+    assert.ok(s.bars > 100);
+    assert.equal(s.candles, s.bars);
+
+    await show("etf", "510999");
+    s = await shown();
+    assert.equal(s.symbol, null);
+    assert.equal(
+      s.candles,
+      0,
+      "the previous symbol's candles stay after an error",
+    );
+    assert.match((await text("#symbol-status"))!, /UNKNOWN_CODE/);
+
+    await show("etf", "茅台");
+    s = await shown();
+    assert.deepEqual(s.symbol, { code: "600519", symbol_type: "stock" });
+    assert.ok(s.candles > 100);
+    assert.match((await text("#symbol-status"))!, /600519 .*\(stock\)/);
+
+    // Part of a name: the best match of the chosen kind is drawn, the others are offered.
+    await show("etf", "沪深3");
+    s = await shown();
+    assert.deepEqual(s.symbol, { code: "510300", symbol_type: "etf" });
+    assert.match((await text("#symbol-matches"))!, /沪深300 000300 \(index\)/);
+    await page.evaluate(`window.dashboard.symbol = undefined;
+      [...document.querySelectorAll("#symbol-matches button")]
+        .find((b) => b.textContent.includes("000300")).click()`);
+    s = await shown();
+    assert.deepEqual(s.symbol, { code: "000300", symbol_type: "index" });
+    await shot("symbol_search");
+
+    await show("etf", "没有这个名字");
+    s = await shown();
+    assert.equal(s.candles, 0);
+    assert.match((await text("#symbol-status"))!, /No symbol named like/);
+
+    await page.waitFor(
+      `document.querySelector("#workers tbody tr td:last-child").textContent.includes("no budget")`,
+    );
+    assert.doesNotMatch(
+      (await text("#workers tbody tr td:last-child"))!,
+      /\d{6,}/,
+    );
+    assert.equal(
+      await page.evaluate(`document.querySelector("#worker-details").hidden`),
+      true,
+    );
+    await page.evaluate(
+      `document.querySelector("#workers tbody tr td").click()`,
+    );
+    await page.waitFor(`!document.querySelector("#worker-details").hidden`);
+    assert.equal(await text('#worker-fields dd[data-field="name"]'), "fetcher");
+    assert.match(
+      (await text('#worker-fields dd[data-field^="upstream:"]'))!,
+      /no budget · no rate limit/,
+    );
+    assert.match(
+      (await text('#worker-fields dd[data-field="actions"]'))!,
+      /list_symbols/,
+    );
+    await shot("worker_details");
+    // A second click closes it.
+    await page.evaluate(
+      `document.querySelector("#workers tbody tr td").click()`,
+    );
+    await page.waitFor(`document.querySelector("#worker-details").hidden`);
+    assert.deepEqual(page.errors, []);
+  },
+});
+
+Deno.test({
+  name:
+    "dashboard - batch items count in throughput, answered and served; both time charts show the same seconds, from zero up",
+  ignore: !available,
+  async fn() {
+    await using server = startTestServer({
+      requesterToken: TOKEN,
+      dashboardIntervalMs: 60_000,
+    });
+    await using market = releasing(
+      createMarketService({ providers: ["demo"] }),
+      (m) => m.close(),
+    );
+    await using _a = await startWorker(server, {
+      name: "a",
+      actions: market.actions(),
+    });
+    await using _b = await startWorker(server, {
+      name: "b",
+      actions: market.actions(),
+    });
+    await using client = releasing(
+      new RequesterClient(server.requesterUrl, { token: TOKEN }),
+      (c) => c.close(),
+    );
+    await using browser = await Chromium.launch(CHROMIUM);
+    const page = await browser.newPage(1280, 1000);
+    const base = `http://127.0.0.1:${server.requesterPort}`;
+    await page.goto(`${base}/?token=${TOKEN}`);
+    await page.waitFor(workerRows(2));
+    type Axes = {
+      times: [unknown, unknown];
+      prices: [
+        { from: number; to: number } | null,
+        { from: number; to: number } | null,
+      ];
+      maxLatency: number;
+    };
+    const axes = () =>
+      page.evaluate<Axes>(`(() => {
+      const { charts, series } = window.dashboard;
+      return {
+        times: [charts.throughput, charts.latency].map((c) => c.timeScale().getVisibleRange()),
+        prices: [charts.throughput, charts.latency].map((c) => c.priceScale("right").getVisibleRange()),
+        maxLatency: Math.max(0, ...series.max.data().map((p) => p.value ?? 0)),
+      };
+    })()`);
+    // Idle: nothing below zero on either axis.
+    let seen = await axes();
+    for (const range of seen.prices) {
+      assert.ok(range && range.from >= 0, JSON.stringify(range));
+    }
+
+    await client.connect();
+    const codes = Array.from({ length: 12 }, (_, i) => String(510300 + i * 5));
+    const answer = await client.request(
+      "get_markets",
+      codes.map((code) => ({
+        symbol_type: "etf",
+        code,
+        start_date: "2025-01-01",
+      })),
+    );
+    assert.equal(answer.success, true);
+    await page.waitFor(
+      `document.querySelector("#stat-answered").textContent === "12"`,
+    );
+    // Served: the items each worker fetched, 12 in all, not the chunks they came in.
+    await page.waitFor(
+      `[...document.querySelectorAll("#workers tbody tr")]
+        .reduce((n, tr) => n + Number(tr.children[5].textContent), 0) === 12`,
+    );
+    await page.waitFor(
+      `window.dashboard.series.requests.data().reduce((a, p) => a + (p.value ?? 0), 0) === 12`,
+    );
+    seen = await axes();
+    assert.deepEqual(seen.times[1], seen.times[0], "the two time axes differ");
+    const shown = seen.times[0] as { from: number; to: number };
+    assert.equal(shown.to - shown.from, 299, "not the whole five minutes");
+    for (const range of seen.prices) {
+      assert.ok(range && range.from >= 0, JSON.stringify(range));
+    }
+    assert.ok(
+      seen.maxLatency <= seen.prices[1]!.to,
+      "the latency line leaves the chart",
+    );
+    await Deno.mkdir(ARTIFACTS, { recursive: true });
+    await page.screenshot(new URL("charts.png", ARTIFACTS).pathname);
+    assert.deepEqual(page.errors, []);
   },
 });

@@ -48,6 +48,8 @@ export interface DashboardSnapshot {
   now: number;
   version: string;
   stats: ReturnType<BrokerCore["stats"]>;
+  /** Answers so far, each batch item counted as one in place of its batch. */
+  answers: ReturnType<BrokerCore["metrics"]["answers"]>;
   workers: (WorkerInfo & { state: string })[];
   batches: ReturnType<BrokerCore["metrics"]["batches"]>;
   errors: ReturnType<BrokerCore["metrics"]["recentErrors"]>;
@@ -80,6 +82,15 @@ function loadChartsScript(): Promise<string> {
   );
   return chartsScript;
 }
+
+/**
+ * The tab icon: a switch's two tracks. Browsers ask `/favicon.ico` of every site, also before
+ * a token is presented, and it tells nothing: it is served to anyone, never refused.
+ */
+const FAVICON = `<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32">` +
+  `<rect width="32" height="32" rx="6" fill="#2962ff"/>` +
+  `<path d="M6 24 L16 8 L26 24 M16 8 V24" stroke="#fff" stroke-width="3" ` +
+  `fill="none" stroke-linecap="round" stroke-linejoin="round"/></svg>\n`;
 
 const ASSETS: Record<string, () => Promise<string> | string> = {
   "/assets/dashboard.js": () => script,
@@ -130,6 +141,14 @@ export class WebSite {
     }
     const url = new URL(req.url);
     const path = url.pathname;
+    if (path === "/favicon.ico" || path === "/favicon.svg") {
+      return new Response(req.method === "HEAD" ? null : FAVICON, {
+        headers: {
+          "content-type": "image/svg+xml",
+          "cache-control": "max-age=86400",
+        },
+      });
+    }
     const api = HttpApi.owns(path);
     const dashboard = path === "/" || path === "/events" ||
       Object.hasOwn(ASSETS, path);
@@ -217,6 +236,7 @@ export class WebSite {
       now: core.clock.now(),
       version: VERSION,
       stats: core.stats(),
+      answers: core.metrics.answers(),
       workers: core.dispatcher.registry.all().map((w) => ({
         ...w.info(),
         state: workerState(w),
