@@ -179,7 +179,12 @@ async function main(): Promise<void> {
   );
 
   // The same batch through `requester.ts markets`, the way a user saves a universe to files.
-  const folder = await Deno.makeTempDir({ prefix: "switchyard-demo-" });
+  // A folder of one's own is kept (`--out DIR`); the default one goes at exit, so that runs
+  // leave nothing behind.
+  const at = Deno.args.indexOf("--out");
+  const keep = at >= 0 ? Deno.args[at + 1] : undefined;
+  if (keep !== undefined) await Deno.mkdir(keep, { recursive: true });
+  const folder = keep ?? await Deno.makeTempDir({ prefix: "switchyard-demo-" });
   const listFile = `${folder}/symbols.csv`;
   await Deno.writeTextFile(
     listFile,
@@ -217,7 +222,10 @@ async function main(): Promise<void> {
   const head = Deno.readTextFileSync(sample).split("\n").slice(0, 3);
   console.log(
     `  ${files.length} CSV files in ${outDir}\n  ${sample}:\n` +
-      head.map((l) => `    ${l}`).join("\n"),
+      head.map((l) => `    ${l}`).join("\n") +
+      (keep === undefined
+        ? `\n  (removed at exit: \`deno task demo --out DIR\` keeps them in DIR)`
+        : ""),
   );
 
   console.log("\nSummary:");
@@ -243,6 +251,7 @@ async function main(): Promise<void> {
   await Promise.all(workers.map((w) => w.stop()));
   for (const m of markets) m.close();
   await server.close();
+  if (keep === undefined) await Deno.remove(folder, { recursive: true });
   if (failed > 0) Deno.exit(1);
 }
 

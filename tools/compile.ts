@@ -67,6 +67,48 @@ export function compileCommands(
   );
 }
 
+/**
+ * Why `denort` (the value of `DENORT_BIN`) cannot be used, or undefined when it may. The `deno`
+ * binary is the usual slip: `deno compile` then embeds a runtime that recurses into itself (a
+ * stack overflow) and leaves a 0-byte temporary file.
+ */
+export function denortProblem(
+  denort: string | undefined,
+  deno: string = Deno.execPath(),
+): string | undefined {
+  if (denort === undefined || denort === "") return undefined;
+  let real: string;
+  try {
+    real = Deno.realPathSync(denort);
+  } catch (error) {
+    return `DENORT_BIN '${denort}' cannot be read: ${(error as Error).message}`;
+  }
+  let self = deno;
+  try {
+    self = Deno.realPathSync(deno);
+  } catch {
+    // Compared as given.
+  }
+  const name = real.split(/[\\/]/).pop()!.toLowerCase();
+  if (real === self || name === "deno" || name === "deno.exe") {
+    return `DENORT_BIN '${denort}' is the deno binary, not denort: unzip denort-<target>.zip of Deno ${Deno.version.deno} and point DENORT_BIN at the denort inside (docs/operations.md)`;
+  }
+  return undefined;
+}
+
+/** Removes the temporary files a failed `deno compile` leaves beside its output. */
+async function removeTemporaries(dir: string): Promise<void> {
+  try {
+    for await (const entry of Deno.readDir(dir)) {
+      if (entry.isFile && /\.tmp-/.test(entry.name)) {
+        await Deno.remove(`${dir}/${entry.name}`).catch(() => {});
+      }
+    }
+  } catch {
+    // No such folder: nothing left behind.
+  }
+}
+
 async function main(): Promise<number> {
   const { values } = parseArgs({
     args: Deno.args,
@@ -87,6 +129,12 @@ async function main(): Promise<number> {
       return 2;
     }
   }
+  const denort = Deno.env.get("DENORT_BIN");
+  const problem = denortProblem(denort);
+  if (problem) {
+    console.error(`compile: ${problem}`);
+    return 2;
+  }
   const root = new URL("../", import.meta.url).pathname;
   for (
     const args of compileCommands(
@@ -101,6 +149,9 @@ async function main(): Promise<number> {
       stderr: "inherit",
     }).output();
     if (code !== 0) {
+      const output = args[args.indexOf("--output") + 1];
+      const dir = output.slice(0, Math.max(0, output.lastIndexOf("/"))) || ".";
+      await removeTemporaries(dir.startsWith("/") ? dir : `${root}${dir}`);
       console.error(
         `compile: 'deno ${args.join(" ")}' failed` +
           (Deno.env.get("DENORT_BIN") ? "" : (
