@@ -27,6 +27,7 @@ import { logger, setupLogging } from "./lib/log.ts";
 import type { ClusterOptions } from "./lib/cluster/link.ts";
 import { validClusterName } from "./lib/cluster/wire.ts";
 import { type ServerOptions, startServer } from "./lib/broker/server.ts";
+import { createStoreFront } from "./lib/store/front.ts";
 
 const USAGE = `Usage: deno task start [options]
 
@@ -67,6 +68,9 @@ Options:
   --non-retriable LIST     actions never re-run after a worker vanished (comma list)
   --worker-token T         token workers must present (or SWITCHYARD_WORKER_TOKEN)
   --requester-token T      token requesters must present (or SWITCHYARD_REQUESTER_TOKEN)
+  --store PATH             answer get_market(s) and GET /v1/market from this market store
+                           (requester.ts sync) when it holds the range up to the last close;
+                           keep what workers bring back in it (docs/store.md; needs --allow-ffi)
   --cert FILE --key FILE   serve wss:// and https:// with this PEM certificate and key
   --cluster URLS           join a cluster over NATS (comma list, e.g. nats://h1:4222,nats://h2:4222);
                            see docs/cluster.md (or SWITCHYARD_CLUSTER)
@@ -137,6 +141,7 @@ function options(
       "requester-token": { type: "string" },
       cert: { type: "string" },
       key: { type: "string" },
+      store: { type: "string" },
       cluster: { type: "string" },
       "cluster-name": { type: "string" },
       "server-name": { type: "string" },
@@ -253,6 +258,9 @@ function options(
     ),
     cert: readFlagFile("cert", values.cert),
     key: readFlagFile("key", values.key),
+    marketFront: values.store === undefined
+      ? undefined
+      : createStoreFront(values.store),
     grace: seconds("grace", 10),
     console: consoleMode(values),
     cluster: clusterOptions(values, warn),

@@ -91,6 +91,7 @@ export class Broker {
       clock: this.clock,
       dispatcher: this.dispatcher,
       actions: this.#actions,
+      marketFront: options.marketFront,
       get draining() {
         return broker.#draining;
       },

@@ -6,6 +6,7 @@
  */
 
 import { RUNTIME_FRAME_CAP } from "../transport/_frame_size.ts";
+import type { MarketFront } from "./market_front.ts";
 import type { ActionHandler } from "../action.ts";
 import type { Strategy } from "./balancer.ts";
 import type { Dispatcher } from "./dispatcher.ts";
@@ -108,6 +109,8 @@ export interface BrokerOptions {
   nonRetriableActions?: string[];
   /** More server actions (or replacements), requested by workers and the console. */
   actions?: Record<string, ActionHandler>;
+  /** Answers `get_market`/`get_markets` before the workers when it holds them (a store). */
+  marketFront?: MarketFront;
   /** Handlers for custom worker-port message types. */
   messageHandlers?: Record<string, MessageHandler>;
   /** How often to judge worker health, in ms; 0 leaves it to explicit `sweep()` calls. @default 1000 */
@@ -156,6 +159,7 @@ export type ResolvedOptions = Required<
     | "workerToken"
     | "requesterToken"
     | "actions"
+    | "marketFront"
     | "messageHandlers"
     | "clock"
     | "random"
@@ -223,6 +227,8 @@ export interface BrokerCore {
   readonly dispatcher: Dispatcher;
   /** Server actions, requested by workers and the console. */
   readonly actions: Record<string, ActionHandler>;
+  /** Answers market requests before the workers when it can. */
+  readonly marketFront?: MarketFront;
   /** Not taking new requests (draining or closed). */
   readonly draining: boolean;
   /** Closed: not taking new connections either. */

@@ -43,6 +43,32 @@ export async function runRequesterBatch(
     const e = error as ProtocolError;
     return failureAnswer(id, e.message, e.code);
   }
+  const front = core.marketFront;
+  const held = front ? await front.lookup(items) : undefined;
+  if (held !== undefined) {
+    // Every item is in the store: no worker is asked.
+    if (request.stream) {
+      held.forEach((result, index) =>
+        send(peer, { request_id: id, item: { index, result } }, true)
+      );
+    }
+    const summary = { total: held.length, success: held.length, failed: 0 };
+    const distributed = {
+      workers_used: 0,
+      elapsed_time: Math.round((core.clock.now() - started) / 10) / 100,
+      errors: null,
+    };
+    return {
+      request_id: id,
+      success: true,
+      data: request.stream
+        ? { summary, distributed }
+        : { results: held, summary, distributed },
+      error: null,
+      processed_by: "store",
+      elapsed_ms: core.clock.now() - started,
+    };
+  }
   let lastSent = 0;
   const tracker = core.metrics.batchStarted(id, items.length);
   const outcome = await runBatch(
@@ -62,8 +88,10 @@ export async function runRequesterBatch(
       ),
       signal,
       owner: peer.lane ?? peer.id,
-      onFinish: (_index, result, elapsedMs) =>
-        tracker.item(itemErrorCode(result), elapsedMs),
+      onFinish: (index, result, elapsedMs) => {
+        tracker.item(itemErrorCode(result), elapsedMs);
+        front?.keep(items[index], result);
+      },
       onProgress: (done, total) => {
         tracker.progress(done);
         if (!request.progress) return;

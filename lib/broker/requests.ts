@@ -136,6 +136,8 @@ export class Requests {
       )
       : runsHere(core, request.command)
       ? runServerAction(core, request, started, cancellation)
+      : core.marketFront !== undefined && request.command === "get_market"
+      ? this.#viaFront(peer, request, cancellation, started)
       : undefined;
     if (task) {
       task.then(
@@ -164,6 +166,37 @@ export class Requests {
         this.#crashed(peer, request, cancellation, started, error);
       }
     }
+  }
+
+  /** `get_market` from the market front (a store) when it holds it, else from a worker, kept. */
+  async #viaFront(
+    peer: RequesterPeer,
+    request: RequesterRequest,
+    cancellation: Cancellation,
+    started: number,
+  ): Promise<RequesterAnswer> {
+    const front = this.#core.marketFront!;
+    const held = await front.lookup([request.data]);
+    if (held !== undefined) {
+      return {
+        request_id: request.request_id,
+        success: true,
+        data: held[0],
+        error: null,
+        processed_by: "store",
+        elapsed_ms: this.#core.clock.now() - started,
+      };
+    }
+    const answer = await new Promise<RequesterAnswer>((resolve) =>
+      this.#core.dispatcher.dispatch(
+        request.command,
+        request.data,
+        this.#submitOptions(peer, request, cancellation, started),
+        (outcome) => resolve(this.#outcomeAnswer(request, outcome, started)),
+      )
+    );
+    if (answer.success) front.keep(request.data, answer.data);
+    return answer;
   }
 
   /** A bug of ours while serving a request: logged, and answered as an internal error. */

@@ -23,13 +23,17 @@ import type { SnapshotPage, SnapshotRow } from "../market/snapshot.ts";
 import type { Adjust, Bar, SymbolType } from "../market/types.ts";
 import { latestClosedDay, previousTradingDay } from "../store/calendar.ts";
 import {
+  barDifference,
   type MarketStore,
   type RawLast,
+  sameBar,
   seriesId,
   type SeriesInfo,
   type SeriesKey,
   type StoreChanges,
 } from "../store/store.ts";
+
+export { barDifference, sameBar };
 import type { RequesterClient } from "./requester_client.ts";
 import type { JobCounts } from "./progress.ts";
 import type { SymbolKind, SymbolSpec } from "./symbols.ts";
@@ -206,6 +210,13 @@ export async function runSync(
   }
   report.day = day;
   const dayBefore = previousTradingDay(days, day);
+
+  if (
+    options.start !== undefined && await store.meta("fill_start") === undefined
+  ) {
+    // Served ranges before it are not held (the store front asks the workers for them).
+    await store.commit({ meta: { fill_start: options.start } });
+  }
 
   // 2. The universe and the snapshots.
   const seriesInfo = await store.seriesInfo();
@@ -720,31 +731,6 @@ function checkBars(bars: readonly Bar[]): string | undefined {
     previous = bar.date;
   }
   return undefined;
-}
-
-const FIELDS = [
-  "open",
-  "high",
-  "low",
-  "close",
-  "volume",
-  "amount",
-  "amplitude",
-  "pct_change",
-  "change",
-  "turnover",
-] as const;
-
-/** Whether two bars agree on every field. */
-export function sameBar(a: Bar, b: Bar): boolean {
-  return a.date === b.date && FIELDS.every((f) => a[f] === b[f]);
-}
-
-/** The first field where two bars differ, for mismatch reports. */
-export function barDifference(a: Bar, b: Bar): string | undefined {
-  if (a.date !== b.date) return `date ${a.date} ≠ ${b.date}`;
-  const f = FIELDS.find((f) => a[f] !== b[f]);
-  return f === undefined ? undefined : `${a.date} ${f} ${a[f]} ≠ ${b[f]}`;
 }
 
 function round(value: number, digits: number): number {

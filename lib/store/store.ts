@@ -674,6 +674,31 @@ export class MarketStore {
   }
 }
 
+const FIELDS = [
+  "open",
+  "high",
+  "low",
+  "close",
+  "volume",
+  "amount",
+  "amplitude",
+  "pct_change",
+  "change",
+  "turnover",
+] as const;
+
+/** Whether two bars agree on every field. */
+export function sameBar(a: Bar, b: Bar): boolean {
+  return a.date === b.date && FIELDS.every((f) => a[f] === b[f]);
+}
+
+/** The first field where two bars differ, for mismatch reports. */
+export function barDifference(a: Bar, b: Bar): string | undefined {
+  if (a.date !== b.date) return `date ${a.date} ≠ ${b.date}`;
+  const f = FIELDS.find((f) => a[f] !== b[f]);
+  return f === undefined ? undefined : `${a.date} ${f} ${a[f]} ≠ ${b[f]}`;
+}
+
 function barOf(r: unknown[]): Bar {
   const bar: Bar = {
     date: r[3] as string,
