@@ -142,9 +142,9 @@ async function main(args: string[]): Promise<number> {
     out.markets = markets;
     checks.push(...markets.checks);
     print(
-      `markets (${markets.symbols} symbols × full daily history into CSV, ${markets.workers} worker processes, ${markets.rateLimit} req/s each, upstream +50 ms; medians (min-max) of ${
-        Math.min(runs, 3)
-      } interleaved runs)`,
+      `markets (requester.ts markets into CSV; ${
+        markets.workers.join(", ")
+      } worker processes at ${markets.rateLimit} req/s each, each with its own fake upstream process; medians (min-max) of ${markets.runs} interleaved runs)`,
       marketsTable(markets),
     );
   }
