@@ -2,7 +2,12 @@
 // worker back on a new connection keeps its name.
 
 import assert from "node:assert/strict";
-import { startTestServer, startWorker, waitFor } from "./_helpers.ts";
+import {
+  connectClient,
+  startTestServer,
+  startWorker,
+  waitFor,
+} from "./_helpers.ts";
 import { FaultProxy } from "./_proxy.ts";
 
 Deno.test("worker failover - a server that answers no ping loses its worker to the next URL", async () => {
@@ -53,4 +58,34 @@ Deno.test("worker failover - the same worker back on a new connection keeps its 
     server.broker.workers().map((w) => w.name).sort(),
     ["keeper", "keeper-2"],
   );
+});
+
+Deno.test("worker failover - a server that was itself frozen does not take its workers' silence for a stall", async () => {
+  let now = Date.now();
+  await using server = startTestServer({
+    clock: { now: () => now },
+    sweepIntervalMs: 1000,
+  });
+  let release = () => {};
+  await using _a = await startWorker(server, {
+    name: "a",
+    actions: {
+      job: () => new Promise((r) => release = () => r("a")),
+    },
+  });
+  await using client = await connectClient(server.requesterUrl);
+  const answer = client.request("job", {}, { timeout: 120 });
+  await waitFor(() => server.broker.stats().in_flight === 1, "a to hold it");
+  let ranOnB = 0;
+  await using _b = await startWorker(server, {
+    name: "b",
+    actions: { job: () => ++ranOnB && "b" },
+  });
+  server.broker.sweep();
+  // The server was stopped for 20 s (past the 15 s stall timeout); its workers were not.
+  now += 20_000;
+  server.broker.sweep();
+  assert.equal(ranOnB, 0, "the request stayed on its worker");
+  release();
+  assert.equal((await answer).data, "a");
 });

@@ -17,6 +17,9 @@ const PROBE_ACTION = "get_time";
 
 const log = logger("broker");
 
+/** When each broker's last sweep ran. */
+const lastSweep = new WeakMap<BrokerCore, number>();
+
 /**
  * One sweep over the queue and the workers. `disconnect` closes the socket of a worker that is
  * dropped for silence.
@@ -28,7 +31,17 @@ export function sweep(
   core.dispatcher.expireQueued();
   core.auth.tick();
   const now = core.clock.now();
-  const { silenceMs, stallTimeoutMs } = core.options;
+  const { silenceMs, stallTimeoutMs, sweepIntervalMs } = core.options;
+  // A sweep that comes late means this process was stalled (SIGSTOP, a suspended VM, a long GC):
+  // its workers' frames wait unread in the sockets, so their silence is ours, not theirs.
+  const last = lastSweep.get(core);
+  lastSweep.set(core, now);
+  const stalled = last === undefined ? 0 : now - last - sweepIntervalMs;
+  if (sweepIntervalMs > 0 && stalled > Math.max(sweepIntervalMs, 1000)) {
+    for (const worker of core.dispatcher.registry.all()) {
+      if (!worker.remote) worker.lastSeen += stalled;
+    }
+  }
   for (const worker of core.dispatcher.registry.all()) {
     if (worker.inFlight > 0 && !worker.remote) {
       const quiet = now - worker.lastSeen;

@@ -13,12 +13,15 @@
  *   the way there, or its answer on the way back); if that server finished it lately, its reply
  *   carries the answer, which then counts as if it had arrived;
  * - a numbered report that skips one, an answer after fewer reports than it says, or a reply
- *   saying more reports were sent than were read, means a streamed item was lost.
+ *   saying more reports were sent than were read, means a streamed item was lost: the ledger
+ *   asks the worker's server for the missing reports (it keeps them until a while after the
+ *   request ends) and takes them in order, so the items are not run again.
  *
  * A lost request moves at once (retriable, with only its unfinished items) or fails with
- * `WORKER_LOST`, as when its worker leaves. A worker's server that has left NATS answers
- * "no responders" and is written off at once; one that does not answer at all (frozen, cut off)
- * is written off by the membership after `deadAfterMs` of silence.
+ * `WORKER_LOST`, as when its worker leaves. When nobody listens at the worker's server, NATS
+ * answers "no responders": that server takes no new work until it is heard again. One that does
+ * not answer at all (frozen, cut off) is written off by the membership after `deadAfterMs` of
+ * silence.
  *
  * @module
  */
@@ -28,18 +31,27 @@ import { headers } from "npm:@nats-io/transport-node@3.4.0";
 import { logger } from "../log.ts";
 import { type LinkContext, noResponders } from "./context.ts";
 import type { RemotePeer } from "./remote_peer.ts";
-import { H_ORIGIN, type HeldReply, type RelayAnswer } from "./wire.ts";
+import type { SentRequest } from "./remote_peer.ts";
+import {
+  H_ORIGIN,
+  type HeldReply,
+  type RelayAnswer,
+  type RelayProgress,
+  type ReplayReply,
+} from "./wire.ts";
 
 const log = logger("cluster");
 
 /** What the ledger needs from the rest of the link. */
 export interface LedgerHooks {
-  /** Takes an answer that came inside a loss-check reply. */
+  /** Takes an answer that came inside a loss-check or replay reply. */
   complete(peer: RemotePeer, msgId: string, answer: RelayAnswer): void;
+  /** Takes a progress report that came inside a replay reply. */
+  progress(peer: RemotePeer, msgId: string, report: RelayProgress): void;
   /** Tells the worker's server to stop working on a request. */
   cancel(peer: RemotePeer, msgId: string, reason: string): void;
-  /** The worker's server is off NATS: write it off now. */
-  writeOff(server: string, reason: string): void;
+  /** Nobody listens at the worker's server: no new work for it until it is heard. */
+  suspect(server: string, reason: string): void;
   /** The name of a server, for logs. */
   nameOf(server: string): string;
 }
@@ -82,9 +94,10 @@ export class Ledger {
    */
   progress(peer: RemotePeer, msgId: string, seq: number): boolean {
     const sent = peer.sent.get(msgId);
-    if (!sent) return false;
+    // Not waited for, read already, or about to come in a replay.
+    if (!sent || seq <= sent.progress || sent.replaying) return false;
     if (seq !== sent.progress + 1) {
-      this.lost(peer, msgId, `progress report ${sent.progress + 1} was lost`);
+      this.#replay(peer, msgId, sent);
       return false;
     }
     sent.progress = seq;
@@ -92,21 +105,74 @@ export class Ledger {
   }
 
   /**
-   * The answer came after `reports` progress reports: true to take it, false when some report
-   * never arrived (the request moves, with only its unfinished items).
+   * The answer came after `reports` progress reports: true to take it now; false when the
+   * request is no longer waited for, or some report never arrived (the ledger fetches the
+   * missing ones and then takes the answer itself).
    */
-  answered(peer: RemotePeer, msgId: string, reports: number): boolean {
+  answer(
+    peer: RemotePeer,
+    msgId: string,
+    reports: number,
+    answer: RelayAnswer,
+  ): boolean {
     const sent = peer.sent.get(msgId);
-    this.forget(peer, msgId);
-    if (sent && reports > sent.progress) {
-      this.#move(
-        peer,
-        msgId,
-        `${reports - sent.progress} progress reports were lost`,
-      );
+    if (!sent) return false;
+    if (sent.replaying || reports > sent.progress) {
+      sent.answer = [reports, answer];
+      this.#replay(peer, msgId, sent);
       return false;
     }
+    this.forget(peer, msgId);
     return true;
+  }
+
+  /** Asks the worker's server for the reports after the last one read, and takes them. */
+  #replay(peer: RemotePeer, msgId: string, sent: SentRequest): void {
+    const nc = this.#ctx.nc();
+    if (sent.replaying) return;
+    if (!nc || nc.isClosed()) {
+      return this.lost(peer, msgId, "progress reports were lost");
+    }
+    sent.replaying = true;
+    const from = sent.progress + 1;
+    const h = headers();
+    h.set(H_ORIGIN, this.#ctx.id);
+    nc.request(
+      this.#ctx.subjects.server(peer.server, "replay"),
+      JSON.stringify({ m: msgId, f: from }),
+      { timeout: Math.max(1000, 2 * this.#probeMs), headers: h },
+    ).then((msg) => {
+      sent.replaying = false;
+      if (peer.sent.get(msgId) !== sent) return;
+      const reply = msg.json<ReplayReply>();
+      if (!reply.found) {
+        return this.lost(peer, msgId, "progress reports were lost");
+      }
+      log.info(
+        "Request {msgId} to worker {worker} on {server}: {n} progress reports fetched again",
+        { msgId, worker: peer.id, server: peer.serverName, n: reply.p.length },
+      );
+      reply.p.forEach((report, i) => {
+        if (from + i !== sent.progress + 1) return;
+        sent.progress++;
+        this.#hooks.progress(peer, msgId, report);
+      });
+      const answer = sent.answer ??
+        (reply.a
+          ? [reply.a[1], reply.a[0]] as [number, RelayAnswer]
+          : undefined);
+      if (!answer) return;
+      sent.answer = undefined;
+      if (answer[0] > sent.progress) {
+        return this.lost(peer, msgId, "progress reports were lost");
+      }
+      this.forget(peer, msgId);
+      this.#hooks.complete(peer, msgId, answer[1]);
+    }, () => {
+      sent.replaying = false;
+      if (peer.sent.get(msgId) !== sent) return;
+      this.lost(peer, msgId, "progress reports were lost");
+    });
   }
 
   /** A request leaves the ledger (answered, or its worker is gone). */
@@ -180,9 +246,9 @@ export class Ledger {
         (msg) => this.#onHeld(ids, msg),
         (error) => {
           if (noResponders(error)) {
-            this.#hooks.writeOff(
+            this.#hooks.suspect(
               server,
-              `server ${this.#hooks.nameOf(server)} is no longer on NATS`,
+              `no responders at server ${this.#hooks.nameOf(server)}`,
             );
           }
           // A timeout says nothing the membership's silence check will not say.
@@ -204,23 +270,19 @@ export class Ledger {
       if (!peer || !sent) continue;
       const reports = reply.held?.[msgId];
       if (reports !== undefined) {
-        if (reports > sent.progress) {
-          this.lost(
-            peer,
-            msgId,
-            `${reports - sent.progress} progress reports were lost`,
-          );
-        }
+        if (reports > sent.progress) this.#replay(peer, msgId, sent);
         continue;
       }
       const done = reply.done?.[msgId];
       if (done) {
         // Its answer was lost on the way; the worker's server kept it.
-        if (this.answered(peer, msgId, done[1])) {
+        if (this.answer(peer, msgId, done[1], done[0])) {
           this.#hooks.complete(peer, msgId, done[0]);
         }
         continue;
       }
+      // An answer held for a replay under way is not lost.
+      if (sent.replaying || sent.answer) continue;
       this.lost(
         peer,
         msgId,

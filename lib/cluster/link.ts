@@ -153,11 +153,13 @@ export class ClusterLink {
       complete: (peer, msgId, answer) =>
         this.#relay.complete(peer, msgId, answer),
       cancel: (peer, msgId, reason) => this.#relay.cancel(peer, msgId, reason),
-      writeOff: (server, reason) => this.#membership.writeOff(server, reason),
+      progress: (peer, msgId, report) =>
+        this.#relay.progress(peer, msgId, report),
+      suspect: (server, reason) => this.#membership.suspect(server, reason),
       nameOf: (server) => this.#membership.servers.get(server)?.name ?? server,
     }, options.probeMs ?? 1000);
     this.#relay = new Relay(ctx, this.#ledger, {
-      writeOff: (server, reason) => this.#membership.writeOff(server, reason),
+      suspect: (server, reason) => this.#membership.suspect(server, reason),
       workerGone: (peer, reason) => this.#membership.workerGone(peer, reason),
     });
     this.#membership = new Membership(ctx, {
@@ -295,6 +297,7 @@ export class ClusterLink {
     on(s.server(this.id, "req"), (m) => this.#relay.onRequest(m));
     on(s.server(this.id, "cancel"), (m) => this.#relay.onCancel(m));
     on(s.server(this.id, "held"), (m) => this.#relay.onHeld(m));
+    on(s.server(this.id, "replay"), (m) => this.#relay.onReplay(m));
     on(s.replies(this.id), (m) => this.#relay.onReply(m));
     on(s.message, (m) => this.#onMessage(m));
     on(s.server(this.id, "msg"), (m) => this.#onMessage(m));

@@ -43,6 +43,8 @@ export interface KnownServer {
   wv: number;
   /** A snapshot request is under way. */
   syncing: boolean;
+  /** NATS answered "no responders" for it: its workers take no new work until it is heard. */
+  suspect: boolean;
 }
 
 /** What the membership needs from the rest of the link. */
@@ -291,6 +293,7 @@ export class Membership {
         workers: new Map(),
         wv: -1,
         syncing: false,
+        suspect: false,
       };
       this.servers.set(hb.id, server);
       log.info("Server {name} ({id}) is in the cluster", {
@@ -299,6 +302,11 @@ export class Membership {
       });
     }
     server.lastHeard = this.#ctx.core.clock.now();
+    if (server.suspect) {
+      server.suspect = false;
+      for (const peer of server.workers.values()) peer.resume();
+      log.info("Server {name} is back on NATS", { name: server.name });
+    }
     server.requesters = hb.requesters;
     server.urls = hb.urls ?? {};
     // An action a worker of that server must not run twice must not run twice from here either.
@@ -396,6 +404,21 @@ export class Membership {
     for (const entry of load ?? []) {
       server.workers.get(entry[0])?.setLoad(entry, this.#ctx.id);
     }
+  }
+
+  /**
+   * NATS says nobody listens at server `id` (it died, or its NATS connection is down for a
+   * moment): its workers take no new work until it is heard again, and silence writes it off.
+   */
+  suspect(id: string, reason: string): void {
+    const server = this.servers.get(id);
+    if (!server || server.suspect) return;
+    server.suspect = true;
+    log.warn("Server {name}: {reason}; no new work for it until it is heard", {
+      name: server.name,
+      reason,
+    });
+    for (const peer of server.workers.values()) peer.suspend();
   }
 
   /** A remote worker is gone: its requests here move or fail. */

@@ -4,8 +4,9 @@
  *
  * The origin publishes the worker-protocol envelope to the worker's server's `req` subject with
  * a reply subject of its own for that request, and its id, the worker's and the time its caller
- * has left in NATS headers. A server that is not on NATS any more has no subscription there, so
- * NATS answers "no responders" at once and the origin writes that server off. The worker's
+ * has left in NATS headers. A server that is not on NATS has no subscription there, so NATS
+ * answers "no responders" at once: the request moves to another worker (it never arrived, so it
+ * cannot run twice) and that server takes no new work until it is heard again. The worker's
  * server runs the request through its own dispatcher for that one worker, holding it no longer
  * than the caller has left, and publishes numbered progress reports and then the answer to the
  * reply subject. The ledger (`ledger.ts`) checks that nothing was lost on the way.
@@ -40,6 +41,7 @@ import {
   type HeldReply,
   type RelayAnswer,
   type RelayProgress,
+  type ReplayReply,
 } from "./wire.ts";
 
 const log = logger("cluster");
@@ -52,8 +54,8 @@ const KEEP_ANSWERS_CHARS = 16 * 1024 * 1024;
 
 /** What the relay needs from the rest of the link. */
 export interface RelayHooks {
-  /** The worker's server is off NATS: write it off now. */
-  writeOff(server: string, reason: string): void;
+  /** Nobody listens at the worker's server: no new work for it until it is heard. */
+  suspect(server: string, reason: string): void;
   /** A worker is gone from its server: drop it here. */
   workerGone(peer: RemotePeer, reason: string): void;
 }
@@ -65,8 +67,9 @@ interface Relayed {
   msgId: string;
   reply: string;
   cancel: Cancellation;
-  /** Progress reports sent. */
-  reports: number;
+  /** Progress reports sent, kept for a replay, and their size in characters. */
+  reports: RelayProgress[];
+  chars: number;
 }
 
 /** See the module doc. */
@@ -79,7 +82,12 @@ export class Relay {
   /** Answers of other servers' requests finished lately, oldest first, for loss checks. */
   #done = new Map<
     string,
-    { at: number; answer: RelayAnswer; reports: number; chars: number }
+    {
+      at: number;
+      answer: RelayAnswer;
+      reports: RelayProgress[];
+      chars: number;
+    }
   >();
   #doneChars = 0;
   #repliesPrefix: string;
@@ -155,11 +163,17 @@ export class Relay {
     if (!peer) return;
     const h = msg.headers;
     if (msg.data.length === 0 && h?.code === 503) {
-      // Nobody subscribes to that server's requests: it is off NATS.
-      this.#ledger.forget(peer, msgId);
-      this.#hooks.writeOff(
+      // Nobody subscribes to that server's requests: it is dead, or off NATS for a moment. This
+      // request never reached it, so it moves at once and cannot run twice.
+      this.#hooks.suspect(
         peer.server,
-        `server ${peer.serverName} is no longer on NATS (no responders)`,
+        `no responders at server ${peer.serverName}`,
+      );
+      this.#ledger.forget(peer, msgId);
+      this.#ctx.core.dispatcher.jobLost(
+        peer,
+        msgId,
+        `Server ${peer.serverName} is not on NATS`,
       );
       return;
     }
@@ -167,15 +181,10 @@ export class Relay {
     try {
       if (h?.get(H_KIND) === "p") {
         if (!this.#ledger.progress(peer, msgId, seq)) return;
-        const p = msg.json<RelayProgress>();
-        this.#ctx.core.dispatcher.progress(peer, msgId, {
-          done: p.d,
-          total: p.t,
-          item: p.i,
-        });
+        this.progress(peer, msgId, msg.json<RelayProgress>());
       } else {
         const answer = msg.json<RelayAnswer>();
-        if (this.#ledger.answered(peer, msgId, seq)) {
+        if (this.#ledger.answer(peer, msgId, seq, answer)) {
           this.complete(peer, msgId, answer);
         }
       }
@@ -184,6 +193,15 @@ export class Relay {
         error: (error as Error).message,
       });
     }
+  }
+
+  /** Takes a progress report for request `msgId` from `peer`'s server. */
+  progress(peer: RemotePeer, msgId: string, p: RelayProgress): void {
+    this.#ctx.core.dispatcher.progress(peer, msgId, {
+      done: p.d,
+      total: p.t,
+      item: p.i,
+    });
   }
 
   /** Takes the answer to request `msgId` from `peer`'s server. */
@@ -232,7 +250,7 @@ export class Relay {
     // NATS delivers once; a request seen already is ignored rather than run twice.
     if (this.#relayed.has(key) || this.#done.has(key)) return;
     const fail = (code: string, e: string) =>
-      this.#answer(reply, key, { s: false, e, c: code }, 0);
+      this.#answer(reply, key, { s: false, e, c: code }, [], 0);
     const worker = this.#ctx.core.dispatcher.registry.get(workerId);
     if (!worker || worker instanceof RemotePeer) {
       return fail(
@@ -259,7 +277,8 @@ export class Relay {
       msgId,
       reply,
       cancel: new Cancellation(),
-      reports: 0,
+      reports: [],
+      chars: 0,
     };
     this.#relayed.set(key, r);
     this.#ctx.core.dispatcher.dispatch(
@@ -272,16 +291,12 @@ export class Relay {
         signal: r.cancel,
         onProgress: (p) => {
           if (r.cancel.aborted) return;
-          this.#publish(
-            r.reply,
-            "p",
-            ++r.reports,
-            {
-              d: p.done,
-              t: p.total,
-              i: p.item,
-            } satisfies RelayProgress,
-          );
+          const report: RelayProgress = { d: p.done, t: p.total, i: p.item };
+          const body = JSON.stringify(report);
+          // Kept until a while after the request ends, in case the origin misses one.
+          r.reports.push(report);
+          r.chars += body.length;
+          this.#publish(r.reply, "p", r.reports.length, body);
         },
         resend: stream ? () => request.params : undefined,
       },
@@ -301,10 +316,17 @@ export class Relay {
         c: outcome.error.code,
       },
       r.reports,
+      r.chars,
     );
   }
 
-  #answer(reply: string, key: string, a: RelayAnswer, reports: number): void {
+  #answer(
+    reply: string,
+    key: string,
+    a: RelayAnswer,
+    reports: RelayProgress[],
+    reportChars: number,
+  ): void {
     let body = JSON.stringify(a);
     const max = this.#ctx.nc()?.info?.max_payload ?? Infinity;
     if (body.length * 3 > max && encoder.encode(body).length > max) {
@@ -315,15 +337,15 @@ export class Relay {
       };
       body = JSON.stringify(a);
     }
-    this.#keep(key, a, reports, body.length);
-    this.#publish(reply, "a", reports, body);
+    this.#keep(key, a, reports, body.length + reportChars);
+    this.#publish(reply, "a", reports.length, body);
   }
 
   #publish(
     reply: string,
     kind: "p" | "a",
     seq: number,
-    body: RelayProgress | string,
+    body: string,
   ): void {
     const nc = this.#ctx.nc();
     if (!nc || nc.isClosed()) return;
@@ -349,7 +371,7 @@ export class Relay {
   #keep(
     key: string,
     answer: RelayAnswer,
-    reports: number,
+    reports: RelayProgress[],
     chars: number,
   ): void {
     const now = this.#ctx.core.clock.now();
@@ -389,12 +411,38 @@ export class Relay {
       const key = `${origin}\u0000${id}`;
       const r = this.#relayed.get(key);
       if (r) {
-        reply.held[String(id)] = r.reports;
+        reply.held[String(id)] = r.reports.length;
         continue;
       }
       const done = this.#done.get(key);
-      if (done) (reply.done ??= {})[String(id)] = [done.answer, done.reports];
+      if (done) {
+        (reply.done ??= {})[String(id)] = [done.answer, done.reports.length];
+      }
     }
+    msg.respond(JSON.stringify(reply));
+  }
+
+  /** The origin missed progress reports: sends them again, from the one it asks for. */
+  onReplay(msg: Msg): void {
+    const origin = msg.headers?.get(H_ORIGIN) ?? "";
+    let ask: { m?: unknown; f?: unknown };
+    try {
+      ask = msg.json();
+    } catch {
+      return log.warn("Ignored a malformed replay request");
+    }
+    const key = `${origin}\u0000${ask.m}`;
+    const from = Math.max(1, Number(ask.f) || 1);
+    const r = this.#relayed.get(key);
+    const done = r ? undefined : this.#done.get(key);
+    const reports = r?.reports ?? done?.reports;
+    const reply: ReplayReply = reports
+      ? {
+        found: true,
+        p: reports.slice(from - 1),
+        ...(done ? { a: [done.answer, done.reports.length] } : {}),
+      }
+      : { found: false, p: [] };
     msg.respond(JSON.stringify(reply));
   }
 

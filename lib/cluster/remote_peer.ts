@@ -10,7 +10,7 @@
 
 import { Peer } from "../broker/dispatcher.ts";
 import type { Clock, WorkerInfo } from "../broker/registry.ts";
-import type { WorkerLoad, WorkerState } from "./wire.ts";
+import type { RelayAnswer, WorkerLoad, WorkerState } from "./wire.ts";
 
 /** What this server knows of one request it sent the worker (see `ledger.ts`). */
 export interface SentRequest {
@@ -18,6 +18,10 @@ export interface SentRequest {
   at: number;
   /** Progress reports received for it. */
   progress: number;
+  /** Missing reports are being fetched again. */
+  replaying?: boolean;
+  /** Its answer (after how many reports), held until the missing reports are in. */
+  answer?: [number, RelayAnswer];
 }
 
 /** A worker of another server; see the module doc. */
@@ -31,6 +35,8 @@ export class RemotePeer extends Peer {
   readonly sent: Map<string, SentRequest> = new Map();
   #state: WorkerState;
   #load: WorkerLoad | undefined;
+  /** NATS said nobody listens at its server: no new work until that server is heard again. */
+  #suspended = false;
 
   constructor(
     state: WorkerState,
@@ -59,10 +65,23 @@ export class RemotePeer extends Peer {
     this.version = state.version;
     this.host = state.host;
     this.registered = state.registered;
-    this.draining = state.draining;
+    this.draining = state.draining || this.#suspended;
     this.unhealthy = !state.healthy;
     this.blockedSources = state.blocked;
     this.nonRetriable = new Set(state.non_retriable ?? []);
+  }
+
+  /** Its server did not answer on NATS: it takes no new work until `resume()`. */
+  suspend(): void {
+    this.#suspended = true;
+    this.draining = true;
+  }
+
+  /** Its server was heard from again. */
+  resume(): void {
+    if (!this.#suspended) return;
+    this.#suspended = false;
+    this.draining = this.#state.draining;
   }
 
   /** Applies the worker's server's latest load report; `self` is this server's id. */

@@ -133,6 +133,17 @@ export interface HeldReply {
   done?: Record<string, [RelayAnswer, number]>;
 }
 
+/**
+ * The worker's server's reply to a replay request (`srv.<id>.replay`, body `{m: msg_id, f:
+ * first report wanted}`): whether it still knows the request, the reports from the one asked
+ * for, and the answer with how many reports came before it, if it has finished.
+ */
+export interface ReplayReply {
+  found: boolean;
+  p: RelayProgress[];
+  a?: [RelayAnswer, number];
+}
+
 /** A console message (notification or custom type) for other servers' workers. */
 export interface ClusterMessage {
   /** The sending server's id. */
