@@ -121,7 +121,8 @@ export class ConnSocket {
       get reading() {
         return socket.readyState !== CLOSED;
       },
-      message: (opcode, payload) => this.#message(opcode, payload),
+      message: (opcode, payload, checked) =>
+        this.#message(opcode, payload, checked),
       control: (opcode, payload) => this.#control(opcode, payload),
       oversize: (bytes) => this.#oversize(bytes),
       fail: (code, reason) => this.#fail(code, reason),
@@ -190,9 +191,10 @@ export class ConnSocket {
 
   /**
    * Opens the socket once the handshake answer is written: `onopen` runs, then the frames that
-   * came with the request head (`initial`) and everything after.
+   * came with the handshake (`initial`: the bytes, or a read already under way, null when
+   * it found the connection closed) and everything after.
    */
-  start(initial: Uint8Array): void {
+  start(initial: Uint8Array | Promise<Uint8Array | null>): void {
     this.readyState = OPEN;
     this.#lastHeard = Date.now();
     const idle = (this.#options.idleTimeout ?? 0) * 1000;
@@ -244,6 +246,11 @@ export class ConnSocket {
     this.#writer.frame(CLOSE, closePayload(code, reason));
   }
 
+  #heard(): void {
+    this.#lastHeard = Date.now();
+    this.#pinged = false;
+  }
+
   #checkIdle(idleMs: number): void {
     const quiet = Date.now() - this.#lastHeard;
     if (quiet >= idleMs) {
@@ -255,17 +262,22 @@ export class ConnSocket {
     }
   }
 
-  async #readLoop(initial: Uint8Array): Promise<void> {
-    const reader = new FrameReader(
-      {
-        client: this.#client,
-        maxMessageBytes: this.#options.maxMessageBytes ?? RUNTIME_FRAME_CAP,
-        skipOversize: this.#options.oversizeAnswer !== undefined,
-      },
-      this.#sink,
-      initial,
-    );
+  async #readLoop(
+    initial: Uint8Array | Promise<Uint8Array | null>,
+  ): Promise<void> {
     try {
+      const first = await initial;
+      if (first === null) throw new Error("Closed");
+      if (first.length > 0) this.#heard();
+      const reader = new FrameReader(
+        {
+          client: this.#client,
+          maxMessageBytes: this.#options.maxMessageBytes ?? RUNTIME_FRAME_CAP,
+          skipOversize: this.#options.oversizeAnswer !== undefined,
+        },
+        this.#sink,
+        first,
+      );
       for (;;) {
         // Stopped: failed (its close is on its way) or ended.
         if (!reader.parse()) return;
@@ -274,8 +286,7 @@ export class ConnSocket {
         const n = await this.#conn.read(reader.space());
         if (n === null) break;
         reader.received(n);
-        this.#lastHeard = Date.now();
-        this.#pinged = false;
+        this.#heard();
       }
     } catch {
       // A reset or a closed descriptor: the close below says 1006.
@@ -292,7 +303,7 @@ export class ConnSocket {
   }
 
   /** Hands a message to `onmessage`; false when the socket failed instead. */
-  #message(opcode: number, payload: Uint8Array): boolean {
+  #message(opcode: number, payload: Uint8Array, checked: boolean): boolean {
     if (this.readyState !== OPEN) return true;
     let data: string | ArrayBuffer;
     if (opcode === TEXT && this.#options.onTextBytes?.(payload)) return true;
@@ -301,7 +312,7 @@ export class ConnSocket {
       // decode marks every invalid sequence with U+FFFD: only a text holding one (sent on
       // purpose or not) is decoded again, strictly.
       data = utf8.decode(payload);
-      if (data.includes("\uFFFD")) {
+      if (!checked && data.includes("\uFFFD")) {
         try {
           strictUtf8.decode(payload);
         } catch {

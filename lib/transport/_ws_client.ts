@@ -103,7 +103,8 @@ export async function connectWebSocket(
       head += `${name}: ${value}\r\n`;
     }
     await writeAll(conn, encoder.encode(head + "\r\n"));
-    const { status, headers, rest } = await readAnswerHead(conn, signal);
+    const answer = await readAnswerHead(conn, signal);
+    const { status, rest } = answer;
     if (status !== 101) {
       throw new HandshakeError(
         `Unexpected server response: ${status}`,
@@ -111,9 +112,7 @@ export async function connectWebSocket(
         headers,
       );
     }
-    if (headers.get("sec-websocket-accept") !== await acceptKey(key)) {
-      throw new HandshakeError("Invalid Sec-WebSocket-Accept header");
-    }
+    checkAnswer(answer, await acceptKey(key));
     const socket = new ConnSocket(conn, {
       client: true,
       maxMessageBytes: options.maxMessageBytes,
@@ -132,6 +131,70 @@ export async function connectWebSocket(
     throw error;
   } finally {
     signal.removeEventListener("abort", giveUp);
+  }
+}
+
+/** The server's answer head. */
+interface AnswerHead {
+  version: string;
+  status: number;
+  headers: Headers;
+  /** The bytes after the head: the first frames. */
+  rest: Uint8Array;
+}
+
+/** What a header says, for an error message. */
+function said(value: string | null): string {
+  return value === null ? "none" : JSON.stringify(value);
+}
+
+/**
+ * Fails a 101 that RFC 6455 §4.1 says the client must fail: not HTTP/1.1, no `Upgrade:
+ * websocket`, no `upgrade` token in `Connection`, a wrong accept key, or an extension or
+ * subprotocol this client did not offer (it offers none).
+ */
+export function checkAnswer(answer: AnswerHead, accept: string): void {
+  const h = answer.headers;
+  if (answer.version !== "HTTP/1.1") {
+    throw new HandshakeError(
+      `Invalid handshake answer: a 101 must be HTTP/1.1, not ${answer.version}`,
+    );
+  }
+  if (h.get("upgrade")?.toLowerCase() !== "websocket") {
+    throw new HandshakeError(
+      `Invalid handshake answer: Upgrade header ${
+        said(h.get("upgrade"))
+      } (expected "websocket")`,
+    );
+  }
+  const connection = h.get("connection");
+  if (
+    !connection?.split(",").some((t) => t.trim().toLowerCase() === "upgrade")
+  ) {
+    throw new HandshakeError(
+      `Invalid handshake answer: Connection header ${
+        said(connection)
+      } (expected "Upgrade")`,
+    );
+  }
+  if (h.get("sec-websocket-accept") !== accept) {
+    throw new HandshakeError("Invalid Sec-WebSocket-Accept header");
+  }
+  const extensions = h.get("sec-websocket-extensions");
+  if (extensions !== null) {
+    throw new HandshakeError(
+      `Invalid handshake answer: extension ${
+        said(extensions)
+      } was not offered (this client offers none)`,
+    );
+  }
+  const protocol = h.get("sec-websocket-protocol");
+  if (protocol !== null) {
+    throw new HandshakeError(
+      `Invalid handshake answer: subprotocol ${
+        said(protocol)
+      } was not offered (this client offers none)`,
+    );
   }
 }
 
@@ -163,7 +226,7 @@ function abortable<T>(
 async function readAnswerHead(
   conn: Deno.Conn,
   signal: AbortSignal,
-): Promise<{ status: number; headers: Headers; rest: Uint8Array }> {
+): Promise<AnswerHead> {
   let buffer = new Uint8Array(4096);
   let length = 0;
   for (;;) {
@@ -190,8 +253,9 @@ async function readAnswerHead(
     const end = headEnd(buffer, Math.max(0, length - n - 3), length);
     if (end < 0) continue;
     const lines = latin1.decode(buffer.subarray(0, end)).split("\r\n");
-    const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(lines[0])?.[1]);
-    if (!status) throw new Error(`Parse Error: bad status line: ${lines[0]}`);
+    const line = /^(HTTP\/1\.[01]) (\d{3})(?: |$)/.exec(lines[0]);
+    if (!line) throw new Error(`Parse Error: bad status line: ${lines[0]}`);
+    const status = Number(line[2]);
     const headers = new Headers();
     for (const line of lines.slice(1)) {
       const colon = line.indexOf(":");
@@ -206,6 +270,11 @@ async function readAnswerHead(
         }
       }
     }
-    return { status, headers, rest: buffer.slice(end + 4, length) };
+    return {
+      version: line[1],
+      status,
+      headers,
+      rest: buffer.slice(end + 4, length),
+    };
   }
 }

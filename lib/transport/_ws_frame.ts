@@ -155,3 +155,57 @@ export function mask(
   if (i < end) buf[i++] ^= k1;
   if (i < end) buf[i] ^= k2;
 }
+
+/**
+ * Checks UTF-8 in `buf[from, to)` as it arrives, carrying the state of a sequence cut at a
+ * chunk's end: 0 between characters, otherwise the continuation bytes still wanted and the
+ * range the next one must fall in (RFC 3629 §4: no overlongs, no surrogates, nothing past
+ * U+10FFFF). Returns the state after the bytes, or -1 at the first byte no valid text could
+ * hold. ASCII runs cost a comparison a byte.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { utf8Step } from "./_ws_frame.ts";
+ * const bytes = new Uint8Array([0xce, 0xba, 0xf4, 0x90]);
+ * assert.notEqual(utf8Step(bytes, 0, 3, 0), -1); // a valid start, cut mid-character
+ * assert.equal(utf8Step(bytes, 0, 4, 0), -1); // F4 90 can start no character
+ * ```
+ */
+export function utf8Step(
+  buf: Uint8Array,
+  from: number,
+  to: number,
+  state: number,
+): number {
+  let need = state & 3;
+  let lo = (state >> 8) & 0xff;
+  let hi = (state >> 16) & 0xff;
+  let i = from;
+  while (i < to) {
+    if (need === 0) {
+      while (i < to && buf[i] < 0x80) i++;
+      if (i === to) break;
+      const b = buf[i++];
+      lo = 0x80;
+      hi = 0xbf;
+      if (b >= 0xc2 && b <= 0xdf) need = 1;
+      else if (b >= 0xe0 && b <= 0xef) {
+        need = 2;
+        if (b === 0xe0) lo = 0xa0;
+        else if (b === 0xed) hi = 0x9f;
+      } else if (b >= 0xf0 && b <= 0xf4) {
+        need = 3;
+        if (b === 0xf0) lo = 0x90;
+        else if (b === 0xf4) hi = 0x8f;
+      } else return -1;
+      continue;
+    }
+    const b = buf[i++];
+    if (b < lo || b > hi) return -1;
+    need--;
+    lo = 0x80;
+    hi = 0xbf;
+  }
+  return need === 0 ? 0 : need | lo << 8 | hi << 16;
+}

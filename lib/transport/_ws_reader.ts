@@ -16,6 +16,7 @@ import {
   PING,
   PONG,
   TEXT,
+  utf8Step,
 } from "./_ws_frame.ts";
 
 /**
@@ -30,8 +31,11 @@ const CHUNK = 64 * 1024;
 export interface FrameSink {
   /** False once nothing more is taken (the connection ended). */
   readonly reading: boolean;
-  /** A whole text or binary message; false when the socket failed instead. */
-  message(opcode: number, payload: Uint8Array): boolean;
+  /**
+   * A whole text or binary message; false when the socket failed instead. `checked`: the
+   * text's UTF-8 was checked as it arrived (it came in pieces).
+   */
+  message(opcode: number, payload: Uint8Array, checked: boolean): boolean;
   /** A close, ping or pong frame (checked: final, at most 125 bytes). */
   control(opcode: number, payload: Uint8Array): void;
   /** A message over the cap, `bytes` long, has been thrown away. */
@@ -70,6 +74,15 @@ export class FrameReader {
   #fragments = new Uint8Array(0);
   #fragmentBytes = 0;
   #fragmentOpcode = 0;
+  /**
+   * Payload bytes of the frame in progress already unmasked and, in a text message, checked:
+   * text that comes in pieces (fragments, or a frame over several reads) is checked as each
+   * piece arrives, so that invalid UTF-8 fails the connection then, not once the message is
+   * whole. A text frame that arrives whole is checked when it is decoded.
+   */
+  #done = 0;
+  /** The UTF-8 state ({@linkcode utf8Step}) of the text message in progress. */
+  #utf8 = 0;
 
   constructor(
     options: FrameReaderOptions,
@@ -163,6 +176,7 @@ export class FrameReader {
             this.#fragments = new Uint8Array(0);
             this.#fragmentBytes = 0;
             this.#fragmentOpcode = 0;
+            this.#utf8 = 0;
           }
           this.#oversize = sofar + length;
           this.#start += headLen;
@@ -180,7 +194,19 @@ export class FrameReader {
       } else if (opcode !== CLOSE && opcode !== PING && opcode !== PONG) {
         return this.#fail(1002, `Unknown opcode ${opcode}`);
       }
+      const text = opcode === TEXT ||
+        (opcode === CONTINUATION && this.#fragmentOpcode === TEXT);
       if (available < headLen + length) {
+        if (text && available - headLen > this.#done) {
+          const at = start + headLen;
+          const got = available - headLen;
+          if (masked) {
+            mask(buf, at + this.#done, got - this.#done, at - 4, this.#done);
+          }
+          this.#utf8 = utf8Step(buf, at + this.#done, at + got, this.#utf8);
+          if (this.#utf8 < 0) return this.#invalidText();
+          this.#done = got;
+        }
         // Wait for the rest. The buffer grows as the bytes come, never ahead of them: a header
         // alone must not make the server set aside the length it claims.
         if (start > 0 && headLen + length > buf.length - start) {
@@ -191,12 +217,21 @@ export class FrameReader {
         break;
       }
       const at = start + headLen;
-      if (masked) mask(buf, at, length, at - 4);
+      const done = this.#done;
+      if (masked) mask(buf, at + done, length - done, at - 4, done);
       this.#start = at + length;
+      this.#done = 0;
       const payload = buf.subarray(at, at + length);
       if (control) {
         sink.control(opcode, payload);
         continue;
+      }
+      const pieces = done > 0 || !fin || this.#fragmentOpcode !== 0;
+      if (text && pieces) {
+        this.#utf8 = utf8Step(buf, at + done, at + length, this.#utf8);
+        if (this.#utf8 < 0 || (fin && this.#utf8 !== 0)) {
+          return this.#invalidText();
+        }
       }
       if (!fin || this.#fragmentOpcode !== 0) {
         if (this.#fragmentOpcode === 0) this.#fragmentOpcode = opcode;
@@ -216,8 +251,8 @@ export class FrameReader {
         this.#fragments = new Uint8Array(0);
         this.#fragmentBytes = 0;
         this.#fragmentOpcode = 0;
-        if (!sink.message(kind, whole)) return false;
-      } else if (!sink.message(opcode, payload)) return false;
+        if (!sink.message(kind, whole, kind === TEXT)) return false;
+      } else if (!sink.message(opcode, payload, pieces)) return false;
     }
     if (!sink.reading) return false;
     this.#makeRoom();
@@ -245,6 +280,10 @@ export class FrameReader {
       buf = bigger;
     }
     this.#buf = buf;
+  }
+
+  #invalidText(): false {
+    return this.#fail(1007, "Text frame is not valid UTF-8");
   }
 
   #fail(code: number, reason: string): false {

@@ -22,7 +22,7 @@
 
 import { offerUpgrade } from "./_websocket.ts";
 import { acceptKey } from "./_ws_frame.ts";
-import { serializeResponse, writeAll } from "./_http.ts";
+import { plainAnswer, serializeResponse, writeAll } from "./_http.ts";
 import {
   Admission,
   connectionBudget,
@@ -30,7 +30,14 @@ import {
   type GuardStats,
   type Tracked,
 } from "./_guard_admission.ts";
-import { parseAddress, parseHead, readHead } from "./_guard_head.ts";
+import {
+  checkHead,
+  checkUpgrade,
+  parseAddress,
+  parseHead,
+  readHead,
+  type Refusal,
+} from "./_guard_head.ts";
 import { relay } from "./_guard_relay.ts";
 
 export {
@@ -47,6 +54,15 @@ export {
 } from "./_guard_head.ts";
 
 const encoder = new TextEncoder();
+
+/** Bytes behind an upgrade request, sent before its 101: refused, never framed. */
+function early(): Refusal {
+  return {
+    status: "400 Bad Request",
+    text:
+      "Data sent before the WebSocket handshake completed: wait for the 101 before sending frames",
+  };
+}
 
 /** Options for {@linkcode Guard}. */
 export interface GuardOptions {
@@ -196,13 +212,26 @@ export class Guard {
     }
     // Its head is complete: from now on it is no longer the first to give way.
     tracked.pending = false;
+    const refusal = head === "bare-lf"
+      ? {
+        status: "400 Bad Request",
+        text: "Lines of a request head end in CRLF, not LF alone",
+      }
+      : checkHead(head.head);
+    if (refusal !== undefined || head === "bare-lf") {
+      return this.#refuseRequest(tracked, refusal!);
+    }
     if ("setNoDelay" in conn) (conn as Deno.TcpConn).setNoDelay(true);
     if (this.#o.handleUpgrade !== undefined && /^upgrade:/im.test(head.head)) {
       // The same test the ports make (`lib/broker/http.ts`): a request they would not take for
       // an upgrade (two Upgrade headers, say) is relayed like any other.
-      const req = parseHead(head.head, this.#o.cert !== undefined);
+      const parsed = parseHead(head.head, this.#o.cert !== undefined);
+      const { req, version } = parsed ?? {};
       if (req?.headers.get("upgrade")?.toLowerCase() === "websocket") {
-        return await this.#upgrade(tracked, req, head.rest);
+        const refusal = checkUpgrade(req, version!) ??
+          (head.rest.length > 0 ? early() : undefined);
+        if (refusal) return this.#refuseRequest(tracked, refusal);
+        return await this.#upgrade(tracked, req);
       }
     }
     await relay(tracked, head, admission, {
@@ -217,17 +246,22 @@ export class Guard {
    * Runs the port's handler for an upgrade request; when it accepts, answers 101 and frames the
    * connection here until it ends; else writes the handler's answer (401, 429, 503…) and closes.
    */
-  async #upgrade(
-    tracked: Tracked,
-    req: Request,
-    rest: Uint8Array,
-  ): Promise<void> {
+  async #upgrade(tracked: Tracked, req: Request): Promise<void> {
     const { conn } = tracked;
     const admission = this.#admission;
     const ended = Promise.withResolvers<void>();
     const offer = offerUpgrade(req, conn, {
       oversizeAnswer: this.#o.oversizeAnswer,
     });
+    // A read waits from now on: bytes it brings before the 101 is written were sent before the
+    // client could know the upgrade was taken. They are refused, never framed; bytes it brings
+    // later are the first frames.
+    const buffer = new Uint8Array(4096);
+    let arrived: number | null | undefined;
+    const first = conn.read(buffer).then(
+      (n) => arrived = n,
+      () => arrived = null,
+    );
     let response: Response;
     try {
       response = await this.#o.handleUpgrade!(req, {
@@ -244,6 +278,11 @@ export class Guard {
     try {
       if (socket !== undefined && response === offer.response) {
         const accept = await acceptKey(req.headers.get("sec-websocket-key")!);
+        if (arrived !== undefined) {
+          if (arrived !== null) await this.#refuseRequest(tracked, early());
+          socket.terminate();
+          return admission.drop(tracked);
+        }
         try {
           await writeAll(
             conn,
@@ -256,7 +295,9 @@ export class Guard {
           socket.terminate();
           return admission.drop(tracked);
         }
-        socket.start(rest);
+        socket.start(
+          first.then((n) => n === null ? null : buffer.subarray(0, n)),
+        );
         await socket.closed;
         return admission.drop(tracked);
       }
@@ -270,6 +311,15 @@ export class Guard {
     } finally {
       ended.resolve();
     }
+  }
+
+  /** Answers a request the guard refuses on its own, and closes. */
+  async #refuseRequest(tracked: Tracked, refusal: Refusal): Promise<void> {
+    await writeAll(
+      tracked.conn,
+      plainAnswer(refusal.status, refusal.text, refusal.headers),
+    ).catch(() => {});
+    this.#admission.drop(tracked);
   }
 
   /** Stops accepting: the port is free again; open connections stay. */
