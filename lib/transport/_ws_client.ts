@@ -104,7 +104,7 @@ export async function connectWebSocket(
     }
     await writeAll(conn, encoder.encode(head + "\r\n"));
     const answer = await readAnswerHead(conn, signal);
-    const { status, rest } = answer;
+    const { status, headers, rest } = answer;
     if (status !== 101) {
       throw new HandshakeError(
         `Unexpected server response: ${status}`,
