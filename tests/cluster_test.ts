@@ -129,7 +129,14 @@ for (const nodes of [1, 3]) {
         assert.equal(answer.data, "only-on-s1");
         assert.equal(answer.processed_by, idOf(workers[0]));
       }
-      // Every server lists every server and every worker with the server it is attached to.
+      // Every server lists every server and every worker with the server it is attached to,
+      // once it has heard from them all (a server with no workers is heard by its heartbeat).
+      await waitFor(
+        () =>
+          servers.every((s) => s.broker.stats().cluster?.servers.length === 3),
+        "every server to hear from every server",
+        5000,
+      );
       for (const server of servers) {
         const listed = server.broker.workers();
         assert.deepEqual(listed.map((w) => [w.name, w.server]), [[
