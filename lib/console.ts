@@ -10,6 +10,10 @@ import process from "node:process";
 import { createInterface } from "node:readline";
 import type { Broker } from "./broker/broker.ts";
 import type { Worker } from "./worker/worker_client.ts";
+import { printLogsAbovePrompt, writeLogLine } from "./log.ts";
+
+/** Carriage return and erase the line: where the prompt was. */
+const CLEAR_LINE = new TextEncoder().encode("\r\x1b[2K");
 
 /** What a console command asks of the program. */
 export type ConsoleResult = "continue" | "quit";
@@ -295,13 +299,25 @@ export async function runStdinConsole(
   rl.on("SIGINT", () => Deno.kill(Deno.pid, "SIGINT"));
   const write = (text: string) => console.log(text);
   write(options.banner ?? "Console ready: type 'help' for commands");
+  const prompt = () => {
+    rl.prompt(true);
+    // Only while the prompt shows: a command's own output is not interrupted.
+    if (terminal) printLogsAbovePrompt(printAbove);
+  };
+  const printAbove = (line: string) => {
+    Deno.stdout.writeSync(CLEAR_LINE);
+    writeLogLine(line);
+    rl.prompt(true);
+  };
   try {
-    if (terminal) rl.prompt();
+    if (terminal) prompt();
     for await (const line of rl) {
+      printLogsAbovePrompt(undefined);
       if (await run(line, write) === "quit") return;
-      if (terminal) rl.prompt();
+      if (terminal) prompt();
     }
   } finally {
+    printLogsAbovePrompt(undefined);
     rl.close();
   }
 }

@@ -29,6 +29,25 @@ export interface LoggingOptions {
 const encoder = new TextEncoder();
 
 function writeStderr(line: string): void {
+  if (aboveThePrompt) return aboveThePrompt(line);
+  Deno.stderr.writeSync(encoder.encode(line));
+}
+
+let aboveThePrompt: ((line: string) => void) | undefined;
+
+/**
+ * While a console waits at its prompt on a terminal, log lines go through `print`, which clears
+ * the prompt line, writes the log line and draws the prompt and the typed text again, so that a
+ * log line never lands in the middle of what is being typed. `undefined` restores plain stderr.
+ */
+export function printLogsAbovePrompt(
+  print: ((line: string) => void) | undefined,
+): void {
+  aboveThePrompt = print;
+}
+
+/** Writes `line` to stderr as is (for {@linkcode printLogsAbovePrompt}'s printer). */
+export function writeLogLine(line: string): void {
   Deno.stderr.writeSync(encoder.encode(line));
 }
 

@@ -225,6 +225,66 @@ Deno.test({
 
 Deno.test({
   name:
+    "server console - on a terminal, a log line prints above the prompt, and the prompt and the typed text come back under it",
+  ignore: !PTY,
+  fn: async () => {
+    await using term = new Terminal(
+      [
+        DENO,
+        "run",
+        "-A",
+        "server.ts",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--requester-port",
+        "0",
+      ].map(shellQuote).join(" "),
+    );
+    const port =
+      (await term.waitFor(/Worker port listening on ws:\/\/[^:]+:(\d+)/))[1];
+    await term.waitFor(/server> /);
+    // Half a command typed when the log line comes.
+    await term.type("lis");
+    // readline moves the cursor with escape sequences between the prompt and the text.
+    await term.waitFor(/server> (?:\x1b\[\d+G)?lis/);
+    const from = term.output.length;
+    const worker = new Worker({
+      url: `ws://127.0.0.1:${port}`,
+      name: "log-above",
+    });
+    const running = worker.start();
+    try {
+      await within(worker.ready(), "the worker to connect");
+      await term.waitFor(
+        /connected from[^]*server> (?:\x1b\[\d+G)?lis/,
+        20_000,
+        from,
+      );
+      const after = term.output.slice(from);
+      // The log line starts a line of its own: the prompt line was cleared first.
+      assert.match(
+        after,
+        /(^|\r\x1b\[2K|\n)\d{4}-\d\d-\d\d [^\n]*connected from/,
+      );
+      assert.doesNotMatch(
+        term.output,
+        /server> (?:\x1b\[\d+G)?(?:lis)?\d{4}-\d\d-\d\d/,
+      );
+      await term.type("t\r");
+      await term.waitFor(/CLIENT_ID/, 20_000, from);
+    } finally {
+      await worker.stop();
+      await running;
+    }
+    await term.type("quit\r");
+    assert.equal((await term.done()).code, 0, term.output);
+  },
+});
+
+Deno.test({
+  name:
     "server - started with & on a terminal, it takes no console and keeps serving",
   ignore: !PTY,
   fn: async () => {

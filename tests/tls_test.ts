@@ -158,3 +158,60 @@ Deno.test({
     assert.equal((await server.program.done()).code, 0);
   },
 });
+
+Deno.test({
+  name:
+    "tls - a self-signed server certificate marked CA:TRUE given as --ca says what to make instead",
+  ignore: !OPENSSL,
+  async fn() {
+    const dir = await Deno.makeTempDir({ prefix: "switchyard_leaf_" });
+    try {
+      // What `openssl req -x509` makes by default: a self-signed certificate with CA:TRUE.
+      const made = await new Deno.Command("openssl", {
+        args: [
+          "req",
+          "-x509",
+          "-newkey",
+          "ec",
+          "-pkeyopt",
+          "ec_paramgen_curve:prime256v1",
+          "-nodes",
+          "-keyout",
+          "key.pem",
+          "-out",
+          "cert.pem",
+          "-days",
+          "2",
+          "-subj",
+          "/CN=localhost",
+          "-addext",
+          "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+        cwd: dir,
+        stdout: "null",
+        stderr: "null",
+      }).output();
+      assert.ok(made.success);
+      await using server = await startServerProgram([
+        "--cert",
+        `${dir}/cert.pem`,
+        "--key",
+        `${dir}/key.pem`,
+      ]);
+      const out = await runProgram("requester.ts", [
+        "--url",
+        `wss://localhost:${server.requesterPort}`,
+        "--ca",
+        `${dir}/cert.pem`,
+        "get_time",
+      ]);
+      assert.equal(out.code, 3, out.stderr);
+      assert.match(
+        out.stderr,
+        /the certificate given as --ca is the server's own.*basicConstraints=CA:FALSE/,
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});

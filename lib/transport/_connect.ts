@@ -73,6 +73,10 @@ export function connectHint(url: string, message: string): string | undefined {
   ) {
     return `the server does not speak TLS: use ${url.replace(/^wss:/, "ws:")}`;
   }
+  if (/CaUsedAsEndEntity/i.test(message)) {
+    // A self-signed server certificate given as --ca: rustls wants a CA that signed it.
+    return "the certificate given as --ca is the server's own, self-signed and marked CA:TRUE, which TLS refuses for a server: make it again with -addext basicConstraints=CA:FALSE, or sign the server's certificate with a CA and give the CA's certificate as --ca (docs/operations.md)";
+  }
   if (
     /self[- ]signed|unable to verify|unknown ?issuer|UnknownIssuer/i.test(
       message,
