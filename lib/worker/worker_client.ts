@@ -69,7 +69,7 @@ export interface WorkerOptions extends ConnectOptions {
   /** Heartbeat interval until the server names one, in ms. @default 10000 */
   heartbeatIntervalMs?: number;
   /**
-   * The worker pings the server this often, in ms; when four pings in a row and `4 ×` this long
+   * The worker pings the server this often, in ms; when three pings in a row and `3 ×` this long
    * pass without a byte back (a frozen or cut-off server whose TCP stays open), it moves on to
    * its next URL. 0 turns the pings off. @default 1000
    */
@@ -307,7 +307,7 @@ export class Worker {
     let pinged = 0;
     const pings = pingMs > 0
       ? setInterval(() => {
-        if (pinged >= 4 && Date.now() - lastHeard > 4 * pingMs) {
+        if (pinged >= 3 && Date.now() - lastHeard > 3 * pingMs) {
           log.warn("The server answers no ping for {s} s: moving on", {
             s: Math.round((Date.now() - lastHeard) / 1000),
           });
