@@ -21,26 +21,34 @@ import { WebSocket } from "../lib/transport/_ws.ts";
 
 export { mulberry32 } from "../lib/_random.ts";
 
-/** Polls `condition` every 10 ms until it holds; throws after `timeoutMs`. */
+/**
+ * Polls `condition` every `everyMs` until it holds; throws after `timeoutMs`. The limit is a
+ * ceiling for a regression, never part of what a test checks: on a loaded machine a condition
+ * that holds in milliseconds alone can take seconds, so the default is generous.
+ */
 export async function waitFor(
   condition: () => boolean,
   message = "condition",
-  timeoutMs = 3000,
+  timeoutMs = 10_000,
+  everyMs = 10,
 ): Promise<void> {
   const until = Date.now() + timeoutMs;
   while (!condition()) {
     if (Date.now() > until) {
       throw new Error(`Timed out after ${timeoutMs} ms waiting for ${message}`);
     }
-    await new Promise((resolve) => setTimeout(resolve, 10));
+    await new Promise((resolve) => setTimeout(resolve, everyMs));
   }
 }
 
-/** Settles like `promise`, or rejects once `timeoutMs` has passed, so a regression fails fast. */
+/**
+ * Settles like `promise`, or rejects once `timeoutMs` has passed, so a regression fails rather
+ * than hangs. Like {@linkcode waitFor}'s, the limit is a ceiling, not a check.
+ */
 export async function within<T>(
   promise: Promise<T>,
   what: string,
-  timeoutMs = 5000,
+  timeoutMs = 15_000,
 ): Promise<T> {
   let timer: ReturnType<typeof setTimeout> | undefined;
   try {
