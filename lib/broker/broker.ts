@@ -322,7 +322,7 @@ export class Broker {
         // Already closing.
       }
     };
-    for (const socket of this.#workerPort.sockets.values()) closeSocket(socket);
+    for (const socket of this.#workerPort.sockets()) closeSocket(socket);
     for (const socket of this.#requesterPort.sockets()) closeSocket(socket);
     await Promise.all(closing);
   }
