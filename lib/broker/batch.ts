@@ -10,7 +10,7 @@
 import { isCandidate, isHealthy, offers, rendezvousOrder } from "./balancer.ts";
 import { Cancellation, type CancelSignal } from "../_cancel.ts";
 import type { Dispatcher, Peer } from "./dispatcher.ts";
-import { RETRIABLE_RESULT_CODES } from "./dispatcher.ts";
+import { isRetriableFailure } from "./dispatcher.ts";
 import { ErrorCode, ProtocolError } from "../errors.ts";
 import {
   fetchRate,
@@ -115,13 +115,6 @@ function itemError(
     error_code: code,
     retriable,
   };
-}
-
-function isRetriableFailure(result: unknown): boolean {
-  if (typeof result !== "object" || result === null) return false;
-  const r = result as Record<string, unknown>;
-  return r.success === false &&
-    (r.retriable === true || RETRIABLE_RESULT_CODES.has(String(r.error_code)));
 }
 
 /**
