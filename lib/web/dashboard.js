@@ -44,11 +44,12 @@ function timeChart(container, priceFormat) {
   const chart = LC.createChart(container, {
     autoSize: true,
     layout: { attributionLogo: false },
+    // The range is set with every snapshot; the chart's own shift for a new bar would move it
+    // again, by as many bars as snapshots came between two frames.
     timeScale: {
       timeVisible: true,
       secondsVisible: true,
-      fixLeftEdge: true,
-      fixRightEdge: true,
+      shiftVisibleRangeOnNewBar: false,
     },
     rightPriceScale: {
       borderVisible: false,
@@ -122,9 +123,15 @@ function drawTimeline(t) {
   meanSeries.setData(points(t.mean_ms));
   maxSeries.setData(points(t.max_ms));
   if (ticks.length === 0) return;
+  // Every second whole on both charts, the last one too: a bar cut at the edge is left out of
+  // the value axis's range, and its line would run off the chart.
   for (const { chart } of [throughput, latency]) {
-    chart.timeScale().setVisibleRange({ from: start, to: t.end - 1 });
+    chart.timeScale().setVisibleLogicalRange({
+      from: -0.5,
+      to: ticks.length - 0.5,
+    });
   }
+  dashboard.drawn = { from: start, to: t.end - 1 };
 }
 
 // ---- workers, batches, errors ---------------------------------------------------------------
@@ -593,6 +600,8 @@ const dashboard = {
   snapshots: 0,
   symbolBars: 0,
   symbol: null,
+  // The seconds the last snapshot's timeline covers.
+  drawn: null,
   candleCount: () => candles.data().length,
   charts: { throughput: throughput.chart, latency: latency.chart },
   series: {
