@@ -1,7 +1,7 @@
 /**
- * Bench helper: a lib `Worker` with an `echo` action (`{size}` → a string of `size` bytes) and,
- * with `--eastmoney URL`, the market actions against that upstream. Prints `{"ready":true}` once
- * registered, stops on SIGTERM.
+ * Bench helper: a lib `Worker` with an `echo` action (`{size}` → a string of `size` bytes;
+ * `--action` names it otherwise) and, with `--eastmoney URL`, the market actions against that
+ * upstream. Prints `{"ready":true}` once registered, stops on SIGTERM.
  *
  * @module
  */
@@ -18,6 +18,8 @@ if (import.meta.main) {
       url: { type: "string" },
       name: { type: "string" },
       concurrency: { type: "string", default: "32" },
+      // The echo action's name, so that two workers can be told apart by what they offer.
+      action: { type: "string", default: "echo" },
       eastmoney: { type: "string" },
       "rate-limit": { type: "string", default: "20" },
     },
@@ -29,7 +31,10 @@ if (import.meta.main) {
     concurrency: Number(values.concurrency),
     backoff: { initialMs: 100, maxMs: 1000 },
   });
-  worker.registerAction("echo", (params) => payload(requestedSize(params)));
+  worker.registerAction(
+    values.action,
+    (params) => payload(requestedSize(params)),
+  );
   const market = values.eastmoney
     ? createMarketService({
       providers: ["eastmoney"],

@@ -2,8 +2,10 @@
  * Cluster section: one, two and three servers on one NATS with three echo workers spread over
  * them and the load spread over their requester ports, as ratios against one server measured in
  * the same interleaved runs; the CPU cost of a cross-server hop (every request entering at one
- * server and served by a worker of another, against the same load served locally; both servers,
- * the worker and nats-server counted); and the
+ * server and served by a worker of another, against the same load served locally plus a plain
+ * NATS request-reply through the same nats-server; both servers, the worker and nats-server
+ * counted), at 4 connections x 16 in flight and at 1 x 1; the membership's NATS traffic at 3
+ * servers x 300 workers; and the
  * recovery after a server is SIGKILLed (what requesters on the other servers saw, and how long
  * its worker took to serve again through another server). Skipped, saying so, without
  * `nats-server`.
@@ -11,6 +13,8 @@
  * @module
  */
 
+import { Worker } from "../lib/worker/worker_client.ts";
+import { connectNats } from "../lib/cluster/nats_connect.ts";
 import { type LoadRun, mergeRuns, runLoad } from "./_load.ts";
 import {
   cpuSeconds,
@@ -46,15 +50,10 @@ export interface ClusterRow {
 export interface ClusterReport {
   skipped?: string;
   rows: ClusterRow[];
-  /** CPU µs per request of servers + workers, local vs every request crossing servers. */
-  hop?: {
-    localUs: Spread;
-    crossUs: Spread;
-    extraUs: Spread;
-    ratio: Spread;
-    /** Median µs per request of each process (s0, s1, worker, nats-server), local and crossing. */
-    byProcess: { local: number[]; cross: number[] };
-  };
+  /** CPU per request, local, crossing servers and plain NATS request-reply, by load shape. */
+  hops?: HopShape[];
+  /** Membership traffic on NATS at 3 servers × 300 workers. */
+  membership?: MembershipTraffic;
   /** After a server is SIGKILLed, per kill. */
   recovery?: {
     failed: number[];
@@ -67,6 +66,38 @@ export interface ClusterReport {
   };
   checks: Check[];
 }
+
+/** CPU µs per request at one load shape (connections × in flight). */
+export interface HopShape {
+  name: string;
+  /** Both servers + the worker + nats-server, the worker on the requesters' server. */
+  localUs: Spread;
+  /** The same, every request served by a worker of the other server. */
+  crossUs: Spread;
+  /** nats-server + a NATS worker, for a plain NATS request-reply echo. */
+  natsUs: Spread;
+  /** Run by run: crossing ÷ (local + plain NATS request-reply). */
+  ratio: Spread;
+  /** Median µs per request of each process (s0, s1, worker, nats-server), local and crossing. */
+  byProcess: { local: number[]; cross: number[] };
+}
+
+/** What the membership costs NATS, idle and under load. */
+export interface MembershipTraffic {
+  servers: number;
+  workers: number;
+  /** Messages and bytes per second published on membership subjects (and snapshot replies). */
+  idle: { msgs: number; bytes: number };
+  loaded: { msgs: number; bytes: number };
+  /** The same, delivered (each published message reaches the other servers). */
+  idleDelivered: { msgs: number; bytes: number };
+  loadedDelivered: { msgs: number; bytes: number };
+}
+
+const HOP_SHAPES = [
+  { name: "4x16", connections: 4, inFlight: 16 },
+  { name: "1x1", connections: 1, inFlight: 1 },
+];
 
 const SIZE = 16;
 const wsUrl = (port: number) => `ws://127.0.0.1:${port}`;
@@ -92,19 +123,116 @@ async function startServers(nats: string, n: number): Promise<Helper[]> {
   );
 }
 
-async function startWorkers(urls: string[][]): Promise<Helper[]> {
+async function startWorkers(
+  urls: string[][],
+  action = "echo",
+): Promise<Helper[]> {
   return await Promise.all(
     urls.map((u, i) =>
       spawnHelper("_echo_worker.ts", [
         "--url",
         u.join(","),
         "--name",
-        `cw${i}`,
+        `cw${i}${action === "echo" ? "" : `-${action}`}`,
         "--concurrency",
         "32",
+        "--action",
+        action,
       ])
     ),
   );
+}
+
+/**
+ * Three servers with 100 workers each (in this process), and a NATS client of our own that
+ * counts what is published on the membership subjects: idle for `seconds`, then for `seconds`
+ * under a load through one server that keeps the workers' load changing.
+ */
+async function measureMembership(
+  natsUrl: string,
+  seconds: number,
+  log: (line: string) => void,
+): Promise<{ report: MembershipTraffic; helpers: Helper[] }> {
+  log("cluster: membership traffic, 3 servers x 300 workers");
+  const servers = await startServers(natsUrl, 3);
+  const cluster = `bench${clusters}`;
+  const workers: Worker[] = [];
+  try {
+    for (let i = 0; i < 300; i++) {
+      const w = new Worker({
+        url: wsUrl(servers[i % 3].info.port as number),
+        name: `m${i}`,
+        concurrency: 4,
+        backoff: { initialMs: 100, maxMs: 1000 },
+      });
+      w.registerAction("echo", () => "x");
+      workers.push(w);
+      void w.start();
+    }
+    await Promise.all(workers.map((w) => w.ready()));
+    for (const s of servers) await workersSeen(s.info.port as number, 300);
+    const spy = await connectNats({ servers: natsUrl });
+    const counted = { msgs: 0, bytes: 0 };
+    const membershipSubject = new RegExp(
+      `^switchyard\\.${cluster}\\.(hb|reg|srv\\.[^.]+\\.workers)$`,
+    );
+    const inboxes = new Set<string>();
+    spy.subscribe(">", {
+      callback: (_error, msg) => {
+        // Snapshot replies go to the asker's inbox: counted as membership too.
+        if (msg.reply && membershipSubject.test(msg.subject)) {
+          inboxes.add(msg.reply);
+        }
+        if (
+          membershipSubject.test(msg.subject) || inboxes.delete(msg.subject)
+        ) {
+          counted.msgs++;
+          counted.bytes += msg.data.length + (msg.headers ? 64 : 0);
+        }
+      },
+    });
+    await spy.flush();
+    const window = async (during: () => Promise<unknown>) => {
+      counted.msgs = counted.bytes = 0;
+      const started = Date.now();
+      await during();
+      const s = (Date.now() - started) / 1000;
+      return { msgs: counted.msgs / s, bytes: counted.bytes / s };
+    };
+    const idle = await window(() =>
+      new Promise((r) => setTimeout(r, seconds * 1000))
+    );
+    const loaded = await window(() =>
+      runLoad({
+        url: wsUrl(servers[0].info.requesterPort as number),
+        connections: 4,
+        inFlight: 16,
+        seconds,
+        warmupSeconds: 0,
+        command: "echo",
+        data: {},
+      })
+    );
+    await spy.close();
+    // Every published membership message reaches the other two servers.
+    const delivered = (x: { msgs: number; bytes: number }) => ({
+      msgs: x.msgs * 2,
+      bytes: x.bytes * 2,
+    });
+    return {
+      report: {
+        servers: 3,
+        workers: 300,
+        idle,
+        loaded,
+        idleDelivered: delivered(idle),
+        loadedDelivered: delivered(loaded),
+      },
+      helpers: servers,
+    };
+  } finally {
+    await Promise.all(workers.map((w) => w.stop(0)));
+  }
 }
 
 async function workersSeen(port: number, n: number): Promise<void> {
@@ -207,67 +335,105 @@ export async function runClusterBench(
     });
     await Promise.all(helpers.splice(0).map((h) => h.stop()));
 
-    // The hop: load on s0 only; its one worker on s0 (local) or on s1 (every request crosses).
+    // The hop: load on s0 only, at two shapes. `echo` is offered only by a worker on s0 (local),
+    // `echo_x` only by one on s1 (every request crosses); and a plain NATS request-reply echo
+    // through the same nats-server, with its own worker, as the baseline a crossing is held to.
     const [h0, h1] = await startServers(nats.url, 2);
     helpers.push(h0, h1);
-    const local = await startWorkers([[wsUrl(h0.info.port as number)]]);
-    helpers.push(...local);
-    await workersSeen(h0.info.port as number, 1);
-    const localUs: number[] = [];
-    const crossUs: number[] = [];
-    const localBy: number[][] = [];
-    const crossBy: number[][] = [];
-    const cpuRun = async (pids: number[], by: number[][]) => {
-      const before = await cpuSeconds(pids);
-      const run = await load([h0.info.requesterPort as number], seconds);
-      const after = await cpuSeconds(pids);
-      const each = after.map((v, k) =>
-        (v - before[k]) * 1e6 / Math.max(1, run.answers)
-      );
-      by.push(each);
-      return each.reduce((s, v) => s + v, 0);
-    };
-    let remote: Helper[] = [];
-    for (let r = 0; r < runs; r++) {
-      log(`cluster: hop run ${r + 1}/${runs}`);
-      // Same processes measured each way: the worker moves between the servers.
-      // nats-server counts too: the hop's cost includes the broker in the middle.
-      localUs.push(
-        await cpuRun([h0.pid, h1.pid, local[0].pid, nats.pid], localBy),
-      );
-      await local[0].stop();
-      remote = await startWorkers([[wsUrl(h1.info.port as number)]]);
-      await workersSeen(h0.info.port as number, 1);
-      crossUs.push(
-        await cpuRun([h0.pid, h1.pid, remote[0].pid, nats.pid], crossBy),
-      );
-      await remote[0].stop();
-      local.splice(
-        0,
-        1,
-        ...(await startWorkers([[wsUrl(h0.info.port as number)]])),
-      );
-      await workersSeen(h0.info.port as number, 1);
+    const [wLocal] = await startWorkers([[wsUrl(h0.info.port as number)]]);
+    const [wRemote] = await startWorkers(
+      [[wsUrl(h1.info.port as number)]],
+      "echo_x",
+    );
+    const natsWorker = await spawnHelper("_nats_worker.ts", [
+      "--url",
+      nats.url,
+    ]);
+    helpers.push(wLocal, wRemote, natsWorker);
+    await workersSeen(h0.info.port as number, 2);
+    const hops: HopShape[] = [];
+    for (const shape of HOP_SHAPES) {
+      const localUs: number[] = [];
+      const crossUs: number[] = [];
+      const natsUs: number[] = [];
+      const localBy: number[][] = [];
+      const crossBy: number[][] = [];
+      const cpuRun = async (
+        pids: number[],
+        by: number[][] | undefined,
+        command: string,
+        client: "ws" | "nats" = "ws",
+      ) => {
+        const before = await cpuSeconds(pids);
+        const run = await runLoad({
+          url: client === "nats"
+            ? nats.url
+            : wsUrl(h0.info.requesterPort as number),
+          client,
+          connections: shape.connections,
+          inFlight: shape.inFlight,
+          seconds,
+          warmupSeconds: 0.5,
+          command,
+          data: { size: SIZE },
+        });
+        const after = await cpuSeconds(pids);
+        const each = after.map((v, k) =>
+          (v - before[k]) * 1e6 / Math.max(1, run.answers)
+        );
+        by?.push(each);
+        return each.reduce((s, v) => s + v, 0);
+      };
+      for (let r = 0; r < runs; r++) {
+        log(`cluster: hop ${shape.name} run ${r + 1}/${runs}`);
+        // Interleaved in every run; nats-server counts in all three.
+        localUs.push(
+          await cpuRun([h0.pid, h1.pid, wLocal.pid, nats.pid], localBy, "echo"),
+        );
+        crossUs.push(
+          await cpuRun(
+            [h0.pid, h1.pid, wRemote.pid, nats.pid],
+            crossBy,
+            "echo_x",
+          ),
+        );
+        natsUs.push(
+          await cpuRun([nats.pid, natsWorker.pid], undefined, "echo", "nats"),
+        );
+      }
+      hops.push({
+        name: shape.name,
+        localUs: spread(localUs),
+        crossUs: spread(crossUs),
+        natsUs: spread(natsUs),
+        ratio: spread(crossUs.map((c, k) => c / (localUs[k] + natsUs[k]))),
+        byProcess: {
+          local: [0, 1, 2, 3].map((i) =>
+            spread(localBy.map((b) => b[i])).median
+          ),
+          cross: [0, 1, 2, 3].map((i) =>
+            spread(crossBy.map((b) => b[i])).median
+          ),
+        },
+      });
     }
-    helpers.push(...local, ...remote);
-    const hop = {
-      localUs: spread(localUs),
-      crossUs: spread(crossUs),
-      extraUs: spread(crossUs.map((c, k) => c - localUs[k])),
-      ratio: spread(crossUs.map((c, k) => c / localUs[k])),
-      byProcess: {
-        local: [0, 1, 2, 3].map((i) => spread(localBy.map((b) => b[i])).median),
-        cross: [0, 1, 2, 3].map((i) => spread(crossBy.map((b) => b[i])).median),
-      },
-    };
-    checks.push({
-      name:
-        "cluster: a cross-server request costs <= 1.5x the CPU of a local one",
-      pass: hop.ratio.median <= 1.5,
-      detail: `${spreadText(hop.ratio)} (${
-        fixed(hop.localUs.median, 0)
-      } µs local, ${fixed(hop.crossUs.median, 0)} µs crossing)`,
-    });
+    for (const hop of hops) {
+      const target = hop.name === "1x1" ? 1.3 : 1.1;
+      checks.push({
+        name:
+          `cluster: at ${hop.name} a cross-server request costs <= ${target}x the CPU of a local one plus a plain NATS request-reply`,
+        pass: hop.ratio.median <= target,
+        detail: `${spreadText(hop.ratio)} (${
+          fixed(hop.localUs.median, 0)
+        } µs local + ${fixed(hop.natsUs.median, 0)} µs NATS vs ${
+          fixed(hop.crossUs.median, 0)
+        } µs crossing)`,
+      });
+    }
+    await Promise.all(helpers.splice(0).map((h) => h.stop()));
+
+    const membership = await measureMembership(nats.url, seconds, log);
+    helpers.push(...membership.helpers);
     await Promise.all(helpers.splice(0).map((h) => h.stop()));
 
     // Recovery: three servers; a worker on each, the victim's preferring it then s0; load
@@ -332,7 +498,7 @@ export async function runClusterBench(
         recovery.workerBackMs.map((v) => fixed(v, 0)).join(", ")
       }`,
     });
-    return { rows, hop, recovery, checks };
+    return { rows, hops, membership: membership.report, recovery, checks };
   } finally {
     await Promise.all(helpers.map((h) => h.stop()));
     await nats.stop();
@@ -364,22 +530,36 @@ export function clusterTable(report: ClusterReport): string {
       ]),
     ),
   ];
-  if (report.hop) {
-    const h = report.hop;
+  for (const h of report.hops ?? []) {
     out.push(
       "",
-      `CPU per request (both servers + worker + nats-server): local ${
+      `CPU per request at ${h.name} (connections x in flight): local ${
         fixed(h.localUs.median, 0)
       } µs (${fixed(h.localUs.min, 0)}-${
         fixed(h.localUs.max, 0)
       }), crossing servers ${fixed(h.crossUs.median, 0)} µs (${
         fixed(h.crossUs.min, 0)
-      }-${fixed(h.crossUs.max, 0)}): the hop costs ${
-        fixed(h.extraUs.median, 0)
-      } µs, ${spreadText(h.ratio)}`,
+      }-${fixed(h.crossUs.max, 0)}), plain NATS request-reply ${
+        fixed(h.natsUs.median, 0)
+      } µs (${fixed(h.natsUs.min, 0)}-${
+        fixed(h.natsUs.max, 0)
+      }): crossing / (local + NATS) ${spreadText(h.ratio)}`,
       `  by process, µs per request (medians): s0 (requesters' server) / s1 / worker / nats-server: local ${
         h.byProcess.local.map((v) => fixed(v, 1)).join(" / ")
       }; crossing ${h.byProcess.cross.map((v) => fixed(v, 1)).join(" / ")}`,
+    );
+  }
+  if (report.membership) {
+    const m = report.membership;
+    const rate = (x: { msgs: number; bytes: number }) =>
+      `${fixed(x.msgs, 1)} msg/s, ${fixed(x.bytes / 1024, 1)} KiB/s`;
+    out.push(
+      "",
+      `Membership on NATS at ${m.servers} servers x ${m.workers} workers: idle ${
+        rate(m.idle)
+      } published (${rate(m.idleDelivered)} delivered); under load ${
+        rate(m.loaded)
+      } published (${rate(m.loadedDelivered)} delivered)`,
     );
   }
   if (report.recovery) {

@@ -48,6 +48,8 @@ export interface LedgerHooks {
   complete(peer: RemotePeer, msgId: string, answer: RelayAnswer): void;
   /** Takes a progress report that came inside a replay reply. */
   progress(peer: RemotePeer, msgId: string, report: RelayProgress): void;
+  /** Publishes what the relay holds for the end of this turn: a check must come after it. */
+  flush(): void;
   /** Tells the worker's server to stop working on a request. */
   cancel(peer: RemotePeer, msgId: string, reason: string): void;
   /** Nobody listens at the worker's server: no new work for it until it is heard. */
@@ -137,6 +139,7 @@ export class Ledger {
     const from = sent.progress + 1;
     const h = headers();
     h.set(H_ORIGIN, this.#ctx.id);
+    this.#hooks.flush();
     nc.request(
       this.#ctx.subjects.server(peer.server, "replay"),
       JSON.stringify({ m: msgId, f: from }),
@@ -234,6 +237,7 @@ export class Ledger {
       if (ids) ids.push(msgId);
       else due.set(peer.server, [msgId]);
     }
+    if (due.size > 0) this.#hooks.flush();
     for (const [server, ids] of due) {
       this.#probing.add(server);
       const h = headers();

@@ -153,6 +153,7 @@ export class ClusterLink {
       complete: (peer, msgId, answer) =>
         this.#relay.complete(peer, msgId, answer),
       cancel: (peer, msgId, reason) => this.#relay.cancel(peer, msgId, reason),
+      flush: () => this.#relay.flush(),
       progress: (peer, msgId, report) =>
         this.#relay.progress(peer, msgId, report),
       suspect: (server, reason) => this.#membership.suspect(server, reason),
@@ -422,6 +423,7 @@ export class ClusterLink {
     await this.#connecting;
     await this.#started?.catch(() => {});
     this.#membership.writeOffAll("this server is shutting down");
+    this.#relay.flush();
     this.#relay.close();
     const nc = this.#nc;
     if (nc) {

@@ -19,6 +19,7 @@ import {
   type Msg,
   type MsgHdrs,
 } from "npm:@nats-io/transport-node@3.4.0";
+import { setImmediate } from "node:timers";
 import { Cancellation } from "../_cancel.ts";
 import { ErrorCode } from "../errors.ts";
 import { logger } from "../log.ts";
@@ -47,8 +48,13 @@ import {
 const log = logger("cluster");
 const encoder = new TextEncoder();
 
-/** How long a finished request's answer is kept for a loss check that may ask for it, in ms. */
-const KEEP_ANSWERS_MS = 60_000;
+/**
+ * How long a finished request's answer is kept for a loss check that may ask for it, in ms: the
+ * origin asks within a few `probeMs` of a NATS blip (which lasts less than `deadAfterMs`).
+ */
+const KEEP_ANSWERS_MS = 15_000;
+/** The most answers kept. */
+const KEEP_ANSWERS = 100_000;
 /** The most characters of kept answers. */
 const KEEP_ANSWERS_CHARS = 16 * 1024 * 1024;
 
@@ -91,6 +97,8 @@ export class Relay {
   >();
   #doneChars = 0;
   #repliesPrefix: string;
+  /** Subjects, bodies and options to publish at the end of this turn. */
+  #outbox: [string, string, { reply?: string; headers: MsgHdrs }][] = [];
 
   constructor(ctx: LinkContext, ledger: Ledger, hooks: RelayHooks) {
     this.#ctx = ctx;
@@ -131,11 +139,49 @@ export class Relay {
     h.set(H_WORKER, peer.id);
     h.set(H_LEFT, String(left));
     this.#ledger.sent(peer, msgId);
-    nc.publish(this.#ctx.subjects.server(peer.server, "req"), frame, {
+    this.#enqueue(this.#ctx.subjects.server(peer.server, "req"), frame, {
       reply: this.#ctx.subjects.reply(this.#ctx.id, msgId),
       headers: h,
     });
   }
+
+  /**
+   * Publishes at the end of this turn of the event loop, with whatever else this turn publishes.
+   * Each stays a NATS message of its own, but the client then writes them to its socket at once:
+   * it flushes after each microtask checkpoint, and answers from workers arrive one task each, so
+   * publishing at once would cost one socket write per answer (the largest cost of a crossing).
+   */
+  #enqueue(
+    subject: string,
+    body: string,
+    options: { reply?: string; headers: MsgHdrs },
+  ): void {
+    this.#outbox.push([subject, body, options]);
+    if (this.#outbox.length === 1) setImmediate(this.flush);
+  }
+
+  /**
+   * Publishes what waits in the outbox now. Called before anything that must come after it on
+   * NATS: a loss check and its reply travel behind the requests and answers published before.
+   */
+  readonly flush = (): void => {
+    const out = this.#outbox;
+    if (out.length === 0) return;
+    this.#outbox = [];
+    const nc = this.#ctx.nc();
+    if (!nc || nc.isClosed()) return;
+    for (const [subject, body, options] of out) {
+      try {
+        nc.publish(subject, body, options);
+      } catch (error) {
+        // The loss check finds what did not go out.
+        log.debug("Publishing to {subject} failed: {error}", {
+          subject,
+          error,
+        });
+      }
+    }
+  };
 
   /** Tells `peer`'s server to stop working on request `msgId`. */
   cancel(peer: RemotePeer, msgId: string, reason: string): void {
@@ -143,17 +189,14 @@ export class Relay {
     if (!nc || nc.isClosed()) return;
     const h = headers();
     h.set(H_ORIGIN, this.#ctx.id);
-    try {
-      nc.publish(this.#ctx.subjects.server(peer.server, "cancel"), msgId, {
-        headers: h,
-      });
-    } catch (error) {
-      log.debug("Cancelling {msgId} ({reason}) failed: {error}", {
-        msgId,
-        reason,
-        error,
-      });
-    }
+    log.debug("Cancelling {msgId} on {server}: {reason}", {
+      msgId,
+      server: peer.serverName,
+      reason,
+    });
+    this.#enqueue(this.#ctx.subjects.server(peer.server, "cancel"), msgId, {
+      headers: h,
+    });
   }
 
   /** A progress report, an answer, or NATS's "no responders", on one of this server's replies. */
@@ -352,19 +395,7 @@ export class Relay {
     const h: MsgHdrs = headers();
     h.set(H_KIND, kind);
     h.set(H_SEQ, String(seq));
-    try {
-      nc.publish(
-        reply,
-        typeof body === "string" ? body : JSON.stringify(body),
-        { headers: h },
-      );
-    } catch (error) {
-      // The origin's loss check finds what did not go out.
-      log.debug("Publishing to {subject} failed: {error}", {
-        subject: reply,
-        error,
-      });
-    }
+    this.#enqueue(reply, body, { headers: h });
   }
 
   /** Keeps an answer for a while, for a loss check asking after it. */
@@ -379,7 +410,8 @@ export class Relay {
     this.#doneChars += chars;
     for (const [k, d] of this.#done) {
       if (
-        this.#doneChars <= KEEP_ANSWERS_CHARS && now - d.at <= KEEP_ANSWERS_MS
+        this.#doneChars <= KEEP_ANSWERS_CHARS &&
+        this.#done.size <= KEEP_ANSWERS && now - d.at <= KEEP_ANSWERS_MS
       ) break;
       this.#done.delete(k);
       this.#doneChars -= d.chars;
@@ -419,6 +451,8 @@ export class Relay {
         (reply.done ??= {})[String(id)] = [done.answer, done.reports.length];
       }
     }
+    // Behind every answer and report published before it.
+    this.flush();
     msg.respond(JSON.stringify(reply));
   }
 
@@ -443,6 +477,7 @@ export class Relay {
         ...(done ? { a: [done.answer, done.reports.length] } : {}),
       }
       : { found: false, p: [] };
+    this.flush();
     msg.respond(JSON.stringify(reply));
   }
 
