@@ -30,6 +30,7 @@ import {
 } from "./_ws_frame.ts";
 import { FrameReader, type FrameSink } from "./_ws_reader.ts";
 import { FrameWriter } from "./_ws_writer.ts";
+import { type Clock, Liveness } from "./_liveness.ts";
 
 const log = logger("websocket");
 
@@ -59,9 +60,12 @@ export interface SocketClose {
 export interface ConnSocketOptions {
   /**
    * Seconds without a byte from the peer before it is pinged (after half) and closed with 1001
-   * (after all); 0 for never. Checked by one timer per connection, not one per message.
+   * (when the ping is not answered within the other half); 0 for never. A peer that answers
+   * pings is never closed. One timer per connection, not one per message.
    */
   idleTimeout?: number;
+  /** Time and timers for liveness. @default the system's */
+  clock?: Clock;
   /** Largest message taken, in bytes. @default the runtime's own cap, 64 MiB */
   maxMessageBytes?: number;
   /**
@@ -103,9 +107,7 @@ export class ConnSocket {
   /** The close the peer asked for (or our failure), reported once the connection ends. */
   #peerClosed: SocketClose | undefined;
   #closeTimer: ReturnType<typeof setTimeout> | undefined;
-  #idleTimer: ReturnType<typeof setInterval> | undefined;
-  #lastHeard = 0;
-  #pinged = false;
+  #liveness: Liveness | undefined;
   #done = Promise.withResolvers<void>();
   readonly #client: boolean;
   /** Set while reading is paused: resolves when it may go on. */
@@ -196,10 +198,16 @@ export class ConnSocket {
    */
   start(initial: Uint8Array | Promise<Uint8Array | null>): void {
     this.readyState = OPEN;
-    this.#lastHeard = Date.now();
     const idle = (this.#options.idleTimeout ?? 0) * 1000;
     if (idle > 0) {
-      this.#idleTimer = setInterval(() => this.#checkIdle(idle), idle / 2);
+      this.#liveness = new Liveness(idle, {
+        ping: () => this.ping(),
+        expire: (silentMs) =>
+          this.#fail(
+            1001,
+            `Idle timeout: no answer to a ping in ${silentMs / 1000} s`,
+          ),
+      }, this.#options.clock);
     }
     try {
       this.onopen?.(new Event("open"));
@@ -232,6 +240,7 @@ export class ConnSocket {
    */
   close(code = 1000, reason = ""): void {
     if (this.readyState === CLOSING || this.readyState === CLOSED) return;
+    this.#logClose(code, reason);
     this.readyState = CLOSING;
     this.#sendClose(code, reason);
     this.#closeTimer = setTimeout(
@@ -246,29 +255,13 @@ export class ConnSocket {
     this.#writer.frame(CLOSE, closePayload(code, reason));
   }
 
-  #heard(): void {
-    this.#lastHeard = Date.now();
-    this.#pinged = false;
-  }
-
-  #checkIdle(idleMs: number): void {
-    const quiet = Date.now() - this.#lastHeard;
-    if (quiet >= idleMs) {
-      // Gone without a word: no close handshake to wait for.
-      this.#finish({ code: 1001, reason: "Idle timeout", wasClean: false });
-    } else if (quiet >= idleMs / 2 && !this.#pinged) {
-      this.#pinged = true;
-      this.#writer.frame(PING, new Uint8Array(0));
-    }
-  }
-
   async #readLoop(
     initial: Uint8Array | Promise<Uint8Array | null>,
   ): Promise<void> {
     try {
       const first = await initial;
       if (first === null) throw new Error("Closed");
-      if (first.length > 0) this.#heard();
+      if (first.length > 0) this.#liveness?.heard();
       const reader = new FrameReader(
         {
           client: this.#client,
@@ -286,7 +279,7 @@ export class ConnSocket {
         const n = await this.#conn.read(reader.space());
         if (n === null) break;
         reader.received(n);
-        this.#heard();
+        this.#liveness?.heard();
       }
     } catch {
       // A reset or a closed descriptor: the close below says 1006.
@@ -364,11 +357,31 @@ export class ConnSocket {
 
   #fail(code: number, reason: string): void {
     if (this.readyState === OPEN) {
+      this.#logClose(code, reason);
       this.readyState = CLOSING;
       this.#sendClose(code, reason);
     }
     this.#peerClosed = { code, reason, wasClean: false };
     this.#closeSoon();
+  }
+
+  /** A close this end starts, on the server: said at info, with its reason. */
+  #logClose(code: number, reason: string): void {
+    if (this.#client) return;
+    let peer = "a peer";
+    try {
+      const addr = this.#conn.remoteAddr as Deno.NetAddr;
+      peer = addr.hostname.includes(":")
+        ? `[${addr.hostname}]:${addr.port}`
+        : `${addr.hostname}:${addr.port}`;
+    } catch {
+      // Closed already: the address is gone with it.
+    }
+    log.info("Closing the connection of {peer}: {code} {reason}", {
+      peer,
+      code,
+      reason: reason || "(no reason)",
+    });
   }
 
   /**
@@ -390,7 +403,7 @@ export class ConnSocket {
     this.readyState = CLOSED;
     this.resume();
     clearTimeout(this.#closeTimer);
-    clearInterval(this.#idleTimer);
+    this.#liveness?.stop();
     this.#writer.clear();
     try {
       this.#conn.close();
