@@ -477,6 +477,8 @@ async function main(): Promise<number> {
         const answer = await client.request(command, json, { onProgress });
         print(answer);
         explain(answer);
+        // Commands piped in are a script: its exit code says whether any of them failed.
+        if (answerFailed(answer)) status = RequesterExit.FAILED;
       } catch (e) {
         console.error(`requester: ${(e as Error).message}`);
         if (!client.connected) {

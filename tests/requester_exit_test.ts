@@ -175,3 +175,32 @@ Deno.test("wrong port - named whatever the tokens: a requester with its token on
   );
   assert.doesNotMatch(worker.lines.join("\n"), /check --token/);
 });
+
+Deno.test("requester - commands piped to the console exit 1 when any answer failed, 0 when none did", async () => {
+  await using server = startTestServer();
+  const run = async (input: string) => {
+    const child = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        new URL("../requester.ts", import.meta.url).pathname,
+        "--url",
+        server.requesterUrl,
+        "--compact",
+      ],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const writer = child.stdin.getWriter();
+    await writer.write(new TextEncoder().encode(input));
+    await writer.close();
+    return await child.output();
+  };
+  const ok = await run('get_time\ncalculate {"a": 1, "b": 2}\n');
+  assert.equal(ok.code, 0, new TextDecoder().decode(ok.stderr));
+  const failed = await run(
+    'calculate {"a": 1, "b": 2, "operation": "*"}\nget_time\n',
+  );
+  assert.equal(failed.code, 1, new TextDecoder().decode(failed.stderr));
+});

@@ -37,7 +37,7 @@ export const EXIT_CODES_HELP =
   `Exit codes (the same for every command, the console and markets):
   0    the answer succeeded (markets: every symbol did, or was complete already)
   1    the answer failed: its success, a nested data.success or a batch item is false
-       (markets: some symbols failed, see failed.txt)
+       (markets: some symbols failed, see failed.txt; the console: any answer failed)
   2    bad flags, JSON data or symbol list: nothing was sent
   3    the server could not be reached, or the connection was lost
   4    the token was refused (missing or wrong: check --token or SWITCHYARD_REQUESTER_TOKEN)
