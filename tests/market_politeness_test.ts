@@ -219,16 +219,43 @@ function heldClock() {
 Deno.test("market service - an abort cancels the upstream HTTP request itself", async () => {
   const received = Promise.withResolvers<void>();
   const cancelled = Promise.withResolvers<void>();
-  // An upstream that holds every request until its client goes away.
-  const upstream = Deno.serve(
-    { hostname: "127.0.0.1", port: 0, onListen: () => {} },
-    async (request) => {
-      request.signal.addEventListener("abort", () => cancelled.resolve());
-      received.resolve();
-      await cancelled.promise;
-      return new Response("too late", { status: 503 });
+  // An upstream that holds every request until its client goes away, seen as the end of the
+  // connection (plain TCP: no server-side request signal, whose legacy abort Deno warns about).
+  const listener = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const conns = new Set<Deno.Conn>();
+  const upstream = {
+    addr: listener.addr as Deno.NetAddr,
+    serving: (async () => {
+      for await (const conn of listener) {
+        conns.add(conn);
+        void (async () => {
+          const buffer = new Uint8Array(4096);
+          let first = true;
+          try {
+            while ((await conn.read(buffer)) !== null) {
+              if (first) received.resolve();
+              first = false;
+            }
+          } catch {
+            // Reset by the client: gone all the same.
+          }
+          cancelled.resolve();
+          conns.delete(conn);
+          try {
+            conn.close();
+          } catch {
+            // Closed already.
+          }
+        })();
+      }
+    })(),
+    async shutdown() {
+      listener.close();
+      // A fetch that ignored the abort ends here, so that nothing outlives the test.
+      for (const conn of conns) conn.close();
+      await this.serving.catch(() => {});
     },
-  );
+  };
   // Every HTTP exchange is read to the end here, so cleanup can wait for it even when a
   // regression leaves it running past the abort.
   const exchanges = new Set<Promise<unknown>>();
@@ -257,9 +284,8 @@ Deno.test("market service - an abort cancels the upstream HTTP request itself", 
     assert.deepEqual(market.blockedSources(), []);
   } finally {
     market.close();
-    cancelled.resolve(); // lets a held request end even when the fetch ignored the abort
-    await Promise.allSettled(exchanges);
     await upstream.shutdown();
+    await Promise.allSettled(exchanges);
   }
 });
 
@@ -330,4 +356,25 @@ Deno.test("retry - every attempt waits for the rate limiter, retries included", 
   } finally {
     market.close();
   }
+});
+
+Deno.test("tests - the upstream that holds requests prints no Deno.serve legacy request.signal warning", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "test",
+      "-A",
+      "--no-check",
+      "--filter",
+      "an abort cancels the upstream HTTP request itself",
+      new URL(import.meta.url).pathname,
+    ],
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).output();
+  const text = new TextDecoder().decode(out.stdout) +
+    new TextDecoder().decode(out.stderr);
+  assert.equal(out.code, 0, text);
+  assert.match(text, /1 passed/);
+  assert.doesNotMatch(text, /legacy behavior/);
 });
