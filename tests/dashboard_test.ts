@@ -1,6 +1,5 @@
-// The dashboard in a real browser: Debian's headless Chromium, driven over the DevTools protocol
-// (tests/_chromium.ts), against a real server with real workers. Screenshots go to
-// tests/artifacts/dashboard/ (gitignored).
+// The dashboard in a real browser: Debian's headless Chromium, driven by puppeteer-core, against
+// a real server with real workers. Screenshots go to tests/artifacts/dashboard/ (gitignored).
 //
 // Without Chromium the test is skipped and says so; `.ci/run` installs it. CHROMIUM_PATH names
 // another binary.
@@ -9,7 +8,7 @@ import assert from "node:assert/strict";
 import type { ActionContext } from "../lib/action.ts";
 import { createMarketService } from "../lib/market/mod.ts";
 import { RequesterClient } from "../lib/mod.ts";
-import { Chromium } from "./_chromium.ts";
+import puppeteer, { type Page } from "npm:puppeteer-core@25.19.0";
 import { fakeListings, startFakeEastmoney } from "./_fake_eastmoney.ts";
 import {
   answerOf,
@@ -38,6 +37,46 @@ if (!available) {
     `dashboard_test: skipped, no Chromium at ${CHROMIUM} ` +
       "(apt-get install chromium, or set CHROMIUM_PATH)",
   );
+}
+
+/** Chromium with one 1280×1000 page, whose uncaught errors are collected; closes when disposed. */
+async function openBrowser() {
+  const browser = await puppeteer.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    // Root on a CI machine: no sandbox; nothing to render on a GPU.
+    args: ["--no-sandbox", "--disable-gpu", "--disable-quic"],
+  });
+  try {
+    const page = await browser.newPage();
+    await page.setViewport({ width: 1280, height: 1000 });
+    const errors: string[] = [];
+    page.on("pageerror", (error) => errors.push(String(error)));
+    return {
+      page,
+      errors,
+      [Symbol.asyncDispose]: () => browser.close(),
+    };
+  } catch (error) {
+    await browser.close();
+    throw error;
+  }
+}
+
+/** The value of a JavaScript expression in the page. */
+async function value<T = unknown>(page: Page, expression: string): Promise<T> {
+  return await page.evaluate(expression) as T;
+}
+
+/** Waits until `expression` is truthy in the page. */
+async function waitFor(page: Page, expression: string): Promise<void> {
+  await page.waitForFunction(expression, { polling: 25, timeout: 10_000 });
+}
+
+/** Navigates to `url` and waits for its load event; resolves with the final URL. */
+async function goto(page: Page, url: string): Promise<string> {
+  await page.goto(url, { waitUntil: "load", timeout: 15_000 });
+  return page.url();
 }
 
 /** A page predicate: the workers table has `n` rows. */
@@ -86,33 +125,38 @@ Deno.test({
       new RequesterClient(server.requesterUrl, { token: TOKEN }),
       (c) => c.close(),
     );
-    await using browser = await Chromium.launch(CHROMIUM);
-    const page = await browser.newPage(1280, 1000);
+    await using browser = await openBrowser();
+    const { page, errors } = browser;
     const base = `http://127.0.0.1:${server.requesterPort}`;
     const shot = (name: string) =>
-      page.screenshot(new URL(`${name}.png`, ARTIFACTS).pathname);
+      page.screenshot({
+        path: new URL(`${name}.png`, ARTIFACTS).pathname,
+        fullPage: true,
+      });
     const rows = () =>
-      page.evaluate<string[]>(
+      value<string[]>(
+        page,
         `[...document.querySelectorAll("#workers tbody tr")].map((tr) => tr.children[1].textContent)`,
       );
 
     // Without the token: the hint, not the dashboard.
-    await page.goto(`${base}/`);
+    await goto(page, `${base}/`);
     assert.match(
-      await page.evaluate<string>("document.body.innerText"),
+      await value<string>(page, "document.body.innerText"),
       /needs the requester token/,
     );
     assert.equal(
-      await page.evaluate("document.querySelector('#workers')"),
+      await value(page, "document.querySelector('#workers')"),
       null,
     );
 
     // With it once in the address: a cookie from then on, and the token leaves the address.
-    assert.equal(await page.goto(`${base}/?token=${TOKEN}`), `${base}/`);
-    await page.waitFor(workerRows(1));
+    assert.equal(await goto(page, `${base}/?token=${TOKEN}`), `${base}/`);
+    await waitFor(page, workerRows(1));
     assert.deepEqual(await rows(), ["alpha"]);
     assert.equal(
-      await page.evaluate(
+      await value(
+        page,
         `document.querySelector("#workers tbody tr .state").textContent`,
       ),
       "ready",
@@ -121,13 +165,13 @@ Deno.test({
     // A worker joins, then leaves: the page follows without a reload.
     let since = performance.now();
     await using beta = await startWorker(server, { name: "beta" });
-    await page.waitFor(workerRows(2));
+    await waitFor(page, workerRows(2));
     const joinMs = performance.now() - since;
     assert.deepEqual((await rows()).sort(), ["alpha", "beta"]);
     await shot("workers");
     since = performance.now();
     await beta.stop();
-    await page.waitFor(workerRows(1));
+    await waitFor(page, workerRows(1));
     const leaveMs = performance.now() - since;
     assert.deepEqual(await rows(), ["alpha"]);
 
@@ -146,7 +190,8 @@ Deno.test({
       65_000,
     );
     const progress = (value: number) =>
-      page.waitFor(
+      waitFor(
+        page,
         `(() => {
           const bar = document.querySelector("#batches .batch progress");
           return bar !== null && bar.max === 4 && bar.value === ${value};
@@ -161,31 +206,39 @@ Deno.test({
     batch.release(2);
     batch.release(3);
     assert.equal((await answer).success, true);
-    await page.waitFor(
+    await waitFor(
+      page,
       'document.querySelectorAll("#batches .batch").length === 0',
     );
 
     // The symbol view: a demo symbol's daily bars as candles, drawn on the canvas.
-    await page.evaluate(`(() => {
+    await value(
+      page,
+      `(() => {
       const form = document.querySelector("#symbol-form");
       form.elements.code.value = "510300";
       form.elements.start_date.value = "2024-01-01";
       form.requestSubmit();
-    })()`);
-    await page.waitFor("globalThis.dashboard.symbolBars > 0");
-    const counts = await page.evaluate<{ bars: number; candles: number }>(
+    })()`,
+    );
+    await waitFor(page, "globalThis.dashboard.symbolBars > 0");
+    const counts = await value<{ bars: number; candles: number }>(
+      page,
       "({ bars: dashboard.symbolBars, candles: dashboard.candleCount() })",
     );
     assert.ok(counts.bars > 100, `only ${counts.bars} bars`);
     assert.equal(counts.candles, counts.bars);
     assert.match(
-      await page.evaluate<string>(
+      await value<string>(
+        page,
         'document.querySelector("#symbol-status").textContent',
       ),
       /510300.*bars \(source: demo\)/,
     );
     // Candle colours on the chart's canvases: pixels really drawn, not only data held.
-    const coloured = await page.evaluate<number>(`(() => {
+    const coloured = await value<number>(
+      page,
+      `(() => {
       let n = 0;
       for (const c of document.querySelectorAll("#symbol-chart canvas")) {
         const ctx = c.getContext("2d");
@@ -198,11 +251,12 @@ Deno.test({
         }
       }
       return n;
-    })()`);
+    })()`,
+    );
     assert.ok(coloured > 500, `only ${coloured} candle-coloured pixels`);
     await shot("symbol");
 
-    assert.deepEqual(page.errors, []);
+    assert.deepEqual(errors, []);
     console.log(
       `dashboard_test: join shown after ${Math.round(joinMs)} ms, leave after ${
         Math.round(leaveMs)
@@ -241,11 +295,14 @@ Deno.test({
       }),
     });
     await Deno.mkdir(ARTIFACTS, { recursive: true });
-    await using browser = await Chromium.launch(CHROMIUM);
-    const page = await browser.newPage(1280, 1000);
+    await using browser = await openBrowser();
+    const { page, errors } = browser;
     const base = `http://127.0.0.1:${server.requesterPort}`;
     const shot = (name: string) =>
-      page.screenshot(new URL(`${name}.png`, ARTIFACTS).pathname);
+      page.screenshot({
+        path: new URL(`${name}.png`, ARTIFACTS).pathname,
+        fullPage: true,
+      });
 
     // Browsers ask for it before any token: an icon, not 426 or 401.
     const icon = await fetch(`${base}/favicon.ico`);
@@ -253,28 +310,33 @@ Deno.test({
     assert.equal(icon.headers.get("content-type"), "image/svg+xml");
     assert.match(await icon.text(), /^<svg/);
 
-    await page.goto(`${base}/?token=${TOKEN}`);
-    await page.waitFor(workerRows(1));
+    await goto(page, `${base}/?token=${TOKEN}`);
+    await waitFor(page, workerRows(1));
     const text = (selector: string) =>
-      page.evaluate<string>(
+      value<string>(
+        page,
         `document.querySelector(${
           JSON.stringify(selector)
         })?.textContent ?? null`,
       );
     const show = (kind: string, code: string) =>
-      page.evaluate(`(() => {
+      value(
+        page,
+        `(() => {
       const form = document.querySelector("#symbol-form");
       form.elements.symbol_type.value = ${JSON.stringify(kind)};
       form.elements.code.value = ${JSON.stringify(code)};
       form.elements.start_date.value = "2024-01-01";
       window.dashboard.symbol = undefined;
       form.requestSubmit();
-    })()`);
+    })()`,
+      );
     const shown = async () => {
-      await page.waitFor(`window.dashboard.symbol !== undefined`);
-      return await page.evaluate<
+      await waitFor(page, `window.dashboard.symbol !== undefined`);
+      return await value<
         { symbol: unknown; bars: number; candles: number }
       >(
+        page,
         "({ symbol: dashboard.symbol, bars: dashboard.symbolBars, candles: dashboard.candleCount() })",
       );
     };
@@ -306,9 +368,12 @@ Deno.test({
     s = await shown();
     assert.deepEqual(s.symbol, { code: "510300", symbol_type: "etf" });
     assert.match((await text("#symbol-matches"))!, /沪深300 000300 \(index\)/);
-    await page.evaluate(`window.dashboard.symbol = undefined;
+    await value(
+      page,
+      `window.dashboard.symbol = undefined;
       [...document.querySelectorAll("#symbol-matches button")]
-        .find((b) => b.textContent.includes("000300")).click()`);
+        .find((b) => b.textContent.includes("000300")).click()`,
+    );
     s = await shown();
     assert.deepEqual(s.symbol, { code: "000300", symbol_type: "index" });
     await shot("symbol_search");
@@ -318,7 +383,8 @@ Deno.test({
     assert.equal(s.candles, 0);
     assert.match((await text("#symbol-status"))!, /No symbol named like/);
 
-    await page.waitFor(
+    await waitFor(
+      page,
       `document.querySelector("#workers tbody tr td:last-child").textContent.includes("no budget")`,
     );
     assert.doesNotMatch(
@@ -326,13 +392,11 @@ Deno.test({
       /\d{6,}/,
     );
     assert.equal(
-      await page.evaluate(`document.querySelector("#worker-details").hidden`),
+      await value(page, `document.querySelector("#worker-details").hidden`),
       true,
     );
-    await page.evaluate(
-      `document.querySelector("#workers tbody tr td").click()`,
-    );
-    await page.waitFor(`!document.querySelector("#worker-details").hidden`);
+    await value(page, `document.querySelector("#workers tbody tr td").click()`);
+    await waitFor(page, `!document.querySelector("#worker-details").hidden`);
     assert.equal(await text('#worker-fields dd[data-field="name"]'), "fetcher");
     assert.match(
       (await text('#worker-fields dd[data-field^="upstream:"]'))!,
@@ -344,11 +408,9 @@ Deno.test({
     );
     await shot("worker_details");
     // A second click closes it.
-    await page.evaluate(
-      `document.querySelector("#workers tbody tr td").click()`,
-    );
-    await page.waitFor(`document.querySelector("#worker-details").hidden`);
-    assert.deepEqual(page.errors, []);
+    await value(page, `document.querySelector("#workers tbody tr td").click()`);
+    await waitFor(page, `document.querySelector("#worker-details").hidden`);
+    assert.deepEqual(errors, []);
   },
 });
 
@@ -377,11 +439,11 @@ Deno.test({
       new RequesterClient(server.requesterUrl, { token: TOKEN }),
       (c) => c.close(),
     );
-    await using browser = await Chromium.launch(CHROMIUM);
-    const page = await browser.newPage(1280, 1000);
+    await using browser = await openBrowser();
+    const { page, errors } = browser;
     const base = `http://127.0.0.1:${server.requesterPort}`;
-    await page.goto(`${base}/?token=${TOKEN}`);
-    await page.waitFor(workerRows(2));
+    await goto(page, `${base}/?token=${TOKEN}`);
+    await waitFor(page, workerRows(2));
     type Range = { from: number; to: number };
     type Axes = {
       drawn: Range | null;
@@ -399,7 +461,9 @@ Deno.test({
     // until one shows the whole timeline, or give the last reading after 10 s (the assertions
     // below then say what is wrong).
     const axes = () =>
-      page.evaluate<Axes>(`new Promise((resolve) => {
+      value<Axes>(
+        page,
+        `new Promise((resolve) => {
         const { charts, series } = window.dashboard;
         const until = performance.now() + 10_000;
         const read = () => {
@@ -428,7 +492,8 @@ Deno.test({
           else requestAnimationFrame(frame);
         };
         requestAnimationFrame(frame);
-      })`);
+      })`,
+      );
     const check = (seen: Axes) => {
       assert.ok(seen.drawn, "no timeline drawn");
       assert.equal(seen.drawn.to - seen.drawn.from, 299, "not five minutes");
@@ -465,20 +530,26 @@ Deno.test({
       })),
     );
     assert.equal(answer.success, true);
-    await page.waitFor(
+    await waitFor(
+      page,
       `document.querySelector("#stat-answered").textContent === "12"`,
     );
     // Served: the items each worker fetched, 12 in all, not the chunks they came in.
-    await page.waitFor(
+    await waitFor(
+      page,
       `[...document.querySelectorAll("#workers tbody tr")]
         .reduce((n, tr) => n + Number(tr.children[5].textContent), 0) === 12`,
     );
-    await page.waitFor(
+    await waitFor(
+      page,
       `window.dashboard.series.requests.data().reduce((a, p) => a + (p.value ?? 0), 0) === 12`,
     );
     check(await axes());
     await Deno.mkdir(ARTIFACTS, { recursive: true });
-    await page.screenshot(new URL("charts.png", ARTIFACTS).pathname);
-    assert.deepEqual(page.errors, []);
+    await page.screenshot({
+      path: new URL("charts.png", ARTIFACTS).pathname,
+      fullPage: true,
+    });
+    assert.deepEqual(errors, []);
   },
 });
