@@ -109,6 +109,25 @@ const maxSeries = addTimeSeries(latency.chart, LC.LineSeries, {
   priceFormat: MS_FORMAT,
 });
 
+// Bars in the timeline last drawn.
+let timelineBars = 0;
+
+// Every second whole on the chart, the last one too: a bar cut at the edge is left out of the
+// value axis's range, and its line would run off the chart.
+function showAllBars(chart) {
+  if (timelineBars === 0) return;
+  chart.timeScale().setVisibleLogicalRange({
+    from: -0.5,
+    to: timelineBars - 0.5,
+  });
+}
+
+// When the plot narrows or widens (the value axis's labels grew, the window was resized) a chart
+// keeps its bar spacing, not its range: set the range again.
+for (const { chart } of [throughput, latency]) {
+  chart.timeScale().subscribeSizeChange(() => showAllBars(chart));
+}
+
 function drawTimeline(t) {
   const start = t.end - t.requests.length;
   const points = (values) =>
@@ -123,14 +142,8 @@ function drawTimeline(t) {
   meanSeries.setData(points(t.mean_ms));
   maxSeries.setData(points(t.max_ms));
   if (ticks.length === 0) return;
-  // Every second whole on both charts, the last one too: a bar cut at the edge is left out of
-  // the value axis's range, and its line would run off the chart.
-  for (const { chart } of [throughput, latency]) {
-    chart.timeScale().setVisibleLogicalRange({
-      from: -0.5,
-      to: ticks.length - 0.5,
-    });
-  }
+  timelineBars = ticks.length;
+  for (const { chart } of [throughput, latency]) showAllBars(chart);
   dashboard.drawn = { from: start, to: t.end - 1 };
 }
 
