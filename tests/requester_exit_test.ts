@@ -65,6 +65,17 @@ Deno.test("requester - a refused token exits 4 and the worker port exits 5, from
 
 Deno.test("requester - exits 1 when a nested data.success or a batch item is false, 0 when all succeeded", async () => {
   await using server = startTestServer();
+  // markets --all asks the workers for the list; with none to answer, the answer failed.
+  const unlisted = await runProgram("requester.ts", [
+    "--url",
+    server.requesterUrl,
+    "markets",
+    "--all",
+    "etf",
+    "--quiet",
+  ]);
+  assert.equal(unlisted.code, 1, unlisted.stderr);
+  assert.match(unlisted.stderr, /Cannot list etf symbols/);
   // An upstream that refuses connections: the action runs, and its answer says it failed.
   const down = createMarketService({
     eastmoneyUrl: `http://127.0.0.1:${closedPort()}`,

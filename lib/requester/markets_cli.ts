@@ -139,7 +139,8 @@ export async function marketsCommand(
         symbols = await collectSymbols(command, io, client);
       } catch (error) {
         io.stderr(`requester markets: ${(error as Error).message}\n`);
-        return client.connected ? MarketsExit.USAGE : exitCodeOf(error);
+        // The list was asked for and the answer failed: a failed answer, not a usage error.
+        return client.connected ? MarketsExit.FAILED : exitCodeOf(error);
       }
       io.stderr(`${symbols.length} ${command.all} symbols listed\n`);
     }
