@@ -410,6 +410,40 @@ Deno.test({
     // A second click closes it.
     await value(page, `document.querySelector("#workers tbody tr td").click()`);
     await waitFor(page, `document.querySelector("#worker-details").hidden`);
+
+    // A worker that lets a request pass its deadline is benched: its row says since when and
+    // why, and so do its details.
+    const hung = Promise.withResolvers<void>();
+    await using _sleeper = await startWorker(server, {
+      name: "sleeper",
+      actions: { sleep: () => hung.promise },
+    });
+    await using client = releasing(
+      new RequesterClient(server.requesterUrl, { token: TOKEN }),
+      (c) => c.close(),
+    );
+    await client.connect();
+    const late = await client.request("sleep", {}, { timeout: 0.2 });
+    assert.equal(late.error_code, "TIMEOUT");
+    const sleeperRow = `[...document.querySelectorAll("#workers tbody tr")]
+      .find((tr) => tr.children[1].textContent === "sleeper")`;
+    await waitFor(
+      page,
+      `${sleeperRow}?.children[2].textContent.startsWith("benched")`,
+    );
+    assert.match(
+      await value<string>(page, `${sleeperRow}.children[2].textContent`),
+      /^benched\s*since \d.*: sleep passed its deadline/,
+    );
+    assert.equal(await text("#stat-benched-count"), "1");
+    await value(page, `${sleeperRow}.children[0].click()`);
+    await waitFor(page, `!document.querySelector("#worker-details").hidden`);
+    assert.match(
+      (await text('#worker-fields dd[data-field="benched"]'))!,
+      /^since .*: sleep passed its deadline/,
+    );
+    await shot("benched");
+    hung.resolve();
     assert.deepEqual(errors, []);
   },
 });

@@ -197,6 +197,25 @@ function upstreamCell(w, now) {
   return cell;
 }
 
+function benchedText(b) {
+  return `since ${new Date(b.since).toLocaleTimeString()}: ${b.reason}`;
+}
+
+// A benched worker (one of its requests passed its deadline) says so, since when and why, until
+// it answers in time again.
+function stateCell(w) {
+  const benched = w.benched ?? null;
+  const state = benched ? "benched" : w.state;
+  return el(
+    "td",
+    {},
+    el("span", { class: `state ${benched ? "unhealthy" : w.state}` }, state),
+    ...(benched
+      ? [el("div", { class: "dim benched" }, benchedText(benched))]
+      : []),
+  );
+}
+
 // ---- one worker's details ------------------------------------------------------------------
 
 // The worker whose details are open (its client_id), and the last snapshot's workers.
@@ -225,6 +244,7 @@ const DETAIL_FIELDS = [
   ["last_seen", "last seen"],
   ["actions", "actions"],
   ["blocked_sources", "blocked sources"],
+  ["benched", "benched"],
 ];
 const SHOWN_ELSEWHERE = new Set([...DETAIL_FIELDS.map(([k]) => k), "upstream"]);
 
@@ -256,7 +276,10 @@ function drawDetails() {
       el("dd", { "data-field": key }, detailText(value)),
     );
   for (const [key, label] of DETAIL_FIELDS) {
-    if (key in w) add(key, label, w[key]);
+    if (!(key in w)) continue;
+    if (key === "benched") {
+      add(key, label, w.benched ? benchedText(w.benched) : "no");
+    } else add(key, label, w[key]);
   }
   for (const [host, h] of Object.entries(w.upstream?.hosts ?? {})) {
     const cooling = h.cooldown_until > lastNow
@@ -326,7 +349,7 @@ function drawWorkers(workers, now) {
           // In a cluster: the server the worker is attached to.
           ...(w.server ? [el("div", { class: "dim" }, `@ ${w.server}`)] : []),
         ),
-        el("td", {}, el("span", { class: `state ${w.state}` }, w.state)),
+        stateCell(w),
         el("td", {}, fmt(w.weight, w.weight % 1 ? 1 : 0)),
         el(
           "td",
@@ -389,6 +412,9 @@ function drawErrors(errors) {
 }
 
 function draw(s) {
+  const benched = s.stats.benched_workers ?? 0;
+  $("stat-benched").hidden = benched === 0;
+  $("stat-benched-count").textContent = benched;
   $("stat-workers").textContent =
     `${s.stats.healthy_workers}/${s.stats.workers}`;
   $("stat-in-flight").textContent = s.stats.in_flight;
