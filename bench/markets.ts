@@ -401,15 +401,25 @@ export async function runMarketsBench(
     result: Awaited<ReturnType<typeof job>>,
     out: string,
     calls: number,
-  ): MarketsRow => ({
-    run,
-    kind,
-    ...config,
-    idealS: config.symbols / (config.workers * rate),
-    ...result,
-    lost: config.symbols - countCsv(out),
-    upstreamCalls: calls,
-  });
+  ): MarketsRow => {
+    const r: MarketsRow = {
+      run,
+      kind,
+      ...config,
+      idealS: config.symbols / (config.workers * rate),
+      ...result,
+      lost: config.symbols - countCsv(out),
+      upstreamCalls: calls,
+    };
+    log(
+      `  ${fixed(r.elapsedS, 1)} s, ${
+        fixed(ratio(r))
+      }× ideal, ${r.lost} lost, ${r.upstreamCalls} upstream calls; items/s by tenth: ${
+        r.profile.map((v) => fixed(v, 1)).join(" ")
+      }`,
+    );
+    return r;
+  };
   try {
     for (let run = 1; run <= runs; run++) {
       // Reverse the order every other run, so no configuration always meets the same machine.
