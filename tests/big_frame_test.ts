@@ -11,6 +11,7 @@ import {
   openRawWorker,
   releasing,
   startTestServer,
+  within,
 } from "./_helpers.ts";
 
 interface Frame {
@@ -143,6 +144,30 @@ class RawSocket {
     }
   }
 
+  /**
+   * A message of `total` bytes that starts with `prefix` (its length a multiple of 4) and goes
+   * on with "x", masked with the key 1 2 3 4, in one frame or in a first fragment holding the
+   * prefix and one continuation.
+   */
+  async masked(prefix: string, total: number, fragmented = false) {
+    const key = [1, 2, 3, 4];
+    const start = new TextEncoder().encode(prefix);
+    assert.equal(start.length % 4, 0);
+    const xor = (bytes: Uint8Array) => bytes.map((b, i) => b ^ key[i % 4]);
+    if (fragmented) {
+      await write(this.conn, frameHeader(false, 1, start.length, key));
+      await write(this.conn, xor(start));
+      await write(this.conn, frameHeader(true, 0, total - start.length, key));
+    } else {
+      await write(this.conn, frameHeader(true, 1, total, key));
+      await write(this.conn, xor(start));
+    }
+    const block = xor(new Uint8Array(1024 * 1024).fill(0x78));
+    for (let left = total - start.length; left > 0; left -= block.length) {
+      await write(this.conn, block.subarray(0, Math.min(left, block.length)));
+    }
+  }
+
   async close(): Promise<void> {
     try {
       this.conn.close();
@@ -261,4 +286,89 @@ Deno.test("big frames - worker: a 65 MiB frame gets an error envelope; the worke
   const answer = await pending;
   assert.equal(answer.success, true);
   assert.match(String(answer.data), /^answered by /);
+});
+
+/** `text` padded with spaces to a multiple of 4 bytes. */
+function padded(text: string): string {
+  return text +
+    " ".repeat((4 - (new TextEncoder().encode(text).length % 4)) % 4);
+}
+
+Deno.test("big frames - requester: a frame too large is answered under the request_id in its first 64 KiB, whatever its size", async () => {
+  await using server = startTestServer({ maxRequesterFrameBytes: 1024 * 1024 });
+  await using socket = await RawSocket.open(server.requesterPort);
+  // The id 60 KiB in, behind a long field.
+  const prefix = (id: string) =>
+    padded(
+      `{"data": "${
+        "y".repeat(60_000)
+      }", "request_id": "${id}", "command": "x", "pad": "`,
+    );
+  const cases: [string, number, boolean][] = [
+    ["over-the-port-limit", 2 * MiB, false],
+    ["over-the-runtime-cap", RUNTIME_FRAME_CAP + 1, false],
+    ["fragmented-over-the-cap", RUNTIME_FRAME_CAP + 1, true],
+  ];
+  for (const [id, total, fragmented] of cases) {
+    await socket.masked(prefix(id), total, fragmented);
+    const answer = await socket.json((v) => v.error_code === "FRAME_TOO_LARGE");
+    assert.equal(answer.request_id, id);
+    assert.equal(answer.success, false);
+    assert.match(
+      String(answer.error),
+      new RegExp(`^Frame too large: ${total} bytes`),
+    );
+  }
+  // An id past the first 64 KiB is not looked for: the answer says null.
+  await socket.masked(
+    padded(`{"data": "${"y".repeat(70_000)}", "request_id": "late", "pad": "`),
+    RUNTIME_FRAME_CAP + 1,
+  );
+  const late = await socket.json((v) => v.error_code === "FRAME_TOO_LARGE");
+  assert.equal(late.request_id, null);
+});
+
+Deno.test("big frames - worker: an answer over the worker port's limit fails its request at once with RESULT_TOO_LARGE, naming the worker and the size", async () => {
+  for (
+    const [limit, total] of [[MiB, 2 * MiB], [
+      undefined,
+      RUNTIME_FRAME_CAP + 8,
+    ]] as const
+  ) {
+    await using server = startTestServer({ maxWorkerFrameBytes: limit });
+    await using socket = await RawSocket.open(server.port);
+    await using client = releasing(
+      new RequesterClient(server.requesterUrl),
+      (c) => c.close(),
+    );
+    await socket.json((v) => v.type === "connect");
+    await socket.text({
+      type: "connect",
+      msg_id: "c1",
+      timestamp: Date.now() / 1000,
+      data: { name: "bulky", actions: ["work"] },
+    });
+    await client.connect();
+    // Far past the test: a TIMEOUT would come only after `within` gave up.
+    const pending = answerOf(client.request("work", {}, { timeout: 300 }));
+    const request = await socket.json((v) => v.type === "request");
+    await socket.masked(
+      padded(
+        `{"type": "response", "msg_id": "m-big", "timestamp": 1, "data": {"request_id": "${request.msg_id}", "success": true, "error": null, "result": "`,
+      ),
+      total,
+    );
+    const answer = await within(pending, "the requester's answer", 60_000);
+    assert.equal(answer.success, false);
+    assert.equal(answer.error_code, "RESULT_TOO_LARGE");
+    assert.match(
+      String(answer.error),
+      new RegExp(`worker bulky \\(\\w+\\) answered with ${total} bytes`),
+    );
+    // The worker hears of it under its frame's msg_id.
+    const error = await socket.json((v) => v.type === "error");
+    const data = error.data as Record<string, unknown>;
+    assert.equal(data.code, "FRAME_TOO_LARGE");
+    assert.equal(data.msg_id, "m-big");
+  }
 });

@@ -36,7 +36,7 @@ Deno.test("frame limit - a requester frame of exactly maxRequesterFrameBytes pas
   assert.match(over.error, /\b1001\b.*\(limit 1000\)$/);
 });
 
-Deno.test("frame limit - a worker frame of exactly maxWorkerFrameBytes passes, one more is FRAME_TOO_LARGE", async () => {
+Deno.test("frame limit - a worker frame of exactly maxWorkerFrameBytes passes; one more is FRAME_TOO_LARGE, and its request RESULT_TOO_LARGE", async () => {
   await using server = startTestServer({ maxWorkerFrameBytes: 2000 });
   const { peer } = await openRawWorker(server, { actions: ["work"] });
   await using _peer = peer;
@@ -55,11 +55,13 @@ Deno.test("frame limit - a worker frame of exactly maxWorkerFrameBytes passes, o
   assert.equal(answer.success, true);
   assert.match(String(answer.data), /^x+$/);
 
-  const second = answerOf(client.request("work", {}, { timeout: 0.3 }));
+  const second = answerOf(client.request("work", {}, { timeout: 30 }));
   const again = await peer.envelope("request");
   peer.send(response(again.msg_id, 2001));
   const error = await peer.envelope("error");
   assert.equal(error.data.code, "FRAME_TOO_LARGE");
   assert.match(error.data.error, /\b2001\b.*\(limit 2000\)$/);
-  assert.equal((await second).error_code, "TIMEOUT");
+  const failed = await second;
+  assert.equal(failed.error_code, "RESULT_TOO_LARGE");
+  assert.match(String(failed.error), /answered with 2001 bytes/);
 });

@@ -14,6 +14,23 @@ import type { RequesterPeer } from "./requester_peer.ts";
 // A request_id still readable from a frame too large to parse, so its error reaches the waiter.
 const REQUEST_ID_PEEK = /"request_id"\s*:\s*"([^"\\]{1,200})"/;
 
+/** How far into a frame too large to parse its `request_id` is looked for: 64 KiB. */
+export const PEEK_CHARS = 64 * 1024;
+
+/**
+ * The first `"request_id": "…"` in the first 64 KiB of a frame too large to parse, or null.
+ *
+ * @example
+ * ```ts
+ * import assert from "node:assert/strict";
+ * import { peekRequestId } from "./requester_frames.ts";
+ * assert.equal(peekRequestId('{"request_id": "r1", "data": [1, 2'), "r1");
+ * ```
+ */
+export function peekRequestId(text: string): string | null {
+  return REQUEST_ID_PEEK.exec(text.slice(0, PEEK_CHARS))?.[1] ?? null;
+}
+
 /** A frame or request the port refuses, with what its failure answer says. */
 export class Refusal {
   /** The request it answers, when the frame named one. */
@@ -49,7 +66,7 @@ export function readRequesterFrame(
     );
   }
   if (overBytes(raw, options.maxRequesterFrameBytes)) {
-    const id = REQUEST_ID_PEEK.exec(raw.slice(0, 1000))?.[1] ?? null;
+    const id = peekRequestId(raw);
     return new Refusal(
       id,
       ErrorCode.FRAME_TOO_LARGE,

@@ -14,6 +14,9 @@ import {
 import { logger } from "../log.ts";
 import { resolveOptions } from "./options.ts";
 import { encodeEnvelope, failureAnswer, MessageType } from "../protocol.ts";
+import { peekRequestId } from "./requester_frames.ts";
+
+const lenient = new TextDecoder();
 import { ErrorCode } from "../errors.ts";
 import type { ClusterLink, ClusterOptions } from "../cluster/link.ts";
 
@@ -164,7 +167,7 @@ function listenGuarded(
   handler: Deno.ServeHandler<Deno.NetAddr>,
   options: ServerOptions,
   tls: { cert?: string; key?: string },
-  oversizeAnswer: (bytes: number) => string,
+  oversizeAnswer: (bytes: number, head: Uint8Array) => string,
 ): Port {
   const secret = crypto.randomUUID();
   const inner = new InnerServer((req, info) => {
@@ -252,7 +255,7 @@ export function startServer(options: ServerOptions = {}): RunningServer {
     name: string,
     port: number,
     handler: Deno.ServeHandler<Deno.NetAddr>,
-    oversizeAnswer: (bytes: number) => string,
+    oversizeAnswer: (bytes: number, head: Uint8Array) => string,
   ) => {
     try {
       return options.guard === false
@@ -301,9 +304,9 @@ export function startServer(options: ServerOptions = {}): RunningServer {
       "Requester",
       options.requesterPort ?? 8766,
       broker.handleRequester,
-      (bytes) =>
+      (bytes, head) =>
         JSON.stringify(failureAnswer(
-          null,
+          peekRequestId(lenient.decode(head)),
           `Frame too large: ${bytes} bytes (limit ${frames.maxRequesterFrameBytes})`,
           ErrorCode.FRAME_TOO_LARGE,
         )),

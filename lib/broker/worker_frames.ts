@@ -9,10 +9,16 @@
 import { overBytes, utf8Bytes } from "../transport/_frame_size.ts";
 import { ErrorCode, type ProtocolError, SwitchyardError } from "../errors.ts";
 import { logger } from "../log.ts";
-import { type Envelope, parseJson, readEnvelope } from "../protocol.ts";
+import {
+  type Envelope,
+  MessageType,
+  parseJson,
+  readEnvelope,
+} from "../protocol.ts";
 import type { Peer } from "./dispatcher.ts";
 import type { ResolvedOptions } from "./options.ts";
 import type { WorkerLink } from "./worker_link.ts";
+import { PEEK_CHARS, peekRequestId } from "./requester_frames.ts";
 
 const log = logger("broker");
 
@@ -42,14 +48,12 @@ export function readWorkerFrame(
   }
   const limit = context.options.maxWorkerFrameBytes;
   if (overBytes(raw, limit)) {
-    const size = utf8Bytes(raw);
-    log.warn("Worker {id} sent a frame of {size} bytes", {
-      id: worker.id,
-      size,
-    });
-    return link.error(
-      ErrorCode.FRAME_TOO_LARGE,
-      `Frame too large: ${size} bytes (limit ${limit})`,
+    return oversizeFrame(
+      context,
+      worker,
+      link,
+      utf8Bytes(raw),
+      raw.slice(0, PEEK_CHARS),
     );
   }
   let value: unknown;
@@ -63,6 +67,53 @@ export function readWorkerFrame(
   if (Array.isArray(value) && link.batching) {
     for (const element of value) readValue(context, worker, link, element);
   } else readValue(context, worker, link, value);
+}
+
+const MSG_ID_PEEK = /"msg_id"\s*:\s*"([^"\\]{1,200})"/;
+const RESPONSE_PEEK = /"type"\s*:\s*"response"/;
+
+/**
+ * A frame over the limit, `size` bytes, `head` its start (64 KiB, where its ids are): the
+ * worker is told, and when it is a response, the request it answers fails at once with
+ * `RESULT_TOO_LARGE` (naming the worker and the size) instead of waiting for its deadline.
+ */
+export function oversizeFrame(
+  context: WorkerFrameContext,
+  worker: Peer,
+  link: WorkerLink,
+  size: number,
+  head: string,
+): void {
+  const limit = context.options.maxWorkerFrameBytes;
+  log.warn("Worker {id} sent a frame of {size} bytes (limit {limit})", {
+    id: worker.id,
+    size,
+    limit,
+  });
+  const msgId = MSG_ID_PEEK.exec(head)?.[1];
+  link.error(
+    ErrorCode.FRAME_TOO_LARGE,
+    `Frame too large: ${size} bytes (limit ${limit})`,
+    msgId,
+  );
+  const requestId = RESPONSE_PEEK.test(head) ? peekRequestId(head) : null;
+  if (requestId === null) return;
+  const name = worker.name === worker.id
+    ? worker.id
+    : `${worker.name} (${worker.id})`;
+  readValue(context, worker, link, {
+    type: MessageType.RESPONSE,
+    msg_id: msgId ?? requestId,
+    timestamp: Date.now() / 1000,
+    data: {
+      request_id: requestId,
+      success: false,
+      result: null,
+      error:
+        `Result too large: worker ${name} answered with ${size} bytes (the worker port takes at most ${limit})`,
+      error_code: ErrorCode.RESULT_TOO_LARGE,
+    },
+  });
 }
 
 function badFrame(worker: Peer, link: WorkerLink, error: ProtocolError): void {

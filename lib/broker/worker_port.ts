@@ -17,7 +17,7 @@ import { BATCH_ENVELOPES, encodeEnvelope, MessageType } from "../protocol.ts";
 import { plainHttp, refuseUpgrade, remoteAddress } from "./http.ts";
 import { type BrokerCore, type MessageHandler, VERSION } from "./options.ts";
 import { WorkerEnvelopes } from "./worker_envelopes.ts";
-import { readWorkerFrame } from "./worker_frames.ts";
+import { oversizeFrame, readWorkerFrame } from "./worker_frames.ts";
 import { WorkerLink } from "./worker_link.ts";
 
 const log = logger("broker");
@@ -111,6 +111,12 @@ export class WorkerPort {
       core.dispatcher.pump();
     };
     socket.onmessage = (event) => this.#onWorkerFrame(worker, link, event.data);
+    // The guard's framing reports a frame past the runtime's cap (Deno's own closes instead).
+    const framed = socket as { onoversize?: unknown };
+    if ("onoversize" in framed) {
+      framed.onoversize = (bytes: number, head: Uint8Array) =>
+        oversizeFrame(this.#envelopes, worker, link, bytes, headText(head));
+    }
     let gone = false;
     socket.onclose = (event) => {
       // Deno can report one close twice (the idle timeout giving up, then the socket ending).
@@ -180,4 +186,11 @@ export class WorkerPort {
     }
     readWorkerFrame(this.#envelopes, worker, link, raw);
   }
+}
+
+const lenient = new TextDecoder();
+
+/** The start of a frame as text (cut anywhere: a broken last character is replaced). */
+function headText(head: Uint8Array): string {
+  return lenient.decode(head);
 }

@@ -69,10 +69,11 @@ export interface ConnSocketOptions {
   /** Largest message taken, in bytes. @default the runtime's own cap, 64 MiB */
   maxMessageBytes?: number;
   /**
-   * The text frame that answers a message over `maxMessageBytes`, given its size. Without it,
-   * such a message closes the connection with 1009 (as the runtime does).
+   * The text frame that answers a message over `maxMessageBytes`, given its size and its first
+   * 64 KiB (where a request names its id). Without it, such a message closes the connection
+   * with 1009 (as the runtime does).
    */
-  oversizeAnswer?: (bytes: number) => string;
+  oversizeAnswer?: (bytes: number, head: Uint8Array) => string;
   /**
    * The client end: frames sent are masked, frames received must not be (RFC 6455 §5.1).
    * @default false
@@ -97,6 +98,11 @@ export class ConnSocket {
   /** A ping or a pong came: the peer is alive. */
   onping: (() => void) | null = null;
   onpong: (() => void) | null = null;
+  /**
+   * A message over the cap was thrown away (`bytes` its size, `head` its first 64 KiB): when
+   * set, it answers in place of `oversizeAnswer`.
+   */
+  onoversize: ((bytes: number, head: Uint8Array) => void) | null = null;
 
   #conn: Deno.Conn;
   #options: ConnSocketOptions;
@@ -126,7 +132,7 @@ export class ConnSocket {
       message: (opcode, payload, checked) =>
         this.#message(opcode, payload, checked),
       control: (opcode, payload) => this.#control(opcode, payload),
-      oversize: (bytes) => this.#oversize(bytes),
+      oversize: (bytes, head) => this.#oversize(bytes, head),
       fail: (code, reason) => this.#fail(code, reason),
     };
     this.#conn = conn;
@@ -290,9 +296,17 @@ export class ConnSocket {
   }
 
   /** A message over the cap was thrown away: answer it. */
-  #oversize(bytes: number): void {
+  #oversize(bytes: number, head: Uint8Array): void {
     if (this.readyState !== OPEN) return;
-    this.#writer.text(this.#options.oversizeAnswer!(bytes));
+    if (this.onoversize) {
+      try {
+        this.onoversize(bytes, head);
+      } catch (error) {
+        log.error("An oversize handler failed: {error}", { error });
+      }
+      return;
+    }
+    this.#writer.text(this.#options.oversizeAnswer!(bytes, head));
   }
 
   /** Hands a message to `onmessage`; false when the socket failed instead. */

@@ -27,6 +27,9 @@ const READ_MIN = 4 * 1024;
 /** A busy connection's read buffer: frames beyond it grow it for their time only. */
 const CHUNK = 64 * 1024;
 
+/** How much of a message thrown away for its size is kept, to say which message it was. */
+export const OVERSIZE_HEAD = 64 * 1024;
+
 /** Where a {@linkcode FrameReader} hands what it found. */
 export interface FrameSink {
   /** False once nothing more is taken (the connection ended). */
@@ -38,8 +41,11 @@ export interface FrameSink {
   message(opcode: number, payload: Uint8Array, checked: boolean): boolean;
   /** A close, ping or pong frame (checked: final, at most 125 bytes). */
   control(opcode: number, payload: Uint8Array): void;
-  /** A message over the cap, `bytes` long, has been thrown away. */
-  oversize(bytes: number): void;
+  /**
+   * A message over the cap, `bytes` long, has been thrown away; `head` holds its first bytes
+   * (up to {@linkcode OVERSIZE_HEAD}), enough to find what it was (a request's id, say).
+   */
+  oversize(bytes: number, head: Uint8Array): void;
   /** A protocol error: the connection is to fail with `code`. */
   fail(code: number, reason: string): void;
 }
@@ -65,6 +71,12 @@ export class FrameReader {
   #skip = 0;
   /** The size so far of an oversize message being thrown away, 0 outside one. */
   #oversize = 0;
+  /** The first bytes of the oversize message, unmasked; `#headLength` of them so far. */
+  #head: Uint8Array | undefined;
+  #headLength = 0;
+  /** The mask key of the frame being skipped, and how far into its payload the skip is. */
+  #skipKey: Uint8Array | undefined;
+  #skipped = 0;
   /** The size to answer once the skipped bytes are gone (the message's last frame came). */
   #answer = 0;
   /** The last read filled the buffer to its end. */
@@ -119,11 +131,11 @@ export class FrameReader {
     while (sink.reading) {
       if (this.#skip > 0) {
         const n = Math.min(this.#skip, this.#end - this.#start);
+        this.#keepHead(buf, this.#start, n);
         this.#skip -= n;
         this.#start += n;
         if (this.#skip > 0) break;
-        if (this.#answer > 0) sink.oversize(this.#answer);
-        this.#answer = 0;
+        if (this.#answer > 0) this.#answered();
         continue;
       }
       const start = this.#start;
@@ -173,21 +185,26 @@ export class FrameReader {
           // Thrown away as it streams in, never held; answered once its last frame is in.
           if (this.#oversize === 0) {
             if (!o.skipOversize) return this.#fail(1009, "Message too big");
+            // What came in earlier fragments starts the head.
+            this.#head = new Uint8Array(OVERSIZE_HEAD);
+            this.#headLength = Math.min(this.#fragmentBytes, OVERSIZE_HEAD);
+            this.#head.set(this.#fragments.subarray(0, this.#headLength));
             this.#fragments = new Uint8Array(0);
             this.#fragmentBytes = 0;
             this.#fragmentOpcode = 0;
             this.#utf8 = 0;
           }
           this.#oversize = sofar + length;
+          this.#skipKey = masked
+            ? buf.slice(start + headLen - 4, start + headLen)
+            : undefined;
+          this.#skipped = 0;
           this.#start += headLen;
           this.#skip = length;
           if (fin) {
             this.#answer = this.#oversize;
             this.#oversize = 0;
-            if (length === 0) {
-              sink.oversize(this.#answer);
-              this.#answer = 0;
-            }
+            if (length === 0) this.#answered();
           }
           continue;
         }
@@ -280,6 +297,29 @@ export class FrameReader {
       buf = bigger;
     }
     this.#buf = buf;
+  }
+
+  /** Keeps what fits of `n` skipped payload bytes at `at` in the head, unmasked. */
+  #keepHead(buf: Uint8Array, at: number, n: number): void {
+    const head = this.#head!;
+    const take = Math.min(n, OVERSIZE_HEAD - this.#headLength);
+    const key = this.#skipKey;
+    for (let i = 0; i < take; i++) {
+      head[this.#headLength + i] = key
+        ? buf[at + i] ^ key[(this.#skipped + i) & 3]
+        : buf[at + i];
+    }
+    this.#headLength += take;
+    this.#skipped += n;
+  }
+
+  #answered(): void {
+    const head = this.#head!.subarray(0, this.#headLength);
+    this.#head = undefined;
+    this.#headLength = 0;
+    const bytes = this.#answer;
+    this.#answer = 0;
+    this.#sink.oversize(bytes, head);
   }
 
   #invalidText(): false {

@@ -105,7 +105,7 @@ export interface GuardOptions {
    * its size: such a message is thrown away as it arrives and answered instead of closing the
    * connection.
    */
-  oversizeAnswer?: (bytes: number) => string;
+  oversizeAnswer?: (bytes: number, head: Uint8Array) => string;
 }
 
 /** The front door; see the module doc. */
