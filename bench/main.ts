@@ -1,6 +1,6 @@
 /**
  * Switchyard benchmark: `deno task bench [--seconds T] [--runs N]
- * [--section core|batch|soak|cluster|markets|all] [--json] [--strict]`. Sections default to `core,batch`; `soak` and `markets` run only when asked.
+ * [--section core|batch|soak|cluster|markets|store|all] [--json] [--strict]`. Sections default to `core,batch`; `soak`, `markets` and `store` run only when asked.
  * Progress goes to stderr, tables (or one JSON document) to stdout. PASS/FAIL lines are
  * informational: the exit code is 0 unless `--strict` and a target was missed.
  *
@@ -13,17 +13,30 @@ import { batchTable, runBatchBench } from "./batch.ts";
 import { runSoak, soakTable } from "./soak.ts";
 import { clusterTable, runClusterBench } from "./cluster.ts";
 import { marketsTable, runMarketsBench } from "./markets.ts";
+import { runStoreBench, storeTable } from "./store.ts";
+import type { Adjust } from "../lib/market/types.ts";
 import { machineBusy } from "./_spawn.ts";
 import { type Check, checkLine, fixed } from "./_stats.ts";
 
-const SECTIONS = ["core", "batch", "soak", "cluster", "markets"] as const;
+const SECTIONS = [
+  "core",
+  "batch",
+  "soak",
+  "cluster",
+  "markets",
+  "store",
+] as const;
 type Section = typeof SECTIONS[number];
 
 const USAGE = `Usage: deno task bench [options]
 
   --seconds T      measured seconds per core row (default 10) or soak length (default 60)
   --runs N         interleaved runs per core row (1x1 rows: 3N), N >= 3 (default 5)
-  --section LIST   core, batch, soak, cluster, markets or all, comma-separated (default core,batch)
+  --section LIST   core, batch, soak, cluster, markets, store or all, comma-separated (default core,batch)
+  --store-symbols N, --store-bars N, --store-history DATE, --store-adjust LIST
+                   the store section's universe (default 7000), bars of its engine comparison
+                   (default 3000000; 30000000 for the figure in docs/store.md) and first day
+                   of every history (default 2024-01-02), adjustments synced (default qfq,hfq)
   --json           print one JSON document instead of tables
   --strict         exit 1 when a target is missed
   --help           show this help`;
@@ -34,7 +47,7 @@ function parseSections(text: string): Section[] {
   for (const name of names) {
     if (!(SECTIONS as readonly string[]).includes(name)) {
       throw new RangeError(
-        `Unknown section '${name}': expected core, batch, soak, cluster, markets or all`,
+        `Unknown section '${name}': expected core, batch, soak, cluster, markets, store or all`,
       );
     }
   }
@@ -50,6 +63,10 @@ async function main(args: string[]): Promise<number> {
       section: { type: "string", default: "core,batch" },
       json: { type: "boolean", default: false },
       strict: { type: "boolean", default: false },
+      "store-symbols": { type: "string", default: "7000" },
+      "store-bars": { type: "string", default: "3000000" },
+      "store-history": { type: "string", default: "2024-01-02" },
+      "store-adjust": { type: "string", default: "qfq,hfq" },
       help: { type: "boolean", default: false },
     },
   });
@@ -146,6 +163,23 @@ async function main(args: string[]): Promise<number> {
         markets.workers.join(", ")
       } worker processes at ${markets.rateLimit} req/s each, each with its own fake upstream process; medians (min-max) of ${markets.runs} interleaved runs)`,
       marketsTable(markets),
+    );
+  }
+  if (sections.includes("store")) {
+    const store = await runStoreBench({
+      log,
+      symbols: Number(values["store-symbols"]),
+      engineBars: Number(values["store-bars"]),
+      historyStart: values["store-history"],
+      adjust: values["store-adjust"].split(",") as Adjust[],
+    });
+    out.store = store;
+    checks.push(...store.checks);
+    print(
+      `store (${store.symbols} symbols × ${
+        store.adjust.join(",")
+      }, five simulated trading days: 1% ex-dividend, 0.5% suspended, two new listings a day)`,
+      storeTable(store),
     );
   }
   const busyAfter = await busy("after");

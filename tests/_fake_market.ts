@@ -17,6 +17,7 @@
 
 import type { Adjust, Bar, SymbolType } from "../lib/market/types.ts";
 import { LIST_FILTERS } from "../lib/market/symbols.ts";
+import { roundHalfAway } from "../lib/store/derive.ts";
 
 /** Options for {@linkcode startFakeMarket}. */
 export interface FakeMarketOptions {
@@ -271,8 +272,8 @@ export function startFakeMarket(options: FakeMarketOptions = {}): FakeMarket {
         amount: r.amount,
       };
       const previous = prevClose ?? open;
-      bar.amplitude = round((high - low) / previous * 100, 2);
-      bar.pct_change = round((close - previous) / previous * 100, 2);
+      bar.amplitude = roundHalfAway((high - low) / previous * 100, 2);
+      bar.pct_change = roundHalfAway((close - previous) / previous * 100, 2);
       bar.change = round(close - previous, d);
       bar.turnover = r.turnover;
       prevClose = close;

@@ -108,9 +108,11 @@ Deno.test("store - appends, cross-sections, raw bars, gone symbols and status", 
     assert.equal(status[0].lastDate, a[19].date);
     assert.equal(status[0].behind, 1);
     assert.deepEqual(await store.crossSection("etf", "qfq", a[18].date), [
-      { code: "159915", bar: b[18] },
-      { code: "510300", bar: a[18] },
+      { symbolType: "etf", code: "159915", bar: b[18] },
+      { symbolType: "etf", code: "510300", bar: a[18] },
     ]);
+    const many = await store.readMany("etf", "qfq", ["510300", "159915"]);
+    assert.deepEqual(many.get("159915"), b);
     const symbols = await store.symbols();
     assert.equal(symbols.get("etf|159915")?.goneSince, a[19].date);
     assert.equal(symbols.get("etf|510300")?.raw?.close, a[19].close);

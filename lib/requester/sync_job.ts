@@ -22,6 +22,7 @@ import { shanghaiDate } from "../market/_dates.ts";
 import type { SnapshotPage, SnapshotRow } from "../market/snapshot.ts";
 import type { Adjust, Bar, SymbolType } from "../market/types.ts";
 import { latestClosedDay, previousTradingDay } from "../store/calendar.ts";
+import { deriveBar } from "../store/derive.ts";
 import {
   barDifference,
   type MarketStore,
@@ -674,23 +675,7 @@ function barFromRow(row: SnapshotRow, day: string): Bar | undefined {
 
 /** `bar` with amplitude, change and pct computed against the series' last close. */
 function derive(bar: Bar, info: SeriesInfo): Bar {
-  const previous = info.lastClose;
-  const out: Bar = {
-    date: bar.date,
-    open: bar.open,
-    high: bar.high,
-    low: bar.low,
-    close: bar.close,
-    volume: bar.volume,
-  };
-  if (bar.amount !== undefined) out.amount = bar.amount;
-  if (previous !== 0) {
-    out.amplitude = round((bar.high - bar.low) / previous * 100, 2);
-    out.pct_change = round((bar.close - previous) / previous * 100, 2);
-    out.change = round(bar.close - previous, 4);
-  }
-  if (bar.turnover !== undefined) out.turnover = bar.turnover;
-  return out;
+  return deriveBar(bar, info.lastClose);
 }
 
 /** hfq − raw when it is one shift over open, high, low and close; else `undefined`. */

@@ -129,7 +129,7 @@ export interface StoreChanges {
 export interface MarketStoreOptions {
   /** Open without writing (several readers may share a file no writer holds). @default false */
   readOnly?: boolean;
-  /** DuckDB's memory limit. @default "256MB" */
+  /** DuckDB's memory limit. @default "64MB" */
   memoryLimit?: string;
   /** DuckDB threads. @default 2 */
   threads?: number;
@@ -226,8 +226,11 @@ export class MarketStore {
     try {
       instance = await DuckDBInstance.create(path, {
         access_mode: readOnly ? "READ_ONLY" : "READ_WRITE",
-        memory_limit: options.memoryLimit ?? "256MB",
+        memory_limit: options.memoryLimit ?? "64MB",
         threads: String(options.threads ?? 2),
+        // Freed memory goes back to the system past this, not kept for reuse (default 128MB).
+        allocator_flush_threshold: "8MB",
+        checkpoint_threshold: "8MB",
       });
     } catch (error) {
       const message = (error as Error).message ?? "";
@@ -381,18 +384,46 @@ export class MarketStore {
     return out;
   }
 
-  /** Every symbol's bar of one day (one kind, one adjustment), by code. */
+  /** Every symbol's bar of one day under one adjustment (of one kind, or of all), by kind and code. */
   async crossSection(
-    symbolType: SymbolType,
+    symbolType: SymbolType | undefined,
     adjust: Adjust,
     date: string,
-  ): Promise<{ code: string; bar: Bar }[]> {
+  ): Promise<{ symbolType: SymbolType; code: string; bar: Bar }[]> {
+    const rows = await this.#rows(
+      `SELECT ${BAR_COLUMNS} FROM bars WHERE adjust = $1 AND date = CAST($2 AS DATE)
+         ${
+        symbolType ? "AND symbol_type = $3" : ""
+      } ORDER BY symbol_type, code`,
+      symbolType ? [adjust, date, symbolType] : [adjust, date],
+    );
+    return rows.map((r) => ({
+      symbolType: r[0] as SymbolType,
+      code: r[1] as string,
+      bar: barOf(r),
+    }));
+  }
+
+  /** Several series of one kind and adjustment at once, by code (for checks over a universe). */
+  async readMany(
+    symbolType: SymbolType,
+    adjust: Adjust,
+    codes: readonly string[],
+  ): Promise<Map<string, Bar[]>> {
+    const out = new Map<string, Bar[]>();
+    if (codes.length === 0) return out;
     const rows = await this.#rows(
       `SELECT ${BAR_COLUMNS} FROM bars WHERE symbol_type = $1 AND adjust = $2
-         AND date = CAST($3 AS DATE) ORDER BY code`,
-      [symbolType, adjust, date],
+         AND code IN (SELECT unnest(string_split($3, ','))) ORDER BY code, date`,
+      [symbolType, adjust, codes.join(",")],
     );
-    return rows.map((r) => ({ code: r[1] as string, bar: barOf(r) }));
+    for (const r of rows) {
+      const code = r[1] as string;
+      let list = out.get(code);
+      if (list === undefined) out.set(code, list = []);
+      list.push(barOf(r));
+    }
+    return out;
   }
 
   /** Per kind and adjustment: series, bars, latest day and how many are behind it. */
