@@ -37,6 +37,20 @@ export function systemInfo(): Record<string, unknown> {
   };
 }
 
+/**
+ * What a worker says of its host when it registers (`host`); `instance` tells one Worker object
+ * from another on the same host, so a server knows the same worker back on a new connection.
+ */
+export function hostInfo(instance: string): Record<string, unknown> {
+  return {
+    hostname: attempt(() => Deno.hostname()),
+    pid: Deno.pid,
+    instance,
+    os: Deno.build.os,
+    runtime: `deno ${Deno.version.deno}`,
+  };
+}
+
 /** The actions every worker offers. */
 export function builtinWorkerActions(): Record<string, ActionHandler> {
   return {

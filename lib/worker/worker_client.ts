@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { ActionContext, ActionHandler } from "../action.ts";
+import type { ActionHandler } from "../action.ts";
 import { Backoff, type BackoffOptions, sleep } from "../backoff.ts";
 import {
   type ClientSocket,
@@ -15,7 +15,6 @@ import {
 } from "../transport/_connect.ts";
 import {
   ErrorCode,
-  RequestTimeoutError,
   UnauthorizedError,
   WorkerError,
   WrongPortError,
@@ -30,10 +29,11 @@ import {
   MessageType,
   parseJson,
   readEnvelope,
-  readRequestData,
-  readResponseData,
 } from "../protocol.ts";
-import { builtinWorkerActions } from "./system_info.ts";
+import { builtinWorkerActions, hostInfo } from "./system_info.ts";
+import { ActionRunner } from "./action_runner.ts";
+import { Liveness } from "./liveness.ts";
+import { ServerAsks } from "./server_asks.ts";
 
 const log = logger("worker");
 
@@ -107,15 +107,6 @@ function defaultName(): string {
   }
 }
 
-function errorCode(error: unknown): string {
-  const code = (error as { code?: unknown })?.code;
-  if (typeof code === "string" && /^[A-Z_]+$/.test(code)) return code;
-  if (error instanceof TypeError || error instanceof RangeError) {
-    return "INVALID_PARAMS";
-  }
-  return ErrorCode.WORKER_ERROR;
-}
-
 /** The URLs of a comma-separated list, blanks dropped. */
 export function splitUrls(list: string): string[] {
   const urls = list.split(",").map((u) => u.trim()).filter(Boolean);
@@ -130,22 +121,18 @@ export class Worker {
   #at = 0;
   readonly name: string;
   #options: WorkerOptions;
-  #actions = new Map<string, ActionHandler>();
   #handlers = new Map<string, WorkerMessageHandler>();
-  #nonRetriable = new Set<string>();
   #socket: ClientSocket | undefined;
   /** Set while the server reads several envelopes per frame (it offered `BATCH_ENVELOPES`). */
   #batcher: EnvelopeBatcher | undefined;
   #clientId: string | null = null;
-  #running = new Map<string, Running>();
-  #asks = new Map<string, PromiseWithResolvers<unknown>>();
-  #served = 0;
-  #failed = 0;
+  /** The actions and the requests being served. */
+  #runner: ActionRunner;
+  #asks = new ServerAsks((type, data, msgId) => this.#send(type, data, msgId));
   #connects = 0;
   #stopping = false;
   #stop = new AbortController();
   #loop: Promise<void> | undefined;
-  #idle: PromiseWithResolvers<void> | undefined;
   #connectedListeners = new Set<(clientId: string) => void>();
   /**
    * Random per Worker object, sent in `host`: a server that still lists this worker from an
@@ -157,8 +144,12 @@ export class Worker {
     this.#options = options;
     this.urls = splitUrls(options.url);
     this.name = options.name ?? defaultName();
+    this.#runner = new ActionRunner(
+      this.#stop.signal,
+      (type, data) => void this.#send(type, data),
+    );
     for (const [name, handler] of Object.entries(builtinWorkerActions())) {
-      this.#actions.set(name, handler);
+      this.#runner.set(name, handler);
     }
   }
 
@@ -177,9 +168,7 @@ export class Worker {
     handler: ActionHandler,
     options: { retriable?: boolean } = {},
   ): this {
-    this.#actions.set(name, handler);
-    if (options.retriable === false) this.#nonRetriable.add(name);
-    else this.#nonRetriable.delete(name);
+    this.#runner.set(name, handler, options.retriable !== false);
     if (this.#socket?.readyState === 1) this.#register();
     return this;
   }
@@ -202,11 +191,11 @@ export class Worker {
       client_id: this.#clientId,
       url: redactUrl(this.url),
       name: this.name,
-      in_flight: this.#running.size,
-      served: this.#served,
-      failed: this.#failed,
+      in_flight: this.#runner.inFlight,
+      served: this.#runner.served,
+      failed: this.#runner.failed,
       connects: this.#connects,
-      actions: [...this.#actions.keys()],
+      actions: this.#runner.names(),
     };
   }
 
@@ -291,50 +280,12 @@ export class Worker {
     this.#socket = socket;
     this.#connects++;
     let interval = this.#options.heartbeatIntervalMs ?? 10_000;
-    let lastHeard = Date.now();
-    // Heartbeats sent since the server was last heard from.
-    let unanswered = 0;
-    const heard = () => {
-      lastHeard = Date.now();
-      unanswered = 0;
-      pinged = 0;
-    };
     const closed = Promise.withResolvers<void>();
-    let beat: ReturnType<typeof setInterval> | undefined;
-    // Pings since the server was last heard from: a frozen server (SIGSTOP, a hung host) keeps
-    // its TCP connections open, and its workers would wait for it instead of serving elsewhere.
-    const pingMs = this.#options.pingIntervalMs ?? 1000;
-    let pinged = 0;
-    const pings = pingMs > 0
-      ? setInterval(() => {
-        if (pinged >= 3 && Date.now() - lastHeard > 3 * pingMs) {
-          log.warn("The server answers no ping for {s} s: moving on", {
-            s: Math.round((Date.now() - lastHeard) / 1000),
-          });
-          socket.terminate();
-          return;
-        }
-        pinged++;
-        socket.ping();
-      }, pingMs)
-      : undefined;
-    const startHeartbeat = () => {
-      clearInterval(beat);
-      beat = setInterval(() => {
-        // Three heartbeats in a row without a word back: the server is gone even if TCP has not
-        // noticed. Counting beats, not wall time, keeps a worker that was itself paused (SIGSTOP,
-        // a suspended VM, a long GC) from taking its own silence for the server's.
-        if (unanswered >= 3 && Date.now() - lastHeard > 3 * interval) {
-          log.warn("No word from the server for {s} s: reconnecting", {
-            s: Math.round((Date.now() - lastHeard) / 1000),
-          });
-          socket.terminate();
-          return;
-        }
-        unanswered++;
-        this.#heartbeat();
-      }, interval);
-    };
+    const liveness = new Liveness(
+      socket,
+      this.#options.pingIntervalMs ?? 1000,
+      () => this.#heartbeat(),
+    );
     let greeted = false;
     const onValue = (value: unknown) => {
       let envelope: Envelope;
@@ -388,7 +339,7 @@ export class Worker {
               : 64 * 1024,
           )
           : undefined;
-        startHeartbeat();
+        liveness.beatEvery(interval);
         log.info("Connected to {url} as {id} ({name})", {
           url: redactUrl(this.url),
           id: this.#clientId,
@@ -402,7 +353,7 @@ export class Worker {
       this.#onEnvelope(envelope);
     };
     onText = (text) => {
-      heard();
+      liveness.heard();
       let value: unknown;
       try {
         value = parseJson(text);
@@ -425,31 +376,17 @@ export class Worker {
       }
     }, this.#options.greetingTimeoutMs ?? 3000);
     for (const text of early.splice(0)) onText(text);
-    socket.onping = socket.onpong = heard;
+    socket.onping = socket.onpong = () => liveness.heard();
     socket.addEventListener("close", ({ code, reason }) => {
-      clearInterval(beat);
-      clearInterval(pings);
+      liveness.stop();
       clearTimeout(greeting);
       this.#socket = undefined;
       this.#batcher = undefined;
       // Requests the server asked for are re-sent elsewhere by the server; stop working on them.
-      for (const controller of this.#running.values()) {
-        controller.abort(
-          new WorkerError(
-            "Connection to the server closed",
-            ErrorCode.CANCELLED,
-          ),
-        );
-      }
-      for (const ask of this.#asks.values()) {
-        ask.reject(
-          new WorkerError(
-            "Connection to the server closed",
-            ErrorCode.CONNECTION_CLOSED,
-          ),
-        );
-      }
-      this.#asks.clear();
+      this.#runner.cancelAll(
+        new WorkerError("Connection to the server closed", ErrorCode.CANCELLED),
+      );
+      this.#asks.closed();
       if (!this.#stopping) {
         log.warn("Connection closed (code {code}{reason})", {
           code,
@@ -464,8 +401,8 @@ export class Worker {
   #heartbeat(): void {
     this.#send(MessageType.HEARTBEAT, {
       status: "alive",
-      in_flight: this.#running.size,
-      served: this.#served,
+      in_flight: this.#runner.inFlight,
+      served: this.#runner.served,
       ...this.#options.heartbeatData?.(),
     });
   }
@@ -475,31 +412,14 @@ export class Worker {
       name: this.name,
       weight: this.#options.weight ?? 1,
       max_concurrency: this.#options.concurrency ?? 8,
-      actions: [...this.#actions.keys()],
-      non_retriable: [...this.#nonRetriable],
+      actions: this.#runner.names(),
+      non_retriable: this.#runner.nonRetriable(),
       version: WORKER_VERSION,
       // This worker reads frames of several envelopes; the server may send them from now on.
       [BATCH_ENVELOPES]: true,
-      host: {
-        hostname: (() => {
-          try {
-            return Deno.hostname();
-          } catch {
-            return null;
-          }
-        })(),
-        pid: Deno.pid,
-        instance: this.#instance,
-        os: Deno.build.os,
-        runtime: `deno ${Deno.version.deno}`,
-      },
+      host: hostInfo(this.#instance),
     });
   }
-
-  /** {@linkcode #send} for action contexts: one function for the worker's life. */
-  readonly #sendFor = (type: string, data: unknown): void => {
-    this.#send(type, data);
-  };
 
   #send(type: string, data: unknown, msgId?: string): boolean {
     const socket = this.#socket;
@@ -517,33 +437,14 @@ export class Worker {
   #onEnvelope(envelope: Envelope): void {
     switch (envelope.type) {
       case MessageType.REQUEST:
-        return void this.#serve(envelope);
-      case MessageType.RESPONSE: {
-        try {
-          const response = readResponseData(envelope.data);
-          const ask = this.#asks.get(response.request_id);
-          if (!ask) return;
-          this.#asks.delete(response.request_id);
-          if (response.success) ask.resolve(response.result);
-          else {
-            ask.reject(
-              new WorkerError(
-                response.error ?? "Request failed",
-                (response.error_code ?? ErrorCode.WORKER_ERROR) as ErrorCode,
-              ),
-            );
-          }
-        } catch (error) {
-          log.warn("Bad response from the server: {message}", {
-            message: (error as Error).message,
-          });
-        }
-        return;
-      }
+        return this.#runner.serve(envelope);
+      case MessageType.RESPONSE:
+        return this.#asks.answer(envelope);
       case MessageType.CANCEL: {
         const id = (envelope.data as { request_id?: unknown })?.request_id;
         if (typeof id === "string") {
-          this.#running.get(id)?.abort(
+          this.#runner.cancel(
+            id,
             new WorkerError("Cancelled by the server", ErrorCode.CANCELLED),
           );
         }
@@ -578,109 +479,13 @@ export class Worker {
     }
   }
 
-  /**
-   * Runs a request's action and answers it. An action that answers at once (no promise) is
-   * answered in the same turn; an async one when its promise settles.
-   */
-  #serve(envelope: Envelope): void {
-    const msgId = envelope.msg_id;
-    const running = new Running();
-    this.#running.set(msgId, running);
-    let result: unknown;
-    try {
-      const { action, params } = readRequestData(envelope.data);
-      const stream = (envelope.data as { stream?: unknown }).stream === true;
-      const handler = this.#actions.get(action);
-      if (!handler) {
-        throw Object.assign(
-          new Error(
-            `Unknown action '${action}': this worker offers ${
-              [...this.#actions.keys()].join(", ")
-            }`,
-          ),
-          { code: ErrorCode.UNKNOWN_ACTION },
-        );
-      }
-      const ctx = new Context(
-        msgId,
-        running,
-        this.#stop.signal,
-        stream,
-        this.#sendFor,
-      );
-      result = handler(params, ctx);
-    } catch (error) {
-      return this.#reply(msgId, running, error, true);
-    }
-    if (
-      typeof result === "object" && result !== null &&
-      typeof (result as PromiseLike<unknown>).then === "function"
-    ) {
-      Promise.resolve(result).then(
-        (value) => this.#reply(msgId, running, value, false),
-        (error) => this.#reply(msgId, running, error, true),
-      );
-    } else this.#reply(msgId, running, result, false);
-  }
-
-  #reply(
-    msgId: string,
-    running: Running,
-    outcome: unknown,
-    failed: boolean,
-  ): void {
-    let reply: Record<string, unknown>;
-    if (failed) {
-      this.#failed++;
-      reply = {
-        request_id: msgId,
-        success: false,
-        result: null,
-        error: outcome instanceof Error ? outcome.message : String(outcome),
-        error_code: errorCode(outcome),
-      };
-    } else {
-      let result = outcome;
-      const sent = running.streamed;
-      if (sent && Array.isArray(result)) {
-        // Already delivered one by one: the final list carries nulls in their places.
-        result = result.map((r, i) => sent.has(i) ? null : r);
-      }
-      this.#served++;
-      reply = {
-        request_id: msgId,
-        success: true,
-        result: result ?? null,
-        error: null,
-      };
-    }
-    this.#running.delete(msgId);
-    if (this.#running.size === 0) this.#idle?.resolve();
-    if (running.aborted) return;
-    this.#send(MessageType.RESPONSE, reply);
-  }
-
   /** Asks the server to run one of its actions (console `request`). */
   request(
     action: string,
     params: unknown = {},
     timeoutMs = 30_000,
   ): Promise<unknown> {
-    const msgId = messageId();
-    const ask = Promise.withResolvers<unknown>();
-    if (!this.#send(MessageType.REQUEST, { action, params }, msgId)) {
-      return Promise.reject(
-        new WorkerError(
-          "Not connected to the server",
-          ErrorCode.CONNECTION_CLOSED,
-        ),
-      );
-    }
-    this.#asks.set(msgId, ask);
-    const timer = setTimeout(() => {
-      if (this.#asks.delete(msgId)) ask.reject(new RequestTimeoutError());
-    }, timeoutMs);
-    return ask.promise.finally(() => clearTimeout(timer));
+    return this.#asks.request(action, params, timeoutMs);
   }
 
   /**
@@ -691,12 +496,7 @@ export class Worker {
     if (this.#stopping) return await this.#loop;
     this.#stopping = true;
     this.#send(MessageType.DISCONNECT, { reason: "shutting down" });
-    if (this.#running.size > 0) {
-      this.#idle = Promise.withResolvers();
-      const timer = setTimeout(() => this.#idle?.resolve(), graceMs);
-      await this.#idle.promise;
-      clearTimeout(timer);
-    }
+    await this.#runner.settled(graceMs);
     this.#stop.abort(new WorkerError("Worker stopped", ErrorCode.CANCELLED));
     this.#batcher?.flush();
     const socket = this.#socket;
@@ -732,78 +532,4 @@ function requesterPortError(value: unknown): string | undefined {
   return frame.error_code === ErrorCode.WRONG_PORT
     ? frame.error
     : `this looks like a requester port, which answered: ${frame.error}`;
-}
-
-/**
- * What an action is handed: its signal and `progress` are made only when the action reads them
- * (most never do), so a request costs no closure or signal it does not use.
- */
-class Context implements ActionContext {
-  readonly requestId: string;
-  #running: Running;
-  #stop: AbortSignal;
-  #stream: boolean;
-  #send: (type: string, data: unknown) => void;
-  #signal: AbortSignal | undefined;
-  #progress: ActionContext["progress"];
-
-  constructor(
-    requestId: string,
-    running: Running,
-    stop: AbortSignal,
-    stream: boolean,
-    send: (type: string, data: unknown) => void,
-  ) {
-    this.requestId = requestId;
-    this.#running = running;
-    this.#stop = stop;
-    this.#stream = stream;
-    this.#send = send;
-  }
-
-  get signal(): AbortSignal {
-    return this.#signal ??= AbortSignal.any([this.#running.signal, this.#stop]);
-  }
-
-  // A bound function: actions pass it on detached (`getMarkets(params, signal, ctx.progress)`).
-  get progress(): NonNullable<ActionContext["progress"]> {
-    return this.#progress ??= (done, total, item) => {
-      if (this.#stream && item) {
-        (this.#running.streamed ??= new Set()).add(item.index);
-      }
-      this.#send(
-        MessageType.PROGRESS,
-        this.#stream && item
-          ? { request_id: this.requestId, done, total, item }
-          : { request_id: this.requestId, done, total },
-      );
-    };
-  }
-}
-
-/**
- * A request being served: its abort signal is made only when the action asks for it (an
- * `AbortController` per request is measurable at tens of thousands of requests a second).
- */
-class Running {
-  #controller: AbortController | undefined;
-  /** Indexes of items already streamed (`progress` with an item). */
-  streamed: Set<number> | undefined = undefined;
-  #reason: unknown;
-  aborted = false;
-
-  get signal(): AbortSignal {
-    this.#controller ??= new AbortController();
-    if (this.aborted && !this.#controller.signal.aborted) {
-      this.#controller.abort(this.#reason);
-    }
-    return this.#controller.signal;
-  }
-
-  abort(reason: unknown): void {
-    if (this.aborted) return;
-    this.aborted = true;
-    this.#reason = reason;
-    this.#controller?.abort(reason);
-  }
 }
