@@ -324,3 +324,48 @@ Deno.test({
     await a2.catch(() => {});
   },
 });
+
+Deno.test({
+  name:
+    "cluster faults: a load report lost on a broken link is made good by the next full one",
+  ignore,
+  fn: async () => {
+    await using nats = await new NatsCluster(1).start();
+    await using proxy = new FaultProxy({ port: nats.nodes[0].port });
+    const cluster = (name: string, url: string) => ({
+      cluster: {
+        servers: [url],
+        name: "loads",
+        serverName: name,
+        ...FAST,
+        deadAfterMs: 60_000,
+      },
+    });
+    await using s0 = startTestServer(cluster("s0", nats.urls[0]));
+    await using s1 = startTestServer(cluster("s1", proxy.url("nats")));
+    await (await s0.cluster!).start();
+    await (await s1.cluster!).start();
+    let release = () => {};
+    await using _w = await startWorker(s1, {
+      name: "busy",
+      actions: { hold: () => new Promise((r) => release = () => r("done")) },
+    });
+    const inFlightOnS0 = () =>
+      s0.broker.workers().find((w) => w.name === "busy")?.in_flight;
+    await waitFor(() => inFlightOnS0() === 0, "s0 to see the worker idle");
+    await using client = await connectClient(s1.requesterUrl);
+    const answer = client.request("hold", {}, { timeout: 30 });
+    await waitFor(() => inFlightOnS0() === 1, "s0 to see the worker busy");
+    // The report that the worker is idle again is lost with the broken link.
+    proxy.blackhole();
+    release();
+    assert.equal((await answer).data, "done");
+    await new Promise((r) => setTimeout(r, 300));
+    proxy.restore();
+    await waitFor(
+      () => inFlightOnS0() === 0,
+      "s0 to see the worker idle again",
+      10_000,
+    );
+  },
+});

@@ -75,6 +75,7 @@ export class Membership {
   /** Each local worker's load as last published. */
   #loadSent = new Map<string, string>();
   #lastTick = 0;
+  #beats = 0;
   /** Servers with this server's name, already warned about. */
   #clashes = new Set<string>();
 
@@ -154,9 +155,11 @@ export class Membership {
           ),
         );
       }
+      // Every 20th heartbeat carries every worker's load: one lost on the way (a NATS blip)
+      // leaves a remote worker's load wrong for at most that long.
       nc.publish(
         this.#ctx.subjects.heartbeat,
-        JSON.stringify(this.#heartbeat(false)),
+        JSON.stringify(this.#heartbeat(this.#beats++ % 20 === 0)),
       );
     } catch (error) {
       log.debug("Announcing failed: {error}", { error });
