@@ -132,9 +132,9 @@ export class Ledger {
   #replay(peer: RemotePeer, msgId: string, sent: SentRequest): void {
     const nc = this.#ctx.nc();
     if (sent.replaying) return;
-    if (!nc || nc.isClosed()) {
-      return this.lost(peer, msgId, "progress reports were lost");
-    }
+    // Asked again at the next check: NATS may be down for a moment.
+    sent.gap = true;
+    if (!nc || nc.isClosed()) return;
     sent.replaying = true;
     const from = sent.progress + 1;
     const h = headers();
@@ -147,6 +147,7 @@ export class Ledger {
     ).then((msg) => {
       sent.replaying = false;
       if (peer.sent.get(msgId) !== sent) return;
+      sent.gap = false;
       const reply = msg.json<ReplayReply>();
       if (!reply.found) {
         return this.lost(peer, msgId, "progress reports were lost");
@@ -172,9 +173,9 @@ export class Ledger {
       this.forget(peer, msgId);
       this.#hooks.complete(peer, msgId, answer[1]);
     }, () => {
+      // No answer, or nobody listening there for the moment: the next check asks again; a
+      // server that stays away is written off, and its requests move with its workers.
       sent.replaying = false;
-      if (peer.sent.get(msgId) !== sent) return;
-      this.lost(peer, msgId, "progress reports were lost");
     });
   }
 
@@ -228,6 +229,10 @@ export class Ledger {
       if (!sent || !peer.jobs.has(msgId)) {
         // Settled here (deadline, cancel) without an answer from there.
         this.forget(peer, msgId);
+        continue;
+      }
+      if (sent.gap) {
+        this.#replay(peer, msgId, sent);
         continue;
       }
       if (now - sent.at < this.#probeMs || this.#probing.has(peer.server)) {
@@ -286,7 +291,7 @@ export class Ledger {
         continue;
       }
       // An answer held for a replay under way is not lost.
-      if (sent.replaying || sent.answer) continue;
+      if (sent.replaying || sent.gap || sent.answer) continue;
       this.lost(
         peer,
         msgId,

@@ -20,6 +20,8 @@ export interface SentRequest {
   progress: number;
   /** Missing reports are being fetched again. */
   replaying?: boolean;
+  /** Some reports are missing (a replay is under way, or will be asked for again). */
+  gap?: boolean;
   /** Its answer (after how many reports), held until the missing reports are in. */
   answer?: [number, RelayAnswer];
 }
