@@ -25,7 +25,11 @@ const ignore = NATS_MISSING !== undefined;
 
 interface Health {
   workers: number;
-  cluster?: { nats: string; servers: { name: string }[] };
+  cluster?: {
+    nats: string;
+    servers: { name: string }[];
+    workers: { name: string; server: string }[];
+  };
 }
 
 async function health(port: number): Promise<Health> {
@@ -169,6 +173,12 @@ Deno.test({
       a.workerPort,
       (h) => h.workers === 2 && h.cluster?.servers.length === 2,
       "A to see B gone and wB on C",
+    );
+    // It kept its name: C still listed B's entry of it when it arrived, but it is the same worker.
+    const listed = (await health(a.workerPort)).cluster!.workers;
+    assert.deepEqual(
+      listed.map((w) => [w.name, w.server]).sort(),
+      [["wB", "C"], ["wC", "C"]],
     );
   },
 });
