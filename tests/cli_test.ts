@@ -248,6 +248,7 @@ Deno.test({
     // Half a command typed when the log line comes.
     await term.type("lis");
     // readline moves the cursor with escape sequences between the prompt and the text.
+    // deno-lint-ignore no-control-regex
     await term.waitFor(/server> (?:\x1b\[\d+G)?lis/);
     const from = term.output.length;
     const worker = new Worker({
@@ -258,6 +259,7 @@ Deno.test({
     try {
       await within(worker.ready(), "the worker to connect");
       await term.waitFor(
+        // deno-lint-ignore no-control-regex
         /connected from[^]*server> (?:\x1b\[\d+G)?lis/,
         20_000,
         from,
@@ -266,10 +268,12 @@ Deno.test({
       // The log line starts a line of its own: the prompt line was cleared first.
       assert.match(
         after,
+        // deno-lint-ignore no-control-regex
         /(^|\r\x1b\[2K|\n)\d{4}-\d\d-\d\d [^\n]*connected from/,
       );
       assert.doesNotMatch(
         term.output,
+        // deno-lint-ignore no-control-regex
         /server> (?:\x1b\[\d+G)?(?:lis)?\d{4}-\d\d-\d\d/,
       );
       await term.type("t\r");
