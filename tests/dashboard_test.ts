@@ -442,6 +442,10 @@ Deno.test({
       (await text('#worker-fields dd[data-field="benched"]'))!,
       /^since .*: sleep passed its deadline/,
     );
+    assert.equal(
+      await text('#worker-fields dd[data-field="state"]'),
+      "benched",
+    );
     await shot("benched");
     hung.resolve();
     assert.deepEqual(errors, []);

@@ -279,6 +279,9 @@ function drawDetails() {
     if (!(key in w)) continue;
     if (key === "benched") {
       add(key, label, w.benched ? benchedText(w.benched) : "no");
+    } else if (key === "state") {
+      // As its row says it.
+      add(key, label, w.benched ? "benched" : w.state);
     } else add(key, label, w[key]);
   }
   for (const [host, h] of Object.entries(w.upstream?.hosts ?? {})) {
