@@ -18,6 +18,38 @@ import {
   WrongPortError,
 } from "../errors.ts";
 import type { RequesterAnswer } from "../protocol.ts";
+import {
+  type ArrivedItem,
+  type BatchStream,
+  batchStream,
+  frameDecoder,
+  ITEM_BYTES_MIN,
+  ITEM_HEAD,
+  ReadHold,
+  type StreamedItem,
+} from "./batch_stream.ts";
+
+export type { BatchStream, StreamedItem } from "./batch_stream.ts";
+
+/** What a worker port's `envelope` on the connection to `url` means for a requester. */
+function wrongPortError(
+  envelope: Record<string, unknown>,
+  url: string,
+): WrongPortError {
+  const data = envelope.data as
+    | { error?: unknown; requester_port?: unknown }
+    | null;
+  const said = typeof data?.error === "string" ? data.error : undefined;
+  const port = typeof data?.requester_port === "number"
+    ? ` ${data.requester_port}`
+    : " (8766 unless the server was started with --requester-port)";
+  return new WrongPortError(
+    said ??
+      `${
+        redactUrl(url)
+      } is the worker port: requesters connect to the requester port${port}`,
+  );
+}
 
 /** Whether `message` is a worker-port envelope (`{"type", "msg_id", …}`) rather than an answer. */
 function isWorkerEnvelope(
@@ -72,55 +104,6 @@ export interface RequestOptions {
   requestId?: string;
 }
 
-/** One finished item of a streamed batch. */
-export interface StreamedItem {
-  /** The item's position in the batch's input list. */
-  index: number;
-  /** Its `get_market` result (or error object). */
-  result: unknown;
-  /**
-   * The item's whole frame as text, when it was kept as its frame: a caller that renders the
-   * item itself can read it without the parse `result` costs (`result` is parsed on first use).
-   */
-  readonly text?: string;
-  /** The frame's UTF-8 bytes, when it arrived as a large frame and was kept undecoded. */
-  bytes?: Uint8Array;
-}
-
-/**
- * A streamed batch in progress: iterate it for the items as they finish (completion order);
- * `answer` resolves with the final answer (`summary` and `distributed`, no `results`).
- */
-export interface BatchStream extends AsyncIterable<StreamedItem> {
-  /** The final answer (leaving the loop early does not stop the batch). */
-  readonly answer: Promise<RequesterAnswer>;
-}
-
-// Items a stream's caller may fall behind by before the socket stops being read, and where
-// reading resumes; a full daily history is ~0.5 MB of text, so bytes bound the hold as well.
-const STREAM_HIGH_WATER = 16;
-const STREAM_LOW_WATER = 4;
-const STREAM_HIGH_BYTES = 4 << 20;
-const STREAM_LOW_BYTES = 1 << 20;
-// The server writes item frames with these keys first: such a frame is routed from its head
-// and kept as text until the caller takes it (its parsed objects take twice the memory).
-const ITEM_HEAD =
-  /^\{"request_id":"([^"\\]*)","item":\{"index":(\d+),"result":/;
-
-/** A streamed item as it waits for the caller: parsed, or still the frame's text or bytes. */
-type ArrivedItem = {
-  index: number;
-  result?: unknown;
-  text?: string;
-  bytes?: Uint8Array;
-};
-// Item frames this large wait as their bytes: not even decoded until the caller wants them.
-const ITEM_BYTES_MIN = 16 * 1024;
-const frameDecoder = new TextDecoder();
-// How often a held socket is read briefly, for pings: well inside the server's idle timeout.
-const BREATH_MS = 3000;
-const KEEP_ALIVE_MS = 5000;
-
 interface Pending {
   /** The request frame, kept for resubmission. */
   frame: string;
@@ -151,9 +134,8 @@ export class RequesterClient {
   #at = 0;
   #options: RequesterClientOptions;
   #socket: ClientSocket | undefined;
-  #holds = 0;
-  #breath: ReturnType<typeof setInterval> | undefined;
-  #exhale: ReturnType<typeof setTimeout> | undefined;
+  /** Streams that fell behind hold the socket unread. */
+  #readHold = new ReadHold(() => this.#socket);
   #pending = new Map<string, Pending>();
   /**
    * Ids of aborted requests whose answer may still come, each with the timer that frees it at
@@ -366,19 +348,7 @@ export class RequesterClient {
    * says so, instead of waiting out their deadlines.
    */
   #onWorkerPort(envelope: Record<string, unknown>): void {
-    const data = envelope.data as
-      | { error?: unknown; requester_port?: unknown }
-      | null;
-    const said = typeof data?.error === "string" ? data.error : undefined;
-    const port = typeof data?.requester_port === "number"
-      ? ` ${data.requester_port}`
-      : " (8766 unless the server was started with --requester-port)";
-    const error = new WrongPortError(
-      said ??
-        `${
-          redactUrl(this.url)
-        } is the worker port: requesters connect to the requester port${port}`,
-    );
+    const error = wrongPortError(envelope, this.url);
     this.#wrongPort ??= error;
     for (const pending of this.#pending.values()) pending.reject(error);
     this.#pending.clear();
@@ -417,113 +387,11 @@ export class RequesterClient {
     data: unknown,
     options: RequestOptions = {},
   ): BatchStream {
-    const queue: ArrivedItem[] = [];
-    let queuedBytes = 0;
-    let wake: (() => void) | undefined;
-    let ended = false;
-    let failure: { error: unknown } | undefined;
-    // Backpressure: while a caller iterates but falls behind, stop reading the socket; the
-    // server then starts no new items until it drains (its flow control).
-    let iterating = false;
-    let holding = false;
-    const hold = (on: boolean) => {
-      if (on === holding) return;
-      holding = on;
-      this.#hold(on);
-    };
-    const answer = this.#send(command, data, options, (item) => {
-      queue.push(item);
-      queuedBytes += item.text?.length ?? item.bytes?.length ?? 0;
-      if (
-        iterating &&
-        (queue.length >= STREAM_HIGH_WATER || queuedBytes >= STREAM_HIGH_BYTES)
-      ) hold(true);
-      wake?.();
-    });
-    // Frames of our own keep the server's idle timer from closing a connection whose pings
-    // wait behind a backlog of items.
-    const keepAlive = setInterval(() => {
-      try {
-        this.#socket?.ping();
-      } catch { /* closing */ }
-    }, KEEP_ALIVE_MS);
-    answer.then(
-      () => {
-        ended = true;
-        clearInterval(keepAlive);
-        hold(false);
-        wake?.();
-      },
-      (error) => {
-        failure = { error };
-        ended = true;
-        clearInterval(keepAlive);
-        hold(false);
-        wake?.();
-      },
+    return batchStream(
+      (onItem) => this.#send(command, data, options, onItem),
+      (on) => this.#readHold.set(on),
+      () => this.#socket?.ping(),
     );
-    // The iterator reports a lost connection itself; `answer` must not also be unhandled.
-    answer.catch(() => {});
-    return {
-      answer,
-      async *[Symbol.asyncIterator]() {
-        iterating = true;
-        try {
-          while (true) {
-            if (queue.length > 0) {
-              const next = queue.shift()!;
-              queuedBytes -= next.text?.length ?? next.bytes?.length ?? 0;
-              if (
-                queue.length <= STREAM_LOW_WATER &&
-                queuedBytes <= STREAM_LOW_BYTES
-              ) hold(false);
-              yield next.bytes !== undefined
-                ? lazyItem(next.index, next.bytes)
-                : next.text !== undefined
-                ? lazyItem(next.index, next.text)
-                : { index: next.index, result: next.result };
-              continue;
-            }
-            hold(false);
-            if (ended) {
-              if (failure) throw failure.error;
-              return;
-            }
-            await new Promise<void>((resolve) => wake = resolve);
-            wake = undefined;
-          }
-        } finally {
-          iterating = false;
-          hold(false);
-        }
-      },
-    };
-  }
-
-  /** Pauses reading the socket while any stream holds it. */
-  #hold(on: boolean): void {
-    this.#holds += on ? 1 : -1;
-    const socket = this.#socket;
-    if (!socket) return;
-    if (this.#holds > 0) {
-      socket.pause();
-      // A paused socket answers no ping: let it breathe now and then, or the server's idle
-      // timeout closes a connection whose reader is merely slow.
-      this.#breath ??= setInterval(() => {
-        const s = this.#socket;
-        if (!s || this.#holds <= 0) return;
-        s.resume();
-        clearTimeout(this.#exhale);
-        this.#exhale = setTimeout(() => {
-          if (this.#holds > 0) this.#socket?.pause();
-        }, 20);
-      }, BREATH_MS);
-    } else {
-      socket.resume();
-      clearInterval(this.#breath);
-      clearTimeout(this.#exhale);
-      this.#breath = undefined;
-    }
   }
 
   #send(
@@ -636,9 +504,7 @@ export class RequesterClient {
 
   /** Closes the connection; requests still in flight reject with a ConnectionClosedError. */
   async close(): Promise<void> {
-    clearInterval(this.#breath);
-    clearTimeout(this.#exhale);
-    this.#breath = undefined;
+    this.#readHold.stop();
     this.#closing = true;
     this.#stop.abort();
     await this.#reconnecting;
@@ -657,36 +523,5 @@ export class RequesterClient {
       await this.#closed;
       clearTimeout(t);
     }
-  }
-}
-
-/** A streamed item kept as its frame, its `result` parsed when first read. */
-function lazyItem(index: number, frame: string | Uint8Array): StreamedItem {
-  let result: unknown;
-  let parsed = false;
-  const bytes = typeof frame === "string" ? undefined : frame;
-  return {
-    index,
-    bytes,
-    get text() {
-      return typeof frame === "string" ? frame : frameDecoder.decode(frame);
-    },
-    get result() {
-      if (!parsed) {
-        result = itemResult(this.text!);
-        parsed = true;
-      }
-      return result;
-    },
-  };
-}
-
-/** The `result` of an item frame kept as text (null when the frame is not valid JSON). */
-function itemResult(text: string): unknown {
-  try {
-    return (JSON.parse(text) as { item?: { result?: unknown } }).item?.result ??
-      null;
-  } catch {
-    return null;
   }
 }
