@@ -81,3 +81,25 @@ Deno.test("no worker yet - an action no worker ever offered fails at once while 
   });
   assert.equal((await again).data, "second");
 });
+
+Deno.test("no worker yet - a request whose only worker vanished waits for it to come back instead of failing", async () => {
+  await using server = startTestServer({ noWorkerGraceMs: 20_000 });
+  await using client = await connectClient(server.requesterUrl);
+  let release = () => {};
+  const first = await startWorker(server, {
+    name: "only",
+    actions: { job: () => new Promise((r) => release = () => r("first")) },
+  });
+  const answer = client.request("job", {}, { timeout: 30 });
+  await waitFor(() => server.broker.stats().in_flight === 1, "it to run");
+  await first.stop(0);
+  release();
+  await waitFor(() => server.broker.workers().length === 0, "the worker to go");
+  await using _again = await startWorker(server, {
+    name: "only",
+    actions: { job: () => "again" },
+  });
+  const a = await answer;
+  assert.equal(a.success, true, JSON.stringify(a));
+  assert.equal(a.data, "again");
+});

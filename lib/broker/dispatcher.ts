@@ -302,10 +302,13 @@ export class Dispatcher {
     worker.release(job);
     (job.excluded ??= new Set()).add(worker.id);
     job.lastError = new WorkerError(reason, ErrorCode.WORKER_LOST);
-    // A worker's `non_retriable` covers the requests that worker held, no one else's.
+    // A worker's `non_retriable` covers the requests that worker held, no one else's. With no
+    // other worker, a retriable job waits the grace period for one (often the same worker,
+    // back on a new connection) rather than failing at once.
     if (
       this.#mayRetry(job) && !worker.nonRetriable.has(job.command) &&
-      offering(this.registry, job).length > 0
+      (offering(this.registry, job).length > 0 ||
+        this.graceFor(job.command, job.deadline) > 0)
     ) {
       log.info(
         "Re-dispatching {command} after worker {worker} lost it (attempt {attempt})",
