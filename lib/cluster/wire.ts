@@ -16,6 +16,8 @@
  * - `switchyard.<cluster>.srv.<id>.cancel` — the origin gave up on a request (body: its msg_id).
  * - `switchyard.<cluster>.srv.<id>.held` — the origin's loss check: which of these requests do
  *   you still hold? ({@linkcode HeldReply})
+ * - `switchyard.<cluster>.srv.<id>.replay` — the origin missed progress reports of a request:
+ *   send them again ({@linkcode ReplayReply}).
  * - `switchyard.<cluster>.name.<hex of the server name>` — answered by the server of that name,
  *   so that a second one is refused at join.
  * - `switchyard.<cluster>.msg`, `.srv.<id>.msg` — console messages for workers
