@@ -5,12 +5,15 @@
 
 /** What the dispatcher needs of a cancellation signal; an `AbortSignal` fits too. */
 export interface CancelSignal {
+  /** Whether it was aborted. */
   readonly aborted: boolean;
+  /** Calls `listener` on abort. */
   addEventListener(
     type: "abort",
     listener: () => void,
     options?: { once?: boolean },
   ): void;
+  /** Stops calling `listener`. */
   removeEventListener(type: "abort", listener: () => void): void;
 }
 

@@ -25,6 +25,7 @@ export class Backoff {
   #random: () => number;
   #attempt = 0;
 
+  /** A schedule with `options`. */
   constructor(options: BackoffOptions = {}) {
     this.#initialMs = options.initialMs ?? 500;
     this.#maxMs = options.maxMs ?? 30_000;
@@ -62,6 +63,7 @@ export class Backoff {
     return delay;
   }
 
+  /** Starts the schedule over. */
   reset(): void {
     this.#attempt = 0;
   }

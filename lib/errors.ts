@@ -47,6 +47,7 @@ export const TIMEOUT_TEXT = "Worker response timeout";
 export class SwitchyardError extends Error {
   /** The wire `error_code`. */
   readonly code: ErrorCode;
+  /** An error with the wire `code` and `message`. */
   constructor(code: ErrorCode, message: string, options?: ErrorOptions) {
     super(message, options);
     this.name = "SwitchyardError";
@@ -58,6 +59,7 @@ export class SwitchyardError extends Error {
 export class ProtocolError extends SwitchyardError {
   /** The request id the frame carried, when it could be read. */
   readonly requestId: string | undefined;
+  /** A protocol error with `code`, naming the frame's `requestId` when it had one. */
   constructor(
     code: ErrorCode,
     message: string,
@@ -71,6 +73,7 @@ export class ProtocolError extends SwitchyardError {
 
 /** No connected worker can take the command. */
 export class NoWorkersError extends SwitchyardError {
+  /** "No available workers", with `NO_WORKERS` or `UNKNOWN_COMMAND`. */
   constructor(
     code: ErrorCode = ErrorCode.NO_WORKERS,
     options?: ErrorOptions,
@@ -82,6 +85,7 @@ export class NoWorkersError extends SwitchyardError {
 
 /** The deadline passed before an answer came. */
 export class RequestTimeoutError extends SwitchyardError {
+  /** "Worker response timeout", or `message`. */
   constructor(message: string = TIMEOUT_TEXT, options?: ErrorOptions) {
     super(ErrorCode.TIMEOUT, message, options);
     this.name = "RequestTimeoutError";
@@ -90,6 +94,7 @@ export class RequestTimeoutError extends SwitchyardError {
 
 /** The server cannot take more work right now: queue full or too many requests in flight. */
 export class ServerBusyError extends SwitchyardError {
+  /** A full queue or connection, with `BUSY` or another `code`. */
   constructor(
     message: string,
     code: ErrorCode = ErrorCode.BUSY,
@@ -102,6 +107,7 @@ export class ServerBusyError extends SwitchyardError {
 
 /** The worker ran the action and it failed, or the worker went away. */
 export class WorkerError extends SwitchyardError {
+  /** A worker's failure, with its `code` (`WORKER_ERROR` by default). */
   constructor(
     message: string,
     code: ErrorCode = ErrorCode.WORKER_ERROR,
@@ -114,6 +120,7 @@ export class WorkerError extends SwitchyardError {
 
 /** A token was missing or wrong. */
 export class UnauthorizedError extends SwitchyardError {
+  /** A refused token. */
   constructor(
     message = "Unauthorized: missing or invalid token",
     options?: ErrorOptions,
@@ -125,6 +132,7 @@ export class UnauthorizedError extends SwitchyardError {
 
 /** The connection closed while requests were waiting on it. */
 export class ConnectionClosedError extends SwitchyardError {
+  /** The connection closed before an answer came. */
   constructor(message = "Connection closed", options?: ErrorOptions) {
     super(ErrorCode.CONNECTION_CLOSED, message, options);
     this.name = "ConnectionClosedError";
@@ -136,6 +144,7 @@ export class ConnectionClosedError extends SwitchyardError {
  * right port.
  */
 export class WrongPortError extends SwitchyardError {
+  /** A connection to the wrong port, saying which port to use. */
   constructor(message: string, options?: ErrorOptions) {
     super(ErrorCode.WRONG_PORT, message, options);
     this.name = "WrongPortError";
@@ -144,6 +153,7 @@ export class WrongPortError extends SwitchyardError {
 
 /** An action's params have the wrong keys or values; the message lists what it expects. */
 export class InvalidParamsError extends SwitchyardError {
+  /** Params the action cannot use. */
   constructor(message: string, options?: ErrorOptions) {
     super(ErrorCode.INVALID_PARAMS, message, options);
     this.name = "InvalidParamsError";

@@ -103,22 +103,29 @@ export type { BackoffOptions } from "./backoff.ts";
 export type {
   DispatcherOptions,
   Outcome,
+  Peer,
+  Progress,
   SubmitOptions,
 } from "./broker/dispatcher.ts";
+export type { CancelSignal } from "./_cancel.ts";
+export type { MarketFront } from "./broker/market_front.ts";
 export type {
   Clock,
   WorkerInfo,
+  WorkerRecord,
   WorkerRegistration,
   WorkerRegistry,
 } from "./broker/registry.ts";
 export type {
   Envelope,
   RequesterAnswer,
+  RequesterLimits,
   RequesterRequest,
   ResponseData,
 } from "./protocol.ts";
 export type { LoggingOptions } from "./log.ts";
 export type {
+  AnswerCounts,
   BatchTracker,
   BatchView,
   MetricsOptions,
@@ -152,6 +159,9 @@ export type {
   MarketSuccess,
   MinutePeriod,
   Period,
+  SnapshotPage,
+  SnapshotResult,
+  SnapshotRow,
   SymbolListResult,
   SymbolType,
   UpstreamStatus,

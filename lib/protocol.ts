@@ -26,9 +26,13 @@ export const MessageType = {
 
 /** A worker-protocol envelope. */
 export interface Envelope<T = unknown> {
+  /** The message type (`request`, `response`, `heartbeat`…). */
   type: string;
+  /** Unique per message; a `response` answers the `request` with this id. */
   msg_id: string;
+  /** Unix seconds with a fraction. */
   timestamp: number;
+  /** The payload. */
   data: T;
 }
 
@@ -40,9 +44,13 @@ export interface RequestData {
 
 /** `response.data`. */
 export interface ResponseData {
+  /** The `msg_id` of the request it answers. */
   request_id: string;
+  /** Whether the action succeeded. */
   success: boolean;
+  /** The action's result. */
   result: unknown;
+  /** Why it failed; null on success. */
   error: string | null;
   /** Additive: a machine-readable code for `error`. */
   error_code?: string;
@@ -50,13 +58,17 @@ export interface ResponseData {
 
 /** A request from the requester port, after validation. */
 export interface RequesterRequest {
+  /** The requester's id for the request, echoed in its answer. */
   request_id: string;
   /** Whether the server made up `request_id` because the frame had none. */
   assignedId: boolean;
+  /** The command (an action a worker or the server offers). */
   command: string;
+  /** The command's params. */
   data: unknown;
   /** Seconds, when the frame gave one. */
   timeout?: number;
+  /** Whether the requester asked for progress frames. */
   progress: boolean;
   /** A batch whose items come in frames of their own (additive, opt-in). */
   stream: boolean;
@@ -69,19 +81,28 @@ export interface RequesterRequest {
 
 /** An answer on the requester port. */
 export interface RequesterAnswer {
+  /** The request's id; null when the frame had none that could be read. */
   request_id: string | null;
+  /** Whether the request succeeded. */
   success: boolean;
+  /** The command's result. */
   data: unknown;
+  /** Why it failed; null on success. */
   error: string | null;
+  /** The worker that answered, `server`, or `distributed_N_workers` for a batch. */
   processed_by: string | null;
+  /** Additive: a machine-readable code for `error`. */
   error_code?: string;
+  /** Additive: ms from arrival to answer. */
   elapsed_ms?: number;
+  /** Additive: workers tried. */
   attempts?: number;
   /**
    * On `NO_WORKERS` and `UNKNOWN_COMMAND` failures: the commands that can be asked for now
    * (workers' declared actions and the server's own), sorted.
    */
   available_commands?: string[];
+  /** Further additive fields. */
   [extra: string]: unknown;
 }
 

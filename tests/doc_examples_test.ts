@@ -38,3 +38,16 @@ Deno.test("doc examples - every runnable example in lib/ checks with node:assert
   ).map(({ where }) => where);
   assert.deepEqual(bad, []);
 });
+
+Deno.test("doc lint - every export of lib/mod.ts, its constructors and fields included, has its doc comment", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: ["doc", "--lint", "lib/mod.ts"],
+    cwd: new URL("..", import.meta.url),
+    env: { NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const text = new TextDecoder().decode(out.stderr) +
+    new TextDecoder().decode(out.stdout);
+  assert.equal(out.code, 0, text.slice(0, 4000));
+});

@@ -18,10 +18,13 @@ export type Strategy = typeof STRATEGIES[number];
 
 /** What the balancer knows of a worker at the moment of choosing. */
 export interface WorkerLoad {
+  /** The worker's id. */
   id: string;
   /** Relative capacity; a weight-2 worker should carry twice the load of a weight-1 worker. */
   weight: number;
+  /** Requests it holds now. */
   inFlight: number;
+  /** Requests it takes at once. */
   maxConcurrency: number;
   /** Smoothed response time of successful requests, in ms; undefined before the first one. */
   ewmaMs?: number;
@@ -31,6 +34,7 @@ export interface WorkerLoad {
   healthy: boolean;
   /** Unhealthy for a timeout only, and due one request to show that it answers again. */
   probe?: boolean;
+  /** Whether it is leaving. */
   draining: boolean;
   /** The actions the worker offers; `null` when it never said, meaning all of them. */
   actions: ReadonlySet<string> | null;
@@ -83,10 +87,12 @@ export interface BalancerOptions {
 
 /** Chooses a worker for each request according to a strategy. */
 export class Balancer {
+  /** The strategy in use. */
   readonly strategy: Strategy;
   #random: () => number;
   #cursor = 0;
 
+  /** A balancer using `strategy`. */
   constructor(
     strategy: Strategy = "least_loaded",
     options: BalancerOptions = {},

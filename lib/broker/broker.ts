@@ -39,7 +39,9 @@ export type { BrokerOptions, BrokerStats, MessageHandler } from "./options.ts";
 
 /** The broker; see the module doc. */
 export class Broker {
+  /** Places requests on workers. */
   readonly dispatcher: Dispatcher;
+  /** The clock deadlines and health are judged by. */
   readonly clock: Clock;
   /** Live counters: `GET /metrics` on both ports, and the dashboard. */
   readonly metrics: Metrics;
@@ -56,6 +58,7 @@ export class Broker {
   #cluster: ClusterLink | undefined;
   #joining: Promise<ClusterLink> | undefined;
 
+  /** A broker with `options`; it binds no port (see `startServer`). */
   constructor(options: BrokerOptions = {}) {
     this.clock = options.clock ?? systemClock;
     this.#o = resolveOptions(options);
@@ -200,6 +203,7 @@ export class Broker {
     return this.#cluster;
   }
 
+  /** Live counters for `/health`, `stats` and tests. */
   stats(): BrokerStats {
     const requesters = this.#requesterPort;
     return {

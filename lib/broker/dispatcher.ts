@@ -65,6 +65,7 @@ export const RETRIABLE_RESULT_CODES: ReadonlySet<string> = new Set([
 /** Options for {@linkcode Dispatcher}. */
 export interface DispatcherOptions {
   /** @default "least_loaded" */
+  /** How the balancer picks a worker. @default "least_loaded" */
   strategy?: Strategy;
   /** The most jobs waiting for a free worker; past it, submits fail with `Server busy`. @default 1000 */
   maxQueue?: number;
@@ -82,21 +83,30 @@ export interface DispatcherOptions {
    */
   noWorkerGraceMs?: number;
   /** @default the wall clock */
+  /** The clock deadlines are judged by. @default the wall clock */
   clock?: Clock;
   /** Random source for the balancer. @default Math.random */
   random?: () => number;
   /** @default a new in-process registry */
+  /** Where workers are kept. @default a new in-process registry */
   registry?: WorkerRegistry<Peer>;
 }
 
 /** Places jobs on workers; see the module doc. */
 export class Dispatcher {
+  /** Where workers are kept. */
   readonly registry: WorkerRegistry<Peer>;
+  /** The clock deadlines are judged by. */
   readonly clock: Clock;
+  /** Picks a worker for each job. */
   readonly balancer: Balancer;
+  /** Jobs that may wait for a free worker. */
   readonly maxQueue: number;
+  /** Workers one job may try. */
   readonly maxAttempts: number;
+  /** The longest a job may wait for a free worker, in ms. */
   readonly queueTimeoutMs: number;
+  /** How long a job no worker offers waits for one, in ms. */
   readonly noWorkerGraceMs: number;
   #queue = new JobQueue();
   /** How the queue reaches the workers. */
@@ -112,6 +122,7 @@ export class Dispatcher {
   #nonRetriable: Set<string>;
   #deadlines = new Deadlines<Job>((job) => this.#expire(job));
 
+  /** A dispatcher with `options`. */
   constructor(options: DispatcherOptions = {}) {
     this.registry = options.registry ?? new LocalRegistry<Peer>();
     this.clock = options.clock ?? { now: () => Date.now() };

@@ -16,9 +16,13 @@ const log = logger("dispatch");
 
 /** A worker's progress report; `item` is a finished part of a streamed job. */
 export interface Progress {
+  /** Parts finished. */
   done: number;
+  /** Parts in all, when the worker knows. */
   total?: number;
+  /** A finished part of a streamed job: its index and result. */
   item?: { index: number; result: unknown };
+  /** The worker that reported it. */
   worker?: string;
 }
 
@@ -152,12 +156,20 @@ export class RecentIds {
 
 /** A connected worker as the dispatcher sees it. */
 export class Peer extends WorkerRecord {
-  /** Jobs dispatched to this worker, by envelope `msg_id`. */
+  /**
+   * Jobs dispatched to this worker, by envelope `msg_id` (the dispatcher's own bookkeeping).
+   * @ignore
+   */
   readonly jobs: Map<string, Job> = new Map();
-  /** Requests this worker no longer owns (deadline passed, moved away), for late-answer logs. */
+  /**
+   * Requests this worker no longer owns (deadline passed, moved away), for late-answer logs.
+   * @ignore
+   */
   readonly abandoned: RecentIds = new RecentIds(1024);
+  /** Writes one frame to the worker (its link on the worker port). */
   readonly send: (frame: string) => void;
 
+  /** Worker `id` from `address`, written to with `send`. */
   constructor(
     id: string,
     address: string,
@@ -168,13 +180,17 @@ export class Peer extends WorkerRecord {
     this.send = send;
   }
 
-  /** Takes `job` off this worker: it no longer counts against its slots. */
+  /**
+   * Takes `job` off this worker: it no longer counts against its slots.
+   * @ignore
+   */
   release(job: Job): void {
     if (job.msgId && this.jobs.delete(job.msgId)) this.inFlight--;
     job.worker = undefined;
   }
 
   /**
+   * @ignore
    * This worker sat on `job` (a `probe`, or not) past its deadline: it looks slow and unreliable
    * from now on, and gets no new work until it answers one in time.
    */
@@ -194,7 +210,10 @@ export class Peer extends WorkerRecord {
     this.ewmaMs = Math.max(this.ewmaMs ?? 0, now - job.startedAt);
   }
 
-  /** The request `msgId` is no longer this worker's: it is told to stop, a late answer is dropped. */
+  /**
+   * The request `msgId` is no longer this worker's: it is told to stop, a late answer is dropped.
+   * @ignore
+   */
   abandon(msgId: string, reason: string): void {
     this.abandoned.add(msgId);
     try {

@@ -112,7 +112,11 @@ export interface BatchTracker {
 export class Metrics {
   /** The Prometheus text content type. */
   static readonly CONTENT_TYPE: string = Registry.PROMETHEUS_CONTENT_TYPE;
-  /** The prom-client registry the text is rendered from; register more metrics on it. */
+  /**
+   * The prom-client registry the text is rendered from; register more metrics on it. (Left out
+   * of the generated docs: its type is prom-client's, documented there.)
+   * @ignore
+   */
   readonly registry: Registry = new Registry();
   #clock: Clock;
   #series: CommandSeries;

@@ -12,6 +12,7 @@ import type { UpstreamStatus } from "../upstream_status.ts";
 
 /** A clock in ms; inject one in tests. */
 export interface Clock {
+  /** The current time, in ms. */
   now(): number;
 }
 
@@ -37,33 +38,55 @@ export const REGISTRATION_LIMITS = {
 
 /** What a worker says of itself in its `connect` frame. */
 export interface WorkerRegistration {
+  /** Its name in logs and listings; the server makes it unique. */
   name?: string;
+  /** Relative capacity for the balancer. */
   weight?: number;
+  /** Requests it takes at once. */
   max_concurrency?: number;
+  /** The actions it offers; absent: all of them. */
   actions?: string[];
   /** Actions that must not run twice: never re-sent to another worker. */
   non_retriable?: string[];
+  /** Its software's version. */
   version?: string;
+  /** What it says of its host (hostname, pid, instance…). */
   host?: unknown;
 }
 
 /** A worker as `get_client_info`, `/health` and the console show it. */
 export interface WorkerInfo {
+  /** Its id on this server. */
   client_id: string;
+  /** Its name, unique among the workers. */
   name: string;
+  /** `host:port` it connected from. */
   address: string;
+  /** Relative capacity for the balancer. */
   weight: number;
+  /** Requests it takes at once. */
   max_concurrency: number;
+  /** The actions it offers; null when it never said (all of them). */
   actions: string[] | null;
+  /** Its software's version, if it said. */
   version: string | null;
+  /** What it said of its host. */
   host: unknown;
+  /** Requests it holds now. */
   in_flight: number;
+  /** Requests it answered, failures included. */
   served: number;
+  /** Requests that failed on it. */
   failures: number;
+  /** Its smoothed response time, in ms; null before its first answer. */
   latency_ms: number | null;
+  /** Whether it earns new work. */
   healthy: boolean;
+  /** Whether it is leaving (sent `disconnect`). */
   draining: boolean;
+  /** Whether it sent its `connect` registration. */
   registered: boolean;
+  /** Market-data sources it reports blocked. */
   blocked_sources: string[];
   /**
    * Set while the worker is benched: one of its requests passed its deadline, and it gets no
@@ -72,7 +95,9 @@ export interface WorkerInfo {
   benched: { since: string; reason: string } | null;
   /** What the worker last said of its market-data upstreams; absent when it never did. */
   upstream?: UpstreamStatus;
+  /** When it connected, ISO 8601. */
   connected_since: string;
+  /** When it was last heard from, ISO 8601. */
   last_seen: string;
   /** In a cluster: the name of the server the worker is attached to. */
   server?: string;
@@ -96,27 +121,42 @@ export const PROBE_OWNER = "server-probe";
 
 /** One connected worker: its registration, its live load and its record. */
 export class WorkerRecord implements WorkerLoad {
+  /** Its `client_id`. */
   readonly id: string;
+  /** `host:port` it connected from. */
   readonly address: string;
+  /** When it connected, in ms on the clock. */
   readonly connectedAt: number;
+  /** Its name, unique among the workers. */
   name: string;
   weight = 1;
+  /** Requests it takes at once. */
   maxConcurrency: number;
   actions: ReadonlySet<string> | null = null;
+  /** Its software's version, if it said. */
   version: string | null = null;
+  /** What it said of its host. */
   host: unknown = null;
+  /** Whether it sent its `connect` registration. */
   registered = false;
+  /** Whether it is leaving (sent `disconnect`). */
   draining = false;
+  /** Its heartbeats stopped: no new work until the next one. */
   unhealthy = false;
   /** Sources whose upstream the worker reported blocked, or that answered blocked recently. */
   blockedSources: string[] = [];
+  /** Until when (clock ms) market work avoids it because an upstream answered it blocked. */
   blockedUntil = 0;
   /** The `upstream` field of the worker's last heartbeat that had one. */
   upstream: UpstreamStatus | undefined;
+  /** Requests it holds now. */
   inFlight = 0;
+  /** Requests it answered, failures included. */
   served = 0;
+  /** Requests that failed on it. */
   failures = 0;
   ewmaMs: number | undefined;
+  /** When it was last heard from, in ms on the clock. */
   lastSeen: number;
   /** Whether the worker ever sent a heartbeat; only those are judged by heartbeat silence. */
   heartbeats = false;
@@ -136,6 +176,7 @@ export class WorkerRecord implements WorkerLoad {
   #failureAt = 0;
   #clock: Clock;
 
+  /** A worker `id` that connected from `address`, known from now on the clock. */
   constructor(
     id: string,
     address: string,
@@ -302,6 +343,7 @@ export class WorkerRecord implements WorkerLoad {
     this.#failureAt = this.#clock.now();
   }
 
+  /** The worker as `get_client_info`, `/health` and the console show it. */
   info(): WorkerInfo {
     return {
       client_id: this.id,
@@ -335,10 +377,15 @@ export class WorkerRecord implements WorkerLoad {
 
 /** The seam between the broker and where workers are kept. */
 export interface WorkerRegistry<W extends WorkerRecord = WorkerRecord> {
+  /** Adds a worker. */
   add(worker: W): void;
+  /** Removes a worker; false when it was not there. */
   remove(id: string): boolean;
+  /** The worker with `id`, if any. */
   get(id: string): W | undefined;
+  /** Every worker; treat the array as read-only. */
   all(): readonly W[];
+  /** How many workers there are. */
   readonly size: number;
 }
 
@@ -349,16 +396,19 @@ export class LocalRegistry<W extends WorkerRecord = WorkerRecord>
   // Read on every request, changed only when workers come and go: keep one array.
   #snapshot: W[] | undefined;
 
+  /** Adds a worker. */
   add(worker: W): void {
     this.#workers.set(worker.id, worker);
     this.#snapshot = undefined;
   }
 
+  /** Removes a worker; false when it was not there. */
   remove(id: string): boolean {
     this.#snapshot = undefined;
     return this.#workers.delete(id);
   }
 
+  /** The worker with `id`, if any. */
   get(id: string): W | undefined {
     return this.#workers.get(id);
   }
@@ -368,6 +418,7 @@ export class LocalRegistry<W extends WorkerRecord = WorkerRecord>
     return this.#snapshot ??= [...this.#workers.values()];
   }
 
+  /** How many workers there are. */
   get size(): number {
     return this.#workers.size;
   }

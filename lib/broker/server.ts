@@ -62,6 +62,7 @@ export interface ServerOptions extends BrokerOptions {
 
 /** A running server. */
 export interface RunningServer {
+  /** The broker behind the ports. */
   broker: Broker;
   /** The bound worker port. */
   port: number;

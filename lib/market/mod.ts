@@ -51,9 +51,11 @@ export type {
   MarketService,
   MarketServiceOptions,
   MarketStats,
+  SnapshotResult,
   SymbolListResult,
   UpstreamStatus,
 } from "./service.ts";
+export type { SnapshotPage, SnapshotRow } from "./snapshot.ts";
 export type { ListedSymbol } from "./symbols.ts";
 export type { ValidateMarketParamsOptions } from "./params.ts";
 export type { BreakerOptions } from "./host_gate.ts";

@@ -150,6 +150,7 @@ export class RequesterClient {
   #resubmitted = 0;
   #stray = 0;
 
+  /** A client for `url` (several, comma-separated, for a cluster); `connect()` opens it. */
   constructor(url: string, options: RequesterClientOptions = {}) {
     this.urls = url.split(",").map((u) => u.trim()).filter(Boolean);
     if (this.urls.length === 0) throw new RangeError("No server URL given");

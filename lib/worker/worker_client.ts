@@ -88,14 +88,23 @@ export interface WorkerOptions extends ConnectOptions {
 
 /** What `status()` reports. */
 export interface WorkerStatus {
+  /** Whether it is connected. */
   connected: boolean;
+  /** Its id on the server; null before the first registration. */
   client_id: string | null;
+  /** The URL it is connected to (or tries next), without credentials. */
   url: string;
+  /** Its name. */
   name: string;
+  /** Requests it is serving. */
   in_flight: number;
+  /** Requests it answered with success. */
   served: number;
+  /** Requests it answered with failure. */
   failed: number;
+  /** Connections made so far. */
   connects: number;
+  /** The actions it offers. */
   actions: string[];
 }
 
@@ -119,6 +128,7 @@ export class Worker {
   /** Every URL the worker may connect to, in order of preference. */
   readonly urls: readonly string[];
   #at = 0;
+  /** Its name in logs and listings. */
   readonly name: string;
   #options: WorkerOptions;
   #handlers = new Map<string, WorkerMessageHandler>();
@@ -140,6 +150,7 @@ export class Worker {
    */
   readonly #instance = messageId();
 
+  /** A worker for `options.url`; `start()` connects it. */
   constructor(options: WorkerOptions) {
     this.#options = options;
     this.urls = splitUrls(options.url);
@@ -185,6 +196,7 @@ export class Worker {
     return () => this.#connectedListeners.delete(listener);
   }
 
+  /** What the worker is doing now. */
   status(): WorkerStatus {
     return {
       connected: this.#socket?.readyState === 1,
