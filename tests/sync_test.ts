@@ -199,6 +199,22 @@ Deno.test("sync - killed 20 times at random points (first fill and daily syncs),
     if (k === 10 || k === 15) rig.market.advance();
     const child = syncProcess(rig.server.requesterUrl, path).spawn();
     await new Promise((r) => setTimeout(r, 300 + random() * 2500));
+    if (k % 2 === 1) {
+      // Every other kill lands while the store is being written: when its write-ahead log
+      // grows (a commit's statements run for some milliseconds, mostly between two polls).
+      const size = () => {
+        try {
+          return Deno.statSync(`${path}.wal`).size;
+        } catch {
+          return -1;
+        }
+      };
+      const before = size();
+      const until = Date.now() + 3000;
+      while (size() === before && Date.now() < until) {
+        await new Promise((r) => setTimeout(r, 1));
+      }
+    }
     try {
       child.kill("SIGKILL");
       killed++;
