@@ -65,11 +65,6 @@ export async function serverCommand(
 ): Promise<ConsoleResult> {
   const [command = ""] = line.trim().split(/\s+/);
   switch (command) {
-    case "":
-      return "continue";
-    case "help":
-      write(SERVER_HELP);
-      return "continue";
     case "list": {
       const workers = broker.workers();
       if (workers.length === 0) {
@@ -134,25 +129,15 @@ export async function serverCommand(
       );
       return "continue";
     }
-    case "run": {
-      const { words, json, error } = splitCommand(line, 2);
-      if (words.length < 2 || error) {
-        write(error ?? "Usage: run <action> [json params]");
-        return "continue";
-      }
-      try {
-        write(pretty(await broker.runAction(words[1], json)));
-      } catch (e) {
-        write(`Error: ${(e as Error).message}`);
-      }
-      return "continue";
-    }
-    case "quit":
-    case "exit":
-      return "quit";
+    case "run":
+      return await actionCommand(
+        line,
+        "Usage: run <action> [json params]",
+        (action, params) => broker.runAction(action, params),
+        write,
+      );
     default:
-      write(`Unknown command '${command}': type 'help' for the list`);
-      return "continue";
+      return commonCommand(command, SERVER_HELP, write);
   }
 }
 
@@ -172,34 +157,53 @@ export async function workerCommand(
 ): Promise<ConsoleResult> {
   const [command = ""] = line.trim().split(/\s+/);
   switch (command) {
-    case "":
-      return "continue";
-    case "help":
-      write(WORKER_HELP);
-      return "continue";
     case "status":
       write(pretty(worker.status()));
       return "continue";
-    case "request": {
-      const { words, json, error } = splitCommand(line, 2);
-      if (words.length < 2 || error) {
-        write(error ?? "Usage: request <action> [json params]");
-        return "continue";
-      }
-      try {
-        write(pretty(await worker.request(words[1], json)));
-      } catch (e) {
-        write(`Error: ${(e as Error).message}`);
-      }
-      return "continue";
-    }
-    case "quit":
-    case "exit":
-      return "quit";
+    case "request":
+      return await actionCommand(
+        line,
+        "Usage: request <action> [json params]",
+        (action, params) => worker.request(action, params),
+        write,
+      );
     default:
-      write(`Unknown command '${command}': type 'help' for the list`);
-      return "continue";
+      return commonCommand(command, WORKER_HELP, write);
   }
+}
+
+/** What both consoles do alike: nothing for a blank line, `help`, `quit`/`exit`, and the rest. */
+function commonCommand(
+  command: string,
+  help: string,
+  write: (text: string) => void,
+): ConsoleResult {
+  if (command === "quit" || command === "exit") return "quit";
+  if (command === "help") write(help);
+  else if (command !== "") {
+    write(`Unknown command '${command}': type 'help' for the list`);
+  }
+  return "continue";
+}
+
+/** `<command> <action> [json params]`: prints what `call` resolves with, or its error. */
+async function actionCommand(
+  line: string,
+  usage: string,
+  call: (action: string, params: unknown) => Promise<unknown>,
+  write: (text: string) => void,
+): Promise<ConsoleResult> {
+  const { words, json, error } = splitCommand(line, 2);
+  if (words.length < 2 || error) {
+    write(error ?? usage);
+    return "continue";
+  }
+  try {
+    write(pretty(await call(words[1], json)));
+  } catch (e) {
+    write(`Error: ${(e as Error).message}`);
+  }
+  return "continue";
 }
 
 /**

@@ -246,41 +246,41 @@ export class EnvelopeBatcher {
   }
 }
 
-/** Validates `request.data` of a worker-protocol request. */
-export function readRequestData(data: unknown): RequestData {
+/** `data` of an envelope of `kind`, which must be an object. */
+function envelopeData(data: unknown, kind: string): Record<string, unknown> {
   if (!isObject(data)) {
     throw new ProtocolError(
       ErrorCode.INVALID_FIELD,
-      `Field 'data' of a request must be an object: got ${describe(data)}`,
+      `Field 'data' of ${kind} must be an object: got ${describe(data)}`,
     );
   }
-  if (typeof data.action !== "string" || data.action === "") {
+  return data;
+}
+
+/** `data[field]`, which must be a non-empty string. */
+function nonEmptyString(data: Record<string, unknown>, field: string): string {
+  const value = data[field];
+  if (typeof value !== "string" || value === "") {
     throw new ProtocolError(
       ErrorCode.INVALID_FIELD,
-      `Field 'data.action' must be a non-empty string: got ${
-        describe(data.action)
+      `Field 'data.${field}' must be a non-empty string: got ${
+        describe(value)
       }`,
     );
   }
-  return { action: data.action, params: data.params ?? {} };
+  return value;
+}
+
+/** Validates `request.data` of a worker-protocol request. */
+export function readRequestData(data: unknown): RequestData {
+  const d = envelopeData(data, "a request");
+  return { action: nonEmptyString(d, "action"), params: d.params ?? {} };
 }
 
 /** Validates `response.data` of a worker-protocol response. */
-export function readResponseData(data: unknown): ResponseData {
-  if (!isObject(data)) {
-    throw new ProtocolError(
-      ErrorCode.INVALID_FIELD,
-      `Field 'data' of a response must be an object: got ${describe(data)}`,
-    );
-  }
-  if (typeof data.request_id !== "string" || data.request_id === "") {
-    throw new ProtocolError(
-      ErrorCode.INVALID_FIELD,
-      `Field 'data.request_id' must be a non-empty string: got ${
-        describe(data.request_id)
-      }`,
-    );
-  }
+export function readResponseData(unchecked: unknown): ResponseData {
+  const data = envelopeData(unchecked, "a response");
+  const requestId = nonEmptyString(data, "request_id");
   // The original omits `success` on some paths; an error text alone still means failure.
   const success = typeof data.success === "boolean"
     ? data.success
@@ -289,7 +289,7 @@ export function readResponseData(data: unknown): ResponseData {
     ? null
     : String(data.error);
   return {
-    request_id: data.request_id,
+    request_id: requestId,
     success,
     result: data.result ?? null,
     error,

@@ -138,7 +138,6 @@ function defineRequestMetrics(
 /** The workers, by state and one by one. */
 function defineWorkerMetrics(registry: Registry, state: ExpositionState): void {
   const registers = [registry];
-  const workers = () => state.workers();
   new Gauge({
     name: "switchyard_workers",
     help:
@@ -153,7 +152,7 @@ function defineWorkerMetrics(registry: Registry, state: ExpositionState): void {
         unhealthy: 0,
         draining: 0,
       };
-      for (const w of workers()) counts[workerState(w)]++;
+      for (const w of state.workers()) counts[workerState(w)]++;
       for (const [state, n] of Object.entries(counts)) {
         this.set({ state }, n);
       }
@@ -168,7 +167,7 @@ function defineWorkerMetrics(registry: Registry, state: ExpositionState): void {
     const config = { name, help, labelNames: ["worker", "name"], registers };
     const fill = (metric: Gauge | Counter) => {
       metric.reset();
-      for (const w of workers()) {
+      for (const w of state.workers()) {
         const v = value(w);
         if (v !== undefined) metric.inc({ worker: w.id, name: w.name }, v);
       }
@@ -226,29 +225,32 @@ function defineWorkerMetrics(registry: Registry, state: ExpositionState): void {
 /** `get_markets` batches and their items. */
 function defineBatchMetrics(registry: Registry, state: ExpositionState): void {
   const registers = [registry];
-  new Counter({
-    name: "switchyard_batches_total",
-    help:
-      "get_markets batches finished, by outcome (success: every item succeeded)",
-    labelNames: ["outcome"],
-    registers,
-    collect() {
-      this.reset();
-      this.inc({ outcome: "success" }, state.batchOutcomes.success);
-      this.inc({ outcome: "failed" }, state.batchOutcomes.failed);
-    },
-  });
-  new Counter({
-    name: "switchyard_batch_items_total",
-    help: "Items of get_markets batches finished, by outcome",
-    labelNames: ["outcome"],
-    registers,
-    collect() {
-      this.reset();
-      this.inc({ outcome: "success" }, state.batchItems.success);
-      this.inc({ outcome: "failed" }, state.batchItems.failed);
-    },
-  });
+  const outcomes = (
+    name: string,
+    help: string,
+    counts: () => { success: number; failed: number },
+  ) =>
+    new Counter({
+      name,
+      help,
+      labelNames: ["outcome"],
+      registers,
+      collect() {
+        this.reset();
+        this.inc({ outcome: "success" }, counts().success);
+        this.inc({ outcome: "failed" }, counts().failed);
+      },
+    });
+  outcomes(
+    "switchyard_batches_total",
+    "get_markets batches finished, by outcome (success: every item succeeded)",
+    () => state.batchOutcomes,
+  );
+  outcomes(
+    "switchyard_batch_items_total",
+    "Items of get_markets batches finished, by outcome",
+    () => state.batchItems,
+  );
   new Gauge({
     name: "switchyard_batches_in_flight",
     help: "get_markets batches running now",
@@ -275,7 +277,6 @@ function defineUpstreamMetrics(
   state: ExpositionState,
 ): void {
   const registers = [registry];
-  const workers = () => state.workers();
   new Gauge({
     name: "switchyard_upstream_blocked",
     help:
@@ -284,7 +285,7 @@ function defineUpstreamMetrics(
     registers,
     collect() {
       this.reset();
-      for (const w of workers()) {
+      for (const w of state.workers()) {
         for (const source of w.blockedSources) {
           this.set({ worker: w.id, name: w.name, source }, 1);
         }
@@ -309,7 +310,7 @@ function defineUpstreamMetrics(
       collect() {
         this.reset();
         const now = state.clock.now();
-        for (const w of workers()) {
+        for (const w of state.workers()) {
           for (
             const [host, status] of Object.entries(w.upstream?.hosts ?? {})
           ) {
@@ -352,7 +353,7 @@ function defineUpstreamMetrics(
       registers,
       collect() {
         this.reset();
-        for (const w of workers()) {
+        for (const w of state.workers()) {
           const cache = w.upstream?.cache;
           if (cache) this.inc({ worker: w.id, name: w.name }, cache[kind]);
         }
@@ -371,7 +372,7 @@ function defineUpstreamMetrics(
       get: () => {
         let hits = 0;
         let lookups = 0;
-        for (const w of workers()) {
+        for (const w of state.workers()) {
           const cache = w.upstream?.cache;
           if (!cache) continue;
           hits += cache.hits;
