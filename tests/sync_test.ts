@@ -8,6 +8,7 @@ import {
   type SyncReport,
 } from "../lib/requester/sync_job.ts";
 import { MarketStore } from "../lib/store/store.ts";
+import { verifyStore } from "../lib/requester/sync_cli.ts";
 import {
   type FakeMarket,
   type FakeMarketOptions,
@@ -324,6 +325,46 @@ Deno.test("sync - a snapshot taken before the close adds nothing and says so; th
     assert.deepEqual(report.failed, []);
     assert.deepEqual(
       await mismatches(rig.market, store, ["qfq"], ["stock", "index"]),
+      [],
+    );
+  } finally {
+    await store.close();
+  }
+});
+
+Deno.test("store verify - re-fetches a sample, prints each mismatch and repairs it; a second pass finds none", async () => {
+  await using rig = await syncRig({ etfs: 4, stocks: 2 });
+  await using dir = await tempDir("sync_verify_");
+  const store = await MarketStore.open(`${dir.path}/s.duckdb`);
+  try {
+    const now = () => rig.market.updatedAt + 60_000;
+    await runSync(rig.client, { store, all: ["etf"], now });
+    const key = {
+      symbolType: "etf" as const,
+      code: "510000",
+      adjust: "qfq" as const,
+    };
+    const bars = await store.readSeries(key);
+    bars[3] = { ...bars[3], close: bars[3].close + 1 };
+    await store.commit({ replace: [{ key, bars }] });
+    const lines: string[] = [];
+    const first = await verifyStore(rig.client, store, {
+      sample: 100,
+      write: (text) => lines.push(text),
+    });
+    assert.equal(first.mismatched, 1, lines.join(""));
+    assert.match(
+      lines.join(""),
+      new RegExp(`etf 510000 qfq: MISMATCH ${bars[3].date} close`),
+    );
+    const second = await verifyStore(rig.client, store, {
+      sample: 100,
+      write: () => {},
+    });
+    assert.equal(second.mismatched, 0);
+    assert.equal(second.checked, first.checked);
+    assert.deepEqual(
+      await mismatches(rig.market, store, ["qfq"], ["etf"]),
       [],
     );
   } finally {

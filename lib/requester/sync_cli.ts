@@ -577,11 +577,18 @@ export async function verifyStore(
   const answer = await client.request("get_markets", items, {
     timeout: options.timeout ?? 300,
   });
-  const results = (Array.isArray(answer.data) ? answer.data : []) as {
-    success?: boolean;
-    data?: Bar[];
-    error?: string;
-  }[];
+  // A batch answers `{results, summary, distributed}` (a worker's own get_markets, a list).
+  const data = answer.data as { results?: unknown } | unknown[] | null;
+  const results =
+    (Array.isArray(data)
+      ? data
+      : Array.isArray(data?.results)
+      ? data.results
+      : []) as {
+        success?: boolean;
+        data?: Bar[];
+        error?: string;
+      }[];
   for (let i = 0; i < picked.length; i++) {
     const s = picked[i];
     const label = `${s.symbolType} ${s.code} ${s.adjust}`;
