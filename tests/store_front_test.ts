@@ -133,3 +133,29 @@ Deno.test("lastCloseDay - the last weekday whose close passed, skipping holidays
     "2025-09-30",
   );
 });
+
+Deno.test("server --store - a store that cannot be read sends the request to the workers", async () => {
+  await using dir = await tempDir("front_bad_");
+  const path = `${dir.path}/not_a_store.duckdb`;
+  await Deno.writeTextFile(path, "this is not a DuckDB file\n".repeat(200));
+  const front = createStoreFront(path);
+  await using server = startTestServer({ marketFront: front });
+  await using _worker = await startWorker(server, {
+    actions: {
+      get_market: (params) => ({
+        success: true,
+        code: (params as { code: string }).code,
+        source: "worker",
+        data: [],
+      }),
+    },
+  });
+  await using client = await connectClient(server.requesterUrl);
+  const answer = await client.request("get_market", {
+    symbol_type: "etf",
+    code: "510300",
+  });
+  assert.equal(answer.success, true);
+  assert.equal((answer.data as { source: string }).source, "worker");
+  await front.close();
+});

@@ -124,6 +124,16 @@ export function createStoreFront(
   }
 
   async function lookup(items: readonly unknown[]) {
+    try {
+      return await held(items);
+    } catch (error) {
+      // The store is a shortcut, never a reason to fail: the workers answer instead.
+      logger.warn("Cannot read store {path}: {error}", { path, error });
+      return undefined;
+    }
+  }
+
+  async function held(items: readonly unknown[]) {
     const asks = items.map(parse);
     if (asks.length === 0 || asks.some((a) => a === undefined)) {
       return undefined;
