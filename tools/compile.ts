@@ -22,12 +22,22 @@ export const TARGETS = [
   "x86_64-pc-windows-msvc",
 ] as const;
 
-/** Each program with the permissions it runs with; nothing more is baked in. */
+/**
+ * Each program with the permissions it runs with; nothing more is baked in. They are the
+ * `deno task` permissions of the same program less `--allow-ffi`: the store's DuckDB binding is a
+ * native library that a compiled binary does not carry (docs/store.md).
+ */
 export const PROGRAMS = [
   {
     name: "switchyard-server",
     entry: "server.ts",
-    permissions: ["--allow-net", "--allow-read", "--allow-env", "--allow-sys"],
+    permissions: [
+      "--allow-net",
+      "--allow-read",
+      "--allow-write",
+      "--allow-env",
+      "--allow-sys",
+    ],
   },
   {
     name: "switchyard-worker",
@@ -43,7 +53,12 @@ export const PROGRAMS = [
   {
     name: "switchyard-requester",
     entry: "requester.ts",
-    permissions: ["--allow-net", "--allow-read", "--allow-env"],
+    permissions: [
+      "--allow-net",
+      "--allow-read",
+      "--allow-write",
+      "--allow-env",
+    ],
   },
 ] as const;
 
