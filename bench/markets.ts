@@ -20,7 +20,7 @@
  * @module
  */
 
-import { rssMiB, spawnHelper } from "./_spawn.ts";
+import { cpuSeconds, rssMiB, spawnHelper } from "./_spawn.ts";
 import { type Check, fixed, table } from "./_stats.ts";
 
 /** Options for {@linkcode runMarketsBench}. */
@@ -71,6 +71,13 @@ export interface MarketsRow {
   upstreamCalls: number;
   serverRssMiB: number;
   requesterRssMiB: number;
+  /**
+   * CPU seconds the job's processes used (server, workers, their upstreams, the requester):
+   * against the wall time, it tells a job the CPU held back from one the schedule did.
+   */
+  cpuS: number;
+  /** Failures by error code (from `failed.txt`). */
+  failures: Record<string, number>;
   exitCode: number;
 }
 
@@ -93,6 +100,7 @@ const HISTORY_START: Record<History, string> = {
 
 /** One fake upstream in a process of its own, with its ban switch and call counter. */
 interface Upstream {
+  pid: number;
   url: string;
   control: string;
   stop(): Promise<void>;
@@ -111,6 +119,7 @@ async function startUpstream(
     String(warm),
   ], 600_000);
   return {
+    pid: fake.pid,
     url: (fake.info.urls as string[])[0],
     control: String(fake.info.control),
     stop: () => fake.stop("SIGKILL"),
@@ -119,6 +128,8 @@ async function startUpstream(
 
 interface Cluster {
   serverPid: number;
+  /** The server's, the workers' and their upstreams' processes. */
+  pids: number[];
   requesterUrl: string;
   stop(): Promise<void>;
 }
@@ -190,6 +201,11 @@ async function startCluster(
   }
   return {
     serverPid: server.pid,
+    pids: [
+      server.pid,
+      ...children.map((c) => c.pid),
+      ...upstreams.map((u) => u.pid),
+    ],
     requesterUrl: `ws://127.0.0.1:${server.info.requesterPort}`,
     stop,
   };
@@ -256,9 +272,12 @@ async function job(
     | "skipped"
     | "serverRssMiB"
     | "requesterRssMiB"
+    | "cpuS"
+    | "failures"
     | "exitCode"
   >
 > {
+  const cpuBefore = await cpuSeconds(cluster.pids);
   const child = new Deno.Command(Deno.execPath(), {
     args: [
       "run",
@@ -294,6 +313,7 @@ async function job(
   const started = Date.now();
   const samples: [number, number][] = [];
   let lastRss = 0;
+  let requesterCpu = 0;
   while (!exited) {
     const files = countCsv(outDir);
     samples.push([Date.now() - started, files]);
@@ -302,6 +322,7 @@ async function job(
       serverRss = Math.max(serverRss, await rssMiB(cluster.serverPid) || 0);
       requesterRss = Math.max(requesterRss, await rssMiB(child.pid) || 0);
     }
+    requesterCpu = (await cpuSeconds([child.pid]))[0] || requesterCpu;
     if (options.ban && !banned && files >= options.ban.at) {
       banned = true;
       await fetch(`${options.ban.upstream.control}/ban?i=0`, {
@@ -312,6 +333,16 @@ async function job(
   }
   const { code } = await status;
   samples.push([Date.now() - started, countCsv(outDir)]);
+  const cpuAfter = await cpuSeconds(cluster.pids);
+  const failures: Record<string, number> = {};
+  try {
+    const lines = (await Deno.readTextFile(`${outDir}/failed.txt`)).trim()
+      .split("\n").slice(1);
+    for (const line of lines) {
+      const code = line.split(",")[2] ?? "?";
+      failures[code] = (failures[code] ?? 0) + 1;
+    }
+  } catch { /* none failed */ }
   const text = await stderr;
   const num = (label: string) =>
     Number(new RegExp(`^${label}\\s+([\\d.]+)`, "m").exec(text)?.[1] ?? NaN);
@@ -333,6 +364,9 @@ async function job(
     skipped: Number.isNaN(num("skipped")) ? 0 : num("skipped"),
     serverRssMiB: serverRss,
     requesterRssMiB: requesterRss,
+    cpuS: cpuAfter.reduce((s, v, i) => s + v - cpuBefore[i], 0) +
+      requesterCpu,
+    failures,
     exitCode: code,
   };
 }
@@ -412,9 +446,11 @@ export async function runMarketsBench(
       upstreamCalls: calls,
     };
     log(
-      `  ${fixed(r.elapsedS, 1)} s, ${
-        fixed(ratio(r))
-      }× ideal, ${r.lost} lost, ${r.upstreamCalls} upstream calls; items/s by tenth: ${
+      `  ${fixed(r.elapsedS, 1)} s, ${fixed(ratio(r))}× ideal, ${r.lost} lost${
+        Object.keys(r.failures).length ? ` (${JSON.stringify(r.failures)})` : ""
+      }, ${r.upstreamCalls} upstream calls, ${
+        fixed(r.cpuS / r.elapsedS)
+      } cores used; items/s by tenth: ${
         r.profile.map((v) => fixed(v, 1)).join(" ")
       }`,
     );
@@ -630,6 +666,7 @@ export function marketsTable(report: MarketsReport): string {
       "time s",
       "× ideal",
       "items/s by tenth of the job (median run)",
+      "cores used",
       "lost",
     ],
     byConfig(report.rows).map((rs) => {
@@ -645,6 +682,7 @@ export function marketsTable(report: MarketsReport): string {
         spread(rs.map((x) => x.elapsedS), 1),
         spread(rs.map(ratio)),
         profile(rs),
+        spread(rs.map((x) => x.cpuS / x.elapsedS)),
         rs.map((x) => x.lost).join("/"),
       ];
     }),
@@ -661,6 +699,7 @@ export function marketsTable(report: MarketsReport): string {
         "failed",
         "lost",
         "upstream calls",
+        "cores used",
         "server RSS MiB",
         "requester RSS MiB",
       ],
@@ -676,12 +715,21 @@ export function marketsTable(report: MarketsReport): string {
           rs.map((r) => r.failed).join("/"),
           rs.map((r) => r.lost).join("/"),
           rs.map((r) => r.upstreamCalls).join("/"),
+          spread(rs.map((r) => r.cpuS / Math.max(r.elapsedS, 0.1))),
           spread(rs.map((r) => r.serverRssMiB), 0),
           spread(rs.map((r) => r.requesterRssMiB), 0),
         ];
       }),
     )
     : "";
+  const failed = report.rows.filter((r) => Object.keys(r.failures).length)
+    .map((r) =>
+      `run ${r.run} ${r.kind} ${r.workers} workers ${r.batching} ${r.history}: ${
+        Object.entries(r.failures).map(([k, v]) => `${v} ${k}`).join(", ")
+      }`
+    );
   return clean + other +
-    `\nideal = symbols ÷ (workers × ${report.rateLimit} req/s); upstream +${report.latencyMs} ms per call, one process per worker`;
+    `\nideal = symbols ÷ (workers × ${report.rateLimit} req/s); upstream +${report.latencyMs} ms per call, one process per worker; cores used = CPU seconds of the job's processes ÷ its wall time${
+      failed.length ? `\nfailures: ${failed.join("; ")}` : ""
+    }`;
 }
