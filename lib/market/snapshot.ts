@@ -12,10 +12,14 @@
  * @module
  */
 
-import { BROWSER_USER_AGENT, numberOf } from "./_http.ts";
+import { numberOf } from "./_http.ts";
 import { UpstreamBlockedError, UpstreamUnavailableError } from "./errors.ts";
 import type { HostGate } from "./host_gate.ts";
-import { EASTMONEY_LIST_URL, LIST_FILTERS, LIST_PAGE_SIZE } from "./symbols.ts";
+import {
+  EASTMONEY_LIST_URL,
+  LIST_PAGE_SIZE,
+  requestListPage,
+} from "./symbols.ts";
 import type { SymbolType } from "./types.ts";
 
 /** The delayed mirror of the list API, which keeps answering after the close. */
@@ -119,39 +123,13 @@ export function createSnapshotFetcher(
   ): Promise<SnapshotPage> {
     const host = new URL(baseUrl).host;
     const gate = options.gateFor(host);
-    const url = new URL(`${baseUrl}/api/qt/clist/get`);
-    url.search = new URLSearchParams({
-      pn: String(n),
-      pz: String(LIST_PAGE_SIZE),
-      po: "0",
-      np: "1",
-      ut: "bd1d9ddb04089700cf9c27f6f7426281",
-      fltt: "2",
-      invt: "2",
-      fid: "f12",
-      fs: LIST_FILTERS[symbolType],
-      fields: SNAPSHOT_FIELDS,
-    }).toString();
-    const body = await gate.requestJson(url.href, {
-      signal,
-      headers: {
-        "User-Agent": BROWSER_USER_AGENT,
-        "Referer": "https://quote.eastmoney.com/center/gridlist.html",
-      },
-    });
-    const data = (body as { data?: { total?: unknown; diff?: unknown } })?.data;
-    const total = numberOf(data?.total);
-    if (data === null || data === undefined || total === undefined) {
-      throw new UpstreamUnavailableError(
-        host,
-        `Cannot read Eastmoney snapshot page ${n} for ${symbolType}: no data.total`,
-      );
-    }
-    const diff = Array.isArray(data.diff)
-      ? data.diff
-      : typeof data.diff === "object" && data.diff !== null
-      ? Object.values(data.diff)
-      : [];
+    const { total, rows: diff } = await requestListPage(
+      gate,
+      baseUrl,
+      symbolType,
+      n,
+      { fields: SNAPSHOT_FIELDS, what: "snapshot page", signal },
+    );
     const expected = Math.max(
       0,
       Math.min(LIST_PAGE_SIZE, total - (n - 1) * LIST_PAGE_SIZE),
@@ -165,7 +143,7 @@ export function createSnapshotFetcher(
       );
     }
     const rows: SnapshotRow[] = [];
-    for (const raw of diff as Record<string, unknown>[]) {
+    for (const raw of diff) {
       const code = typeof raw?.f12 === "string" ? raw.f12 : String(raw?.f12);
       if (!/^\d{6}$/.test(code)) continue;
       const row: SnapshotRow = {

@@ -88,6 +88,54 @@ interface Stored {
   markets: Record<string, number>;
 }
 
+/**
+ * Reads page `n` of Eastmoney's list API for one kind of symbol: the page's rows and the total
+ * the list claims, or an {@linkcode UpstreamUnavailableError} naming `what` when the answer
+ * carries no total.
+ */
+export async function requestListPage(
+  gate: HostGate,
+  baseUrl: string,
+  symbolType: SymbolType,
+  n: number,
+  options: { fields: string; what: string; signal: AbortSignal },
+): Promise<{ total: number; rows: Record<string, unknown>[] }> {
+  const url = new URL(`${baseUrl}/api/qt/clist/get`);
+  url.search = new URLSearchParams({
+    pn: String(n),
+    pz: String(PAGE_SIZE),
+    po: "0",
+    np: "1",
+    ut: "bd1d9ddb04089700cf9c27f6f7426281",
+    fltt: "2",
+    invt: "2",
+    fid: "f12",
+    fs: LIST_FILTERS[symbolType],
+    fields: options.fields,
+  }).toString();
+  const body = await gate.requestJson(url.href, {
+    signal: options.signal,
+    headers: {
+      "User-Agent": BROWSER_USER_AGENT,
+      "Referer": "https://quote.eastmoney.com/center/gridlist.html",
+    },
+  });
+  const data = (body as { data?: { total?: unknown; diff?: unknown } })?.data;
+  const total = numberOf(data?.total);
+  if (data === null || data === undefined || total === undefined) {
+    throw new UpstreamUnavailableError(
+      new URL(baseUrl).host,
+      `Cannot read Eastmoney ${options.what} ${n} for ${symbolType}: no data.total`,
+    );
+  }
+  const rows = Array.isArray(data.diff)
+    ? data.diff
+    : typeof data.diff === "object" && data.diff !== null
+    ? Object.values(data.diff) // np=0 answers an object keyed by position
+    : [];
+  return { total, rows: rows as Record<string, unknown>[] };
+}
+
 /** Creates a {@linkcode SymbolLister}. */
 export function createSymbolLister(options: SymbolListerOptions): SymbolLister {
   const baseUrl = (options.baseUrl ?? EASTMONEY_LIST_URL).replace(/\/+$/, "");
@@ -98,49 +146,6 @@ export function createSymbolLister(options: SymbolListerOptions): SymbolLister {
   const dir = options.cacheDir?.replace(/\/+$/, "");
   const closing = new AbortController();
 
-  async function page(
-    symbolType: SymbolType,
-    n: number,
-    signal: AbortSignal,
-  ): Promise<
-    { total: number; rows: { f12?: unknown; f13?: unknown; f14?: unknown }[] }
-  > {
-    const url = new URL(`${baseUrl}/api/qt/clist/get`);
-    url.search = new URLSearchParams({
-      pn: String(n),
-      pz: String(PAGE_SIZE),
-      po: "0",
-      np: "1",
-      ut: "bd1d9ddb04089700cf9c27f6f7426281",
-      fltt: "2",
-      invt: "2",
-      fid: "f12",
-      fs: LIST_FILTERS[symbolType],
-      fields: "f12,f13,f14",
-    }).toString();
-    const body = await gate.requestJson(url.href, {
-      signal,
-      headers: {
-        "User-Agent": BROWSER_USER_AGENT,
-        "Referer": "https://quote.eastmoney.com/center/gridlist.html",
-      },
-    });
-    const data = (body as { data?: { total?: unknown; diff?: unknown } })?.data;
-    const total = numberOf(data?.total);
-    if (data === null || data === undefined || total === undefined) {
-      throw new UpstreamUnavailableError(
-        host,
-        `Cannot read Eastmoney symbol list page ${n} for ${symbolType}: no data.total`,
-      );
-    }
-    const rows = Array.isArray(data.diff)
-      ? data.diff
-      : typeof data.diff === "object" && data.diff !== null
-      ? Object.values(data.diff) // np=0 answers an object keyed by position
-      : [];
-    return { total, rows };
-  }
-
   async function fetchList(
     symbolType: SymbolType,
     signal: AbortSignal,
@@ -150,7 +155,11 @@ export function createSymbolLister(options: SymbolListerOptions): SymbolLister {
     const seen = new Set<string>();
     let total = Infinity;
     for (let n = 1; symbols.length < total; n++) {
-      const got = await page(symbolType, n, signal);
+      const got = await requestListPage(gate, baseUrl, symbolType, n, {
+        fields: "f12,f13,f14",
+        what: "symbol list page",
+        signal,
+      });
       total = got.total;
       if (got.rows.length === 0 && symbols.length < total) {
         // A list cut short is worse than none: `--all` would silently skip symbols.
