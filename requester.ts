@@ -7,6 +7,7 @@
 import { runStdinConsole, splitCommand } from "./lib/console.ts";
 import {
   consoleMode,
+  dateFlag,
   FlagError,
   looksLikeHost,
   numberFlag,
@@ -117,17 +118,6 @@ function oneOf<T extends string>(
   return value as T;
 }
 
-function dateFlag(name: string, value: string | undefined): string | undefined {
-  if (value === undefined) return undefined;
-  const m = /^(\d{4})-?(\d{2})-?(\d{2})$/.exec(value);
-  if (!m) {
-    throw new FlagError(
-      `Invalid --${name} '${value}': expected a date such as 2020-01-31`,
-    );
-  }
-  return `${m[1]}-${m[2]}-${m[3]}`;
-}
-
 function parseMarkets(args: string[]): MarketsCommand {
   const { values, positionals } = parseFlags({
     args,
@@ -234,6 +224,26 @@ function parseMarkets(args: string[]): MarketsCommand {
   };
 }
 
+/**
+ * Runs a long command with a signal that SIGINT (and SIGTERM off Windows) aborts, so the command
+ * can stop cleanly and still choose its exit code.
+ */
+async function untilInterrupted(
+  run: (signal: AbortSignal) => Promise<number>,
+): Promise<number> {
+  const stop = new AbortController();
+  const onSignal = () => stop.abort(new Error("Interrupted"));
+  const signals: Deno.Signal[] = Deno.build.os === "windows"
+    ? ["SIGINT"]
+    : ["SIGINT", "SIGTERM"];
+  for (const s of signals) Deno.addSignalListener(s, onSignal);
+  try {
+    return await run(stop.signal);
+  } finally {
+    for (const s of signals) Deno.removeSignalListener(s, onSignal);
+  }
+}
+
 async function markets(args: string[]): Promise<number> {
   let command: MarketsCommand;
   try {
@@ -243,15 +253,9 @@ async function markets(args: string[]): Promise<number> {
     return MarketsExit.USAGE;
   }
   setupLogging({ level: "warning" });
-  const stop = new AbortController();
-  const onSignal = () => stop.abort(new Error("Interrupted"));
-  const signals: Deno.Signal[] = Deno.build.os === "windows"
-    ? ["SIGINT"]
-    : ["SIGINT", "SIGTERM"];
-  for (const s of signals) Deno.addSignalListener(s, onSignal);
   const encoder = new TextEncoder();
-  try {
-    return await marketsCommand(command, {
+  return await untilInterrupted((signal) =>
+    marketsCommand(command, {
       stdout: async (text) => {
         const bytes = encoder.encode(text);
         let written = 0;
@@ -261,11 +265,9 @@ async function markets(args: string[]): Promise<number> {
       },
       stderr: (text) => Deno.stderr.writeSync(encoder.encode(text)),
       readStdin: () => new Response(Deno.stdin.readable).text(),
-      signal: stop.signal,
-    });
-  } finally {
-    for (const s of signals) Deno.removeSignalListener(s, onSignal);
-  }
+      signal,
+    })
+  );
 }
 
 /** Flags of the requester and of `markets` that take a value (the next word, without `=`). */
@@ -386,25 +388,17 @@ function explain(answer: { success: boolean; available_commands?: unknown }) {
 /** `sync` and `store …`: their flags and logic live in lib/requester/sync_cli.ts. */
 async function storeCommands(which: "sync" | "store"): Promise<number> {
   setupLogging({ level: "warning" });
-  const stop = new AbortController();
-  const onSignal = () => stop.abort(new Error("Interrupted"));
-  const signals: Deno.Signal[] = Deno.build.os === "windows"
-    ? ["SIGINT"]
-    : ["SIGINT", "SIGTERM"];
-  for (const s of signals) Deno.addSignalListener(s, onSignal);
   const encoder = new TextEncoder();
-  const io = {
-    stdout: (text: string) => Deno.stdout.writeSync(encoder.encode(text)),
-    stderr: (text: string) => Deno.stderr.writeSync(encoder.encode(text)),
-    signal: stop.signal,
-  };
-  try {
+  return await untilInterrupted((signal) => {
+    const io = {
+      stdout: (text: string) => Deno.stdout.writeSync(encoder.encode(text)),
+      stderr: (text: string) => Deno.stderr.writeSync(encoder.encode(text)),
+      signal,
+    };
     return which === "sync"
-      ? await syncProgram(Deno.args, io)
-      : await storeProgram(Deno.args, io);
-  } finally {
-    for (const s of signals) Deno.removeSignalListener(s, onSignal);
-  }
+      ? syncProgram(Deno.args, io)
+      : storeProgram(Deno.args, io);
+  });
 }
 
 async function main(): Promise<number> {

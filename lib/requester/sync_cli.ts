@@ -6,6 +6,7 @@
  */
 
 import {
+  dateFlag,
   FlagError,
   numberFlag,
   parseFlags,
@@ -144,17 +145,6 @@ function adjustList(value: string | undefined): Adjust[] {
   }
   if (list.length === 0) throw new FlagError("Invalid --adjust '': empty");
   return [...new Set(list)] as Adjust[];
-}
-
-function dateFlag(name: string, value: string | undefined): string | undefined {
-  if (value === undefined) return undefined;
-  const m = /^(\d{4})-?(\d{2})-?(\d{2})$/.exec(value);
-  if (!m) {
-    throw new FlagError(
-      `Invalid --${name} '${value}': expected a date such as 2020-01-31`,
-    );
-  }
-  return `${m[1]}-${m[2]}-${m[3]}`;
 }
 
 /** `HH:MM` to minutes after midnight. */
