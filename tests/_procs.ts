@@ -173,17 +173,22 @@ export interface ServerProgram extends AsyncDisposable {
   requesterPort: number;
 }
 
+/** `server.ts` flags for both its ports on free loopback ports. */
+export const SERVER_LOOPBACK_ARGS: readonly string[] = [
+  "--host",
+  "127.0.0.1",
+  "--port",
+  "0",
+  "--requester-port",
+  "0",
+];
+
 /** Starts `server.ts` on free loopback ports and resolves with its ports once it listens. */
 export async function startServerProgram(
   args: string[] = [],
 ): Promise<ServerProgram> {
   const program = new Program("server.ts", [
-    "--host",
-    "127.0.0.1",
-    "--port",
-    "0",
-    "--requester-port",
-    "0",
+    ...SERVER_LOOPBACK_ARGS,
     "--no-console",
     ...args,
   ]);
@@ -204,6 +209,27 @@ export async function startServerProgram(
     await program.stop();
     throw error;
   }
+}
+
+/**
+ * Spawns `requester.ts` against `url` with its console on pipes (compact answers, one a line);
+ * the caller writes commands to its stdin and reaps it.
+ */
+export function spawnRequesterConsole(url: string): Deno.ChildProcess {
+  return new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      new URL("requester.ts", ROOT).pathname,
+      "--url",
+      url,
+      "--compact",
+    ],
+    stdin: "piped",
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).spawn();
 }
 
 /** Runs a program to completion and returns its exit code and output. */

@@ -1,7 +1,12 @@
 // The programs as a new user meets them: flags, consoles on a real terminal (a pseudo-terminal
 // from util-linux `script`), background jobs, the wrong port.
 import assert from "node:assert/strict";
-import { Program, runProgram, startServerProgram } from "./_procs.ts";
+import {
+  Program,
+  runProgram,
+  SERVER_LOOPBACK_ARGS,
+  startServerProgram,
+} from "./_procs.ts";
 import { startTestServer, startWorker, within } from "./_helpers.ts";
 import { setupLogging, Worker } from "../lib/mod.ts";
 
@@ -26,6 +31,10 @@ if (!PTY) console.log(NO_PTY);
 function shellQuote(word: string): string {
   return `'${word.replaceAll("'", `'\\''`)}'`;
 }
+
+/** `server.ts` on free loopback ports, as a shell command line. */
+const SERVER_SHELL = [DENO, "run", "-A", "server.ts", ...SERVER_LOOPBACK_ARGS]
+  .map(shellQuote).join(" ");
 
 /** A command running on its own pseudo-terminal; what it prints is collected. */
 class Terminal {
@@ -163,20 +172,7 @@ Deno.test({
     "server console - on a terminal, list prints a table with a header, quit stops the server",
   ignore: !PTY,
   fn: async () => {
-    const term = new Terminal(
-      [
-        DENO,
-        "run",
-        "-A",
-        "server.ts",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--requester-port",
-        "0",
-      ].map(shellQuote).join(" "),
-    );
+    const term = new Terminal(SERVER_SHELL);
     let worker: Worker | undefined;
     try {
       const port =
@@ -228,20 +224,7 @@ Deno.test({
     "server console - on a terminal, a log line prints above the prompt, and the prompt and the typed text come back under it",
   ignore: !PTY,
   fn: async () => {
-    await using term = new Terminal(
-      [
-        DENO,
-        "run",
-        "-A",
-        "server.ts",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--requester-port",
-        "0",
-      ].map(shellQuote).join(" "),
-    );
+    await using term = new Terminal(SERVER_SHELL);
     const port =
       (await term.waitFor(/Worker port listening on ws:\/\/[^:]+:(\d+)/))[1];
     await term.waitFor(/server> /);
@@ -294,20 +277,7 @@ Deno.test({
   fn: async () => {
     // `set -m` gives the background job its own process group, as an interactive shell does;
     // reading the terminal from there would stop the server with SIGTTIN.
-    const server = [
-      DENO,
-      "run",
-      "-A",
-      "server.ts",
-      "--host",
-      "127.0.0.1",
-      "--port",
-      "0",
-      "--requester-port",
-      "0",
-    ]
-      .map(shellQuote).join(" ");
-    const term = new Terminal(`set -m; ${server} & echo "PID=$!"; wait`);
+    const term = new Terminal(`set -m; ${SERVER_SHELL} & echo "PID=$!"; wait`);
     let pid = 0;
     try {
       pid = Number((await term.waitFor(/PID=(\d+)/))[1]);

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { serverCommand, splitCommand, workerCommand } from "../lib/console.ts";
 import { startTestServer, startWorker, within } from "./_helpers.ts";
-import { reaped } from "./_procs.ts";
+import { reaped, spawnRequesterConsole } from "./_procs.ts";
 
 Deno.test("splitCommand() - reads words, then the rest as JSON, and reports bad JSON", () => {
   assert.deepEqual(splitCommand("send abc get_time", 3), {
@@ -122,20 +122,7 @@ Deno.test("worker console - request asks the server, status shows the connection
 Deno.test("requester console - reads commands from stdin, answers bad input with usage, quits", async () => {
   await using server = startTestServer();
   await using _worker = await startWorker(server);
-  const child = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "-A",
-      new URL("../requester.ts", import.meta.url).pathname,
-      "--url",
-      server.requesterUrl,
-      "--compact",
-    ],
-    stdin: "piped",
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).spawn();
+  const child = spawnRequesterConsole(server.requesterUrl);
   await using _child = reaped(child);
   // Piped in whole: stdin ends closed (or aborted, if the child is gone), never held open.
   await ReadableStream.from([

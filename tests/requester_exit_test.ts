@@ -4,7 +4,7 @@ import assert from "node:assert/strict";
 import { createMarketService } from "../lib/market/mod.ts";
 import { setupLogging } from "../lib/mod.ts";
 import { startTestServer, startWorker } from "./_helpers.ts";
-import { Program, runProgram } from "./_procs.ts";
+import { Program, runProgram, spawnRequesterConsole } from "./_procs.ts";
 
 setupLogging({ level: "error" });
 
@@ -190,19 +190,7 @@ Deno.test("wrong port - named whatever the tokens: a requester with its token on
 Deno.test("requester - commands piped to the console exit 1 when any answer failed, 0 when none did", async () => {
   await using server = startTestServer();
   const run = async (input: string) => {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        new URL("../requester.ts", import.meta.url).pathname,
-        "--url",
-        server.requesterUrl,
-        "--compact",
-      ],
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
+    const child = spawnRequesterConsole(server.requesterUrl);
     const writer = child.stdin.getWriter();
     await writer.write(new TextEncoder().encode(input));
     await writer.close();
