@@ -39,7 +39,10 @@ if (!available) {
   );
 }
 
-/** Chromium with one 1280×1000 page, whose uncaught errors are collected; closes when disposed. */
+/**
+ * Chromium with one 1280×1000 page, whose uncaught errors are collected and which saves
+ * screenshots; closes when disposed.
+ */
 async function openBrowser() {
   const browser = await puppeteer.launch({
     executablePath: CHROMIUM,
@@ -55,6 +58,12 @@ async function openBrowser() {
     return {
       page,
       errors,
+      /** Saves the whole page as `ARTIFACTS/<name>.png`. */
+      shot: (name: string) =>
+        page.screenshot({
+          path: new URL(`${name}.png`, ARTIFACTS).pathname,
+          fullPage: true,
+        }),
       [Symbol.asyncDispose]: () => browser.close(),
     };
   } catch (error) {
@@ -126,13 +135,8 @@ Deno.test({
       (c) => c.close(),
     );
     await using browser = await openBrowser();
-    const { page, errors } = browser;
+    const { page, errors, shot } = browser;
     const base = `http://127.0.0.1:${server.requesterPort}`;
-    const shot = (name: string) =>
-      page.screenshot({
-        path: new URL(`${name}.png`, ARTIFACTS).pathname,
-        fullPage: true,
-      });
     const rows = () =>
       value<string[]>(
         page,
@@ -296,13 +300,8 @@ Deno.test({
     });
     await Deno.mkdir(ARTIFACTS, { recursive: true });
     await using browser = await openBrowser();
-    const { page, errors } = browser;
+    const { page, errors, shot } = browser;
     const base = `http://127.0.0.1:${server.requesterPort}`;
-    const shot = (name: string) =>
-      page.screenshot({
-        path: new URL(`${name}.png`, ARTIFACTS).pathname,
-        fullPage: true,
-      });
 
     // Browsers ask for it before any token: an icon, not 426 or 401.
     const icon = await fetch(`${base}/favicon.ico`);
@@ -584,10 +583,7 @@ Deno.test({
     );
     check(await axes());
     await Deno.mkdir(ARTIFACTS, { recursive: true });
-    await page.screenshot({
-      path: new URL("charts.png", ARTIFACTS).pathname,
-      fullPage: true,
-    });
+    await browser.shot("charts");
     assert.deepEqual(errors, []);
   },
 });
