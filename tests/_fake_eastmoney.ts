@@ -864,6 +864,14 @@ function listAnswer(
   const rows = mode === "empty"
     ? []
     : all.slice((page - 1) * size, page * size);
+  return listPageAnswer(
+    all.length,
+    rows.map((r) => ({ f12: r.code, f13: r.market, f14: r.name })),
+  );
+}
+
+/** Eastmoney's list API answer: one page of rows (`diff`) and the whole list's length. */
+export function listPageAnswer(total: number, diff: unknown[]): unknown {
   return {
     rc: 0,
     rt: 6,
@@ -871,10 +879,7 @@ function listAnswer(
     lt: 1,
     full: 1,
     dlmkts: "",
-    data: {
-      total: all.length,
-      diff: rows.map((r) => ({ f12: r.code, f13: r.market, f14: r.name })),
-    },
+    data: { total, diff },
   };
 }
 

@@ -18,6 +18,7 @@
 import type { Adjust, Bar, SymbolType } from "../lib/market/types.ts";
 import { LIST_FILTERS } from "../lib/market/symbols.ts";
 import { roundHalfAway } from "../lib/store/derive.ts";
+import { listPageAnswer } from "./_fake_eastmoney.ts";
 
 /** Options for {@linkcode startFakeMarket}. */
 export interface FakeMarketOptions {
@@ -397,15 +398,7 @@ export function startFakeMarket(options: FakeMarketOptions = {}): FakeMarket {
         fields.filter((f) => f in full).map((f) => [f, full[f]]),
       );
     });
-    return {
-      rc: 0,
-      rt: 6,
-      svr: 181669,
-      lt: 1,
-      full: 1,
-      dlmkts: "",
-      data: { total: all.length, diff: rows },
-    };
+    return listPageAnswer(all.length, rows);
   }
 
   const server = Deno.serve(
