@@ -11,6 +11,7 @@ import { isCandidate, isHealthy, offers, rendezvousOrder } from "./balancer.ts";
 import { Cancellation, type CancelSignal } from "../_cancel.ts";
 import type { Dispatcher, Peer } from "./dispatcher.ts";
 import { isRetriableFailure } from "./dispatcher.ts";
+import { RawResult } from "./raw_result.ts";
 import { ErrorCode, ProtocolError } from "../errors.ts";
 import {
   fetchRate,
@@ -874,6 +875,7 @@ function codeOf(item: unknown): string {
 }
 
 function annotate(result: unknown, workerId: string): unknown {
+  if (result instanceof RawResult) return result.annotated(workerId);
   if (typeof result !== "object" || result === null || Array.isArray(result)) {
     return result;
   }

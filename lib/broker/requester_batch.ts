@@ -5,6 +5,7 @@
  * @module
  */
 
+import { resultValue } from "./raw_result.ts";
 import type { CancelSignal } from "../_cancel.ts";
 import { ErrorCode, NO_WORKERS_TEXT, type ProtocolError } from "../errors.ts";
 import {
@@ -90,7 +91,7 @@ export async function runRequesterBatch(
       owner: peer.lane ?? peer.id,
       onFinish: (index, result, elapsedMs) => {
         tracker.item(itemErrorCode(result), elapsedMs);
-        front?.keep(items[index], result);
+        front?.keep(items[index], resultValue(result));
       },
       onProgress: (done, total) => {
         tracker.progress(done);

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { RawResult } from "./raw_result.ts";
 import type { Cancellation } from "../_cancel.ts";
 import { ErrorCode } from "../errors.ts";
 import { logger } from "../log.ts";
@@ -45,7 +46,14 @@ export function writeAnswer(
   paced: boolean,
 ): number {
   if (peer.sink) {
-    peer.sink(answer as Record<string, unknown>);
+    // An HTTP caller reads the items' fields (CSV): a spliced result goes as its value.
+    const item = (answer as { item?: { index?: unknown; result?: unknown } })
+      .item;
+    peer.sink(
+      item?.result instanceof RawResult
+        ? { ...answer, item: { ...item, result: item.result.value } }
+        : answer as Record<string, unknown>,
+    );
     return 0;
   }
   const socket = peer.socket;
@@ -67,7 +75,7 @@ export function writeAnswer(
   }
   let text: string;
   try {
-    text = JSON.stringify(answer);
+    text = itemFrame(answer) ?? JSON.stringify(answer);
   } catch (error) {
     // Past V8's longest string: the limit below should have caught it first.
     text = "";
@@ -86,6 +94,21 @@ export function writeAnswer(
   }
   socket.send(text);
   return text.length;
+}
+
+/**
+ * The frame of a streamed item whose result is spliced: the same bytes `JSON.stringify` gives
+ * for `{request_id, item: {index, result}}`, with the worker's text as the result.
+ */
+function itemFrame(
+  answer: RequesterAnswer | Record<string, unknown>,
+): string | undefined {
+  const item = (answer as { item?: { index?: unknown; result?: unknown } })
+    .item;
+  if (!(item?.result instanceof RawResult)) return undefined;
+  return `{"request_id":${JSON.stringify(answer.request_id)},"item":{"index":${
+    JSON.stringify(item.index)
+  },"result":${item.result.text}}}`;
 }
 
 /** Whether a streamed batch may start more items for `peer`: little stands unread before a ping. */

@@ -19,6 +19,7 @@ import type { Peer } from "./dispatcher.ts";
 import type { ResolvedOptions } from "./options.ts";
 import type { WorkerLink } from "./worker_link.ts";
 import { PEEK_CHARS, peekRequestId } from "./requester_frames.ts";
+import { parseSpliced } from "./raw_result.ts";
 
 const log = logger("broker");
 
@@ -58,7 +59,7 @@ export function readWorkerFrame(
   }
   let value: unknown;
   try {
-    value = parseJson(raw);
+    value = spliced(raw) ?? parseJson(raw);
   } catch (error) {
     return badFrame(worker, link, error as ProtocolError);
   }
@@ -114,6 +115,16 @@ export function oversizeFrame(
       error_code: ErrorCode.RESULT_TOO_LARGE,
     },
   });
+}
+
+/** The frame parsed with its large item results spliced out, or undefined to parse it whole. */
+function spliced(raw: string): unknown | undefined {
+  try {
+    return parseSpliced(raw);
+  } catch {
+    // Not JSON after all: the whole parse says what is wrong.
+    return undefined;
+  }
 }
 
 function badFrame(worker: Peer, link: WorkerLink, error: ProtocolError): void {
