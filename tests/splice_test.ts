@@ -67,7 +67,10 @@ Deno.test("splice - streamed item frames are byte for byte what re-encoding gave
     data: items,
     stream: true,
   });
-  const final = await peer.next((f) => f.request_id === "b1" && "success" in f);
+  const final = await peer.next(
+    (f) => f.request_id === "b1" && "success" in f,
+    30_000,
+  );
   assert.equal(final.success, true);
   assert.equal(frames.length, items.length);
   const id = (worker as unknown as { id?: string }).id;
