@@ -125,6 +125,53 @@ Deno.test("store - appends, cross-sections, raw bars, gone symbols and status", 
   }
 });
 
+Deno.test("store - bars written out of order are sorted by series once past a threshold; reads stay exact", async () => {
+  await using dir = await tempDir("store_");
+  const path = `${dir.path}/s.duckdb`;
+  const later = { ...KEY, code: "510500" };
+  const store = await MarketStore.open(path);
+  try {
+    await store.commit({
+      replace: [{ key: later, bars: bars(200, "2024-01-01", 5) }],
+    });
+    await store.commit({ replace: [{ key: KEY, bars: bars(150) }] });
+    await store.commit({ append: [{ key: KEY, bars: bars(160).slice(150) }] });
+    assert.equal(await store.meta("unsorted_bars"), "360");
+    assert.equal(await store.compactIfScattered(361), false);
+    assert.equal(await store.compactIfScattered(360), true);
+    assert.equal(await store.meta("unsorted_bars"), undefined);
+    // Reads of several series at once, through the one prepared statement, each get their own.
+    const [a, b, day] = await Promise.all([
+      store.readSeries(KEY),
+      store.readSeries(later),
+      store.crossSection("etf", "qfq", "2024-01-03"),
+      store.readSeries(KEY, "2024-01-02", "2024-01-02"),
+    ]);
+    assert.deepEqual(a, bars(160));
+    assert.deepEqual(b, bars(200, "2024-01-01", 5));
+    assert.deepEqual(day.map((r) => r.code), ["510300", "510500"]);
+    await assert.rejects(
+      store.readSeries(KEY, "2024-1-2"),
+      /Invalid bar date "2024-1-2": expected YYYY-MM-DD/,
+    );
+  } finally {
+    await store.close();
+  }
+  const { DuckDBInstance } = await import("npm:@duckdb/node-api@1.5.6-r.1");
+  const instance = await DuckDBInstance.create(path, { threads: "1" });
+  const conn = await instance.connect();
+  try {
+    // Physical order, which DuckDB's per-row-group min/max pruning depends on.
+    const codes = (await conn.runAndReadAll("SELECT code FROM bars")).getRows()
+      .map((r) => r[0]);
+    assert.equal(codes.indexOf("510500"), 160);
+    assert.equal(codes.lastIndexOf("510300"), 159);
+  } finally {
+    conn.closeSync();
+    instance.closeSync();
+  }
+});
+
 Deno.test("store - exports Parquet and CSV that DuckDB reads back without our schema", async () => {
   await using dir = await tempDir("store_");
   const store = await MarketStore.open(`${dir.path}/s.duckdb`);

@@ -586,6 +586,9 @@ export async function runSync(
 
   if (report.failed.length === 0 && !options.signal?.aborted) {
     await store.commit({ meta: { last_sync_day: day } });
+    // One series' bars together again once enough were written out of order (a first fill,
+    // a few weeks of daily bars): reads of one series then touch one row group.
+    await store.compactIfScattered();
   }
   report.elapsedMs = Date.now() - started;
   return report;

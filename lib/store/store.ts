@@ -11,10 +11,13 @@
 import type {
   DuckDBAppender,
   DuckDBConnection,
+  DuckDBDataChunk,
   DuckDBDateValue,
   DuckDBInstance,
+  DuckDBPreparedStatement,
+  DuckDBVector,
 } from "npm:@duckdb/node-api@1.5.6-r.1";
-import { dayNumber } from "../market/_dates.ts";
+import { dateOfDay, dayNumber } from "../market/_dates.ts";
 import type { Adjust, Bar, SymbolType } from "../market/types.ts";
 
 type DuckDB = typeof import("npm:@duckdb/node-api@1.5.6-r.1");
@@ -131,7 +134,12 @@ export interface MarketStoreOptions {
   readOnly?: boolean;
   /** DuckDB's memory limit. @default "64MB" */
   memoryLimit?: string;
-  /** DuckDB threads. @default 2 */
+  /**
+   * DuckDB threads. One by default: the store's reads are small, and on a busy machine a second
+   * thread costs more in waking and waiting than it saves (one-series reads measured 3.5 ms with
+   * one thread against 17 ms with two, `bench/store_reads.ts`); one thread also holds less memory.
+   * @default 1
+   */
   threads?: number;
 }
 
@@ -160,6 +168,24 @@ const OPTIONAL = [
   "change",
   "turnover",
 ] as const;
+
+/**
+ * What a read returns per bar, dates as DATE (decoded from their day numbers in JS: cheaper than
+ * formatting a string per row in SQL and handing each across the binding).
+ */
+const READ_COLUMNS =
+  "date, open, high, low, close, volume, amount, amplitude, pct_change, change, turnover";
+const SERIES_SQL =
+  `SELECT ${READ_COLUMNS} FROM bars WHERE symbol_type = $1 AND code = $2 AND adjust = $3
+     AND date >= $4 AND date <= $5 ORDER BY date`;
+const CROSS_SQL =
+  `SELECT symbol_type, code, ${READ_COLUMNS} FROM bars WHERE adjust = $1 AND date = $2
+     ORDER BY symbol_type, code`;
+const CROSS_KIND_SQL =
+  `SELECT symbol_type, code, ${READ_COLUMNS} FROM bars WHERE adjust = $1 AND date = $2
+     AND symbol_type = $3 ORDER BY code`;
+const FIRST_DAY = -25567; // 1900-01-01
+const LAST_DAY = 376199; // 2999-12-31
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS bars (
@@ -192,6 +218,9 @@ export class MarketStore {
   #conn: DuckDBConnection;
   #readOnly: boolean;
   #writing: Promise<void> = Promise.resolve();
+  /** Reads through the prepared statements, one at a time (a statement holds one binding). */
+  #reading: Promise<unknown> = Promise.resolve();
+  #prepared = new Map<string, DuckDBPreparedStatement>();
 
   private constructor(
     path: string,
@@ -227,7 +256,7 @@ export class MarketStore {
       instance = await DuckDBInstance.create(path, {
         access_mode: readOnly ? "READ_ONLY" : "READ_WRITE",
         memory_limit: options.memoryLimit ?? "64MB",
-        threads: String(options.threads ?? 2),
+        threads: String(options.threads ?? 1),
         // Freed memory goes back to the system past this, not kept for reuse (default 128MB).
         allocator_flush_threshold: "8MB",
         checkpoint_threshold: "8MB",
@@ -350,23 +379,27 @@ export class MarketStore {
   }
 
   /** One series' bars, ascending, within `[start, end]` when given. */
-  async readSeries(
+  readSeries(
     key: SeriesKey,
     start?: string,
     end?: string,
   ): Promise<Bar[]> {
-    const rows = await this.#rows(
-      `SELECT ${BAR_COLUMNS} FROM bars WHERE symbol_type = $1 AND code = $2 AND adjust = $3
-         AND date >= CAST($4 AS DATE) AND date <= CAST($5 AS DATE) ORDER BY date`,
-      [
-        key.symbolType,
-        key.code,
-        key.adjust,
-        start ?? "1900-01-01",
-        end ?? "2999-12-31",
-      ],
-    );
-    return rows.map(barOf);
+    return this.#query(SERIES_SQL, (p) => {
+      p.bindVarchar(1, key.symbolType);
+      p.bindVarchar(2, key.code);
+      p.bindVarchar(3, key.adjust);
+      p.bindDate(
+        4,
+        dayValue(start === undefined ? FIRST_DAY : dayNumber(date(start))),
+      );
+      p.bindDate(
+        5,
+        dayValue(end === undefined ? LAST_DAY : dayNumber(date(end))),
+      );
+    }, (chunk, out: Bar[]) => {
+      const columns = columnsOf(chunk, 0);
+      for (let i = 0; i < chunk.rowCount; i++) out.push(barAt(columns, i));
+    }, []);
   }
 
   /** Every series whole, by {@linkcode seriesId} (for comparisons and checks, not for serving). */
@@ -385,23 +418,27 @@ export class MarketStore {
   }
 
   /** Every symbol's bar of one day under one adjustment (of one kind, or of all), by kind and code. */
-  async crossSection(
+  crossSection(
     symbolType: SymbolType | undefined,
     adjust: Adjust,
-    date: string,
+    day: string,
   ): Promise<{ symbolType: SymbolType; code: string; bar: Bar }[]> {
-    const rows = await this.#rows(
-      `SELECT ${BAR_COLUMNS} FROM bars WHERE adjust = $1 AND date = CAST($2 AS DATE)
-         ${
-        symbolType ? "AND symbol_type = $3" : ""
-      } ORDER BY symbol_type, code`,
-      symbolType ? [adjust, date, symbolType] : [adjust, date],
-    );
-    return rows.map((r) => ({
-      symbolType: r[0] as SymbolType,
-      code: r[1] as string,
-      bar: barOf(r),
-    }));
+    return this.#query(symbolType ? CROSS_KIND_SQL : CROSS_SQL, (p) => {
+      p.bindVarchar(1, adjust);
+      p.bindDate(2, dayValue(dayNumber(date(day))));
+      if (symbolType) p.bindVarchar(3, symbolType);
+    }, (chunk, out: { symbolType: SymbolType; code: string; bar: Bar }[]) => {
+      const kinds = chunk.getColumnVector(0);
+      const codes = chunk.getColumnVector(1);
+      const columns = columnsOf(chunk, 2);
+      for (let i = 0; i < chunk.rowCount; i++) {
+        out.push({
+          symbolType: kinds.getItem(i) as SymbolType,
+          code: codes.getItem(i) as string,
+          bar: barAt(columns, i),
+        });
+      }
+    }, []);
   }
 
   /** Several series of one kind and adjustment at once, by code (for checks over a universe). */
@@ -624,6 +661,9 @@ export class MarketStore {
           "INSERT INTO calendar SELECT DISTINCT date FROM _days WHERE date NOT IN (SELECT date FROM calendar)",
         );
       }
+      const written = replace.reduce((n, r) => n + r.bars.length, 0) +
+        append.reduce((n, a) => n + a.bars.length, 0);
+      if (written > 0) await this.#addUnsorted(written);
       for (const [key, value] of Object.entries(changes.meta ?? {})) {
         await conn.run("DELETE FROM meta WHERE key = $1", [key]);
         await conn.run("INSERT INTO meta VALUES ($1, $2)", [key, value]);
@@ -635,12 +675,43 @@ export class MarketStore {
     }
   }
 
+  /** Counts bars written since the table was last sorted, inside the caller's transaction. */
+  async #addUnsorted(bars: number): Promise<void> {
+    const rows = (await this.#conn.runAndReadAll(
+      "SELECT value FROM meta WHERE key = 'unsorted_bars'",
+    )).getRows();
+    const before = rows.length > 0 ? Number(rows.at(-1)![0]) : 0;
+    await this.#conn.run("DELETE FROM meta WHERE key = 'unsorted_bars'");
+    await this.#conn.run("INSERT INTO meta VALUES ('unsorted_bars', $1)", [
+      String(before + bars),
+    ]);
+  }
+
+  /**
+   * Sorts the bars table ({@linkcode compact}) once at least `threshold` bars were written since
+   * it was last sorted; returns whether it did. Bars land in write order: a first fill in the order
+   * series arrive, each day's bars one per series at the end. Past about one DuckDB row group
+   * (122,880 rows) of such bars, every one-series read scans them all, since each of those row
+   * groups spans every code.
+   */
+  async compactIfScattered(threshold = 122_880): Promise<boolean> {
+    if (this.#readOnly) return false;
+    await this.#writing;
+    const unsorted = Number(await this.meta("unsorted_bars") ?? 0);
+    if (unsorted < threshold) return false;
+    await this.compact();
+    return true;
+  }
+
   /**
    * Rewrites the bars table sorted by series and date, in one transaction, so that one series'
    * bars sit together and a read skips the rest (DuckDB prunes by each row group's min/max).
    */
   async compact(): Promise<void> {
     await this.#writing;
+    await this.#reading;
+    // Statements bound to the old table go with it.
+    this.#forgetPrepared();
     const conn = this.#conn;
     await conn.run("BEGIN TRANSACTION");
     try {
@@ -649,6 +720,7 @@ export class MarketStore {
       );
       await conn.run("DROP TABLE bars");
       await conn.run("ALTER TABLE _bars_sorted RENAME TO bars");
+      await conn.run("DELETE FROM meta WHERE key = 'unsorted_bars'");
       await conn.run("COMMIT");
     } catch (error) {
       await conn.run("ROLLBACK").catch(() => {});
@@ -672,7 +744,7 @@ export class MarketStore {
     const queries: [string, string][] = [
       [
         "bars",
-        "SELECT * FROM bars ORDER BY symbol_type, adjust, code, date",
+        "SELECT * FROM bars",
       ],
       ["symbols", "SELECT * FROM symbols ORDER BY symbol_type, code"],
       ["calendar", "SELECT DISTINCT date FROM calendar ORDER BY date"],
@@ -692,8 +764,43 @@ export class MarketStore {
   /** Closes the file (waits for a write in progress). */
   async close(): Promise<void> {
     await this.#writing;
+    await this.#reading;
+    this.#forgetPrepared();
     this.#conn.closeSync();
     this.#instance.closeSync();
+  }
+
+  /**
+   * Runs a hot read through its statement, prepared once per connection (a read then costs its
+   * execution, not a parse and plan), decoding column chunks straight into `out`.
+   */
+  #query<T>(
+    sql: string,
+    bind: (p: DuckDBPreparedStatement) => void,
+    decode: (chunk: DuckDBDataChunk, out: T) => void,
+    out: T,
+  ): Promise<T> {
+    const run = this.#reading.then(async () => {
+      let prepared = this.#prepared.get(sql);
+      if (prepared === undefined) {
+        prepared = await this.#conn.prepare(sql);
+        this.#prepared.set(sql, prepared);
+      }
+      prepared.clearBindings();
+      bind(prepared);
+      const result = await prepared.run();
+      for (let c = 0; c < result.chunkCount; c++) {
+        decode(result.getChunk(c), out);
+      }
+      return out;
+    });
+    this.#reading = run.catch(() => {});
+    return run;
+  }
+
+  #forgetPrepared(): void {
+    for (const p of this.#prepared.values()) p.destroySync();
+    this.#prepared.clear();
   }
 
   async #rows(sql: string, params: unknown[] = []): Promise<unknown[][]> {
@@ -746,6 +853,39 @@ function barOf(r: unknown[]): Bar {
   return bar;
 }
 
+/** A chunk's bar columns: the dates as day numbers, then the ten numbers. */
+interface Columns {
+  days: Int32Array;
+  values: DuckDBVector[];
+}
+
+function columnsOf(chunk: DuckDBDataChunk, first: number): Columns {
+  const dates = chunk.getColumnVector(first) as unknown as {
+    items: Int32Array;
+  };
+  const values: DuckDBVector[] = [];
+  for (let i = 1; i <= FIELDS.length; i++) {
+    values.push(chunk.getColumnVector(first + i));
+  }
+  return { days: dates.items, values };
+}
+
+function barAt({ days, values: v }: Columns, i: number): Bar {
+  const bar: Bar = {
+    date: dateOfDay(days[i]),
+    open: v[0].getItem(i) as number,
+    high: v[1].getItem(i) as number,
+    low: v[2].getItem(i) as number,
+    close: v[3].getItem(i) as number,
+    volume: v[4].getItem(i) as number,
+  };
+  for (let f = 0; f < OPTIONAL.length; f++) {
+    const value = v[5 + f].getItem(i);
+    if (value !== null) bar[OPTIONAL[f]] = value as number;
+  }
+  return bar;
+}
+
 function appendBar(a: DuckDBAppender, key: SeriesKey, bar: Bar): void {
   a.appendVarchar(key.symbolType);
   a.appendVarchar(key.code);
@@ -778,13 +918,22 @@ async function appendRows<T>(
   appender.closeSync();
 }
 
-function dateValue(date: string): DuckDBDateValue {
-  if (!/^\d{4}-\d{2}-\d{2}$/.test(date)) {
+function dateValue(text: string): DuckDBDateValue {
+  return dayValue(dayNumber(date(text)));
+}
+
+function dayValue(day: number): DuckDBDateValue {
+  return new duckdb!.DuckDBDateValue(day);
+}
+
+/** `text` when it is a `YYYY-MM-DD` date; a clear error otherwise. */
+function date(text: string): string {
+  if (!/^\d{4}-\d{2}-\d{2}$/.test(text)) {
     throw new RangeError(
-      `Invalid bar date ${JSON.stringify(date)}: expected YYYY-MM-DD`,
+      `Invalid bar date ${JSON.stringify(text)}: expected YYYY-MM-DD`,
     );
   }
-  return new duckdb!.DuckDBDateValue(dayNumber(date));
+  return text;
 }
 
 function sqlString(text: string): string {
