@@ -1,0 +1,89 @@
+// The layout of lib/ (docs/architecture.md): no module imports itself back through others.
+
+import assert from "node:assert/strict";
+
+const ROOT = new URL("../", import.meta.url);
+
+/** The local modules reachable from `entries`, each with the local modules it imports. */
+async function importGraph(
+  entries: string[],
+): Promise<Map<string, Set<string>>> {
+  const graph = new Map<string, Set<string>>();
+  for (const entry of entries) {
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: ["info", "--json", entry],
+      cwd: ROOT,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    assert.equal(out.code, 0, new TextDecoder().decode(out.stderr));
+    const info = JSON.parse(new TextDecoder().decode(out.stdout)) as {
+      modules: {
+        specifier: string;
+        dependencies?: {
+          code?: { specifier?: string };
+          type?: { specifier?: string };
+        }[];
+      }[];
+    };
+    for (const module of info.modules) {
+      if (!module.specifier.startsWith(ROOT.href)) continue;
+      const edges = graph.get(module.specifier) ?? new Set<string>();
+      for (const dependency of module.dependencies ?? []) {
+        for (const target of [dependency.code, dependency.type]) {
+          if (target?.specifier?.startsWith(ROOT.href)) {
+            edges.add(target.specifier);
+          }
+        }
+      }
+      graph.set(module.specifier, edges);
+    }
+  }
+  return graph;
+}
+
+/** The import circles of `graph` (its strongly connected components of two or more, or a self-import). */
+function circles(graph: Map<string, Set<string>>): string[][] {
+  let next = 0;
+  const index = new Map<string, number>();
+  const low = new Map<string, number>();
+  const stack: string[] = [];
+  const onStack = new Set<string>();
+  const found: string[][] = [];
+  const visit = (v: string) => {
+    index.set(v, next);
+    low.set(v, next++);
+    stack.push(v);
+    onStack.add(v);
+    for (const w of graph.get(v) ?? []) {
+      if (!index.has(w)) {
+        visit(w);
+        low.set(v, Math.min(low.get(v)!, low.get(w)!));
+      } else if (onStack.has(w)) {
+        low.set(v, Math.min(low.get(v)!, index.get(w)!));
+      }
+    }
+    if (low.get(v) !== index.get(v)) return;
+    const component: string[] = [];
+    let w: string;
+    do {
+      w = stack.pop()!;
+      onStack.delete(w);
+      component.push(w.slice(ROOT.href.length));
+    } while (w !== v);
+    if (component.length > 1 || graph.get(v)?.has(v)) found.push(component);
+  };
+  for (const v of graph.keys()) if (!index.has(v)) visit(v);
+  return found;
+}
+
+Deno.test("layout - lib/ and the entry programs import no module circle", async () => {
+  const graph = await importGraph([
+    "lib/mod.ts",
+    "server.ts",
+    "worker.ts",
+    "requester.ts",
+  ]);
+  assert.ok(graph.size > 50, `only ${graph.size} modules read`);
+  assert.deepEqual(circles(graph), []);
+});
