@@ -430,10 +430,7 @@ function defineConnectionMetrics(
         const [port, reason] = key.split("\n");
         this.inc({ port, reason }, n);
       }
-      const guard = state.guard();
-      if (!guard) return;
-      for (const port of ["worker", "requester"] as const) {
-        const g = guard[port];
+      for (const [port, g] of guardedPorts(state)) {
         this.inc(
           { port, reason: "per_address_limit" },
           g.refused_per_address,
@@ -453,10 +450,8 @@ function defineConnectionMetrics(
     registers,
     collect() {
       this.reset();
-      const guard = state.guard();
-      if (!guard) return;
-      for (const port of ["worker", "requester"] as const) {
-        this.inc({ port }, guard[port].accept_errors);
+      for (const [port, g] of guardedPorts(state)) {
+        this.inc({ port }, g.accept_errors);
       }
     },
   });
@@ -468,14 +463,19 @@ function defineConnectionMetrics(
     registers,
     collect() {
       this.reset();
-      const guard = state.guard();
-      if (!guard) return;
-      for (const port of ["worker", "requester"] as const) {
-        this.set({ port, state: "open" }, guard[port].open);
-        this.set({ port, state: "pending" }, guard[port].pending);
+      for (const [port, g] of guardedPorts(state)) {
+        this.set({ port, state: "open" }, g.open);
+        this.set({ port, state: "pending" }, g.pending);
       }
     },
   });
+}
+
+/** Each port's connection guard figures; none before the guards are attached. */
+function guardedPorts(state: ExpositionState): [Port, GuardStats][] {
+  const guard = state.guard();
+  if (!guard) return [];
+  return (["worker", "requester"] as const).map((port) => [port, guard[port]]);
 }
 
 function histogram(series: CommandSeries) {
