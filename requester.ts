@@ -25,6 +25,11 @@ import {
 } from "./lib/requester/markets_cli.ts";
 import { symbolKind } from "./lib/requester/symbols.ts";
 import {
+  batchSizeFlag,
+  requesterConnection,
+  timeoutFlag,
+} from "./lib/requester/_job_flags.ts";
+import {
   storeProgram,
   storeSubcommand,
   syncProgram,
@@ -147,15 +152,11 @@ function parseMarkets(args: string[]): MarketsCommand {
     console.log(MARKETS_USAGE);
     Deno.exit(0);
   }
-  const hostPort = positionals.length >= 3 && /^\d+$/.test(positionals[1]) &&
-    positionals[2] === "markets";
-  const url = serverUrl(
-    values.url,
-    hostPort ? positionals[0] : undefined,
-    hostPort ? positionals[1] : undefined,
-    8766,
+  const { url, rest: codes, token, ca } = requesterConnection(
+    values,
+    positionals,
+    "markets",
   );
-  const codes = positionals.slice(hostPort ? 3 : 1);
   const kind = (v: string | undefined, name: string) => {
     try {
       return v === undefined ? undefined : symbolKind(v, `--${name}`);
@@ -184,13 +185,8 @@ function parseMarkets(args: string[]): MarketsCommand {
   const progressOn = !values.quiet;
   return {
     url,
-    token: secretFlag(
-      "token",
-      values.token,
-      "SWITCHYARD_REQUESTER_TOKEN",
-      (message) => console.error(`requester: warning: ${message}`),
-    ),
-    ca: readFlagFile("ca", values.ca),
+    token,
+    ca,
     codes,
     file: values.file,
     stdin: !Deno.stdin.isTerminal(),
@@ -211,15 +207,8 @@ function parseMarkets(args: string[]): MarketsCommand {
       ] as const,
     ) ?? "english",
     resume: values.resume ?? false,
-    batchSize: values["batch-size"] === undefined
-      ? undefined
-      : numberFlag("batch-size", values["batch-size"], 200, {
-        min: 1,
-        integer: true,
-      }),
-    timeout: values.timeout === undefined
-      ? undefined
-      : numberFlag("timeout", values.timeout, 300, { min: 0.001 }),
+    batchSize: batchSizeFlag(values["batch-size"]),
+    timeout: timeoutFlag(values.timeout),
     progress: !progressOn ? "none" : Deno.stderr.isTerminal() ? "bar" : "lines",
   };
 }

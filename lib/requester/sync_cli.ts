@@ -5,15 +5,7 @@
  * @module
  */
 
-import {
-  dateFlag,
-  FlagError,
-  numberFlag,
-  parseFlags,
-  readFlagFile,
-  secretFlag,
-  serverUrl,
-} from "../_flags.ts";
+import { dateFlag, FlagError, numberFlag, parseFlags } from "../_flags.ts";
 import type { Adjust, Bar } from "../market/types.ts";
 import { latestClosedDay } from "../store/calendar.ts";
 import {
@@ -22,6 +14,11 @@ import {
   type SeriesInfo,
   StoreLockedError,
 } from "../store/store.ts";
+import {
+  batchSizeFlag,
+  requesterConnection,
+  timeoutFlag,
+} from "./_job_flags.ts";
 import { RequesterExit } from "./exit_codes.ts";
 import { barProgress, plainProgress, type ProgressView } from "./progress.ts";
 import { RequesterClient } from "./requester_client.ts";
@@ -159,31 +156,6 @@ function timeFlag(value: string | undefined): number | undefined {
   return +m[1] * 60 + +m[2];
 }
 
-function connection(
-  values: { url?: string; token?: string; ca?: string },
-  positionals: string[],
-  word: string,
-) {
-  const hostPort = positionals.length >= 3 && /^\d+$/.test(positionals[1]) &&
-    positionals[2] === word;
-  return {
-    url: serverUrl(
-      values.url,
-      hostPort ? positionals[0] : undefined,
-      hostPort ? positionals[1] : undefined,
-      8766,
-    ),
-    rest: positionals.slice(hostPort ? 3 : 1),
-    token: secretFlag(
-      "token",
-      values.token,
-      "SWITCHYARD_REQUESTER_TOKEN",
-      (message) => console.error(`requester: warning: ${message}`),
-    ),
-    ca: readFlagFile("ca", values.ca),
-  };
-}
-
 async function openStore(
   path: string,
   io: SyncIo,
@@ -226,7 +198,7 @@ export async function syncProgram(
       io.stdout(SYNC_USAGE);
       return RequesterExit.OK;
     }
-    const conn = connection(values, positionals, "sync");
+    const conn = requesterConnection(values, positionals, "sync");
     const type = values.type === undefined
       ? "etf"
       : symbolKind(values.type, "--type");
@@ -255,15 +227,8 @@ export async function syncProgram(
       adjust: adjustList(values.adjust),
       start: dateFlag("start", values.start),
       everyDay: timeFlag(values["every-day"]),
-      batchSize: values["batch-size"] === undefined
-        ? undefined
-        : numberFlag("batch-size", values["batch-size"], 200, {
-          min: 1,
-          integer: true,
-        }),
-      timeout: values.timeout === undefined
-        ? undefined
-        : numberFlag("timeout", values.timeout, 300, { min: 0.001 }),
+      batchSize: batchSizeFlag(values["batch-size"]),
+      timeout: timeoutFlag(values.timeout),
       progress: values.quiet
         ? "none"
         : Deno.stderr.isTerminal()
@@ -413,7 +378,7 @@ export async function storeProgram(
   }
   let conn;
   try {
-    conn = connection(values, positionals, "store");
+    conn = requesterConnection(values, positionals, "store");
   } catch (error) {
     io.stderr(`requester store: ${(error as Error).message}\n`);
     return RequesterExit.USAGE;

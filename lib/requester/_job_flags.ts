@@ -1,0 +1,50 @@
+/**
+ * Flags that the requester's long commands (`markets`, `sync`, `store`) read the same way.
+ *
+ * @module
+ */
+
+import { numberFlag, readFlagFile, secretFlag, serverUrl } from "../_flags.ts";
+
+/**
+ * The server to connect to, from `--url` or a leading `HOST PORT` before the command `word`,
+ * the words after the command (`rest`), the token and the CA file.
+ */
+export function requesterConnection(
+  values: { url?: string; token?: string; ca?: string },
+  positionals: string[],
+  word: string,
+): { url: string; rest: string[]; token?: string; ca?: string } {
+  const hostPort = positionals.length >= 3 && /^\d+$/.test(positionals[1]) &&
+    positionals[2] === word;
+  return {
+    url: serverUrl(
+      values.url,
+      hostPort ? positionals[0] : undefined,
+      hostPort ? positionals[1] : undefined,
+      8766,
+    ),
+    rest: positionals.slice(hostPort ? 3 : 1),
+    token: secretFlag(
+      "token",
+      values.token,
+      "SWITCHYARD_REQUESTER_TOKEN",
+      (message) => console.error(`requester: warning: ${message}`),
+    ),
+    ca: readFlagFile("ca", values.ca),
+  };
+}
+
+/** `--batch-size`: a whole number of symbols a request asks for, at least 1, when given. */
+export function batchSizeFlag(value: string | undefined): number | undefined {
+  return value === undefined
+    ? undefined
+    : numberFlag("batch-size", value, 200, { min: 1, integer: true });
+}
+
+/** `--timeout`: seconds, more than 0, when given. */
+export function timeoutFlag(value: string | undefined): number | undefined {
+  return value === undefined
+    ? undefined
+    : numberFlag("timeout", value, 300, { min: 0.001 });
+}
