@@ -12,8 +12,6 @@ import {
   looksLikeHost,
   numberFlag,
   parseFlags,
-  readFlagFile,
-  secretFlag,
   serverUrl,
 } from "./lib/_flags.ts";
 import { setupLogging } from "./lib/log.ts";
@@ -27,6 +25,7 @@ import { symbolKind } from "./lib/requester/symbols.ts";
 import {
   batchSizeFlag,
   requesterConnection,
+  requesterCredentials,
   timeoutFlag,
 } from "./lib/requester/_job_flags.ts";
 import {
@@ -347,13 +346,7 @@ function parse(args: string[]) {
     timeout: values.timeout === undefined
       ? undefined
       : numberFlag("timeout", values.timeout, 30, { min: 0.001 }),
-    token: secretFlag(
-      "token",
-      values.token,
-      "SWITCHYARD_REQUESTER_TOKEN",
-      (message) => console.error(`requester: warning: ${message}`),
-    ),
-    ca: readFlagFile("ca", values.ca),
+    ...requesterCredentials(values),
     progress: values.progress ?? false,
     compact: values.compact ?? false,
     resubmit: values.resubmit ?? false,

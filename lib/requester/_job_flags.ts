@@ -1,5 +1,6 @@
 /**
- * Flags that the requester's long commands (`markets`, `sync`, `store`) read the same way.
+ * Flags that the requester's commands (one command, `markets`, `sync`, `store`) read the same
+ * way.
  *
  * @module
  */
@@ -25,6 +26,18 @@ export function requesterConnection(
       8766,
     ),
     rest: positionals.slice(hostPort ? 3 : 1),
+    ...requesterCredentials(values),
+  };
+}
+
+/**
+ * The requester's token (`--token`, else `SWITCHYARD_REQUESTER_TOKEN`, warning that a flag is
+ * seen by other users) and the CA file's text (`--ca`).
+ */
+export function requesterCredentials(
+  values: { token?: string; ca?: string },
+): { token?: string; ca?: string } {
+  return {
     token: secretFlag(
       "token",
       values.token,
