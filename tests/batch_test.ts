@@ -38,6 +38,17 @@ function stubMarkets(name: string, calls: Item[][] = []): ActionHandler {
   };
 }
 
+/** What a worker whose upstream refuses it (HTTP 403) answers for each item. */
+function blockedItems(params: unknown) {
+  return (params as Item[]).map((item) => ({
+    success: false,
+    code: item.code,
+    error: "Upstream refused: HTTP 403",
+    error_code: "UPSTREAM_BLOCKED",
+    retriable: true,
+  }));
+}
+
 /** One worker per handler; `await using` stops them all at the end of the scope. */
 async function startPool(
   server: TestServer,
@@ -211,13 +222,7 @@ Deno.test("batch - re-sends items that a worker's blocked upstream failed to ano
   const blockedCalls: Item[][] = [];
   const blocked: ActionHandler = (params) => {
     blockedCalls.push(params as Item[]);
-    return (params as Item[]).map((item) => ({
-      success: false,
-      code: item.code,
-      error: "Upstream refused: HTTP 403",
-      error_code: "UPSTREAM_BLOCKED",
-      retriable: true,
-    }));
+    return blockedItems(params);
   };
   await withPool(
     [blocked, stubMarkets("b"), stubMarkets("c")],
@@ -582,13 +587,7 @@ Deno.test("batch - on the last round a failed item is final: not counted as re-s
   const tried: string[] = [];
   const refusing = (name: string): ActionHandler => (params) => {
     tried.push(name);
-    return (params as Item[]).map((item) => ({
-      success: false,
-      code: item.code,
-      error: "Upstream refused: HTTP 403",
-      error_code: "UPSTREAM_BLOCKED",
-      retriable: true,
-    }));
+    return blockedItems(params);
   };
   await withPool(
     [refusing("w0"), refusing("w1"), refusing("w2")],
