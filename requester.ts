@@ -7,7 +7,6 @@
 import { runStdinConsole, splitCommand } from "./lib/console.ts";
 import {
   consoleMode,
-  dateFlag,
   FlagError,
   looksLikeHost,
   numberFlag,
@@ -24,6 +23,7 @@ import {
 import { symbolKind } from "./lib/requester/symbols.ts";
 import {
   batchSizeFlag,
+  dateFlag,
   requesterConnection,
   requesterCredentials,
   timeoutFlag,

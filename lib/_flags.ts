@@ -166,21 +166,6 @@ export function logFormatFlag(value: string | undefined): "text" | "json" {
   return format;
 }
 
-/** Parses a date flag given as `YYYY-MM-DD` or `YYYYMMDD` into `YYYY-MM-DD`. */
-export function dateFlag(
-  name: string,
-  value: string | undefined,
-): string | undefined {
-  if (value === undefined) return undefined;
-  const m = /^(\d{4})-?(\d{2})-?(\d{2})$/.exec(value);
-  if (!m) {
-    throw new FlagError(
-      `Invalid --${name} '${value}': expected a date such as 2020-01-31`,
-    );
-  }
-  return `${m[1]}-${m[2]}-${m[3]}`;
-}
-
 /**
  * Whether to read console commands: never with `--no-console`; on a terminal only in the
  * foreground (a job started with `&` would be stopped by SIGTTIN on its first read, and raw mode

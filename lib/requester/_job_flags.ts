@@ -5,7 +5,13 @@
  * @module
  */
 
-import { numberFlag, readFlagFile, secretFlag, serverUrl } from "../_flags.ts";
+import {
+  FlagError,
+  numberFlag,
+  readFlagFile,
+  secretFlag,
+  serverUrl,
+} from "../_flags.ts";
 
 /**
  * The server to connect to, from `--url` or a leading `HOST PORT` before the command `word`,
@@ -60,4 +66,19 @@ export function timeoutFlag(value: string | undefined): number | undefined {
   return value === undefined
     ? undefined
     : numberFlag("timeout", value, 300, { min: 0.001 });
+}
+
+/** Parses a date flag given as `YYYY-MM-DD` or `YYYYMMDD` into `YYYY-MM-DD`. */
+export function dateFlag(
+  name: string,
+  value: string | undefined,
+): string | undefined {
+  if (value === undefined) return undefined;
+  const m = /^(\d{4})-?(\d{2})-?(\d{2})$/.exec(value);
+  if (!m) {
+    throw new FlagError(
+      `Invalid --${name} '${value}': expected a date such as 2020-01-31`,
+    );
+  }
+  return `${m[1]}-${m[2]}-${m[3]}`;
 }

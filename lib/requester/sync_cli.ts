@@ -5,7 +5,7 @@
  * @module
  */
 
-import { dateFlag, FlagError, numberFlag, parseFlags } from "../_flags.ts";
+import { FlagError, numberFlag, parseFlags } from "../_flags.ts";
 import type { Adjust, Bar } from "../market/types.ts";
 import { latestClosedDay } from "../store/calendar.ts";
 import {
@@ -16,6 +16,7 @@ import {
 } from "../store/store.ts";
 import {
   batchSizeFlag,
+  dateFlag,
   requesterConnection,
   timeoutFlag,
 } from "./_job_flags.ts";
