@@ -588,7 +588,12 @@ export async function runSync(
     await store.commit({ meta: { last_sync_day: day } });
     // One series' bars together again once enough were written out of order (a first fill,
     // a few weeks of daily bars): reads of one series then touch one row group.
-    await store.compactIfScattered();
+    try {
+      await store.compactIfScattered();
+    } catch {
+      // Sorting is one transaction: when it fails (DuckDB out of its memory limit) the table
+      // stays as it was, every bar in place, only reads stay slower; the next sync tries again.
+    }
   }
   report.elapsedMs = Date.now() - started;
   return report;

@@ -713,6 +713,15 @@ export class MarketStore {
     // Statements bound to the old table go with it.
     this.#forgetPrepared();
     const conn = this.#conn;
+    // Written bars out of the write-ahead log first: the buffer pool can then evict them while
+    // the sort runs within the memory limit.
+    await conn.run("CHECKPOINT");
+    await this.#sort();
+    await conn.run("CHECKPOINT");
+  }
+
+  async #sort(): Promise<void> {
+    const conn = this.#conn;
     await conn.run("BEGIN TRANSACTION");
     try {
       await conn.run(
@@ -726,7 +735,6 @@ export class MarketStore {
       await conn.run("ROLLBACK").catch(() => {});
       throw error;
     }
-    await conn.run("CHECKPOINT");
   }
 
   /**
