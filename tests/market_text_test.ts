@@ -111,6 +111,8 @@ Deno.test("CSV round trip: every field kind comes back from both writers as it w
     ["CJK", "贵州茅台", "贵州茅台"],
     ["an escaped CJK", "\u4e2d", "\u4e2d"],
     ["a backslash", "x\\y", "x\\y"],
+    // An escape sends the writer down its slow path, which must quote the comma too.
+    ["a backslash and a comma", "x\\y, z", "x\\y, z"],
     ["an integer", 123456, "123456"],
     ["a fraction", 3.75, "3.75"],
     ["a negative", -0.45, "-0.45"],
