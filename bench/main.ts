@@ -37,6 +37,8 @@ const USAGE = `Usage: deno task bench [options]
                    the store section's universe (default 7000), bars of its engine comparison
                    (default 3000000; 30000000 for the figure in docs/store.md) and first day
                    of every history (default 2024-01-02), adjustments synced (default qfq,hfq)
+  --markets-workers LIST
+                   worker-process counts of the markets section (default 1,3,6)
   --json           print one JSON document instead of tables
   --strict         exit 1 when a target is missed
   --help           show this help`;
@@ -67,6 +69,7 @@ async function main(args: string[]): Promise<number> {
       "store-bars": { type: "string", default: "3000000" },
       "store-history": { type: "string", default: "2024-01-02" },
       "store-adjust": { type: "string", default: "qfq,hfq" },
+      "markets-workers": { type: "string", default: "1,3,6" },
       help: { type: "boolean", default: false },
     },
   });
@@ -155,7 +158,19 @@ async function main(args: string[]): Promise<number> {
     );
   }
   if (sections.includes("markets")) {
-    const markets = await runMarketsBench({ log, runs: Math.min(runs, 3) });
+    const workers = values["markets-workers"].split(",").map(Number);
+    if (!workers.every((n) => Number.isInteger(n) && n > 0)) {
+      throw new RangeError(
+        `Invalid --markets-workers '${
+          values["markets-workers"]
+        }': expected counts such as 1,3,6`,
+      );
+    }
+    const markets = await runMarketsBench({
+      log,
+      runs: Math.min(runs, 3),
+      workers,
+    });
     out.markets = markets;
     checks.push(...markets.checks);
     print(
