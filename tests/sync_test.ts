@@ -193,13 +193,25 @@ Deno.test("sync - killed 20 times at random points (first fill and daily syncs),
   await using dir = await tempDir("sync_kill_");
   const path = `${dir.path}/s.duckdb`;
   const random = mulberry32(20);
-  // Spread the kills over each run's life: from before the store opens to its last writes.
+  // Spread the kills over each run's life, by its progress rather than by the clock (a process
+  // start takes 50 ms on a quiet machine and seconds on a busy one): from before the store
+  // opens to its last writes.
   rig.market.latencyMs = 5;
+  const served = () =>
+    Object.values(rig.market.counts()).reduce((sum, n) => sum + n, 0);
   let killed = 0;
   for (let k = 0; k < 20; k++) {
     if (k === 10 || k === 15) rig.market.advance();
     const child = syncProcess(rig.server.requesterUrl, path).spawn();
-    await new Promise((r) => setTimeout(r, 300 + random() * 2500));
+    let ended = false;
+    child.status.then(() => ended = true);
+    const target = served() + Math.floor(random() * 24);
+    await waitFor(
+      () => ended || served() >= target,
+      `run ${k} to reach ${target} upstream requests`,
+      60_000,
+      1,
+    );
     if (k % 2 === 1) {
       // Every other kill lands while the store is being written: when its write-ahead log
       // grows (a commit's statements run for some milliseconds, mostly between two polls).
@@ -211,10 +223,7 @@ Deno.test("sync - killed 20 times at random points (first fill and daily syncs),
         }
       };
       const before = size();
-      const until = Date.now() + 3000;
-      while (size() === before && Date.now() < until) {
-        await new Promise((r) => setTimeout(r, 1));
-      }
+      await waitFor(() => ended || size() !== before, "a write", 60_000, 1);
     }
     try {
       child.kill("SIGKILL");
