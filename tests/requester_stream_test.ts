@@ -40,9 +40,17 @@ Deno.test("stream - a streamed 300-item batch over worker processes, one SIGKILL
     syntheticEnd: "2015-12-31",
     latencyMs: 30,
   });
-  await using server = startTestServer();
+  // A worker token of its own: a worker process of another suite running on this machine,
+  // retrying a port the system has since handed to this server, must not join this pool.
+  const token = crypto.randomUUID();
+  await using server = startTestServer({ workerToken: token });
   await using workers = group(
-    marketWorkers(server.workerUrl, upstream.url, 3, ["--concurrency", "4"]),
+    marketWorkers(server.workerUrl, upstream.url, 3, [
+      "--concurrency",
+      "4",
+      "--token",
+      token,
+    ]),
   );
   await waitFor(
     () => server.broker.workers().filter((w) => w.registered).length === 3,
