@@ -239,10 +239,12 @@ Deno.test({
       ),
       /510300.*bars \(source: demo\)/,
     );
-    // Candle colours on the chart's canvases: pixels really drawn, not only data held.
-    const coloured = await value<number>(
+    // Candle colours on the chart's canvases: pixels really drawn, not only data held. The chart
+    // paints on a later animation frame than the one that took the bars, and a loaded machine
+    // can put many frames between them: wait for the paint rather than read the first frame.
+    await value(
       page,
-      `(() => {
+      `globalThis.candlePixels = () => {
       let n = 0;
       for (const c of document.querySelectorAll("#symbol-chart canvas")) {
         const ctx = c.getContext("2d");
@@ -255,8 +257,10 @@ Deno.test({
         }
       }
       return n;
-    })()`,
+    }`,
     );
+    await waitFor(page, "globalThis.candlePixels() > 500").catch(() => {});
+    const coloured = await value<number>(page, "globalThis.candlePixels()");
     assert.ok(coloured > 500, `only ${coloured} candle-coloured pixels`);
     await shot("symbol");
 
