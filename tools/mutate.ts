@@ -18,7 +18,8 @@
  * @module
  */
 
-interface Mutation {
+/** One catalogued breakage. */
+export interface Mutation {
   /** Short and unique: `area-what`. */
   id: string;
   /** Path from the repository root. */
@@ -49,7 +50,13 @@ function usage(): string {
   ].join("\n");
 }
 
-async function loadCatalogue(path: string): Promise<Mutation[]> {
+/** The catalogue's default place. */
+export const CATALOGUE = ROOT + "tools/mutations.json";
+
+/** Reads a catalogue and checks its entries' shape; throws on a malformed or repeated entry. */
+export async function loadCatalogue(
+  path: string = CATALOGUE,
+): Promise<Mutation[]> {
   const entries = JSON.parse(await Deno.readTextFile(path)) as Mutation[];
   const ids = new Set<string>();
   for (const entry of entries) {
@@ -86,11 +93,20 @@ async function testsFail(files: string[] | "suite"): Promise<boolean> {
   return code !== 0;
 }
 
+/**
+ * Where `entry.find` stands in `text`, or undefined when it is missing or stands more than once:
+ * the code moved, and the entry no longer says which line it breaks.
+ */
+export function findOnce(entry: Mutation, text: string): number | undefined {
+  const at = text.indexOf(entry.find);
+  return at < 0 || text.indexOf(entry.find, at + 1) >= 0 ? undefined : at;
+}
+
 async function judge(entry: Mutation, suite: boolean): Promise<Verdict> {
   const path = ROOT + entry.file;
   const original = await Deno.readTextFile(path);
-  const at = original.indexOf(entry.find);
-  if (at < 0 || original.indexOf(entry.find, at + 1) >= 0) return "stale";
+  const at = findOnce(entry, original);
+  if (at === undefined) return "stale";
   const restore = () => Deno.writeTextFileSync(path, original);
   Deno.addSignalListener("SIGINT", restore);
   try {
@@ -111,7 +127,7 @@ async function judge(entry: Mutation, suite: boolean): Promise<Verdict> {
 async function main(args: string[]): Promise<number> {
   let suite = false;
   let list = false;
-  let catalogue = ROOT + "tools/mutations.json";
+  let catalogue = CATALOGUE;
   const filters: string[] = [];
   for (let i = 0; i < args.length; i++) {
     const arg = args[i];
