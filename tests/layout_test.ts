@@ -87,3 +87,23 @@ Deno.test("layout - lib/ and the entry programs import no module circle", async 
   assert.ok(graph.size > 50, `only ${graph.size} modules read`);
   assert.deepEqual(circles(graph), []);
 });
+
+Deno.test("layout - the worker's and the transport's modules import nothing of the server's (lib/broker/)", async () => {
+  const graph = await importGraph(["worker.ts", "lib/mod.ts"]);
+  const crossings: string[] = [];
+  for (const [module, imports] of graph) {
+    const from = module.slice(ROOT.href.length);
+    if (!from.startsWith("lib/worker/") && !from.startsWith("lib/transport/")) {
+      continue;
+    }
+    for (const target of imports) {
+      const to = target.slice(ROOT.href.length);
+      if (to.startsWith("lib/broker/")) crossings.push(`${from} -> ${to}`);
+    }
+  }
+  assert.ok(
+    [...graph.keys()].some((m) => m.includes("lib/worker/")),
+    "no module of lib/worker/ read",
+  );
+  assert.deepEqual(crossings, []);
+});

@@ -1,9 +1,6 @@
 import assert from "node:assert/strict";
-import {
-  calculate,
-  formatLocalTime,
-  serverActions,
-} from "../lib/broker/server_actions.ts";
+import { calculate, serverActions } from "../lib/broker/server_actions.ts";
+import { formatLocalTime } from "../lib/_local_time.ts";
 import { InvalidParamsError } from "../lib/errors.ts";
 import { setupLogging } from "../lib/mod.ts";
 import { runProgram } from "./_procs.ts";

@@ -8,15 +8,7 @@
 import type { ActionHandler } from "../action.ts";
 import type { WorkerInfo } from "./registry.ts";
 import { InvalidParamsError } from "../errors.ts";
-
-/** `YYYY-MM-DD HH:MM:SS` in the process's local time zone, as the original prints it. */
-export function formatLocalTime(date: Date = new Date()): string {
-  const p = (n: number) => String(n).padStart(2, "0");
-  return `${date.getFullYear()}-${p(date.getMonth() + 1)}-${
-    p(date.getDate())
-  } ` +
-    `${p(date.getHours())}:${p(date.getMinutes())}:${p(date.getSeconds())}`;
-}
+import { formatLocalTime } from "../_local_time.ts";
 
 const OPERATIONS: Record<string, (a: number, b: number) => number> = {
   "+": (a, b) => a + b,

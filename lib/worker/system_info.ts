@@ -5,7 +5,7 @@
  */
 
 import type { ActionHandler } from "../action.ts";
-import { formatLocalTime } from "../broker/server_actions.ts";
+import { formatLocalTime } from "../_local_time.ts";
 
 const startedAt = Date.now();
 
