@@ -1,7 +1,8 @@
 /**
  * The dispatcher: places jobs on workers through the balancer, queues them when every worker
- * that offers the action is busy, enforces deadlines, and moves a job to another worker when its
- * worker goes away. It never touches sockets: a worker is a {@linkcode Peer} with a `send`.
+ * that offers the action is busy, and enforces deadlines; a job whose worker goes away moves to
+ * another worker through `retries.ts`. It never touches sockets: a worker is a
+ * {@linkcode Peer} with a `send`.
  *
  * @module
  */
@@ -9,7 +10,6 @@
 import { Balancer, type Strategy } from "./balancer.ts";
 import {
   ErrorCode,
-  NoWorkersError,
   RequestTimeoutError,
   ServerBusyError,
   SwitchyardError,
@@ -35,6 +35,7 @@ import {
 } from "./jobs.ts";
 import { type JobPlacer, JobQueue } from "./job_queue.ts";
 import { NoWorkerGrace } from "./no_worker_grace.ts";
+import { Retries } from "./retries.ts";
 import { anyRoom, chooseWorker, offering } from "./worker_choice.ts";
 
 export {
@@ -64,7 +65,6 @@ export const RETRIABLE_RESULT_CODES: ReadonlySet<string> = new Set([
 
 /** Options for {@linkcode Dispatcher}. */
 export interface DispatcherOptions {
-  /** @default "least_loaded" */
   /** How the balancer picks a worker. @default "least_loaded" */
   strategy?: Strategy;
   /** The most jobs waiting for a free worker; past it, submits fail with `Server busy`. @default 1000 */
@@ -82,12 +82,10 @@ export interface DispatcherOptions {
    * left offered the action; jobs for one named worker (`only`) never wait. @default 0
    */
   noWorkerGraceMs?: number;
-  /** @default the wall clock */
   /** The clock deadlines are judged by. @default the wall clock */
   clock?: Clock;
   /** Random source for the balancer. @default Math.random */
   random?: () => number;
-  /** @default a new in-process registry */
   /** Where workers are kept. @default a new in-process registry */
   registry?: WorkerRegistry<Peer>;
 }
@@ -121,6 +119,7 @@ export class Dispatcher {
   #grace: NoWorkerGrace;
   #nonRetriable: Set<string>;
   #deadlines = new Deadlines<Job>((job) => this.#expire(job));
+  #retries: Retries;
 
   /** A dispatcher with `options`. */
   constructor(options: DispatcherOptions = {}) {
@@ -139,6 +138,18 @@ export class Dispatcher {
       (job, error) => this.#fail(job, error),
     );
     this.#nonRetriable = new Set(options.nonRetriableActions ?? []);
+    this.#retries = new Retries({
+      registry: this.registry,
+      clock: this.clock,
+      maxAttempts: this.maxAttempts,
+      queue: this.#queue,
+      grace: this.#grace,
+      dispatcher: {
+        placeAgain: (job) => this.#place(job, true),
+        fail: (job, error) => this.#fail(job, error),
+        pump: () => this.pump(),
+      },
+    });
   }
 
   /** Jobs waiting for a worker. */
@@ -237,24 +248,10 @@ export class Dispatcher {
         worker,
         attempts: job.attempts,
       });
-    } else if (isRetriableFailure(response.result) && this.#mayRetry(job)) {
-      // The worker is fine but its upstream is not: count it against the worker's score and
-      // give another worker (another IP address) a chance.
-      worker.recordFailure(unitsOf(job));
-      (job.excluded ??= new Set()).add(worker.id);
-      job.lastError = new WorkerError(
-        String(
-          (response.result as { error?: unknown }).error ?? "Upstream blocked",
-        ),
-        ErrorCode.WORKER_ERROR,
-      );
-      if (offering(this.registry, job).length > 0) this.#place(job, true);
-      else {job.settle({
-          ok: true,
-          result: response.result,
-          worker,
-          attempts: job.attempts,
-        });}
+    } else if (
+      isRetriableFailure(response.result) && this.#retries.mayRetry(job)
+    ) {
+      this.#retries.upstreamFailed(worker, job, response.result);
     } else {
       worker.recordSuccess(elapsed, unitsOf(job));
       job.settle({
@@ -275,25 +272,7 @@ export class Dispatcher {
 
   /** A worker left: its jobs move to other workers or fail with a clear error. */
   workerLost(worker: Peer, reason: string): void {
-    this.registry.remove(worker.id);
-    this.#grace.left(worker);
-    const orphans = [...worker.jobs.values()];
-    for (const job of orphans) {
-      this.#orphan(
-        worker,
-        job,
-        `Worker '${worker.id}' disconnected before answering: ${reason}`,
-      );
-    }
-    // Jobs queued for this worker alone, or that no remaining worker offers, can never run now;
-    // pump() would keep them waiting until their deadline when no worker has room.
-    for (const job of this.#queue.jobs()) {
-      if (job.only === worker.id) this.#fail(job, new NoWorkersError());
-      else if (offering(this.registry, job).length === 0) {
-        this.#grace.waitOrFail(job, true);
-      }
-    }
-    this.pump();
+    this.#retries.workerLost(worker, reason);
   }
 
   /**
@@ -301,46 +280,7 @@ export class Dispatcher {
    * moves to another worker or fails, as when its worker leaves. False when no such job waits.
    */
   jobLost(worker: Peer, msgId: string, reason: string): boolean {
-    const job = worker.jobs.get(msgId);
-    if (!job) return false;
-    worker.abandoned.add(msgId);
-    this.#orphan(worker, job, reason);
-    this.pump();
-    return true;
-  }
-
-  #orphan(worker: Peer, job: Job, reason: string): void {
-    worker.release(job);
-    (job.excluded ??= new Set()).add(worker.id);
-    job.lastError = new WorkerError(reason, ErrorCode.WORKER_LOST);
-    // A worker's `non_retriable` covers the requests that worker held, no one else's. With no
-    // other worker, a retriable job waits the grace period for one (often the same worker,
-    // back on a new connection) rather than failing at once.
-    if (
-      this.#mayRetry(job) && !worker.nonRetriable.has(job.command) &&
-      (offering(this.registry, job).length > 0 ||
-        this.graceFor(job.command, job.deadline) > 0)
-    ) {
-      log.info(
-        "Re-dispatching {command} after worker {worker} lost it (attempt {attempt})",
-        {
-          command: job.command,
-          worker: worker.id,
-          attempt: job.attempts + 1,
-        },
-      );
-      if (job.resend) {
-        job.params = job.resend({ worker: worker.id, reason });
-      }
-      this.#place(job, true);
-    } else {
-      job.settle({
-        ok: false,
-        error: job.lastError,
-        worker,
-        attempts: job.attempts,
-      });
-    }
+    return this.#retries.jobLost(worker, msgId, reason);
   }
 
   /** Places queued jobs on workers that have room; call whenever capacity may have appeared. */
@@ -355,20 +295,7 @@ export class Dispatcher {
    * workers, as if it had left; a late answer from it is dropped. Returns how many moved.
    */
   resendStalled(worker: Peer, olderThanMs: number, reason: string): number {
-    const now = this.clock.now();
-    let moved = 0;
-    for (const [msgId, job] of [...worker.jobs]) {
-      if (now - job.startedAt < olderThanMs) continue;
-      if (
-        !this.#mayRetry(job) || worker.nonRetriable.has(job.command) ||
-        offering(this.registry, job).length === 0
-      ) continue;
-      worker.abandon(msgId, reason);
-      this.#orphan(worker, job, `Worker '${worker.id}' stalled: ${reason}`);
-      moved++;
-    }
-    if (moved > 0) this.pump();
-    return moved;
+    return this.#retries.resendStalled(worker, olderThanMs, reason);
   }
 
   /**
@@ -435,12 +362,6 @@ export class Dispatcher {
    */
   graceFor(command: string, deadline: number): number {
     return this.#grace.graceFor(command, deadline);
-  }
-
-  #mayRetry(job: Job): boolean {
-    return job.retriable && job.only === undefined &&
-      job.attempts < this.maxAttempts &&
-      this.clock.now() < job.deadline;
   }
 
   #place(job: Job, front: boolean): void {
