@@ -9,6 +9,7 @@
 import process from "node:process";
 import { createInterface } from "node:readline";
 import type { Broker } from "./broker/broker.ts";
+import type { WorkerInfo } from "./broker/registry.ts";
 import type { Worker } from "./worker/worker_client.ts";
 import { printLogsAbovePrompt, writeLogLine } from "./log.ts";
 
@@ -63,62 +64,22 @@ export async function serverCommand(
   line: string,
   write: (text: string) => void,
 ): Promise<ConsoleResult> {
-  const [command = ""] = line.trim().split(/\s+/);
-  switch (command) {
-    case "list": {
-      const workers = broker.workers();
-      if (workers.length === 0) {
-        write("No workers connected");
-        return "continue";
-      }
-      // In a cluster, every server's workers are listed, each with its server.
-      const clustered = workers.some((w) => w.server !== undefined);
-      write(formatTable(
-        [
-          "CLIENT_ID",
-          "NAME",
-          ...(clustered ? ["SERVER"] : []),
-          "ADDRESS",
-          "WEIGHT",
-          "IN_FLIGHT",
-          "SERVED",
-          "FAILURES",
-          "LATENCY_MS",
-          "STATE",
-        ],
-        workers.map((w) => [
-          w.client_id,
-          w.name,
-          ...(clustered ? [w.server ?? "-"] : []),
-          w.address,
-          String(w.weight),
-          `${w.in_flight}/${w.max_concurrency}`,
-          String(w.served),
-          String(w.failures),
-          w.latency_ms === null ? "-" : String(w.latency_ms),
-          [w.healthy ? "healthy" : "UNHEALTHY", w.draining ? "draining" : ""]
-            .filter(Boolean).join(","),
-        ]),
-      ));
-      return "continue";
-    }
-    case "stats":
-      write(pretty(broker.stats()));
-      return "continue";
-    case "broadcast": {
+  return await runLine(line, SERVER_HELP, write, {
+    list: () => write(workerList(broker.workers())),
+    stats: () => write(pretty(broker.stats())),
+    broadcast: () => {
       const message = line.trim().slice("broadcast".length).trim();
-      if (message === "") {
-        write("Usage: broadcast <message>");
-        return "continue";
-      }
-      write(`Sent to ${broker.broadcast(message)} workers`);
-      return "continue";
-    }
-    case "send": {
+      write(
+        message === ""
+          ? "Usage: broadcast <message>"
+          : `Sent to ${broker.broadcast(message)} workers`,
+      );
+    },
+    send: async () => {
       const { words, json, error } = splitCommand(line, 3);
       if (words.length < 3 || error) {
         write(error ?? "Usage: send <client_id> <action> [json params]");
-        return "continue";
+        return;
       }
       const [, clientId, action] = words;
       const outcome = await broker.send(clientId, action, json);
@@ -127,18 +88,47 @@ export async function serverCommand(
           ? pretty(outcome.result)
           : `Error (${outcome.error.code}): ${outcome.error.message}`,
       );
-      return "continue";
-    }
-    case "run":
-      return await actionCommand(
+    },
+    run: () =>
+      actionCommand(
         line,
-        "Usage: run <action> [json params]",
-        (action, params) => broker.runAction(action, params),
         write,
-      );
-    default:
-      return commonCommand(command, SERVER_HELP, write);
-  }
+        (action, params) => broker.runAction(action, params),
+      ),
+  });
+}
+
+/** The `list` table; in a cluster, every server's workers, each with its server. */
+function workerList(workers: WorkerInfo[]): string {
+  if (workers.length === 0) return "No workers connected";
+  const clustered = workers.some((w) => w.server !== undefined);
+  return formatTable(
+    [
+      "CLIENT_ID",
+      "NAME",
+      ...(clustered ? ["SERVER"] : []),
+      "ADDRESS",
+      "WEIGHT",
+      "IN_FLIGHT",
+      "SERVED",
+      "FAILURES",
+      "LATENCY_MS",
+      "STATE",
+    ],
+    workers.map((w) => [
+      w.client_id,
+      w.name,
+      ...(clustered ? [w.server ?? "-"] : []),
+      w.address,
+      String(w.weight),
+      `${w.in_flight}/${w.max_concurrency}`,
+      String(w.served),
+      String(w.failures),
+      w.latency_ms === null ? "-" : String(w.latency_ms),
+      [w.healthy ? "healthy" : "UNHEALTHY", w.draining ? "draining" : ""]
+        .filter(Boolean).join(","),
+    ]),
+  );
 }
 
 const WORKER_HELP = [
@@ -155,29 +145,35 @@ export async function workerCommand(
   line: string,
   write: (text: string) => void,
 ): Promise<ConsoleResult> {
-  const [command = ""] = line.trim().split(/\s+/);
-  switch (command) {
-    case "status":
-      write(pretty(worker.status()));
-      return "continue";
-    case "request":
-      return await actionCommand(
+  return await runLine(line, WORKER_HELP, write, {
+    status: () => write(pretty(worker.status())),
+    request: () =>
+      actionCommand(
         line,
-        "Usage: request <action> [json params]",
-        (action, params) => worker.request(action, params),
         write,
-      );
-    default:
-      return commonCommand(command, WORKER_HELP, write);
-  }
+        (action, params) => worker.request(action, params),
+      ),
+  });
 }
 
-/** What both consoles do alike: nothing for a blank line, `help`, `quit`/`exit`, and the rest. */
-function commonCommand(
-  command: string,
+/** A console's own commands, by the line's first word; each writes what it has to say. */
+type Commands = Record<string, () => void | Promise<void>>;
+
+/**
+ * Runs `line` with one of `commands`, or what both consoles do alike: nothing for a blank line,
+ * `help`, `quit`/`exit`, and a clear word for an unknown command.
+ */
+async function runLine(
+  line: string,
   help: string,
   write: (text: string) => void,
-): ConsoleResult {
+  commands: Commands,
+): Promise<ConsoleResult> {
+  const [command = ""] = line.trim().split(/\s+/);
+  if (Object.hasOwn(commands, command)) {
+    await commands[command]();
+    return "continue";
+  }
   if (command === "quit" || command === "exit") return "quit";
   if (command === "help") write(help);
   else if (command !== "") {
@@ -189,21 +185,19 @@ function commonCommand(
 /** `<command> <action> [json params]`: prints what `call` resolves with, or its error. */
 async function actionCommand(
   line: string,
-  usage: string,
-  call: (action: string, params: unknown) => Promise<unknown>,
   write: (text: string) => void,
-): Promise<ConsoleResult> {
+  call: (action: string, params: unknown) => Promise<unknown>,
+): Promise<void> {
   const { words, json, error } = splitCommand(line, 2);
   if (words.length < 2 || error) {
-    write(error ?? usage);
-    return "continue";
+    write(error ?? `Usage: ${words[0]} <action> [json params]`);
+    return;
   }
   try {
     write(pretty(await call(words[1], json)));
   } catch (e) {
     write(`Error: ${(e as Error).message}`);
   }
-  return "continue";
 }
 
 /**

@@ -269,11 +269,13 @@ class LineStream {
 
 type Format = "json" | "csv" | "ndjson";
 
+/** `url`'s `format` parameter: one of `accepted`, `fallback` when absent, or a 400 answer. */
 function readFormat(
-  value: string | null,
+  url: URL,
   accepted: readonly Format[],
   fallback: Format,
 ): Format | Response {
+  const value = url.searchParams.get("format");
   if (value === null || value === "") return fallback;
   if ((accepted as readonly string[]).includes(value)) return value as Format;
   return failure(
@@ -281,6 +283,17 @@ function readFormat(
     ErrorCode.INVALID_FIELD,
     `Invalid format '${value}': expected ${accepted.join(" or ")}`,
   );
+}
+
+/** Whether a request frame asks to be streamed (`stream: true`). */
+function asksStream(raw: string): boolean {
+  try {
+    const frame = JSON.parse(raw);
+    return typeof frame === "object" && frame !== null && frame.stream === true;
+  } catch {
+    // Not JSON: the runner refuses it with the WebSocket API's own message.
+    return false;
+  }
 }
 
 /** The HTTP API; see the module doc. */
@@ -345,11 +358,7 @@ export class HttpApi {
   }
 
   async #market(url: URL, address: string): Promise<Response> {
-    const format = readFormat(
-      url.searchParams.get("format"),
-      ["json", "csv"],
-      "json",
-    );
+    const format = readFormat(url, ["json", "csv"], "json");
     if (format instanceof Response) return format;
     const data: Record<string, string> = {};
     for (const name of MARKET_QUERY_PARAMS) {
@@ -384,37 +393,18 @@ export class HttpApi {
   }
 
   async #request(req: Request, url: URL, address: string): Promise<Response> {
-    const format = readFormat(
-      url.searchParams.get("format"),
-      ["json", "ndjson"],
-      "json",
-    );
+    const format = readFormat(url, ["json", "ndjson"], "json");
     if (format instanceof Response) return format;
     const raw = await readBody(req, this.#runner.maxFrameBytes);
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(raw);
-    } catch {
-      // The runner gives the WebSocket API's own message for it.
-    }
-    const stream = typeof parsed === "object" && parsed !== null &&
-      (parsed as { stream?: unknown }).stream === true;
-    if (format === "json" && !stream) {
-      const answer = await this.#runner.run(raw, {
-        address,
-      });
-      return answerResponse(answer);
+    if (format === "json" && !asksStream(raw)) {
+      return answerResponse(await this.#runner.run(raw, { address }));
     }
     // JSON lines: every frame the WebSocket API would send, in order, the answer last.
     return this.#streamed(address, raw, "ndjson", format === "ndjson");
   }
 
   async #markets(req: Request, url: URL, address: string): Promise<Response> {
-    const format = readFormat(
-      url.searchParams.get("format"),
-      ["ndjson", "csv"],
-      "ndjson",
-    );
+    const format = readFormat(url, ["ndjson", "csv"], "ndjson");
     if (format instanceof Response) return format;
     const raw = await readBody(req, this.#runner.maxFrameBytes);
     let data: unknown;

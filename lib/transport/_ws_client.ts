@@ -148,6 +148,12 @@ function said(value: string | null): string {
   return value === null ? "none" : JSON.stringify(value);
 }
 
+/** Headers a 101 may carry only for what the client offered, which is nothing. */
+const UNOFFERED = [
+  ["sec-websocket-extensions", "extension"],
+  ["sec-websocket-protocol", "subprotocol"],
+] as const;
+
 /**
  * Fails a 101 that RFC 6455 §4.1 says the client must fail: not HTTP/1.1, no `Upgrade:
  * websocket`, no `upgrade` token in `Connection`, a wrong accept key, or an extension or
@@ -180,21 +186,15 @@ export function checkAnswer(answer: AnswerHead, accept: string): void {
   if (h.get("sec-websocket-accept") !== accept) {
     throw new HandshakeError("Invalid Sec-WebSocket-Accept header");
   }
-  const extensions = h.get("sec-websocket-extensions");
-  if (extensions !== null) {
-    throw new HandshakeError(
-      `Invalid handshake answer: extension ${
-        said(extensions)
-      } was not offered (this client offers none)`,
-    );
-  }
-  const protocol = h.get("sec-websocket-protocol");
-  if (protocol !== null) {
-    throw new HandshakeError(
-      `Invalid handshake answer: subprotocol ${
-        said(protocol)
-      } was not offered (this client offers none)`,
-    );
+  for (const [header, what] of UNOFFERED) {
+    const value = h.get(header);
+    if (value !== null) {
+      throw new HandshakeError(
+        `Invalid handshake answer: ${what} ${
+          said(value)
+        } was not offered (this client offers none)`,
+      );
+    }
   }
 }
 
