@@ -27,14 +27,12 @@
  */
 
 import type { Msg } from "npm:@nats-io/transport-node@3.4.0";
-import { headers } from "npm:@nats-io/transport-node@3.4.0";
 import { logger } from "../log.ts";
-import { type LinkContext, noResponders } from "./context.ts";
-import type { RemotePeer } from "./remote_peer.ts";
-import type { SentRequest } from "./remote_peer.ts";
+import { type LinkContext, noResponders, readJson } from "./context.ts";
+import type { RemotePeer, SentRequest } from "./remote_peer.ts";
 import {
-  H_ORIGIN,
   type HeldReply,
+  originHeaders,
   type RelayAnswer,
   type RelayProgress,
   type ReplayReply,
@@ -137,8 +135,7 @@ export class Ledger {
     if (!nc || nc.isClosed()) return;
     sent.replaying = true;
     const from = sent.progress + 1;
-    const h = headers();
-    h.set(H_ORIGIN, this.#ctx.id);
+    const h = originHeaders(this.#ctx.id);
     this.#hooks.flush();
     nc.request(
       this.#ctx.subjects.server(peer.server, "replay"),
@@ -245,8 +242,7 @@ export class Ledger {
     if (due.size > 0) this.#hooks.flush();
     for (const [server, ids] of due) {
       this.#probing.add(server);
-      const h = headers();
-      h.set(H_ORIGIN, this.#ctx.id);
+      const h = originHeaders(this.#ctx.id);
       nc.request(
         this.#ctx.subjects.server(server, "held"),
         JSON.stringify(ids),
@@ -267,12 +263,8 @@ export class Ledger {
   }
 
   #onHeld(ids: string[], msg: Msg): void {
-    let reply: HeldReply;
-    try {
-      reply = msg.json<HeldReply>();
-    } catch {
-      return log.warn("Ignored a malformed loss-check reply");
-    }
+    const reply = readJson<HeldReply>(msg, "loss-check reply");
+    if (reply === undefined) return;
     for (const msgId of ids) {
       const peer = this.#pending.get(msgId);
       const sent = peer?.sent.get(msgId);

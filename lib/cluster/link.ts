@@ -1,12 +1,14 @@
 /**
  * The cluster link: joins this server to the other servers of one cluster over core NATS.
  *
- * It holds the NATS connection and wires three parts together:
+ * It holds the NATS connection and wires its parts together:
  *
  * - the membership (`membership.ts`): heartbeats, each server's worker registry, write-offs;
- * - the relay (`relay.ts`): requests to other servers' workers and theirs to this server's,
- *   over NATS request-reply;
- * - the ledger (`ledger.ts`): what became of each request sent to another server.
+ * - the relay, over NATS request-reply: requests to other servers' workers (`relay.ts`) and
+ *   theirs to this server's (`relayed.ts`, which keeps what it published for the
+ *   loss check in `reply_log.ts`), both publishing at the end of each turn (`outbox.ts`);
+ * - the ledger (`ledger.ts`): what became of each request sent to another server;
+ * - console messages for other servers' workers (`console_messages.ts`).
  *
  * Every other server's worker is a {@linkcode RemotePeer} in this server's registry, so the one
  * dispatcher and balancer place requests over the whole cluster. Subjects and messages are in
@@ -22,6 +24,7 @@ import {
   type NodeConnectionOptions,
   type Subscription,
 } from "npm:@nats-io/transport-node@3.4.0";
+import { ConsoleMessages, type LocalDelivery } from "./console_messages.ts";
 import { connectNats } from "./nats_connect.ts";
 import type { WorkerLoad as BalancerLoad } from "../broker/balancer.ts";
 import { shortId } from "../_id.ts";
@@ -30,10 +33,12 @@ import type { BrokerCore } from "../broker/options.ts";
 import { type LinkContext, noResponders } from "./context.ts";
 import { Ledger } from "./ledger.ts";
 import { Membership } from "./membership.ts";
+import { Outbox } from "./outbox.ts";
 import { Relay } from "./relay.ts";
+import { RelayedRequests } from "./relayed.ts";
 import { RemotePeer } from "./remote_peer.ts";
 import type { ClusterServer, ClusterStatus } from "./status.ts";
-import { type ClusterMessage, Subjects, validClusterName } from "./wire.ts";
+import { Subjects, validClusterName } from "./wire.ts";
 
 const log = logger("cluster");
 
@@ -77,12 +82,7 @@ export interface ClusterOptions {
   natsPingMs?: number;
 }
 
-/** Sends an envelope to this server's workers (all, or one); returns how many got it. */
-export type LocalDelivery = (
-  type: string,
-  data: unknown,
-  clientId?: string,
-) => number;
+export type { LocalDelivery };
 
 const encoder = new TextEncoder();
 
@@ -102,6 +102,8 @@ export class ClusterLink {
   #nats: ClusterStatus["nats"] = "connecting";
   #membership: Membership;
   #relay: Relay;
+  #relayed: RelayedRequests;
+  #outbox: Outbox;
   #ledger: Ledger;
   #timer: ReturnType<typeof setInterval> | undefined;
   #closed = false;
@@ -112,7 +114,7 @@ export class ClusterLink {
   #error: string | undefined;
   #background: Promise<void>[] = [];
   #requesters: () => number;
-  #deliver: LocalDelivery;
+  #messages: ConsoleMessages;
 
   /**
    * A link for the broker whose parts `core` gives; `requesters` counts its requesters and
@@ -135,7 +137,6 @@ export class ClusterLink {
     }
     this.#core = core;
     this.#requesters = requesters;
-    this.#deliver = deliver;
     this.#options = options;
     this.name = name;
     this.serverName = options.serverName ?? this.id;
@@ -148,26 +149,28 @@ export class ClusterLink {
       core,
       nc: () => this.#nc,
     };
-    // The three parts reach each other only through these hooks.
+    // The parts reach each other only through these hooks.
+    this.#outbox = new Outbox(ctx.nc);
+    this.#relayed = new RelayedRequests(ctx, this.#outbox);
     this.#ledger = new Ledger(ctx, {
       complete: (peer, msgId, answer) =>
         this.#relay.complete(peer, msgId, answer),
       cancel: (peer, msgId, reason) => this.#relay.cancel(peer, msgId, reason),
-      flush: () => this.#relay.flush(),
+      flush: this.#outbox.flush,
       progress: (peer, msgId, report) =>
         this.#relay.progress(peer, msgId, report),
       suspect: (server, reason) => this.#membership.suspect(server, reason),
       nameOf: (server) => this.#membership.servers.get(server)?.name ?? server,
     }, options.probeMs ?? 1000);
-    this.#relay = new Relay(ctx, this.#ledger, {
+    this.#relay = new Relay(ctx, this.#ledger, this.#outbox, {
       suspect: (server, reason) => this.#membership.suspect(server, reason),
       workerGone: (peer, reason) => this.#membership.workerGone(peer, reason),
     });
     this.#membership = new Membership(ctx, {
       send: (peer, frame) => this.#relay.send(peer, frame),
-      byWorker: () => this.#relay.byWorker(),
+      byWorker: () => this.#relayed.byWorker(),
       writtenOff: (server) => {
-        const n = this.#relay.cancelFrom(server);
+        const n = this.#relayed.cancelFrom(server);
         if (n > 0) {
           log.info(
             "Stopped {n} requests the written-off server had sent here",
@@ -183,6 +186,17 @@ export class ClusterLink {
     }, {
       heartbeatMs: this.#heartbeatMs,
       deadAfterMs: options.deadAfterMs ?? 1500,
+    });
+    this.#messages = new ConsoleMessages(ctx, {
+      connected: () => this.#nats === "connected" && !this.#closed,
+      remoteWorkers: () => {
+        let n = 0;
+        for (const server of this.#membership.servers.values()) {
+          n += server.workers.size;
+        }
+        return n;
+      },
+      deliver,
     });
   }
 
@@ -295,13 +309,13 @@ export class ClusterLink {
     on(s.heartbeat, (m) => this.#membership.onHeartbeat(m));
     on(s.registry, (m) => this.#membership.onDelta(m));
     on(s.server(this.id, "workers"), (m) => this.#membership.serveSnapshot(m));
-    on(s.server(this.id, "req"), (m) => this.#relay.onRequest(m));
-    on(s.server(this.id, "cancel"), (m) => this.#relay.onCancel(m));
-    on(s.server(this.id, "held"), (m) => this.#relay.onHeld(m));
-    on(s.server(this.id, "replay"), (m) => this.#relay.onReplay(m));
+    on(s.server(this.id, "req"), (m) => this.#relayed.onRequest(m));
+    on(s.server(this.id, "cancel"), (m) => this.#relayed.onCancel(m));
+    on(s.server(this.id, "held"), (m) => this.#relayed.onHeld(m));
+    on(s.server(this.id, "replay"), (m) => this.#relayed.onReplay(m));
     on(s.replies(this.id), (m) => this.#relay.onReply(m));
-    on(s.message, (m) => this.#onMessage(m));
-    on(s.server(this.id, "msg"), (m) => this.#onMessage(m));
+    on(s.message, (m) => this.#messages.onMessage(m));
+    on(s.server(this.id, "msg"), (m) => this.#messages.onMessage(m));
     on(s.name(this.serverName), (m) => m.respond(this.id));
     // Subscriptions reach the NATS node before anyone can hear of this server.
     await nc.flush().catch(() => {});
@@ -423,8 +437,8 @@ export class ClusterLink {
     await this.#connecting;
     await this.#started?.catch(() => {});
     this.#membership.writeOffAll("this server is shutting down");
-    this.#relay.flush();
-    this.#relay.close();
+    this.#outbox.flush();
+    this.#relayed.close();
     const nc = this.#nc;
     if (nc) {
       try {
@@ -441,50 +455,12 @@ export class ClusterLink {
     await Promise.all(this.#background);
   }
 
-  // ---- console messages (broadcasts, custom types) ---------------------------------------------
-
   /**
    * Sends an envelope to the other servers' workers: to every one when `clientId` is omitted,
    * else to that worker if it is attached to another server. Returns how many workers it was
    * sent towards (as this server knows them now); 0 without NATS.
    */
   sendMessage(type: string, data: unknown, clientId?: string): number {
-    const nc = this.#nc;
-    if (!nc || this.#nats !== "connected" || this.#closed) return 0;
-    const body: ClusterMessage = { o: this.id, t: type, d: data };
-    if (clientId === undefined) {
-      let n = 0;
-      for (const server of this.#membership.servers.values()) {
-        n += server.workers.size;
-      }
-      nc.publish(this.#subjects.message, JSON.stringify(body));
-      return n;
-    }
-    const peer = this.#peerOf(clientId);
-    if (!peer) return 0;
-    body.w = clientId;
-    nc.publish(
-      this.#subjects.server(peer.server, "msg"),
-      JSON.stringify(body),
-    );
-    return 1;
-  }
-
-  #onMessage(msg: Msg): void {
-    let body: ClusterMessage;
-    try {
-      body = msg.json<ClusterMessage>();
-    } catch {
-      return log.warn("Ignored a malformed cluster message");
-    }
-    if (body.o === this.id || typeof body.t !== "string") return;
-    // Never to another server's worker that happens to be in this registry: only local ones.
-    if (body.w !== undefined && this.#peerOf(body.w)) return;
-    this.#deliver(body.t, body.d, body.w);
-  }
-
-  #peerOf(workerId: string): RemotePeer | undefined {
-    const peer = this.#core.dispatcher.registry.get(workerId);
-    return peer instanceof RemotePeer ? peer : undefined;
+    return this.#messages.send(type, data, clientId);
   }
 }

@@ -19,7 +19,7 @@
 import type { Msg } from "npm:@nats-io/transport-node@3.4.0";
 import type { Peer } from "../broker/dispatcher.ts";
 import { logger } from "../log.ts";
-import type { LinkContext } from "./context.ts";
+import { type LinkContext, readJson } from "./context.ts";
 import { RemotePeer } from "./remote_peer.ts";
 import type {
   Heartbeat,
@@ -257,12 +257,8 @@ export class Membership {
   // ---- other servers ---------------------------------------------------------------------------
 
   onHeartbeat(msg: Msg): void {
-    let hb: Heartbeat;
-    try {
-      hb = msg.json<Heartbeat>();
-    } catch {
-      return log.warn("Ignored a malformed cluster heartbeat");
-    }
+    const hb = readJson<Heartbeat>(msg, "cluster heartbeat");
+    if (hb === undefined) return;
     if (hb.v !== 2 || typeof hb.id !== "string" || hb.id === this.#ctx.id) {
       return;
     }
@@ -325,12 +321,8 @@ export class Membership {
   }
 
   onDelta(msg: Msg): void {
-    let delta: RegistryDelta;
-    try {
-      delta = msg.json<RegistryDelta>();
-    } catch {
-      return log.warn("Ignored a malformed cluster registry change");
-    }
+    const delta = readJson<RegistryDelta>(msg, "cluster registry change");
+    if (delta === undefined) return;
     if (delta.v !== 2 || delta.id === this.#ctx.id) return;
     const server = this.servers.get(delta.id);
     // Unknown yet: its next heartbeat brings a snapshot.

@@ -26,6 +26,8 @@
  * @module
  */
 
+import { headers, type MsgHdrs } from "npm:@nats-io/transport-node@3.4.0";
+
 /** Header: the origin server's id. */
 export const H_ORIGIN = "Sy-Origin";
 /** Header: the worker's `client_id` on its server. */
@@ -39,6 +41,60 @@ export const H_KIND = "Sy-Kind";
  * reports came before it, so that the origin knows whether one was lost.
  */
 export const H_SEQ = "Sy-Seq";
+
+/** What a relayed request's headers tell the worker's server. */
+export interface RequestHeaders {
+  /** {@linkcode H_ORIGIN}; empty when missing. */
+  origin: string;
+  /** {@linkcode H_WORKER}; empty when missing. */
+  worker: string;
+  /** {@linkcode H_LEFT}; 0 when missing. */
+  left: number;
+}
+
+/** The headers a relayed request travels with. */
+export function requestHeaders(r: RequestHeaders): MsgHdrs {
+  const h = originHeaders(r.origin);
+  h.set(H_WORKER, r.worker);
+  h.set(H_LEFT, String(r.left));
+  return h;
+}
+
+/** Reads a relayed request's headers. */
+export function readRequestHeaders(h: MsgHdrs | undefined): RequestHeaders {
+  return {
+    origin: readOrigin(h),
+    worker: h?.get(H_WORKER) ?? "",
+    left: Number(h?.get(H_LEFT) ?? 0),
+  };
+}
+
+/** Headers naming the origin server alone: on a cancel, a loss check, a replay request. */
+export function originHeaders(origin: string): MsgHdrs {
+  const h = headers();
+  h.set(H_ORIGIN, origin);
+  return h;
+}
+
+/** The origin server's id in `h`; empty when missing. */
+export function readOrigin(h: MsgHdrs | undefined): string {
+  return h?.get(H_ORIGIN) ?? "";
+}
+
+/** The headers of a reply: a progress report (`p`, number `seq`) or the answer (`a`). */
+export function replyHeaders(kind: "p" | "a", seq: number): MsgHdrs {
+  const h = headers();
+  h.set(H_KIND, kind);
+  h.set(H_SEQ, String(seq));
+  return h;
+}
+
+/** Reads a reply's headers: whether it is a progress report, and its number (0 when missing). */
+export function readReplyHeaders(
+  h: MsgHdrs | undefined,
+): { progress: boolean; seq: number } {
+  return { progress: h?.get(H_KIND) === "p", seq: Number(h?.get(H_SEQ) ?? 0) };
+}
 
 /** A worker's registration, as its server announces it. */
 export interface WorkerState {
