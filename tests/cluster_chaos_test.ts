@@ -3,57 +3,25 @@
 // workers vanish at random (fixed seed). Every request must be answered exactly once, correctly.
 
 import assert from "node:assert/strict";
-import type { ActionContext } from "../lib/action.ts";
-import type { RequesterAnswer } from "../lib/protocol.ts";
-import { Worker } from "../lib/worker/worker_client.ts";
 import {
-  answerOf,
+  clusterServerArgs,
+  healthUntil,
+  rotate,
+  startLoad,
+  startLoadWorker,
+} from "./_cluster.ts";
+import {
   connectClient,
   group,
   mulberry32,
   type TestClient,
-  type TestWorker,
   within,
 } from "./_helpers.ts";
 import { type Program, startServerProgram } from "./_procs.ts";
 import { NATS_MISSING, NatsCluster } from "./_nats.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** A Worker that connects in the background; `await using` stops it at once. */
-function startWorker(urls: string[], name: string): TestWorker {
-  const worker = Object.assign(
-    new Worker({
-      url: urls.join(","),
-      name,
-      concurrency: 6,
-      backoff: { initialMs: 50, maxMs: 300 },
-      graceMs: 0,
-    }),
-    { [Symbol.asyncDispose]: () => worker.stop(0) },
-  );
-  worker.registerAction("echo", async (params) => {
-    await sleep(10);
-    return params;
-  });
-  worker.registerAction(
-    "get_markets",
-    async (params: unknown, ctx: ActionContext) => {
-      const list = params as { code: string }[];
-      const out = [];
-      for (const [i, p] of list.entries()) {
-        await sleep(4);
-        if (ctx.signal.aborted) throw new Error("stopped");
-        const result = { success: true, code: p.code, data: [p.code.length] };
-        ctx.progress?.(i + 1, list.length, { index: i, result });
-        out.push(result);
-      }
-      return out;
-    },
-  );
-  void worker.start();
-  return worker;
-}
+const TIMING = { echoMs: 10, itemMs: 4 };
 
 Deno.test({
   name:
@@ -62,43 +30,27 @@ Deno.test({
   async fn() {
     const random = mulberry32(11_2026);
     await using nats = await new NatsCluster(1).start();
-    const serverArgs = (name: string, port: number, requesterPort: number) => [
-      "--cluster",
-      nats.urls[0],
-      "--cluster-name",
-      "chaos",
-      "--server-name",
-      name,
-      "--max-attempts",
-      "10",
-      "--port",
-      String(port),
-      "--requester-port",
-      String(requesterPort),
-    ];
     const names = ["A", "B", "C"];
     // Killed servers move from `programs` to `retired`, so both are waited for at the end.
     await using programs = group<Program>();
     await using retired = group<Program>();
     const ports: { worker: number; requester: number }[] = [];
     for (const name of names) {
-      const s = await startServerProgram(serverArgs(name, 0, 0));
+      const s = await startServerProgram(
+        clusterServerArgs(nats.urls[0], "chaos", name),
+      );
       programs.push(s.program);
       ports.push({ worker: s.workerPort, requester: s.requesterPort });
     }
     const workerUrls = ports.map((p) => `ws://127.0.0.1:${p.worker}`);
     const requesterUrls = ports.map((p) => `ws://127.0.0.1:${p.requester}`);
     // Each worker and requester prefers a different server and knows all three.
-    const rotate = (urls: string[], i: number) => [
-      ...urls.slice(i % urls.length),
-      ...urls.slice(0, i % urls.length),
-    ];
     await using workers = group(
-      [0, 1, 2, 3, 4].map((i) => startWorker(rotate(workerUrls, i), `cw${i}`)),
+      [0, 1, 2, 3, 4].map((i) =>
+        startLoadWorker(rotate(workerUrls, i), `cw${i}`, TIMING)
+      ),
     );
     await using clients = group<TestClient>();
-    // Stops the stream of single requests (below) before the clients close.
-    await using background = new AsyncDisposableStack();
     let serverKills = 0;
     let workerKills = 0;
     await within(
@@ -115,53 +67,20 @@ Deno.test({
       );
     }
     // Every server sees every worker before the chaos starts.
-    for (const p of ports) {
-      const until = Date.now() + 10_000;
-      while (true) {
-        const h = await (await fetch(`http://127.0.0.1:${p.worker}/health`))
-          .json();
-        if (h.workers === workers.length) break;
-        if (Date.now() > until) throw new Error(JSON.stringify(h));
-        await sleep(25);
-      }
+    for (const [i, p] of ports.entries()) {
+      await healthUntil(
+        p.worker,
+        (h) => h.workers === workers.length,
+        `${names[i]} to see every worker`,
+      );
     }
 
-    const items = Array.from({ length: 300 }, (_, i) => ({
-      symbol_type: "etf",
-      code: `5${String(i).padStart(5, "0")}`,
-    }));
-    const batch = clients[1].stream("get_markets", items, { timeout: 120 });
-    const streamed = new Map<number, unknown>();
-    const batchDone = (async () => {
-      for await (const { index, result } of batch) {
-        assert.ok(!streamed.has(index), `item ${index} streamed twice`);
-        streamed.set(index, result);
-      }
-      return await batch.answer;
-    })();
-    // Awaited below; handled now, so an earlier failure does not leave it unhandled.
-    batchDone.catch(() => {});
-
-    let running = true;
-    const singles: Promise<[number, RequesterAnswer]>[] = [];
-    const stream = (async () => {
-      for (let n = 0; running && n < 300; n++) {
-        const client = clients[n % clients.length];
-        singles.push(
-          answerOf(
-            client.request("echo", { n }, { timeout: 120 }).then((
-              a,
-            ) => [n, a]),
-            `echo ${n}`,
-            130_000,
-          ),
-        );
-        await sleep(12);
-      }
-    })();
-    background.defer(async () => {
-      running = false;
-      await stream;
+    // Stopped (below, or by `await using` on a failure) before the clients close.
+    await using load = startLoad(clients, {
+      items: 300,
+      batchClient: 1,
+      everyMs: 12,
+      most: 300,
     });
 
     const chaos = (async () => {
@@ -175,41 +94,22 @@ Deno.test({
           await programs[i].done();
           await sleep(200 + random() * 300);
           programs[i] = (await startServerProgram(
-            serverArgs(names[i], ports[i].worker, ports[i].requester),
+            clusterServerArgs(nats.urls[0], "chaos", names[i], ports[i]),
           )).program;
         } else {
           const i = Math.floor(random() * workers.length);
           await workers[i].stop(0);
           workerKills++;
-          workers[i] = startWorker(rotate(workerUrls, i), `cw${i}`);
+          workers[i] = startLoadWorker(rotate(workerUrls, i), `cw${i}`, TIMING);
         }
       }
     })();
 
     await chaos;
-    running = false;
-    await stream;
-    const answers = await Promise.all(singles);
-    for (const [n, answer] of answers) {
-      assert.equal(
-        answer.success,
-        true,
-        `echo ${n}: ${JSON.stringify(answer)}`,
-      );
-      assert.deepEqual(answer.data, { n });
-    }
-    const final = await batchDone;
-    assert.equal(final.success, true, JSON.stringify(final).slice(0, 300));
-    assert.equal(streamed.size, items.length);
-    for (const [index, result] of streamed) {
-      assert.equal((result as { code: string }).code, items[index].code);
-    }
-    for (const client of clients) {
-      assert.equal(client.strayAnswers, 0, "a duplicate answer came");
-    }
+    const { singles } = await load.stop();
     assert.ok(serverKills + workerKills === 4);
     console.log(
-      `${answers.length} requests and a ${items.length}-item batch, ${serverKills} servers and ${workerKills} workers killed; ` +
+      `${singles} requests and a 300-item batch, ${serverKills} servers and ${workerKills} workers killed; ` +
         `${clients.reduce((s, c) => s + c.resubmitted, 0)} resubmitted`,
     );
   },

@@ -18,39 +18,11 @@ import {
   waitFor,
   within,
 } from "./_helpers.ts";
+import { health, healthUntil } from "./_cluster.ts";
 import { type ServerProgram, startServerProgram } from "./_procs.ts";
 import { NATS_MISSING, NatsCluster } from "./_nats.ts";
 
 const ignore = NATS_MISSING !== undefined;
-
-interface Health {
-  workers: number;
-  cluster?: {
-    nats: string;
-    servers: { name: string }[];
-    workers: { name: string; server: string }[];
-  };
-}
-
-async function health(port: number): Promise<Health> {
-  const res = await fetch(`http://127.0.0.1:${port}/health`);
-  return await res.json();
-}
-
-async function healthUntil(
-  port: number,
-  predicate: (h: Health) => boolean,
-  what: string,
-): Promise<void> {
-  const until = Date.now() + 10_000;
-  let last: Health | undefined;
-  while (Date.now() < until) {
-    last = await health(port);
-    if (predicate(last)) return;
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  throw new Error(`Timed out waiting for ${what}: ${JSON.stringify(last)}`);
-}
 
 function sleepAction(ms: number, name: string) {
   return async () => {

@@ -7,9 +7,14 @@ import assert from "node:assert/strict";
 import type { ActionContext } from "../lib/action.ts";
 import type { ClusterOptions } from "../lib/cluster/link.ts";
 import {
+  converged,
+  everySees,
+  rotate,
+  startClusterServers,
+} from "./_cluster.ts";
+import {
   connectClient,
   group,
-  startTestServer,
   startWorker,
   type TestServer,
   type TestWorker,
@@ -49,7 +54,7 @@ async function rig(
   const proxies = nats.urls.length === 1
     ? [0, 1, 2].map(() => new FaultProxy({ port: nats.nodes[0].port }))
     : nats.nodes.map((n) => new FaultProxy({ port: n.port }));
-  const servers = group<TestServer>();
+  let servers: TestServer[] & AsyncDisposable = group<TestServer>();
   const workers = group<TestWorker>();
   const runs = new Map<number, number>();
   const itemRuns = new Map<string, number>();
@@ -59,22 +64,14 @@ async function rig(
     await Promise.all(proxies.map((p) => p[Symbol.asyncDispose]()));
   };
   try {
-    for (let i = 0; i < 3; i++) {
-      // Every server knows every proxy, its own first.
-      const urls = [...proxies.slice(i), ...proxies.slice(0, i)].map((p) =>
-        p.url("nats")
-      );
-      servers.push(startTestServer({
-        cluster: {
-          servers: nats.urls.length === 1 ? [urls[0]] : urls,
-          name: "faults",
-          serverName: `s${i}`,
-          ...options,
-        },
-      }));
-    }
-    await Promise.all(
-      servers.map(async (s) => await (await s.cluster!).start()),
+    // Every server knows every proxy, its own first.
+    const urls = proxies.map((p) => p.url("nats"));
+    servers = await startClusterServers(
+      "faults",
+      [0, 1, 2].map((i) => ({
+        servers: nats.urls.length === 1 ? [urls[i]] : rotate(urls, i),
+        ...options,
+      })),
     );
     for (const [i, server] of servers.entries()) {
       for (const k of [0, 1]) {
@@ -106,14 +103,7 @@ async function rig(
         );
       }
     }
-    await waitFor(
-      () =>
-        servers.every((s) =>
-          s.broker.workers().filter((w) => w.registered).length === 6
-        ),
-      "every server to see 6 workers",
-      10_000,
-    );
+    await converged(servers, 6);
   } catch (error) {
     await dispose();
     throw error;
@@ -301,13 +291,7 @@ Deno.test({
           }),
       },
     });
-    await waitFor(
-      () =>
-        s.every((x) =>
-          x.broker.workers().some((w) => w.name === "slow" && w.registered)
-        ),
-      "every server to see the slow worker",
-    );
+    await everySees(s, "slow");
     await using c0 = await connectClient(s[0].requesterUrl);
     await using c2 = await connectClient(s[2].requesterUrl);
     const a0 = c0.request("hold", { from: "s0" }, { timeout: 30 });
@@ -332,19 +316,15 @@ Deno.test({
   fn: async () => {
     await using nats = await new NatsCluster(1).start();
     await using proxy = new FaultProxy({ port: nats.nodes[0].port });
-    const cluster = (name: string, url: string) => ({
-      cluster: {
+    await using servers = await startClusterServers(
+      "loads",
+      [nats.urls[0], proxy.url("nats")].map((url) => ({
         servers: [url],
-        name: "loads",
-        serverName: name,
         ...FAST,
         deadAfterMs: 60_000,
-      },
-    });
-    await using s0 = startTestServer(cluster("s0", nats.urls[0]));
-    await using s1 = startTestServer(cluster("s1", proxy.url("nats")));
-    await (await s0.cluster!).start();
-    await (await s1.cluster!).start();
+      })),
+    );
+    const [s0, s1] = servers;
     let release = () => {};
     await using _w = await startWorker(s1, {
       name: "busy",

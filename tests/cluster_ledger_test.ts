@@ -15,6 +15,7 @@ import {
   type TestWorker,
   waitFor,
 } from "./_helpers.ts";
+import { everySees, startClusterServers } from "./_cluster.ts";
 import { NATS_MISSING, NatsCluster } from "./_nats.ts";
 
 const ignore = NATS_MISSING !== undefined;
@@ -36,35 +37,18 @@ const FAST: Partial<ClusterOptions> = {
 };
 
 /** Servers s0 (as user `users[0]`) and s1 (as `users[1]`) in cluster `t`. */
-async function pair(
+function pair(
   nats: NatsCluster,
   users: [string, string],
 ): Promise<TestServer[] & AsyncDisposable> {
-  const servers = group<TestServer>();
-  for (const [i, user] of users.entries()) {
-    servers.push(startTestServer({
-      cluster: {
-        servers: nats.urls,
-        name: "t",
-        serverName: `s${i}`,
-        user,
-        password: user,
-        ...FAST,
-      },
-    }));
-  }
-  await Promise.all(servers.map(async (s) => await (await s.cluster!).start()));
-  return servers;
-}
-
-async function seen(servers: TestServer[], name: string): Promise<void> {
-  await waitFor(
-    () =>
-      servers.every((s) =>
-        s.broker.workers().some((w) => w.name === name && w.registered)
-      ),
-    `every server to see ${name}`,
-    5000,
+  return startClusterServers(
+    "t",
+    users.map((user) => ({
+      servers: nats.urls,
+      user,
+      password: user,
+      ...FAST,
+    })),
   );
 }
 
@@ -83,7 +67,7 @@ Deno.test({
         actions: { who: () => ++remoteRuns && "remote" },
       }),
     );
-    await seen(servers, "remote");
+    await everySees(servers, "remote");
     await using client = await connectClient(servers[0].requesterUrl);
     // Only the remote worker offers it: the request goes there, and nats-server drops it.
     const answer = answerOf(
@@ -123,7 +107,7 @@ Deno.test({
         actions: { who: () => `remote ${++runs}` },
       }),
     );
-    await seen(servers, "remote");
+    await everySees(servers, "remote");
     await using client = await connectClient(servers[0].requesterUrl);
     const a = await answerOf(
       client.request("who", {}, { timeout: 60 }),
@@ -157,7 +141,7 @@ Deno.test({
         },
       }),
     );
-    await seen(servers, "remote");
+    await everySees(servers, "remote");
     await using client = await connectClient(servers[0].requesterUrl);
     const a = await client.request("hang", {}, { timeout: 0.5 });
     assert.equal(a.error_code, "TIMEOUT", JSON.stringify(a));

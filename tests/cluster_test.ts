@@ -16,6 +16,7 @@ import {
   type TestWorker,
   waitFor,
 } from "./_helpers.ts";
+import { converged, rotate, startClusterServers } from "./_cluster.ts";
 import { NATS_MISSING, NatsCluster } from "./_nats.ts";
 import { hasOpenssl, makePki } from "./_pki.ts";
 import { runProgram } from "./_procs.ts";
@@ -23,47 +24,17 @@ import { runProgram } from "./_procs.ts";
 const ignore = NATS_MISSING !== undefined;
 
 /**
- * `n` in-process servers joined into one cluster on `nats`; `await using` closes them all at the
- * end of the scope.
+ * `n` in-process servers joined into one cluster on `nats`, each starting on a different NATS
+ * node when there are several; `await using` closes them all at the end of the scope.
  */
-async function startServers(
+function startServers(
   nats: NatsCluster,
   n: number,
   name = "t",
 ): Promise<TestServer[] & AsyncDisposable> {
-  const servers = group<TestServer>();
-  for (let i = 0; i < n; i++) {
-    servers.push(startTestServer({
-      cluster: {
-        // Each server starts on a different NATS node when there are several.
-        servers: [
-          ...nats.urls.slice(i % nats.urls.length),
-          ...nats.urls.slice(0, i % nats.urls.length),
-        ],
-        name,
-        serverName: `s${i}`,
-      },
-    }));
-  }
-  try {
-    const links = await Promise.all(servers.map((s) => s.cluster!));
-    await Promise.all(links.map((l) => l.start()));
-  } catch (error) {
-    await servers[Symbol.asyncDispose]();
-    throw error;
-  }
-  return servers;
-}
-
-/** Waits until every server sees `count` workers. */
-async function converged(servers: TestServer[], count: number): Promise<void> {
-  await waitFor(
-    () =>
-      servers.every((s) =>
-        s.broker.workers().filter((w) => w.registered).length === count
-      ),
-    `every server to see ${count} workers`,
-    5000,
+  return startClusterServers(
+    name,
+    Array.from({ length: n }, (_, i) => ({ servers: rotate(nats.urls, i) })),
   );
 }
 
