@@ -13,13 +13,19 @@ import type { RequesterAnswer } from "../lib/protocol.ts";
 import { Worker } from "../lib/worker/worker_client.ts";
 import {
   answerOf,
+  connectClient,
   group,
   startTestServer,
+  startWorker,
   type TestClient,
   type TestServer,
   type TestWorker,
+  type TestWorkerOptions,
   waitFor,
+  within,
 } from "./_helpers.ts";
+import { NatsCluster } from "./_nats.ts";
+import { type Program, startServerProgram } from "./_procs.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -58,6 +64,69 @@ export async function startClusterServers(
     throw error;
   }
   return servers;
+}
+
+/** A NATS, servers joined into a cluster on it, and the workers and clients of a test. */
+export interface ClusterRig extends AsyncDisposable {
+  nats: NatsCluster;
+  servers: TestServer[];
+  /** Workers started by {@linkcode ClusterRig.worker} (or pushed by the test). */
+  workers: TestWorker[];
+  /** Clients connected by {@linkcode ClusterRig.client} (or pushed by the test). */
+  clients: TestClient[];
+  /** Starts a worker on server `i`, kept in `workers`; resolves once that server has it. */
+  worker(i: number, options: TestWorkerOptions): Promise<TestWorker>;
+  /** Connects a client to server `i`, kept in `clients`. */
+  client(i: number): Promise<TestClient>;
+}
+
+/**
+ * A NATS of `nodes` nodes and `servers` in-process servers in cluster `name` on it, each
+ * starting on a different NATS node when there are several. `await using` closes the clients,
+ * the workers, the servers and NATS, in that order.
+ */
+export async function startClusterRig(
+  servers: number,
+  { nodes = 1, name = "t" }: { nodes?: number; name?: string } = {},
+): Promise<ClusterRig> {
+  const nats = await new NatsCluster(nodes).start();
+  const workers = group<TestWorker>();
+  const clients = group<TestClient>();
+  let joined: TestServer[] & AsyncDisposable = group<TestServer>();
+  const dispose = async () => {
+    await clients[Symbol.asyncDispose]();
+    await workers[Symbol.asyncDispose]();
+    await joined[Symbol.asyncDispose]();
+    await nats[Symbol.asyncDispose]();
+  };
+  try {
+    joined = await startClusterServers(
+      name,
+      Array.from({ length: servers }, (_, i) => ({
+        servers: rotate(nats.urls, i),
+      })),
+    );
+  } catch (error) {
+    await dispose();
+    throw error;
+  }
+  return {
+    nats,
+    servers: joined,
+    workers,
+    clients,
+    async worker(i, options) {
+      const worker = await startWorker(joined[i], options);
+      workers.push(worker);
+      return worker;
+    },
+    async client(i) {
+      const client = await connectClient(joined[i].requesterUrl);
+      clients.push(client);
+      return client;
+    },
+    [Symbol.asyncDispose]: dispose,
+  };
 }
 
 /** Waits until every server has `count` registered workers. */
@@ -208,6 +277,95 @@ export function startLoadWorker(
   return worker;
 }
 
+/** Server processes of one cluster, with load workers spread over them. */
+export interface ProcessCluster extends AsyncDisposable {
+  /** The servers' processes, in the order of their names; one started again takes its place. */
+  programs: Program[];
+  /** Each server's ports, kept when it is started again. */
+  ports: { worker: number; requester: number }[];
+  /** Each server's worker port and requester port URL. */
+  workerUrls: string[];
+  requesterUrls: string[];
+  /** The workers: worker `i` prefers server `i` (wrapping) and knows them all. */
+  workers: TestWorker[];
+  /** Starts server `i` again on its ports (after it was killed). */
+  restart(i: number): Promise<void>;
+}
+
+/**
+ * `server.ts` processes named `names` in cluster `cluster` on NATS `nats`, and `workers` load
+ * workers ({@linkcode startLoadWorker}) `w0`, `w1`, … across them; resolves once every server
+ * lists every worker. `await using` stops the workers, then every server process, including
+ * the ones replaced by `restart`.
+ */
+export async function startProcessCluster(
+  nats: string,
+  cluster: string,
+  names: string[],
+  workers: { count: number; prefix?: string } & LoadWorkerOptions,
+): Promise<ProcessCluster> {
+  const programs = group<Program>();
+  // Replaced programs, still to be reaped at the end.
+  const retired = group<Program>();
+  const running = group<TestWorker>();
+  const dispose = async () => {
+    await running[Symbol.asyncDispose]();
+    await Promise.all([
+      programs[Symbol.asyncDispose](),
+      retired[Symbol.asyncDispose](),
+    ]);
+  };
+  const ports: { worker: number; requester: number }[] = [];
+  try {
+    for (const name of names) {
+      const s = await startServerProgram(
+        clusterServerArgs(nats, cluster, name),
+      );
+      programs.push(s.program);
+      ports.push({ worker: s.workerPort, requester: s.requesterPort });
+    }
+    const workerUrls = ports.map((p) => `ws://127.0.0.1:${p.worker}`);
+    for (let i = 0; i < workers.count; i++) {
+      running.push(
+        startLoadWorker(
+          rotate(workerUrls, i),
+          `${workers.prefix ?? "w"}${i}`,
+          workers,
+        ),
+      );
+    }
+    await within(
+      Promise.all(running.map((w) => w.ready())),
+      "every worker to connect",
+      20_000,
+    );
+    for (const [i, p] of ports.entries()) {
+      await healthUntil(
+        p.worker,
+        (h) => h.workers === workers.count,
+        `${names[i]} to see every worker`,
+      );
+    }
+    return {
+      programs,
+      ports,
+      workerUrls,
+      requesterUrls: ports.map((p) => `ws://127.0.0.1:${p.requester}`),
+      workers: running,
+      async restart(i: number) {
+        retired.push(programs[i]);
+        programs[i] = (await startServerProgram(
+          clusterServerArgs(nats, cluster, names[i], ports[i]),
+        )).program;
+      },
+      [Symbol.asyncDispose]: dispose,
+    };
+  } catch (error) {
+    await dispose();
+    throw error;
+  }
+}
+
 /** Options for {@linkcode startLoad}. */
 export interface LoadOptions {
   /** Items in the streamed batch. */
@@ -222,6 +380,8 @@ export interface LoadOptions {
 
 /** A load under way; `await using` stops sending (without checking) if it was not stopped. */
 export interface Load extends AsyncDisposable {
+  /** Batch items streamed so far. */
+  readonly streamed: number;
   /**
    * Stops sending single requests, waits for every answer and checks each: a success with its
    * own data, every batch item streamed once with its own code, no duplicate answer. Resolves
@@ -272,6 +432,9 @@ export function startLoad(clients: TestClient[], options: LoadOptions): Load {
     }
   })();
   return {
+    get streamed() {
+      return streamed.size;
+    },
     async stop() {
       running = false;
       await sending;

@@ -4,20 +4,17 @@
 
 import assert from "node:assert/strict";
 import {
-  clusterServerArgs,
-  healthUntil,
   rotate,
   startLoad,
   startLoadWorker,
+  startProcessCluster,
 } from "./_cluster.ts";
 import {
   connectClient,
   group,
   mulberry32,
   type TestClient,
-  within,
 } from "./_helpers.ts";
-import { type Program, startServerProgram } from "./_procs.ts";
 import { NATS_MISSING, NatsCluster } from "./_nats.ts";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -30,48 +27,23 @@ Deno.test({
   async fn() {
     const random = mulberry32(11_2026);
     await using nats = await new NatsCluster(1).start();
-    const names = ["A", "B", "C"];
-    // Killed servers move from `programs` to `retired`, so both are waited for at the end.
-    await using programs = group<Program>();
-    await using retired = group<Program>();
-    const ports: { worker: number; requester: number }[] = [];
-    for (const name of names) {
-      const s = await startServerProgram(
-        clusterServerArgs(nats.urls[0], "chaos", name),
-      );
-      programs.push(s.program);
-      ports.push({ worker: s.workerPort, requester: s.requesterPort });
-    }
-    const workerUrls = ports.map((p) => `ws://127.0.0.1:${p.worker}`);
-    const requesterUrls = ports.map((p) => `ws://127.0.0.1:${p.requester}`);
     // Each worker and requester prefers a different server and knows all three.
-    await using workers = group(
-      [0, 1, 2, 3, 4].map((i) =>
-        startLoadWorker(rotate(workerUrls, i), `cw${i}`, TIMING)
-      ),
+    await using c = await startProcessCluster(
+      nats.urls[0],
+      "chaos",
+      ["A", "B", "C"],
+      { count: 5, prefix: "cw", ...TIMING },
     );
+    const { programs, workers } = c;
     await using clients = group<TestClient>();
     let serverKills = 0;
     let workerKills = 0;
-    await within(
-      Promise.all(workers.map((w) => w.ready())),
-      "every worker to connect",
-      20_000,
-    );
     for (const i of [0, 1, 2]) {
       clients.push(
-        await connectClient(rotate(requesterUrls, i).join(","), {
+        await connectClient(rotate(c.requesterUrls, i).join(","), {
           reconnect: true,
           resubmit: true,
         }),
-      );
-    }
-    // Every server sees every worker before the chaos starts.
-    for (const [i, p] of ports.entries()) {
-      await healthUntil(
-        p.worker,
-        (h) => h.workers === workers.length,
-        `${names[i]} to see every worker`,
       );
     }
 
@@ -89,18 +61,19 @@ Deno.test({
         if (random() < 0.5) {
           const i = Math.floor(random() * programs.length);
           programs[i].kill("SIGKILL");
-          retired.push(programs[i]);
           serverKills++;
           await programs[i].done();
           await sleep(200 + random() * 300);
-          programs[i] = (await startServerProgram(
-            clusterServerArgs(nats.urls[0], "chaos", names[i], ports[i]),
-          )).program;
+          await c.restart(i);
         } else {
           const i = Math.floor(random() * workers.length);
           await workers[i].stop(0);
           workerKills++;
-          workers[i] = startLoadWorker(rotate(workerUrls, i), `cw${i}`, TIMING);
+          workers[i] = startLoadWorker(
+            rotate(c.workerUrls, i),
+            `cw${i}`,
+            TIMING,
+          );
         }
       }
     })();

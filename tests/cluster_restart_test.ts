@@ -5,39 +5,29 @@
 
 import assert from "node:assert/strict";
 import {
-  clusterServerArgs,
   healthUntil,
+  type Load,
   rotate,
   startLoad,
-  startLoadWorker,
+  startProcessCluster,
 } from "./_cluster.ts";
-import {
-  connectClient,
-  group,
-  type TestClient,
-  waitFor,
-  within,
-} from "./_helpers.ts";
-import { type Program, startServerProgram } from "./_procs.ts";
+import { connectClient, group, type TestClient, waitFor } from "./_helpers.ts";
 import { NATS_MISSING, NatsCluster } from "./_nats.ts";
 
 const ignore = NATS_MISSING !== undefined;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const TIMING = { echoMs: 20, itemMs: 20 };
 
-/** Singles every 15 ms and a 150-item streamed batch, until `stop()` checks every answer. */
-function load(clients: TestClient[]) {
-  const running = startLoad(clients, { items: 150, everyMs: 15 });
-  return {
-    async stop(): Promise<void> {
-      const { final } = await running.stop();
-      assert.deepEqual(
-        (final.data as { summary: unknown }).summary,
-        { total: 150, success: 150, failed: 0 },
-      );
-    },
-    [Symbol.asyncDispose]: () => running[Symbol.asyncDispose](),
-  };
+/** Singles every 15 ms and a 150-item streamed batch. */
+const LOAD = { items: 150, everyMs: 15 };
+
+/** Stops `load` and checks every answer, and that every item of its batch succeeded. */
+async function stopAndCheck(load: Load): Promise<void> {
+  const { final } = await load.stop();
+  assert.deepEqual(
+    (final.data as { summary: unknown }).summary,
+    { total: LOAD.items, success: LOAD.items, failed: 0 },
+  );
 }
 
 Deno.test({
@@ -46,31 +36,13 @@ Deno.test({
   ignore,
   async fn() {
     await using nats = await new NatsCluster(1).start();
-    await using programs = group<Program>();
-    const ports: { worker: number; requester: number }[] = [];
-    for (const name of ["A", "B", "C"]) {
-      const s = await startServerProgram(
-        clusterServerArgs(nats.urls[0], "restart", name),
-      );
-      programs.push(s.program);
-      ports.push({ worker: s.workerPort, requester: s.requesterPort });
-    }
-    const workerUrls = ports.map((p) => `ws://127.0.0.1:${p.worker}`);
-    await using workers = group(
-      [0, 1, 2, 3, 4, 5].map((i) =>
-        startLoadWorker(rotate(workerUrls, i), `w${i}`, TIMING)
-      ),
+    await using c = await startProcessCluster(
+      nats.urls[0],
+      "restart",
+      ["A", "B", "C"],
+      { count: 6, ...TIMING },
     );
-    await within(
-      Promise.all(workers.map((w) => w.ready())),
-      "every worker",
-      20_000,
-    );
-    await healthUntil(
-      ports[0].worker,
-      (h) => h.workers === 6,
-      "A to see 6 workers",
-    );
+    const { programs, ports } = c;
     // Requesters on A and C: B is the one that freezes.
     await using clients = group<TestClient>();
     for (const i of [0, 2]) {
@@ -81,8 +53,8 @@ Deno.test({
         }),
       );
     }
-    await using running = load(clients);
-    await sleep(300);
+    await using running = startLoad(clients, LOAD);
+    await waitFor(() => running.streamed > 0, "the load to be under way");
     programs[1].kill("SIGSTOP");
     const stoppedAt = Date.now();
     try {
@@ -103,7 +75,7 @@ Deno.test({
       (h) => h.cluster!.servers.length === 3,
       "B to rejoin",
     );
-    await running.stop();
+    await stopAndCheck(running);
   },
 });
 
@@ -114,59 +86,32 @@ for (const first of ["servers", "NATS"] as const) {
     ignore,
     async fn() {
       await using nats = await new NatsCluster(1).start();
-      await using programs = group<Program>();
-      await using retired = group<Program>();
-      const ports: { worker: number; requester: number }[] = [];
-      for (const name of ["A", "B"]) {
-        const s = await startServerProgram(
-          clusterServerArgs(nats.urls[0], "restart", name),
-        );
-        programs.push(s.program);
-        ports.push({ worker: s.workerPort, requester: s.requesterPort });
-      }
-      const workerUrls = ports.map((p) => `ws://127.0.0.1:${p.worker}`);
-      await using workers = group(
-        [0, 1, 2, 3].map((i) =>
-          startLoadWorker(rotate(workerUrls, i), `w${i}`, TIMING)
-        ),
+      await using c = await startProcessCluster(
+        nats.urls[0],
+        "restart",
+        ["A", "B"],
+        { count: 4, ...TIMING },
       );
-      await within(
-        Promise.all(workers.map((w) => w.ready())),
-        "every worker",
-        20_000,
-      );
-      await healthUntil(
-        ports[0].worker,
-        (h) => h.workers === 4,
-        "A to see 4 workers",
-      );
+      const { programs, ports, workers } = c;
       await using clients = group<TestClient>();
       for (const i of [0, 1]) {
         clients.push(
           await connectClient(
-            rotate(ports.map((p) => `ws://127.0.0.1:${p.requester}`), i)
-              .join(","),
+            rotate(c.requesterUrls, i).join(","),
             { reconnect: true, resubmit: true },
           ),
         );
       }
-      await using running = load(clients);
-      await sleep(400);
+      await using running = startLoad(clients, LOAD);
+      await waitFor(() => running.streamed > 0, "the load to be under way");
       // Everything dies at once.
       for (const p of programs) p.kill("SIGKILL");
       await Promise.all([
         nats.nodes[0].stop(),
         ...programs.map((p) => p.done()),
       ]);
-      retired.push(...programs.splice(0));
       const startServers = async () => {
-        for (const [i, name] of ["A", "B"].entries()) {
-          programs.push(
-            (await startServerProgram(
-              clusterServerArgs(nats.urls[0], "restart", name, ports[i]),
-            )).program,
-          );
-        }
+        for (const i of programs.keys()) await c.restart(i);
       };
       if (first === "servers") {
         await startServers();
@@ -188,7 +133,7 @@ for (const first of ["servers", "NATS"] as const) {
         "A to see every worker again",
       );
       await sleep(300);
-      await running.stop();
+      await stopAndCheck(running);
       console.log(
         `${first} first: ${
           clients.reduce((s, c) => s + c.resubmitted, 0)

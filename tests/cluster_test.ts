@@ -11,32 +11,16 @@ import {
   idOf,
   startTestServer,
   startWorker,
-  type TestClient,
   type TestServer,
   type TestWorker,
   waitFor,
 } from "./_helpers.ts";
-import { converged, rotate, startClusterServers } from "./_cluster.ts";
+import { converged, startClusterRig } from "./_cluster.ts";
 import { NATS_MISSING, NatsCluster } from "./_nats.ts";
 import { hasOpenssl, makePki } from "./_pki.ts";
-import { runProgram } from "./_procs.ts";
+import { runProgram, SERVER_LOOPBACK_ARGS } from "./_procs.ts";
 
 const ignore = NATS_MISSING !== undefined;
-
-/**
- * `n` in-process servers joined into one cluster on `nats`, each starting on a different NATS
- * node when there are several; `await using` closes them all at the end of the scope.
- */
-function startServers(
-  nats: NatsCluster,
-  n: number,
-  name = "t",
-): Promise<TestServer[] & AsyncDisposable> {
-  return startClusterServers(
-    name,
-    Array.from({ length: n }, (_, i) => ({ servers: rotate(nats.urls, i) })),
-  );
-}
 
 const whoAmI = (name: string) => () => name;
 
@@ -81,16 +65,12 @@ for (const nodes of [1, 3]) {
       `cluster on ${on}: a request at one server runs on a worker of another`,
     ignore,
     fn: async () => {
-      await using nats = await new NatsCluster(nodes).start();
-      await using servers = await startServers(nats, 3);
-      await using clients = group<TestClient>();
-      await using workers = group<TestWorker>();
-      workers.push(
-        await startWorker(servers[1], {
-          name: "only-on-s1",
-          actions: { who: whoAmI("only-on-s1") },
-        }),
-      );
+      await using c = await startClusterRig(3, { nodes });
+      const { servers, workers, clients } = c;
+      await c.worker(1, {
+        name: "only-on-s1",
+        actions: { who: whoAmI("only-on-s1") },
+      });
       await converged(servers, 1);
       for (const server of [servers[0], servers[2]]) {
         const client = await connectClient(server.requesterUrl);
@@ -142,16 +122,13 @@ Deno.test({
     "cluster: a crossing request is one NATS request-reply, its metadata in headers, and each gets its own answer",
   ignore,
   fn: async () => {
-    await using nats = await new NatsCluster(1).start();
-    await using servers = await startServers(nats, 2);
-    await using workers = group<TestWorker>();
-    workers.push(
-      await startWorker(servers[1], {
-        name: "doubler",
-        concurrency: 64,
-        actions: { double: (p) => (p as { n: number }).n * 2 },
-      }),
-    );
+    await using c = await startClusterRig(2);
+    const { nats, servers } = c;
+    await c.worker(1, {
+      name: "doubler",
+      concurrency: 64,
+      actions: { double: (p) => (p as { n: number }).n * 2 },
+    });
     await converged(servers, 1);
     const origin = (await servers[0].cluster!).id;
     const target = (await servers[1].cluster!).id;
@@ -213,28 +190,23 @@ Deno.test({
   name: "cluster: one balancer over the workers of every server",
   ignore,
   fn: async () => {
-    await using nats = await new NatsCluster(1).start();
-    await using servers = await startServers(nats, 3);
-    await using clients = group<TestClient>();
-    await using workers = group<TestWorker>();
-    for (const [i, server] of servers.entries()) {
-      workers.push(
-        await startWorker(server, {
-          name: `w${i}`,
-          concurrency: 2,
-          actions: {
-            // Slow enough that requests overlap, so load decides the placement.
-            slow: async () => {
-              await new Promise((r) => setTimeout(r, 20));
-              return `w${i}`;
-            },
+    await using c = await startClusterRig(3);
+    const { servers } = c;
+    for (const i of servers.keys()) {
+      await c.worker(i, {
+        name: `w${i}`,
+        concurrency: 2,
+        actions: {
+          // Slow enough that requests overlap, so load decides the placement.
+          slow: async () => {
+            await new Promise((r) => setTimeout(r, 20));
+            return `w${i}`;
           },
-        }),
-      );
+        },
+      });
     }
     await converged(servers, 3);
-    const client = await connectClient(servers[0].requesterUrl);
-    clients.push(client);
+    const client = await c.client(0);
     const answers = await Promise.all(
       Array.from({ length: 30 }, () => client.request("slow", {})),
     );
@@ -270,17 +242,13 @@ Deno.test({
     "cluster: a batch places codes by rendezvous over every server's workers, the same through any server, streamed too",
   ignore,
   fn: async () => {
-    await using nats = await new NatsCluster(1).start();
-    await using servers = await startServers(nats, 3);
-    await using clients = group<TestClient>();
-    await using workers = group<TestWorker>();
-    for (const [i, server] of servers.entries()) {
-      workers.push(
-        await startWorker(server, {
-          name: `m${i}`,
-          actions: { get_markets: markets(`m${i}`) },
-        }),
-      );
+    await using c = await startClusterRig(3);
+    const { servers, clients } = c;
+    for (const i of servers.keys()) {
+      await c.worker(i, {
+        name: `m${i}`,
+        actions: { get_markets: markets(`m${i}`) },
+      });
     }
     await converged(servers, 3);
     const items = Array.from({ length: 60 }, (_, i) => ({
@@ -328,15 +296,12 @@ Deno.test({
     "cluster: the console lists every worker with its server and reaches a worker of another server",
   ignore,
   fn: async () => {
-    await using nats = await new NatsCluster(1).start();
-    await using servers = await startServers(nats, 2);
-    await using workers = group<TestWorker>();
-    workers.push(
-      await startWorker(servers[1], {
-        name: "far",
-        actions: { who: whoAmI("far") },
-      }),
-    );
+    await using c = await startClusterRig(2);
+    const { servers, workers } = c;
+    await c.worker(1, {
+      name: "far",
+      actions: { who: whoAmI("far") },
+    });
     await converged(servers, 1);
     const lines: string[] = [];
     await serverCommand(servers[0].broker, "list", (t) => lines.push(t));
@@ -365,9 +330,8 @@ Deno.test({
     "cluster: console broadcast and custom messages reach workers of every server, once each",
   ignore,
   fn: async () => {
-    await using nats = await new NatsCluster(1).start();
-    await using servers = await startServers(nats, 3);
-    await using workers = group<TestWorker>();
+    await using c = await startClusterRig(3);
+    const { servers, workers } = c;
     const got = new Map<string, string[]>();
     for (const [i, name] of ["here", "far1", "far2"].entries()) {
       const worker = await startWorker(servers[i], { name });
@@ -467,10 +431,8 @@ Deno.test({
     "cluster: an action a remote worker marked non-retriable is not run again when that worker is lost",
   ignore,
   fn: async () => {
-    await using nats = await new NatsCluster(1).start();
-    await using servers = await startServers(nats, 2);
-    await using clients = group<TestClient>();
-    await using workers = group<TestWorker>();
+    await using c = await startClusterRig(2);
+    const { servers, workers } = c;
     const calls = { far: 0, near: 0 };
     const far = await startWorker(servers[1], { name: "far" });
     workers.push(far);
@@ -493,8 +455,7 @@ Deno.test({
         servers[0].broker.workers().some((w) => w.actions?.includes("charge")),
       "s0 to see far's charge action",
     );
-    const client = await connectClient(servers[0].requesterUrl);
-    clients.push(client);
+    const client = await c.client(0);
     const answer = answerOf(
       client.request("charge", {}, { timeout: 10 }),
       "the charge",
@@ -502,17 +463,15 @@ Deno.test({
     );
     await waitFor(() => calls.far === 1, "far to start charging");
     // A second worker that would take the request again, if it were retriable.
-    workers.push(
-      await startWorker(servers[0], {
-        name: "near",
-        actions: {
-          charge: () => {
-            calls.near++;
-            return "charged twice";
-          },
+    await c.worker(0, {
+      name: "near",
+      actions: {
+        charge: () => {
+          calls.near++;
+          return "charged twice";
         },
-      }),
-    );
+      },
+    });
     await far.stop(0);
     const result = await answer;
     assert.equal(result.success, false);
@@ -592,12 +551,7 @@ Deno.test("cluster flags - mistakes get one clear line and exit 2", async () => 
     ] as const
   ) {
     const out = await runProgram("server.ts", [
-      "--host",
-      "127.0.0.1",
-      "--port",
-      "0",
-      "--requester-port",
-      "0",
+      ...SERVER_LOOPBACK_ARGS,
       "--no-console",
       ...args,
     ]);
