@@ -54,6 +54,12 @@ Deno.test("store - a replaced series reads back bar for bar, optional fields sta
     // A second replace drops the old bars rather than adding to them.
     await store.commit({ replace: [{ key: KEY, bars: series.slice(0, 10) }] });
     assert.equal((await store.readSeries(KEY)).length, 10);
+    // Replacing another series later drops only that series' old bars.
+    const other: SeriesKey = { ...KEY, code: "159915" };
+    await store.commit({ replace: [{ key: other, bars: bars(20) }] });
+    await store.commit({ replace: [{ key: other, bars: bars(30) }] });
+    assert.deepEqual(await store.readSeries(KEY), series.slice(0, 10));
+    assert.equal((await store.readSeries(other)).length, 30);
   } finally {
     await store.close();
   }

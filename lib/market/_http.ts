@@ -1,8 +1,11 @@
 /**
- * Request headers that look like a browser's, and number parsing shared by HTTP providers.
+ * Request headers that look like a browser's, an upstream's base URL and gate, and number
+ * parsing, shared by HTTP providers.
  *
  * @module
  */
+
+import type { HostGate } from "./host_gate.ts";
 
 /** A desktop browser's User-Agent; both hosts serve the same data to their own web pages. */
 export const BROWSER_USER_AGENT =
@@ -17,4 +20,14 @@ export function numberOf(text: unknown): number | undefined {
   }
   const value = Number(text);
   return Number.isFinite(value) ? value : undefined;
+}
+
+/** An upstream's base URL (without a trailing slash), its host, and the gate for that host. */
+export function upstream(
+  baseUrl: string,
+  gateFor: (host: string) => HostGate,
+): { baseUrl: string; host: string; gate: HostGate } {
+  const url = baseUrl.replace(/\/+$/, "");
+  const host = new URL(url).host;
+  return { baseUrl: url, host, gate: gateFor(host) };
 }

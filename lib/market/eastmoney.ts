@@ -8,14 +8,15 @@
 import { UnknownCodeError, UpstreamUnavailableError } from "./errors.ts";
 import type { HostGate } from "./host_gate.ts";
 import { secidCandidates } from "./secid.ts";
-import { BROWSER_USER_AGENT, numberOf } from "./_http.ts";
-import type {
-  Adjust,
-  Bar,
-  MarketProvider,
-  Period,
-  Series,
-  SeriesQuery,
+import { BROWSER_USER_AGENT, numberOf, upstream } from "./_http.ts";
+import {
+  type Adjust,
+  type Bar,
+  type MarketProvider,
+  OPTIONAL_BAR_FIELDS,
+  type Period,
+  type Series,
+  type SeriesQuery,
 } from "./types.ts";
 
 /** Eastmoney's default base URL. */
@@ -49,9 +50,10 @@ export interface EastmoneyProviderOptions {
 export function createEastmoneyProvider(
   options: EastmoneyProviderOptions,
 ): MarketProvider {
-  const baseUrl = (options.baseUrl ?? EASTMONEY_URL).replace(/\/+$/, "");
-  const host = new URL(baseUrl).host;
-  const gate = options.gateFor(host);
+  const { baseUrl, host, gate } = upstream(
+    options.baseUrl ?? EASTMONEY_URL,
+    options.gateFor,
+  );
   // Codes that answered with bars once: an empty answer for them later is a ban, not a fact.
   const hadData = new Set<string>();
   // Index code → the secid that answered, so the market fallback runs once per code.
@@ -172,14 +174,8 @@ function parseKline(host: string, line: unknown): Bar {
     );
   }
   const bar: Bar = { date, open, high, low, close, volume };
-  const optional = [
-    "amount",
-    "amplitude",
-    "pct_change",
-    "change",
-    "turnover",
-  ] as const;
-  optional.forEach((field, i) => {
+  // The line's tail is the optional fields in their column order.
+  OPTIONAL_BAR_FIELDS.forEach((field, i) => {
     const value = numberOf(fields[6 + i]);
     if (value !== undefined) bar[field] = value;
   });

@@ -66,19 +66,4 @@ export type { HostLimits } from "./politeness.ts";
 export type { ProxyFetch } from "./upstream_options.ts";
 export type { Clock } from "./clock.ts";
 export type { MarketError } from "./errors.ts";
-export type {
-  Adjust,
-  Bar,
-  DayPeriod,
-  MarketErrorCode,
-  MarketFailure,
-  MarketParams,
-  MarketProvider,
-  MarketResult,
-  MarketSuccess,
-  MinutePeriod,
-  Period,
-  Series,
-  SeriesQuery,
-  SymbolType,
-} from "./types.ts";
+export type * from "./types.ts";

@@ -7,7 +7,7 @@
  */
 
 import { shanghaiDate } from "./_dates.ts";
-import { BROWSER_USER_AGENT, numberOf } from "./_http.ts";
+import { BROWSER_USER_AGENT, numberOf, upstream } from "./_http.ts";
 import type { Clock } from "./clock.ts";
 import { UpstreamBlockedError, UpstreamUnavailableError } from "./errors.ts";
 import type { HostGate } from "./host_gate.ts";
@@ -138,9 +138,10 @@ export async function requestListPage(
 
 /** Creates a {@linkcode SymbolLister}. */
 export function createSymbolLister(options: SymbolListerOptions): SymbolLister {
-  const baseUrl = (options.baseUrl ?? EASTMONEY_LIST_URL).replace(/\/+$/, "");
-  const host = new URL(baseUrl).host;
-  const gate = options.gateFor(host);
+  const { baseUrl, host, gate } = upstream(
+    options.baseUrl ?? EASTMONEY_LIST_URL,
+    options.gateFor,
+  );
   const memory = new Map<SymbolType, Stored>();
   const flights = new Map<SymbolType, Promise<Stored>>();
   const dir = options.cacheDir?.replace(/\/+$/, "");

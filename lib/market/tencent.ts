@@ -15,7 +15,7 @@ import {
 import type { HostGate } from "./host_gate.ts";
 import { secidCandidates } from "./secid.ts";
 import { shanghaiDate } from "./_dates.ts";
-import { BROWSER_USER_AGENT, numberOf } from "./_http.ts";
+import { BROWSER_USER_AGENT, numberOf, upstream } from "./_http.ts";
 import type {
   Bar,
   DayPeriod,
@@ -27,16 +27,11 @@ import type {
 /** Tencent's default base URL: the proxy in front of `web.ifzq.gtimg.cn` that akshare uses. */
 export const TENCENT_URL = "https://proxy.finance.qq.com/ifzqgtimg";
 
-const UNIT: Record<DayPeriod, string> = {
-  daily: "day",
-  weekly: "week",
-  monthly: "month",
-};
-/** Years per page, so that a page stays under Tencent's 640-bar cap. */
-const PAGE_YEARS: Record<DayPeriod, number> = {
-  daily: 2,
-  weekly: 12,
-  monthly: 50,
+/** Per period: Tencent's unit, and the years per page that keep a page under its 640-bar cap. */
+const PERIODS: Record<DayPeriod, { unit: string; pageYears: number }> = {
+  daily: { unit: "day", pageYears: 2 },
+  weekly: { unit: "week", pageYears: 12 },
+  monthly: { unit: "month", pageYears: 50 },
 };
 const FIRST_YEAR = 1990;
 
@@ -72,9 +67,10 @@ export function tencentSymbol(
 export function createTencentProvider(
   options: TencentProviderOptions,
 ): MarketProvider {
-  const baseUrl = (options.baseUrl ?? TENCENT_URL).replace(/\/+$/, "");
-  const host = new URL(baseUrl).host;
-  const gate = options.gateFor(host);
+  const { baseUrl, host, gate } = upstream(
+    options.baseUrl ?? TENCENT_URL,
+    options.gateFor,
+  );
   const clock = options.clock ?? systemClock;
   const hadData = new Set<string>();
 
@@ -86,7 +82,7 @@ export function createTencentProvider(
     signal: AbortSignal,
   ): Promise<{ name?: string; bars: Bar[]; known: boolean }> {
     const fq = query.adjust === "none" ? "" : query.adjust;
-    const unit = UNIT[query.period as DayPeriod];
+    const { unit } = PERIODS[query.period as DayPeriod];
     const param = `${symbol},${unit},${from}-01-01,${to}-12-31,640,${fq}`;
     const first = to >= +shanghaiDate(clock.now()).slice(0, 4);
     const body = await gate.requestJson(
@@ -137,7 +133,7 @@ export function createTencentProvider(
     signal: AbortSignal,
   ): Promise<Series> {
     const symbol = tencentSymbol(query.symbolType, query.code);
-    const span = PAGE_YEARS[query.period as DayPeriod];
+    const span = PERIODS[query.period as DayPeriod].pageYears;
     const inShares = sharesNotLots(query.symbolType, query.code);
     const pages: Bar[][] = [];
     let name: string | undefined;
@@ -192,7 +188,7 @@ export function createTencentProvider(
   return {
     name: "tencent",
     host,
-    periods: Object.keys(UNIT) as DayPeriod[],
+    periods: Object.keys(PERIODS) as DayPeriod[],
     fetchSeries,
   };
 }

@@ -67,22 +67,35 @@ export interface Bar {
   turnover?: number;
 }
 
-/**
- * The bar fields in their one column order, for every writer of bars in English (HTTP CSV,
- * market files, JSON lines): the price columns as OHLC, then volume, then the optional ones.
- */
-export const BAR_FIELDS: readonly (keyof Bar)[] = [
-  "date",
+/** The bar fields every bar has besides its date: the prices as OHLC, then volume. */
+export const REQUIRED_BAR_FIELDS = [
   "open",
   "high",
   "low",
   "close",
   "volume",
+] as const;
+
+/**
+ * The bar fields a source may not give, in column order: the order Eastmoney's K-line lines end
+ * with, and akshare's columns too.
+ */
+export const OPTIONAL_BAR_FIELDS = [
   "amount",
   "amplitude",
   "pct_change",
   "change",
   "turnover",
+] as const;
+
+/**
+ * The bar fields in their one column order, for every writer of bars in English (HTTP CSV,
+ * market files, JSON lines, the store's tables): the date, the required fields, the optional ones.
+ */
+export const BAR_FIELDS: readonly (keyof Bar)[] = [
+  "date",
+  ...REQUIRED_BAR_FIELDS,
+  ...OPTIONAL_BAR_FIELDS,
 ];
 
 /** What a provider returns: a whole series from one source, oldest bar first. */

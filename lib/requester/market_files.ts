@@ -16,35 +16,28 @@ export type MarketFileFormat = "csv" | "jsonl" | "json";
 /** Column naming: English, or akshare's Chinese headers (so pandas code written for akshare works). */
 export type ColumnStyle = "english" | "akshare";
 
-/** akshare's column order of the bar fields: the close before the high and the low. */
-export const AKSHARE_FIELDS: readonly string[] = [
-  "date",
-  "open",
-  "close",
-  "high",
-  "low",
-  "volume",
-  "amount",
-  "amplitude",
-  "pct_change",
-  "change",
-  "turnover",
+/**
+ * akshare's columns: each bar field with its header, in akshare's order (the close before the
+ * high and the low).
+ */
+const AKSHARE_COLUMNS: readonly (readonly [field: string, header: string])[] = [
+  ["date", "日期"],
+  ["open", "开盘"],
+  ["close", "收盘"],
+  ["high", "最高"],
+  ["low", "最低"],
+  ["volume", "成交量"],
+  ["amount", "成交额"],
+  ["amplitude", "振幅"],
+  ["pct_change", "涨跌幅"],
+  ["change", "涨跌额"],
+  ["turnover", "换手率"],
 ];
 
-/** akshare's headers for {@linkcode AKSHARE_FIELDS}, in the same order. */
-export const AKSHARE_HEADERS: readonly string[] = [
-  "日期",
-  "开盘",
-  "收盘",
-  "最高",
-  "最低",
-  "成交量",
-  "成交额",
-  "振幅",
-  "涨跌幅",
-  "涨跌额",
-  "换手率",
-];
+const AKSHARE = {
+  fields: AKSHARE_COLUMNS.map(([field]) => field),
+  names: AKSHARE_COLUMNS.map(([, header]) => header),
+};
 
 /**
  * The bar fields in the order a column style writes them, with their names: English names in
@@ -54,7 +47,7 @@ export function columnsOf(
   style: ColumnStyle,
 ): { fields: readonly string[]; names: readonly string[] } {
   return style === "akshare"
-    ? { fields: AKSHARE_FIELDS, names: AKSHARE_HEADERS }
+    ? AKSHARE
     : { fields: BAR_FIELDS, names: BAR_FIELDS };
 }
 

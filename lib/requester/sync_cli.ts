@@ -8,12 +8,9 @@
 import { FlagError, numberFlag, parseFlags } from "../_flags.ts";
 import type { Adjust, Bar } from "../market/types.ts";
 import { latestClosedDay } from "../store/calendar.ts";
-import {
-  DEFAULT_STORE_PATH,
-  MarketStore,
-  type SeriesInfo,
-  StoreLockedError,
-} from "../store/store.ts";
+import { StoreLockedError } from "../store/database.ts";
+import { DEFAULT_STORE_PATH, MarketStore } from "../store/store.ts";
+import type { SeriesInfo } from "../store/types.ts";
 import {
   batchSizeFlag,
   dateFlag,
@@ -173,6 +170,42 @@ async function openStore(
   }
 }
 
+/** Opens the store read-only, prints what `read` makes of it, and closes it. */
+async function printFromStore(
+  path: string,
+  io: SyncIo,
+  read: (store: MarketStore) => Promise<string>,
+): Promise<number> {
+  const store = await openStore(path, io, "store", true);
+  if (typeof store === "number") return store;
+  try {
+    io.stdout(await read(store));
+    return RequesterExit.OK;
+  } finally {
+    await store.close();
+  }
+}
+
+/** A client connected to the server, or the exit code after saying why it is not. */
+async function connectClient(
+  conn: { url: string; token?: string; ca?: string },
+  io: SyncIo,
+  name: string,
+): Promise<RequesterClient | number> {
+  const client = new RequesterClient(conn.url, {
+    token: conn.token,
+    ca: conn.ca,
+  });
+  try {
+    await client.connect(io.signal);
+    return client;
+  } catch (error) {
+    io.stderr(`requester ${name}: ${(error as Error).message}\n`);
+    await client.close();
+    return RequesterExit.UNREACHABLE;
+  }
+}
+
 /** Runs `requester.ts sync`; resolves with the exit code. */
 export async function syncProgram(
   args: string[],
@@ -244,17 +277,13 @@ export async function syncProgram(
   const once = async (): Promise<number> => {
     const store = await openStore(command.store, io, "sync");
     if (typeof store === "number") return store;
-    const client = new RequesterClient(command.url, {
-      token: command.token,
-      ca: command.ca,
-    });
+    const { url, token, ca } = command;
+    const client = await connectClient({ url, token, ca }, io, "sync");
+    if (typeof client === "number") {
+      await store.close();
+      return client;
+    }
     try {
-      try {
-        await client.connect(io.signal);
-      } catch (error) {
-        io.stderr(`requester sync: ${(error as Error).message}\n`);
-        return RequesterExit.UNREACHABLE;
-      }
       let view: ProgressView | undefined;
       let last = { done: 0, failed: 0, total: 0 };
       try {
@@ -406,30 +435,18 @@ export async function storeProgram(
       );
       return RequesterExit.USAGE;
     }
-    if (values.out === undefined) {
+    const out = values.out;
+    if (out === undefined) {
       io.stderr("requester store: export needs --out DIR\n");
       return RequesterExit.USAGE;
     }
-    const store = await openStore(path, io, "store", true);
-    if (typeof store === "number") return store;
-    try {
-      const files = await store.export(format, values.out);
-      io.stdout(files.join("\n") + "\n");
-      return RequesterExit.OK;
-    } finally {
-      await store.close();
-    }
+    return await printFromStore(
+      path,
+      io,
+      async (store) => (await store.export(format, out)).join("\n") + "\n",
+    );
   }
-  if (action === "status") {
-    const store = await openStore(path, io, "store", true);
-    if (typeof store === "number") return store;
-    try {
-      io.stdout(await statusText(store));
-      return RequesterExit.OK;
-    } finally {
-      await store.close();
-    }
-  }
+  if (action === "status") return await printFromStore(path, io, statusText);
   let sample: number;
   try {
     sample = numberFlag("sample", values.sample, 20, { min: 1, integer: true });
@@ -439,17 +456,12 @@ export async function storeProgram(
   }
   const store = await openStore(path, io, "store");
   if (typeof store === "number") return store;
-  const client = new RequesterClient(conn.url, {
-    token: conn.token,
-    ca: conn.ca,
-  });
+  const client = await connectClient(conn, io, "store");
+  if (typeof client === "number") {
+    await store.close();
+    return client;
+  }
   try {
-    try {
-      await client.connect(io.signal);
-    } catch (error) {
-      io.stderr(`requester store: ${(error as Error).message}\n`);
-      return RequesterExit.UNREACHABLE;
-    }
     const result = await verifyStore(client, store, {
       sample,
       timeout: values.timeout === undefined ? 300 : Number(values.timeout),

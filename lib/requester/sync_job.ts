@@ -23,16 +23,15 @@ import type { SnapshotPage, SnapshotRow } from "../market/snapshot.ts";
 import type { Adjust, Bar, SymbolType } from "../market/types.ts";
 import { latestClosedDay, previousTradingDay } from "../store/calendar.ts";
 import { deriveBar } from "../store/derive.ts";
+import { barDifference, sameBar } from "../store/rows.ts";
+import type { MarketStore } from "../store/store.ts";
 import {
-  barDifference,
-  type MarketStore,
   type RawLast,
-  sameBar,
   seriesId,
   type SeriesInfo,
   type SeriesKey,
   type StoreChanges,
-} from "../store/store.ts";
+} from "../store/types.ts";
 
 export { barDifference, sameBar };
 import type { RequesterClient } from "./requester_client.ts";

@@ -21,15 +21,15 @@ import type {
 } from "../market/types.ts";
 import type { MarketFront } from "../broker/market_front.ts";
 import { closeOf } from "./calendar.ts";
+import { StoreLockedError } from "./database.ts";
+import { sameBar } from "./rows.ts";
+import { MarketStore } from "./store.ts";
 import {
-  MarketStore,
-  sameBar,
   seriesId,
   type SeriesInfo,
   type SeriesKey,
   type StoreChanges,
-  StoreLockedError,
-} from "./store.ts";
+} from "./types.ts";
 
 const logger = getLogger(["switchyard", "store"]);
 

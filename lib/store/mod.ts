@@ -4,21 +4,9 @@
  * @module
  */
 
-export {
-  DEFAULT_STORE_PATH,
-  MarketStore,
-  seriesId,
-  StoreLockedError,
-} from "./store.ts";
-export type {
-  MarketStoreOptions,
-  RawLast,
-  SeriesInfo,
-  SeriesKey,
-  StoreChanges,
-  StoreStatusRow,
-  SymbolInfo,
-} from "./store.ts";
+export { DEFAULT_STORE_PATH, MarketStore } from "./store.ts";
+export { type MarketStoreOptions, StoreLockedError } from "./database.ts";
+export * from "./types.ts";
 export {
   CALENDAR_INDEX,
   closeOf,
