@@ -8,7 +8,6 @@
  */
 
 import { DatabaseSync } from "node:sqlite";
-import { systemClock } from "../lib/market/clock.ts";
 import { HOST_LIMITS } from "../lib/market/politeness.ts";
 import { createMarketService } from "../lib/market/service.ts";
 import type { Adjust, Bar, SymbolType } from "../lib/market/types.ts";
@@ -16,8 +15,12 @@ import { startServer } from "../lib/broker/server.ts";
 import { Worker } from "../lib/worker/worker_client.ts";
 import { barDifference } from "../lib/store/rows.ts";
 import { MarketStore } from "../lib/store/store.ts";
-import { startFakeMarket } from "../tests/_fake_market.ts";
+import {
+  directServiceOptions,
+  startFakeMarket,
+} from "../tests/_fake_market.ts";
 import { rssMiB } from "./_spawn.ts";
+import { bar, code, key, weekdays } from "./_store_rig.ts";
 import { type Check, fixed, table } from "./_stats.ts";
 
 /** Options for {@linkcode runStoreBench}. */
@@ -97,18 +100,10 @@ export async function runStoreBench(
     suspendRate: 0.005,
     newListingsPerDay: 2,
   });
-  const now = () => market.updatedAt + 60_000;
   const service = createMarketService({
-    eastmoneyUrl: market.url,
-    eastmoneyListUrl: market.url,
-    eastmoneySnapshotFallbackUrl: null,
-    rateLimit: 0,
-    budgetHour: 0,
-    budgetDay: 0,
-    retries: 0,
+    ...directServiceOptions(market),
     hostConcurrency: 8,
     itemConcurrency: 8,
-    clock: { now, sleep: (ms, s) => systemClock.sleep(ms, s) },
   });
   const server = startServer({
     host: "127.0.0.1",
@@ -340,6 +335,18 @@ function sameSeries(a: Bar[], b: Bar[]): boolean {
   return true;
 }
 
+/** The median time of 20 runs of `run(r)` one after the other, ms. */
+async function medianOf20(run: (r: number) => unknown): Promise<number> {
+  const ms: number[] = [];
+  for (let r = 0; r < 20; r++) {
+    const t = performance.now();
+    const out = run(r);
+    if (out instanceof Promise) await out;
+    ms.push(performance.now() - t);
+  }
+  return median(ms.sort((a, b) => a - b));
+}
+
 function median(sorted: number[]): number {
   return sorted.length === 0 ? NaN : sorted[Math.floor(sorted.length / 2)];
 }
@@ -357,28 +364,7 @@ export async function runEngines(
   const perSymbol = Math.max(1, Math.floor(bars / symbols));
   const total = perSymbol * symbols;
   const dir = await Deno.makeTempDir({ prefix: "store_engines_" });
-  const days: string[] = [];
-  for (let t = Date.UTC(2000, 0, 3); days.length < perSymbol; t += 86_400_000) {
-    const w = new Date(t).getUTCDay();
-    if (w !== 0 && w !== 6) days.push(new Date(t).toISOString().slice(0, 10));
-  }
-  const code = (i: number) => String(100000 + i);
-  const bar = (i: number, d: number): Bar => {
-    const p = 10 + ((i * 31 + d * 17) % 1000) / 100;
-    return {
-      date: days[d],
-      open: p,
-      high: p + 0.1,
-      low: p - 0.1,
-      close: p + 0.05,
-      volume: 1000 + d,
-      amount: p * 100_000,
-      amplitude: 2,
-      pct_change: 0.5,
-      change: 0.05,
-      turnover: 1.2,
-    };
-  };
+  const days = weekdays(perSymbol);
   const rows: EngineRow[] = [];
   try {
     log(`store: engines, ${total} bars each …`);
@@ -386,40 +372,26 @@ export async function runEngines(
     {
       const path = `${dir}/engines.duckdb`;
       const store = await MarketStore.open(path);
-      let t = performance.now();
+      const t = performance.now();
       const step = 100;
       for (let i = 0; i < symbols; i += step) {
         const replace = [];
         for (let k = i; k < Math.min(symbols, i + step); k++) {
           replace.push({
-            key: {
-              symbolType: "stock" as const,
-              code: code(k),
-              adjust: "qfq" as const,
-            },
-            bars: days.map((_, d) => bar(k, d)),
+            key: key(k),
+            bars: days.map((_, d) => bar(days, k, d)),
           });
         }
         await store.commit({ replace });
       }
       await store.compact();
       const ingestS = (performance.now() - t) / 1000;
-      const reads: number[] = [];
-      for (let r = 0; r < 20; r++) {
-        t = performance.now();
-        await store.readSeries({
-          symbolType: "stock",
-          code: code((r * 331) % symbols),
-          adjust: "qfq",
-        });
-        reads.push(performance.now() - t);
-      }
-      const cross: number[] = [];
-      for (let r = 0; r < 20; r++) {
-        t = performance.now();
-        await store.crossSection("stock", "qfq", days[(r * 37) % days.length]);
-        cross.push(performance.now() - t);
-      }
+      const readMs = await medianOf20((r) =>
+        store.readSeries(key((r * 331) % symbols))
+      );
+      const crossSectionMs = await medianOf20((r) =>
+        store.crossSection("stock", "qfq", days[(r * 37) % days.length])
+      );
       await store.close();
       rows.push({
         engine: "duckdb (@duckdb/node-api)",
@@ -427,8 +399,8 @@ export async function runEngines(
         ingestS,
         barsPerS: total / ingestS,
         fileMiB: (await Deno.stat(path)).size / 1_048_576,
-        readMs: median(reads.sort((a, b) => a - b)),
-        crossSectionMs: median(cross.sort((a, b) => a - b)),
+        readMs,
+        crossSectionMs,
       });
     }
     // node:sqlite, the fallback: the same rows, a primary key on (code, date) and an index on date.
@@ -443,11 +415,11 @@ export async function runEngines(
       const insert = db.prepare(
         "INSERT INTO bars VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
       );
-      let t = performance.now();
+      const t = performance.now();
       db.exec("BEGIN");
       for (let i = 0; i < symbols; i++) {
         for (let d = 0; d < days.length; d++) {
-          const b = bar(i, d);
+          const b = bar(days, i, d);
           insert.run(
             "stock",
             code(i),
@@ -475,18 +447,12 @@ export async function runEngines(
       const day = db.prepare(
         "SELECT * FROM bars WHERE adjust = 'qfq' AND date = ? ORDER BY code",
       );
-      const reads: number[] = [];
-      for (let r = 0; r < 20; r++) {
-        t = performance.now();
-        one.all(code((r * 331) % symbols));
-        reads.push(performance.now() - t);
-      }
-      const cross: number[] = [];
-      for (let r = 0; r < 20; r++) {
-        t = performance.now();
-        day.all(days[(r * 37) % days.length]);
-        cross.push(performance.now() - t);
-      }
+      const readMs = await medianOf20((r) =>
+        one.all(code((r * 331) % symbols))
+      );
+      const crossSectionMs = await medianOf20((r) =>
+        day.all(days[(r * 37) % days.length])
+      );
       db.exec("PRAGMA wal_checkpoint(TRUNCATE)");
       db.close();
       rows.push({
@@ -495,8 +461,8 @@ export async function runEngines(
         ingestS,
         barsPerS: total / ingestS,
         fileMiB: (await Deno.stat(path)).size / 1_048_576,
-        readMs: median(reads.sort((a, b) => a - b)),
-        crossSectionMs: median(cross.sort((a, b) => a - b)),
+        readMs,
+        crossSectionMs,
       });
     }
   } finally {

@@ -11,6 +11,7 @@
 import { parseArgs } from "node:util";
 import { MarketStore } from "../lib/store/store.ts";
 import { table } from "./_stats.ts";
+import { weekdays } from "./_store_rig.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -35,15 +36,7 @@ if (values.child !== undefined) {
       threads: Number(threads),
       memoryLimit,
     });
-    const days: string[] = [];
-    for (
-      let t = Date.UTC(2020, 0, 1);
-      days.length < Number(values.days);
-      t += 86_400_000
-    ) {
-      const w = new Date(t).getUTCDay();
-      if (w !== 0 && w !== 6) days.push(new Date(t).toISOString().slice(0, 10));
-    }
+    const days = weekdays(Number(values.days), Date.UTC(2020, 0, 1));
     const series = Number(values.series);
     for (let i = 0; i < series; i += 100) {
       const replace = [];

@@ -15,8 +15,9 @@
 
 import { parseArgs } from "node:util";
 import { DuckDBInstance } from "npm:@duckdb/node-api@1.5.6-r.1";
-import type { Bar } from "../lib/market/types.ts";
+import { BAR_COLUMNS, barOf } from "../lib/store/rows.ts";
 import { MarketStore } from "../lib/store/store.ts";
+import { bar, key, weekdays } from "./_store_rig.ts";
 import { fixed, table } from "./_stats.ts";
 
 const { values } = parseArgs({
@@ -35,33 +36,7 @@ const appended = Math.min(Number(values.days), perSymbol - 1);
 const reps = Number(values.reps);
 const runs = Number(values.runs);
 
-const days: string[] = [];
-for (let t = Date.UTC(2000, 0, 3); days.length < perSymbol; t += 86_400_000) {
-  const w = new Date(t).getUTCDay();
-  if (w !== 0 && w !== 6) days.push(new Date(t).toISOString().slice(0, 10));
-}
-const code = (i: number) => String(100000 + i);
-const bar = (i: number, d: number): Bar => {
-  const p = 10 + ((i * 31 + d * 17) % 1000) / 100;
-  return {
-    date: days[d],
-    open: p,
-    high: p + 0.1,
-    low: p - 0.1,
-    close: p + 0.05,
-    volume: 1000 + d,
-    amount: p * 100_000,
-    amplitude: 2,
-    pct_change: 0.5,
-    change: 0.05,
-    turnover: 1.2,
-  };
-};
-const key = (i: number) => ({
-  symbolType: "stock" as const,
-  code: code(i),
-  adjust: "qfq" as const,
-});
+const days = weekdays(perSymbol);
 
 const dir = await Deno.makeTempDir({ prefix: "store_reads_" });
 const path = `${dir}/reads.duckdb`;
@@ -75,7 +50,7 @@ const path = `${dir}/reads.duckdb`;
     for (let k = i; k < Math.min(symbols, i + 100); k++) {
       replace.push({
         key: key(k),
-        bars: days.slice(0, fill).map((_, d) => bar(k, d)),
+        bars: days.slice(0, fill).map((_, d) => bar(days, k, d)),
       });
     }
     await store.commit({ replace });
@@ -83,30 +58,11 @@ const path = `${dir}/reads.duckdb`;
   for (let d = fill; d < perSymbol; d++) {
     const append = [];
     for (let k = 0; k < symbols; k++) {
-      append.push({ key: key(k), bars: [bar(k, d)] });
+      append.push({ key: key(k), bars: [bar(days, k, d)] });
     }
     await store.commit({ append });
   }
   await store.close();
-}
-
-const LEGACY_COLUMNS =
-  "symbol_type, code, adjust, strftime(date, '%Y-%m-%d') AS date, open, high, low, close, volume, amount, amplitude, pct_change, change, turnover";
-
-function legacyBar(r: unknown[]): Bar {
-  const b: Bar = {
-    date: r[3] as string,
-    open: r[4] as number,
-    high: r[5] as number,
-    low: r[6] as number,
-    close: r[7] as number,
-    volume: r[8] as number,
-  };
-  (["amount", "amplitude", "pct_change", "change", "turnover"] as const)
-    .forEach((f, i) => {
-      if (r[9 + i] !== null) b[f] = r[9 + i] as number;
-    });
-  return b;
 }
 
 type Row = string[];
@@ -150,10 +106,10 @@ async function measure(state: string, threads = 1): Promise<void> {
         add(s, "store.readSeries (prepared, columns)", performance.now() - t);
         t = performance.now();
         const legacy = (await conn.runAndReadAll(
-          `SELECT ${LEGACY_COLUMNS} FROM bars WHERE symbol_type = $1 AND code = $2 AND adjust = $3
+          `SELECT ${BAR_COLUMNS} FROM bars WHERE symbol_type = $1 AND code = $2 AND adjust = $3
              AND date >= CAST($4 AS DATE) AND date <= CAST($5 AS DATE) ORDER BY date`,
           [k.symbolType, k.code, k.adjust, "1900-01-01", "2999-12-31"],
-        )).getRows().map(legacyBar);
+        )).getRows().map(barOf);
         add(s, "plain query (planned per call, rows)", performance.now() - t);
         if (
           got.length !== legacy.length ||
@@ -184,9 +140,9 @@ async function measure(state: string, threads = 1): Promise<void> {
           );
           t = performance.now();
           (await conn.runAndReadAll(
-            `SELECT ${LEGACY_COLUMNS} FROM bars WHERE adjust = $1 AND date = CAST($2 AS DATE) ORDER BY symbol_type, code`,
+            `SELECT ${BAR_COLUMNS} FROM bars WHERE adjust = $1 AND date = CAST($2 AS DATE) ORDER BY symbol_type, code`,
             ["qfq", day],
-          )).getRows().map(legacyBar);
+          )).getRows().map(barOf);
           add(c, "plain query (planned per call, rows)", performance.now() - t);
           add(
             c,

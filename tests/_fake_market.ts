@@ -15,10 +15,34 @@
  * @module
  */
 
+import { systemClock } from "../lib/market/clock.ts";
+import type { MarketServiceOptions } from "../lib/market/service.ts";
 import type { Adjust, Bar, SymbolType } from "../lib/market/types.ts";
 import { LIST_FILTERS } from "../lib/market/symbols.ts";
 import { roundHalfAway } from "../lib/store/derive.ts";
 import { listPageAnswer } from "./_fake_eastmoney.ts";
+
+/**
+ * Options of a market service that asks `market` directly: no pacing, budgets or retries, and
+ * the market's own time (a series fetched on an earlier simulated day is stale).
+ */
+export function directServiceOptions(
+  market: FakeMarket,
+): MarketServiceOptions {
+  return {
+    eastmoneyUrl: market.url,
+    eastmoneyListUrl: market.url,
+    eastmoneySnapshotFallbackUrl: null,
+    rateLimit: 0,
+    budgetHour: 0,
+    budgetDay: 0,
+    retries: 0,
+    clock: {
+      now: () => market.updatedAt + 60_000,
+      sleep: (ms, signal) => systemClock.sleep(ms, signal),
+    },
+  };
+}
 
 /** Options for {@linkcode startFakeMarket}. */
 export interface FakeMarketOptions {

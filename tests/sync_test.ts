@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { systemClock } from "../lib/market/clock.ts";
 import { createMarketService } from "../lib/market/service.ts";
 import type { Adjust, SymbolType } from "../lib/market/types.ts";
 import {
@@ -10,6 +9,7 @@ import {
 import { MarketStore } from "../lib/store/store.ts";
 import { verifyStore } from "../lib/requester/sync_cli.ts";
 import {
+  directServiceOptions,
   type FakeMarket,
   type FakeMarketOptions,
   startFakeMarket,
@@ -31,20 +31,7 @@ const ADJUSTS: Adjust[] = ["none", "qfq", "hfq"];
 export async function syncRig(options: FakeMarketOptions = {}) {
   const market = startFakeMarket(options);
   const server = startTestServer();
-  const service = createMarketService({
-    eastmoneyUrl: market.url,
-    eastmoneyListUrl: market.url,
-    eastmoneySnapshotFallbackUrl: null,
-    rateLimit: 0,
-    budgetHour: 0,
-    budgetDay: 0,
-    retries: 0,
-    // The market's own time: a series fetched on an earlier simulated day is stale.
-    clock: {
-      now: () => market.updatedAt + 60_000,
-      sleep: (ms, signal) => systemClock.sleep(ms, signal),
-    },
-  });
+  const service = createMarketService(directServiceOptions(market));
   const worker = await startWorker(server, { actions: service.actions() });
   const client = await connectClient(server.requesterUrl, { timeout: 60 });
   return releasing({ market, server, service, worker, client }, async (r) => {
