@@ -1,4 +1,5 @@
-// The layout of lib/ (docs/architecture.md): no module imports itself back through others.
+// The layout of lib/ (docs/architecture.md): no module imports itself back through others, and
+// the doc names only files and members that exist, as code moves under it.
 
 import assert from "node:assert/strict";
 
@@ -107,3 +108,40 @@ Deno.test("layout - the worker's and the transport's modules import nothing of t
   );
   assert.deepEqual(crossings, []);
 });
+
+Deno.test("layout - docs/architecture.md names only files and members that exist", async () => {
+  const doc = await Deno.readTextFile(new URL("docs/architecture.md", ROOT));
+  const names = [...doc.matchAll(/`([^`\s]+)`/g)].map((m) => m[1]);
+  const sources = new Map<string, string>();
+  for await (const path of libFiles("lib/")) {
+    sources.set(path, await Deno.readTextFile(new URL(path, ROOT)));
+  }
+  const missing: string[] = [];
+  for (const name of names) {
+    if (/^lib\/[\w/]+\.ts$/.test(name) && !sources.has(name)) {
+      missing.push(name);
+    }
+    // `Class.method` and `Class.#method` must be written in the file that declares the class.
+    const member = /^([A-Z]\w*)\.(#?\w+)$/.exec(name);
+    if (!member) continue;
+    const [, cls, field] = member;
+    const file = [...sources.values()].find((text) =>
+      new RegExp(`^(export )?class ${cls}\\b`, "m").test(text)
+    );
+    const written = new RegExp(
+      `^\\s+(async |static |get |readonly |override )*${field}\\s*[(<=:?]`,
+      "m",
+    );
+    if (file === undefined || !written.test(file)) missing.push(name);
+  }
+  assert.ok(names.length > 50, `only ${names.length} names read`);
+  assert.deepEqual(missing, []);
+});
+
+async function* libFiles(dir: string): AsyncGenerator<string> {
+  for await (const entry of Deno.readDir(new URL(dir, ROOT))) {
+    const path = dir + entry.name;
+    if (entry.isDirectory) yield* libFiles(path + "/");
+    else if (path.endsWith(".ts")) yield path;
+  }
+}
