@@ -204,7 +204,8 @@ export async function health(port: number): Promise<Health> {
 
 /**
  * Waits until the `/health` of the server whose worker port is `port` satisfies `predicate`
- * (a server not listening yet is waited for too); throws with the last one after `ms`.
+ * (a server not listening yet is waited for too); throws after `ms` with the last `/health`,
+ * and with the error of the last attempt when it failed (a server that crashed shows here).
  */
 export async function healthUntil(
   port: number,
@@ -214,16 +215,35 @@ export async function healthUntil(
 ): Promise<void> {
   const end = Date.now() + ms;
   let last: Health | undefined;
+  let failure: unknown;
   while (Date.now() < end) {
     try {
       last = await health(port);
+      failure = undefined;
       if (predicate(last)) return;
-    } catch {
-      // Not listening yet.
+    } catch (error) {
+      failure = error;
     }
     await sleep(25);
   }
-  throw new Error(`Timed out waiting for ${what}: ${JSON.stringify(last)}`);
+  throw new Error(
+    `Timed out waiting for ${what}: last /health ${JSON.stringify(last)}` +
+      (failure === undefined ? "" : `, then: ${describe(failure)}`),
+    { cause: failure },
+  );
+}
+
+/** `error` with its causes: a failed fetch says why only in its cause. */
+function describe(error: unknown): string {
+  let text = String(error);
+  for (
+    let cause = (error as Error).cause;
+    cause !== undefined;
+    cause = (cause as Error).cause
+  ) {
+    text += `: ${cause instanceof Error ? cause.message : String(cause)}`;
+  }
+  return text;
 }
 
 /** Options for {@linkcode startLoadWorker}. */
@@ -382,6 +402,8 @@ export interface LoadOptions {
 export interface Load extends AsyncDisposable {
   /** Batch items streamed so far. */
   readonly streamed: number;
+  /** Single requests answered so far. */
+  readonly answered: number;
   /**
    * Stops sending single requests, waits for every answer and checks each: a success with its
    * own data, every batch item streamed once with its own code, no duplicate answer. Resolves
@@ -418,12 +440,16 @@ export function startLoad(clients: TestClient[], options: LoadOptions): Load {
   let running = true;
   const most = options.most ?? Infinity;
   const singles: Promise<[number, RequesterAnswer]>[] = [];
+  let answered = 0;
   const sending = (async () => {
     for (let n = 0; running && n < most; n++) {
       singles.push(
         answerOf(
           clients[n % clients.length].request("echo", { n }, { timeout: 120 })
-            .then((a) => [n, a]),
+            .then((a): [number, RequesterAnswer] => {
+              answered++;
+              return [n, a];
+            }),
           `echo ${n}`,
           130_000,
         ),
@@ -434,6 +460,9 @@ export function startLoad(clients: TestClient[], options: LoadOptions): Load {
   return {
     get streamed() {
       return streamed.size;
+    },
+    get answered() {
+      return answered;
     },
     async stop() {
       running = false;

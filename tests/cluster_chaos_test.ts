@@ -28,19 +28,19 @@ Deno.test({
     const random = mulberry32(11_2026);
     await using nats = await new NatsCluster(1).start();
     // Each worker and requester prefers a different server and knows all three.
-    await using c = await startProcessCluster(
+    await using rig = await startProcessCluster(
       nats.urls[0],
       "chaos",
       ["A", "B", "C"],
       { count: 5, prefix: "cw", ...TIMING },
     );
-    const { programs, workers } = c;
+    const { programs, workers } = rig;
     await using clients = group<TestClient>();
     let serverKills = 0;
     let workerKills = 0;
     for (const i of [0, 1, 2]) {
       clients.push(
-        await connectClient(rotate(c.requesterUrls, i).join(","), {
+        await connectClient(rotate(rig.requesterUrls, i).join(","), {
           reconnect: true,
           resubmit: true,
         }),
@@ -64,13 +64,13 @@ Deno.test({
           serverKills++;
           await programs[i].done();
           await sleep(200 + random() * 300);
-          await c.restart(i);
+          await rig.restart(i);
         } else {
           const i = Math.floor(random() * workers.length);
           await workers[i].stop(0);
           workerKills++;
           workers[i] = startLoadWorker(
-            rotate(c.workerUrls, i),
+            rotate(rig.workerUrls, i),
             `cw${i}`,
             TIMING,
           );
@@ -83,7 +83,9 @@ Deno.test({
     assert.ok(serverKills + workerKills === 4);
     console.log(
       `${singles} requests and a 300-item batch, ${serverKills} servers and ${workerKills} workers killed; ` +
-        `${clients.reduce((s, c) => s + c.resubmitted, 0)} resubmitted`,
+        `${
+          clients.reduce((sum, client) => sum + client.resubmitted, 0)
+        } resubmitted`,
     );
   },
 });

@@ -21,6 +21,14 @@ const TIMING = { echoMs: 20, itemMs: 20 };
 /** Singles every 15 ms and a 150-item streamed batch. */
 const LOAD = { items: 150, everyMs: 15 };
 
+/** Waits until `load` is well under way, so that a fault lands with work in flight. */
+async function underWay(load: Load): Promise<void> {
+  await waitFor(
+    () => load.streamed >= 20 && load.answered >= 10,
+    "20 batch items streamed and 10 singles answered",
+  );
+}
+
 /** Stops `load` and checks every answer, and that every item of its batch succeeded. */
 async function stopAndCheck(load: Load): Promise<void> {
   const { final } = await load.stop();
@@ -36,13 +44,13 @@ Deno.test({
   ignore,
   async fn() {
     await using nats = await new NatsCluster(1).start();
-    await using c = await startProcessCluster(
+    await using rig = await startProcessCluster(
       nats.urls[0],
       "restart",
       ["A", "B", "C"],
       { count: 6, ...TIMING },
     );
-    const { programs, ports } = c;
+    const { programs, ports } = rig;
     // Requesters on A and C: B is the one that freezes.
     await using clients = group<TestClient>();
     for (const i of [0, 2]) {
@@ -54,7 +62,7 @@ Deno.test({
       );
     }
     await using running = startLoad(clients, LOAD);
-    await waitFor(() => running.streamed > 0, "the load to be under way");
+    await underWay(running);
     programs[1].kill("SIGSTOP");
     const stoppedAt = Date.now();
     try {
@@ -86,24 +94,24 @@ for (const first of ["servers", "NATS"] as const) {
     ignore,
     async fn() {
       await using nats = await new NatsCluster(1).start();
-      await using c = await startProcessCluster(
+      await using rig = await startProcessCluster(
         nats.urls[0],
         "restart",
         ["A", "B"],
         { count: 4, ...TIMING },
       );
-      const { programs, ports, workers } = c;
+      const { programs, ports, workers } = rig;
       await using clients = group<TestClient>();
       for (const i of [0, 1]) {
         clients.push(
           await connectClient(
-            rotate(c.requesterUrls, i).join(","),
+            rotate(rig.requesterUrls, i).join(","),
             { reconnect: true, resubmit: true },
           ),
         );
       }
       await using running = startLoad(clients, LOAD);
-      await waitFor(() => running.streamed > 0, "the load to be under way");
+      await underWay(running);
       // Everything dies at once.
       for (const p of programs) p.kill("SIGKILL");
       await Promise.all([
@@ -111,7 +119,7 @@ for (const first of ["servers", "NATS"] as const) {
         ...programs.map((p) => p.done()),
       ]);
       const startServers = async () => {
-        for (const i of programs.keys()) await c.restart(i);
+        for (const i of programs.keys()) await rig.restart(i);
       };
       if (first === "servers") {
         await startServers();
@@ -136,7 +144,7 @@ for (const first of ["servers", "NATS"] as const) {
       await stopAndCheck(running);
       console.log(
         `${first} first: ${
-          clients.reduce((s, c) => s + c.resubmitted, 0)
+          clients.reduce((sum, client) => sum + client.resubmitted, 0)
         } resubmitted`,
       );
     },

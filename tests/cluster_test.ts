@@ -65,9 +65,9 @@ for (const nodes of [1, 3]) {
       `cluster on ${on}: a request at one server runs on a worker of another`,
     ignore,
     fn: async () => {
-      await using c = await startClusterRig(3, { nodes });
-      const { servers, workers, clients } = c;
-      await c.worker(1, {
+      await using rig = await startClusterRig(3, { nodes });
+      const { servers, workers, clients } = rig;
+      await rig.worker(1, {
         name: "only-on-s1",
         actions: { who: whoAmI("only-on-s1") },
       });
@@ -122,9 +122,9 @@ Deno.test({
     "cluster: a crossing request is one NATS request-reply, its metadata in headers, and each gets its own answer",
   ignore,
   fn: async () => {
-    await using c = await startClusterRig(2);
-    const { nats, servers } = c;
-    await c.worker(1, {
+    await using rig = await startClusterRig(2);
+    const { nats, servers } = rig;
+    await rig.worker(1, {
       name: "doubler",
       concurrency: 64,
       actions: { double: (p) => (p as { n: number }).n * 2 },
@@ -190,10 +190,10 @@ Deno.test({
   name: "cluster: one balancer over the workers of every server",
   ignore,
   fn: async () => {
-    await using c = await startClusterRig(3);
-    const { servers } = c;
+    await using rig = await startClusterRig(3);
+    const { servers } = rig;
     for (const i of servers.keys()) {
-      await c.worker(i, {
+      await rig.worker(i, {
         name: `w${i}`,
         concurrency: 2,
         actions: {
@@ -206,7 +206,7 @@ Deno.test({
       });
     }
     await converged(servers, 3);
-    const client = await c.client(0);
+    const client = await rig.client(0);
     const answers = await Promise.all(
       Array.from({ length: 30 }, () => client.request("slow", {})),
     );
@@ -242,10 +242,10 @@ Deno.test({
     "cluster: a batch places codes by rendezvous over every server's workers, the same through any server, streamed too",
   ignore,
   fn: async () => {
-    await using c = await startClusterRig(3);
-    const { servers, clients } = c;
+    await using rig = await startClusterRig(3);
+    const { servers, clients } = rig;
     for (const i of servers.keys()) {
-      await c.worker(i, {
+      await rig.worker(i, {
         name: `m${i}`,
         actions: { get_markets: markets(`m${i}`) },
       });
@@ -296,9 +296,9 @@ Deno.test({
     "cluster: the console lists every worker with its server and reaches a worker of another server",
   ignore,
   fn: async () => {
-    await using c = await startClusterRig(2);
-    const { servers, workers } = c;
-    await c.worker(1, {
+    await using rig = await startClusterRig(2);
+    const { servers, workers } = rig;
+    await rig.worker(1, {
       name: "far",
       actions: { who: whoAmI("far") },
     });
@@ -330,8 +330,8 @@ Deno.test({
     "cluster: console broadcast and custom messages reach workers of every server, once each",
   ignore,
   fn: async () => {
-    await using c = await startClusterRig(3);
-    const { servers, workers } = c;
+    await using rig = await startClusterRig(3);
+    const { servers, workers } = rig;
     const got = new Map<string, string[]>();
     for (const [i, name] of ["here", "far1", "far2"].entries()) {
       const worker = await startWorker(servers[i], { name });
@@ -431,8 +431,8 @@ Deno.test({
     "cluster: an action a remote worker marked non-retriable is not run again when that worker is lost",
   ignore,
   fn: async () => {
-    await using c = await startClusterRig(2);
-    const { servers, workers } = c;
+    await using rig = await startClusterRig(2);
+    const { servers, workers } = rig;
     const calls = { far: 0, near: 0 };
     const far = await startWorker(servers[1], { name: "far" });
     workers.push(far);
@@ -455,7 +455,7 @@ Deno.test({
         servers[0].broker.workers().some((w) => w.actions?.includes("charge")),
       "s0 to see far's charge action",
     );
-    const client = await c.client(0);
+    const client = await rig.client(0);
     const answer = answerOf(
       client.request("charge", {}, { timeout: 10 }),
       "the charge",
@@ -463,7 +463,7 @@ Deno.test({
     );
     await waitFor(() => calls.far === 1, "far to start charging");
     // A second worker that would take the request again, if it were retriable.
-    await c.worker(0, {
+    await rig.worker(0, {
       name: "near",
       actions: {
         charge: () => {

@@ -144,7 +144,7 @@ export class Dispatcher {
       maxAttempts: this.maxAttempts,
       queue: this.#queue,
       grace: this.#grace,
-      dispatcher: {
+      placement: {
         placeAgain: (job) => this.#place(job, true),
         fail: (job, error) => this.#fail(job, error),
         pump: () => this.pump(),
@@ -272,6 +272,8 @@ export class Dispatcher {
 
   /** A worker left: its jobs move to other workers or fail with a clear error. */
   workerLost(worker: Peer, reason: string): void {
+    this.registry.remove(worker.id);
+    this.#grace.left(worker);
     this.#retries.workerLost(worker, reason);
   }
 

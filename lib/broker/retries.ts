@@ -19,8 +19,8 @@ import { offering } from "./worker_choice.ts";
 
 const log = logger("dispatch");
 
-/** What moving a job needs of the dispatcher. */
-export interface Replacer {
+/** Where a job that moves on is placed again: the dispatcher's own placing and failing. */
+export interface Placement {
   /** Places `job` again: on a worker now, or first in the queue. */
   placeAgain(job: Job): void;
   /** Takes `job` out of the queue and fails it with `error`. */
@@ -29,7 +29,7 @@ export interface Replacer {
   pump(): void;
 }
 
-/** The dispatcher's parts that {@linkcode Retries} reads. */
+/** What {@linkcode Retries} reads and where it places jobs. */
 export interface RetriesOptions {
   /** Where workers are kept. */
   registry: WorkerRegistry<Peer>;
@@ -42,7 +42,7 @@ export interface RetriesOptions {
   /** A job no worker is left for may wait for one to register. */
   grace: NoWorkerGrace;
   /** Places and fails jobs. */
-  dispatcher: Replacer;
+  placement: Placement;
 }
 
 /** Lost answers and the jobs that move on; see the module doc. */
@@ -52,7 +52,7 @@ export class Retries {
   #maxAttempts: number;
   #queue: JobQueue;
   #grace: NoWorkerGrace;
-  #dispatcher: Replacer;
+  #placement: Placement;
 
   constructor(options: RetriesOptions) {
     this.#registry = options.registry;
@@ -60,7 +60,7 @@ export class Retries {
     this.#maxAttempts = options.maxAttempts;
     this.#queue = options.queue;
     this.#grace = options.grace;
-    this.#dispatcher = options.dispatcher;
+    this.#placement = options.placement;
   }
 
   /** Whether `job` may run again on another worker: retriable, attempts and time left. */
@@ -83,16 +83,17 @@ export class Retries {
       ErrorCode.WORKER_ERROR,
     );
     if (offering(this.#registry, job).length > 0) {
-      this.#dispatcher.placeAgain(job);
+      this.#placement.placeAgain(job);
     } else {
       job.settle({ ok: true, result, worker, attempts: job.attempts });
     }
   }
 
-  /** `worker` left: it leaves the registry, and its jobs move to other workers or fail. */
+  /**
+   * `worker` left (the dispatcher has taken it out of the registry): its jobs move to other
+   * workers or fail, and so do queued jobs that no remaining worker can run.
+   */
   workerLost(worker: Peer, reason: string): void {
-    this.#registry.remove(worker.id);
-    this.#grace.left(worker);
     const orphans = [...worker.jobs.values()];
     for (const job of orphans) {
       this.#orphan(
@@ -105,12 +106,12 @@ export class Retries {
     // pump() would keep them waiting until their deadline when no worker has room.
     for (const job of this.#queue.jobs()) {
       if (job.only === worker.id) {
-        this.#dispatcher.fail(job, new NoWorkersError());
+        this.#placement.fail(job, new NoWorkersError());
       } else if (offering(this.#registry, job).length === 0) {
         this.#grace.waitOrFail(job, true);
       }
     }
-    this.#dispatcher.pump();
+    this.#placement.pump();
   }
 
   /** The answer to `msgId` will never come from `worker`; false when no such job waits. */
@@ -119,7 +120,7 @@ export class Retries {
     if (!job) return false;
     worker.abandoned.add(msgId);
     this.#orphan(worker, job, reason);
-    this.#dispatcher.pump();
+    this.#placement.pump();
     return true;
   }
 
@@ -137,7 +138,7 @@ export class Retries {
       this.#orphan(worker, job, `Worker '${worker.id}' stalled: ${reason}`);
       moved++;
     }
-    if (moved > 0) this.#dispatcher.pump();
+    if (moved > 0) this.#placement.pump();
     return moved;
   }
 
@@ -164,7 +165,7 @@ export class Retries {
       if (job.resend) {
         job.params = job.resend({ worker: worker.id, reason });
       }
-      this.#dispatcher.placeAgain(job);
+      this.#placement.placeAgain(job);
     } else {
       job.settle({
         ok: false,

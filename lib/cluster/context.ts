@@ -1,7 +1,8 @@
 /**
- * What the parts of the cluster link (membership, relay, ledger) share: who this server is, the
- * cluster's subjects, the broker's core, and the NATS connection while there is one; and how
- * they read a message's JSON and measure a body against NATS `max_payload`.
+ * What the parts of the cluster link (membership, both sides of the relay, the ledger, console
+ * messages) share: who this server is, the cluster's subjects, the broker's core, and the NATS
+ * connection while there is one; and how they read a message's JSON and measure a body against
+ * NATS `max_payload`.
  *
  * @module
  */

@@ -46,7 +46,7 @@ export interface LedgerHooks {
   complete(peer: RemotePeer, msgId: string, answer: RelayAnswer): void;
   /** Takes a progress report that came inside a replay reply. */
   progress(peer: RemotePeer, msgId: string, report: RelayProgress): void;
-  /** Publishes what the relay holds for the end of this turn: a check must come after it. */
+  /** Publishes what waits in the outbox for the end of this turn: a check must come after it. */
   flush(): void;
   /** Tells the worker's server to stop working on a request. */
   cancel(peer: RemotePeer, msgId: string, reason: string): void;

@@ -82,8 +82,6 @@ export interface ClusterOptions {
   natsPingMs?: number;
 }
 
-export type { LocalDelivery };
-
 const encoder = new TextEncoder();
 
 /** The cluster link; see the module doc. */
@@ -162,7 +160,9 @@ export class ClusterLink {
       suspect: (server, reason) => this.#membership.suspect(server, reason),
       nameOf: (server) => this.#membership.servers.get(server)?.name ?? server,
     }, options.probeMs ?? 1000);
-    this.#relay = new Relay(ctx, this.#ledger, this.#outbox, {
+    this.#relay = new Relay(ctx, {
+      ledger: this.#ledger,
+      outbox: this.#outbox,
       suspect: (server, reason) => this.#membership.suspect(server, reason),
       workerGone: (peer, reason) => this.#membership.workerGone(peer, reason),
     });

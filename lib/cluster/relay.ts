@@ -27,7 +27,11 @@ import { originHeaders, readReplyHeaders, requestHeaders } from "./wire.ts";
 const log = logger("cluster");
 
 /** What the relay needs from the rest of the link. */
-export interface RelayHooks {
+export interface RelayOptions {
+  /** Records what the relay sends and what comes back, for the loss check. */
+  ledger: Ledger;
+  /** Publishes what the relay sends, at the end of this turn. */
+  outbox: Outbox;
   /** Nobody listens at the worker's server: no new work for it until it is heard. */
   suspect(server: string, reason: string): void;
   /** A worker is gone from its server: drop it here. */
@@ -39,23 +43,15 @@ export class Relay {
   #ctx: LinkContext;
   #ledger: Ledger;
   #outbox: Outbox;
-  #hooks: RelayHooks;
+  #options: RelayOptions;
   #repliesPrefix: string;
 
-  /**
-   * A relay for the link `ctx`: it records what it sends in `ledger` and publishes through
-   * `outbox`.
-   */
-  constructor(
-    ctx: LinkContext,
-    ledger: Ledger,
-    outbox: Outbox,
-    hooks: RelayHooks,
-  ) {
+  /** A relay for the link `ctx`, with the parts of the link `options` gives. */
+  constructor(ctx: LinkContext, options: RelayOptions) {
     this.#ctx = ctx;
-    this.#ledger = ledger;
-    this.#outbox = outbox;
-    this.#hooks = hooks;
+    this.#ledger = options.ledger;
+    this.#outbox = options.outbox;
+    this.#options = options;
     this.#repliesPrefix = ctx.subjects.reply(ctx.id, "");
   }
 
@@ -120,7 +116,7 @@ export class Relay {
     if (msg.data.length === 0 && h?.code === 503) {
       // Nobody subscribes to that server's requests: it is dead, or off NATS for a moment. This
       // request never reached it, so it moves at once and cannot run twice.
-      this.#hooks.suspect(
+      this.#options.suspect(
         peer.server,
         `no responders at server ${peer.serverName}`,
       );
@@ -167,7 +163,7 @@ export class Relay {
     ) {
       // The worker is gone from its server (or that server is going): whatever else this server
       // sent it moves too, without waiting for the registry to say so.
-      this.#hooks.workerGone(peer, a.e ?? "it left its server");
+      this.#options.workerGone(peer, a.e ?? "it left its server");
       return;
     }
     this.#ctx.core.dispatcher.complete(peer, {
