@@ -146,7 +146,10 @@ async function startCluster(
       )
     ),
   );
-  const server = await spawnHelper("_server.ts");
+  // Only this job's workers: a worker of another program still retrying a port the system has
+  // since handed to this server would otherwise join its pool.
+  const token = crypto.randomUUID();
+  const server = await spawnHelper("_server.ts", ["--worker-token", token]);
   const port = Number(server.info.port);
   const children = upstreams.map((upstream, i) =>
     new Deno.Command(Deno.execPath(), {
@@ -166,6 +169,8 @@ async function startCluster(
         "0",
         "--budget-day",
         "0",
+        "--token",
+        token,
         "--no-console",
         "--log-level",
         "error",
@@ -195,7 +200,11 @@ async function startCluster(
     ) break;
     if (Date.now() > until) {
       await stop();
-      throw new Error("Workers did not connect");
+      throw new Error(
+        `${upstreams.length} workers did not connect within 60 s: /health said ${
+          JSON.stringify(health)
+        }`,
+      );
     }
     await new Promise((r) => setTimeout(r, 100));
   }
@@ -449,7 +458,7 @@ export async function runMarketsBench(
       `  ${fixed(r.elapsedS, 1)} s, ${fixed(ratio(r))}× ideal, ${r.lost} lost${
         Object.keys(r.failures).length ? ` (${JSON.stringify(r.failures)})` : ""
       }, ${r.upstreamCalls} upstream calls, ${
-        fixed(r.cpuS / r.elapsedS)
+        r.elapsedS > 0 ? fixed(r.cpuS / r.elapsedS) : "-"
       } cores used; items/s by tenth: ${
         r.profile.map((v) => fixed(v, 1)).join(" ")
       }`,
