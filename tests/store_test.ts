@@ -6,11 +6,34 @@ import {
   previousTradingDay,
   type SeriesKey,
 } from "../lib/store/mod.ts";
-import type { Bar } from "../lib/market/types.ts";
+import {
+  type Bar,
+  OPTIONAL_BAR_FIELDS,
+  REQUIRED_BAR_FIELDS,
+} from "../lib/market/types.ts";
+import { STORE_BAR_FIELDS } from "../lib/store/database.ts";
+import { READ_COLUMNS } from "../lib/store/rows.ts";
 import { tempDir } from "./_helpers.ts";
 import { FIXTURES_DIR, fixturesAvailable } from "./_fake_eastmoney.ts";
 
 const KEY: SeriesKey = { symbolType: "etf", code: "510300", adjust: "qfq" };
+const STORE_MOD = JSON.stringify(
+  new URL("../lib/store/mod.ts", import.meta.url).href,
+);
+
+/** What `code` prints when run by another Deno process, with `MarketStore` imported. */
+async function inChild(code: string, v8Flags: string[] = []): Promise<string> {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "eval",
+      ...v8Flags.map((flag) => `--v8-flags=${flag}`),
+      `import { MarketStore } from ${STORE_MOD};\n${code}`,
+    ],
+    stdout: "piped",
+    stderr: "inherit",
+  });
+  return new TextDecoder().decode((await child.output()).stdout);
+}
 
 function bars(n: number, from = "2024-01-01", price = 1): Bar[] {
   const out: Bar[] = [];
@@ -220,21 +243,12 @@ Deno.test("store - a second writer is refused at once with a lock error naming t
   const path = `${dir.path}/s.duckdb`;
   const store = await MarketStore.open(path);
   try {
-    const child = new Deno.Command(Deno.execPath(), {
-      args: [
-        "eval",
-        `import { MarketStore } from ${
-          JSON.stringify(new URL("../lib/store/mod.ts", import.meta.url).href)
-        };
-         try { await MarketStore.open(${
-          JSON.stringify(path)
-        }); console.log("opened"); }
-         catch (e) { console.log(e.name + ": " + e.message); }`,
-      ],
-      stdout: "piped",
-      stderr: "inherit",
-    });
-    const out = new TextDecoder().decode((await child.output()).stdout);
+    const out = await inChild(
+      `try { await MarketStore.open(${
+        JSON.stringify(path)
+      }); console.log("opened"); }
+       catch (e) { console.log(e.name + ": " + e.message); }`,
+    );
     assert.match(
       out,
       /^StoreLockedError: Store .* is locked by another process \(PID \d+\)/,
@@ -243,6 +257,115 @@ Deno.test("store - a second writer is refused at once with a lock error naming t
   } finally {
     await store.close();
   }
+});
+
+Deno.test("store - the bars table holds every bar field, each in its own column of the file's fixed order", async () => {
+  // A bar field the store does not hold would be dropped on every write.
+  assert.deepEqual(
+    new Set(STORE_BAR_FIELDS),
+    new Set([...REQUIRED_BAR_FIELDS, ...OPTIONAL_BAR_FIELDS]),
+  );
+  assert.equal(new Set(STORE_BAR_FIELDS).size, STORE_BAR_FIELDS.length);
+  await using dir = await tempDir("store_");
+  const path = `${dir.path}/s.duckdb`;
+  const bar: Bar = {
+    date: "2024-01-02",
+    ...{ open: 1, high: 2, low: 0.5, close: 1.5, volume: 100, amount: 200 },
+    ...{ amplitude: 3, pct_change: 4, change: 5, turnover: 6 },
+  };
+  const store = await MarketStore.open(path);
+  try {
+    await store.commit({ replace: [{ key: KEY, bars: [bar] }] });
+    assert.deepEqual(await store.readSeries(KEY), [bar]);
+  } finally {
+    await store.close();
+  }
+  const { DuckDBInstance } = await import("npm:@duckdb/node-api@1.5.6-r.1");
+  const instance = await DuckDBInstance.create(path, { threads: "1" });
+  const conn = await instance.connect();
+  try {
+    // The column order is the file's format (files written before hold it), whatever order
+    // bars are written out in: reading a file by position must keep working.
+    const columns = (await conn.runAndReadAll("DESCRIBE bars")).getRows();
+    assert.deepEqual(columns.map((c) => c[0]), [
+      ...["symbol_type", "code", "adjust", "date", "open", "high", "low"],
+      ...["close", "volume", "amount", "amplitude", "pct_change", "change"],
+      "turnover",
+    ]);
+    // Hot reads decode by position: what they select is the table's own order.
+    assert.equal(READ_COLUMNS, columns.slice(3).map((c) => c[0]).join(", "));
+    // The fields every bar has are NOT NULL, the others may be absent.
+    assert.deepEqual(
+      columns.filter((c) => c[2] === "NO").map((c) => c[0]).sort(),
+      ["symbol_type", "code", "adjust", "date", ...REQUIRED_BAR_FIELDS].sort(),
+    );
+    const [row] = (await conn.runAndReadAll(
+      `SELECT ${STORE_BAR_FIELDS.join(", ")} FROM bars`,
+    )).getRows();
+    assert.deepEqual(row, STORE_BAR_FIELDS.map((f) => bar[f]));
+  } finally {
+    conn.closeSync();
+    instance.closeSync();
+  }
+});
+
+Deno.test("store - a failed commit's bars never land, even when its appender is collected later", async () => {
+  await using dir = await tempDir("store_");
+  // In a process of its own, to collect garbage on demand.
+  const out = await inChild(
+    `const bar = (date) => ({ date, open: 1, high: 1, low: 1, close: 1, volume: 1 });
+     const key = (code) => ({ symbolType: "etf", code, adjust: "qfq" });
+     const store = await MarketStore.open(${
+      JSON.stringify(`${dir.path}/s.duckdb`)
+    });
+     await store.commit({ replace: [{ key: key("159915"), bars: [bar("2024-01-05")] }] });
+     try {
+       await store.commit({
+         replace: [{ key: key("510300"), bars: [bar("2024-01-02"), bar("2024-01-03")] }],
+         append: [{ key: key("159915"), bars: [bar("2024-01-04")] }],
+       });
+     } catch (e) { console.log(e.message); }
+     for (let i = 0; i < 5; i++) {
+       globalThis.gc();
+       await new Promise((r) => setTimeout(r, 20));
+     }
+     console.log(await store.barCount());
+     await store.close();`,
+    ["--expose-gc"],
+  );
+  assert.equal(
+    out,
+    "Cannot append bar 2024-01-04 to etf|159915|qfq: the series ends 2024-01-05\n1\n",
+  );
+});
+
+Deno.test("store - a file whose tables cannot be made is refused, and not left open", async () => {
+  await using dir = await tempDir("store_");
+  const path = `${dir.path}/s.duckdb`;
+  const { DuckDBInstance } = await import("npm:@duckdb/node-api@1.5.6-r.1");
+  const instance = await DuckDBInstance.create(path, { threads: "1" });
+  const conn = await instance.connect();
+  try {
+    // Another program's file: its raw_last is a view of a table that is gone.
+    await conn.run(
+      "CREATE TABLE x (a INT); CREATE VIEW raw_last AS SELECT * FROM x; DROP TABLE x",
+    );
+  } finally {
+    conn.closeSync();
+    instance.closeSync();
+  }
+  await assert.rejects(
+    MarketStore.open(path),
+    /Table with name x does not exist/,
+  );
+  // Another process may open it at once: the failed open released the file's lock.
+  const out = await inChild(
+    `try { await (await MarketStore.open(${
+      JSON.stringify(path)
+    }, { readOnly: true })).close(); console.log("opened"); }
+     catch (e) { console.log(e.name + ": " + e.message); }`,
+  );
+  assert.equal(out, "opened\n");
 });
 
 Deno.test("calendar - the latest closed day, the day before, and holidays as weekdays without bars", () => {

@@ -1,11 +1,8 @@
 import assert from "node:assert/strict";
 import { createMarketService } from "../lib/market/service.ts";
 import type { Adjust, SymbolType } from "../lib/market/types.ts";
-import {
-  barDifference,
-  runSync,
-  type SyncReport,
-} from "../lib/requester/sync_job.ts";
+import { runSync, type SyncReport } from "../lib/requester/sync_job.ts";
+import { barDifference } from "../lib/store/rows.ts";
 import { MarketStore } from "../lib/store/store.ts";
 import { verifyStore } from "../lib/requester/sync_cli.ts";
 import {

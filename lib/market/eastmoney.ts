@@ -9,14 +9,13 @@ import { UnknownCodeError, UpstreamUnavailableError } from "./errors.ts";
 import type { HostGate } from "./host_gate.ts";
 import { secidCandidates } from "./secid.ts";
 import { BROWSER_USER_AGENT, numberOf, upstream } from "./_http.ts";
-import {
-  type Adjust,
-  type Bar,
-  type MarketProvider,
-  OPTIONAL_BAR_FIELDS,
-  type Period,
-  type Series,
-  type SeriesQuery,
+import type {
+  Adjust,
+  Bar,
+  MarketProvider,
+  Period,
+  Series,
+  SeriesQuery,
 } from "./types.ts";
 
 /** Eastmoney's default base URL. */
@@ -35,6 +34,18 @@ const KLT: Record<Period, string> = {
 };
 /** Eastmoney's `fqt` per adjustment. */
 const FQT: Record<Adjust, string> = { none: "0", qfq: "1", hfq: "2" };
+
+/**
+ * The fields a K-line line ends with after date, open, close, high, low and volume, in
+ * Eastmoney's order: the upstream's wire format, whatever order bars are written out in.
+ */
+const KLINE_TAIL = [
+  "amount",
+  "amplitude",
+  "pct_change",
+  "change",
+  "turnover",
+] as const satisfies readonly (keyof Bar)[];
 
 /** Options for {@linkcode createEastmoneyProvider}. */
 export interface EastmoneyProviderOptions {
@@ -174,8 +185,7 @@ function parseKline(host: string, line: unknown): Bar {
     );
   }
   const bar: Bar = { date, open, high, low, close, volume };
-  // The line's tail is the optional fields in their column order.
-  OPTIONAL_BAR_FIELDS.forEach((field, i) => {
+  KLINE_TAIL.forEach((field, i) => {
     const value = numberOf(fields[6 + i]);
     if (value !== undefined) bar[field] = value;
   });

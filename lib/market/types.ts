@@ -76,10 +76,7 @@ export const REQUIRED_BAR_FIELDS = [
   "volume",
 ] as const;
 
-/**
- * The bar fields a source may not give, in column order: the order Eastmoney's K-line lines end
- * with, and akshare's columns too.
- */
+/** The bar fields a source may not give, in the column order of bars written out in English. */
 export const OPTIONAL_BAR_FIELDS = [
   "amount",
   "amplitude",
@@ -90,7 +87,8 @@ export const OPTIONAL_BAR_FIELDS = [
 
 /**
  * The bar fields in their one column order, for every writer of bars in English (HTTP CSV,
- * market files, JSON lines, the store's tables): the date, the required fields, the optional ones.
+ * market files, JSON lines): the date, the required fields, the optional ones. Formats we do not
+ * choose keep their own order: the store's file (`STORE_BAR_FIELDS`), Eastmoney's K-line lines.
  */
 export const BAR_FIELDS: readonly (keyof Bar)[] = [
   "date",

@@ -9,6 +9,7 @@ import { FlagError, numberFlag, parseFlags } from "../_flags.ts";
 import type { Adjust, Bar } from "../market/types.ts";
 import { latestClosedDay } from "../store/calendar.ts";
 import { StoreLockedError } from "../store/database.ts";
+import { barDifference } from "../store/rows.ts";
 import { DEFAULT_STORE_PATH, MarketStore } from "../store/store.ts";
 import type { SeriesInfo } from "../store/types.ts";
 import {
@@ -20,7 +21,7 @@ import {
 import { RequesterExit } from "./exit_codes.ts";
 import { barProgress, plainProgress, type ProgressView } from "./progress.ts";
 import { RequesterClient } from "./requester_client.ts";
-import { barDifference, runSync, syncSummary } from "./sync_job.ts";
+import { runSync, syncSummary } from "./sync_job.ts";
 import {
   parseSymbolList,
   symbolCode,

@@ -23,7 +23,7 @@ import type { SnapshotPage, SnapshotRow } from "../market/snapshot.ts";
 import type { Adjust, Bar, SymbolType } from "../market/types.ts";
 import { latestClosedDay, previousTradingDay } from "../store/calendar.ts";
 import { deriveBar } from "../store/derive.ts";
-import { barDifference, sameBar } from "../store/rows.ts";
+import { sameBar } from "../store/rows.ts";
 import type { MarketStore } from "../store/store.ts";
 import {
   type RawLast,
@@ -32,8 +32,6 @@ import {
   type SeriesKey,
   type StoreChanges,
 } from "../store/types.ts";
-
-export { barDifference, sameBar };
 import type { RequesterClient } from "./requester_client.ts";
 import type { JobCounts } from "./progress.ts";
 import type { SymbolKind, SymbolSpec } from "./symbols.ts";

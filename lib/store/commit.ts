@@ -15,6 +15,7 @@ import {
   dateValue,
   refill,
   seriesRows,
+  withAppender,
 } from "./rows.ts";
 import {
   seriesId,
@@ -81,44 +82,44 @@ async function writeSeries(
     );
   }
   const after = new Map<string, SeriesInfo>();
-  const appender = await conn.createAppender("bars");
-  for (const { key, bars } of replace) {
-    for (const bar of bars) appendBar(appender, key, bar);
-    after.set(seriesId(key), {
-      ...key,
-      bars: bars.length,
-      firstDate: bars[0].date,
-      lastDate: bars[bars.length - 1].date,
-      lastClose: bars[bars.length - 1].close,
-    });
-  }
-  for (const { key, bars } of append) {
-    const id = seriesId(key);
-    const info = after.get(id) ?? before.get(id);
-    let last = info?.lastDate ?? "";
-    let added = 0;
-    let lastClose = info?.lastClose ?? 0;
-    for (const bar of bars) {
-      // Appends only ever extend a series: a bar at or before its end would duplicate it.
-      if (bar.date <= last) {
-        throw new RangeError(
-          `Cannot append bar ${bar.date} to ${id}: the series ends ${last}`,
-        );
-      }
-      appendBar(appender, key, bar);
-      last = bar.date;
-      lastClose = bar.close;
-      added++;
+  await withAppender(conn, "bars", (appender) => {
+    for (const { key, bars } of replace) {
+      for (const bar of bars) appendBar(appender, key, bar);
+      after.set(seriesId(key), {
+        ...key,
+        bars: bars.length,
+        firstDate: bars[0].date,
+        lastDate: bars[bars.length - 1].date,
+        lastClose: bars[bars.length - 1].close,
+      });
     }
-    after.set(id, {
-      ...key,
-      bars: (info?.bars ?? 0) + added,
-      firstDate: info?.firstDate ?? bars[0].date,
-      lastDate: last,
-      lastClose,
-    });
-  }
-  appender.closeSync();
+    for (const { key, bars } of append) {
+      const id = seriesId(key);
+      const info = after.get(id) ?? before.get(id);
+      let last = info?.lastDate ?? "";
+      let added = 0;
+      let lastClose = info?.lastClose ?? 0;
+      for (const bar of bars) {
+        // Appends only ever extend a series: a bar at or before its end would duplicate it.
+        if (bar.date <= last) {
+          throw new RangeError(
+            `Cannot append bar ${bar.date} to ${id}: the series ends ${last}`,
+          );
+        }
+        appendBar(appender, key, bar);
+        last = bar.date;
+        lastClose = bar.close;
+        added++;
+      }
+      after.set(id, {
+        ...key,
+        bars: (info?.bars ?? 0) + added,
+        firstDate: info?.firstDate ?? bars[0].date,
+        lastDate: last,
+        lastClose,
+      });
+    }
+  });
   await conn.run(
     `DELETE FROM series WHERE (symbol_type, code, adjust) IN (SELECT * FROM _touched)`,
   );

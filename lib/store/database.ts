@@ -10,6 +10,7 @@ import type {
   DuckDBDateValue,
   DuckDBInstance,
 } from "npm:@duckdb/node-api@1.5.6-r.1";
+import { type Bar, REQUIRED_BAR_FIELDS } from "../market/types.ts";
 
 type DuckDB = typeof import("npm:@duckdb/node-api@1.5.6-r.1");
 let duckdb: DuckDB | undefined;
@@ -63,12 +64,29 @@ export interface MarketStoreOptions {
   threads?: number;
 }
 
+/**
+ * A bar's fields besides its date, in the bars table's column order after the series key and the
+ * date. The order is the store file's format (files written before hold their columns in it), so
+ * it is its own: reordering the order bars are written out in (`BAR_FIELDS`) leaves it alone.
+ * Writes, reads and decoders follow this list by name.
+ */
+export const STORE_BAR_FIELDS = [
+  ...["open", "high", "low", "close", "volume"] as const,
+  ...["amount", "amplitude", "pct_change", "change", "turnover"] as const,
+] as const satisfies readonly (keyof Bar)[];
+
+/** The bars table's field columns: the fields every bar has are NOT NULL. */
+function barFieldColumns(): string {
+  const required = new Set<string>(REQUIRED_BAR_FIELDS);
+  return STORE_BAR_FIELDS.map((field) =>
+    `${field} DOUBLE${required.has(field) ? " NOT NULL" : ""}`
+  ).join(", ");
+}
+
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS bars (
   symbol_type VARCHAR NOT NULL, code VARCHAR NOT NULL, adjust VARCHAR NOT NULL, date DATE NOT NULL,
-  open DOUBLE NOT NULL, high DOUBLE NOT NULL, low DOUBLE NOT NULL, close DOUBLE NOT NULL,
-  volume DOUBLE NOT NULL, amount DOUBLE, amplitude DOUBLE, pct_change DOUBLE, change DOUBLE,
-  turnover DOUBLE);
+  ${barFieldColumns()});
 CREATE TABLE IF NOT EXISTS series (
   symbol_type VARCHAR NOT NULL, code VARCHAR NOT NULL, adjust VARCHAR NOT NULL,
   bars BIGINT NOT NULL, first_date DATE NOT NULL, last_date DATE NOT NULL, last_close DOUBLE NOT NULL);
@@ -137,12 +155,20 @@ export async function openDatabase(
     }
     throw error;
   }
-  const conn = await instance.connect();
-  if (!readOnly) {
-    await conn.run(SCHEMA);
-    // Scratch tables of this connection, made once: catalog changes inside every commit
-    // would cost more than the rows.
-    await conn.run(SCRATCH);
+  let conn: DuckDBConnection | undefined;
+  try {
+    conn = await instance.connect();
+    if (!readOnly) {
+      await conn.run(SCHEMA);
+      // Scratch tables of this connection, made once: catalog changes inside every commit
+      // would cost more than the rows.
+      await conn.run(SCRATCH);
+    }
+  } catch (error) {
+    // Nothing keeps a half-opened file: closing the instance releases its lock.
+    conn?.closeSync();
+    instance.closeSync();
+    throw error;
   }
   return { instance, conn };
 }

@@ -8,8 +8,11 @@
 import type { DuckDBConnection } from "npm:@duckdb/node-api@1.5.6-r.1";
 
 /**
- * Writes every table as files others read: `bars.parquet` (or `.csv`) sorted by kind,
- * adjustment, code and date, plus `symbols` and `calendar`. Returns the paths.
+ * Writes every table as files others read: `bars.parquet` (or `.csv`), plus `symbols` and
+ * `calendar`. Returns the paths. Bars go out in the table's stored order, not sorted here: by
+ * kind, adjustment, code and date as of the last sort (`compact()`, which a sync runs once enough
+ * bars came in unsorted), then the bars committed since in the order they were written. A reader
+ * that needs an order asks for one.
  */
 export async function exportTables(
   conn: DuckDBConnection,

@@ -13,30 +13,21 @@ import type {
   DuckDBVector,
 } from "npm:@duckdb/node-api@1.5.6-r.1";
 import { dateOfDay, dayNumber } from "../market/_dates.ts";
-import {
-  type Adjust,
-  type Bar,
-  OPTIONAL_BAR_FIELDS,
-  REQUIRED_BAR_FIELDS,
-  type SymbolType,
-} from "../market/types.ts";
-import { dayValue } from "./database.ts";
+import type { Adjust, Bar, SymbolType } from "../market/types.ts";
+import { dayValue, STORE_BAR_FIELDS } from "./database.ts";
 import { seriesId, type SeriesInfo, type SeriesKey } from "./types.ts";
-
-/** A bar's fields besides its date, in the bars table's column order. */
-const FIELDS = [...REQUIRED_BAR_FIELDS, ...OPTIONAL_BAR_FIELDS] as const;
 
 /** A series' key and a whole bar per row, the date as `YYYY-MM-DD` text (see {@linkcode barOf}). */
 export const BAR_COLUMNS =
   `symbol_type, code, adjust, strftime(date, '%Y-%m-%d') AS date, ${
-    FIELDS.join(", ")
+    STORE_BAR_FIELDS.join(", ")
   }`;
 
 /**
  * What a hot read returns per bar, dates as DATE (decoded from their day numbers in JS: cheaper
  * than formatting a string per row in SQL and handing each across the binding).
  */
-export const READ_COLUMNS = `date, ${FIELDS.join(", ")}`;
+export const READ_COLUMNS = `date, ${STORE_BAR_FIELDS.join(", ")}`;
 
 /** The first day a read may ask for, 1900-01-01, as a day number. */
 export const FIRST_DAY = -25567;
@@ -74,34 +65,28 @@ export async function seriesRows(
 
 /** Whether two bars agree on every field. */
 export function sameBar(a: Bar, b: Bar): boolean {
-  return a.date === b.date && FIELDS.every((f) => a[f] === b[f]);
+  return a.date === b.date && STORE_BAR_FIELDS.every((f) => a[f] === b[f]);
 }
 
 /** The first field where two bars differ, for mismatch reports. */
 export function barDifference(a: Bar, b: Bar): string | undefined {
   if (a.date !== b.date) return `date ${a.date} ≠ ${b.date}`;
-  const f = FIELDS.find((f) => a[f] !== b[f]);
+  const f = STORE_BAR_FIELDS.find((f) => a[f] !== b[f]);
   return f === undefined ? undefined : `${a.date} ${f} ${a[f]} ≠ ${b[f]}`;
 }
 
 /** The bar of a row read with {@linkcode BAR_COLUMNS}. */
 export function barOf(r: unknown[]): Bar {
-  const bar: Bar = {
-    date: r[3] as string,
-    open: r[4] as number,
-    high: r[5] as number,
-    low: r[6] as number,
-    close: r[7] as number,
-    volume: r[8] as number,
-  };
-  OPTIONAL_BAR_FIELDS.forEach((field, i) => {
-    const value = r[9 + i];
+  // The fields every bar has are NOT NULL: only optional ones are ever absent.
+  const bar = { date: r[3] as string } as Bar;
+  STORE_BAR_FIELDS.forEach((field, i) => {
+    const value = r[4 + i];
     if (value !== null && value !== undefined) bar[field] = value as number;
   });
   return bar;
 }
 
-/** A chunk's bar columns: the dates as day numbers, then the ten numbers. */
+/** A chunk's bar columns: the dates as day numbers, then the numbers. */
 export interface Columns {
   /** Day numbers (days since 1970-01-01). */
   days: Int32Array;
@@ -115,7 +100,7 @@ export function columnsOf(chunk: DuckDBDataChunk, first: number): Columns {
     items: Int32Array;
   };
   const values: DuckDBVector[] = [];
-  for (let i = 1; i <= FIELDS.length; i++) {
+  for (let i = 1; i <= STORE_BAR_FIELDS.length; i++) {
     values.push(chunk.getColumnVector(first + i));
   }
   return { days: dates.items, values };
@@ -123,17 +108,10 @@ export function columnsOf(chunk: DuckDBDataChunk, first: number): Columns {
 
 /** Row `i`'s bar of a chunk's {@linkcode Columns}. */
 export function barAt({ days, values: v }: Columns, i: number): Bar {
-  const bar: Bar = {
-    date: dateOfDay(days[i]),
-    open: v[0].getItem(i) as number,
-    high: v[1].getItem(i) as number,
-    low: v[2].getItem(i) as number,
-    close: v[3].getItem(i) as number,
-    volume: v[4].getItem(i) as number,
-  };
-  for (let f = 0; f < OPTIONAL_BAR_FIELDS.length; f++) {
-    const value = v[5 + f].getItem(i);
-    if (value !== null) bar[OPTIONAL_BAR_FIELDS[f]] = value as number;
+  const bar = { date: dateOfDay(days[i]) } as Bar;
+  for (let f = 0; f < STORE_BAR_FIELDS.length; f++) {
+    const value = v[f].getItem(i);
+    if (value !== null) bar[STORE_BAR_FIELDS[f]] = value as number;
   }
   return bar;
 }
@@ -149,8 +127,7 @@ export function appendKey(a: DuckDBAppender, key: SeriesKey): void {
 export function appendBar(a: DuckDBAppender, key: SeriesKey, bar: Bar): void {
   appendKey(a, key);
   a.appendDate(dateValue(bar.date));
-  for (const field of REQUIRED_BAR_FIELDS) a.appendDouble(bar[field]);
-  for (const field of OPTIONAL_BAR_FIELDS) {
+  for (const field of STORE_BAR_FIELDS) {
     const value = bar[field];
     if (value === undefined) a.appendNull();
     else a.appendDouble(value);
@@ -176,12 +153,35 @@ export async function appendRows<T>(
   rows: readonly T[],
   fill: (a: DuckDBAppender, row: T) => void,
 ): Promise<void> {
+  await withAppender(conn, table, (appender) => {
+    for (const row of rows) {
+      fill(appender, row);
+      appender.endRow();
+    }
+  });
+}
+
+/**
+ * Appends to `table` through `fill`, then flushes the rows. When that fails, the rows are
+ * dropped and the appender closed all the same: one left open would flush them into the table
+ * whenever it is collected, outside the failed commit's transaction.
+ */
+export async function withAppender<T>(
+  conn: DuckDBConnection,
+  table: string,
+  fill: (a: DuckDBAppender) => T,
+): Promise<T> {
   const appender = await conn.createAppender(table);
-  for (const row of rows) {
-    fill(appender, row);
-    appender.endRow();
+  try {
+    const out = fill(appender);
+    appender.flushSync();
+    return out;
+  } catch (error) {
+    appender.clear();
+    throw error;
+  } finally {
+    appender.closeSync();
   }
-  appender.closeSync();
 }
 
 /** A DuckDB DATE of a `YYYY-MM-DD` text. */

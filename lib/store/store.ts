@@ -3,7 +3,7 @@
  * transactions, readable without our code (the DuckDB CLI, Python's duckdb, Parquet exports).
  *
  * One process writes a store at a time: DuckDB locks the file, and a second writer is refused
- * at once with {@linkcode StoreLockedError}.
+ * at once with a `StoreLockedError` (`database.ts`).
  *
  * {@linkcode MarketStore} is where the parts meet: the file and its tables (`database.ts`), the
  * reads (`reads.ts`), the writes (`commit.ts`) and the export (`export.ts`).
@@ -50,7 +50,7 @@ export class MarketStore {
   /**
    * Opens (creating when missing, unless read-only) the store at `path`.
    *
-   * @throws {StoreLockedError} when another process holds the file.
+   * @throws {Error} a `StoreLockedError` (`database.ts`) when another process holds the file.
    */
   static async open(
     path: string,
@@ -167,8 +167,9 @@ export class MarketStore {
   }
 
   /**
-   * Writes every table as files others read: `bars.parquet` (or `.csv`) sorted by kind,
-   * adjustment, code and date, plus `symbols` and `calendar`. Returns the paths.
+   * Writes every table as files others read: `bars.parquet` (or `.csv`), plus `symbols` and
+   * `calendar`. Returns the paths. Bars go out in the table's stored order: by kind, adjustment,
+   * code and date as of the last {@linkcode compact}, then the bars committed since.
    */
   export(format: "parquet" | "csv", dir: string): Promise<string[]> {
     return exportTables(this.#db.conn, format, dir);
