@@ -73,7 +73,12 @@ Deno.test("faults - a stuck worker times the request out, its late answer is dro
     assert.equal(answer.error, "Worker response timeout");
     assert.equal(answer.error_code, "TIMEOUT");
     assert.equal(answer.processed_by, stuckId);
-    assert.ok(elapsed >= 190 && elapsed < 1000, `answered after ${elapsed} ms`);
+    // Not before its own 0.2 s, and far short of the 30 s default: the request's timeout
+    // counted. The upper bound is loose because a loaded machine fires timers late.
+    assert.ok(
+      elapsed >= 190 && elapsed < 10_000,
+      `answered after ${elapsed} ms`,
+    );
     const cancel = await stuck.envelope("cancel");
     assert.equal(cancel.data.request_id, request.msg_id);
     assert.equal(workerInfo(server, stuckId)?.failures, 1);

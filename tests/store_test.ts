@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import type { DuckDBConnection } from "npm:@duckdb/node-api@1.5.6-r.1";
 import {
   holidaysBetween,
   latestClosedDay,
@@ -20,6 +21,22 @@ const KEY: SeriesKey = { symbolType: "etf", code: "510300", adjust: "qfq" };
 const STORE_MOD = JSON.stringify(
   new URL("../lib/store/mod.ts", import.meta.url).href,
 );
+
+/** Runs `use` on a plain DuckDB connection to a store's file, as another program reads it. */
+async function withFile<T>(
+  path: string,
+  use: (conn: DuckDBConnection) => Promise<T>,
+): Promise<T> {
+  const { DuckDBInstance } = await import("npm:@duckdb/node-api@1.5.6-r.1");
+  const instance = await DuckDBInstance.create(path, { threads: "1" });
+  const conn = await instance.connect();
+  try {
+    return await use(conn);
+  } finally {
+    conn.closeSync();
+    instance.closeSync();
+  }
+}
 
 /** What `code` prints when run by another Deno process, with `MarketStore` imported. */
 async function inChild(code: string, v8Flags: string[] = []): Promise<string> {
@@ -186,19 +203,13 @@ Deno.test("store - bars written out of order are sorted by series once past a th
   } finally {
     await store.close();
   }
-  const { DuckDBInstance } = await import("npm:@duckdb/node-api@1.5.6-r.1");
-  const instance = await DuckDBInstance.create(path, { threads: "1" });
-  const conn = await instance.connect();
-  try {
+  await withFile(path, async (conn) => {
     // Physical order, which DuckDB's per-row-group min/max pruning depends on.
     const codes = (await conn.runAndReadAll("SELECT code FROM bars")).getRows()
       .map((r) => r[0]);
     assert.equal(codes.indexOf("510500"), 160);
     assert.equal(codes.lastIndexOf("510300"), 159);
-  } finally {
-    conn.closeSync();
-    instance.closeSync();
-  }
+  });
 });
 
 Deno.test("store - exports Parquet and CSV that DuckDB reads back without our schema", async () => {
@@ -280,10 +291,7 @@ Deno.test("store - the bars table holds every bar field, each in its own column 
   } finally {
     await store.close();
   }
-  const { DuckDBInstance } = await import("npm:@duckdb/node-api@1.5.6-r.1");
-  const instance = await DuckDBInstance.create(path, { threads: "1" });
-  const conn = await instance.connect();
-  try {
+  await withFile(path, async (conn) => {
     // The column order is the file's format (files written before hold it), whatever order
     // bars are written out in: reading a file by position must keep working.
     const columns = (await conn.runAndReadAll("DESCRIBE bars")).getRows();
@@ -303,10 +311,7 @@ Deno.test("store - the bars table holds every bar field, each in its own column 
       `SELECT ${STORE_BAR_FIELDS.join(", ")} FROM bars`,
     )).getRows();
     assert.deepEqual(row, STORE_BAR_FIELDS.map((f) => bar[f]));
-  } finally {
-    conn.closeSync();
-    instance.closeSync();
-  }
+  });
 });
 
 Deno.test("store - a failed commit's bars never land, even when its appender is collected later", async () => {
@@ -342,18 +347,12 @@ Deno.test("store - a failed commit's bars never land, even when its appender is 
 Deno.test("store - a file whose tables cannot be made is refused, and not left open", async () => {
   await using dir = await tempDir("store_");
   const path = `${dir.path}/s.duckdb`;
-  const { DuckDBInstance } = await import("npm:@duckdb/node-api@1.5.6-r.1");
-  const instance = await DuckDBInstance.create(path, { threads: "1" });
-  const conn = await instance.connect();
-  try {
+  await withFile(path, async (conn) => {
     // Another program's file: its raw_last is a view of a table that is gone.
     await conn.run(
       "CREATE TABLE x (a INT); CREATE VIEW raw_last AS SELECT * FROM x; DROP TABLE x",
     );
-  } finally {
-    conn.closeSync();
-    instance.closeSync();
-  }
+  });
   await assert.rejects(
     MarketStore.open(path),
     /Table with name x does not exist/,
