@@ -7,6 +7,7 @@ import { connectionBudget, rewriteHead } from "../lib/transport/guard.ts";
 import { bodyFraming } from "../lib/transport/_body_framing.ts";
 import { RequesterClient } from "../lib/requester/requester_client.ts";
 import { RawPeer, startTestServer, startWorker, waitFor } from "./_helpers.ts";
+import { SERVER_LOOPBACK_ARGS } from "./_procs.ts";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 
@@ -334,12 +335,7 @@ async function startLimitedServer(fdLimit: number, args: string[]) {
       "-c",
       `ulimit -n ${fdLimit} && exec "$0" run --allow-net --allow-read --allow-env --allow-sys server.ts "$@"`,
       Deno.execPath(),
-      "--host",
-      "127.0.0.1",
-      "--port",
-      "0",
-      "--requester-port",
-      "0",
+      ...SERVER_LOOPBACK_ARGS,
       "--no-console",
       ...args,
     ],
